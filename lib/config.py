@@ -1,0 +1,177 @@
+"""yaml configs merged over per-method defaults, validated strictly.
+
+Every method defines its defaults as a nested dict. A yaml file may override any of them and may
+start from another yaml file with ``_BASE_: other.yaml`` (path relative to the file). Unknown keys,
+wrong types and missing required files are errors that name the key and the file.
+"""
+import copy
+import os
+
+import yaml
+from easydict import EasyDict
+
+BASE_KEY = "_BASE_"
+# Relative paths in configs are resolved against the project root (the folder holding setup.py),
+# as in the original FGFA repo whose commands run from the root.
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the file and key."""
+
+
+def _type_name(value):
+    return type(value).__name__
+
+
+def _check_type(default, value, key, source):
+    """Values must keep the default's type; ints are accepted for floats, None default = any."""
+    if default is None or value is None:
+        return value
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{source}: key '{key}' must be a bool (true/false), got {value!r}")
+        return value
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(default, (list, tuple)):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{source}: key '{key}' must be a list, got {_type_name(value)} {value!r}")
+        return list(value)
+    if isinstance(default, dict):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: key '{key}' must be a mapping, got {_type_name(value)} {value!r}")
+        return value
+    if isinstance(default, (int, float, str)) and not isinstance(value, type(default)):
+        raise ConfigError(f"{source}: key '{key}' must be {_type_name(default)}, "
+                          f"got {_type_name(value)} {value!r}")
+    return value
+
+
+def merge(defaults, overrides, source="<overrides>", prefix="", open_keys=()):
+    """Return a deep copy of ``defaults`` updated by ``overrides`` with key and type checks.
+
+    ``open_keys`` lists dotted keys whose mapping values accept any sub-keys (e.g. free-form
+    per-dataset options).
+    """
+    out = copy.deepcopy(defaults)
+    for key, value in (overrides or {}).items():
+        dotted = f"{prefix}{key}"
+        if key not in out:
+            if prefix.rstrip(".") in open_keys:
+                out[key] = copy.deepcopy(value)
+                continue
+            known = ", ".join(sorted(str(k) for k in out)) or "(none)"
+            raise ConfigError(f"{source}: unknown key '{dotted}'. Known keys here: {known}")
+        default = out[key]
+        value = _check_type(default, value, dotted, source)
+        if isinstance(default, dict) and isinstance(value, dict) and dotted not in open_keys:
+            out[key] = merge(default, value, source, dotted + ".", open_keys)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def read_yaml(path):
+    """safe_load a yaml file into a dict, with errors that name the file and line."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path}")
+    with open(path, "r", encoding="utf-8") as f:
+        try:
+            data = yaml.safe_load(f)
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise ConfigError(f"{path}:{where} invalid yaml: {getattr(err, 'problem', err)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {_type_name(data)}")
+    return data
+
+
+def _resolve_bases(path, defaults, open_keys, seen):
+    path = os.path.abspath(path)
+    if path in seen:
+        raise ConfigError(f"{path}: {BASE_KEY} chain loops back to itself")
+    data = read_yaml(path)
+    base = data.pop(BASE_KEY, None)
+    merged = defaults
+    if base is not None:
+        base_path = os.path.join(os.path.dirname(path), base)
+        merged = _resolve_bases(base_path, defaults, open_keys, seen | {path})
+    return merge(merged, data, source=path, open_keys=open_keys)
+
+
+def load_config(path, defaults, overrides=None, open_keys=()):
+    """Load ``path`` over ``defaults`` (nested dict) -> EasyDict.
+
+    ``overrides``: optional list of "A.B=value" strings (yaml-parsed values) applied last, as given
+    on a command line with ``--set``.
+    """
+    cfg = _resolve_bases(path, defaults, tuple(open_keys), frozenset()) if path else copy.deepcopy(defaults)
+    if overrides:
+        cfg = merge(cfg, parse_overrides(overrides), source="command line", open_keys=tuple(open_keys))
+    out = EasyDict(cfg)
+    out["CONFIG_FILE"] = os.path.abspath(path) if path else None
+    return out
+
+
+def parse_overrides(items):
+    """["TRAIN.LR=0.01", "MODEL.DEPTH=18"] -> nested dict with yaml-typed values."""
+    nested = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"command line: override {item!r} must look like KEY.SUB=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        node = nested
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return nested
+
+
+def require_files(cfg, keys, base_dir=None):
+    """Check that each dotted key of ``cfg`` names an existing file or folder.
+
+    Relative paths are resolved against ``base_dir`` (default: the project root);
+    the resolved absolute path is written back. Raises ConfigError naming the key and the file.
+    """
+    source = cfg.get("CONFIG_FILE") or "<config>"
+    base_dir = base_dir or PROJECT_ROOT
+    for dotted in keys:
+        node = cfg
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            node = node[part]
+        value = node[parts[-1]]
+        if not value:
+            raise ConfigError(f"{source}: key '{dotted}' is empty but a file or folder is required")
+        resolved = value if os.path.isabs(value) else os.path.normpath(os.path.join(base_dir, value))
+        if not os.path.exists(resolved):
+            raise ConfigError(f"{source}: key '{dotted}' names {value!r}, which does not exist "
+                              f"(looked for {resolved})")
+        node[parts[-1]] = resolved
+    return cfg
+
+
+def to_plain(cfg):
+    """EasyDict -> plain nested dict/list (for yaml/json dumps next to checkpoints)."""
+    if isinstance(cfg, dict):
+        return {k: to_plain(v) for k, v in cfg.items()}
+    if isinstance(cfg, (list, tuple)):
+        return [to_plain(v) for v in cfg]
+    return cfg
+
+
+def dump_config(cfg, path):
+    """Write the resolved config as yaml (atomic)."""
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        yaml.safe_dump(to_plain(cfg), f, sort_keys=False)
+    os.replace(tmp, path)
