@@ -24,7 +24,8 @@ class BuildExtAndOps(build_ext):
         super().run()
         build_script = os.path.join(HERE, "operator_cxx", "build.py")
         if os.path.exists(build_script):
-            runpy.run_path(build_script)["build"]()
+            if os.environ.get("VIDEODET_SKIP_OPS") != "1":  # for quick Cython-only rebuilds
+                runpy.run_path(build_script)["build"]()
 
 
 def extensions():
