@@ -173,5 +173,6 @@ def dump_config(cfg, path):
     """Write the resolved config as yaml (atomic)."""
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
-        yaml.safe_dump(to_plain(cfg), f, sort_keys=False)
+        plain = {k: v for k, v in to_plain(cfg).items() if k != "CONFIG_FILE"}
+        yaml.safe_dump(plain, f, sort_keys=False)
     os.replace(tmp, path)
