@@ -1,0 +1,105 @@
+"""lib.tools.infer runs an exported artifact on a frame folder / video without training code."""
+import json
+import os
+import subprocess
+import sys
+
+import cv2
+import mxnet as mx
+import numpy as np
+import pytest
+from mxnet.gluon import nn
+
+SIZE = 64
+
+
+class ToyDetector(nn.HybridBlock):
+    """Two input-dependent boxes with ids/scores, in the exported-artifact output layout."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2D(8, 3, strides=4)
+        self.dense = nn.Dense(10)
+
+    def hybrid_forward(self, F, x):
+        f = self.dense(F.relu(self.conv(x))).reshape((0, 2, 5))          # (1,2,5)
+        s = F.sigmoid(f)
+        half = SIZE / 2.0
+        xy = F.slice_axis(s, axis=-1, begin=0, end=2) * half
+        boxes = F.concat(xy, xy + 1.0 + F.slice_axis(s, axis=-1, begin=2, end=4) * half, dim=-1)
+        scores = F.slice_axis(s, axis=-1, begin=4, end=5)
+        ids = F.concat(F.zeros_like(scores), F.ones_like(scores), dim=1).slice_axis(axis=1, begin=1, end=3)
+        return ids, scores, boxes
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("artifact")
+    net = ToyDetector()
+    net.initialize(mx.init.Xavier(magnitude=3))
+    net.hybridize()
+    net(mx.nd.zeros((1, 3, SIZE, SIZE)))
+    net.export(str(folder / "model"))
+    mean, std = [120.0, 110.0, 100.0], [60.0, 60.0, 60.0]
+    with open(folder / "meta.json", "w") as f:
+        json.dump({"detector": "toy", "classes": ["a", "b"], "ops_library": False,
+                   "input": {"resize": "square", "size": [SIZE, SIZE], "mean": mean, "std": std}}, f)
+    frames = tmp_path_factory.mktemp("frames")
+    rng = np.random.RandomState(0)
+    for i in (1, 2, 10):   # numeric order 1, 2, 10 (not 1, 10, 2)
+        cv2.imwrite(str(frames / f"frame{i}.png"), rng.randint(0, 255, (48, 80, 3), np.uint8))
+    return net, str(folder), str(frames), np.array(mean, np.float32), np.array(std, np.float32)
+
+
+def expected(net, frame_bgr, mean, std):
+    rgb = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB)
+    x = (cv2.resize(rgb, (SIZE, SIZE)).astype(np.float32) - mean) / std
+    ids, scores, boxes = (o.asnumpy().reshape(-1, o.shape[-1]) for o in net(mx.nd.array(x.transpose(2, 0, 1)[None])))
+    h, w = frame_bgr.shape[:2]
+    return boxes * [w / SIZE, h / SIZE, w / SIZE, h / SIZE], scores.ravel(), ids.ravel()
+
+
+def test_infer_matches_in_process_model(artifact, tmp_path):
+    from lib.tools.infer import run
+    net, model, frames, mean, std = artifact
+    summary = run(model, frames, str(tmp_path / "out"), thresh=0.0, progress=False, save_frames=True)
+    assert summary["frames"] == 3 and os.path.getsize(summary["video"]) > 0
+    dets = json.load(open(summary["json"]))
+    assert [d["image_id"] for d in dets][::2] == ["frame1", "frame2", "frame10"]
+    for i, name in enumerate(["frame1", "frame2", "frame10"]):
+        boxes, scores, ids = expected(net, cv2.imread(os.path.join(frames, name + ".png")), mean, std)
+        got = [d for d in dets if d["image_id"] == name]
+        np.testing.assert_allclose([d["score"] for d in got], scores, rtol=1e-5)
+        np.testing.assert_allclose([[d["bbox"][0], d["bbox"][1], d["bbox"][0] + d["bbox"][2],
+                                     d["bbox"][1] + d["bbox"][3]] for d in got], boxes, rtol=1e-4, atol=1e-3)
+        assert [d["category"] for d in got] == ["a", "b"]
+
+
+def test_onnx_runtime_agrees_with_mxnet(artifact, tmp_path):
+    from lib.tools.infer import ExportedDetector
+    net, model, frames, mean, std = artifact
+    mx.onnx.export_model(os.path.join(model, "model-symbol.json"), os.path.join(model, "model-0000.params"),
+                         [(1, 3, SIZE, SIZE)], np.float32, os.path.join(model, "model.onnx"))
+    frame = cv2.imread(os.path.join(frames, "frame2.png"))
+    a = ExportedDetector(model, "mxnet")(frame)
+    b = ExportedDetector(model, "onnx")(frame)
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-4)
+
+
+def test_cli_imports_no_training_code(artifact, tmp_path):
+    _, model, frames, _, _ = artifact
+    code = ("import sys, runpy; sys.argv = ['infer', '--model', %r, '--input', %r, '--output', %r];"
+            "from lib.tools import infer; infer.main(sys.argv[1:]);"
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('gluoncv', 'fgfa', 'm2det', 'lstm_ssd')"
+            " or m.startswith(('lib.train', 'lib.dataset', 'lib.eval'))]; print('IMPORTED', bad)"
+            % (model, frames, str(tmp_path / "o")))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "IMPORTED []" in out.stdout and "3 frames" in out.stdout
+
+
+def test_clear_errors(tmp_path):
+    from lib.tools.infer import main
+    with pytest.raises(SystemExit, match="no meta.json"):
+        main(["--model", str(tmp_path), "--input", str(tmp_path), "--output", str(tmp_path / "o")])
