@@ -103,3 +103,19 @@ def test_clear_errors(tmp_path):
     from lib.tools.infer import main
     with pytest.raises(SystemExit, match="no meta.json"):
         main(["--model", str(tmp_path), "--input", str(tmp_path), "--output", str(tmp_path / "o")])
+
+
+def test_int8_quantized_artifact_runs_and_stays_close(artifact, tmp_path):
+    from lib.tools.infer import ExportedDetector
+    from lib.tools.quantize import main as quantize_main
+    _, model, frames, _, _ = artifact
+    out = str(tmp_path / "int8")
+    assert quantize_main(["--model", model, "--calib", frames, "--out", out, "--num-calib", "3"]) == 0
+    ops = [n["op"] for n in json.load(open(os.path.join(out, "model-symbol.json")))["nodes"]]
+    assert any("quantize" in op for op in ops)  # really int8 inside
+    frame = cv2.imread(os.path.join(frames, "frame10.png"))
+    fp32 = ExportedDetector(model)(frame)
+    int8 = ExportedDetector(out)(frame)
+    np.testing.assert_array_equal(fp32[2], int8[2])
+    np.testing.assert_allclose(int8[1], fp32[1], atol=0.05)
+    np.testing.assert_allclose(int8[0], fp32[0], atol=2.0)

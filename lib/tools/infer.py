@@ -149,7 +149,7 @@ class ExportedDetector:
         boxes = boxes[valid] * np.array([sx, sy, sx, sy], np.float32)
         h, w = frame_bgr.shape[:2]
         boxes = np.clip(boxes, 0, [w, h, w, h])
-        return boxes, scores[valid], ids[valid].astype(np.int64)
+        return boxes, scores[valid], np.rint(ids[valid]).astype(np.int64)
 
 
 def draw(frame_bgr, boxes, scores, labels, classes):
