@@ -1,2 +1,3 @@
 """Evaluation: VOC AP, ImageNet VID AP (motion/area breakdown), COCO AP via pycocotools, plots."""
+from .vid import vid_ap  # noqa: F401
 from .voc import voc_ap  # noqa: F401

@@ -1,0 +1,237 @@
+"""ImageNet VID detection AP with the motion-speed and object-area breakdowns.
+
+This follows the evaluation released with FGFA (``imagenet_vid_eval.py`` / ``imagenet_vid_eval_motion.py``
+of the reference repository, itself a port of the ImageNet VID devkit), on our box convention (IoU
+without ``+1``, which equals the devkit's ``+1`` formulas on raw XML integers):
+
+Matching, per frame
+  Each gt box has its own IoU threshold ``min(0.5, w*h / ((w+10)*(h+10)))`` (w, h in pixels; the 10 is
+  ``pixel_tolerance``). The frame's detections are visited by decreasing confidence; each takes, among the
+  not yet matched gts of its class whose IoU reaches their own threshold, the one with the highest IoU
+  (first in annotation order on ties). The matching does not depend on the motion / area ranges.
+
+Scoring within a (motion range, area range) pair
+  A gt is *ignored* when its motion IoU or its area (w*h) is outside the range (bounds inclusive).
+  - a detection matched to a gt: TP when that gt is not ignored, otherwise neither TP nor FP;
+  - an unmatched detection whose own area is outside the area range: neither TP nor FP;
+  - any other unmatched detection compares its best IoU with motion-ignored gts (any class) and with
+    the other gts (any class): FP = 1 when the non-ignored overlap is larger, 0 when the ignored one is,
+    and on a tie (e.g. overlapping nothing) the fraction of the frame's gts that are motion-ignored, or,
+    in a frame without gts, the fraction of all gts of the dataset whose motion IoU is in the range.
+  Ignored gts do not count in the number of positives. With the full ranges nothing is ignored and this
+  is the plain ImageNet VID AP (every unmatched detection is a FP).
+AP per class
+  All detections of the class sorted by confidence, precision/recall from the (fractional) TP/FP sums,
+  area under the monotone precision envelope (VOC2010 style). A class without positives in a range gets
+  AP None (the reference reports -1) and is left out of that range's mean, as the reference does.
+
+Motion IoU (``motion_ious``)
+  The reference ships the per-gt motion IoU of the val set as a precomputed MATLAB file
+  (``vid_groundtruth_motion_iou.mat``); the code that produced it is not public. The paper (FGFA, Sec. 5)
+  defines it as "the averaged IoU scores with its corresponding instances in the nearby frames
+  (+-10 frames)". We compute, for a gt of track ``k`` at frame ``t`` of a snippet, the mean IoU between
+  its box and the box of track ``k`` at every frame ``t+d``, ``1 <= |d| <= 10``, where that track is
+  annotated (the reading used by the public re-implementations that regenerate the file).
+  ``endpoints_only=True`` uses only the frames t-10 and t+10. A gt with no such neighbour (single-frame
+  track, still image, track id -1) gets motion IoU 0.0, as the reference loader does for empty entries:
+  it then counts as "fast". Precomputed values (e.g. read from the official .mat) can be passed instead.
+The ``difficult`` flag is not used (ImageNet VID has none).
+"""
+from collections import defaultdict
+
+import numpy as np
+
+from .common import ap_area, box_areas, check_detections, iou_matrix, mean_ignoring_none, precision_recall
+
+FULL_RANGE = (0.0, 1e10)
+MOTION_ALL = (0.0, 1.0)
+MOTION_RANGES = {"slow": (0.9, 1.0), "medium": (0.7, 0.9), "fast": (0.0, 0.7)}
+AREA_RANGES = {"small": (0.0, 50.0 ** 2), "medium": (50.0 ** 2, 150.0 ** 2), "large": (150.0 ** 2, 1e10)}
+
+
+def motion_ious(gt_records, window=10, endpoints_only=False):
+    """Motion IoU of every gt box, one float64 array per record (definition in the module docstring)."""
+    gt_records = list(gt_records)
+    out = [np.zeros(r.num_boxes) for r in gt_records]
+    seen = {}
+    tracks = defaultdict(list)  # (video, track id) -> [(frame, record index, box index)]
+    for idx, rec in enumerate(gt_records):
+        if rec.video is None:
+            continue
+        key = (rec.video, rec.frame)
+        if key in seen:
+            raise ValueError(f"motion IoU: video {rec.video!r} has frame {rec.frame} twice "
+                             f"({gt_records[seen[key]].image} and {rec.image})")
+        seen[key] = idx
+        for k in np.where(rec.track_ids >= 0)[0]:
+            tracks[(rec.video, int(rec.track_ids[k]))].append((rec.frame, idx, int(k)))
+    offsets = [-window, window] if endpoints_only else [d for d in range(-window, window + 1) if d != 0]
+    for (video, track), items in tracks.items():
+        items.sort()
+        frames = np.array([f for f, _, _ in items])
+        if len(np.unique(frames)) != len(frames):
+            dup = frames[np.where(np.diff(frames) == 0)[0][0]]
+            raise ValueError(f"motion IoU: track {track} of video {video!r} appears twice in frame {dup}")
+        boxes = np.stack([gt_records[i].boxes[k] for _, i, k in items]).astype(np.float64)
+        iou_sum = np.zeros(len(items))
+        count = np.zeros(len(items))
+        for d in offsets:
+            pos = np.searchsorted(frames, frames + d)
+            found = (pos < len(frames)) & (frames[np.minimum(pos, len(frames) - 1)] == frames + d)
+            if not np.any(found):
+                continue
+            iou_sum[found] += _pairwise_iou(boxes[found], boxes[pos[found]])
+            count[found] += 1
+        mean = np.where(count > 0, iou_sum / np.maximum(count, 1), 0.0)
+        for (_, i, k), value in zip(items, mean):
+            out[i][k] = value
+    return out
+
+
+def _pairwise_iou(a, b):
+    """IoU of a[i] with b[i] (same convention as common.iou_matrix)."""
+    iw = np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0])
+    ih = np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1])
+    inter = np.where((iw > 0) & (ih > 0), iw * ih, 0.0)
+    union = box_areas(a) + box_areas(b) - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+
+
+def _iou_thresholds(boxes, iou, pixel_tolerance):
+    w = boxes[:, 2] - boxes[:, 0]
+    h = boxes[:, 3] - boxes[:, 1]
+    return np.minimum(iou, (w * h) / ((w + pixel_tolerance) * (h + pixel_tolerance)))
+
+
+class _Frame:
+    """One record's detections (sorted by confidence), overlaps and greedy matching."""
+
+    def __init__(self, rec, det, iou, pixel_tolerance):
+        boxes, scores, labels = det
+        order = np.argsort(-scores, kind="stable")
+        self.boxes, self.scores, self.labels = boxes[order], scores[order], labels[order]
+        self.det_areas = box_areas(self.boxes)
+        self.gt_labels = rec.labels
+        self.gt_areas = box_areas(rec.boxes)
+        self.overlaps = iou_matrix(self.boxes, rec.boxes)
+        thresholds = _iou_thresholds(rec.boxes.astype(np.float64), iou, pixel_tolerance)
+        self.matched = np.full(len(self.boxes), -1, np.int64)
+        candidates = (self.overlaps >= thresholds[None]) & (self.labels[:, None] == rec.labels[None])
+        taken = np.zeros(rec.num_boxes, bool)
+        for j in np.where(candidates.any(axis=1))[0]:  # only these can match; in confidence order
+            ok = candidates[j] & ~taken
+            if np.any(ok):
+                k = int(np.argmax(np.where(ok, self.overlaps[j], -1.0)))
+                self.matched[j] = k
+                taken[k] = True
+
+
+def _score_range(frames, motion, motion_range, area_range, empty_weight):
+    """Per-detection TP/FP weights and per-gt 'counted' mask for one (motion, area) range."""
+    tps, fps, counted = [], [], []
+    for frame, gt_motion in zip(frames, motion):
+        ig_motion = (gt_motion < motion_range[0]) | (gt_motion > motion_range[1])
+        ig_area = (frame.gt_areas < area_range[0]) | (frame.gt_areas > area_range[1])
+        ignored = ig_motion | ig_area
+        n = len(frame.boxes)
+        tp, fp = np.zeros(n), np.zeros(n)
+        has_match = frame.matched >= 0
+        tp[has_match] = ~ignored[frame.matched[has_match]]
+        unmatched = ~has_match
+        det_in_area = (frame.det_areas >= area_range[0]) & (frame.det_areas <= area_range[1])
+        if frame.overlaps.shape[1]:
+            ov_ig = np.where(ig_motion[None], frame.overlaps, -1.0).max(axis=1)
+            ov_nig = np.where(~ig_motion[None], frame.overlaps, -1.0).max(axis=1)
+            tie_weight = float(np.mean(ig_motion))
+        else:
+            ov_ig = ov_nig = np.full(n, -1.0)
+            tie_weight = empty_weight
+        weight = np.where(ov_nig > ov_ig, 1.0, np.where(ov_ig > ov_nig, 0.0, tie_weight))
+        fp[unmatched & det_in_area] = weight[unmatched & det_in_area]
+        tps.append(tp)
+        fps.append(fp)
+        counted.append(~ignored)
+    return tps, fps, counted
+
+
+def _range_ap(frames, tps, fps, counted, num_classes, with_curves=False):
+    scores = np.concatenate([f.scores for f in frames]) if frames else np.zeros(0)
+    labels = np.concatenate([f.labels for f in frames]) if frames else np.zeros(0, np.int64)
+    tp_all = np.concatenate(tps) if tps else np.zeros(0)
+    fp_all = np.concatenate(fps) if fps else np.zeros(0)
+    gt_labels = np.concatenate([f.gt_labels for f in frames]) if frames else np.zeros(0, np.int64)
+    gt_counted = np.concatenate(counted) if counted else np.zeros(0, bool)
+    order = np.argsort(-scores, kind="stable")
+    scores, labels, tp_all, fp_all = scores[order], labels[order], tp_all[order], fp_all[order]
+    aps, npos_all, curves, ndet = [], [], [], []
+    for c in range(num_classes):
+        npos = int(np.sum(gt_counted & (gt_labels == c)))
+        sel = labels == c
+        npos_all.append(npos)
+        ndet.append(int(sel.sum()))
+        if npos <= 0:
+            aps.append(None)
+            curves.append({"recall": [], "precision": [], "scores": []})
+            continue
+        precision, recall = precision_recall(tp_all[sel], fp_all[sel], npos)
+        aps.append(ap_area(recall, precision))
+        if with_curves:
+            curves.append({"recall": recall.tolist(), "precision": precision.tolist(),
+                           "scores": scores[sel].tolist()})
+    return aps, npos_all, ndet, curves
+
+
+def vid_ap(gt_records, detections, classes, motion=True, area=True, iou=0.5, pixel_tolerance=10,
+           motion_window=10, motion_endpoints_only=False, precomputed_motion_ious=None):
+    """ImageNet VID AP, per class and mean, plus slow/medium/fast and small/medium/large breakdowns.
+
+    gt_records: list of ``lib.dataset.Record`` (frames carry ``video``, ``frame`` and ``track_ids`` for the
+    motion IoU); detections: one ``(boxes, scores, labels)`` per record.
+    Returns {"metric": "vid", "mAP", "per_class": {name: {"ap", "num_gt", "num_det"}}, "curves",
+    "motion": {"slow"|"medium"|"fast": {"mAP", "num_gt", "per_class": {name: ap}}}, "area": {...},
+    "motion_iou": {"window", "endpoints_only", "num_gt_per_range"}}.
+    """
+    gt_records = list(gt_records)
+    classes = list(classes)
+    dets = check_detections(gt_records, detections, len(classes))
+    frames = [_Frame(rec, det, iou, pixel_tolerance) for rec, det in zip(gt_records, dets)]
+    if precomputed_motion_ious is not None:
+        mious = [np.asarray(m, np.float64).reshape(-1) for m in precomputed_motion_ious]
+        if len(mious) != len(gt_records) or any(len(m) != r.num_boxes for m, r in zip(mious, gt_records)):
+            raise ValueError("precomputed_motion_ious: need one array per record with one value per gt box")
+    elif motion:
+        mious = motion_ious(gt_records, motion_window, motion_endpoints_only)
+    else:
+        mious = [np.ones(r.num_boxes) for r in gt_records]  # unused: every range below is MOTION_ALL
+    all_motion = np.concatenate(mious) if mious else np.zeros(0)
+
+    def evaluate_range(motion_range, area_range, with_curves=False):
+        in_range = (all_motion >= motion_range[0]) & (all_motion <= motion_range[1])
+        empty_weight = float(np.mean(in_range)) if len(all_motion) else 1.0
+        tps, fps, counted = _score_range(frames, mious, motion_range, area_range, empty_weight)
+        return _range_ap(frames, tps, fps, counted, len(classes), with_curves)
+
+    aps, npos, ndet, curves = evaluate_range(MOTION_ALL, FULL_RANGE, with_curves=True)
+    result = {
+        "metric": "vid", "iou": float(iou), "pixel_tolerance": pixel_tolerance,
+        "mAP": mean_ignoring_none(aps),
+        "per_class": {name: {"ap": ap, "num_gt": n, "num_det": d}
+                      for name, ap, n, d in zip(classes, aps, npos, ndet)},
+        "curves": dict(zip(classes, curves)),
+    }
+    if motion:
+        result["motion"] = {}
+        for name, rng in MOTION_RANGES.items():
+            r_aps, r_npos, _, _ = evaluate_range(rng, FULL_RANGE)
+            result["motion"][name] = {"range": list(rng), "mAP": mean_ignoring_none(r_aps),
+                                      "num_gt": int(sum(r_npos)), "per_class": dict(zip(classes, r_aps))}
+        result["motion_iou"] = {"window": motion_window, "endpoints_only": motion_endpoints_only,
+                                "precomputed": precomputed_motion_ious is not None,
+                                "mean": float(all_motion.mean()) if len(all_motion) else None}
+    if area:
+        result["area"] = {}
+        for name, rng in AREA_RANGES.items():
+            r_aps, r_npos, _, _ = evaluate_range(MOTION_ALL, rng)
+            result["area"][name] = {"range": [rng[0], rng[1]], "mAP": mean_ignoring_none(r_aps),
+                                    "num_gt": int(sum(r_npos)), "per_class": dict(zip(classes, r_aps))}
+    return result
