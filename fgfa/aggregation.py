@@ -1,0 +1,38 @@
+"""Flow-guided aggregation with cosine adaptive weights.
+
+Each frame's cache is concat(feature, embedding). Caches of the T frames aggregated for one key
+frame are warped to the key frame with their flows (the reference test graph warps feature and
+embedding together); the weight of frame t at each pixel is the cosine similarity between its
+warped embedding and the key frame's embedding, softmax-normalised over the T frames; the output
+is the weighted sum of the warped features.
+"""
+from mxnet.gluon import nn
+
+from .operators import flow_warp
+
+
+class FlowAggregator(nn.HybridBlock):
+    """(key_embed (N,E,h,w), caches (N*T, C+E, h, w), flows (N*T, 2, h, w)) -> (N, C, h, w).
+
+    ``caches``/``flows`` are ordered key-major: rows n*T .. n*T+T-1 belong to key frame n.
+    Also returns the weights (N, T, h, w) for inspection.
+    """
+
+    def __init__(self, feat_channels, num_frames, builtin_ops=False, **kwargs):
+        super().__init__(**kwargs)
+        self.feat_channels = feat_channels
+        self.num_frames = num_frames
+        self.builtin_ops = builtin_ops
+
+    def hybrid_forward(self, F, key_embed, caches, flows):
+        warped = flow_warp(F, caches, flows, builtin=self.builtin_ops)
+        feat = F.slice_axis(warped, axis=1, begin=0, end=self.feat_channels)
+        embed = F.slice_axis(warped, axis=1, begin=self.feat_channels, end=None)
+        embed = F.L2Normalization(embed, mode="channel")
+        key = F.L2Normalization(key_embed, mode="channel")
+        embed = F.reshape(embed, shape=(-4, -1, self.num_frames, -2))       # (N,T,E,h,w)
+        cosine = F.sum(F.broadcast_mul(embed, F.expand_dims(key, axis=1)), axis=2)  # (N,T,h,w)
+        weights = F.softmax(cosine, axis=1)
+        feat = F.reshape(feat, shape=(-4, -1, self.num_frames, -2))         # (N,T,C,h,w)
+        out = F.sum(F.broadcast_mul(feat, F.expand_dims(weights, axis=2)), axis=1)
+        return out, weights

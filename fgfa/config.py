@@ -1,0 +1,155 @@
+"""Defaults of FGFA and its R-FCN frame baseline, as a nested dict merged under the yaml configs.
+
+Every number the model, training and testing use lives here (or in a yaml override); the code reads
+them from the config. The defaults follow the reference ImageNet VID setup (ResNet-101, 600x1000);
+the CPU configs under ``experiments/`` shrink them.
+"""
+import copy
+
+from lib.config import ConfigError, load_config
+
+DEFAULTS = {
+    "NAME": "fgfa_rfcn",
+    "OUTPUT_DIR": "output/fgfa_rfcn",
+    "CONTEXT": "cpu",                 # 'cpu', 'gpu', 'gpu:1'
+    "SEED": 0,
+    "DATASET": {
+        # lib.dataset.load_dataset specs (free-form mappings: FORMAT plus that format's keys)
+        "TRAIN": [],                   # list of specs; their records are concatenated
+        "TEST": {},
+        "CLASSES": [],                 # optional explicit class list (else taken from the data)
+        "FRAMES_PER_VIDEO": 0,         # >0: subsample each training video to this many key frames
+        "TEST_MAX_FRAMES": 0,          # >0: only the first N frames of each test video (quick runs)
+    },
+    "IMAGE": {
+        "SCALES": [[600, 1000]],       # [short side, max long side]; one drawn per training sample
+        "TEST_SCALE": [600, 1000],
+        "MEAN": [123.15, 115.90, 103.06],  # RGB, subtracted
+        "STD": [1.0, 1.0, 1.0],        # divide after the mean (reference: none)
+        "PAD_STRIDE": 16,              # image padded to a multiple (features, flow align exactly)
+        "FLIP": True,
+    },
+    "NETWORK": {
+        "DEPTH": 101,                  # ResNet v1 depth: 18, 34, 50, 101
+        "NORM": "frozen",              # frozen (global stats, needs pretrained) | trainable | group
+        "GROUPS": 32,                  # GroupNorm groups
+        "FROZEN_STAGES": 2,            # 0 none, 1 conv1, 2 conv1+res2 (with pretrained weights)
+        "PRETRAINED": "",              # gluoncv-format ResNet params (.params) for the backbone
+        "FEAT_CHANNELS": 1024,         # 3x3 dilated feature conv after res5
+        "FEAT_DILATION": 6,
+        "RES5_DILATION": 2,
+        "FEAT_STRIDE": 16,
+        "ANCHOR_BASE": 16,
+        "ANCHOR_SCALES": [8, 16, 32],
+        "ANCHOR_RATIOS": [0.5, 1.0, 2.0],
+        "RPN_BBOX_STDS": [0.1, 0.1, 0.4, 0.4],
+        "RCNN_BBOX_STDS": [0.1, 0.1, 0.2, 0.2],
+        "PS_GROUP": 7,                 # position-sensitive grid (group = pooled size)
+        "AGGREGATE": True,             # False: the R-FCN single-frame baseline
+        "FLOW_WIDTH": 1.0,             # FlowNetSimple channel multiplier (CPU configs: < 1)
+        "FLOW_SCALE": 2.5,             # 20 (FlowNet's flow/20) / 8 (flow at 1/8 of a half image)
+        "EMBED_CHANNELS": [512, 512, 2048],
+    },
+    "TRAIN": {
+        "BATCH_IMAGES": 1,             # key frames per batch
+        "MAX_OFFSET": 9,               # neighbours at distinct random offsets in [-MAX, MAX]
+        "MIN_OFFSET": 1,
+        "AGGREGATE_KEY": False,        # reference: softmax over the two neighbours only
+        "RPN_PRE_NMS_TOP_N": 6000,
+        "RPN_POST_NMS_TOP_N": 300,
+        "RPN_NMS": 0.7,
+        "RPN_MIN_SIZE": 0,
+        "RPN_BATCH_SIZE": 256,
+        "RPN_FG_FRACTION": 0.5,
+        "RPN_POS_IOU": 0.7,
+        "RPN_NEG_IOU": 0.3,
+        "RPN_ALLOWED_BORDER": 0,
+        "RCNN_FG_IOU": 0.5,
+        "RCNN_BG_IOU": [0.0, 0.5],
+        "OHEM_ROIS": 128,              # per image: RoIs with the highest loss kept
+        "RPN_SMOOTH_L1_SIGMA": 3.0,
+        "RCNN_SMOOTH_L1_SIGMA": 1.0,
+        "EPOCHS": 2,
+        "LR": 0.00025,
+        "LR_STEPS": [1.333],           # in epochs
+        "LR_FACTOR": 0.1,
+        "WARMUP_EPOCHS": 0.0,
+        "WARMUP_LR": 0.0,
+        "MOMENTUM": 0.9,
+        "WD": 0.0005,
+        "CLIP_GRADIENT": 0.0,          # 0: off
+        "CHECKPOINT_KEEP": 3,
+        "LOG_INTERVAL": 20,
+        "NUM_WORKERS": 0,
+        "RESUME": True,
+    },
+    "TEST": {
+        "K": 9,                        # window of 2K+1 frames (reference: 9, hard-coded as 19 frames)
+        "RPN_PRE_NMS_TOP_N": 6000,
+        "RPN_POST_NMS_TOP_N": 300,
+        "RPN_NMS": 0.7,
+        "RPN_MIN_SIZE": 0,
+        "SCORE_THRESH": 0.001,
+        "NMS": 0.3,
+        "MAX_PER_IMAGE": 300,
+        "SEQ_NMS": False,
+        "SEQ_NMS_LINK_IOU": 0.5,
+        "SEQ_NMS_SUPPRESS_IOU": 0.3,
+        "SEQ_NMS_RESCORE": "avg",
+        "CHECKPOINT": "",              # empty: the last checkpoint of OUTPUT_DIR
+        "HYBRIDIZE": True,
+        "EVAL_METRIC": "auto",         # auto (vid when tracks exist, else voc) | vid | voc
+        "VIS_THRESH": 0.5,
+    },
+}
+
+# dataset specs are free-form mappings handed to lib.dataset.load_dataset
+OPEN_KEYS = ("DATASET.TEST",)
+
+_NORMS = ("frozen", "trainable", "group")
+_DEPTHS = (18, 34, 50, 101)
+
+
+def validate(cfg):
+    """Cross-field checks that the type-level merge cannot express; errors name the key."""
+    src = cfg.get("CONFIG_FILE") or "<config>"
+    net, img = cfg.NETWORK, cfg.IMAGE
+    if net.DEPTH not in _DEPTHS:
+        raise ConfigError(f"{src}: NETWORK.DEPTH must be one of {_DEPTHS}, got {net.DEPTH}")
+    if net.NORM not in _NORMS:
+        raise ConfigError(f"{src}: NETWORK.NORM must be one of {_NORMS}, got {net.NORM!r}")
+    if net.FEAT_CHANNELS % 2:
+        raise ConfigError(f"{src}: NETWORK.FEAT_CHANNELS must be even (RPN and R-FCN halves)")
+    if net.FEAT_STRIDE != 16:
+        raise ConfigError(f"{src}: NETWORK.FEAT_STRIDE must be 16 (res5 dilated backbone)")
+    if img.PAD_STRIDE % net.FEAT_STRIDE:
+        raise ConfigError(f"{src}: IMAGE.PAD_STRIDE must be a multiple of NETWORK.FEAT_STRIDE")
+    if len(net.EMBED_CHANNELS) != 3:
+        raise ConfigError(f"{src}: NETWORK.EMBED_CHANNELS must list 3 widths (1x1, 3x3, 1x1)")
+    for key in ("RPN_BBOX_STDS", "RCNN_BBOX_STDS"):
+        if len(net[key]) != 4:
+            raise ConfigError(f"{src}: NETWORK.{key} must have 4 numbers")
+    for key in ("MEAN", "STD"):
+        if len(img[key]) != 3:
+            raise ConfigError(f"{src}: IMAGE.{key} must have 3 numbers (RGB)")
+    if not img.SCALES or any(len(s) != 2 for s in img.SCALES):
+        raise ConfigError(f"{src}: IMAGE.SCALES must be a list of [short, max_long] pairs")
+    if len(img.TEST_SCALE) != 2:
+        raise ConfigError(f"{src}: IMAGE.TEST_SCALE must be [short, max_long]")
+    if cfg.TEST.K < 0:
+        raise ConfigError(f"{src}: TEST.K must be >= 0, got {cfg.TEST.K}")
+    if not 1 <= cfg.TRAIN.MIN_OFFSET <= cfg.TRAIN.MAX_OFFSET:
+        raise ConfigError(f"{src}: need 1 <= TRAIN.MIN_OFFSET <= TRAIN.MAX_OFFSET")
+    if cfg.TEST.SEQ_NMS_RESCORE not in ("avg", "max"):
+        raise ConfigError(f"{src}: TEST.SEQ_NMS_RESCORE must be 'avg' or 'max'")
+    if cfg.TEST.EVAL_METRIC not in ("auto", "vid", "voc"):
+        raise ConfigError(f"{src}: TEST.EVAL_METRIC must be auto, vid or voc")
+    if cfg.TRAIN.BATCH_IMAGES < 1:
+        raise ConfigError(f"{src}: TRAIN.BATCH_IMAGES must be >= 1")
+    return cfg
+
+
+def get_config(path=None, overrides=None):
+    """Load a yaml config (or the defaults when ``path`` is None) and validate it."""
+    cfg = load_config(path, copy.deepcopy(DEFAULTS), overrides=overrides, open_keys=OPEN_KEYS)
+    return validate(cfg)

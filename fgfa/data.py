@@ -1,0 +1,130 @@
+"""Images in, network tensors out: resizing, normalisation, padding, and FGFA training samples.
+
+A training sample is a key frame and its neighbours (two frames of the same video at distinct random
+offsets in [-MAX_OFFSET, MAX_OFFSET], clamped to the video; copies of the key image for still
+images), all resized to one randomly drawn scale and flipped together.
+"""
+import cv2
+import numpy as np
+
+from lib.dataset.io import read_image
+
+
+def target_size(height, width, short, max_long):
+    """Scale so the short side is ``short`` unless the long side would exceed ``max_long``."""
+    scale = float(short) / min(height, width)
+    if round(scale * max(height, width)) > max_long:
+        scale = float(max_long) / max(height, width)
+    return scale
+
+
+def prepare_image(image, short, max_long, mean, std, pad_stride, flip=False):
+    """RGB uint8 HxWx3 -> (float32 3xHpxWp normalised and zero-padded, [h, w, scale])."""
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected an HxWx3 RGB image, got shape {image.shape}")
+    height, width = image.shape[:2]
+    scale = target_size(height, width, short, max_long)
+    new_h, new_w = int(round(height * scale)), int(round(width * scale))
+    resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    if flip:
+        resized = resized[:, ::-1]
+    out_h = int(np.ceil(new_h / pad_stride) * pad_stride)
+    out_w = int(np.ceil(new_w / pad_stride) * pad_stride)
+    padded = np.zeros((3, out_h, out_w), np.float32)
+    norm = (resized.astype(np.float32) - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    padded[:, :new_h, :new_w] = norm.transpose(2, 0, 1)
+    return padded, np.array([new_h, new_w, scale], np.float32)
+
+
+def make_preprocess(cfg):
+    """The test-time image -> (tensor, im_info) function of a config."""
+    short, max_long = cfg.IMAGE.TEST_SCALE
+    mean, std, stride = cfg.IMAGE.MEAN, cfg.IMAGE.STD, cfg.IMAGE.PAD_STRIDE
+
+    def preprocess(image):
+        return prepare_image(image, short, max_long, mean, std, stride)
+    return preprocess
+
+
+def neighbor_indices(key_pos, video_len, count, min_offset, max_offset, rng):
+    """Positions of ``count`` neighbours of ``key_pos`` at distinct random offsets (clamped).
+
+    Offsets are drawn without replacement from +-[min_offset, max_offset]; clamping to the video
+    may make two neighbours coincide in very short videos, which is the reference's behaviour.
+    """
+    offsets = np.concatenate([np.arange(-max_offset, -min_offset + 1), np.arange(min_offset, max_offset + 1)])
+    chosen = rng.choice(offsets, size=count, replace=len(offsets) < count)
+    return [int(min(max(key_pos + o, 0), video_len - 1)) for o in chosen]
+
+
+class TrainSamples:
+    """Training samples of a DetectionDataset for FGFA (or the baseline with ``num_neighbors=0``)."""
+
+    def __init__(self, dataset, cfg, num_neighbors=2):
+        self.dataset = dataset
+        self.cfg = cfg
+        self.num_neighbors = num_neighbors
+        self.videos = dataset.snippets()
+        self.position = {}
+        for vid, recs in self.videos.items():
+            for pos, rec in enumerate(recs):
+                self.position[rec.image_id] = (vid, pos)
+        self.keys = list(range(len(dataset)))
+        per_video = cfg.DATASET.FRAMES_PER_VIDEO
+        if per_video > 0:
+            keep = set()
+            for recs in self.videos.values():
+                idx = np.linspace(0, len(recs) - 1, min(per_video, len(recs))).round().astype(int)
+                keep.update(recs[i].image_id for i in idx)
+            self.keys = [i for i, r in enumerate(dataset.records) if r.video is None or r.image_id in keep]
+
+    def __len__(self):
+        return len(self.keys)
+
+    def frames_of(self, index, rng):
+        """Records of sample ``index``: the key record first, then the neighbours."""
+        rec = self.dataset.records[self.keys[index]]
+        if not self.num_neighbors:
+            return [rec]
+        if rec.video is None or rec.image_id not in self.position:
+            return [rec] * (1 + self.num_neighbors)
+        vid, pos = self.position[rec.image_id]
+        recs = self.videos[vid]
+        nb = neighbor_indices(pos, len(recs), self.num_neighbors, self.cfg.TRAIN.MIN_OFFSET,
+                              self.cfg.TRAIN.MAX_OFFSET, rng)
+        return [rec] + [recs[i] for i in nb]
+
+    def load(self, index, rng):
+        """-> (frames (F,3,Hp,Wp) float32, im_info [h, w, scale], gt boxes (G,4), labels (G,))."""
+        img_cfg = self.cfg.IMAGE
+        records = self.frames_of(index, rng)
+        short, max_long = img_cfg.SCALES[rng.randint(len(img_cfg.SCALES))]
+        flip = bool(img_cfg.FLIP and rng.rand() < 0.5)
+        cache = {}
+        frames = []
+        for rec in records:
+            if rec.image not in cache:
+                image = read_image(rec.image)
+                cache[rec.image] = prepare_image(image, short, max_long, img_cfg.MEAN, img_cfg.STD,
+                                                 img_cfg.PAD_STRIDE, flip)
+            frames.append(cache[rec.image][0])
+        im_info = cache[records[0].image][1]
+        key = records[0]
+        keep = ~key.difficult
+        boxes = key.boxes[keep].astype(np.float32) * im_info[2]
+        labels = key.labels[keep]
+        if flip:
+            width = im_info[1]
+            boxes = np.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], axis=1)
+        return np.stack(frames), im_info, boxes.reshape(-1, 4), labels
+
+
+def collate(samples):
+    """Pad the frames of a batch to one size: (N,F,3,H,W), im_info (N,3), box and label lists."""
+    height = max(s[0].shape[2] for s in samples)
+    width = max(s[0].shape[3] for s in samples)
+    n_frames = samples[0][0].shape[0]
+    data = np.zeros((len(samples), n_frames, 3, height, width), np.float32)
+    for i, s in enumerate(samples):
+        data[i, :, :, :s[0].shape[2], :s[0].shape[3]] = s[0]
+    return data, np.stack([s[1] for s in samples]), [s[2] for s in samples], [s[3] for s in samples]

@@ -1,0 +1,404 @@
+"""FGFA / R-FCN detector assembled from config: training losses and streaming window inference.
+
+With ``NETWORK.AGGREGATE: false`` the same network is the R-FCN single-frame baseline (no flow, no
+embedding, no window). With aggregation, training sees a key frame and two neighbours; testing keeps
+per-frame features and embeddings in a window of 2K+1 frames (K = TEST.K) and computes only the
+2K flows from the centre frame per output frame (fewer when the window is padded at video edges).
+"""
+import collections
+import types
+
+import mxnet as mx
+import numpy as np
+from mxnet import autograd, gluon
+from mxnet.gluon import nn
+
+from lib.anchors import rpn_base_anchors, shift_anchors
+from lib.bbox import clip_boxes, decode_boxes
+from lib.matching import rpn_targets, sample_rois
+from lib.nms import multiclass_nms
+
+from .aggregation import FlowAggregator
+from .backbone import ResNetV1Backbone
+from .embedding import EmbedNet
+from .flownet import FlowNetSimple
+from .operators import multi_proposal
+from .rfcn_head import RFCNHead
+from .rpn import RPN, denormalize_rpn_deltas, rpn_cls_prob, rpn_flatten
+
+
+class FeatureNet(nn.HybridBlock):
+    """Backbone + the 3x3 dilated feature conv (ReLU): the map that is warped and aggregated."""
+
+    def __init__(self, net_cfg, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.backbone = ResNetV1Backbone(net_cfg.DEPTH, net_cfg.NORM, net_cfg.GROUPS,
+                                             net_cfg.RES5_DILATION, prefix="resnet_")
+            dil = net_cfg.FEAT_DILATION
+            self.feat_conv = nn.Conv2D(net_cfg.FEAT_CHANNELS, 3, padding=dil, dilation=dil,
+                                       weight_initializer=mx.init.Normal(0.01))
+
+    def hybrid_forward(self, F, x):
+        return F.relu(self.feat_conv(self.backbone(x)))
+
+
+class InferenceHead(nn.HybridBlock):
+    """RPN -> MultiProposal -> R-FCN on one aggregated (or single-frame) feature map.
+
+    Holds the detector's RPN and R-FCN blocks (shared parameters) so the whole head hybridizes into
+    one graph; it is kept outside the detector's child list so parameters are saved once.
+    """
+
+    def __init__(self, rpn, rfcn, cfg, builtin_ops=False, **kwargs):
+        super().__init__(**kwargs)
+        net, test = cfg.NETWORK, cfg.TEST
+        self.rpn, self.rfcn = rpn, rfcn
+        self.half = net.FEAT_CHANNELS // 2
+        self.stds = [float(s) for s in net.RPN_BBOX_STDS]
+        self.num_anchors = len(net.ANCHOR_SCALES) * len(net.ANCHOR_RATIOS)
+        self.builtin_ops = builtin_ops
+        self.proposal_attrs = dict(
+            rpn_pre_nms_top_n=test.RPN_PRE_NMS_TOP_N, rpn_post_nms_top_n=test.RPN_POST_NMS_TOP_N,
+            threshold=test.RPN_NMS, rpn_min_size=test.RPN_MIN_SIZE, feature_stride=net.FEAT_STRIDE,
+            scales=tuple(float(s) for s in net.ANCHOR_SCALES),
+            ratios=tuple(float(r) for r in net.ANCHOR_RATIOS))
+
+    def hybrid_forward(self, F, feat, im_info):
+        rpn_feat = F.slice_axis(feat, axis=1, begin=0, end=self.half)
+        rfcn_feat = F.slice_axis(feat, axis=1, begin=self.half, end=None)
+        cls_score, box_pred = self.rpn(rpn_feat)
+        rois = multi_proposal(F, rpn_cls_prob(F, cls_score),
+                              denormalize_rpn_deltas(F, box_pred, self.stds, self.num_anchors),
+                              im_info, builtin=self.builtin_ops, **self.proposal_attrs)
+        cls, box = self.rfcn(rfcn_feat, rois)
+        return rois, F.softmax(cls, axis=-1), box
+
+
+def _smooth_l1(x, sigma):
+    return mx.nd.smooth_l1(x, scalar=sigma)
+
+
+class FGFADetector(gluon.Block):
+    """The whole model. ``num_classes`` counts foreground classes (background is added inside)."""
+
+    def __init__(self, cfg, num_classes, builtin_ops=False, **kwargs):
+        super().__init__(**kwargs)
+        net = cfg.NETWORK
+        self.cfg = cfg
+        self.num_classes = num_classes
+        self.aggregate = bool(net.AGGREGATE)
+        self.feat_channels = net.FEAT_CHANNELS
+        self.num_anchors = len(net.ANCHOR_SCALES) * len(net.ANCHOR_RATIOS)
+        self.builtin_ops = builtin_ops
+        with self.name_scope():
+            self.features = FeatureNet(net, prefix="features_")
+            if self.aggregate:
+                self.embed = EmbedNet(net.EMBED_CHANNELS, prefix="embed_")
+                self.flownet = FlowNetSimple(net.FLOW_WIDTH, net.FLOW_SCALE, prefix="flow_")
+            self.rpn = RPN(self.num_anchors, prefix="rpn_")
+            self.rfcn = RFCNHead(num_classes + 1, net.PS_GROUP, net.FEAT_STRIDE, builtin_ops, prefix="rfcn_")
+        self.base_anchors = rpn_base_anchors(net.ANCHOR_BASE, tuple(net.ANCHOR_SCALES),
+                                             tuple(net.ANCHOR_RATIOS))
+        # inference-only blocks (not children: they share parameters with the ones above)
+        self._infer = types.SimpleNamespace(
+            head=InferenceHead(self.rpn, self.rfcn, cfg, builtin_ops, prefix="head_"), aggregators={})
+
+    # ------------------------------------------------------------------ setup
+    def init_weights(self, ctx=None):
+        """Initialise everything; load gluoncv backbone weights when NETWORK.PRETRAINED is set."""
+        ctx = ctx or mx.cpu()
+        self.initialize(mx.init.Xavier(factor_type="in", magnitude=2.0), ctx=ctx)
+        net = self.cfg.NETWORK
+        if net.PRETRAINED:
+            self.features.backbone.load_gluoncv(net.PRETRAINED, ctx)
+        if net.FROZEN_STAGES:
+            self.features.backbone.freeze_stages(net.FROZEN_STAGES)
+        return self
+
+    def aggregator(self, num_frames):
+        aggs = self._infer.aggregators
+        if num_frames not in aggs:
+            aggs[num_frames] = FlowAggregator(self.feat_channels, num_frames, self.builtin_ops,
+                                              prefix=f"agg{num_frames}_")
+        return aggs[num_frames]
+
+    @property
+    def head(self):
+        return self._infer.head
+
+    def hybridize_for_inference(self, ctx=None):
+        """MKLDNN-fused graphs for the per-frame parts (lib.runtime.hybridize_for_inference)."""
+        from lib.runtime import hybridize_for_inference
+        blocks = [self.features, self.head]
+        if self.aggregate:
+            blocks += [self.embed, self.flownet]
+        for block in blocks:
+            hybridize_for_inference(block, ctx)
+        return self
+
+    # ------------------------------------------------------------------ per-frame pieces
+    def frame_cache(self, image):
+        """(B,3,H,W) -> cache (B, C[+E], h, w): feature map, plus its embedding with aggregation."""
+        feat = self.features(image)
+        if not self.aggregate:
+            return feat
+        return mx.nd.concat(feat, self.embed(feat), dim=1)
+
+    def detect_from_feature(self, feat, im_info):
+        """Aggregated feature (1,C,h,w) + im_info (1,3) -> (rois (R,5), probs (R,C+1), deltas (R,8))."""
+        return self.head(feat, im_info)
+
+    def aggregate_window(self, key_cache, caches, flows):
+        """Key cache (1,C+E,h,w), window caches (T,C+E,h,w), flows (T,2,h,w) -> (1,C,h,w)."""
+        key_embed = key_cache[:, self.feat_channels:]
+        out, _ = self.aggregator(caches.shape[0])(key_embed, caches, flows)
+        return out
+
+    # ------------------------------------------------------------------ post-processing
+    def postprocess(self, rois, probs, deltas, im_info):
+        """Numpy detections in ORIGINAL image pixels: boxes (K,4), scores (K,), labels (K,) 0-based."""
+        test, net = self.cfg.TEST, self.cfg.NETWORK
+        rois = rois.asnumpy() if hasattr(rois, "asnumpy") else rois
+        probs = probs.asnumpy() if hasattr(probs, "asnumpy") else probs
+        deltas = deltas.asnumpy() if hasattr(deltas, "asnumpy") else deltas
+        height, width, scale = [float(v) for v in np.asarray(im_info).reshape(-1)[:3]]
+        # MultiProposal rois are +1-inclusive: x2 + 1 gives our exclusive corners
+        boxes = rois[:, 1:5].astype(np.float64) + np.array([0, 0, 1, 1])
+        boxes = decode_boxes(deltas[:, 4:8].astype(np.float64), boxes,
+                             stds=tuple(net.RCNN_BBOX_STDS), means=(0, 0, 0, 0))
+        boxes = clip_boxes(boxes, width, height) / scale
+        boxes, scores, labels = multiclass_nms(
+            boxes.astype(np.float32), probs[:, 1:].astype(np.float32), test.SCORE_THRESH, test.NMS,
+            test.MAX_PER_IMAGE, test.MAX_PER_IMAGE)
+        return boxes, scores, labels
+
+    # ------------------------------------------------------------------ training
+    def train_loss(self, data, im_info, gt_boxes, gt_labels, rng):
+        """Losses of one batch (call inside autograd.record).
+
+        data (N, F, 3, H, W): key frame first, then the neighbours (F = 3; 1 for the baseline);
+        im_info (N, 3) [height, width, scale] of the resized (unpadded) images; gt_boxes / gt_labels:
+        per image numpy (G,4) in resized pixels and (G,) 0-based labels. Returns (total, parts dict).
+        """
+        cfg, train = self.cfg, self.cfg.TRAIN
+        ctx = data.context
+        n_img = data.shape[0]
+        im_info = np.asarray(im_info.asnumpy() if hasattr(im_info, "asnumpy") else im_info, np.float32)
+        im_info_nd = mx.nd.array(im_info, ctx=ctx)
+        if self.aggregate:
+            frames = data.reshape((-3, -2))                                   # (N*F, 3, H, W)
+            caches = self.frame_cache(frames)
+            n_frames = data.shape[1]
+            caches5 = caches.reshape((-4, n_img, n_frames, -2))
+            key_cache = caches5[:, 0]
+            chosen = list(range(n_frames)) if train.AGGREGATE_KEY else list(range(1, n_frames))
+            sel = mx.nd.stack(*[caches5[:, i] for i in chosen], axis=1).reshape((-3, -2))
+            key_img = data[:, 0]
+            ref_imgs = [data[:, i] for i in range(1, n_frames)]
+            flows_nb = self.flownet(mx.nd.stack(*[key_img] * len(ref_imgs), axis=1).reshape((-3, -2)),
+                                    mx.nd.stack(*ref_imgs, axis=1).reshape((-3, -2)))  # (N*(F-1),2,h,w)
+            flows_nb = flows_nb.reshape((-4, n_img, len(ref_imgs), -2))
+            parts = []
+            for i in chosen:
+                parts.append(mx.nd.zeros_like(flows_nb[:, 0]) if i == 0 else flows_nb[:, i - 1])
+            flows = mx.nd.stack(*parts, axis=1).reshape((-3, -2))
+            feat, _ = self.aggregator(len(chosen))(key_cache[:, self.feat_channels:], sel, flows)
+        else:
+            feat = self.features(data[:, 0])
+        half = self.feat_channels // 2
+        rpn_feat, rfcn_feat = feat[:, :half], feat[:, half:]
+        cls_score, box_pred = self.rpn(rpn_feat)
+        feat_h, feat_w = feat.shape[2], feat.shape[3]
+        anchors = shift_anchors(self.base_anchors, feat_h, feat_w, self.cfg.NETWORK.FEAT_STRIDE)
+        anchors = anchors + np.array([0, 0, 1, 1], anchors.dtype)  # +1-inclusive -> our corners
+        labels_all, targets_all, weights_all = [], [], []
+        for n in range(n_img):
+            hw = (float(im_info[n][0]), float(im_info[n][1]))
+            lab, tgt, wgt = rpn_targets(anchors, gt_boxes[n], hw, pos_iou=train.RPN_POS_IOU,
+                                        neg_iou=train.RPN_NEG_IOU, batch_size=train.RPN_BATCH_SIZE,
+                                        fg_fraction=train.RPN_FG_FRACTION,
+                                        allowed_border=train.RPN_ALLOWED_BORDER,
+                                        stds=tuple(cfg.NETWORK.RPN_BBOX_STDS), rng=rng)
+            labels_all.append(lab)
+            targets_all.append(tgt)
+            weights_all.append(wgt)
+        rpn_labels = mx.nd.array(np.stack(labels_all), ctx=ctx)
+        rpn_targets_nd = mx.nd.array(np.stack(targets_all), ctx=ctx)
+        rpn_weights = mx.nd.array(np.stack(weights_all), ctx=ctx)
+        scores_flat, deltas_flat = rpn_flatten(mx.nd, cls_score, box_pred, self.num_anchors)
+        valid = rpn_labels >= 0
+        logp = mx.nd.log_softmax(scores_flat, axis=-1)
+        rpn_ce = -mx.nd.pick(logp, mx.nd.maximum(rpn_labels, 0), axis=-1) * valid
+        rpn_cls_loss = rpn_ce.sum() / mx.nd.maximum(valid.sum(), 1)
+        rpn_box_loss = (_smooth_l1(deltas_flat - rpn_targets_nd, train.RPN_SMOOTH_L1_SIGMA)
+                        * rpn_weights).sum() / (n_img * train.RPN_BATCH_SIZE)
+
+        # proposals (no gradient), then R-CNN targets on all proposals + gt boxes
+        with autograd.pause():
+            rois = multi_proposal(
+                mx.nd, rpn_cls_prob(mx.nd, cls_score.detach()),
+                denormalize_rpn_deltas(mx.nd, box_pred.detach(), self.cfg.NETWORK.RPN_BBOX_STDS,
+                                       self.num_anchors),
+                im_info_nd, builtin=self.builtin_ops,
+                rpn_pre_nms_top_n=train.RPN_PRE_NMS_TOP_N, rpn_post_nms_top_n=train.RPN_POST_NMS_TOP_N,
+                threshold=train.RPN_NMS, rpn_min_size=train.RPN_MIN_SIZE,
+                feature_stride=self.cfg.NETWORK.FEAT_STRIDE,
+                scales=tuple(float(s) for s in self.cfg.NETWORK.ANCHOR_SCALES),
+                ratios=tuple(float(r) for r in self.cfg.NETWORK.ANCHOR_RATIOS)).asnumpy()
+        roi_list, lab_list, tgt_list, wgt_list = [], [], [], []
+        for n in range(n_img):
+            props = rois[rois[:, 0] == n, 1:5] + np.array([0, 0, 1, 1], np.float32)
+            props = np.concatenate([props, gt_boxes[n].astype(np.float32)], axis=0)
+            r, lab, tgt, wgt = sample_rois(props, gt_boxes[n], gt_labels[n], batch_size=-1,
+                                           fg_iou=train.RCNN_FG_IOU, bg_iou=tuple(train.RCNN_BG_IOU),
+                                           stds=tuple(self.cfg.NETWORK.RCNN_BBOX_STDS), rng=rng)
+            r = np.asarray(r, np.float32) - np.array([0, 0, 1, 1], np.float32)   # back to +1 convention
+            roi_list.append(np.concatenate([np.full((len(r), 1), n, np.float32), r], axis=1))
+            lab_list.append(np.asarray(lab))
+            tgt_list.append(np.asarray(tgt, np.float32))
+            wgt_list.append(np.asarray(wgt, np.float32))
+        rois_nd = mx.nd.array(np.concatenate(roi_list), ctx=ctx)
+        roi_labels = np.concatenate(lab_list).astype(np.float32)
+        cls, box = self.rfcn(rfcn_feat, rois_nd)
+        labels_nd = mx.nd.array(roi_labels, ctx=ctx)
+        targets_nd = mx.nd.array(np.concatenate(tgt_list), ctx=ctx)
+        weights_nd = mx.nd.array(np.concatenate(wgt_list), ctx=ctx)
+        roi_ce = -mx.nd.pick(mx.nd.log_softmax(cls, axis=-1), labels_nd, axis=-1)
+        roi_l1 = (_smooth_l1(box[:, 4:8] - targets_nd, train.RCNN_SMOOTH_L1_SIGMA) * weights_nd).sum(axis=1)
+
+        # OHEM: per image keep the RoIs with the highest (cls + box) loss
+        per_roi = (roi_ce + roi_l1).asnumpy()
+        keep = np.zeros(len(per_roi), np.float32)
+        offset = 0
+        for n in range(n_img):
+            count = len(lab_list[n])
+            order = np.argsort(-per_roi[offset:offset + count], kind="stable")[:train.OHEM_ROIS]
+            keep[offset + order] = 1.0
+            offset += count
+        keep_nd = mx.nd.array(keep, ctx=ctx)
+        norm = float(max(keep.sum(), 1.0))
+        rcnn_cls_loss = (roi_ce * keep_nd).sum() / norm
+        rcnn_box_loss = (roi_l1 * keep_nd).sum() / norm
+        total = rpn_cls_loss + rpn_box_loss + rcnn_cls_loss + rcnn_box_loss
+        parts = {"rpn_cls": rpn_cls_loss, "rpn_box": rpn_box_loss,
+                 "rcnn_cls": rcnn_cls_loss, "rcnn_box": rcnn_box_loss}
+        return total, {k: float(v.asscalar()) for k, v in parts.items()}
+
+
+# ---------------------------------------------------------------------- streaming inference
+Frame = collections.namedtuple("Frame", "index data im_info cache")
+
+
+class VideoDetector:
+    """Streaming FGFA inference over one video at a time; exactly one result per frame.
+
+    ``step(image)`` feeds the next frame and returns the results that became ready as a list of
+    ``(frame_index, (boxes, scores, labels))`` -- frame t is ready once frame t+K arrived (the
+    window is centred). ``flush()`` ends the video and returns the rest. Window positions before
+    the first / after the last frame repeat the first / last frame. Each frame's feature+embedding
+    cache is computed once; per output frame only the flows from it to the other distinct frames
+    of its window are computed. For the baseline (no aggregation) every step returns its frame.
+    """
+
+    def __init__(self, model, ctx=None, K=None, preprocess=None):
+        self.model = model
+        self.ctx = ctx or mx.cpu()
+        self.K = model.cfg.TEST.K if K is None else int(K)
+        self.preprocess = preprocess
+        self.reset()
+
+    def reset(self):
+        self.frames = collections.OrderedDict()   # index -> Frame (only what windows still need)
+        self.next_index = 0                        # index of the next frame fed
+        self.next_output = 0                       # index of the next frame to emit
+
+    def _add(self, image):
+        data, im_info = self.preprocess(image)
+        data = mx.nd.array(data[None], ctx=self.ctx)
+        im_info_nd = mx.nd.array(np.asarray(im_info, np.float32)[None], ctx=self.ctx)
+        cache = self.model.frame_cache(data)
+        frame = Frame(self.next_index, data, im_info_nd, cache)
+        self.frames[self.next_index] = frame
+        self.next_index += 1
+        return frame
+
+    def window_indices(self, t, last):
+        """Frame indices of t's window: t-K..t+K clamped to [0, last] (edges repeat)."""
+        return [min(max(t + j, 0), last) for j in range(-self.K, self.K + 1)]
+
+    def _emit(self, t, last):
+        model = self.model
+        key = self.frames[t]
+        if not model.aggregate:
+            rois, probs, deltas = model.detect_from_feature(key.cache, key.im_info)
+        else:
+            idx = self.window_indices(t, last)
+            others = sorted(set(i for i in idx if i != t))
+            flow_of = {}
+            if others:
+                refs = mx.nd.concat(*[self.frames[i].data for i in others], dim=0)
+                cur = mx.nd.broadcast_to(key.data, shape=refs.shape)
+                flows = model.flownet(cur, refs)
+                flow_of = {i: flows[j:j + 1] for j, i in enumerate(others)}
+            zero = mx.nd.zeros((1, 2) + key.cache.shape[2:], ctx=self.ctx)
+            caches = mx.nd.concat(*[self.frames[i].cache for i in idx], dim=0)
+            flows = mx.nd.concat(*[flow_of.get(i, zero) if i != t else zero for i in idx], dim=0)
+            feat = model.aggregate_window(key.cache, caches, flows)
+            rois, probs, deltas = model.detect_from_feature(feat, key.im_info)
+        result = model.postprocess(rois, probs, deltas, key.im_info.asnumpy()[0])
+        # drop frames no later window needs (windows of t+1.. start at t+1-K)
+        for i in [i for i in self.frames if i < t + 1 - self.K]:
+            del self.frames[i]
+        return t, result
+
+    def step(self, image):
+        self._add(image)
+        ready = []
+        if not self.model.aggregate:
+            ready.append(self._emit(self.next_output, self.next_index - 1))
+            self.next_output += 1
+            return ready
+        # frame t is complete when t + K has arrived
+        while self.next_output + self.K <= self.next_index - 1:
+            ready.append(self._emit(self.next_output, self.next_index - 1))
+            self.next_output += 1
+        return ready
+
+    def flush(self):
+        ready = []
+        last = self.next_index - 1
+        while self.next_output <= last:
+            ready.append(self._emit(self.next_output, last))
+            self.next_output += 1
+        self.reset()
+        return ready
+
+    def detect_video(self, images):
+        """Iterate over (frame_index, (boxes, scores, labels)) for every frame of ``images``, in order."""
+        self.reset()
+        for image in images:
+            yield from self.step(image)
+        yield from self.flush()
+
+    def detect_uncached(self, images, t):
+        """Frame t of a whole clip computed from scratch (no cache): the reference for the window logic."""
+        model = self.model
+        last = len(images) - 1
+        idx = self.window_indices(t, last) if model.aggregate else [t]
+        prepared = {i: self.preprocess(images[i]) for i in set(idx)}
+        data = {i: mx.nd.array(p[0][None], ctx=self.ctx) for i, p in prepared.items()}
+        im_info = mx.nd.array(np.asarray(prepared[t][1], np.float32)[None], ctx=self.ctx)
+        if not model.aggregate:
+            rois, probs, deltas = model.detect_from_feature(model.frame_cache(data[t]), im_info)
+        else:
+            stacked = mx.nd.concat(*[data[i] for i in idx], dim=0)
+            caches = model.frame_cache(stacked)
+            cur = mx.nd.broadcast_to(data[t], shape=stacked.shape)
+            flows = model.flownet(cur, stacked)
+            is_key = mx.nd.array([0.0 if i == t else 1.0 for i in idx], ctx=self.ctx).reshape((-1, 1, 1, 1))
+            flows = flows * is_key
+            key_cache = model.frame_cache(data[t])
+            feat = model.aggregate_window(key_cache, caches, flows)
+            rois, probs, deltas = model.detect_from_feature(feat, im_info)
+        return model.postprocess(rois, probs, deltas, im_info.asnumpy()[0])

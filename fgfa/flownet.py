@@ -1,0 +1,64 @@
+"""Light FlowNetSimple: flow between two frames at the feature stride (16), in feature pixels.
+
+Layout of the reference (FlowNetS on a half-size input): encoder 7x7/2, 5x5/2, 5x5/2, 3x3, 3x3/2,
+3x3, 3x3/2, 3x3, 3x3/2, 3x3 with LeakyReLU 0.1; a refinement decoder with deconvolutions
+(512, 256, 128, 64), the upsampled coarser flow and the encoder skip features; the finest flow
+(1/4 of the half-size input) is average-pooled by 2 to stride 16 and multiplied by ``scale``
+(FlowNet predicts flow/20 at 1/8 of the original: 20 / 8 = 2.5). ``width`` scales every channel
+count so the network stays cheap on CPU. The flow predictors start at zero: before training the
+warp is the identity, which is what a randomly initialised network should do (no pretrained
+FlowNet is available here).
+"""
+from mxnet import init
+from mxnet.gluon import nn
+
+ENCODER = [(7, 2, 64), (5, 2, 128), (5, 2, 256), (3, 1, 256), (3, 2, 512),
+           (3, 1, 512), (3, 2, 512), (3, 1, 512), (3, 2, 1024), (3, 1, 1024)]
+DECODER = (512, 256, 128, 64)
+# encoder outputs used as skips for the decoder levels 5, 4, 3, 2 (conv5_1, conv4_1, conv3_1, conv2)
+SKIPS = (7, 5, 3, 1)
+
+
+def _ch(channels, width):
+    return max(8, int(round(channels * width)))
+
+
+class FlowNetSimple(nn.HybridBlock):
+    def __init__(self, width=1.0, scale=2.5, **kwargs):
+        super().__init__(**kwargs)
+        self.scale = scale
+        with self.name_scope():
+            self.encoder = nn.HybridSequential(prefix="enc_")
+            for kernel, stride, channels in ENCODER:
+                block = nn.HybridSequential(prefix="")
+                block.add(nn.Conv2D(_ch(channels, width), kernel, stride, kernel // 2),
+                          nn.LeakyReLU(0.1))
+                self.encoder.add(block)
+            self.deconvs = nn.HybridSequential(prefix="deconv_")
+            self.flow_preds = nn.HybridSequential(prefix="flow_")
+            self.flow_ups = nn.HybridSequential(prefix="flowup_")
+            zero = init.Zero()
+            self.flow_preds.add(nn.Conv2D(2, 3, 1, 1, weight_initializer=zero))  # coarsest flow6
+            for channels in DECODER:
+                deconv = nn.HybridSequential(prefix="")
+                deconv.add(nn.Conv2DTranspose(_ch(channels, width), 4, 2, 1), nn.LeakyReLU(0.1))
+                self.deconvs.add(deconv)
+                self.flow_ups.add(nn.Conv2DTranspose(2, 4, 2, 1, use_bias=False))
+                self.flow_preds.add(nn.Conv2D(2, 3, 1, 1, weight_initializer=zero))
+
+    def hybrid_forward(self, F, cur, ref):
+        x = F.Pooling(F.concat(cur, ref, dim=1), kernel=(2, 2), stride=(2, 2), pool_type="avg")
+        feats = []
+        for block in self.encoder:
+            x = block(x)
+            feats.append(x)
+        flow = self.flow_preds[0](x)
+        for level, skip_idx in enumerate(SKIPS):
+            skip = feats[skip_idx]
+            # stride-2 convs round sizes up, deconvs double them: crop to the skip size
+            up = F.slice_like(self.deconvs[level](x), skip, axes=(2, 3))
+            up_flow = F.slice_like(self.flow_ups[level](flow), skip, axes=(2, 3))
+            x = F.concat(skip, up, up_flow, dim=1)
+            flow = self.flow_preds[level + 1](x)
+        flow = F.Pooling(flow, kernel=(2, 2), stride=(2, 2), pool_type="avg")
+        return flow * self.scale
