@@ -109,3 +109,80 @@ def test_no_detections_at_all(tmp_path):
     res = coco_ap(records, empty, CLASSES)
     assert res["mAP"] == 0.0
     assert res["per_class"]["car"]["ap"] == 0.0
+
+
+# ---- detections on disk (COCO results JSON) mapped onto a dataset ----
+
+from lib.dataset import DetectionDataset  # noqa: E402
+from lib.eval import DetectionsFormatError, evaluate, read_detections, write_detections  # noqa: E402
+
+
+def _dataset():
+    recs = [Record(image="/data/set/images/a/0001.jpg", width=100, height=100, image_id="a/0001",
+                   boxes=[[0, 0, 10, 10]], labels=[0]),
+            Record(image="/data/set/images/b/0001.jpg", width=100, height=100, image_id="b/0001"),
+            Record(image="/data/set/images/b/0002.jpg", width=100, height=100, image_id="000042",
+                   boxes=[[5, 5, 50, 60]], labels=[1])]
+    return DetectionDataset(recs, ["car", "person"])
+
+
+def test_write_read_round_trip(tmp_path):
+    ds = _dataset()
+    dets = [(np.array([[1.5, 2, 11, 12.25]]), np.array([0.75]), np.array([0])),
+            (np.zeros((0, 4)), np.zeros(0), np.zeros(0, np.int64)),
+            (np.array([[5, 5, 50, 60], [0, 0, 1, 1.0]]), np.array([0.5, 0.25]), np.array([1, 0]))]
+    path = tmp_path / "dets.json"
+    assert write_detections(path, ds, dets) == 3
+    entries = json.loads(path.read_text())
+    assert entries[0] == {"image_id": "a/0001", "category_id": 1, "category": "car",
+                          "bbox": [1.5, 2.0, 9.5, 10.25], "score": 0.75}
+    back = read_detections(path, ds)
+    for (b0, s0, l0), (b1, s1, l1) in zip(dets, back):
+        np.testing.assert_allclose(b1, b0)
+        np.testing.assert_allclose(s1, s0)
+        assert l1.tolist() == l0.tolist()
+    assert evaluate(ds, str(path), "voc")["per_class"]["person"]["ap"] == 1.0
+
+
+def test_lookup_by_file_name_number_and_category_id(tmp_path):
+    ds = _dataset()
+    entries = [{"file_name": "a/0001.jpg", "category_id": 2, "bbox": [0, 0, 1, 1], "score": 0.1},
+               {"file_name": "/data/set/images/b/0002.jpg", "category": "car", "bbox": [0, 0, 1, 1], "score": 0.2},
+               {"image_id": 42, "category_name": "person", "bbox": [0, 0, 2, 2], "score": 0.3},
+               {"file_name": "0002.jpg", "category_id": 1, "bbox": [0, 0, 3, 3], "score": 0.4}]
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps(entries))
+    dets = read_detections(path, ds)
+    assert dets[0][2].tolist() == [1]
+    assert sorted(dets[2][1].tolist()) == [0.2, 0.3, 0.4]
+    # a dataset read from COCO carries its own category ids and COCO image ids
+    ds.category_ids = [17, 3]
+    ds.coco_image_ids = {"b/0001": 9}
+    path.write_text(json.dumps([{"image_id": 9, "category_id": 3, "bbox": [0, 0, 1, 1], "score": 1}]))
+    dets = read_detections(path, ds)
+    assert dets[1][2].tolist() == [1]
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"image_id": "nope", "category_id": 1, "bbox": [0, 0, 1, 1], "score": 1}, "entry 1: image_id 'nope' is not"),
+    ({"file_name": "0001.jpg", "category_id": 1, "bbox": [0, 0, 1, 1], "score": 1}, "entry 1: .* ambiguous"),
+    ({"image_id": "a/0001", "category_id": 0, "bbox": [0, 0, 1, 1], "score": 1}, "entry 1: category_id 0 is unknown"),
+    ({"image_id": "a/0001", "category": "dog", "bbox": [0, 0, 1, 1], "score": 1}, "entry 1: category 'dog'"),
+    ({"image_id": "a/0001", "category": "car", "bbox": [0, 0, 1], "score": 1}, "entry 1: bbox must be 4"),
+    ({"image_id": "a/0001", "category": "car", "bbox": [0, 0, -1, 1], "score": 1}, "entry 1: bbox width"),
+    ({"image_id": "a/0001", "category": "car", "bbox": [0, 0, 1, 1]}, "entry 1: score"),
+    ({"category": "car", "bbox": [0, 0, 1, 1], "score": 1}, "entry 1: needs an 'image_id' or a 'file_name'"),
+])
+def test_bad_entries_name_the_index(tmp_path, entry, message):
+    good = {"image_id": "a/0001", "category_id": 1, "bbox": [0, 0, 1, 1], "score": 0.5}
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps([good, entry]))
+    with pytest.raises(DetectionsFormatError, match=message):
+        read_detections(path, _dataset())
+
+
+def test_invalid_json_names_line(tmp_path):
+    path = tmp_path / "broken.json"
+    path.write_text('[\n{"image_id": "a/0001",\n')
+    with pytest.raises(DetectionsFormatError, match="broken.json: not valid JSON \\(line 3"):
+        read_detections(path, _dataset())
