@@ -1,0 +1,144 @@
+"""MXNet RecordIO in im2rec's detection format, readable by gluoncv.data.RecordFileDetection.
+
+Each record's label is ``[header_len=4, label_width=6, image_width, image_height,`` then per object
+``cls, x1/W, y1/H, x2/W, y2/H, difficult]`` (coordinates normalised to [0, 1], as
+RecordFileDetection(coord_normalized=True) expects; the original image size in the header restores
+pixels exactly). The image bytes are stored unchanged (no re-encoding). ``<prefix>.lst`` is the im2rec
+list (index, label..., path) and ``<prefix>.json`` keeps the class names and image ids.
+
+A Record read back points at ``<prefix>.rec#<index>``; ``read_image`` understands that form.
+"""
+import json
+import os
+
+import numpy as np
+
+from .io import DatasetError, DatasetReport, ImageReadError
+from .record import DetectionDataset, Record
+
+HEADER_LEN = 4
+LABEL_WIDTH = 6
+
+
+def detection_label(rec):
+    """The flat im2rec detection label of a Record (float32)."""
+    w, h = float(rec.width), float(rec.height)
+    objs = np.zeros((rec.num_boxes, LABEL_WIDTH), np.float64)
+    objs[:, 0] = rec.labels
+    objs[:, 1:5] = rec.boxes.astype(np.float64) / np.array([w, h, w, h])
+    objs[:, 5] = rec.difficult
+    return np.concatenate([[HEADER_LEN, LABEL_WIDTH, w, h], objs.ravel()]).astype(np.float32)
+
+
+def pack_records(dataset, prefix, progress=False):
+    """Write dataset -> <prefix>.rec, .idx, .lst, .json. Returns the number of records written.
+    Images whose file cannot be read are reported and skipped (dataset.report if present)."""
+    import mxnet as mx
+    report = getattr(dataset, "report", None) or DatasetReport(dataset.name)
+    os.makedirs(os.path.dirname(os.path.abspath(prefix)) or ".", exist_ok=True)
+    writer = mx.recordio.MXIndexedRecordIO(prefix + ".idx", prefix + ".rec", "w")
+    items = dataset.records
+    if progress:
+        from tqdm import tqdm
+        items = tqdm(items, desc=f"pack {os.path.basename(prefix)}", unit="img")
+    meta, count = [], 0
+    with open(prefix + ".lst", "w", encoding="utf-8") as lst:
+        for rec in items:
+            try:
+                with open(rec.image, "rb") as f:
+                    data = f.read()
+                if not data:
+                    raise OSError("empty file")
+            except OSError as exc:
+                report.warn(rec.image, f"cannot read image ({exc}); not packed", skip_image=True)
+                continue
+            label = detection_label(rec)
+            header = mx.recordio.IRHeader(0, label, count, 0)
+            writer.write_idx(count, mx.recordio.pack(header, data))
+            lst.write("\t".join([str(count)] + [f"{v:.8g}" for v in label] + [rec.image]) + "\n")
+            meta.append({"image_id": rec.image_id, "image": rec.image, "video": rec.video, "frame": rec.frame,
+                         "track_ids": rec.track_ids.tolist()})
+            count += 1
+    writer.close()
+    with open(prefix + ".json", "w", encoding="utf-8") as f:
+        json.dump({"classes": dataset.classes, "name": dataset.name, "records": meta}, f)
+    return count
+
+
+def parse_detection_label(label, where="record"):
+    """Split an im2rec detection label into (header, objects (N, label_width)). Errors name `where`."""
+    label = np.asarray(label, np.float64).ravel()
+    if len(label) < 2:
+        raise DatasetError(f"{where}: label too short for a detection header")
+    header_len, width = int(label[0]), int(label[1])
+    if header_len < 2 or width < 5 or (len(label) - header_len) % width:
+        raise DatasetError(f"{where}: broken detection label (header {header_len}, width {width}, "
+                           f"length {len(label)})")
+    return label[:header_len], label[header_len:].reshape(-1, width)
+
+
+def load_recordio(prefix, classes=None, name=None, strict=False, report=None):
+    """Read back a .rec/.idx pair as a DetectionDataset (images stay inside the .rec). Class names
+    come from <prefix>.json when present, else ``classes``, else 'class<k>'."""
+    import mxnet as mx
+    rec_path, idx_path = prefix + ".rec", prefix + ".idx"
+    for p in (rec_path, idx_path):
+        if not os.path.isfile(p):
+            raise DatasetError(f"{p}: record file not found")
+    report = report or DatasetReport(name or os.path.basename(prefix), strict=strict)
+    meta = {}
+    if os.path.isfile(prefix + ".json"):
+        with open(prefix + ".json", "r", encoding="utf-8") as f:
+            meta = json.load(f)
+    reader = mx.recordio.MXIndexedRecordIO(idx_path, rec_path, "r")
+    records, max_cls = [], -1
+    extra = meta.get("records", [])
+    for k, idx in enumerate(sorted(reader.keys)):
+        where = f"{rec_path}#{idx}"
+        try:
+            header, data = mx.recordio.unpack(reader.read_idx(idx))
+            head, objs = parse_detection_label(header.label, where)
+        except Exception as exc:  # noqa: BLE001 - a damaged record must not stop the whole file
+            report.warn(where, f"unreadable record ({exc}); skipped", skip_image=True)
+            continue
+        if len(head) >= 4:
+            width, height = int(head[2]), int(head[3])
+        else:
+            from .io import decode_image_bytes
+            img = decode_image_bytes(data, where)
+            height, width = img.shape[:2]
+        boxes = objs[:, 1:5] * np.array([width, height, width, height])
+        labels = objs[:, 0].astype(np.int64)
+        difficult = objs[:, 5] > 0.5 if objs.shape[1] > 5 else None
+        max_cls = max(max_cls, int(labels.max()) if len(labels) else -1)
+        m = extra[k] if k < len(extra) else {}
+        records.append(Record(image=where, width=width, height=height, boxes=boxes, labels=labels,
+                              difficult=difficult, track_ids=m.get("track_ids"), video=m.get("video"),
+                              frame=m.get("frame", -1), image_id=m.get("image_id", f"{idx}")))
+    reader.close()
+    classes = meta.get("classes") or (list(classes) if classes else [f"class{k}" for k in range(max_cls + 1)])
+    dataset = DetectionDataset(records, classes, name or meta.get("name") or os.path.basename(prefix))
+    report.count("images", len(records))
+    report.log_summary()
+    dataset.report = report
+    return dataset
+
+
+_READERS = {}
+
+
+def read_record_image(path):
+    """Bytes of the image stored at '<file>.rec#<index>' (one open reader per process and file)."""
+    import mxnet as mx
+    rec_path, idx = path.rsplit("#", 1)
+    key = (os.getpid(), rec_path)
+    if key not in _READERS:
+        idx_path = rec_path[:-4] + ".idx"
+        if not os.path.isfile(rec_path) or not os.path.isfile(idx_path):
+            raise ImageReadError(f"{path}: record file or its .idx not found")
+        _READERS[key] = mx.recordio.MXIndexedRecordIO(idx_path, rec_path, "r")
+    try:
+        _, data = mx.recordio.unpack(_READERS[key].read_idx(int(idx)))
+    except Exception as exc:  # noqa: BLE001
+        raise ImageReadError(f"{path}: cannot read record ({exc})") from None
+    return data

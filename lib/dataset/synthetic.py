@@ -1,0 +1,230 @@
+"""Deterministic synthetic videos for tests and the default demo, written in ImageNet VID layout.
+
+Each video: a textured, slowly panning background; 1..max_objects textured shapes of several classes
+(shape and texture identify the class), moving on straight paths, some fast with motion blur along
+their direction of motion, some entering or leaving through the image border; an occluding pole
+crossing the frame; objects also occlude each other (later objects in front). Boxes are the object
+extent clipped to the image; an object less than ``min_visible`` visible (occluded or outside) gets
+no box in that frame. Everything is drawn from ``numpy.random.default_rng([seed, video])``, so the
+same arguments give the same files.
+"""
+import json
+import os
+
+import cv2
+import numpy as np
+
+from .labelmap import write_label_map
+from .record import Record
+from .vid import load_vid, vid_frame_path, write_image_set_4, write_vid_frame
+
+SYNTHETIC_CLASSES = ["disc", "square", "triangle", "diamond"]
+
+
+def _shape_mask(shape, size):
+    mask = np.zeros((size, size), np.uint8)
+    s = size - 1
+    if shape == "disc":
+        cv2.circle(mask, (size // 2, size // 2), size // 2, 255, -1, lineType=cv2.LINE_AA)
+    elif shape == "square":
+        mask[:] = 255
+    elif shape == "triangle":
+        cv2.fillPoly(mask, [np.array([[0, s], [s // 2, 0], [s, s]], np.int32)], 255, lineType=cv2.LINE_AA)
+    elif shape == "diamond":
+        cv2.fillPoly(mask, [np.array([[s // 2, 0], [s, s // 2], [s // 2, s], [0, s // 2]], np.int32)], 255,
+                     lineType=cv2.LINE_AA)
+    else:
+        raise ValueError(f"unknown synthetic shape {shape!r}")
+    return mask.astype(np.float32) / 255.0
+
+
+def _texture(class_idx, size, color, rng):
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    period = max(4.0, size / rng.uniform(3.0, 5.0))
+    kind = class_idx % 4
+    if kind == 0:    # rings
+        r = np.hypot(xx - size / 2, yy - size / 2)
+        pattern = 0.5 + 0.5 * np.sin(2 * np.pi * r / period)
+    elif kind == 1:  # checkerboard
+        pattern = ((np.floor(xx / period) + np.floor(yy / period)) % 2).astype(np.float32)
+    elif kind == 2:  # stripes
+        pattern = 0.5 + 0.5 * np.sign(np.sin(2 * np.pi * yy / period))
+    else:            # dots
+        pattern = ((np.hypot((xx % period) - period / 2, (yy % period) - period / 2) < period / 3)
+                   ).astype(np.float32)
+    tex = np.asarray(color, np.float32)[None, None, :] * (0.45 + 0.55 * pattern[..., None])
+    return np.clip(tex, 0, 255)
+
+
+def _background(rng, width, height, margin):
+    h, w = height + 2 * margin, width + 2 * margin
+    small = rng.uniform(40, 200, size=(max(2, h // 24), max(2, w // 24), 3)).astype(np.float32)
+    bg = cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
+    bg += rng.normal(0, 6, size=bg.shape).astype(np.float32)
+    return np.clip(bg, 0, 255)
+
+
+def _blur_kernel(vx, vy):
+    length = int(round(np.hypot(vx, vy)))
+    if length < 3:
+        return None
+    k = np.zeros((length, length), np.float32)
+    c = (length - 1) / 2.0
+    dx, dy = vx / np.hypot(vx, vy), vy / np.hypot(vx, vy)
+    cv2.line(k, (int(round(c - dx * c)), int(round(c - dy * c))), (int(round(c + dx * c)),
+             int(round(c + dy * c))), 1.0, 1)
+    return k / k.sum()
+
+
+def _make_objects(rng, n, width, height, num_frames, num_classes, fast_fraction, size_range):
+    objects = []
+    for track in range(n):
+        size = int(rng.integers(size_range[0], size_range[1] + 1))
+        fast = rng.random() < fast_fraction
+        speed = rng.uniform(6.0, 11.0) if fast else rng.uniform(0.5, 2.5)
+        entering = rng.random() < 0.35
+        if entering:  # start just outside the left or right border, moving inward
+            side = rng.integers(0, 2)
+            x0 = -size * 0.8 if side == 0 else width - size * 0.2
+            angle = rng.uniform(-0.4, 0.4) + (0 if side == 0 else np.pi)
+        else:
+            x0 = rng.uniform(0, max(1, width - size))
+            angle = rng.uniform(0, 2 * np.pi)
+        y0 = rng.uniform(0, max(1, height - size))
+        cls = int(rng.integers(0, num_classes))
+        base = np.array([[230, 60, 60], [60, 200, 60], [70, 90, 235], [235, 200, 50]][cls % 4], np.float32)
+        color = np.clip(base + rng.normal(0, 15, 3), 30, 255)
+        objects.append({"track": track, "cls": cls, "size": size, "x0": x0, "y0": y0,
+                        "vx": speed * np.cos(angle), "vy": speed * np.sin(angle), "fast": fast,
+                        "growth": rng.uniform(-0.004, 0.008), "color": color,
+                        "texture_seed": int(rng.integers(0, 2 ** 31))})
+    return objects
+
+
+def render_video(seed, video_index=0, num_frames=30, width=320, height=240, num_classes=4, max_objects=3,
+                 fast_fraction=0.3, occluder=True, size_range=(24, 72), min_visible=0.15, min_box=4):
+    """Render one video. Returns (frames: list of HxWx3 uint8 RGB, annotations: list per frame of
+    (boxes (N,4) float32, labels (N,), track_ids (N,)))."""
+    rng = np.random.default_rng([int(seed), int(video_index)])
+    shapes = [SYNTHETIC_CLASSES[k % len(SYNTHETIC_CLASSES)] for k in range(num_classes)]
+    n = int(rng.integers(1, max_objects + 1))
+    objects = _make_objects(rng, n, width, height, num_frames, num_classes, fast_fraction, size_range)
+    margin = 16
+    background = _background(rng, width, height, margin)
+    pan = rng.uniform(-0.5, 0.5, size=2)
+    pole = None
+    if occluder:
+        pole = {"x": rng.uniform(-20, width), "v": rng.uniform(-3, 3), "w": int(rng.integers(10, 22)),
+                "color": rng.uniform(20, 90, 3)}
+    frames, annotations = [], []
+    for t in range(num_frames):
+        ox = int(np.clip(margin + pan[0] * t, 0, 2 * margin))
+        oy = int(np.clip(margin + pan[1] * t, 0, 2 * margin))
+        frame = background[oy:oy + height, ox:ox + width].copy()
+        masks, boxes = [], []
+        for obj in objects:
+            size = max(6, int(round(obj["size"] * (1 + obj["growth"] * t))))
+            x = obj["x0"] + obj["vx"] * t
+            y = obj["y0"] + obj["vy"] * t
+            trng = np.random.default_rng(obj["texture_seed"])
+            mask = _shape_mask(shapes[obj["cls"]], size)
+            tex = _texture(obj["cls"], size, obj["color"], trng)
+            kernel = _blur_kernel(obj["vx"], obj["vy"]) if obj["fast"] else None
+            pad = kernel.shape[0] if kernel is not None else 0
+            layer = np.zeros((size + 2 * pad, size + 2 * pad, 4), np.float32)
+            layer[pad:pad + size, pad:pad + size, :3] = tex * mask[..., None]
+            layer[pad:pad + size, pad:pad + size, 3] = mask
+            if kernel is not None:  # motion blur of colour (premultiplied) and coverage alike
+                layer = cv2.filter2D(layer, -1, kernel, borderType=cv2.BORDER_CONSTANT)
+            full = np.zeros((height, width, 4), np.float32)
+            xi, yi = int(np.floor(x)) - pad, int(np.floor(y)) - pad
+            sx0, sy0 = max(0, -xi), max(0, -yi)
+            dx0, dy0 = max(0, xi), max(0, yi)
+            dx1 = min(width, xi + layer.shape[1])
+            dy1 = min(height, yi + layer.shape[0])
+            if dx1 > dx0 and dy1 > dy0:
+                full[dy0:dy1, dx0:dx1] = layer[sy0:sy0 + dy1 - dy0, sx0:sx0 + dx1 - dx0]
+            alpha = full[..., 3:4]
+            frame = frame * (1 - alpha) + full[..., :3]
+            shape_mask = np.zeros((height, width), bool)
+            mx0, my0 = int(np.floor(x)), int(np.floor(y))
+            cx0, cy0, cx1, cy1 = max(0, mx0), max(0, my0), min(width, mx0 + size), min(height, my0 + size)
+            if cx1 > cx0 and cy1 > cy0:
+                shape_mask[cy0:cy1, cx0:cx1] = mask[cy0 - my0:cy1 - my0, cx0 - mx0:cx1 - mx0] > 0.5
+            for prev in masks:  # this object hides the ones drawn before it
+                prev &= ~shape_mask
+            masks.append(shape_mask)
+            boxes.append((obj, float((mask > 0.5).sum()),
+                          [x, y, x + size, y + size]))
+        if pole is not None:
+            px = int(round(pole["x"] + pole["v"] * t))
+            x0, x1 = max(0, px), min(width, px + pole["w"])
+            if x1 > x0:
+                frame[:, x0:x1] = pole["color"]
+                for m in masks:
+                    m[:, x0:x1] = False
+        out_boxes, out_labels, out_tracks = [], [], []
+        for (obj, full_area, box), visible in zip(boxes, masks):
+            x1, y1, x2, y2 = box
+            cb = [max(0.0, x1), max(0.0, y1), min(float(width), x2), min(float(height), y2)]
+            if cb[2] - cb[0] < min_box or cb[3] - cb[1] < min_box or full_area <= 0:
+                continue
+            if visible.sum() / full_area < min_visible:
+                continue
+            out_boxes.append([round(v) for v in cb])  # integer corners: exact in every format
+            out_labels.append(obj["cls"])
+            out_tracks.append(obj["track"])
+        frames.append(np.clip(frame, 0, 255).astype(np.uint8))
+        annotations.append((np.asarray(out_boxes, np.float32).reshape(-1, 4), np.asarray(out_labels, np.int64),
+                            np.asarray(out_tracks, np.int64)))
+    return frames, annotations
+
+
+def generate_video_dataset(out_dir, seed=0, num_videos=4, num_frames=30, width=320, height=240, num_classes=4,
+                           max_objects=3, fast_fraction=0.3, occluder=True, split="train", key_frames=15,
+                           jpeg_quality=90, load=True):
+    """Write ``num_videos`` synthetic videos in ImageNet VID layout under out_dir:
+    Data/VID/<split>/synth_<seed>_<k>/%06d.JPEG, Annotations/VID/... (XML with trackid),
+    ImageSets/VID_<split>_videos.txt (every frame, 4 fields) and VID_<split>_<key_frames>frames.txt
+    (key frames spread evenly, FGFA's training list format), classes.txt, label_map.pbtxt and
+    synthetic.json (the arguments). Returns the loaded DetectionDataset (or out_dir with load=False)."""
+    if not 1 <= num_classes <= len(SYNTHETIC_CLASSES):
+        raise ValueError(f"num_classes must be in 1..{len(SYNTHETIC_CLASSES)}, got {num_classes}")
+    classes = SYNTHETIC_CLASSES[:num_classes]
+    all_frames, key_entries = [], []
+    frame_id = 0
+    for v in range(num_videos):
+        snippet = f"synth_{seed:04d}_{v:04d}"
+        frames, annotations = render_video(seed, v, num_frames, width, height, num_classes, max_objects,
+                                           fast_fraction, occluder)
+        for t, (img, (boxes, labels, tracks)) in enumerate(zip(frames, annotations)):
+            path = vid_frame_path(out_dir, split, snippet, t)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            cv2.imwrite(path, cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
+            rec = Record(image=path, width=width, height=height, boxes=boxes, labels=labels, track_ids=tracks)
+            write_vid_frame(out_dir, split, snippet, t, rec, classes)
+            frame_id += 1
+            all_frames.append((f"{split}/{snippet}", frame_id, t, num_frames))
+        picks = sorted({int(num_frames * (k + 0.5) / key_frames) for k in range(min(key_frames, num_frames))})
+        key_entries += [(f"{split}/{snippet}", 0, p, num_frames) for p in picks]
+    key_entries = [(v, k + 1, p, n) for k, (v, _, p, n) in enumerate(key_entries)]
+    write_image_set_4(os.path.join(out_dir, "ImageSets", f"VID_{split}_videos.txt"), all_frames)
+    write_image_set_4(os.path.join(out_dir, "ImageSets", f"VID_{split}_{key_frames}frames.txt"), key_entries)
+    with open(os.path.join(out_dir, "classes.txt"), "w", encoding="utf-8") as f:
+        f.write("".join(c + "\n" for c in classes))
+    write_label_map(os.path.join(out_dir, "label_map.pbtxt"), classes)
+    with open(os.path.join(out_dir, "synthetic.json"), "w", encoding="utf-8") as f:
+        json.dump({"seed": seed, "num_videos": num_videos, "num_frames": num_frames, "width": width,
+                   "height": height, "num_classes": num_classes, "max_objects": max_objects,
+                   "fast_fraction": fast_fraction, "occluder": occluder, "split": split}, f, indent=1)
+    if not load:
+        return out_dir
+    return load_synthetic(out_dir, split)
+
+
+def load_synthetic(out_dir, split="train", image_set=None, **kwargs):
+    """Load a generated synthetic dataset (every frame, or an image set of it)."""
+    with open(os.path.join(out_dir, "classes.txt"), "r", encoding="utf-8") as f:
+        classes = [ln.strip() for ln in f if ln.strip()]
+    return load_vid(out_dir, image_set=image_set, split=split, classes=classes, kind="vid",
+                    name=f"synthetic_{split}", **kwargs)
