@@ -3,7 +3,8 @@
 Format (docs/DESIGN.md): a JSON list of ``{"image_id" or "file_name", "category_id" or "category",
 "bbox": [x, y, w, h], "score"}``.
 
-Images are found by ``image_id`` (the record's ``image_id`` string; an integer is also looked up in the
+Images are found by ``image_id`` (the record's ``image_id`` string, or its last path part / the image's
+file stem when unique, e.g. '000005' for 'JPEGImages/000005'; an integer is also looked up in the
 dataset's ``coco_image_ids`` when it came from a COCO file, and against purely numeric image ids such
 as COCO's zero-padded file stems) or by ``file_name`` (absolute path, path suffix, or base name when that
 is unique). Categories are found by name (``category``, also ``category_name``) first, since names are
@@ -33,12 +34,16 @@ class _ImageIndex:
         self.by_number = defaultdict(list)
         self.by_path = {}
         self.by_base = defaultdict(list)
+        self.by_stem = defaultdict(set)
         for i, rec in enumerate(records):
             rid = str(rec.image_id)
             self.by_id[rid].append(i)
             stem = rid.replace("\\", "/").rsplit("/", 1)[-1]
             if stem.isdigit():
                 self.by_number[int(stem)].append(i)
+            # ids relative to the dataset root (e.g. 'JPEGImages/000005') are also found by their last part
+            self.by_stem[stem].add(i)
+            self.by_stem[os.path.splitext(os.path.basename(rec.image))[0]].add(i)
             self.by_path[_norm_path(rec.image)] = i
             self.by_base[os.path.basename(rec.image)].append(i)
         self.coco_ids = {}
@@ -52,6 +57,8 @@ class _ImageIndex:
             if isinstance(value, bool) or not isinstance(value, (str, int)):
                 raise DetectionsFormatError(f"{where}: image_id must be a string or an integer, got {value!r}")
             hits = self.by_id.get(str(value), [])
+            if not hits:
+                hits = list(self.by_stem.get(str(value), []))
             if not hits and isinstance(value, int):
                 hits = self.coco_ids.get(value, []) or self.by_number.get(value, [])
             return self._one(hits, f"image_id {value!r}", where)
