@@ -67,9 +67,11 @@ def _corner_to_centre(boxes, offset):
 
 def _check_coder_args(stds, means):
     stds = np.asarray(stds, dtype=np.float64).reshape(-1)
+    if stds.shape == (2,):  # SSD-style variances (centre, size)
+        stds = stds[[0, 0, 1, 1]]
     means = np.asarray(means, dtype=np.float64).reshape(-1)
     if stds.shape != (4,) or means.shape != (4,):
-        raise ValueError("stds and means must have 4 values each, got %s and %s"
+        raise ValueError("stds must have 4 values (or 2 SSD variances) and means 4, got %s and %s"
                          % (stds.tolist(), means.tolist()))
     if np.any(stds == 0):
         raise ValueError("stds must be non-zero, got %s" % stds.tolist())
@@ -81,7 +83,8 @@ def encode_boxes(gt, anchors, stds=(1.0, 1.0, 1.0, 1.0), means=(0.0, 0.0, 0.0, 0
 
     t = ((gcx - acx) / aw, (gcy - acy) / ah, log(gw / aw), log(gh / ah)), returned as
     (t - means) / stds. R-CNN stds (0.1, 0.1, 0.2, 0.2) equal SSD variances (0.1, 0.1, 0.2, 0.2);
-    TF-OD scales (10, 10, 5, 5) are 1 / stds. ``offset=1``: widths are x2 - x1 + 1 (MXNet).
+    TF-OD scales (10, 10, 5, 5) are 1 / stds; two values (v_centre, v_size) mean
+    (v_centre, v_centre, v_size, v_size). ``offset=1``: widths are x2 - x1 + 1 (MXNet).
     The result has the dtype of ``gt`` if floating, else float32.
     """
     gt = _as_boxes(gt, "gt")
