@@ -1,0 +1,379 @@
+"""Console scripts of the M2Det toolkit (keras-retinanet style).
+
+    m2det-train [options] {csv,pascal,coco,kitti,oid} ...     train (snapshots, resume, TensorBoard, eval)
+    m2det-evaluate --model M [options] {csv,...} ...          mAP@0.5 per class + COCO AP
+    m2det-convert-model MODEL OUT_DIR [--onnx]                training checkpoint -> inference artifact
+    m2det-debug [options] {csv,...} ...                       anchor coverage drawings (green / red)
+
+Global options come before the dataset sub-command, as in keras-retinanet.
+"""
+import argparse
+import json
+import logging
+import os
+import sys
+
+import numpy as np
+
+from lib.config import ConfigError
+from lib.dataset.io import DatasetError
+
+from .datasets import add_dataset_subparsers, load_split
+
+logger = logging.getLogger("m2det")
+
+
+def _common_model_options(parser):
+    parser.add_argument("--cfg", help="yaml config (merged over m2det.config.DEFAULTS)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override, e.g. --set MODEL.NUM_LEVELS=4 (repeatable)")
+    parser.add_argument("--strict", action="store_true",
+                        help="stop at the first bad annotation instead of warning and skipping it")
+
+
+def _overrides(args, mapping):
+    """--set overrides plus the explicit options that were given (not None)."""
+    out = list(args.overrides)
+    for option, key in mapping.items():
+        value = getattr(args, option, None)
+        if value is not None:
+            out.append(f"{key}={json.dumps(value) if isinstance(value, (list, bool)) else value}")
+    return out
+
+
+def _fail(message):
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _run(fn, argv):
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        fn(argv)
+        return 0
+    except (ConfigError, DatasetError, FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+
+
+# ----------------------------------------------------------------------------------------------
+# m2det-train
+
+def train_parser():
+    p = argparse.ArgumentParser(prog="m2det-train", description="Train M2Det (keras-retinanet style).")
+    _common_model_options(p)
+    p.add_argument("--backbone", help="vgg16 | vgg16_bn | resnet50 | resnet101 | mobilenetv2")
+    p.add_argument("--input-size", type=int, help="square input size (320, 512, 800, ...)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--steps", type=int, help="at most this many iterations per epoch")
+    p.add_argument("--lr", type=float, help="base learning rate (after warm-up)")
+    p.add_argument("--warmup-epochs", type=float)
+    p.add_argument("--lr-steps", type=float, nargs="+", help="epochs where lr is multiplied by 0.1")
+    p.add_argument("--freeze-backbone", action="store_true", default=None)
+    p.add_argument("--random-transform", dest="random_transform", action="store_true", default=None,
+                   help="SSD augmentation: photometric, expand, crop, flip")
+    p.add_argument("--no-random-transform", dest="random_transform", action="store_false")
+    p.add_argument("--weights", help="backbone weights (.params, e.g. gluoncv ImageNet weights)")
+    p.add_argument("--snapshot", help="initialise from this checkpoint (run folder / ckpt JSON / .params)")
+    p.add_argument("--snapshot-path", help="run folder: checkpoints, logs; an existing run resumes")
+    p.add_argument("--tensorboard-dir", help="also expose the TensorBoard logs here (symlink to RUN/tb)")
+    p.add_argument("--no-evaluation", action="store_true", help="no mAP on the validation set")
+    p.add_argument("--workers", type=int, help="data loading worker processes")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--loss", choices=("softmax", "focal"))
+    p.add_argument("--context", help="cpu | gpu | gpu:N")
+    add_dataset_subparsers(p, for_training=True)
+    return p
+
+
+def train(argv=None):
+    import mxnet as mx
+    from lib.train import fit
+    from . import engine
+
+    args = train_parser().parse_args(argv)
+    overrides = _overrides(args, {
+        "backbone": "MODEL.BACKBONE", "input_size": "MODEL.INPUT_SIZE", "batch_size": "TRAIN.BATCH_SIZE",
+        "epochs": "TRAIN.EPOCHS", "steps": "TRAIN.MAX_ITERS_PER_EPOCH", "lr": "TRAIN.LR",
+        "warmup_epochs": "TRAIN.WARMUP_EPOCHS", "lr_steps": "TRAIN.LR_STEPS",
+        "freeze_backbone": "TRAIN.FREEZE_BACKBONE", "random_transform": "TRAIN.RANDOM_TRANSFORM",
+        "weights": "MODEL.BACKBONE_WEIGHTS", "snapshot_path": "OUTPUT_DIR", "workers": "TRAIN.WORKERS",
+        "seed": "TRAIN.SEED", "loss": "LOSS.TYPE", "context": "CONTEXT"})
+    if args.no_evaluation:
+        overrides.append("TRAIN.EVALUATE=false")
+    cfg = engine.build_config(args.cfg, overrides)
+    return run_training(cfg, load_split(args, "train", args.strict), load_split(args, "val", args.strict),
+                        snapshot=args.snapshot, tensorboard_dir=args.tensorboard_dir)
+
+
+def run_training(cfg, train_set, val_set=None, snapshot=None, tensorboard_dir=None):
+    """Train on ``train_set`` (DetectionDataset) with lib.train.fit; returns fit's summary."""
+    from lib.config import PROJECT_ROOT
+    from lib.train import fit
+    from . import engine
+
+    if train_set is None or len(train_set) == 0:
+        raise ValueError("the training set has no image")
+    out_dir = cfg.OUTPUT_DIR if os.path.isabs(cfg.OUTPUT_DIR) else os.path.join(PROJECT_ROOT, cfg.OUTPUT_DIR)
+    ctx = engine.get_context(cfg)
+    classes = train_set.classes
+    if val_set is not None and list(val_set.classes) != list(classes):
+        raise ValueError(f"validation classes {val_set.classes} differ from training classes {classes}")
+    engine.save_run_metadata(out_dir, cfg, classes)
+    net = engine.build_model(cfg, len(classes), ctx)
+    if snapshot:
+        _, params = engine.resolve_checkpoint(snapshot)
+        net.load_parameters(params, ctx=ctx)
+        logger.info("initialised from %s", params)
+    train_cfg = dict(cfg.TRAIN)
+    train_cfg["FREEZE_PATTERNS"] = list(cfg.TRAIN.FREEZE_PATTERNS) + (
+        [r"^backbone\."] if cfg.TRAIN.FREEZE_BACKBONE else [])
+    train_cfg["CONFIG_FILE"] = cfg.CONFIG_FILE
+    task = engine.M2DetTask(net, cfg, ctx)
+    batches = engine.train_batches(train_set, cfg, net.priors)
+    val_fn = None
+    if cfg.TRAIN.EVALUATE and val_set is not None and len(val_set):
+        def val_fn(_net, epoch):
+            detector = engine.Detector(net, cfg, ctx, hybridize=False)
+            detections = engine.detect_dataset(detector, val_set, batch_size=int(cfg.TRAIN.BATCH_SIZE))
+            result = engine.evaluate_detections(val_set, detections, coco=False)["voc"]
+            metrics = {"mAP": float(result["mAP"])}
+            for name, ap in zip(val_set.classes, _per_class_values(result, val_set.classes)):
+                if ap is not None:
+                    metrics[f"AP/{name}"] = float(ap)
+            return metrics
+    if tensorboard_dir:
+        os.makedirs(os.path.join(out_dir, "tb"), exist_ok=True)
+        if not os.path.exists(tensorboard_dir):
+            os.makedirs(os.path.dirname(os.path.abspath(tensorboard_dir)), exist_ok=True)
+            os.symlink(os.path.join(out_dir, "tb"), tensorboard_dir)
+    summary = fit(task, batches, train_cfg, out_dir, ctx=ctx, val_fn=val_fn)
+    print(json.dumps({k: v for k, v in summary.items() if k != "final_losses"}, default=str))
+    return summary
+
+
+def _per_class_values(result, classes):
+    per_class = result.get("per_class", {})
+    if isinstance(per_class, dict):
+        return [per_class.get(c) if not isinstance(per_class.get(c), dict) else per_class[c].get("ap")
+                for c in classes]
+    return list(per_class)
+
+
+def train_main(argv=None):
+    return _run(train, argv)
+
+
+# ----------------------------------------------------------------------------------------------
+# m2det-evaluate
+
+def evaluate_parser():
+    p = argparse.ArgumentParser(prog="m2det-evaluate", description="Evaluate a trained or converted M2Det.")
+    p.add_argument("--model", required=True,
+                   help="training run folder / checkpoint, or a converted model folder (meta.json)")
+    p.add_argument("--score-threshold", type=float, default=0.05)
+    p.add_argument("--iou-threshold", type=float, default=0.5, help="IoU for a true positive")
+    p.add_argument("--max-detections", type=int, default=100, help="per image")
+    p.add_argument("--nms", choices=("hard", "linear", "gaussian"), default=None,
+                   help="NMS of a training checkpoint (converted models use their built-in hard NMS)")
+    p.add_argument("--no-coco", action="store_true", help="skip COCO AP (pycocotools)")
+    p.add_argument("--save-path", help="write annotated images here")
+    p.add_argument("--results", help="write detections as COCO results JSON")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--strict", action="store_true")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    add_dataset_subparsers(p, for_training=False)
+    return p
+
+
+def evaluate(argv=None):
+    from lib.dataset.io import read_image
+    from . import engine
+
+    args = evaluate_parser().parse_args(argv)
+    dataset = load_split(args, "val", args.strict)
+    if dataset is None or len(dataset) == 0:
+        raise ValueError("the evaluation set has no image")
+    if os.path.isfile(os.path.join(args.model, "meta.json")):
+        detections, classes = _detect_exported(args.model, dataset, args.batch_size)
+    else:
+        overrides = list(args.overrides) + [f"TEST.SCORE_THRESH={min(args.score_threshold, 1.0)}",
+                                            f"TEST.MAX_PER_IMAGE={args.max_detections}"]
+        net, cfg, classes = engine.load_trained_model(args.model, overrides=overrides)
+        detector = engine.Detector(net, cfg, nms=args.nms)
+        detections = engine.detect_dataset(detector, dataset, batch_size=args.batch_size, progress=True)
+    if list(classes) != list(dataset.classes):
+        raise ValueError(f"the model's classes {classes} differ from the dataset's {dataset.classes}")
+    detections = engine.filter_detections(detections, args.score_threshold, args.max_detections)
+    result = engine.evaluate_detections(dataset, detections, iou=args.iou_threshold, coco=not args.no_coco)
+    voc = result["voc"]
+    counts = dataset.class_counts()
+    for name, ap in zip(dataset.classes, _per_class_values(voc, dataset.classes)):
+        print(f"{counts.get(name, 0):6d} instances of class {name} with average precision: "
+              f"{'n/a' if ap is None else f'{ap:.4f}'}")
+    print(f"mAP@{args.iou_threshold:g}: {voc['mAP']:.4f}")
+    if "coco" in result:
+        print(f"COCO AP@[.5:.95]: {result['coco'].get('mAP', result['coco'].get('AP', float('nan'))):.4f}")
+    if args.results:
+        _write_results(args.results, dataset, detections)
+    if args.save_path:
+        _save_annotated(args.save_path, dataset, detections, read_image)
+    return result
+
+
+def _detect_exported(folder, dataset, batch_size):
+    """Detections of a converted model through lib.tools.infer (no training code involved)."""
+    import cv2
+    from lib.tools.infer import ExportedDetector
+    model = ExportedDetector(folder)
+    out = []
+    for record in dataset.records:
+        boxes, scores, labels = model(cv2.imread(record.image))
+        out.append((boxes.astype(np.float32), scores.astype(np.float32), labels))
+    return out, model.classes
+
+
+def _write_results(path, dataset, detections):
+    rows = []
+    for record, (boxes, scores, labels) in zip(dataset.records, detections):
+        for box, score, label in zip(boxes, scores, labels):
+            x1, y1, x2, y2 = (float(v) for v in box)
+            rows.append({"image_id": record.image_id, "category": dataset.classes[int(label)],
+                         "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(score)})
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(rows, f)
+
+
+def _save_annotated(folder, dataset, detections, read_image):
+    import cv2
+    os.makedirs(folder, exist_ok=True)
+    for record, (boxes, scores, labels) in zip(dataset.records, detections):
+        image = cv2.cvtColor(read_image(record.image), cv2.COLOR_RGB2BGR)
+        for box in record.boxes:
+            _rect(image, box, (0, 255, 0))
+        for box, score, label in zip(boxes, scores, labels):
+            _rect(image, box, (0, 0, 255), f"{dataset.classes[int(label)]} {score:.2f}")
+        cv2.imwrite(os.path.join(folder, record.image_id.replace("/", "_") + ".jpg"), image)
+
+
+def _rect(image, box, color, text=None):
+    import cv2
+    x1, y1, x2, y2 = (int(round(float(v))) for v in box)
+    cv2.rectangle(image, (x1, y1), (x2, y2), color, 2)
+    if text:
+        cv2.putText(image, text, (x1, max(12, y1 - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, color, 1, cv2.LINE_AA)
+
+
+def evaluate_main(argv=None):
+    return _run(evaluate, argv)
+
+
+# ----------------------------------------------------------------------------------------------
+# m2det-convert-model
+
+def convert_parser():
+    p = argparse.ArgumentParser(prog="m2det-convert-model",
+                                description="Training checkpoint -> inference model (decode, clip, NMS inside).")
+    p.add_argument("model", help="training run folder, ckpt-*.json or .params of an m2det-train run")
+    p.add_argument("output", help="output folder (model-symbol.json, model-0000.params, meta.json)")
+    p.add_argument("--onnx", action="store_true", help="also write model.onnx (NMS included)")
+    p.add_argument("--score-threshold", type=float, help="per-class score threshold in the graph")
+    p.add_argument("--nms-iou", type=float)
+    p.add_argument("--max-detections", type=int, help="per image")
+    p.add_argument("--max-per-class", type=int)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    return p
+
+
+def convert(argv=None):
+    from . import engine
+    args = convert_parser().parse_args(argv)
+    overrides = _overrides(args, {"score_threshold": "TEST.SCORE_THRESH", "nms_iou": "TEST.NMS_IOU",
+                                  "max_detections": "TEST.MAX_PER_IMAGE",
+                                  "max_per_class": "TEST.MAX_PER_CLASS"})
+    net, cfg, classes = engine.load_trained_model(args.model, overrides=overrides)
+    if cfg.TEST.NMS != "hard":
+        logger.warning("TEST.NMS is %r: the exported graph uses hard NMS (soft-NMS has no graph "
+                       "operator); use m2det-evaluate --nms %s on the checkpoint for soft-NMS",
+                       cfg.TEST.NMS, cfg.TEST.NMS)
+    paths = engine.export_inference_model(net, cfg, classes, args.output, onnx=args.onnx)
+    print(json.dumps(paths))
+    return paths
+
+
+def convert_main(argv=None):
+    return _run(convert, argv)
+
+
+# ----------------------------------------------------------------------------------------------
+# m2det-debug
+
+def debug_parser():
+    p = argparse.ArgumentParser(prog="m2det-debug",
+                                description="Draw annotations green when a prior covers them (IoU >= "
+                                            "LOSS.POS_IOU after the square resize) and red when none does.")
+    _common_model_options(p)
+    p.add_argument("--input-size", type=int)
+    p.add_argument("--random-transform", action="store_true", help="apply the training augmentation first")
+    p.add_argument("--output-dir", help="write the drawings here (default: show in a window)")
+    p.add_argument("--limit", type=int, default=0, help="at most this many images")
+    p.add_argument("--seed", type=int, default=0)
+    add_dataset_subparsers(p, for_training=False)
+    return p
+
+
+def anchor_coverage(boxes_norm, priors):
+    """Best prior IoU of each normalised gt box (numpy reference: lib.bbox.box_iou)."""
+    from lib.bbox import box_iou
+    if len(boxes_norm) == 0:
+        return np.zeros(0, np.float64)
+    return box_iou(np.asarray(boxes_norm, np.float64), np.asarray(priors, np.float64)).max(axis=1)
+
+
+def debug(argv=None):
+    import cv2
+    from . import engine
+    from .detector import M2Det
+
+    args = debug_parser().parse_args(argv)
+    overrides = _overrides(args, {"input_size": "MODEL.INPUT_SIZE"})
+    cfg = engine.build_config(args.cfg, overrides)
+    dataset = load_split(args, "val", args.strict)
+    if dataset is None or len(dataset) == 0:
+        raise ValueError("the dataset has no image")
+    priors = M2Det(cfg.MODEL, max(1, len(dataset.classes))).priors  # shape inference only, no weights
+    augment = engine.build_augmentation(cfg) if args.random_transform else None
+    sample = engine.TrainSample(cfg, priors, augment)
+    np.random.seed(args.seed)
+    import random
+    random.seed(args.seed)
+    threshold = float(cfg.LOSS.POS_IOU)
+    covered_total, boxes_total = 0, 0
+    if args.output_dir:
+        os.makedirs(args.output_dir, exist_ok=True)
+    records = dataset.records[:args.limit] if args.limit else dataset.records
+    for record in records:
+        image, boxes = sample.load(record)
+        h, w = image.shape[:2]
+        best = anchor_coverage(boxes[:, :4] / np.array([w, h, w, h], np.float32), priors)
+        covered = best >= threshold
+        covered_total += int(covered.sum())
+        boxes_total += len(best)
+        canvas = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+        for box, ok, iou in zip(boxes, covered, best):
+            name = dataset.classes[int(box[4])]
+            _rect(canvas, box[:4], (0, 255, 0) if ok else (0, 0, 255), f"{name} {iou:.2f}")
+        if args.output_dir:
+            cv2.imwrite(os.path.join(args.output_dir, record.image_id.replace("/", "_") + ".jpg"), canvas)
+        else:
+            cv2.imshow("m2det-debug (any key: next, q: quit)", canvas)
+            if cv2.waitKey() & 0xFF == ord("q"):
+                break
+    summary = {"images": len(records), "boxes": boxes_total, "covered": covered_total,
+               "uncovered": boxes_total - covered_total, "pos_iou": threshold}
+    print(json.dumps(summary))
+    return summary
+
+
+def debug_main(argv=None):
+    return _run(debug, argv)

@@ -1,0 +1,99 @@
+"""Default configuration of M2Det and its toolkit; yaml files override it (lib.config.load_config).
+
+The defaults are the official M2Det 320 VGG16 settings (configs/m2det320_vgg.py of the paper's code).
+Other official input sizes: see ``OFFICIAL_PRIORS`` and experiments/m2det/cfgs/.
+"""
+
+# Official anchor patterns per input size: (step_pattern, size_pattern).
+OFFICIAL_PRIORS = {
+    320: ([8, 16, 32, 64, 107, 320], [0.08, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05]),
+    512: ([8, 16, 32, 64, 128, 256], [0.06, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05]),
+    800: ([8, 16, 32, 62, 115, 160], [0.04, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05]),
+}
+
+DEFAULTS = {
+    "MODEL": {
+        "BACKBONE": "vgg16",           # vgg16 | vgg16_bn | resnet50 | resnet101 | mobilenetv2
+        "BACKBONE_WEIGHTS": "",        # optional .params for the backbone (e.g. gluoncv ImageNet)
+        "MOBILENET_MULTIPLIER": 1.0,
+        "INPUT_SIZE": 320,             # square input; must give a valid pyramid
+        "PLANES": 256,                 # TUM width; FFMv2 gives PLANES // 2
+        "SHALLOW_CHANNELS": 256,       # FFMv1 3x3 conv on the stride-8 tap
+        "DEEP_CHANNELS": 512,          # FFMv1 1x1 conv on the stride-16 tap
+        "NUM_LEVELS": 8,               # number of TUMs
+        "NUM_SCALES": 6,
+        "SMOOTH": True,
+        "SFAM": False,                 # squeeze-excitation in SFAM (official configs: off)
+        "SFAM_REDUCTION": 16,
+        "SHARED_WEIGHTS": False,       # official quirk: one FFMv2 conv and one SE for all levels/scales
+        "SOURCE_NORM": True,           # BatchNorm on the largest SFAM output, as the official code
+        "PYRAMID": "m2det",            # m2det | ssd (ablation: heads straight on FFMv1 + extra convs)
+        "PRIORS": {
+            "SIZE_PATTERN": [0.08, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05],
+            "STEPS": [8, 16, 32, 64, 107, 320],   # empty list: input_size / feature_size
+            "ASPECT_RATIOS": [2, 3],
+            "VARIANCES": [0.1, 0.1, 0.2, 0.2],
+            "CLIP": True,
+        },
+    },
+    "INPUT": {
+        "MEAN": [123.0, 117.0, 104.0],  # RGB order of the official BGR means (104, 117, 123)
+        "STD": [1.0, 1.0, 1.0],
+    },
+    "LOSS": {
+        "TYPE": "softmax",             # softmax (SSD multibox, hard negative mining) | focal
+        "NEGATIVE_RATIO": 3.0,
+        "POS_IOU": 0.5,
+        "LOC_WEIGHT": 1.0,
+        "FOCAL_ALPHA": 0.25,
+        "FOCAL_GAMMA": 2.0,
+    },
+    "TEST": {
+        "SCORE_THRESH": 0.1,           # per-class threshold (paper: 0.05)
+        "NMS": "hard",                 # hard | linear | gaussian (soft-NMS)
+        "NMS_IOU": 0.45,
+        "SOFT_NMS_SIGMA": 0.5,
+        "MAX_PER_CLASS": 50,
+        "MAX_PER_IMAGE": 100,
+    },
+    "DATASET": {
+        "TRAIN": {"FORMAT": "csv"},    # free-form spec for lib.dataset.load_dataset
+        "VAL": {},
+        "CLASSES": [],                 # optional explicit class list
+    },
+    "TRAIN": {
+        # Keys of lib.train.fit (see lib/train/loop.py); official M2Det schedule: warm-up 5 epochs to
+        # lr 0.004 (from 1e-6), x0.1 steps at 90/110/130/150, 160 epochs, batch 16.
+        "BATCH_SIZE": 16,
+        "EPOCHS": 160,
+        "MAX_ITERS_PER_EPOCH": 0,      # > 0 caps the batches of an epoch (smoke runs, --steps)
+        "OPTIMIZER": "sgd",
+        "LR": 0.004,
+        "MOMENTUM": 0.9,
+        "WD": 0.0005,
+        "LR_SCHEDULE": "step",
+        "LR_STEPS": [90, 110, 130, 150],
+        "LR_FACTOR": 0.1,
+        "WARMUP_EPOCHS": 5.0,
+        "WARMUP_FACTOR": 0.00025,      # 1e-6 / 0.004 as the official warm-up
+        "CLIP_GRAD_NORM": 0.0,
+        "SEED": 0,
+        "CHECKPOINT_EVERY": 1,
+        "KEEP_LAST": 3,
+        "LOG_EVERY": 20,
+        "EVAL_EVERY": 1,               # 0: only after the last epoch
+        "EVALUATE": True,              # mAP on the validation set (DATASET.VAL) during training
+        "FREEZE_BACKBONE": False,
+        "FREEZE_PATTERNS": [],
+        "NO_WD_PATTERNS": [],
+        "PROGRESS": True,
+        "RANDOM_TRANSFORM": True,      # SSD crop, photometric distortion, expand, flip
+        "EXPAND_MAX_RATIO": 4.0,
+        "WORKERS": 0,
+    },
+    "OUTPUT_DIR": "output/m2det",
+    "CONTEXT": "cpu",
+}
+
+# Keys holding free-form mappings (dataset specs are passed to lib.dataset.load_dataset as they are).
+OPEN_KEYS = ("DATASET.TRAIN", "DATASET.VAL")

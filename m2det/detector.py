@@ -1,0 +1,238 @@
+"""M2Det assembled from config: backbone -> FFMv1 -> (FFMv2 -> TUM) x L -> SFAM -> heads.
+
+``M2Det`` is the training network: normalised input (N,3,S,S) -> class logits (N,P,C+1) (background
+at 0) and box deltas (N,P,4) against ``net.priors`` (normalised corners, lib.anchors.ssd_priors).
+``M2DetInference`` wraps it with softmax, decoding, clipping and per-class hard NMS inside the graph
+and returns gluoncv-style ids/scores/boxes in input pixels; it is what m2det-convert-model exports.
+``postprocess`` is the same post-processing in numpy through lib.bbox / lib.nms, and also offers
+soft-NMS, which has no graph operator.
+"""
+import numpy as np
+import mxnet as mx
+from mxnet.gluon import nn
+
+from lib.anchors import ssd_priors
+from lib.bbox import clip_boxes, decode_boxes, decode_boxes_F
+from lib.nms import multiclass_nms
+
+from .backbones import build_backbone, load_backbone_weights
+from .ffm import FFMv1, FFMv2
+from .head import MultiBoxHead
+from .layers import BasicConv
+from .sfam import SFAM
+from .tum import TUM, tum_sizes
+
+
+def backbone_tap_sizes(backbone, input_size):
+    """(shallow, deep) square sizes of the two taps, by shape inference on the backbone graph."""
+    data = mx.sym.var("data")
+    shallow, deep = backbone(data)
+    shape = (1, 3, input_size, input_size)
+    s = shallow.infer_shape(data=shape)[1][0]
+    d = deep.infer_shape(data=shape)[1][0]
+    return s[2], d[2]
+
+
+def anchors_per_cell(aspect_ratios):
+    """SSD layout: min size, sqrt(min*max), then each ratio and its inverse."""
+    return 2 + 2 * len(aspect_ratios)
+
+
+def prior_settings(model_cfg, feature_sizes):
+    """Steps, min sizes and max sizes (pixels) as the official mk_anchors computes them."""
+    size = int(model_cfg.INPUT_SIZE)
+    n = len(feature_sizes)
+    pattern = list(model_cfg.PRIORS.SIZE_PATTERN)
+    if len(pattern) != n + 1:
+        raise ValueError(f"MODEL.PRIORS.SIZE_PATTERN needs NUM_SCALES + 1 = {n + 1} values, "
+                         f"got {len(pattern)}: {pattern}")
+    steps = list(model_cfg.PRIORS.STEPS) or [size / f for f in feature_sizes]
+    if len(steps) != n:
+        raise ValueError(f"MODEL.PRIORS.STEPS needs NUM_SCALES = {n} values (or [] for "
+                         f"input_size / feature_size), got {len(steps)}: {steps}")
+    min_sizes = [round(x * size, 2) for x in pattern[:-1]]
+    max_sizes = [round(x * size, 2) for x in pattern[1:]]
+    return steps, min_sizes, max_sizes
+
+
+class SSDPyramid(nn.HybridBlock):
+    """Ablation baseline: SSD-style pyramid on the FFMv1 base feature (one strided conv per scale),
+    the same sizes as the TUMs give, no multi-level features."""
+
+    def __init__(self, sizes, planes, **kwargs):
+        super().__init__(**kwargs)
+        n = len(sizes)
+        with self.name_scope():
+            self.extras = nn.HybridSequential(prefix="extra_")
+            with self.extras.name_scope():
+                for i in range(n - 1):
+                    last = i == n - 2
+                    self.extras.add(BasicConv(planes, 3, strides=1 if last else 2, padding=0 if last else 1))
+
+    def hybrid_forward(self, F, base):
+        sources = [base]
+        for layer in self.extras:
+            sources.append(layer(sources[-1]))
+        return sources
+
+
+class M2Det(nn.HybridBlock):
+    """The training network. ``num_classes`` counts foreground classes."""
+
+    def __init__(self, model_cfg, num_classes, **kwargs):
+        super().__init__(**kwargs)
+        cfg = model_cfg
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.cfg = cfg
+        self.num_classes = int(num_classes)
+        self.input_size = int(cfg.INPUT_SIZE)
+        if self.input_size < 32:
+            raise ValueError(f"MODEL.INPUT_SIZE must be >= 32, got {self.input_size}")
+        self.num_levels, self.num_scales = int(cfg.NUM_LEVELS), int(cfg.NUM_SCALES)
+        self.pyramid = cfg.PYRAMID
+        if self.pyramid not in ("m2det", "ssd"):
+            raise ValueError(f"MODEL.PYRAMID must be 'm2det' or 'ssd', got {self.pyramid!r}")
+        if self.num_levels < 1:
+            raise ValueError(f"MODEL.NUM_LEVELS must be >= 1, got {self.num_levels}")
+        planes = int(cfg.PLANES)
+        with self.name_scope():
+            self.backbone = build_backbone(cfg.BACKBONE, cfg.MOBILENET_MULTIPLIER)
+            shallow, deep = backbone_tap_sizes(self.backbone, self.input_size)
+            try:
+                self.feature_sizes = tum_sizes(shallow, self.num_scales)
+            except ValueError as err:
+                raise ValueError(f"MODEL.INPUT_SIZE {self.input_size} with backbone {cfg.BACKBONE} gives "
+                                 f"no valid pyramid: {err}") from None
+            self.ffm1 = FFMv1((shallow, shallow), (deep, deep), int(cfg.SHALLOW_CHANNELS),
+                              int(cfg.DEEP_CHANNELS))
+            if self.pyramid == "ssd":
+                self.ssd_pyramid = SSDPyramid(self.feature_sizes, planes)
+                source_channels = [self.ffm1.out_channels] + [planes] * (self.num_scales - 1)
+            else:
+                self.ffm2 = nn.HybridSequential(prefix="ffm2_")
+                with self.ffm2.name_scope():
+                    for _ in range(1 if cfg.SHARED_WEIGHTS else self.num_levels):
+                        self.ffm2.add(FFMv2(planes // 2))
+                self.tums = nn.HybridSequential(prefix="tum_")
+                with self.tums.name_scope():
+                    for _ in range(self.num_levels):
+                        self.tums.add(TUM(self.feature_sizes, planes, smooth=cfg.SMOOTH))
+                self.sfam = SFAM(self.num_levels, self.num_scales, planes, use_se=cfg.SFAM,
+                                 reduction=int(cfg.SFAM_REDUCTION), shared=cfg.SHARED_WEIGHTS)
+                source_channels = [planes * self.num_levels] * self.num_scales
+            self.source_norm = nn.BatchNorm(in_channels=source_channels[0]) if cfg.SOURCE_NORM else None
+            steps, min_sizes, max_sizes = prior_settings(cfg, self.feature_sizes)
+            ratios = [list(cfg.PRIORS.ASPECT_RATIOS)] * self.num_scales
+            self.priors = np.asarray(ssd_priors(self.input_size, self.feature_sizes, steps, min_sizes,
+                                                max_sizes, ratios, clip=cfg.PRIORS.CLIP), np.float32)
+            self.anchors_per_cell = anchors_per_cell(cfg.PRIORS.ASPECT_RATIOS)
+            expected = self.anchors_per_cell * sum(f * f for f in self.feature_sizes)
+            if self.priors.shape != (expected, 4):
+                raise RuntimeError(f"ssd_priors returned {self.priors.shape}, expected ({expected}, 4)")
+            self.head = MultiBoxHead(self.num_scales, self.anchors_per_cell, self.num_classes + 1)
+        self.variances = tuple(float(v) for v in cfg.PRIORS.VARIANCES)
+
+    @property
+    def num_priors(self):
+        return len(self.priors)
+
+    def initialize_weights(self, ctx=None):
+        """Official init: He normal (fan_out) convs, BN gamma 1 / beta 0, zero biases; then the
+        user's backbone weights if MODEL.BACKBONE_WEIGHTS is set."""
+        init = mx.init.Xavier(rnd_type="gaussian", factor_type="out", magnitude=2)
+        self.initialize(init, ctx=ctx)
+        if self.cfg.BACKBONE_WEIGHTS:
+            load_backbone_weights(self.backbone, self.cfg.BACKBONE_WEIGHTS, ctx=ctx)
+
+    def backbone_params(self):
+        return self.backbone.collect_params()
+
+    def hybrid_forward(self, F, x):
+        shallow, deep = self.backbone(x)
+        base = self.ffm1(shallow, deep)
+        if self.pyramid == "ssd":
+            sources = self.ssd_pyramid(base)
+        else:
+            flat = []
+            previous = None
+            for level, tum in enumerate(self.tums):
+                squeezed = self.ffm2[0 if len(self.ffm2) == 1 else level](base)
+                tum_in = squeezed if previous is None else F.concat(squeezed, previous, dim=1)
+                outs = tum(tum_in)   # smallest first
+                previous = outs[-1]
+                flat.extend(outs)
+            sources = self.sfam(*flat)  # largest first
+        sources = list(sources)
+        if self.source_norm is not None:
+            sources[0] = self.source_norm(sources[0])
+        return self.head(*sources)
+
+
+class M2DetInference(nn.HybridBlock):
+    """Training network + softmax + decode + clip + per-class hard NMS, all in the graph.
+
+    Input: normalised (N,3,S,S). Output: ids (N,K,1) 0-based foreground, scores (N,K,1),
+    boxes (N,K,4) in input pixels, -1 padded, K = min(MAX_PER_IMAGE, classes * MAX_PER_CLASS).
+    """
+
+    def __init__(self, net, test_cfg, **kwargs):
+        super().__init__(**kwargs)
+        self.net = net
+        self.score_thresh = float(test_cfg.SCORE_THRESH)
+        self.nms_iou = float(test_cfg.NMS_IOU)
+        self.max_per_class = int(test_cfg.MAX_PER_CLASS)
+        self.max_per_image = int(test_cfg.MAX_PER_IMAGE)
+        self.num_classes = net.num_classes
+        self.size = float(net.input_size)
+        self.variances = net.variances
+        with self.name_scope():
+            self.priors = self.params.get_constant("priors", mx.nd.array(net.priors[None]))
+
+    def hybrid_forward(self, F, x, priors):
+        cls_logits, box_deltas = self.net(x)
+        probs = F.softmax(cls_logits, axis=-1)
+        boxes = decode_boxes_F(F, box_deltas, priors, stds=self.variances)
+        boxes = F.clip(boxes, 0.0, 1.0) * self.size
+        per_class = []
+        for c in range(self.num_classes):
+            score = F.slice_axis(probs, axis=-1, begin=c + 1, end=c + 2)
+            cid = F.ones_like(score) * c
+            dets = F.concat(cid, score, boxes, dim=-1)
+            # box_nms keeps scores > valid_thresh, sorts, suppresses IoU > overlap_thresh
+            # within the class, and moves the suppressed rows (all -1) to the end.
+            dets = F.contrib.box_nms(dets, overlap_thresh=self.nms_iou, valid_thresh=self.score_thresh,
+                                     topk=-1, coord_start=2, score_index=1, id_index=-1,
+                                     force_suppress=True)
+            per_class.append(F.slice_axis(dets, axis=1, begin=0, end=self.max_per_class))
+        dets = F.concat(*per_class, dim=1) if len(per_class) > 1 else per_class[0]
+        if self.num_classes > 1:
+            # Sort all kept detections by score (no suppression: IoU is never > 1); the -1 padding
+            # rows fail valid_thresh and go to the end.
+            dets = F.contrib.box_nms(dets, overlap_thresh=1.0, valid_thresh=self.score_thresh, topk=-1,
+                                     coord_start=2, score_index=1, id_index=-1, force_suppress=True)
+        keep = min(self.max_per_image, self.num_classes * self.max_per_class)
+        dets = F.slice_axis(dets, axis=1, begin=0, end=keep)
+        ids = F.slice_axis(dets, axis=-1, begin=0, end=1)
+        scores = F.slice_axis(dets, axis=-1, begin=1, end=2)
+        boxes = F.slice_axis(dets, axis=-1, begin=2, end=6)
+        return ids, scores, boxes
+
+
+def postprocess(cls_logits, box_deltas, priors, input_size, test_cfg, variances=(0.1, 0.1, 0.2, 0.2),
+                method=None):
+    """numpy post-processing of one image's raw outputs -> (boxes (K,4) input pixels, scores, labels).
+
+    Same steps as M2DetInference, through lib.bbox and lib.nms; ``method`` (default TEST.NMS) may
+    also be soft-NMS ('linear' / 'gaussian').
+    """
+    logits = np.asarray(cls_logits, np.float64)
+    logits = logits - logits.max(axis=-1, keepdims=True)
+    probs = np.exp(logits)
+    probs /= probs.sum(axis=-1, keepdims=True)
+    boxes = decode_boxes(np.asarray(box_deltas, np.float64), np.asarray(priors, np.float64), stds=variances)
+    boxes = np.clip(boxes, 0.0, 1.0) * float(input_size)
+    boxes = clip_boxes(boxes, input_size, input_size)
+    return multiclass_nms(boxes, probs[:, 1:], score_threshold=float(test_cfg.SCORE_THRESH),
+                          iou_threshold=float(test_cfg.NMS_IOU), max_per_class=int(test_cfg.MAX_PER_CLASS),
+                          max_total=int(test_cfg.MAX_PER_IMAGE), method=method or test_cfg.NMS)
