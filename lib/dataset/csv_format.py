@@ -49,6 +49,13 @@ def load_csv(annotations, classes=None, base_dir=None, check_images="exists", st
             if not cname:
                 report.warn(annotations, "missing class name; box dropped", line=line_no, drop_boxes=1)
                 continue
+            if box[2] <= box[0] or box[3] <= box[1]:  # checked here so reports follow line order
+                report.warn(annotations, f"box {coords} has x2 <= x1 or y2 <= y1; box dropped",
+                            line=line_no, drop_boxes=1)
+                continue
+            if classes is not None and cname not in classes:
+                report.warn(annotations, f"unknown class {cname!r}; box dropped", line=line_no, drop_boxes=1)
+                continue
             entry.append((box, cname, line_no))
     if classes is None:
         classes = sorted({c for boxes in rows.values() for _, c, _ in boxes})
@@ -66,9 +73,6 @@ def load_csv(annotations, classes=None, base_dir=None, check_images="exists", st
             continue
         boxes, labels, lines = [], [], []
         for box, cname, line_no in entries:
-            if cname not in class_index:
-                report.warn(annotations, f"unknown class {cname!r}; box dropped", line=line_no, drop_boxes=1)
-                continue
             boxes.append(box)
             labels.append(class_index[cname])
             lines.append(line_no)

@@ -3,8 +3,10 @@
 Each record's label is ``[header_len=4, label_width=6, image_width, image_height,`` then per object
 ``cls, x1/W, y1/H, x2/W, y2/H, difficult]`` (coordinates normalised to [0, 1], as
 RecordFileDetection(coord_normalized=True) expects; the original image size in the header restores
-pixels exactly). The image bytes are stored unchanged (no re-encoding). ``<prefix>.lst`` is the im2rec
-list (index, label..., path) and ``<prefix>.json`` keeps the class names and image ids.
+pixels). An image without objects gets one row of class -1 (gluoncv's padding value, since
+RecordFileDetection needs at least one row); readers drop rows with class < 0. The image bytes are
+stored unchanged (no re-encoding). ``<prefix>.lst`` is the im2rec list (index, label..., path) and
+``<prefix>.json`` keeps the class names and image ids.
 
 A Record read back points at ``<prefix>.rec#<index>``; ``read_image`` understands that form.
 """
@@ -27,6 +29,8 @@ def detection_label(rec):
     objs[:, 0] = rec.labels
     objs[:, 1:5] = rec.boxes.astype(np.float64) / np.array([w, h, w, h])
     objs[:, 5] = rec.difficult
+    if not rec.num_boxes:  # RecordFileDetection needs one object row: a class -1 row is gluoncv's padding
+        objs = np.array([[-1, 0, 0, 0, 0, 0]], np.float64)
     return np.concatenate([[HEADER_LEN, LABEL_WIDTH, w, h], objs.ravel()]).astype(np.float32)
 
 
@@ -107,6 +111,7 @@ def load_recordio(prefix, classes=None, name=None, strict=False, report=None):
             from .io import decode_image_bytes
             img = decode_image_bytes(data, where)
             height, width = img.shape[:2]
+        objs = objs[objs[:, 0] >= 0]
         boxes = objs[:, 1:5] * np.array([width, height, width, height])
         labels = objs[:, 0].astype(np.int64)
         difficult = objs[:, 5] > 0.5 if objs.shape[1] > 5 else None
