@@ -204,3 +204,134 @@ def test_track_twice_in_one_frame_is_an_error():
     a = _rec([[0, 0, 10, 10], [5, 5, 20, 20]], [0, 0], name="x", video="v", frame=3, tracks=[4, 4])
     with pytest.raises(ValueError, match="track 4 of video 'v' appears twice in frame 3"):
         motion_ious([a])
+
+
+# ---- random cases against a literal, loop-by-loop transcription of the reference evaluation ----
+
+def _loop_iou(a, b):
+    iw = min(a[2], b[2]) - max(a[0], b[0])
+    ih = min(a[3], b[3]) - max(a[1], b[1])
+    if iw <= 0 or ih <= 0:
+        return 0.0
+    inter = iw * ih
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def _loop_reference(records, dets, motion, motion_range, area_range, num_classes):
+    """Per frame: detections by confidence, each compared with every gt in annotation order."""
+    all_motion = [m for ms in motion for m in ms]
+    empty_weight = sum(motion_range[0] <= m <= motion_range[1] for m in all_motion) / len(all_motion)
+    npos = [0] * num_classes
+    flat = []  # (score, label, tp, fp) in frame order
+    for rec, (boxes, scores, labels), mi in zip(records, dets, motion):
+        gts = rec.boxes.astype(float).tolist()
+        thr = [min(0.5, (g[2] - g[0]) * (g[3] - g[1]) / ((g[2] - g[0] + 10) * (g[3] - g[1] + 10))) for g in gts]
+        ig_motion = [not (motion_range[0] <= m <= motion_range[1]) for m in mi]
+        ig_area = [not (area_range[0] <= (g[2] - g[0]) * (g[3] - g[1]) <= area_range[1]) for g in gts]
+        detected = [False] * len(gts)
+        order = sorted(range(len(scores)), key=lambda j: -scores[j])
+        for j in order:
+            b = boxes[j].tolist()
+            ovmax, kmax, ov_ig, ov_nig = -1.0, -1, -1.0, -1.0
+            for k, g in enumerate(gts):
+                ov = _loop_iou(b, g)
+                if ov >= thr[k] and ov > ovmax and not detected[k] and labels[j] == rec.labels[k]:
+                    ovmax, kmax = ov, k
+                if ig_motion[k] and ov > ov_ig:
+                    ov_ig = ov
+                if not ig_motion[k] and ov > ov_nig:
+                    ov_nig = ov
+            tp = fp = 0.0
+            if kmax >= 0:
+                detected[kmax] = True
+                tp = float(not ig_motion[kmax] and not ig_area[kmax])
+            else:
+                area = (b[2] - b[0]) * (b[3] - b[1])
+                if area_range[0] <= area <= area_range[1]:
+                    if ov_nig > ov_ig:
+                        fp = 1.0
+                    elif ov_ig > ov_nig:
+                        fp = 0.0
+                    elif not gts:
+                        fp = empty_weight
+                    else:
+                        fp = sum(ig_motion) / len(gts)
+            flat.append((scores[j], labels[j], tp, fp))
+        for k in range(len(gts)):
+            if not (ig_motion[k] or ig_area[k]):
+                npos[rec.labels[k]] += 1
+    flat.sort(key=lambda x: -x[0])
+    aps = []
+    for c in range(num_classes):
+        if npos[c] == 0:
+            aps.append(None)
+            continue
+        tp_sum = fp_sum = 0.0
+        rec_pts, prec_pts = [0.0], [0.0]
+        for _, label, tp, fp in flat:
+            if label != c:
+                continue
+            tp_sum += tp
+            fp_sum += fp
+            rec_pts.append(tp_sum / npos[c])
+            prec_pts.append(tp_sum / max(tp_sum + fp_sum, np.finfo(float).eps))
+        rec_pts.append(1.0)
+        prec_pts.append(0.0)
+        for i in range(len(prec_pts) - 2, -1, -1):
+            prec_pts[i] = max(prec_pts[i], prec_pts[i + 1])
+        aps.append(sum((rec_pts[i + 1] - rec_pts[i]) * prec_pts[i + 1] for i in range(len(rec_pts) - 1)
+                       if rec_pts[i + 1] != rec_pts[i]))
+    return aps
+
+
+def _random_video_case(seed):
+    rng = np.random.RandomState(seed)
+    records, dets, motion = [], [], []
+    for i in range(40):
+        n = 0 if i % 9 == 0 else rng.randint(1, 6)
+        xy = rng.randint(0, 250, size=(n, 2))
+        wh = rng.randint(6, 200, size=(n, 2))  # below 50, between and above 150: every area range
+        boxes = np.concatenate([xy, xy + wh], 1).astype(float)
+        labels = rng.randint(0, 3, n)
+        records.append(_rec(boxes, labels, name=str(i)))
+        # motion IoUs spread over every range, with values exactly on the bounds
+        motion.append(rng.choice([0.1, 0.5, 0.7, 0.75, 0.85, 0.9, 0.95, 1.0], size=n))
+        d_boxes, d_labels = [], []
+        for b, l in zip(boxes, labels):
+            for _ in range(rng.randint(0, 3)):
+                d_boxes.append(b + rng.uniform(-0.3, 0.3, 4) * np.tile(b[2:] - b[:2], 2))
+                d_labels.append(l if rng.rand() < 0.8 else rng.randint(0, 3))
+        for _ in range(rng.randint(0, 3)):
+            x, y = rng.uniform(0, 300, 2)
+            d_boxes.append([x, y, x + rng.uniform(5, 180), y + rng.uniform(5, 180)])
+            d_labels.append(rng.randint(0, 3))
+        d_boxes = np.array(d_boxes, float).reshape(-1, 4)
+        d_boxes[:, 2:] = np.maximum(d_boxes[:, 2:], d_boxes[:, :2] + 1)
+        dets.append(_det(d_boxes, rng.rand(len(d_boxes)), d_labels))
+    return records, dets, motion
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_random_cases_match_loop_reference(seed):
+    from lib.eval.vid import AREA_RANGES, FULL_RANGE, MOTION_ALL, MOTION_RANGES
+    records, dets, motion = _random_video_case(seed)
+    res = vid_ap(records, dets, ["a", "b", "c"], precomputed_motion_ious=motion)
+
+    def check(ours_per_class, motion_range, area_range):
+        ref = _loop_reference(records, dets, motion, motion_range, area_range, 3)
+        for name, r in zip(["a", "b", "c"], ref):
+            if r is None:
+                assert ours_per_class[name] is None
+            else:
+                assert ours_per_class[name] == pytest.approx(r, abs=1e-9)
+        return ref
+
+    ref_all = check({k: v["ap"] for k, v in res["per_class"].items()}, MOTION_ALL, FULL_RANGE)
+    assert 0.05 < np.mean(ref_all) < 0.95
+    fractional = 0
+    for name, rng in MOTION_RANGES.items():
+        check(res["motion"][name]["per_class"], rng, FULL_RANGE)
+        fractional += res["motion"][name]["mAP"] != pytest.approx(res["mAP"])
+    for name, rng in AREA_RANGES.items():
+        check(res["area"][name]["per_class"], MOTION_ALL, rng)
+    assert fractional == 3  # the breakdowns really differ from the overall number
