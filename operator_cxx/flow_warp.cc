@@ -1,0 +1,245 @@
+// detops_flow_warp(data, flow): bilinear warp of a feature map by an optical flow.
+//
+// Equal to BilinearSampler(data, GridGenerator(flow, transform_type='warp')): output pixel (x, y)
+// samples data at (x + flow[0, y, x], y + flow[1, y, x]) bilinearly, zeros outside the map.
+// The sample position is computed through the same [-1, 1] normalisation round trip as MXNet's
+// pair of operators (so the floor/ceil decisions match theirs exactly); gradients go to data and
+// flow. For a map of width or height 1 (where MXNet's normalisation divides by zero) the sample
+// position is x + dx itself.
+//
+// Kernels: a per-pixel table (corner offsets, weights, validity) is computed once per call and
+// shared by all channels; OpenMP runs over (image, channel) planes. The data gradient of a plane
+// is written only by the thread that owns the plane (no atomics); the flow gradient is a sum over
+// channels, reduced through per-thread partial buffers added in a fixed order.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "detops_common.h"
+
+namespace detops {
+namespace {
+
+const char* kOp = "flow_warp";
+
+template <typename T>
+struct Corner4 {
+  int off[4];  // offsets inside the plane: top-left, top-right, bottom-left, bottom-right
+  T w[4];      // bilinear weights, 0 for corners outside the map
+  T m[4];      // 1 for corners inside the map, else 0 (value taken as 0)
+  T wx, wy;    // MXNet's top_left_x_w / top_left_y_w (1 - fractional part)
+};
+
+// Sample position of output pixel (x, y) as GridGenerator('warp') + BilinearSampler compute it.
+template <typename T>
+inline T sample_coord(T flow, int pos, int size, T half) {
+  if (size <= 1) return flow + static_cast<T>(pos);
+  T grid = (flow + static_cast<T>(pos)) / half - static_cast<T>(1);
+  return (grid + 1) * (size - 1) / 2;
+}
+
+template <typename T>
+void build_table(const T* flow, int N, int H, int W, std::vector<Corner4<T>>* table) {
+  const int HW = H * W;
+  table->resize(static_cast<size_t>(N) * HW);
+  const T half_w = static_cast<T>((static_cast<double>(static_cast<T>(W)) - 1.0) / 2.0);
+  const T half_h = static_cast<T>((static_cast<double>(static_cast<T>(H)) - 1.0) / 2.0);
+  Corner4<T>* out = table->data();
+  const int total = N * HW;
+#pragma omp parallel for num_threads(num_threads()) schedule(static)
+  for (int idx = 0; idx < total; ++idx) {
+    const int n = idx / HW, p = idx % HW, y = p / W, x = p % W;
+    const T* fl = flow + static_cast<size_t>(n) * 2 * HW;
+    const T x_real = sample_coord<T>(fl[p], x, W, half_w);
+    const T y_real = sample_coord<T>(fl[HW + p], y, H, half_h);
+    Corner4<T>& c = out[idx];
+    // Far outside (or NaN): every corner invalid. Guards the int conversion below.
+    if (!(x_real > static_cast<T>(-2) && x_real < static_cast<T>(W + 1) &&
+          y_real > static_cast<T>(-2) && y_real < static_cast<T>(H + 1))) {
+      for (int k = 0; k < 4; ++k) {
+        c.off[k] = 0;
+        c.w[k] = 0;
+        c.m[k] = 0;
+      }
+      c.wx = c.wy = 0;
+      continue;
+    }
+    const int x0 = static_cast<int>(std::floor(x_real));
+    const int y0 = static_cast<int>(std::floor(y_real));
+    const T wx = static_cast<T>(1.0 - (x_real - x0));
+    const T wy = static_cast<T>(1.0 - (y_real - y0));
+    c.wx = wx;
+    c.wy = wy;
+    const int xs[4] = {x0, x0 + 1, x0, x0 + 1};
+    const int ys[4] = {y0, y0, y0 + 1, y0 + 1};
+    const T weights[4] = {wy * wx, wy * (1 - wx), (1 - wy) * wx, (1 - wy) * (1 - wx)};
+    for (int k = 0; k < 4; ++k) {
+      const bool inside = xs[k] >= 0 && xs[k] <= W - 1 && ys[k] >= 0 && ys[k] <= H - 1;
+      c.off[k] = inside ? ys[k] * W + xs[k] : 0;
+      c.w[k] = inside ? weights[k] : static_cast<T>(0);
+      c.m[k] = inside ? static_cast<T>(1) : static_cast<T>(0);
+    }
+  }
+}
+
+template <typename T>
+void forward_kernel(const T* data, const T* flow, T* out, int N, int C, int H, int W) {
+  std::vector<Corner4<T>> table;
+  build_table(flow, N, H, W, &table);
+  const int HW = H * W;
+  const int planes = N * C;
+#pragma omp parallel for num_threads(num_threads()) schedule(static)
+  for (int plane = 0; plane < planes; ++plane) {
+    const int n = plane / C;
+    const T* src = data + static_cast<size_t>(plane) * HW;
+    T* dst = out + static_cast<size_t>(plane) * HW;
+    const Corner4<T>* tab = table.data() + static_cast<size_t>(n) * HW;
+    for (int p = 0; p < HW; ++p) {
+      const Corner4<T>& c = tab[p];
+      dst[p] = src[c.off[0]] * c.w[0] + src[c.off[1]] * c.w[1] + src[c.off[2]] * c.w[2] +
+               src[c.off[3]] * c.w[3];
+    }
+  }
+}
+
+template <typename T>
+void backward_kernel(const T* grad_out, const T* data, const T* flow, T* grad_data, T* grad_flow,
+                     int N, int C, int H, int W) {
+  std::vector<Corner4<T>> table;
+  build_table(flow, N, H, W, &table);
+  const int HW = H * W;
+  const int planes = N * C;
+  const int threads = std::max(1, std::min(num_threads(), planes));
+  // Per-thread partial flow gradients (N, 2, H, W), summed in thread order afterwards.
+  std::vector<T> partial(static_cast<size_t>(threads) * N * 2 * HW, static_cast<T>(0));
+#pragma omp parallel num_threads(threads)
+  {
+    const int t = omp_get_thread_num();
+    const int nt = omp_get_num_threads();
+    T* mine = partial.data() + static_cast<size_t>(t) * N * 2 * HW;
+    // Contiguous block of planes per thread (same split as schedule(static)).
+    const int begin = static_cast<int>(static_cast<long long>(planes) * t / nt);
+    const int end = static_cast<int>(static_cast<long long>(planes) * (t + 1) / nt);
+    for (int plane = begin; plane < end; ++plane) {
+      const int n = plane / C;
+      const T* g = grad_out + static_cast<size_t>(plane) * HW;
+      const T* src = data + static_cast<size_t>(plane) * HW;
+      T* gd = grad_data + static_cast<size_t>(plane) * HW;
+      std::memset(gd, 0, sizeof(T) * HW);
+      const Corner4<T>* tab = table.data() + static_cast<size_t>(n) * HW;
+      T* gx = mine + static_cast<size_t>(n) * 2 * HW;
+      T* gy = gx + HW;
+      for (int p = 0; p < HW; ++p) {
+        const T go = g[p];
+        const Corner4<T>& c = tab[p];
+        gd[c.off[0]] += go * c.w[0];
+        gd[c.off[1]] += go * c.w[1];
+        gd[c.off[2]] += go * c.w[2];
+        gd[c.off[3]] += go * c.w[3];
+        const T tl = src[c.off[0]] * c.m[0];
+        const T tr = src[c.off[1]] * c.m[1];
+        const T bl = src[c.off[2]] * c.m[2];
+        const T br = src[c.off[3]] * c.m[3];
+        const T cross = tl - tr - bl + br;
+        // d out / d y_real and d x_real (the normalisation round trip has derivative 1).
+        gy[p] -= go * (tr - br + cross * c.wx);
+        gx[p] -= go * (bl - br + cross * c.wy);
+      }
+    }
+  }
+  const size_t flow_size = static_cast<size_t>(N) * 2 * HW;
+  const int chunks = static_cast<int>((flow_size + 4095) / 4096);
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int chunk = 0; chunk < chunks; ++chunk) {
+    const size_t lo = static_cast<size_t>(chunk) * 4096;
+    const size_t hi = std::min(flow_size, lo + 4096);
+    for (size_t i = lo; i < hi; ++i) {
+      T sum = partial[i];
+      for (int t = 1; t < threads; ++t) sum += partial[static_cast<size_t>(t) * flow_size + i];
+      grad_flow[i] = sum;
+    }
+  }
+}
+
+MXReturnValue parse_attrs(const Attrs& attrs, int* num_in, int* num_out) {
+  if (!check_attr_names(attrs, kOp, {})) return MX_FAIL;
+  *num_in = 2;
+  *num_out = 1;
+  return MX_SUCCESS;
+}
+
+MXReturnValue infer_type(const Attrs& attrs, std::vector<int>* in_types,
+                         std::vector<int>* out_types) {
+  return infer_same_float_type(kOp, {"data", "flow"}, true, in_types, out_types) ? MX_SUCCESS
+                                                                                  : MX_FAIL;
+}
+
+MXReturnValue infer_shape(const Attrs& attrs, Shapes* in_shapes, Shapes* out_shapes) {
+  const auto& d = (*in_shapes)[0];
+  const auto& f = (*in_shapes)[1];
+  if (d.size() != 4) {
+    DETOPS_ERROR << kOp << ": data must be 4-D (N, C, H, W), got shape " << shape_str(d);
+    return MX_FAIL;
+  }
+  if (f.size() != 4 || f[1] != 2) {
+    DETOPS_ERROR << kOp << ": flow must be 4-D (N, 2, H, W), got shape " << shape_str(f);
+    return MX_FAIL;
+  }
+  if (f[0] != d[0] || f[2] != d[2] || f[3] != d[3]) {
+    DETOPS_ERROR << kOp << ": flow shape " << shape_str(f) << " does not match data shape "
+                 << shape_str(d) << " (needs (N, 2, H, W) with the same N, H, W)";
+    return MX_FAIL;
+  }
+  (*out_shapes)[0] = d;
+  return MX_SUCCESS;
+}
+
+template <typename T>
+void run_forward(std::vector<MXTensor>* inputs, std::vector<MXTensor>* outputs) {
+  MXTensor& data = (*inputs)[0];
+  const int N = data.shape[0], C = data.shape[1], H = data.shape[2], W = data.shape[3];
+  if (static_cast<long long>(N) * C * H * W == 0) return;
+  forward_kernel<T>(data.data<T>(), (*inputs)[1].data<T>(), (*outputs)[0].data<T>(), N, C, H, W);
+}
+
+MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
+                      std::vector<MXTensor>* outputs, const OpResource& res) {
+  if ((*inputs)[0].dtype == mxnet::ext::kFloat64)
+    run_forward<double>(inputs, outputs);
+  else
+    run_forward<float>(inputs, outputs);
+  return MX_SUCCESS;
+}
+
+// Backward inputs: [grad_out, data, flow, out]; outputs: [grad_data, grad_flow].
+template <typename T>
+void run_backward(std::vector<MXTensor>* inputs, std::vector<MXTensor>* outputs) {
+  MXTensor& data = (*inputs)[1];
+  const int N = data.shape[0], C = data.shape[1], H = data.shape[2], W = data.shape[3];
+  if (static_cast<long long>(N) * C * H * W == 0) {
+    zero_outputs(outputs);
+    return;
+  }
+  backward_kernel<T>((*inputs)[0].data<T>(), data.data<T>(), (*inputs)[2].data<T>(),
+                     (*outputs)[0].data<T>(), (*outputs)[1].data<T>(), N, C, H, W);
+}
+
+MXReturnValue backward(const Attrs& attrs, std::vector<MXTensor>* inputs,
+                       std::vector<MXTensor>* outputs, const OpResource& res) {
+  if ((*inputs)[1].dtype == mxnet::ext::kFloat64)
+    run_backward<double>(inputs, outputs);
+  else
+    run_backward<float>(inputs, outputs);
+  return MX_SUCCESS;
+}
+
+}  // namespace
+}  // namespace detops
+
+REGISTER_OP(detops_flow_warp)
+    .setParseAttrs(detops::parse_attrs)
+    .setInferType(detops::infer_type)
+    .setInferShape(detops::infer_shape)
+    .setForward(detops::forward, "cpu")
+    .setBackward(detops::backward, "cpu");
