@@ -335,3 +335,11 @@ def test_random_cases_match_loop_reference(seed):
     for name, rng in AREA_RANGES.items():
         check(res["area"][name]["per_class"], MOTION_ALL, rng)
     assert fractional == 3  # the breakdowns really differ from the overall number
+
+
+def test_motion_breakdown_skipped_without_tracks():
+    records = [_rec([[0, 0, 100, 100]], [0], name=str(t), video="v", frame=t) for t in range(3)]
+    dets = [_det([[0, 0, 100, 100]], [0.9], [0]) for _ in records]
+    res = vid_ap(records, dets, ["a"])
+    assert "motion" not in res and "no track ids" in res["motion_skipped"]
+    assert res["mAP"] == pytest.approx(1.0) and res["area"]["medium"]["mAP"] == pytest.approx(1.0)

@@ -196,3 +196,16 @@ def test_table_and_plots_from_results(tmp_path):
     assert saved["curves"]["b/c"]["precision"] == [1.0, 0.5]
     paths = save_pr_curves(res, str(tmp_path / "pr"))
     assert sorted(p.rsplit("/", 1)[-1] for p in paths) == ["pr_a.png", "pr_all.png", "pr_b_c.png"]
+
+
+def test_evaluate_dispatch_and_unknown_metric():
+    from lib.dataset import DetectionDataset, Record
+    from lib.eval import evaluate
+    ds = DetectionDataset([Record(image="/a.jpg", width=50, height=50, boxes=[[0, 0, 10, 10]], labels=[0])], ["a"])
+    dets = [(np.array([[0, 0, 10, 6.0]]), np.array([0.9]), np.array([0]))]  # IoU 0.6
+    assert evaluate(ds, dets, "voc")["mAP"] == 1.0
+    assert evaluate(ds, dets, "voc07", iou=0.7)["mAP"] == 0.0
+    assert evaluate(ds, dets, "vid")["mAP"] == 1.0
+    assert evaluate(ds, dets, "coco")["stats"]["AP50"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="unknown metric 'map'"):
+        evaluate(ds, dets, "map")

@@ -32,10 +32,11 @@ def save_pr_curves(results, out_dir, title=None):
         recall = np.asarray(curve["recall"])
         precision = np.asarray(curve["precision"])
         fig, ax = plt.subplots(figsize=(5, 4.5))
-        ax.plot(recall, precision, lw=1.5)
+        ax.plot(recall, precision, lw=1.5, label="precision")
         # the envelope the AP integrates (non-increasing precision)
         envelope = np.maximum.accumulate(np.clip(precision, 0, None)[::-1])[::-1]
-        ax.plot(recall, envelope, "--", lw=1, alpha=0.7)
+        ax.plot(recall, envelope, "--", lw=1, alpha=0.7, label="envelope")
+        ax.legend(loc="lower left", fontsize=8)
         ax.set_xlim(0, 1.0)
         ax.set_ylim(0, 1.02)
         ax.set_xlabel("recall")
@@ -93,6 +94,8 @@ def format_table(results):
                 lo, hi = v["range"]
                 rng = f"[{lo:g}, {hi:g}]" if group == "motion" else f"[{np.sqrt(lo):g}^2, {np.sqrt(hi):g}^2]"
                 lines.append(f"| {name} | {rng} | {_pct(v['mAP'])} | {v['num_gt']} |")
+    if results.get("motion_skipped"):
+        lines += ["", f"motion breakdown skipped: {results['motion_skipped']}"]
     if "stats" in results:
         lines += ["", "| COCO stat | value |", "| --- | ---: |"]
         lines += [f"| {k} | {_pct(v)} |" for k, v in results["stats"].items()]

@@ -35,6 +35,8 @@ Motion IoU (``motion_ious``)
   ``endpoints_only=True`` uses only the frames t-10 and t+10. A gt with no such neighbour (single-frame
   track, still image, track id -1) gets motion IoU 0.0, as the reference loader does for empty entries:
   it then counts as "fast". Precomputed values (e.g. read from the official .mat) can be passed instead.
+  When no gt of the dataset has a track id (e.g. VOC frames), the motion breakdown is skipped and the
+  result says so under "motion_skipped".
 The ``difficult`` flag is not used (ImageNet VID has none).
 """
 from collections import defaultdict
@@ -194,11 +196,17 @@ def vid_ap(gt_records, detections, classes, motion=True, area=True, iou=0.5, pix
     gt_records = list(gt_records)
     classes = list(classes)
     dets = check_detections(gt_records, detections, len(classes))
+    motion_skipped = None
     frames = [_Frame(rec, det, iou, pixel_tolerance) for rec, det in zip(gt_records, dets)]
     if precomputed_motion_ious is not None:
         mious = [np.asarray(m, np.float64).reshape(-1) for m in precomputed_motion_ious]
         if len(mious) != len(gt_records) or any(len(m) != r.num_boxes for m, r in zip(mious, gt_records)):
             raise ValueError("precomputed_motion_ious: need one array per record with one value per gt box")
+    elif motion and not any(np.any(r.track_ids >= 0) for r in gt_records):
+        # without any track the motion IoU is undefined: a breakdown would call every object "fast"
+        motion_skipped = "the ground truth has no track ids (motion IoU needs tracks)"
+        motion = False
+        mious = [np.ones(r.num_boxes) for r in gt_records]
     elif motion:
         mious = motion_ious(gt_records, motion_window, motion_endpoints_only)
     else:
@@ -228,6 +236,8 @@ def vid_ap(gt_records, detections, classes, motion=True, area=True, iou=0.5, pix
         result["motion_iou"] = {"window": motion_window, "endpoints_only": motion_endpoints_only,
                                 "precomputed": precomputed_motion_ious is not None,
                                 "mean": float(all_motion.mean()) if len(all_motion) else None}
+    if motion_skipped:
+        result["motion_skipped"] = motion_skipped
     if area:
         result["area"] = {}
         for name, rng in AREA_RANGES.items():
