@@ -1,0 +1,181 @@
+"""Drawing detections / ground truth on RGB images and writing annotated JPEG/PNG/MP4 with OpenCV.
+
+Images are HxWx3 uint8 RGB (as ``lib.dataset.read_image`` returns them); boxes follow the project
+convention [x1, y1, x2, y2] (continuous pixels, x2/y2 exclusive). Detector outputs in the gluoncv
+layout (ids (1,K,1), scores (1,K,1), boxes (1,K,4), padded with -1) and mx.nd arrays are accepted.
+"""
+import colorsys
+import os
+
+import cv2
+import numpy as np
+
+GT_COLOR = (0, 255, 0)
+
+
+def _to_numpy(x, last_dim=None):
+    if x is None:
+        return None
+    if hasattr(x, "asnumpy"):
+        x = x.asnumpy()
+    x = np.asarray(x)
+    while x.ndim > (2 if last_dim else 1) and x.shape[0] == 1:
+        x = x[0]  # batch of one -> its rows
+    if last_dim:
+        return x.reshape(-1, last_dim)
+    return x.reshape(-1)
+
+
+def class_color(label):
+    """A stable, well-separated RGB colour per class index (golden-ratio hue steps)."""
+    hue = (int(label) * 0.618033988749895) % 1.0
+    r, g, b = colorsys.hsv_to_rgb(hue, 0.85, 1.0)
+    return int(r * 255), int(g * 255), int(b * 255)
+
+
+def _text_color(rgb):
+    luminance = 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]
+    return (0, 0, 0) if luminance > 140 else (255, 255, 255)
+
+
+def _style(image):
+    scale = max(image.shape[0], image.shape[1]) / 1000.0
+    return max(1, int(round(2 * scale))), max(0.4, 0.6 * scale)
+
+
+def _draw_box(canvas, box, color, text, thickness, font_scale):
+    height, width = canvas.shape[:2]
+    x1, y1, x2, y2 = box
+    # Pixel (i, j) covers [i, i+1): the last covered column of an exclusive x2 is x2 - 1.
+    p1 = (int(np.floor(x1)), int(np.floor(y1)))
+    p2 = (int(np.ceil(x2)) - 1, int(np.ceil(y2)) - 1)
+    cv2.rectangle(canvas, p1, p2, color, thickness)  # crisp lines: antialiasing blurs thin boxes
+    if not text:
+        return
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    (tw, th), baseline = cv2.getTextSize(text, font, font_scale, 1)
+    label_h = th + baseline + 2
+    # Above the box if there is room, else just inside its top edge; always inside the image.
+    top = p1[1] - label_h if p1[1] - label_h >= 0 else min(max(p1[1], 0), max(height - label_h, 0))
+    left = min(max(p1[0], 0), max(width - tw - 2, 0))
+    cv2.rectangle(canvas, (left, top), (left + tw + 2, top + label_h), color, -1)
+    cv2.putText(canvas, text, (left + 1, top + th + 1), font, font_scale, _text_color(color), 1,
+                lineType=cv2.LINE_AA)
+
+
+def _label_name(label, classes):
+    if classes is not None and 0 <= label < len(classes):
+        return str(classes[label])
+    return str(label)
+
+
+def draw_detections(image, boxes, scores, labels, classes=None, threshold=0.5, colors=None,
+                    thickness=None):
+    """Return a copy of ``image`` with the detections scoring >= ``threshold`` drawn, labelled
+    "<class> <score>". Entries with a negative label (padding) are skipped. ``colors``: optional
+    {label: (r, g, b)}."""
+    _check_image(image)
+    boxes = _to_numpy(boxes, 4)
+    scores = _to_numpy(scores)
+    labels = _to_numpy(labels).astype(np.int64)
+    if not len(boxes) == len(scores) == len(labels):
+        raise ValueError(f"draw_detections: {len(boxes)} boxes, {len(scores)} scores and "
+                         f"{len(labels)} labels must be the same number")
+    canvas = np.ascontiguousarray(image.copy())
+    line, font_scale = _style(canvas)
+    line = thickness or line
+    order = np.argsort(scores, kind="stable")  # highest score drawn last (on top)
+    for i in order:
+        if labels[i] < 0 or scores[i] < threshold:
+            continue
+        color = (colors or {}).get(int(labels[i]), class_color(labels[i]))
+        _draw_box(canvas, boxes[i], color, f"{_label_name(int(labels[i]), classes)} {scores[i]:.2f}",
+                  line, font_scale)
+    return canvas
+
+
+def draw_ground_truth(image, boxes, labels=None, classes=None, color=GT_COLOR, difficult=None,
+                      thickness=None):
+    """Return a copy of ``image`` with ground-truth boxes in one colour; difficult boxes thinner and
+    marked '(difficult)'."""
+    _check_image(image)
+    boxes = _to_numpy(boxes, 4)
+    labels = None if labels is None else _to_numpy(labels).astype(np.int64)
+    difficult = np.zeros(len(boxes), bool) if difficult is None else _to_numpy(difficult).astype(bool)
+    canvas = np.ascontiguousarray(image.copy())
+    line, font_scale = _style(canvas)
+    line = thickness or line
+    for i, box in enumerate(boxes):
+        text = _label_name(int(labels[i]), classes) if labels is not None else ""
+        if difficult[i]:
+            text = f"{text} (difficult)".strip()
+        _draw_box(canvas, box, tuple(int(c) for c in color), text, max(1, line - 1) if difficult[i] else line,
+                  font_scale)
+    return canvas
+
+
+def _check_image(image):
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"expected an HxWx3 uint8 RGB image, got "
+                         f"{getattr(image, 'shape', type(image).__name__)} "
+                         f"{getattr(image, 'dtype', '')}")
+
+
+def save_image(path, image):
+    """Write an RGB image (format from the extension: .jpg, .png, ...); creates the folder."""
+    _check_image(image)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    try:
+        ok = cv2.imwrite(path, cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    except cv2.error as err:
+        raise ValueError(f"cannot write image {path}: {err}") from None
+    if not ok:
+        raise ValueError(f"cannot write image {path} (unsupported extension or unwritable folder)")
+    return path
+
+
+class VideoWriter:
+    """Write RGB frames to an MP4 file (OpenCV, 'mp4v' codec). The frame size is taken from the
+    first frame; every later frame must have the same size. Use as a context manager or call
+    ``close()``."""
+
+    def __init__(self, path, fps=25.0, fourcc="mp4v"):
+        if fps <= 0:
+            raise ValueError(f"VideoWriter {path}: fps must be > 0, got {fps}")
+        self.path = path
+        self.fps = float(fps)
+        self.fourcc = fourcc
+        self.size = None
+        self.frames_written = 0
+        self._writer = None
+
+    def write(self, frame):
+        _check_image(frame)
+        height, width = frame.shape[:2]
+        if self._writer is None:
+            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+            self._writer = cv2.VideoWriter(self.path, cv2.VideoWriter_fourcc(*self.fourcc), self.fps,
+                                           (width, height))
+            if not self._writer.isOpened():
+                self._writer = None
+                raise IOError(f"cannot open video {self.path} for writing with codec "
+                              f"'{self.fourcc}' (check the folder and the extension)")
+            self.size = (width, height)
+        elif (width, height) != self.size:
+            raise ValueError(f"{self.path}: frame {self.frames_written} is {width}x{height}, "
+                             f"the video is {self.size[0]}x{self.size[1]}")
+        self._writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+        self.frames_written += 1
+
+    def close(self):
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
