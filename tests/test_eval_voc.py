@@ -122,3 +122,26 @@ def test_bad_detections_name_the_entry():
     bad[1] = (np.zeros((2, 3)), np.zeros(2), np.array([0, 1]))
     with pytest.raises(ValueError, match=r"detections\[1\].*shape"):
         voc_ap(records, bad, CLASSES)
+
+
+def test_detector_padding_and_mxnet_arrays_are_accepted():
+    import mxnet as mx
+    records, detections = _random_case(4, num_images=6)
+    padded = []
+    for boxes, scores, labels in detections:
+        k = len(boxes) + 3  # gluoncv layout: ids (K,1), scores (K,1), boxes (K,4), -1 padding at the end
+        ids = -np.ones((k, 1))
+        ids[:len(labels), 0] = labels
+        sc = -np.ones((k, 1))
+        sc[:len(scores), 0] = scores
+        bx = -np.ones((k, 4))
+        bx[:len(boxes)] = boxes
+        padded.append((mx.nd.array(bx, dtype="float64"), mx.nd.array(sc, dtype="float64"), mx.nd.array(ids)))
+    assert voc_ap(records, padded, CLASSES)["mAP"] == pytest.approx(voc_ap(records, detections, CLASSES)["mAP"])
+
+
+def test_inverted_box_is_an_error():
+    records, detections = _random_case(0, num_images=2)
+    bad = [detections[0], (np.array([[10, 10, 5, 20.0]]), np.array([0.5]), np.array([1]))]
+    with pytest.raises(ValueError, match=r"detections\[1\].*x2 < x1"):
+        voc_ap(records, bad, CLASSES)

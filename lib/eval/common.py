@@ -30,11 +30,18 @@ def box_areas(boxes):
     return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
 
 
+def _to_numpy(x):
+    if hasattr(x, "asnumpy"):  # mx.nd.NDArray straight from a detector
+        x = x.asnumpy()
+    return np.asarray(x)
+
+
 def check_detections(gt_records, detections, num_classes):
     """Validate and normalise detections: one (boxes (K,4), scores (K,), labels (K,)) per record.
 
-    Returns a list of (float64 boxes, float64 scores, int64 labels). Errors name the record index and
-    its image so a misaligned list is found quickly.
+    Arrays may be numpy or mx.nd, with gluoncv-style shapes ((K,1) ids / scores); rows with label -1
+    (detector padding) are dropped. Returns a list of (float64 boxes, float64 scores, int64 labels).
+    Errors name the record index and its image so a misaligned list is found quickly.
     """
     gt_records = list(gt_records)
     detections = list(detections)
@@ -49,9 +56,10 @@ def check_detections(gt_records, detections, num_classes):
             continue
         if len(det) != 3:
             raise ValueError(f"{where}: expected a (boxes, scores, labels) tuple, got {len(det)} items")
-        boxes = np.asarray(det[0], np.float64)
-        scores = np.asarray(det[1], np.float64).reshape(-1)
-        labels_raw = np.asarray(det[2]).reshape(-1)
+        boxes, scores, labels_raw = (_to_numpy(x) for x in det)
+        boxes = boxes.astype(np.float64)
+        scores = scores.astype(np.float64).reshape(-1)
+        labels_raw = labels_raw.reshape(-1)
         if boxes.size == 0:
             boxes = boxes.reshape(0, 4)
         if boxes.ndim != 2 or boxes.shape[1] != 4:
@@ -64,10 +72,17 @@ def check_detections(gt_records, detections, num_classes):
         if labels_raw.size and not np.all(np.equal(np.mod(labels_raw.astype(np.float64), 1), 0)):
             raise ValueError(f"{where}: labels must be integer class indices, got {labels_raw[:5]}")
         labels = labels_raw.astype(np.int64)
-        bad = (labels < 0) | (labels >= num_classes)
+        # detector outputs are padded with label -1 (docs/DESIGN.md): padding is dropped
+        keep = labels >= 0
+        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+        bad = labels >= num_classes
         if np.any(bad):
             raise ValueError(f"{where}: label {labels[bad][0]} is outside the {num_classes} classes "
                              f"(0..{num_classes - 1})")
+        inverted = (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])
+        if np.any(inverted):
+            raise ValueError(f"{where}: box {boxes[inverted][0].tolist()} has x2 < x1 or y2 < y1 "
+                             "(boxes are [x1, y1, x2, y2])")
         out.append((boxes, scores, labels))
     return out
 
