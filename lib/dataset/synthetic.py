@@ -3,8 +3,9 @@
 Each video: a textured, slowly panning background; 1..max_objects textured shapes of several classes
 (shape and texture identify the class), moving on straight paths, some fast with motion blur along
 their direction of motion, some entering or leaving through the image border; an occluding pole
-crossing the frame; objects also occlude each other (later objects in front). Boxes are the object
-extent clipped to the image; an object less than ``min_visible`` visible (occluded or outside) gets
+crossing the frame; objects also occlude each other (later objects in front). A box is the extent of
+the object's shape inside the image (occluders do not shrink it, as annotators box hidden parts they
+can infer; motion blur spreads a few pixels beyond it); an object less than ``min_visible`` visible (occluded or outside) gets
 no box in that frame. Everything is drawn from ``numpy.random.default_rng([seed, video])``, so the
 same arguments give the same files.
 """
@@ -102,9 +103,12 @@ def _make_objects(rng, n, width, height, num_frames, num_classes, fast_fraction,
 
 
 def render_video(seed, video_index=0, num_frames=30, width=320, height=240, num_classes=4, max_objects=3,
-                 fast_fraction=0.3, occluder=True, size_range=(24, 72), min_visible=0.15, min_box=4):
+                 fast_fraction=0.3, occluder=True, size_range=(24, 72), min_visible=0.15, min_box=4,
+                 draw_objects=True):
     """Render one video. Returns (frames: list of HxWx3 uint8 RGB, annotations: list per frame of
-    (boxes (N,4) float32, labels (N,), track_ids (N,)))."""
+    (boxes (N,4) float32, labels (N,), track_ids (N,), visible (N,) fraction of the object seen)).
+    draw_objects=False renders the same scene
+    without the objects (same annotations), e.g. to check boxes against what was drawn."""
     rng = np.random.default_rng([int(seed), int(video_index)])
     shapes = [SYNTHETIC_CLASSES[k % len(SYNTHETIC_CLASSES)] for k in range(num_classes)]
     n = int(rng.integers(1, max_objects + 1))
@@ -136,26 +140,26 @@ def render_video(seed, video_index=0, num_frames=30, width=320, height=240, num_
             layer[pad:pad + size, pad:pad + size, 3] = mask
             if kernel is not None:  # motion blur of colour (premultiplied) and coverage alike
                 layer = cv2.filter2D(layer, -1, kernel, borderType=cv2.BORDER_CONSTANT)
-            full = np.zeros((height, width, 4), np.float32)
             xi, yi = int(np.floor(x)) - pad, int(np.floor(y)) - pad
             sx0, sy0 = max(0, -xi), max(0, -yi)
             dx0, dy0 = max(0, xi), max(0, yi)
             dx1 = min(width, xi + layer.shape[1])
             dy1 = min(height, yi + layer.shape[0])
-            if dx1 > dx0 and dy1 > dy0:
-                full[dy0:dy1, dx0:dx1] = layer[sy0:sy0 + dy1 - dy0, sx0:sx0 + dx1 - dx0]
-            alpha = full[..., 3:4]
-            frame = frame * (1 - alpha) + full[..., :3]
+            if draw_objects and dx1 > dx0 and dy1 > dy0:  # composite premultiplied colour over the frame
+                part = layer[sy0:sy0 + dy1 - dy0, sx0:sx0 + dx1 - dx0]
+                roi = frame[dy0:dy1, dx0:dx1]
+                frame[dy0:dy1, dx0:dx1] = roi * (1 - part[..., 3:4]) + part[..., :3]
             shape_mask = np.zeros((height, width), bool)
             mx0, my0 = int(np.floor(x)), int(np.floor(y))
             cx0, cy0, cx1, cy1 = max(0, mx0), max(0, my0), min(width, mx0 + size), min(height, my0 + size)
             if cx1 > cx0 and cy1 > cy0:
                 shape_mask[cy0:cy1, cx0:cx1] = mask[cy0 - my0:cy1 - my0, cx0 - mx0:cx1 - mx0] > 0.5
+            ys, xs = np.nonzero(shape_mask)  # the box: the part of the shape inside the image
+            box = [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1] if len(xs) else [0, 0, 0, 0]
             for prev in masks:  # this object hides the ones drawn before it
                 prev &= ~shape_mask
             masks.append(shape_mask)
-            boxes.append((obj, float((mask > 0.5).sum()),
-                          [x, y, x + size, y + size]))
+            boxes.append((obj, float((mask > 0.5).sum()), box))
         if pole is not None:
             px = int(round(pole["x"] + pole["v"] * t))
             x0, x1 = max(0, px), min(width, px + pole["w"])
@@ -163,20 +167,20 @@ def render_video(seed, video_index=0, num_frames=30, width=320, height=240, num_
                 frame[:, x0:x1] = pole["color"]
                 for m in masks:
                     m[:, x0:x1] = False
-        out_boxes, out_labels, out_tracks = [], [], []
+        out_boxes, out_labels, out_tracks, out_visible = [], [], [], []
         for (obj, full_area, box), visible in zip(boxes, masks):
-            x1, y1, x2, y2 = box
-            cb = [max(0.0, x1), max(0.0, y1), min(float(width), x2), min(float(height), y2)]
-            if cb[2] - cb[0] < min_box or cb[3] - cb[1] < min_box or full_area <= 0:
+            if box[2] - box[0] < min_box or box[3] - box[1] < min_box or full_area <= 0:
                 continue
-            if visible.sum() / full_area < min_visible:
+            fraction = float(visible.sum() / full_area)
+            if fraction < min_visible:
                 continue
-            out_boxes.append([round(v) for v in cb])  # integer corners: exact in every format
+            out_boxes.append([int(v) for v in box])  # integer corners: exact in every format
             out_labels.append(obj["cls"])
             out_tracks.append(obj["track"])
+            out_visible.append(fraction)
         frames.append(np.clip(frame, 0, 255).astype(np.uint8))
         annotations.append((np.asarray(out_boxes, np.float32).reshape(-1, 4), np.asarray(out_labels, np.int64),
-                            np.asarray(out_tracks, np.int64)))
+                            np.asarray(out_tracks, np.int64), np.asarray(out_visible, np.float32)))
     return frames, annotations
 
 
@@ -197,12 +201,12 @@ def generate_video_dataset(out_dir, seed=0, num_videos=4, num_frames=30, width=3
         snippet = f"synth_{seed:04d}_{v:04d}"
         frames, annotations = render_video(seed, v, num_frames, width, height, num_classes, max_objects,
                                            fast_fraction, occluder)
-        for t, (img, (boxes, labels, tracks)) in enumerate(zip(frames, annotations)):
+        for t, (img, (boxes, labels, tracks, visible)) in enumerate(zip(frames, annotations)):
             path = vid_frame_path(out_dir, split, snippet, t)
             os.makedirs(os.path.dirname(path), exist_ok=True)
             cv2.imwrite(path, cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
             rec = Record(image=path, width=width, height=height, boxes=boxes, labels=labels, track_ids=tracks)
-            write_vid_frame(out_dir, split, snippet, t, rec, classes)
+            write_vid_frame(out_dir, split, snippet, t, rec, classes, occluded=visible < 0.9)
             frame_id += 1
             all_frames.append((f"{split}/{snippet}", frame_id, t, num_frames))
         picks = sorted({int(num_frames * (k + 0.5) / key_frames) for k in range(min(key_frames, num_frames))})

@@ -14,7 +14,7 @@ x1 = xmin, x2 = xmax + 1, so widths equal the devkit's. Writers invert.
 import os
 from collections import OrderedDict
 
-from .io import DatasetError, DatasetReport, find_image, resolve_classes
+from .io import DatasetError, DatasetReport, resolve_classes
 from .record import DetectionDataset
 from .voc import _voc_record, parse_voc_xml, voc_xml_string
 
@@ -181,14 +181,16 @@ def load_vid(root, image_set=None, split="train", classes=None, wnids=None, kind
     return dataset
 
 
-def write_vid_frame(root, split, snippet, frame, record, classes, wnids=None, image_ext=".JPEG"):
-    """Write one frame's XML into root/Annotations/VID/<split>/<snippet>/<frame>.xml (0-based coords)."""
+def write_vid_frame(root, split, snippet, frame, record, classes, wnids=None, occluded=None):
+    """Write one frame's XML into root/Annotations/VID/<split>/<snippet>/<frame>.xml (0-based coords);
+    occluded: optional bool per box for the <occluded> flag."""
     ann_dir = os.path.join(root, "Annotations", "VID", split, snippet)
     os.makedirs(ann_dir, exist_ok=True)
     names = list(wnids) if wnids is not None else list(classes)
     text = voc_xml_string(record, names, zero_based=True, folder=f"{split}/{snippet}",
                           filename=f"{frame:06d}",
-                          extra_object=lambda r, k: {"occluded": 0, "generated": 0})
+                          extra_object=lambda r, k: {"occluded": int(occluded[k]) if occluded is not None else 0,
+                                                     "generated": 0}, include_path=False)
     with open(os.path.join(ann_dir, f"{frame:06d}.xml"), "w", encoding="utf-8") as f:
         f.write(text)
 
@@ -196,6 +198,3 @@ def write_vid_frame(root, split, snippet, frame, record, classes, wnids=None, im
 def vid_frame_path(root, split, snippet, frame, ext=".JPEG"):
     return os.path.join(root, "Data", "VID", split, snippet, f"{frame:06d}{ext}")
 
-
-def find_vid_image(root, rel):
-    return find_image(os.path.join(root, "Data", "VID", os.path.dirname(rel)), os.path.basename(rel))

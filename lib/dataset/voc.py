@@ -224,12 +224,15 @@ def _fmt(v):
     return str(int(round(v))) if abs(v - round(v)) < 1e-6 else repr(v)
 
 
-def voc_xml_string(record, classes, zero_based=False, folder="JPEGImages", filename=None, extra_object=None):
-    """One Record as VOC XML text (1-based inclusive coordinates; zero_based=True for ImageNet VID)."""
+def voc_xml_string(record, classes, zero_based=False, folder="JPEGImages", filename=None, extra_object=None,
+                   include_path=True):
+    """One Record as VOC XML text (1-based inclusive coordinates; zero_based=True for ImageNet VID).
+    include_path writes the image's absolute path in <path> (as annotation tools do)."""
     ann = ET.Element("annotation")
     ET.SubElement(ann, "folder").text = folder
     ET.SubElement(ann, "filename").text = filename or os.path.basename(record.image)
-    ET.SubElement(ann, "path").text = record.image
+    if include_path:
+        ET.SubElement(ann, "path").text = record.image
     size = ET.SubElement(ann, "size")
     ET.SubElement(size, "width").text = str(record.width)
     ET.SubElement(size, "height").text = str(record.height)
