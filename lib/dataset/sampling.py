@@ -101,17 +101,16 @@ def crop_and_shift_windows(width, height, length, rng, scale_range=(0.7, 0.9), m
     changing by up to max_zoom, always inside the image."""
     s0 = rng.uniform(*scale_range)
     s1 = float(np.clip(s0 * (1 + rng.uniform(-max_zoom, max_zoom)), 0.1, 1.0))
-    windows = []
-    cx0, cy0 = rng.uniform(0, 1, 2)
-    dx, dy = rng.uniform(-max_shift, max_shift, 2)
-    for t in range(length):
-        a = t / max(1, length - 1)
-        s = s0 + (s1 - s0) * a
-        w, h = width * s, height * s
-        cx = np.clip(cx0 + dx * a, 0, 1)
-        cy = np.clip(cy0 + dy * a, 0, 1)
-        x1, y1 = cx * (width - w), cy * (height - h)
-        windows.append((float(x1), float(y1), float(x1 + w), float(y1 + h)))
+    c0 = rng.uniform(0, 1, 2)
+    c1 = np.clip(c0 + rng.uniform(-max_shift, max_shift, 2), 0, 1)
+
+    def window(scale, c):
+        w, h = width * scale, height * scale
+        x1, y1 = c[0] * (width - w), c[1] * (height - h)
+        return np.array([x1, y1, x1 + w, y1 + h])
+    first, last = window(s0, c0), window(s1, c1)
+    # corners move linearly from the first to the last window (both inside the image, so all are)
+    windows = [tuple(float(v) for v in first + (last - first) * (t / max(1, length - 1))) for t in range(length)]
     return windows
 
 
