@@ -3,6 +3,7 @@ pycocotools on the same files, VID (synthetic video) with perfect detections; ta
 import contextlib
 import io
 import json
+import os
 import subprocess
 import sys
 
@@ -209,3 +210,51 @@ def test_evaluate_dispatch_and_unknown_metric():
     assert evaluate(ds, dets, "coco")["stats"]["AP50"] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="unknown metric 'map'"):
         evaluate(ds, dets, "map")
+
+
+SPEEDTRAP = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "speedtrap"))
+if not os.path.isdir(SPEEDTRAP):
+    SPEEDTRAP = "/work/shared/data/speedtrap"
+
+
+def test_speedtrap_voc_and_voc07_equal_gluoncv_on_raw_xml(tmp_path):
+    """Real data (plain folder of XMLs, small objects): the tool on the test split vs gluoncv fed the
+    raw XML integers, parsed here with ElementTree."""
+    import xml.etree.ElementTree as ET
+    from gluoncv.utils.metrics.voc_detection import VOCMApMetric
+
+    names = [n.strip() for n in open(os.path.join(SPEEDTRAP, "splits", "test_bg.txt")) if n.strip()]
+    rng = np.random.RandomState(11)
+    raw, dets = {}, []
+    for name in names:
+        root = ET.parse(os.path.join(SPEEDTRAP, "annotations", name + ".xml")).getroot()
+        boxes = [[int(float(o.find("bndbox").find(k).text)) for k in ("xmin", "ymin", "xmax", "ymax")]
+                 for o in root.findall("object")]
+        raw[name] = np.array(boxes, float).reshape(-1, 4)
+        for b in raw[name]:
+            for _ in range(rng.randint(0, 3)):
+                x1, y1, x2, y2 = np.array([b[0] - 1, b[1] - 1, b[2], b[3]]) + \
+                    rng.uniform(-0.2, 0.2, 4) * np.tile(b[2:] - b[:2] + 1, 2)
+                dets.append({"file_name": name + ".jpg", "category": "radar", "bbox": [x1, y1, x2 - x1, y2 - y1],
+                             "score": float(rng.rand())})
+        x, y = rng.uniform(0, 1200, 2)
+        dets.append({"image_id": name, "category_id": 1, "bbox": [x, y, 40.0, 60.0], "score": float(rng.rand())})
+    dets_path = tmp_path / "dets.json"
+    dets_path.write_text(json.dumps(dets))
+    for metric_name, metric_cls in (("voc07", VOC07MApMetric), ("voc", VOCMApMetric)):
+        out = tmp_path / f"{metric_name}.json"
+        tool.main(["--gt", SPEEDTRAP, "--split", "test_bg", "--format", "voc", "--dets", str(dets_path),
+                   "--metric", metric_name, "--out", str(out)])
+        res = json.loads(out.read_text())
+        metric = metric_cls(iou_thresh=0.5, class_names=["radar"])
+        for name in names:
+            mine = [d for d in dets if d.get("file_name") == name + ".jpg" or d.get("image_id") == name]
+            pb = np.array([[d["bbox"][0] + 1, d["bbox"][1] + 1, d["bbox"][0] + d["bbox"][2],
+                            d["bbox"][1] + d["bbox"][3]] for d in mine]).reshape(-1, 4)
+            metric.update(pb[None], np.zeros((1, len(mine))), np.array([d["score"] for d in mine])[None],
+                          raw[name][None], np.zeros((1, len(raw[name]))))
+        ref = dict(zip(*metric.get()))
+        assert res["gt"]["images"] == len(names) == 99
+        assert res["per_class"]["radar"]["num_gt"] == sum(len(b) for b in raw.values())
+        assert res["mAP"] == pytest.approx(ref["mAP"], abs=1e-6)
+        assert 0.1 < res["mAP"] < 0.9
