@@ -27,6 +27,9 @@ DEFAULTS = {
         "SFAM_REDUCTION": 16,
         "SHARED_WEIGHTS": False,       # official quirk: one FFMv2 conv and one SE for all levels/scales
         "SOURCE_NORM": True,           # BatchNorm on the largest SFAM output, as the official code
+        "HEAD_INIT_STD": 0.01,         # normal init of the heads; 0 = He init as the official code
+        "BN_MOMENTUM": 0.0,            # > 0: running-stat momentum of every BatchNorm (MXNet sense);
+                                       # 0 keeps 0.99 (official, PyTorch 0.01) / gluoncv's 0.9
         "PYRAMID": "m2det",            # m2det | ssd (ablation: heads straight on FFMv1 + extra convs)
         "PRIORS": {
             "SIZE_PATTERN": [0.08, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05],

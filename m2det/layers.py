@@ -5,15 +5,16 @@ from mxnet.gluon import nn
 class BasicConv(nn.HybridBlock):
     """Conv (no bias) + BatchNorm + ReLU, the official ``BasicConv``.
 
-    PyTorch BN momentum 0.01 is MXNet momentum 0.99 (the weight of the running value).
+    PyTorch BN momentum 0.01 is MXNet momentum 0.99 (the weight of the running value), the default.
     """
 
-    def __init__(self, channels, kernel_size, strides=1, padding=0, relu=True, in_channels=0, **kwargs):
+    def __init__(self, channels, kernel_size, strides=1, padding=0, relu=True, in_channels=0,
+                 bn_momentum=0.99, **kwargs):
         super().__init__(**kwargs)
         with self.name_scope():
             self.conv = nn.Conv2D(channels, kernel_size, strides=strides, padding=padding,
                                   use_bias=False, in_channels=in_channels)
-            self.bn = nn.BatchNorm(momentum=0.99, epsilon=1e-5, in_channels=channels)
+            self.bn = nn.BatchNorm(momentum=bn_momentum, epsilon=1e-5, in_channels=channels)
             self.relu = nn.Activation("relu") if relu else None
 
     def hybrid_forward(self, F, x):
