@@ -315,3 +315,33 @@ def test_checkpoint_restores_params_optimizer_and_rng(tmp_path):
     sgd_trainer = gluon.Trainer(other.net.collect_params(), "sgd", update_on_kvstore=False)
     with pytest.raises(CheckpointError, match="saved with optimizer 'adam'"):
         manager.load(other.net, sgd_trainer)
+
+
+def read_scalars(tb_dir):
+    """Parse tensorboardX event files (length-prefixed records of Event protos) -> {tag: [(step, v)]}."""
+    import struct
+    from tensorboardX.proto import event_pb2
+    scalars = {}
+    for name in sorted(os.listdir(tb_dir)):
+        data = open(os.path.join(tb_dir, name), "rb").read()
+        pos = 0
+        while pos < len(data):
+            (length,) = struct.unpack("<Q", data[pos:pos + 8])
+            event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+            pos += 12 + length + 4
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return scalars
+
+
+def test_tensorboard_scalars_and_whole_config(tmp_path):
+    cfg = EasyDict({"MODEL": {"DEPTH": 18}, "TRAIN": dict(train_cfg(EPOCHS=1, LOG_EVERY=3))})
+    fit(TinyTask(), tiny_data, cfg, str(tmp_path))  # a whole config: its TRAIN section is used
+    scalars = read_scalars(str(tmp_path / "tb"))
+    assert [step for step, _ in scalars["train/loss"]] == [3, 6]
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert [p["losses"]["loss"] for p in history["points"]] == pytest.approx(
+        [v for _, v in scalars["train/loss"]], rel=1e-6)
+    # the lr of the last update of the window: iteration 2 of a 3-iteration warm-up from 0.1 x LR
+    assert scalars["train/lr"][0][1] == pytest.approx(0.05 * (0.1 + 0.9 * 2 / 3))
+    assert scalars["epoch/l2"][0][0] == 1

@@ -99,8 +99,11 @@ class TrainingError(RuntimeError):
 
 def training_config(cfg):
     """TRAIN_DEFAULTS updated by the known keys of ``cfg`` (type-checked), as a plain dict."""
-    source = (cfg.get("CONFIG_FILE") if hasattr(cfg, "get") else None) or "training config"
-    known = {k: v for k, v in dict(cfg or {}).items() if k in TRAIN_DEFAULTS}
+    cfg = dict(cfg or {})
+    source = cfg.get("CONFIG_FILE") or "training config"
+    if not any(k in TRAIN_DEFAULTS for k in cfg) and isinstance(cfg.get("TRAIN"), dict):
+        cfg = dict(cfg["TRAIN"])  # a whole method config was passed: use its TRAIN section
+    known = {k: v for k, v in cfg.items() if k in TRAIN_DEFAULTS}
     out = merge(TRAIN_DEFAULTS, known, source=source)
     if out["OPTIMIZER"] not in OPTIMIZERS:
         raise ConfigError(f"{source}: key 'OPTIMIZER' must be one of {OPTIMIZERS}, "
@@ -207,7 +210,7 @@ def write_loss_curve(history, path):
     names = []
     for point in points:
         for key in point["losses"]:
-            if key not in names:
+            if key not in names and key != "grad_norm":  # not a loss: would squash the curves
                 names.append(key)
     for key in names:
         xs = [p["iteration"] for p in points if key in p["losses"]]

@@ -12,7 +12,7 @@ Config keys (see ``lib.train.TRAIN_DEFAULTS``):
   LR_STEP_UNIT       'epoch' | 'iter': unit of LR_STEPS and LR_DECAY_PERIOD (fractional epochs allowed,
                      e.g. FGFA's step at epoch 1.333)
   LR_FACTOR          decay factor of 'step' and 'periodic'
-  LR_MIN             'cosine': final rate (reached at the last iteration of EPOCHS)
+  LR_MIN             'cosine': final rate, reached at iteration EPOCHS * iters_per_epoch
   WARMUP_ITERS       warm-up length in iterations; if 0, WARMUP_EPOCHS * iters_per_epoch is used
   WARMUP_EPOCHS      warm-up length in epochs (may be fractional)
   WARMUP_FACTOR      warm-up starts at LR * WARMUP_FACTOR and rises linearly to LR
