@@ -1,0 +1,147 @@
+"""The M2Det toolkit commands end to end on a tiny CSV dataset (with a negative image), CSV edge cases
+and a tiny model overfitting a few images."""
+import json
+import os
+
+import cv2
+import mxnet as mx
+import numpy as np
+import pytest
+
+from lib.dataset import DetectionDataset
+from lib.dataset.csv_format import load_csv
+from m2det import cli, engine
+
+TINY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                    "experiments", "m2det", "cfgs", "tiny.yaml")
+
+
+def make_csv_dataset(root):
+    """4 images with a red and a blue square (float coordinates) and one image without objects."""
+    os.makedirs(root, exist_ok=True)
+    rows = []
+    for i in range(4):
+        image = np.full((120, 160, 3), 90, np.uint8)
+        x1, y1 = 20 + 10 * i, 15 + 5 * i
+        cv2.rectangle(image, (x1, y1), (x1 + 49, y1 + 39), (0, 0, 255), -1)
+        cv2.rectangle(image, (100, 60), (149, 109), (255, 0, 0), -1)
+        cv2.imwrite(os.path.join(root, f"img{i}.png"), image)
+        rows.append(f"img{i}.png,{x1}.0,{y1}.25,{x1 + 50}.0,{y1 + 40},red")
+        rows.append(f"img{i}.png,100,60,150,110,blue")
+    cv2.imwrite(os.path.join(root, "negative.png"), np.full((120, 160, 3), 90, np.uint8))
+    rows.append("negative.png,,,,,")
+    with open(os.path.join(root, "train.csv"), "w") as f:
+        f.write("\n".join(rows) + "\n")
+    with open(os.path.join(root, "classes.csv"), "w") as f:
+        f.write("red,0\nblue,1\n")
+    return os.path.join(root, "train.csv"), os.path.join(root, "classes.csv")
+
+
+@pytest.fixture(scope="module")
+def csv_data(tmp_path_factory):
+    return make_csv_dataset(str(tmp_path_factory.mktemp("csv")))
+
+
+def test_csv_float_coordinates_and_negative_image(csv_data):
+    dataset = load_csv(csv_data[0], classes=csv_data[1], strict=True)
+    assert len(dataset) == 5 and dataset.classes == ["red", "blue"]
+    first = dataset.records[0]
+    np.testing.assert_allclose(first.boxes[0], [20.0, 15.25, 70.0, 55.0])
+    negative = [r for r in dataset.records if r.image.endswith("negative.png")][0]
+    assert negative.boxes.shape == (0, 4)
+
+
+@pytest.mark.parametrize("bad_rows,classes,message", [
+    ("img0.png,70,15,20,55,red\n", "red,0\nblue,1\n", r"train.csv:1: .*x2 <= x1"),
+    ("missing.png,1,2,30,40,red\n", "red,0\nblue,1\n", r"train.csv:1: .*missing.png"),
+    ("img0.png,1,2,30,40,red\n", "red,0\nred,1\n", r"classes.csv:2: .*red"),
+])
+def test_csv_errors_name_the_line(csv_data, tmp_path, bad_rows, classes, message):
+    folder = os.path.dirname(csv_data[0])
+    bad_csv, bad_classes = os.path.join(folder, "train_bad.csv"), str(tmp_path / "classes.csv")
+    # keep the name train.csv in the message: write it next to the images under that stem
+    bad_csv = os.path.join(folder, "bad", "train.csv")
+    os.makedirs(os.path.dirname(bad_csv), exist_ok=True)
+    with open(bad_csv, "w") as f:
+        f.write(bad_rows.replace("img0.png", "../img0.png"))
+    with open(bad_classes, "w") as f:
+        f.write(classes)
+    with pytest.raises(SystemExit):
+        cli.train_main(["--cfg", TINY, "--strict", "--snapshot-path", str(tmp_path / "run"),
+                        "csv", bad_csv, bad_classes])
+    from lib.dataset.io import DatasetError
+    with pytest.raises(DatasetError, match=message):
+        from lib.dataset.labelmap import read_classes_csv
+        load_csv(bad_csv, classes=read_classes_csv(bad_classes), strict=True)
+
+
+def test_toolkit_commands_end_to_end(csv_data, tmp_path, capsys):
+    annotations, classes = csv_data
+    run = str(tmp_path / "run")
+    common = ["--cfg", TINY, "--snapshot-path", run, "--batch-size", "3", "--tensorboard-dir",
+              str(tmp_path / "tb")]
+    assert cli.train_main(common + ["--epochs", "1", "csv", annotations, classes,
+                                    "--val-annotations", annotations]) == 0
+    assert os.path.isfile(os.path.join(run, "ckpt-0001.json"))
+    history = json.load(open(os.path.join(run, "history.json")))
+    assert "mAP" in history["val"][-1]["metrics"]  # evaluation each epoch
+    assert os.path.islink(str(tmp_path / "tb"))
+    # resume: the run folder continues from epoch 1
+    assert cli.train_main(common + ["--epochs", "2", "--no-evaluation", "csv", annotations, classes]) == 0
+    history = json.load(open(os.path.join(run, "history.json")))
+    assert [e["epoch"] for e in history["epochs"]] == [1, 2]
+
+    capsys.readouterr()
+    assert cli.evaluate_main(["--model", run, "--score-threshold", "0.01", "--save-path",
+                              str(tmp_path / "annotated"), "--results", str(tmp_path / "dets.json"),
+                              "csv", annotations, classes]) == 0
+    out = capsys.readouterr().out
+    assert "instances of class red" in out and "mAP@0.5" in out and "COCO AP" in out
+    assert len(os.listdir(tmp_path / "annotated")) == 5
+    assert cli.convert_main([run, str(tmp_path / "exported")]) == 0
+    meta = json.load(open(tmp_path / "exported" / "meta.json"))
+    assert meta["classes"] == ["red", "blue"] and meta["input"]["size"] == [160, 160]
+    assert cli.debug_main(["--cfg", TINY, "--output-dir", str(tmp_path / "debug"), "csv", annotations,
+                           classes]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["boxes"] == 8 and summary["covered"] + summary["uncovered"] == 8
+    assert len(os.listdir(tmp_path / "debug")) == 5
+
+    # the converted model (loaded without training code) gives the training model's detections
+    net, cfg, names = engine.load_trained_model(run)
+    dataset = load_csv(annotations, classes=classes)
+    cfg.TEST.SCORE_THRESH = 0.0
+    detector = engine.Detector(net, cfg, hybridize=False)
+    from lib.tools.infer import ExportedDetector
+    exported = ExportedDetector(str(tmp_path / "exported"))
+    for record in dataset.records[:3]:
+        image = cv2.imread(record.image)
+        boxes, scores, labels = exported(image)
+        ref_boxes, ref_scores, ref_labels = detector.detect([cv2.cvtColor(image, cv2.COLOR_BGR2RGB)])[0]
+        keep = ref_scores > meta["score_threshold"]
+        ref_boxes = np.clip(ref_boxes[keep], 0, [160, 120, 160, 120])
+        np.testing.assert_allclose(np.sort(scores), np.sort(ref_scores[keep]), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(boxes[np.argsort(-scores, kind="stable")],
+                                   ref_boxes[np.argsort(-ref_scores[keep], kind="stable")], atol=0.05)
+
+
+def test_debug_anchor_coverage_oracle():
+    priors = np.array([[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0]])
+    boxes = np.array([[0.0, 0.0, 0.5, 0.25],      # IoU 0.5 with prior 0
+                      [0.6, 0.6, 0.7, 0.7]])      # IoU 0.04 with prior 1
+    np.testing.assert_allclose(cli.anchor_coverage(boxes, priors), [0.5, 0.04])
+
+
+def test_tiny_model_overfits_two_images(csv_data, tmp_path):
+    dataset = load_csv(csv_data[0], classes=csv_data[1])
+    few = dataset.subset([0, 1])
+    train = DetectionDataset(few.records * 10, few.classes)
+    cfg = engine.build_config(TINY, [f"OUTPUT_DIR={tmp_path / 'overfit'}", "TRAIN.OPTIMIZER=adam",
+                                     "TRAIN.LR=0.003", "TRAIN.EPOCHS=8", "TRAIN.EVAL_EVERY=0",
+                                     "TRAIN.CHECKPOINT_EVERY=100", "TRAIN.LOG_EVERY=5",
+                                     "MODEL.BN_MOMENTUM=0.8"])
+    mx.random.seed(0)
+    summary = cli.run_training(cfg, train, few)
+    first = json.load(open(tmp_path / "overfit" / "history.json"))["epochs"][0]["losses"]["loss"]
+    assert summary["final_losses"]["loss"] < 0.7 * first
+    assert summary["val"]["mAP"] > 0.9
