@@ -1,0 +1,75 @@
+"""Defaults of the LSTM-SSD / Looking-Fast-and-Slow configs (yaml files override these, strictly).
+
+Layout after the PyTorch LSTM-SSD port (MODEL / TRAIN / TEST / DATASET / PHASE), with every number
+of the reference configs in one place. ``load(path)`` = ``lib.config.load_config(path, DEFAULTS)``.
+"""
+from lib.config import load_config
+
+DEFAULTS = {
+    "PHASE": ["train", "test"],
+    "OUTPUT_DIR": "output/lstm_ssd/default",
+    "SEED": 0,
+    "CONTEXT": "cpu",
+    "MODEL": {
+        # lstm_ssd (A) | ssdlite (frame baseline, no memory) | fast_slow (B, interleaved extractors)
+        "TYPE": "lstm_ssd",
+        "NUM_CLASSES": 30,
+        "IMAGE_SIZE": 256,
+        "LARGE": {"NET": "mobilenet_v1", "WIDTH": 1.0, "NUM_BLOCKS": -1, "OUTPUT_STRIDE": 32,
+                  "MIN_DEPTH": 8, "INPUT_SIZE": 0},           # INPUT_SIZE 0 = MODEL.IMAGE_SIZE
+        "SMALL": {"NET": "mobilenet_v2", "WIDTH": 0.35, "NUM_BLOCKS": -1, "OUTPUT_STRIDE": 16,
+                  "MIN_DEPTH": 8, "INPUT_SIZE": 160},
+        "LSTM": {"UNITS": 256, "GROUPS": 1, "CLIP": 0.0, "FORGET_BIAS": 1.0, "OUTPUT_BOTTLENECK": False,
+                 "KERNEL": 3},
+        "PYRAMID": {"DEPTHS": [512, 256, 256, 128]},   # levels after level 0 (the memory output)
+        "ANCHORS": {"MIN_SCALE": 0.2, "MAX_SCALE": 0.95, "ASPECT_RATIOS": [1.0, 2.0, 0.5, 3.0, 0.3333],
+                    "REDUCE_LOWEST": True},
+        "BOX_STDS": [0.1, 0.1, 0.2, 0.2],               # = TF-OD box coder scales (10, 10, 5, 5)
+        "WEIGHTS": "",                                   # params to load before training (fine-tuning)
+    },
+    "MATCHER": {"IOU": 0.5},
+    "LOSS": {"CLS_WEIGHT": 1.0, "LOC_WEIGHT": 4.0, "NEG_RATIO": 3, "MAX_NEGATIVES": 3000},
+    "POST_PROCESS": {"SCORE_THRESHOLD": 0.01, "IOU_THRESHOLD": 0.5, "MAX_PER_CLASS": 100, "MAX_TOTAL": 100},
+    "INTERLEAVE": {
+        "POLICY": "fixed",         # fixed | adaptive | large | small | async
+        "TAU": 9,                  # fixed: large every TAU + 1 frames
+        "SMALL_PROB": 0.5,         # training: chance of the small extractor at each step
+    },
+    "POLICY_NET": {"HISTORY": 20, "HIDDEN": 64, "GAMMA": 0.9, "SPEED_BONUS": 0.05, "LR": 0.001,
+                   "EPSILON_START": 1.0, "EPSILON_END": 0.05, "EPSILON_STEPS": 500, "REPLAY": 2000,
+                   "BATCH": 32, "TARGET_UPDATE": 50, "STEPS": 200, "WEIGHTS": ""},
+    "TRAIN": {
+        "BATCH_SIZE": 8,           # sequences
+        "UNROLL": 4,               # frames per sequence (truncated BPTT length)
+        "CARRY_STATE": True,       # state carried across consecutive segments of a video
+        "EPOCHS": 10,
+        "MAX_STEPS": 0,            # 0 = no cap
+        "OPTIMIZER": "rmsprop",
+        "LR": 0.002,
+        "LR_DECAY": 0.95,
+        "LR_DECAY_STEPS": 200000,
+        "WARMUP_STEPS": 0,
+        "MOMENTUM": 0.9,
+        "WD": 4e-5,
+        "CLIP_GRADIENT": 10.0,
+        "EMA": 0.0,                # weight EMA decay (reference 0.9999); 0 = off
+        "PSEUDO_VIDEO_SHIFT": 0.1, # still images: crop window travels this fraction over a clip
+        "AUGMENT": True,           # flip + SSD random crop, identical for every frame of a clip
+        "TRAINABLE_SCOPE": ["large", "small", "memory", "project", "head"],
+        "LOG_EVERY": 10,
+        "CHECKPOINT_EVERY": 1,     # epochs
+    },
+    "TEST": {
+        "SCORE_THRESHOLD": 0.3,    # for drawn images
+        "PRINT_IMAGES": False,     # save annotated test images (as the port's TEST.PRINT_IMAGES)
+        "MAX_IMAGES": 0,           # 0 = all test records
+        "RESULTS_TABLE": "experiments/lstm_ssd/results.md",
+    },
+    "DATASET": {"CLASSES": [], "TRAIN": {}, "TEST": {}},
+}
+
+OPEN_KEYS = ("DATASET.TRAIN", "DATASET.TEST")
+
+
+def load(path=None, overrides=None):
+    return load_config(path, DEFAULTS, overrides=overrides, open_keys=OPEN_KEYS)

@@ -1,0 +1,296 @@
+"""Detectors assembled from config: LSTM-SSD (A), its frame baseline, Looking Fast and Slow (B).
+
+The network is split into parts that hybridize and export on their own, and the time loop runs in
+Python, so training (unrolled), streaming (one frame per call) and the exported artefacts all run the
+same blocks:
+
+    extractor[e]  : frames (B,3,S,S) RGB 0..255 -> features (B,Ce,F,F)   (resize to its own input size
+                    and scaling to [-1, 1] happen inside the graph)
+    memory.steps[e]: (features, c, h) -> (output, c_new, h_new)         (Bottleneck-LSTM, per extractor)
+    project       : features -> level 0 (frame baseline only)
+    head          : level 0 -> class logits (B,P,C+1), box deltas (B,P,4)
+
+Looking Fast and Slow: the small extractor reads the memory but never writes it (the state after a
+small step is the state before it).
+"""
+import numpy as np
+import mxnet as mx
+from mxnet import gluon
+
+from .layers import ConvBN, PruneGroup
+from .lstm_cell import BottleneckLSTM
+from .mobilenet import MobileNet
+from .ssdlite import SSDLiteHead, anchors_per_level, pyramid_sizes
+
+MODEL_TYPES = ("lstm_ssd", "ssdlite", "fast_slow")
+
+
+class Extractor(gluon.HybridBlock):
+    """Resize (if needed) + scale to [-1, 1] + MobileNet backbone."""
+
+    def __init__(self, spec, image_size, **kwargs):
+        super().__init__(**kwargs)
+        self.image_size = int(image_size)
+        self.input_size = int(spec.INPUT_SIZE) or self.image_size
+        with self.name_scope():
+            self.backbone = MobileNet(spec.NET, spec.WIDTH, spec.NUM_BLOCKS, spec.OUTPUT_STRIDE, spec.MIN_DEPTH)
+        self.out_channels = self.backbone.out_channels
+        self.feature_size = int(np.ceil(self.input_size / self.backbone.stride))
+
+    def hybrid_forward(self, F, x):
+        if self.input_size != self.image_size:
+            x = F.contrib.BilinearResize2D(x, height=self.input_size, width=self.input_size)
+        return self.backbone(x / 127.5 - 1.0)
+
+
+class VideoDetector(gluon.Block):
+    def __init__(self, model_cfg, **kwargs):
+        super().__init__(**kwargs)
+        m = model_cfg
+        if m.TYPE not in MODEL_TYPES:
+            raise ValueError(f"MODEL.TYPE must be one of {MODEL_TYPES}, got {m.TYPE!r}")
+        self.cfg = m
+        self.type = m.TYPE
+        self.num_classes = int(m.NUM_CLASSES)
+        self.image_size = int(m.IMAGE_SIZE)
+        self.extractor_names = ["large", "small"] if m.TYPE == "fast_slow" else ["large"]
+        # the small net reads the memory but does not write it
+        self.writes_memory = {"large": True, "small": False}
+        with self.name_scope():
+            self.large = Extractor(m.LARGE, self.image_size, prefix="large_")
+            self.small = Extractor(m.SMALL, self.image_size, prefix="small_") if m.TYPE == "fast_slow" else None
+            sizes = {n: self.extractor(n).feature_size for n in self.extractor_names}
+            if len(set(sizes.values())) != 1:
+                raise ValueError(f"MODEL: extractors must end at the same feature size, got {sizes} "
+                                 f"(adjust MODEL.*.INPUT_SIZE / OUTPUT_STRIDE)")
+            self.feature_size = sizes["large"]
+            lstm = m.LSTM
+            if m.TYPE == "ssdlite":
+                self.memory = None
+                self.project = ConvBN(self.large.out_channels, lstm.UNITS, 1, prefix="project_")
+                level0 = lstm.UNITS
+            else:
+                self.project = None
+                self.memory = BottleneckLSTM({n: self.extractor(n).out_channels for n in self.extractor_names},
+                                             lstm.UNITS, lstm.GROUPS, lstm.FORGET_BIAS, lstm.CLIP,
+                                             lstm.OUTPUT_BOTTLENECK, lstm.KERNEL, prefix="memory_")
+                level0 = self.memory.out_channels
+            depths = list(m.PYRAMID.DEPTHS)
+            self.level_sizes = pyramid_sizes(self.feature_size, len(depths) + 1)
+            self.num_anchors = anchors_per_level(len(depths) + 1, m.ANCHORS.ASPECT_RATIOS, m.ANCHORS.REDUCE_LOWEST)
+            self.head = SSDLiteHead(level0, depths, self.num_anchors, self.num_classes, prefix="head_")
+        self._anchors = None
+
+    # ---- structure ---------------------------------------------------------------------------
+    def extractor(self, name):
+        if name not in self.extractor_names:
+            raise ValueError(f"unknown extractor {name!r}; this {self.type} model has {self.extractor_names}")
+        return self.large if name == "large" else self.small
+
+    @property
+    def state_shape(self):
+        return (self.cfg.LSTM.UNITS, self.feature_size, self.feature_size)
+
+    def zero_state(self, batch, ctx=mx.cpu()):
+        if self.memory is None:
+            return None
+        shape = (batch,) + self.state_shape
+        return (mx.nd.zeros(shape, ctx=ctx), mx.nd.zeros(shape, ctx=ctx))
+
+    def parts(self):
+        """Name -> block of every separately runnable/exportable part."""
+        out = {f"extractor_{n}": self.extractor(n) for n in self.extractor_names}
+        if self.memory is not None:
+            out.update({f"lstm_step_{n}": self.memory.steps[n] for n in self.extractor_names})
+        else:
+            out["project"] = self.project
+        out["head"] = self.head
+        return out
+
+    def hybridize_parts(self, **kwargs):
+        for block in self.parts().values():
+            block.hybridize(**kwargs)
+
+    def clear_cached_graphs(self):
+        """Forget hybridized graphs (after pruning changed parameter shapes)."""
+        for block in self.parts().values():
+            block.hybridize(False)
+            for child in _all_blocks(block):
+                if isinstance(child, gluon.HybridBlock):
+                    child._clear_cached_op()
+
+    def anchors(self):
+        """Normalised corner anchors (P,4) in the head's (level, y, x, anchor) order."""
+        if self._anchors is None:
+            from lib.anchors import multiscale_anchors
+            a = self.cfg.ANCHORS
+            anchors = np.asarray(multiscale_anchors(self.level_sizes, min_scale=a.MIN_SCALE, max_scale=a.MAX_SCALE,
+                                                    aspect_ratios=tuple(a.ASPECT_RATIOS),
+                                                    reduce_lowest=a.REDUCE_LOWEST), dtype=np.float32)
+            expected = sum(s * s * k for s, k in zip(self.level_sizes, self.num_anchors))
+            if anchors.shape != (expected, 4):
+                raise RuntimeError(f"multiscale_anchors gave {anchors.shape}, the head predicts {expected} anchors")
+            self._anchors = anchors
+        return self._anchors
+
+    # ---- computation -------------------------------------------------------------------------
+    def step(self, frames, state, extractor="large"):
+        """One frame per sequence: frames (B,3,S,S) -> (cls (B,P,C+1), box (B,P,4), new_state)."""
+        feats = self.extractor(extractor)(frames)
+        if self.memory is None:
+            return (*self.head(self.project(feats)), None)
+        c, h = state
+        out, c_new, h_new = self.memory.steps[extractor](feats, c, h)
+        new_state = (c_new, h_new) if self.writes_memory[extractor] else state
+        cls, box = self.head(out)
+        return cls, box, new_state
+
+    def forward(self, clip, state=None, schedule=None):
+        """Unrolled graph. clip (B,T,3,S,S); schedule: extractor name per step (default all large).
+
+        Returns cls (B,T,P,C+1), box (B,T,P,4) and the final state.
+        """
+        batch, steps = clip.shape[0], clip.shape[1]
+        schedule = schedule or ["large"] * steps
+        if len(schedule) != steps:
+            raise ValueError(f"schedule has {len(schedule)} entries for {steps} frames")
+        if state is None:
+            state = self.zero_state(batch, clip.context)
+        cls_all, box_all = [], []
+        for t in range(steps):
+            cls, box, state = self.step(clip[:, t], state, schedule[t])
+            cls_all.append(cls)
+            box_all.append(box)
+        return mx.nd.stack(*cls_all, axis=1), mx.nd.stack(*box_all, axis=1), state
+
+    # ---- outputs -----------------------------------------------------------------------------
+    def postprocess(self, cls, box, widths, heights, post):
+        """Raw outputs of one step -> per image (boxes (K,4) pixels, scores (K,), labels (K,) 0-based).
+
+        ``post``: POST_PROCESS config (SCORE_THRESHOLD, IOU_THRESHOLD, MAX_PER_CLASS, MAX_TOTAL).
+        """
+        from lib.bbox import clip_boxes, decode_boxes
+        from lib.nms import multiclass_nms
+        anchors = self.anchors()
+        cls = cls.asnumpy() if isinstance(cls, mx.nd.NDArray) else cls
+        box = box.asnumpy() if isinstance(box, mx.nd.NDArray) else box
+        scores_all = 1.0 / (1.0 + np.exp(-cls[..., 1:]))   # sigmoid; column 0 is the background logit
+        out = []
+        for i in range(cls.shape[0]):
+            boxes = decode_boxes(box[i], anchors, stds=tuple(self.cfg.BOX_STDS))
+            boxes = boxes * np.array([widths[i], heights[i], widths[i], heights[i]], dtype=np.float32)
+            boxes = clip_boxes(boxes, widths[i], heights[i])
+            b, s, l = multiclass_nms(boxes, scores_all[i], post.SCORE_THRESHOLD, post.IOU_THRESHOLD,
+                                     post.MAX_PER_CLASS, post.MAX_TOTAL)
+            out.append((np.asarray(b, np.float32).reshape(-1, 4), np.asarray(s, np.float32).reshape(-1),
+                        np.asarray(l, np.int64).reshape(-1)))
+        return out
+
+    # ---- pruning -----------------------------------------------------------------------------
+    def prune_groups(self):
+        groups = []
+        for n in self.extractor_names:
+            groups += self.extractor(n).backbone.prune_groups(prefix=n)
+        if self.project is not None:
+            # the baseline's backbone output only feeds the 1x1 projection, so it can be cut too
+            # (unless the last V2 block adds a residual, which pins its width)
+            last = self.large.backbone.blocks_list[-1]
+            last_conv = last.pw if self.large.backbone.version == "mobilenet_v1" else last.project
+            if not getattr(last, "residual", False):
+                groups.append(PruneGroup("large.last", last_conv, [], [self.project]))
+            groups.append(self.head.level0_group(self.project, "project"))
+        groups += self.head.prune_groups()
+        return groups
+
+    def channel_state(self):
+        """Structural name -> (in, out, groups) of every ConvBN: enough to rebuild a pruned model."""
+        from .layers import ConvBN as _ConvBN
+        out = {}
+        for name, block in _named_blocks(self):
+            if isinstance(block, _ConvBN):
+                out[name] = block.channel_state()
+        return out
+
+    def apply_channel_state(self, state):
+        """Shrink a freshly built model to the channel counts of a pruned one (before loading params)."""
+        by_name = dict(_named_blocks(self))
+        groups = self.prune_groups()
+        for g in groups:
+            name = _name_of(by_name, g.producer)
+            target = state.get(name, {}).get("out")
+            if target is None:
+                raise ValueError(f"channel state has no entry for {name}")
+            if target != g.channels:
+                g.apply(list(range(target)))
+        for name, block in by_name.items():
+            if isinstance(block, ConvBN) and name in state and block.channel_state() != state[name]:
+                raise ValueError(f"channel state for {name} is {state[name]}, model has {block.channel_state()}")
+        self.clear_cached_graphs()
+
+
+def _all_blocks(block):
+    yield block
+    for child in block._children.values():
+        yield from _all_blocks(child)
+
+
+def _named_blocks(block, prefix=""):
+    """Structural names as in save_parameters (attribute paths), each block once."""
+    seen = set()
+
+    def walk(b, name):
+        if id(b) in seen:
+            return
+        seen.add(id(b))
+        yield name, b
+        for key, child in b._children.items():
+            yield from walk(child, f"{name}.{key}" if name else key)
+    yield from walk(block, prefix)
+
+
+def _name_of(by_name, block):
+    for name, b in by_name.items():
+        if b is block:
+            return name
+    raise KeyError("block not found in the model")
+
+
+def build_detector(cfg, ctx=mx.cpu(), initialize=True):
+    """cfg: full config (uses cfg.MODEL). Returns an initialised VideoDetector."""
+    net = VideoDetector(cfg.MODEL)
+    if initialize:
+        net.initialize(ctx=ctx)
+    return net
+
+
+def save_model(net, path):
+    """Write ``path`` (.params) and ``path`` minus .params + .channels.json (shapes after pruning)."""
+    import json
+    import os
+    base = path[:-len(".params")] if path.endswith(".params") else path
+    tmp = base + ".params.tmp"
+    net.save_parameters(tmp)
+    os.replace(tmp, base + ".params")
+    with open(base + ".channels.json.tmp", "w", encoding="utf-8") as f:
+        json.dump(net.channel_state(), f, indent=1, sort_keys=True)
+    os.replace(base + ".channels.json.tmp", base + ".channels.json")
+    return base + ".params"
+
+
+def load_model(cfg, path, ctx=mx.cpu()):
+    """Build from cfg, shrink to the saved channel counts if the model was pruned, load the params."""
+    import json
+    import os
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"model file not found: {path}")
+    net = build_detector(cfg, ctx)
+    base = path[:-len(".params")] if path.endswith(".params") else path
+    channels = base + ".channels.json"
+    if os.path.isfile(channels):
+        with open(channels, encoding="utf-8") as f:
+            net.apply_channel_state(json.load(f))
+    try:
+        net.load_parameters(path, ctx=ctx)
+    except (AssertionError, mx.base.MXNetError) as err:
+        raise ValueError(f"{path}: parameters do not fit the model of config {cfg.get('CONFIG_FILE')}: {err}") from None
+    return net

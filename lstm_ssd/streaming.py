@@ -1,0 +1,173 @@
+"""Streaming inference: ``reset()``, then ``step(frame) -> (ids, scores, boxes)`` once per frame.
+
+Extractor choice per frame (INTERLEAVE.POLICY): ``large`` / ``small`` only, ``fixed`` (large every
+TAU + 1 frames, small otherwise), ``adaptive`` (the Double-DQN policy network of policy.py reads the
+memory and the action history), ``async`` (``AsyncStreamingDetector``: the small extractor answers
+every frame while the large one refreshes the memory in a second thread). The memory state can be
+saved and restored (``get_state``/``set_state``, ``save_state``/``load_state`` as npz).
+"""
+import threading
+
+import cv2
+import mxnet as mx
+import numpy as np
+
+from lib.runtime import hybridize_for_inference
+
+POLICIES = ("large", "small", "fixed", "adaptive", "async")
+
+
+def preprocess(frame, size, ctx=mx.cpu()):
+    """HxWx3 uint8 RGB -> (1,3,size,size) float32 NDArray (0..255; scaling happens in the graph)."""
+    frame = np.asarray(frame)
+    if frame.ndim != 3 or frame.shape[2] != 3:
+        raise ValueError(f"step(frame): expected an HxWx3 RGB image, got shape {frame.shape}")
+    resized = cv2.resize(frame, (size, size), interpolation=cv2.INTER_LINEAR)
+    return mx.nd.array(resized.transpose(2, 0, 1)[None], ctx=ctx, dtype="float32")
+
+
+class StreamingDetector:
+    def __init__(self, net, cfg, policy=None, tau=None, ctx=mx.cpu(), hybridize=True, policy_net=None):
+        self.net, self.cfg, self.ctx = net, cfg, ctx
+        self.policy = policy or cfg.INTERLEAVE.POLICY
+        if self.policy not in POLICIES:
+            raise ValueError(f"INTERLEAVE.POLICY must be one of {POLICIES}, got {self.policy!r}")
+        if net.type != "fast_slow" and self.policy != "large":
+            self.policy = "large"          # single-extractor models have nothing to interleave
+        if self.policy == "adaptive" and policy_net is None:
+            raise ValueError("INTERLEAVE.POLICY adaptive needs a trained policy network (POLICY_NET.WEIGHTS)")
+        self.tau = cfg.INTERLEAVE.TAU if tau is None else tau
+        self.policy_net = policy_net
+        if hybridize:
+            for part in net.parts().values():
+                hybridize_for_inference(part, ctx)
+        self.reset()
+
+    # ---- state -------------------------------------------------------------------------------
+    def reset(self):
+        self.state = self.net.zero_state(1, self.ctx)
+        self.prev_state = self.state
+        self.frame_index = 0
+        self.history = []
+        self.last_extractor = None
+
+    def get_state(self):
+        """Numpy snapshot of everything that determines the next outputs."""
+        out = {"frame_index": np.int64(self.frame_index), "history": np.array(self.history, np.int64)}
+        if self.state is not None:
+            out.update(c=self.state[0].asnumpy(), h=self.state[1].asnumpy(),
+                       prev_c=self.prev_state[0].asnumpy(), prev_h=self.prev_state[1].asnumpy())
+        return out
+
+    def set_state(self, snapshot):
+        self.frame_index = int(snapshot["frame_index"])
+        self.history = [int(a) for a in snapshot["history"]]
+        if self.net.memory is not None:
+            expected = (1,) + self.net.state_shape
+            if tuple(snapshot["c"].shape) != expected:
+                raise ValueError(f"state shape {snapshot['c'].shape} does not fit this model ({expected})")
+            arr = lambda k: mx.nd.array(snapshot[k], ctx=self.ctx)  # noqa: E731
+            self.state = (arr("c"), arr("h"))
+            self.prev_state = (arr("prev_c"), arr("prev_h"))
+
+    def save_state(self, path):
+        np.savez(path, **self.get_state())
+
+    def load_state(self, path):
+        with np.load(path, allow_pickle=False) as data:
+            self.set_state({k: data[k] for k in data.files})
+
+    # ---- per frame ---------------------------------------------------------------------------
+    def choose(self):
+        if self.policy in ("large", "small"):
+            return self.policy
+        if self.policy == "fixed":
+            return "large" if self.frame_index % (self.tau + 1) == 0 else "small"
+        from .policy import ACTIONS
+        return ACTIONS[self.policy_net.act(self.state, self.prev_state, self.history)]
+
+    def step_raw(self, x, extractor=None):
+        """x (1,3,S,S) NDArray -> raw (cls, box) of this frame; advances the state."""
+        from .policy import ACTIONS
+        extractor = extractor or self.choose()
+        cls, box, new_state = self.net.step(x, self.state, extractor)
+        if new_state is not self.state:
+            self.prev_state = self.state
+        self.state = new_state
+        self.history.append(ACTIONS.index(extractor))
+        self.frame_index += 1
+        self.last_extractor = extractor
+        return cls, box
+
+    def step(self, frame):
+        """HxWx3 uint8 RGB frame -> (ids (K,), scores (K,), boxes (K,4) in frame pixels)."""
+        h, w = frame.shape[:2]
+        cls, box = self.step_raw(preprocess(frame, self.net.image_size, self.ctx))
+        boxes, scores, labels = self.net.postprocess(cls, box, [w], [h], self.cfg.POST_PROCESS)[0]
+        return labels, scores, boxes
+
+
+class AsyncStreamingDetector(StreamingDetector):
+    """Small extractor on every frame; the large one updates the memory from a worker thread.
+
+    The worker always takes the newest frame handed to it when it becomes free (older pending
+    frames are dropped), runs the large extractor and the LSTM step on the state current at that
+    moment, and swaps the new state in under a lock.
+    """
+
+    def __init__(self, net, cfg, ctx=mx.cpu(), hybridize=True):
+        if net.type != "fast_slow":
+            raise ValueError("asynchronous mode needs a fast_slow model (two extractors)")
+        super().__init__(net, cfg, policy="small", ctx=ctx, hybridize=hybridize)
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._pending = None
+        self._busy = False
+        self._stop = False
+        self.large_updates = 0
+        self._worker = threading.Thread(target=self._run, name="lfs-large-extractor", daemon=True)
+        self._worker.start()
+
+    def _run(self):
+        while True:
+            with self._wake:
+                while self._pending is None and not self._stop:
+                    self._wake.wait()
+                if self._stop:
+                    return
+                x, self._pending = self._pending, None
+                state = self.state
+                self._busy = True
+            _, _, new_state = self.net.step(x, state, "large")
+            new_state[0].wait_to_read()
+            new_state[1].wait_to_read()
+            with self._lock:
+                self.prev_state, self.state = self.state, new_state
+                self.large_updates += 1
+                self._busy = False
+
+    def step_raw(self, x, extractor=None):
+        with self._lock:
+            state = self.state
+            self._pending = x          # newest frame wins; an older pending one is dropped
+            self._wake.notify()
+        cls, box, _ = self.net.step(x, state, "small")
+        self.frame_index += 1
+        self.last_extractor = "small"
+        return cls, box
+
+    def flush(self):
+        """Wait until the worker has consumed the pending frame (used at the end of a video and in tests)."""
+        import time
+        while True:
+            with self._lock:
+                if self._pending is None and not self._busy:
+                    break
+            time.sleep(0.001)
+        mx.nd.waitall()
+
+    def close(self):
+        with self._wake:
+            self._stop = True
+            self._wake.notify()
+        self._worker.join()

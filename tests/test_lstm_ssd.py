@@ -1,0 +1,293 @@
+"""LSTM-SSD / Looking Fast and Slow: cell equations, state handling, streaming, pruning, export."""
+import json
+import os
+
+import mxnet as mx
+import numpy as np
+import pytest
+
+from lstm_ssd import config as lstm_config
+from lstm_ssd.detector import build_detector, load_model, save_model
+from lstm_ssd.flops import count_macs, count_params
+from lstm_ssd.lstm_cell import BottleneckLSTM
+from lstm_ssd.mobilenet import MobileNet
+from lstm_ssd.prune import plan_pruning, prune_detector
+
+TINY_A = ["MODEL.TYPE=lstm_ssd", "MODEL.IMAGE_SIZE=64", "MODEL.NUM_CLASSES=2", "MODEL.LARGE.WIDTH=0.25",
+          "MODEL.LSTM.UNITS=16", "MODEL.PYRAMID.DEPTHS=[16,8]"]
+TINY_B = ["MODEL.TYPE=fast_slow", "MODEL.IMAGE_SIZE=64", "MODEL.NUM_CLASSES=2", "MODEL.LARGE.NET=mobilenet_v2",
+          "MODEL.LARGE.WIDTH=0.35", "MODEL.SMALL.WIDTH=0.35", "MODEL.SMALL.INPUT_SIZE=32",
+          "MODEL.SMALL.OUTPUT_STRIDE=16", "MODEL.LSTM.UNITS=16", "MODEL.LSTM.GROUPS=4", "MODEL.LSTM.CLIP=6.0",
+          "MODEL.LSTM.OUTPUT_BOTTLENECK=true", "MODEL.PYRAMID.DEPTHS=[16,8]"]
+
+
+def _randomize(net, seed=0):
+    """Random weights everywhere (BN stats included) so that no test passes by symmetry."""
+    rng = np.random.RandomState(seed)
+    for name, p in net._collect_params_with_prefix().items():
+        shape = p.shape
+        if name.endswith("running_var"):
+            p.set_data(mx.nd.array(rng.uniform(0.5, 1.5, shape)))
+        elif name.endswith("gamma"):
+            p.set_data(mx.nd.array(rng.uniform(0.5, 1.5, shape)))
+        else:
+            p.set_data(mx.nd.array(rng.normal(0, 0.3, shape)))
+
+
+# ---------------------------------------------------------------- numpy reference of the cell
+def _np_depthwise(x, w):
+    """x (C,H,W), w (C,1,3,3), zero padding 1."""
+    c, h, wd = x.shape
+    k = w.shape[-1]
+    p = k // 2
+    xp = np.pad(x, ((0, 0), (p, p), (p, p)))
+    out = np.zeros_like(x)
+    for dy in range(k):
+        for dx in range(k):
+            out += w[:, 0, dy, dx][:, None, None] * xp[:, dy:dy + h, dx:dx + wd]
+    return out
+
+
+def _np_sepconv(x, dw, pw, bias):
+    y = _np_depthwise(x, dw)
+    return np.einsum("oc,chw->ohw", pw[:, :, 0, 0], y) + bias[:, None, None]
+
+
+def _np_cell(x, c, h, params, units, groups, forget_bias, clip, output_bottleneck, proj="projections.0."):
+    """Per-group, literal transcription of the equations in the spec (one sample, CHW)."""
+    n = units // groups
+    pre = {k.split(".")[-1]: v for k, v in params.items() if proj in k}
+    gate = {k.split(".")[-1]: v for k, v in params.items() if "gates" in k}
+    cin = x.shape[0] + n
+    bs, cs, hs = [], [], []
+    for k in range(groups):
+        inp = np.concatenate([x, h[k * n:(k + 1) * n]], axis=0)
+        dw = pre["dw_weight"][k * cin:(k + 1) * cin]
+        pw = pre["pw_weight"][k * n:(k + 1) * n]
+        b = np.clip(_np_sepconv(inp, dw, pw, pre["pw_bias"][k * n:(k + 1) * n]), 0, 6)
+        g = _np_sepconv(b, gate["dw_weight"][k * n:(k + 1) * n], gate["pw_weight"][k * 4 * n:(k + 1) * 4 * n],
+                        gate["pw_bias"][k * 4 * n:(k + 1) * 4 * n])
+        i, j, f, o = g[:n], g[n:2 * n], g[2 * n:3 * n], g[3 * n:]
+        sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+        c_new = c[k * n:(k + 1) * n] * sig(f + forget_bias) + sig(i) * np.clip(j, 0, 6)
+        if clip > 0:
+            c_new = np.clip(c_new, -clip, clip)
+        h_new = np.clip(c_new, 0, 6) * sig(o)
+        bs.append(b)
+        cs.append(c_new)
+        hs.append(h_new)
+    h_all = np.concatenate(hs)
+    out = np.concatenate([h_all, np.concatenate(bs)]) if output_bottleneck else h_all
+    return out, np.concatenate(cs), h_all
+
+
+@pytest.mark.parametrize("groups,clip,out_b", [(1, 0.0, False), (4, 6.0, True), (2, 0.5, False)])
+def test_cell_matches_numpy_reference(groups, clip, out_b):
+    units, cx, size = 8, 5, 6
+    cell = BottleneckLSTM({"large": cx}, units, groups, forget_bias=1.0, clip=clip, output_bottleneck=out_b)
+    cell.initialize()
+    rng = np.random.RandomState(1)
+    x = rng.normal(0, 2, (1, cx, size, size)).astype(np.float32)
+    c = rng.normal(0, 3, (1, units, size, size)).astype(np.float32)
+    h = rng.uniform(0, 3, (1, units, size, size)).astype(np.float32)
+    out, c_new, h_new = cell(mx.nd.array(x), mx.nd.array(c), mx.nd.array(h))
+    params = {k: v.data().asnumpy().astype(np.float64) for k, v in cell._collect_params_with_prefix().items()}
+    ref_out, ref_c, ref_h = _np_cell(x[0], c[0], h[0], params, units, groups, 1.0, clip, out_b)
+    np.testing.assert_allclose(c_new.asnumpy()[0], ref_c, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(h_new.asnumpy()[0], ref_h, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(out.asnumpy()[0], ref_out, rtol=1e-4, atol=1e-4)
+    if clip > 0:
+        assert np.abs(c_new.asnumpy()).max() <= clip + 1e-6
+
+
+# ---------------------------------------------------------------- backbones
+def test_mobilenet_shapes_widths_and_cuts():
+    v2 = MobileNet("mobilenet_v2", width=1.4, output_stride=32)
+    v2.initialize()
+    assert v2.out_channels == 448 and v2(mx.nd.zeros((1, 3, 320, 320))).shape == (1, 448, 10, 10)
+    small = MobileNet("mobilenet_v2", width=0.35, output_stride=16)
+    small.initialize()
+    assert small.out_channels == 112 and small(mx.nd.zeros((1, 3, 160, 160))).shape == (1, 112, 10, 10)
+    v1 = MobileNet("mobilenet_v1", width=0.5, num_blocks=11)
+    v1.initialize()
+    assert v1(mx.nd.zeros((1, 3, 128, 128))).shape == (1, 256, 8, 8)
+    # gluoncv's MobileNet 1.0 feature extractor has the same parameter count (classifier excluded)
+    import gluoncv
+    ref = gluoncv.model_zoo.get_model("mobilenet1.0", pretrained=False)
+    ref.initialize()
+    ref(mx.nd.zeros((1, 3, 224, 224)))
+    ref_n = sum(p.data().size for n, p in ref.features.collect_params().items() if "running" not in n)
+    full = MobileNet("mobilenet_v1", 1.0)
+    full.initialize()
+    full(mx.nd.zeros((1, 3, 224, 224)))
+    assert count_params(full) == ref_n
+    with pytest.raises(ValueError, match="NUM_BLOCKS"):
+        MobileNet("mobilenet_v1", num_blocks=14)
+
+
+# ---------------------------------------------------------------- detector state handling
+def _tiny(over, seed=0):
+    cfg = lstm_config.load(None, over)
+    net = build_detector(cfg)
+    net(mx.nd.zeros((1, 1, 3, 64, 64)), None, ["large"])
+    _randomize(net, seed)
+    return cfg, net
+
+
+def test_state_carry_and_reset():
+    cfg, net = _tiny(TINY_A)
+    rng = np.random.RandomState(0)
+    clip = mx.nd.array(rng.uniform(0, 255, (2, 4, 3, 64, 64)))
+    cls_full, box_full, _ = net(clip)
+    # two consecutive segments with the state carried equal one long unroll (truncated BPTT)
+    cls_a, _, state = net(clip[:, :2])
+    cls_b, box_b, _ = net(clip[:, 2:], state)
+    np.testing.assert_allclose(cls_b.asnumpy(), cls_full[:, 2:].asnumpy(), rtol=1e-4, atol=1e-5)
+    # a reset (zero state) makes the second segment differ: the memory matters
+    cls_reset, _, _ = net(clip[:, 2:])
+    assert np.abs(cls_reset.asnumpy() - cls_full[:, 2:].asnumpy()).max() > 1e-3
+    # and equals the first segment of the same frames started fresh
+    np.testing.assert_allclose(cls_reset[:, 0].asnumpy(), net(clip[:, 2:3])[0][:, 0].asnumpy(), rtol=1e-5)
+
+
+def test_streaming_equals_unrolled_graph_and_state_roundtrip(tmp_path):
+    from lstm_ssd.streaming import StreamingDetector
+    cfg, net = _tiny(TINY_B)
+    rng = np.random.RandomState(2)
+    frames = rng.uniform(0, 255, (1, 5, 3, 64, 64)).astype(np.float32)
+    schedule = ["large", "small", "small", "large", "small"]
+    cls_ref, box_ref, _ = net(mx.nd.array(frames), None, schedule)
+    stream = StreamingDetector(net, cfg, policy="fixed", tau=2, hybridize=True)
+    outs = []
+    for t in range(5):
+        if t == 3:
+            stream.save_state(str(tmp_path / "state.npz"))
+        outs.append(stream.step_raw(mx.nd.array(frames[:, t]))[0].asnumpy())
+    assert [ {0: "large", 1: "small"}[a] for a in stream.history] == schedule
+    # the stream runs the MKLDNN-fused graph (BatchNorm folded into convs): float rounding only
+    np.testing.assert_allclose(np.stack(outs, 1), cls_ref.asnumpy(), rtol=1e-3, atol=3e-3)
+    # restore the state saved before frame 3 and replay: identical outputs
+    stream.load_state(str(tmp_path / "state.npz"))
+    again = [stream.step_raw(mx.nd.array(frames[:, t]))[0].asnumpy() for t in (3, 4)]
+    np.testing.assert_allclose(np.stack(again, 1), np.stack(outs[3:], 1), rtol=1e-6, atol=1e-6)
+    stream.reset()
+    assert stream.frame_index == 0 and float(stream.state[0].abs().sum().asscalar()) == 0.0
+
+
+def test_small_steps_leave_state_unchanged_large_steps_write_it():
+    cfg, net = _tiny(TINY_B)
+    rng = np.random.RandomState(3)
+    x = mx.nd.array(rng.uniform(0, 255, (1, 3, 64, 64)))
+    _, _, state = net.step(x, net.zero_state(1), "large")
+    assert float(state[1].abs().sum().asscalar()) > 0
+    cls_small, _, after_small = net.step(x * 0.5, state, "small")
+    for a, b in zip(state, after_small):
+        np.testing.assert_array_equal(a.asnumpy(), b.asnumpy())
+    # ... but the small step's detections did read the memory
+    cls_small_zero, _, _ = net.step(x * 0.5, net.zero_state(1), "small")
+    assert np.abs(cls_small.asnumpy() - cls_small_zero.asnumpy()).max() > 1e-4
+    # gradient of a small step reaches only the small branch
+    with mx.autograd.record():
+        cls, box, _ = net.step(x, state, "small")
+        loss = (cls ** 2).sum() + (box ** 2).sum()
+    loss.backward()
+    small_grad = sum(float(p.grad().abs().sum().asscalar()) for p in net.small.collect_params().values()
+                     if p.grad_req != "null")
+    large_grad = [p for p in net.large.collect_params().values() if p.grad_req != "null"]
+    assert small_grad > 0
+    assert all(float(p.grad().abs().sum().asscalar()) == 0 for p in large_grad)
+
+
+def test_async_mode_updates_memory_in_background():
+    from lstm_ssd.streaming import AsyncStreamingDetector
+    cfg, net = _tiny(TINY_B)
+    stream = AsyncStreamingDetector(net, cfg, hybridize=False)
+    try:
+        frame = np.random.RandomState(0).randint(0, 255, (48, 80, 3)).astype(np.uint8)
+        ids, scores, boxes = stream.step(frame)
+        stream.flush()
+        assert stream.large_updates == 1
+        assert float(stream.state[1].abs().sum().asscalar()) > 0
+        assert boxes.shape[1] == 4 and len(ids) == len(scores) == len(boxes)
+        assert np.all(boxes[:, 2] <= 80 + 1e-3) and np.all(boxes[:, 3] <= 48 + 1e-3)
+    finally:
+        stream.close()
+
+
+# ---------------------------------------------------------------- pruning
+@pytest.mark.parametrize("over", [TINY_A, TINY_B, TINY_A[:1] + ["MODEL.TYPE=ssdlite"] + TINY_A[1:]])
+def test_pruning_dead_filters_keeps_outputs_and_shrinks(over):
+    cfg, net = _tiny(over, seed=4)
+    groups = net.prune_groups()
+    assert groups
+    # make the 50% lowest-L1 filters of every group truly dead: zero weights and BN output, and
+    # the depthwise followers output zero on those channels, so removing them is exact
+    for g in groups:
+        n = g.channels
+        dead = np.arange(n)[: n // 2]
+        for conv in [g.producer] + g.followers:
+            for name in ("weight", "gamma", "beta", "running_mean"):
+                arr = getattr(conv, name).data().asnumpy()
+                arr[dead] = 0.0
+                getattr(conv, name).set_data(mx.nd.array(arr))
+    rng = np.random.RandomState(5)
+    clip = mx.nd.array(rng.uniform(0, 255, (1, 3, 3, 64, 64)))
+    schedule = ["large", "small", "large"] if net.type == "fast_slow" else None
+    cls0, box0, _ = net(clip, None, schedule)
+    params0 = count_params(net)
+    macs0 = count_macs(net)
+    plan = plan_pruning(groups, 0.5)
+    for g in groups:   # the plan picks exactly the dead filters
+        assert plan[g.name] == list(range(g.channels // 2, g.channels))
+    shapes0 = {g.name: g.producer.weight.shape for g in groups}
+    prune_detector(net, 0.5)
+    cls1, box1, _ = net(clip, None, schedule)
+    np.testing.assert_allclose(cls1.asnumpy(), cls0.asnumpy(), rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(box1.asnumpy(), box0.asnumpy(), rtol=1e-3, atol=1e-3)
+    for g in groups:
+        assert g.producer.weight.shape[0] == shapes0[g.name][0] - shapes0[g.name][0] // 2
+    assert count_params(net) < params0
+    assert count_macs(net) < macs0
+
+
+def test_pruned_model_save_load_roundtrip_and_global_mode(tmp_path):
+    cfg, net = _tiny(TINY_A, seed=6)
+    prune_detector(net, 0.4, mode="global")
+    path = save_model(net, str(tmp_path / "pruned.params"))
+    with open(str(tmp_path / "pruned.channels.json")) as f:
+        assert json.load(f)
+    loaded = load_model(cfg, path)
+    clip = mx.nd.array(np.random.RandomState(7).uniform(0, 255, (1, 2, 3, 64, 64)))
+    np.testing.assert_allclose(loaded(clip)[0].asnumpy(), net(clip)[0].asnumpy(), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="ratio"):
+        plan_pruning(net.prune_groups(), 1.0)
+
+
+def test_macs_counting_matches_hand_count():
+    from lstm_ssd.layers import ConvBN
+    from lstm_ssd.flops import _conv_macs
+    conv = ConvBN(8, 16, 3, 2)
+    conv.initialize()
+    out = conv(mx.nd.zeros((1, 8, 10, 10)))
+    assert _conv_macs(conv, out) == 5 * 5 * 16 * 8 * 9
+    dw = ConvBN(8, 8, 3, 1, groups=8)
+    dw.initialize()
+    assert _conv_macs(dw, dw(mx.nd.zeros((1, 8, 10, 10)))) == 10 * 10 * 8 * 9
+
+
+# ---------------------------------------------------------------- export
+def test_each_part_exports_and_runs_separately(tmp_path):
+    from lstm_ssd.export import export_parts, load_parts
+    cfg, net = _tiny(TINY_B)
+    files = export_parts(net, str(tmp_path / "lfs"))
+    assert {"extractor_large", "extractor_small", "lstm_step_large", "lstm_step_small", "head"} <= set(files)
+    parts = load_parts(str(tmp_path / "lfs"))
+    x = mx.nd.array(np.random.RandomState(8).uniform(0, 255, (1, 3, 64, 64)))
+    c, h = net.zero_state(1)
+    feats = parts["extractor_small"](x)
+    out, c2, h2 = parts["lstm_step_small"](feats, c, h)
+    cls, box = parts["head"](out)
+    ref_cls, ref_box, _ = net.step(x, (c, h), "small")
+    np.testing.assert_allclose(cls.asnumpy(), ref_cls.asnumpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(box.asnumpy(), ref_box.asnumpy(), rtol=1e-4, atol=1e-4)
+    assert os.path.isfile(os.path.join(str(tmp_path), "lfs-parts.json"))
