@@ -486,12 +486,29 @@ class Compose(Transform):
 
 TRANSFORMS = {cls.__name__: cls for cls in (RandomFlip, SSDRandomCrop, Expand, PhotometricDistort,
                                             Resize, ResizeSquare, RandomTile, ToTensor)}
+# Short names accepted in configs (matched like class names: case and underscores ignored).
+ALIASES = {"flip": "RandomFlip", "ssdcrop": "SSDRandomCrop", "randomcrop": "SSDRandomCrop",
+           "photometric": "PhotometricDistort", "square": "ResizeSquare", "tile": "RandomTile"}
+PARAM_ALIASES = {"prob": "p"}
+_NAME_KEYS = ("name", "type")
+
+
+def _canonical(name):
+    return str(name).lower().replace("_", "").replace("-", "")
+
+
+def _lookup(name):
+    table = {_canonical(k): k for k in TRANSFORMS}
+    table.update({_canonical(k): v for k, v in ALIASES.items()})
+    return table.get(_canonical(name))
 
 
 def build_transforms(specs, rng=None, source="transforms"):
-    """Build a Compose from a list of specs: {"name": <class name>, <param>: value, ...} or just
-    the class name. Unknown names or parameters raise ValueError naming the entry (``source`` is
-    put in front, e.g. the config file and key)."""
+    """Build a Compose from a list of specs: {"name": <transform>, <param>: value, ...} or just the
+    transform's name. Names are the class names or ALIASES (case and underscores ignored, 'type'
+    accepted for 'name'); parameter keys are case-insensitive ('prob' = 'p'). Unknown names or
+    parameters raise ValueError naming the entry (``source`` is put in front, e.g. the config file
+    and key)."""
     if specs is None:
         specs = []
     if not isinstance(specs, (list, tuple)):
@@ -501,18 +518,29 @@ def build_transforms(specs, rng=None, source="transforms"):
         where = f"{source}[{index}]"
         if isinstance(spec, str):
             spec = {"name": spec}
-        if not isinstance(spec, dict) or "name" not in spec:
-            raise ValueError(f"{where}: each entry needs a 'name' key, got {spec!r}")
-        name = spec["name"]
-        if name not in TRANSFORMS:
-            raise ValueError(f"{where}: unknown transform {name!r}. Known: {', '.join(sorted(TRANSFORMS))}")
-        cls = TRANSFORMS[name]
+        if not isinstance(spec, dict):
+            raise ValueError(f"{where}: each entry must be a mapping with a 'name' key, got {spec!r}")
+        lowered = {}
+        for key, value in spec.items():
+            key = str(key).lower()
+            key = PARAM_ALIASES.get(key, key)
+            if key in lowered:
+                raise ValueError(f"{where}: key '{key}' is given twice (keys are case-insensitive)")
+            lowered[key] = value
+        name_keys = [k for k in _NAME_KEYS if k in lowered]
+        if len(name_keys) != 1:
+            raise ValueError(f"{where}: each entry needs one 'name' key, got {spec!r}")
+        name = lowered.pop(name_keys[0])
+        class_name = _lookup(name)
+        if class_name is None:
+            raise ValueError(f"{where}: unknown transform {name!r}. Known: "
+                             f"{', '.join(sorted(TRANSFORMS))} (aliases: {', '.join(sorted(ALIASES))})")
+        cls = TRANSFORMS[class_name]
         accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "rng")]
-        params = {k: v for k, v in spec.items() if k != "name"}
-        unknown = sorted(set(params) - set(accepted))
+        unknown = sorted(set(lowered) - set(accepted))
         if unknown:
-            raise ValueError(f"{where}: {name} has no parameter(s) {unknown}. Accepted: {accepted}")
-        params = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
+            raise ValueError(f"{where}: {class_name} has no parameter(s) {unknown}. Accepted: {accepted}")
+        params = {k: tuple(v) if isinstance(v, list) else v for k, v in lowered.items()}
         try:
             built.append(cls(rng=rng, **params))
         except (TypeError, ValueError) as err:

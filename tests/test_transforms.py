@@ -224,14 +224,20 @@ def test_to_tensor_normalisation():
 def test_build_transforms_errors_and_input_checks():
     t = build_transforms([{"name": "ResizeSquare", "size": 32}, "RandomFlip"])
     assert isinstance(t, Compose) and len(t.transforms) == 2
-    with pytest.raises(ValueError, match=r"aug\[1\]: unknown transform 'Flip'. Known: .*RandomFlip"):
-        build_transforms(["RandomFlip", {"name": "Flip"}], source="aug")
+    with pytest.raises(ValueError, match=r"aug\[1\]: unknown transform 'Mirror'. Known: .*RandomFlip"):
+        build_transforms(["RandomFlip", {"name": "Mirror"}], source="aug")
     with pytest.raises(ValueError, match=r"transforms\[0\]: Resize has no parameter\(s\) \['shortt'\]"
                                          r"\. Accepted: \['short', 'max_size', 'interpolation'\]"):
         build_transforms([{"name": "Resize", "shortt": 600}])
     with pytest.raises(ValueError, match=r"transforms\[0\]: RandomFlip: probability p must be in"):
         build_transforms([{"name": "RandomFlip", "p": 2}])
-    with pytest.raises(ValueError, match="needs a 'name' key"):
+    # the spelling of m2det's config: TYPE, snake-case aliases, upper-case keys, PROB
+    t = build_transforms([{"TYPE": "photometric"}, {"TYPE": "expand", "MAX_RATIO": 2.0, "FILL": [1, 2, 3]},
+                          {"TYPE": "ssd_crop"}, {"TYPE": "flip", "PROB": 0.25}])
+    assert [type(x).__name__ for x in t.transforms] == ["PhotometricDistort", "Expand", "SSDRandomCrop",
+                                                       "RandomFlip"]
+    assert t.transforms[1].fill == (1.0, 2.0, 3.0) and t.transforms[3].p == 0.25
+    with pytest.raises(ValueError, match="needs one 'name' key"):
         build_transforms([{"p": 0.5}])
     frames, boxes = painted_clip(0)
     with pytest.raises(ValueError, match="all frames of a clip must have one size"):
