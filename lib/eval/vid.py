@@ -105,82 +105,95 @@ def _iou_thresholds(boxes, iou, pixel_tolerance):
     return np.minimum(iou, (w * h) / ((w + pixel_tolerance) * (h + pixel_tolerance)))
 
 
-class _Frame:
-    """One record's detections (sorted by confidence), overlaps and greedy matching."""
+class _Matched:
+    """Every frame's detections (each frame's sorted by confidence) and gts, flattened, with the greedy
+    per-frame matching done once (it does not depend on the ranges) and the positive overlaps kept."""
 
-    def __init__(self, rec, det, iou, pixel_tolerance):
-        boxes, scores, labels = det
-        order = np.argsort(-scores, kind="stable")
-        self.boxes, self.scores, self.labels = boxes[order], scores[order], labels[order]
-        self.det_areas = box_areas(self.boxes)
-        self.gt_labels = rec.labels
-        self.gt_areas = box_areas(rec.boxes)
-        self.overlaps = iou_matrix(self.boxes, rec.boxes)
-        thresholds = _iou_thresholds(rec.boxes.astype(np.float64), iou, pixel_tolerance)
-        self.matched = np.full(len(self.boxes), -1, np.int64)
-        candidates = (self.overlaps >= thresholds[None]) & (self.labels[:, None] == rec.labels[None])
-        taken = np.zeros(rec.num_boxes, bool)
-        for j in np.where(candidates.any(axis=1))[0]:  # only these can match; in confidence order
-            ok = candidates[j] & ~taken
-            if np.any(ok):
-                k = int(np.argmax(np.where(ok, self.overlaps[j], -1.0)))
-                self.matched[j] = k
-                taken[k] = True
+    def __init__(self, gt_records, dets, iou, pixel_tolerance):
+        parts = {k: [] for k in ("scores", "labels", "det_areas", "det_frame", "matched", "gt_labels",
+                                 "gt_areas", "gt_frame", "pair_det", "pair_gt", "pair_ov")}
+        det_off = gt_off = 0
+        for f, (rec, (boxes, scores, labels)) in enumerate(zip(gt_records, dets)):
+            order = np.argsort(-scores, kind="stable")
+            boxes, scores, labels = boxes[order], scores[order], labels[order]
+            overlaps = iou_matrix(boxes, rec.boxes)
+            thresholds = _iou_thresholds(rec.boxes.astype(np.float64), iou, pixel_tolerance)
+            matched = np.full(len(boxes), -1, np.int64)
+            candidates = (overlaps >= thresholds[None]) & (labels[:, None] == rec.labels[None])
+            taken = np.zeros(rec.num_boxes, bool)
+            for j in np.where(candidates.any(axis=1))[0]:  # only these can match; in confidence order
+                ok = candidates[j] & ~taken
+                if np.any(ok):
+                    k = int(np.argmax(np.where(ok, overlaps[j], -1.0)))
+                    matched[j] = k
+                    taken[k] = True
+            rows, cols = np.nonzero(overlaps > 0)
+            parts["scores"].append(scores)
+            parts["labels"].append(labels)
+            parts["det_areas"].append(box_areas(boxes))
+            parts["det_frame"].append(np.full(len(boxes), f, np.int64))
+            parts["matched"].append(np.where(matched >= 0, matched + gt_off, -1))
+            parts["gt_labels"].append(rec.labels)
+            parts["gt_areas"].append(box_areas(rec.boxes))
+            parts["gt_frame"].append(np.full(rec.num_boxes, f, np.int64))
+            parts["pair_det"].append(rows + det_off)
+            parts["pair_gt"].append(cols + gt_off)
+            parts["pair_ov"].append(overlaps[rows, cols])
+            det_off += len(boxes)
+            gt_off += rec.num_boxes
+        dtypes = {"labels": np.int64, "det_frame": np.int64, "matched": np.int64, "gt_labels": np.int64,
+                  "gt_frame": np.int64, "pair_det": np.int64, "pair_gt": np.int64}
+        for key, arrays in parts.items():
+            setattr(self, key, np.concatenate(arrays).astype(dtypes.get(key, np.float64)) if arrays
+                    else np.zeros(0, dtypes.get(key, np.float64)))
+        self.num_frames = len(gt_records)
+        self.gts_per_frame = np.bincount(self.gt_frame, minlength=self.num_frames).astype(np.float64)
+        # the class AP walks every detection of the dataset by confidence (stable: frame order on ties)
+        self.order = np.argsort(-self.scores, kind="stable")
 
-
-def _score_range(frames, motion, motion_range, area_range, empty_weight):
-    """Per-detection TP/FP weights and per-gt 'counted' mask for one (motion, area) range."""
-    tps, fps, counted = [], [], []
-    for frame, gt_motion in zip(frames, motion):
+    def score_range(self, gt_motion, motion_range, area_range, empty_weight):
+        """TP / FP weight per detection and the 'counted' mask per gt for one (motion, area) range."""
         ig_motion = (gt_motion < motion_range[0]) | (gt_motion > motion_range[1])
-        ig_area = (frame.gt_areas < area_range[0]) | (frame.gt_areas > area_range[1])
+        ig_area = (self.gt_areas < area_range[0]) | (self.gt_areas > area_range[1])
         ignored = ig_motion | ig_area
-        n = len(frame.boxes)
-        tp, fp = np.zeros(n), np.zeros(n)
-        has_match = frame.matched >= 0
-        tp[has_match] = ~ignored[frame.matched[has_match]]
-        unmatched = ~has_match
-        det_in_area = (frame.det_areas >= area_range[0]) & (frame.det_areas <= area_range[1])
-        if frame.overlaps.shape[1]:
-            ov_ig = np.where(ig_motion[None], frame.overlaps, -1.0).max(axis=1)
-            ov_nig = np.where(~ig_motion[None], frame.overlaps, -1.0).max(axis=1)
-            tie_weight = float(np.mean(ig_motion))
-        else:
-            ov_ig = ov_nig = np.full(n, -1.0)
-            tie_weight = empty_weight
-        weight = np.where(ov_nig > ov_ig, 1.0, np.where(ov_ig > ov_nig, 0.0, tie_weight))
-        fp[unmatched & det_in_area] = weight[unmatched & det_in_area]
-        tps.append(tp)
-        fps.append(fp)
-        counted.append(~ignored)
-    return tps, fps, counted
+        has_match = self.matched >= 0
+        tp = np.zeros(len(self.scores))
+        tp[has_match] = ~ignored[self.matched[has_match]]
+        # best overlap with motion-ignored / other gts of the frame (any class): 0 when the frame has such
+        # gts but the detection misses them all, -1 when it has none
+        ig_per_frame = np.bincount(self.gt_frame, weights=ig_motion, minlength=self.num_frames)
+        nig_per_frame = self.gts_per_frame - ig_per_frame
+        ov_ig = np.where(ig_per_frame[self.det_frame] > 0, 0.0, -1.0)
+        ov_nig = np.where(nig_per_frame[self.det_frame] > 0, 0.0, -1.0)
+        pair_ig = ig_motion[self.pair_gt]
+        np.maximum.at(ov_ig, self.pair_det[pair_ig], self.pair_ov[pair_ig])
+        np.maximum.at(ov_nig, self.pair_det[~pair_ig], self.pair_ov[~pair_ig])
+        gts_here = self.gts_per_frame[self.det_frame]
+        tie = np.where(gts_here > 0, ig_per_frame[self.det_frame] / np.maximum(gts_here, 1), empty_weight)
+        weight = np.where(ov_nig > ov_ig, 1.0, np.where(ov_ig > ov_nig, 0.0, tie))
+        det_in_area = (self.det_areas >= area_range[0]) & (self.det_areas <= area_range[1])
+        fp = np.where(~has_match & det_in_area, weight, 0.0)
+        return tp, fp, ~ignored
 
-
-def _range_ap(frames, tps, fps, counted, num_classes, with_curves=False):
-    scores = np.concatenate([f.scores for f in frames]) if frames else np.zeros(0)
-    labels = np.concatenate([f.labels for f in frames]) if frames else np.zeros(0, np.int64)
-    tp_all = np.concatenate(tps) if tps else np.zeros(0)
-    fp_all = np.concatenate(fps) if fps else np.zeros(0)
-    gt_labels = np.concatenate([f.gt_labels for f in frames]) if frames else np.zeros(0, np.int64)
-    gt_counted = np.concatenate(counted) if counted else np.zeros(0, bool)
-    order = np.argsort(-scores, kind="stable")
-    scores, labels, tp_all, fp_all = scores[order], labels[order], tp_all[order], fp_all[order]
-    aps, npos_all, curves, ndet = [], [], [], []
-    for c in range(num_classes):
-        npos = int(np.sum(gt_counted & (gt_labels == c)))
-        sel = labels == c
-        npos_all.append(npos)
-        ndet.append(int(sel.sum()))
-        if npos <= 0:
-            aps.append(None)
-            curves.append({"recall": [], "precision": [], "scores": []})
-            continue
-        precision, recall = precision_recall(tp_all[sel], fp_all[sel], npos)
-        aps.append(ap_area(recall, precision))
-        if with_curves:
-            curves.append({"recall": recall.tolist(), "precision": precision.tolist(),
-                           "scores": scores[sel].tolist()})
-    return aps, npos_all, ndet, curves
+    def class_aps(self, tp, fp, counted, num_classes, with_curves=False):
+        scores, labels = self.scores[self.order], self.labels[self.order]
+        tp, fp = tp[self.order], fp[self.order]
+        aps, npos_all, ndet, curves = [], [], [], []
+        for c in range(num_classes):
+            npos = int(np.sum(counted & (self.gt_labels == c)))
+            sel = labels == c
+            npos_all.append(npos)
+            ndet.append(int(sel.sum()))
+            if npos <= 0:
+                aps.append(None)
+                curves.append({"recall": [], "precision": [], "scores": []})
+                continue
+            precision, recall = precision_recall(tp[sel], fp[sel], npos)
+            aps.append(ap_area(recall, precision))
+            if with_curves:
+                curves.append({"recall": recall.tolist(), "precision": precision.tolist(),
+                               "scores": scores[sel].tolist()})
+        return aps, npos_all, ndet, curves
 
 
 def vid_ap(gt_records, detections, classes, motion=True, area=True, iou=0.5, pixel_tolerance=10,
@@ -197,7 +210,7 @@ def vid_ap(gt_records, detections, classes, motion=True, area=True, iou=0.5, pix
     classes = list(classes)
     dets = check_detections(gt_records, detections, len(classes))
     motion_skipped = None
-    frames = [_Frame(rec, det, iou, pixel_tolerance) for rec, det in zip(gt_records, dets)]
+    matched = _Matched(gt_records, dets, iou, pixel_tolerance)
     if precomputed_motion_ious is not None:
         mious = [np.asarray(m, np.float64).reshape(-1) for m in precomputed_motion_ious]
         if len(mious) != len(gt_records) or any(len(m) != r.num_boxes for m, r in zip(mious, gt_records)):
@@ -216,8 +229,8 @@ def vid_ap(gt_records, detections, classes, motion=True, area=True, iou=0.5, pix
     def evaluate_range(motion_range, area_range, with_curves=False):
         in_range = (all_motion >= motion_range[0]) & (all_motion <= motion_range[1])
         empty_weight = float(np.mean(in_range)) if len(all_motion) else 1.0
-        tps, fps, counted = _score_range(frames, mious, motion_range, area_range, empty_weight)
-        return _range_ap(frames, tps, fps, counted, len(classes), with_curves)
+        tp, fp, counted = matched.score_range(all_motion, motion_range, area_range, empty_weight)
+        return matched.class_aps(tp, fp, counted, len(classes), with_curves)
 
     aps, npos, ndet, curves = evaluate_range(MOTION_ALL, FULL_RANGE, with_curves=True)
     result = {
