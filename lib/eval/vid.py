@@ -37,6 +37,9 @@ Motion IoU (``motion_ious``)
   it then counts as "fast". Precomputed values (e.g. read from the official .mat) can be passed instead.
   When no gt of the dataset has a track id (e.g. VOC frames), the motion breakdown is skipped and the
   result says so under "motion_skipped".
+Breakdowns reported: each motion range with the full area range, each area range with the full motion
+range (the reference loops over the grid of both; FGFA's table uses these rows). Equal confidences
+keep record / detection order (stable sorts; the reference's quicksort leaves ties unspecified).
 The ``difficult`` flag is not used (ImageNet VID has none).
 """
 from collections import defaultdict
@@ -203,8 +206,10 @@ def vid_ap(gt_records, detections, classes, motion=True, area=True, iou=0.5, pix
     gt_records: list of ``lib.dataset.Record`` (frames carry ``video``, ``frame`` and ``track_ids`` for the
     motion IoU); detections: one ``(boxes, scores, labels)`` per record.
     Returns {"metric": "vid", "mAP", "per_class": {name: {"ap", "num_gt", "num_det"}}, "curves",
-    "motion": {"slow"|"medium"|"fast": {"mAP", "num_gt", "per_class": {name: ap}}}, "area": {...},
-    "motion_iou": {"window", "endpoints_only", "num_gt_per_range"}}.
+    "motion": {"slow"|"medium"|"fast": {"range", "mAP", "num_gt", "per_class": {name: ap}}},
+    "area": {"small"|"medium"|"large": {...}}, "motion_iou": {"window", "endpoints_only", "precomputed",
+    "mean"}} ("motion_skipped" with the reason instead of "motion" when the gt has no track ids).
+    ``iou`` caps the per-gt threshold; ``precomputed_motion_ious``: one array per record, one value per gt.
     """
     gt_records = list(gt_records)
     classes = list(classes)
