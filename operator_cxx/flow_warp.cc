@@ -8,9 +8,10 @@
 // position is x + dx itself.
 //
 // Kernels: a per-pixel table (corner offsets, weights, validity) is computed once per call and
-// shared by all channels; OpenMP runs over (image, channel) planes. The data gradient of a plane
-// is written only by the thread that owns the plane (no atomics); the flow gradient is a sum over
-// channels, reduced through per-thread partial buffers added in a fixed order.
+// shared by all channels; OpenMP runs over (image, block of 8 channels), each table entry serving
+// the whole block. The data gradient of a plane is written only by the thread that owns it (no
+// atomics); the flow gradient is a sum over channels, reduced through per-thread partial buffers
+// added in a fixed order.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -83,22 +84,32 @@ void build_table(const T* flow, int N, int H, int W, std::vector<Corner4<T>>* ta
   }
 }
 
+// Channels processed together: each table entry is read once per block instead of per channel.
+constexpr int kBlock = 8;
+
 template <typename T>
 void forward_kernel(const T* data, const T* flow, T* out, int N, int C, int H, int W) {
   std::vector<Corner4<T>> table;
   build_table(flow, N, H, W, &table);
   const int HW = H * W;
-  const int planes = N * C;
+  const int blocks_per_image = (C + kBlock - 1) / kBlock;
+  const int tasks = N * blocks_per_image;
 #pragma omp parallel for num_threads(num_threads()) schedule(static)
-  for (int plane = 0; plane < planes; ++plane) {
-    const int n = plane / C;
-    const T* src = data + static_cast<size_t>(plane) * HW;
-    T* dst = out + static_cast<size_t>(plane) * HW;
+  for (int task = 0; task < tasks; ++task) {
+    const int n = task / blocks_per_image;
+    const int c0 = (task % blocks_per_image) * kBlock;
+    const int nc = std::min(kBlock, C - c0);
+    const T* src = data + (static_cast<size_t>(n) * C + c0) * HW;
+    T* dst = out + (static_cast<size_t>(n) * C + c0) * HW;
     const Corner4<T>* tab = table.data() + static_cast<size_t>(n) * HW;
     for (int p = 0; p < HW; ++p) {
       const Corner4<T>& c = tab[p];
-      dst[p] = src[c.off[0]] * c.w[0] + src[c.off[1]] * c.w[1] + src[c.off[2]] * c.w[2] +
-               src[c.off[3]] * c.w[3];
+      const int o0 = c.off[0], o1 = c.off[1], o2 = c.off[2], o3 = c.off[3];
+      const T w0 = c.w[0], w1 = c.w[1], w2 = c.w[2], w3 = c.w[3];
+      for (int k = 0; k < nc; ++k) {
+        const T* s = src + static_cast<size_t>(k) * HW;
+        dst[static_cast<size_t>(k) * HW + p] = s[o0] * w0 + s[o1] * w1 + s[o2] * w2 + s[o3] * w3;
+      }
     }
   }
 }
@@ -109,8 +120,9 @@ void backward_kernel(const T* grad_out, const T* data, const T* flow, T* grad_da
   std::vector<Corner4<T>> table;
   build_table(flow, N, H, W, &table);
   const int HW = H * W;
-  const int planes = N * C;
-  const int threads = std::max(1, std::min(num_threads(), planes));
+  const int blocks_per_image = (C + kBlock - 1) / kBlock;
+  const int tasks = N * blocks_per_image;
+  const int threads = std::max(1, std::min(num_threads(), tasks));
   // Per-thread partial flow gradients (N, 2, H, W), summed in thread order afterwards.
   std::vector<T> partial(static_cast<size_t>(threads) * N * 2 * HW, static_cast<T>(0));
 #pragma omp parallel num_threads(threads)
@@ -118,33 +130,44 @@ void backward_kernel(const T* grad_out, const T* data, const T* flow, T* grad_da
     const int t = omp_get_thread_num();
     const int nt = omp_get_num_threads();
     T* mine = partial.data() + static_cast<size_t>(t) * N * 2 * HW;
-    // Contiguous block of planes per thread (same split as schedule(static)).
-    const int begin = static_cast<int>(static_cast<long long>(planes) * t / nt);
-    const int end = static_cast<int>(static_cast<long long>(planes) * (t + 1) / nt);
-    for (int plane = begin; plane < end; ++plane) {
-      const int n = plane / C;
-      const T* g = grad_out + static_cast<size_t>(plane) * HW;
-      const T* src = data + static_cast<size_t>(plane) * HW;
-      T* gd = grad_data + static_cast<size_t>(plane) * HW;
-      std::memset(gd, 0, sizeof(T) * HW);
+    // Contiguous range of channel blocks per thread: a fixed split, so a fixed summation order.
+    const int begin = static_cast<int>(static_cast<long long>(tasks) * t / nt);
+    const int end = static_cast<int>(static_cast<long long>(tasks) * (t + 1) / nt);
+    for (int task = begin; task < end; ++task) {
+      const int n = task / blocks_per_image;
+      const int c0 = (task % blocks_per_image) * kBlock;
+      const int nc = std::min(kBlock, C - c0);
+      const size_t base = (static_cast<size_t>(n) * C + c0) * HW;
+      const T* g = grad_out + base;
+      const T* src = data + base;
+      T* gd = grad_data + base;
+      std::memset(gd, 0, sizeof(T) * HW * nc);
       const Corner4<T>* tab = table.data() + static_cast<size_t>(n) * HW;
       T* gx = mine + static_cast<size_t>(n) * 2 * HW;
       T* gy = gx + HW;
       for (int p = 0; p < HW; ++p) {
-        const T go = g[p];
         const Corner4<T>& c = tab[p];
-        gd[c.off[0]] += go * c.w[0];
-        gd[c.off[1]] += go * c.w[1];
-        gd[c.off[2]] += go * c.w[2];
-        gd[c.off[3]] += go * c.w[3];
-        const T tl = src[c.off[0]] * c.m[0];
-        const T tr = src[c.off[1]] * c.m[1];
-        const T bl = src[c.off[2]] * c.m[2];
-        const T br = src[c.off[3]] * c.m[3];
-        const T cross = tl - tr - bl + br;
-        // d out / d y_real and d x_real (the normalisation round trip has derivative 1).
-        gy[p] -= go * (tr - br + cross * c.wx);
-        gx[p] -= go * (bl - br + cross * c.wy);
+        const int o0 = c.off[0], o1 = c.off[1], o2 = c.off[2], o3 = c.off[3];
+        const T w0 = c.w[0], w1 = c.w[1], w2 = c.w[2], w3 = c.w[3];
+        const T m0 = c.m[0], m1 = c.m[1], m2 = c.m[2], m3 = c.m[3];
+        T sum_x = 0, sum_y = 0;
+        for (int k = 0; k < nc; ++k) {
+          const size_t off = static_cast<size_t>(k) * HW;
+          const T go = g[off + p];
+          const T* s = src + off;
+          T* d = gd + off;
+          d[o0] += go * w0;
+          d[o1] += go * w1;
+          d[o2] += go * w2;
+          d[o3] += go * w3;
+          const T tl = s[o0] * m0, tr = s[o1] * m1, bl = s[o2] * m2, br = s[o3] * m3;
+          const T cross = tl - tr - bl + br;
+          // d out / d y_real and d x_real (the normalisation round trip has derivative 1).
+          sum_y -= go * (tr - br + cross * c.wx);
+          sum_x -= go * (bl - br + cross * c.wy);
+        }
+        gx[p] += sum_x;
+        gy[p] += sum_y;
       }
     }
   }

@@ -10,9 +10,10 @@
 // Differences from MXNet: data must have exactly output_dim * group_size^2 channels, and a roi
 // whose batch index is not an image of the batch is an error (MXNet reads out of bounds).
 //
-// Kernels: bin boundaries are tabulated per roi; forward runs OpenMP over (roi, output channel);
-// backward over input channels, each thread owning whole gradient planes, so no atomics and the
-// accumulation order is the roi order.
+// Kernels: bin boundaries are tabulated per roi. Forward runs OpenMP over output channels, backward
+// over input channels, the rois inside, so the planes in use stay in cache while every roi visits
+// them; in backward each thread owns whole gradient planes, so no atomics and the accumulation
+// order is the roi order.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -129,6 +130,16 @@ bool tabulate_bins(const T* rois, int R, int N, int H, int W, const Params& p, R
   return true;
 }
 
+// Bin rows (or columns) i whose group row (column) is g, for every g < G.
+std::vector<std::vector<int>> bins_of_group(const RoiBins& bins, int G) {
+  std::vector<std::vector<int>> out(G);
+  for (size_t i = 0; i < bins.gh_of.size(); ++i) out[bins.gh_of[i]].push_back(static_cast<int>(i));
+  return out;
+}
+
+// Loop order: a thread takes one output channel ctop and visits every roi; the G * G input planes
+// of ctop (a few hundred KB) stay in cache across rois and each roi's output is one contiguous
+// P * P block.
 template <typename T>
 bool forward_kernel(const T* data, const T* rois, T* out, int N, int C, int H, int W, int R,
                     const Params& p) {
@@ -136,24 +147,32 @@ bool forward_kernel(const T* data, const T* rois, T* out, int N, int C, int H, i
   if (!tabulate_bins(rois, R, N, H, W, p, &bins)) return false;
   const int P = p.pooled_size, G = p.group_size, D = p.output_dim;
   const int HW = H * W;
-  const int tasks = R * D;
-#pragma omp parallel for num_threads(num_threads()) schedule(static)
-  for (int task = 0; task < tasks; ++task) {
-    const int r = task / D, ctop = task % D;
-    const T* image = data + static_cast<size_t>(bins.batch[r]) * C * HW;
-    T* dst = out + static_cast<size_t>(task) * P * P;
-    for (int ph = 0; ph < P; ++ph) {
-      const int hs = bins.hstart[r * P + ph], he = bins.hend[r * P + ph];
-      for (int pw = 0; pw < P; ++pw) {
-        const int ws = bins.wstart[r * P + pw], we = bins.wend[r * P + pw];
-        const int c = (ctop * G + bins.gh_of[ph]) * G + bins.gw_of[pw];
-        const T* plane = image + static_cast<size_t>(c) * HW;
-        T sum = 0;
-        for (int h = hs; h < he; ++h)
-          for (int w = ws; w < we; ++w) sum += plane[h * W + w];
-        const bool empty = he <= hs || we <= ws;
-        const T area = static_cast<T>((he - hs) * (we - ws));
-        dst[ph * P + pw] = empty ? static_cast<T>(0) : sum / area;
+#pragma omp parallel for num_threads(num_threads()) schedule(dynamic, 1)
+  for (int ctop = 0; ctop < D; ++ctop) {
+    for (int r = 0; r < R; ++r) {
+      const T* image = data + static_cast<size_t>(bins.batch[r]) * C * HW;
+      T* dst = out + (static_cast<size_t>(r) * D + ctop) * P * P;
+      const int* hstart = &bins.hstart[static_cast<size_t>(r) * P];
+      const int* hend = &bins.hend[static_cast<size_t>(r) * P];
+      const int* wstart = &bins.wstart[static_cast<size_t>(r) * P];
+      const int* wend = &bins.wend[static_cast<size_t>(r) * P];
+      for (int ph = 0; ph < P; ++ph) {
+        const int hs = hstart[ph], he = hend[ph];
+        for (int pw = 0; pw < P; ++pw) {
+          const int ws = wstart[pw], we = wend[pw];
+          if (he <= hs || we <= ws) {
+            dst[ph * P + pw] = 0;
+            continue;
+          }
+          const int c = (ctop * G + bins.gh_of[ph]) * G + bins.gw_of[pw];
+          const T* plane = image + static_cast<size_t>(c) * HW;
+          T sum = 0;
+          for (int h = hs; h < he; ++h) {
+            const T* row = plane + h * W;
+            for (int w = ws; w < we; ++w) sum += row[w];
+          }
+          dst[ph * P + pw] = sum / static_cast<T>((he - hs) * (we - ws));
+        }
       }
     }
   }
@@ -167,30 +186,33 @@ bool backward_kernel(const T* grad_out, const T* rois, T* grad_data, int N, int 
   if (!tabulate_bins(rois, R, N, H, W, p, &bins)) return false;
   const int P = p.pooled_size, G = p.group_size, D = p.output_dim;
   const int HW = H * W;
-  // Bin rows / columns that read group row / column g.
-  std::vector<std::vector<int>> rows_of_group(G);
-  for (int i = 0; i < P; ++i) rows_of_group[bins.gh_of[i]].push_back(i);
+  const std::vector<std::vector<int>> groups = bins_of_group(bins, G);
 #pragma omp parallel for num_threads(num_threads()) schedule(dynamic, 4)
   for (int c = 0; c < C; ++c) {
     for (int n = 0; n < N; ++n)
       std::memset(grad_data + (static_cast<size_t>(n) * C + c) * HW, 0, sizeof(T) * HW);
     const int ctop = c / (G * G), gh = (c / G) % G, gw = c % G;
     if (ctop >= D) continue;
-    const std::vector<int>& phs = rows_of_group[gh];
-    const std::vector<int>& pws = rows_of_group[gw];
+    const std::vector<int>& phs = groups[gh];
+    const std::vector<int>& pws = groups[gw];
     for (int r = 0; r < R; ++r) {
       T* plane = grad_data + (static_cast<size_t>(bins.batch[r]) * C + c) * HW;
       const T* g = grad_out + (static_cast<size_t>(r) * D + ctop) * P * P;
+      const int* hstart = &bins.hstart[static_cast<size_t>(r) * P];
+      const int* hend = &bins.hend[static_cast<size_t>(r) * P];
+      const int* wstart = &bins.wstart[static_cast<size_t>(r) * P];
+      const int* wend = &bins.wend[static_cast<size_t>(r) * P];
       for (int ph : phs) {
-        const int hs = bins.hstart[r * P + ph], he = bins.hend[r * P + ph];
+        const int hs = hstart[ph], he = hend[ph];
         if (he <= hs) continue;
         for (int pw : pws) {
-          const int ws = bins.wstart[r * P + pw], we = bins.wend[r * P + pw];
+          const int ws = wstart[pw], we = wend[pw];
           if (we <= ws) continue;
-          const T area = static_cast<T>((he - hs) * (we - ws));
-          const T diff = g[ph * P + pw] / area;
-          for (int h = hs; h < he; ++h)
-            for (int w = ws; w < we; ++w) plane[h * W + w] += diff;
+          const T diff = g[ph * P + pw] / static_cast<T>((he - hs) * (we - ws));
+          for (int h = hs; h < he; ++h) {
+            T* row = plane + h * W;
+            for (int w = ws; w < we; ++w) row[w] += diff;
+          }
         }
       }
     }
