@@ -118,12 +118,12 @@ def build_augmentation(cfg):
     """lib.transforms pipeline of the official SSD augmentation (photometric, expand, crop, flip)."""
     from lib.transforms import build_transforms
     specs = [
-        {"TYPE": "photometric"},
-        {"TYPE": "expand", "MAX_RATIO": float(cfg.TRAIN.EXPAND_MAX_RATIO), "FILL": list(cfg.INPUT.MEAN)},
-        {"TYPE": "ssd_crop"},
-        {"TYPE": "flip", "PROB": 0.5},
+        {"name": "PhotometricDistort"},
+        {"name": "Expand", "max_ratio": float(cfg.TRAIN.EXPAND_MAX_RATIO), "fill": list(cfg.INPUT.MEAN)},
+        {"name": "SSDRandomCrop", "iou_mode": "all"},  # ssd.pytorch / M2Det variant
+        {"name": "RandomFlip", "p": 0.5},
     ]
-    return build_transforms(specs)
+    return build_transforms(specs, source="m2det augmentation")
 
 
 class TrainSample:

@@ -80,7 +80,7 @@ def test_toolkit_commands_end_to_end(csv_data, tmp_path, capsys):
     run = str(tmp_path / "run")
     common = ["--cfg", TINY, "--snapshot-path", run, "--batch-size", "3", "--tensorboard-dir",
               str(tmp_path / "tb")]
-    assert cli.train_main(common + ["--epochs", "1", "csv", annotations, classes,
+    assert cli.train_main(common + ["--epochs", "1", "--random-transform", "csv", annotations, classes,
                                     "--val-annotations", annotations]) == 0
     assert os.path.isfile(os.path.join(run, "ckpt-0001.json"))
     history = json.load(open(os.path.join(run, "history.json")))
@@ -101,7 +101,8 @@ def test_toolkit_commands_end_to_end(csv_data, tmp_path, capsys):
     assert cli.convert_main([run, str(tmp_path / "exported")]) == 0
     meta = json.load(open(tmp_path / "exported" / "meta.json"))
     assert meta["classes"] == ["red", "blue"] and meta["input"]["size"] == [160, 160]
-    assert cli.debug_main(["--cfg", TINY, "--output-dir", str(tmp_path / "debug"), "csv", annotations,
+    assert cli.debug_main(["--cfg", TINY, "--random-transform", "--output-dir", str(tmp_path / "debug"),
+                           "csv", annotations,
                            classes]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["boxes"] == 8 and summary["covered"] + summary["uncovered"] == 8
