@@ -8,73 +8,226 @@ import numpy as np
 
 cimport numpy as cnp
 from cython cimport floating
-from libc.math cimport exp
+from libc.math cimport exp, isfinite, sqrt
+from libc.stdlib cimport free, malloc, realloc
 
 cnp.import_array()
 
 
+# Below this many boxes the plain loop is as fast as the grid.
+GRID_MIN_BOXES = 64
+# Low thresholds let far-apart centres suppress each other: the search window grows as 1/(2t).
+GRID_MIN_THRESHOLD = 0.1
+
+
 def nms_sorted(floating[:, ::1] boxes, cnp.int64_t[::1] order, double iou_threshold,
-               Py_ssize_t max_output=-1):
+               Py_ssize_t max_output=-1, int use_grid=-1):
     """Greedy hard NMS over ``boxes[order]`` (order = indices by decreasing score).
 
     A box is suppressed when its IoU with an already kept box is strictly greater than the
     threshold. Returns the kept indices (int64) in the order they were kept. ``max_output`` >= 0
-    stops after that many boxes.
+    stops after that many boxes. ``use_grid``: 1 = centre grid, 0 = plain loop, -1 = grid when it
+    pays (>= GRID_MIN_BOXES finite boxes, threshold >= GRID_MIN_THRESHOLD); both give identical
+    results.
     """
-    cdef Py_ssize_t n = order.shape[0], i, r, write, n_cand, n_kept = 0, pos
-    cdef floating thr = <floating>iou_threshold
+    cdef Py_ssize_t n = order.shape[0], i, pos
     dtype = np.float32 if floating is float else np.float64
     keep_arr = np.empty(n, dtype=np.int64)
     if n == 0 or max_output == 0:
         return keep_arr[:0]
     cdef cnp.int64_t[::1] keep = keep_arr
-    # Coordinates gathered once in score order: the inner loop then streams contiguous memory.
-    x1_arr = np.empty(n, dtype=dtype)
-    y1_arr = np.empty(n, dtype=dtype)
-    x2_arr = np.empty(n, dtype=dtype)
-    y2_arr = np.empty(n, dtype=dtype)
-    area_arr = np.empty(n, dtype=dtype)
-    cand_arr = np.empty(n, dtype=np.intp)
-    cdef floating[::1] x1 = x1_arr, y1 = y1_arr, x2 = x2_arr, y2 = y2_arr, area = area_arr
-    cdef Py_ssize_t[::1] cand = cand_arr
-    cdef floating ix1, iy1, ix2, iy2, iarea, iw, ih, inter, union
+    # Coordinates gathered once in score order: the inner loops then read contiguous memory.
+    coords_arr = np.empty((5, n), dtype=dtype)
+    cdef floating[:, ::1] coords = coords_arr
+    cdef bint finite = True
     with nogil:
         for i in range(n):
             pos = order[i]
-            x1[i] = boxes[pos, 0]
-            y1[i] = boxes[pos, 1]
-            x2[i] = boxes[pos, 2]
-            y2[i] = boxes[pos, 3]
-            area[i] = (x2[i] - x1[i]) * (y2[i] - y1[i])
-            cand[i] = i
-        n_cand = n
-        while n_cand > 0:
-            i = cand[0]
-            keep[n_kept] = order[i]
-            n_kept += 1
-            if max_output > 0 and n_kept >= max_output:
-                break
-            ix1 = x1[i]
-            iy1 = y1[i]
-            ix2 = x2[i]
-            iy2 = y2[i]
-            iarea = area[i]
-            # Survivors are compacted in place, so suppressed boxes are never visited again.
-            write = 0
-            for r in range(1, n_cand):
-                pos = cand[r]
-                iw = (ix2 if ix2 < x2[pos] else x2[pos]) - (ix1 if ix1 > x1[pos] else x1[pos])
-                if iw > 0:
-                    ih = (iy2 if iy2 < y2[pos] else y2[pos]) - (iy1 if iy1 > y1[pos] else y1[pos])
-                    if ih > 0:
-                        inter = iw * ih
-                        union = iarea + area[pos] - inter
-                        if union > 0 and inter / union > thr:
-                            continue
-                cand[write] = pos
-                write += 1
-            n_cand = write
+            coords[0, i] = boxes[pos, 0]
+            coords[1, i] = boxes[pos, 1]
+            coords[2, i] = boxes[pos, 2]
+            coords[3, i] = boxes[pos, 3]
+            coords[4, i] = (coords[2, i] - coords[0, i]) * (coords[3, i] - coords[1, i])
+            if not (isfinite(coords[0, i]) and isfinite(coords[1, i]) and isfinite(coords[2, i])
+                    and isfinite(coords[3, i])):
+                finite = False
+    if use_grid < 0:
+        use_grid = n >= GRID_MIN_BOXES and finite and iou_threshold >= GRID_MIN_THRESHOLD
+    elif use_grid and not (finite and iou_threshold > 0):
+        raise ValueError("grid NMS needs finite boxes and a threshold > 0")
+    cdef Py_ssize_t n_kept
+    if use_grid:
+        n_kept = _nms_grid(coords, <floating>iou_threshold, max_output, &keep[0])
+        if n_kept < 0:
+            raise MemoryError("grid NMS could not allocate its cell lists")
+    else:
+        n_kept = _nms_plain(coords, <floating>iou_threshold, max_output, &keep[0])
+    # keep holds sorted positions: map back to row indices
+    for i in range(n_kept):
+        keep[i] = order[keep[i]]
     return keep_arr[:n_kept]
+
+
+cdef inline bint _suppresses(const floating* c, Py_ssize_t n, Py_ssize_t a, Py_ssize_t b,
+                             floating thr) noexcept nogil:
+    """IoU(a, b) > thr on rows [x1, y1, x2, y2, area] of length n. Symmetric in a and b bit for
+    bit (min, max and + commute exactly)."""
+    cdef floating iw, ih, inter, union
+    cdef const floating* x1 = c
+    cdef const floating* y1 = c + n
+    cdef const floating* x2 = c + 2 * n
+    cdef const floating* y2 = c + 3 * n
+    iw = (x2[a] if x2[a] < x2[b] else x2[b]) - (x1[a] if x1[a] > x1[b] else x1[b])
+    if iw <= 0:
+        return False
+    ih = (y2[a] if y2[a] < y2[b] else y2[b]) - (y1[a] if y1[a] > y1[b] else y1[b])
+    if ih <= 0:
+        return False
+    inter = iw * ih
+    union = c[4 * n + a] + c[4 * n + b] - inter
+    return union > 0 and inter / union > thr
+
+
+cdef Py_ssize_t _nms_plain(floating[:, ::1] c, floating thr, Py_ssize_t max_output,
+                           cnp.int64_t* keep) noexcept nogil:
+    """Each kept box removes what it suppresses from a candidate list compacted in place."""
+    cdef Py_ssize_t n = c.shape[1], i, r, write, pos, n_cand = n, n_kept = 0
+    cdef const floating* x1 = &c[0, 0]
+    cdef const floating* y1 = &c[1, 0]
+    cdef const floating* x2 = &c[2, 0]
+    cdef const floating* y2 = &c[3, 0]
+    cdef const floating* area = &c[4, 0]
+    cdef floating ix1, iy1, ix2, iy2, iarea, iw, ih, inter, union
+    cdef Py_ssize_t* cand = <Py_ssize_t*>malloc(n * sizeof(Py_ssize_t))
+    if cand == NULL:
+        return -1
+    for i in range(n):
+        cand[i] = i
+    while n_cand > 0:
+        i = cand[0]
+        keep[n_kept] = i
+        n_kept += 1
+        if max_output > 0 and n_kept >= max_output:
+            break
+        ix1 = x1[i]
+        iy1 = y1[i]
+        ix2 = x2[i]
+        iy2 = y2[i]
+        iarea = area[i]
+        write = 0
+        for r in range(1, n_cand):
+            pos = cand[r]
+            # same arithmetic as _suppresses, with the kept box hoisted into registers
+            iw = (ix2 if ix2 < x2[pos] else x2[pos]) - (ix1 if ix1 > x1[pos] else x1[pos])
+            if iw > 0:
+                ih = (iy2 if iy2 < y2[pos] else y2[pos]) - (iy1 if iy1 > y1[pos] else y1[pos])
+                if ih > 0:
+                    inter = iw * ih
+                    union = iarea + area[pos] - inter
+                    if union > 0 and inter / union > thr:
+                        continue
+            cand[write] = pos
+            write += 1
+        n_cand = write
+    free(cand)
+    return n_kept
+
+
+cdef double _centre_reach(double thr) noexcept nogil:
+    """Bound on |centre_k - centre_j| / size_j (per axis) when IoU(k, j) > thr > 0.
+
+    IoU > t gives iw > t * w_j and iw > t * w_k (inter <= iw * h, union >= each area), hence
+    w_k < w_j / t; and iw <= (w_k + w_j) / 2 - dx. So dx < w_j * (1 - t) for t >= 1/2 and
+    dx < w_j * (1 / (2t) - 1/2) for t < 1/2.
+    """
+    if thr >= 0.5:
+        return max(1.0 - thr, 0.0)
+    return 0.5 / thr - 0.5
+
+
+cdef Py_ssize_t _nms_grid(floating[:, ::1] c, floating thr, Py_ssize_t max_output,
+                          cnp.int64_t* keep) noexcept nogil:
+    """Each box, in score order, is tested only against kept boxes whose centre lies within the
+    reach (``_centre_reach``) of its own centre. Kept boxes are registered by the grid cell of
+    their centre (linked lists). Equals the plain loop for thresholds > 0.
+    """
+    cdef Py_ssize_t n = c.shape[1], i, k, e, cx, cy, cx0, cx1, cy0, cy1, n_kept = 0, n_cells
+    cdef Py_ssize_t grid_w, grid_h, max_side
+    cdef const floating* coords = &c[0, 0]
+    cdef double min_x = 0, min_y = 0, max_x = 0, max_y = 0, sum_w = 0, sum_h = 0
+    cdef double cell_w, cell_h, span_x, span_y, centre_x, centre_y, reach_x, reach_y, w, h
+    # Rounding margin: the float IoU test may pass where the exact one is marginally below thr.
+    cdef double reach = _centre_reach(<double>thr * (1.0 - 1e-6)) * 1.001 + 1e-6
+    cdef bint suppressed
+    cdef double* centre = <double*>malloc(2 * n * sizeof(double))
+    if centre == NULL:
+        return -1
+    for i in range(n):
+        centre[i] = 0.5 * (<double>coords[i] + coords[2 * n + i])
+        centre[n + i] = 0.5 * (<double>coords[n + i] + coords[3 * n + i])
+        if i == 0 or centre[i] < min_x:
+            min_x = centre[i]
+        if i == 0 or centre[i] > max_x:
+            max_x = centre[i]
+        if i == 0 or centre[n + i] < min_y:
+            min_y = centre[n + i]
+        if i == 0 or centre[n + i] > max_y:
+            max_y = centre[n + i]
+        sum_w += max(<double>coords[2 * n + i] - coords[i], 0.0)
+        sum_h += max(<double>coords[3 * n + i] - coords[n + i], 0.0)
+    span_x = max_x - min_x
+    span_y = max_y - min_y
+    # Cells of about half the mean box side; at most ~n cells in all.
+    max_side = <Py_ssize_t>sqrt(<double>n) + 1
+    grid_w = 1 if sum_w <= 0 or span_x <= 0 else <Py_ssize_t>min(span_x / (0.5 * sum_w / n), <double>max_side)
+    grid_h = 1 if sum_h <= 0 or span_y <= 0 else <Py_ssize_t>min(span_y / (0.5 * sum_h / n), <double>max_side)
+    grid_w = max(grid_w, 1)
+    grid_h = max(grid_h, 1)
+    cell_w = span_x / grid_w if span_x > 0 else 1.0
+    cell_h = span_y / grid_h if span_y > 0 else 1.0
+    n_cells = grid_w * grid_h
+    cdef Py_ssize_t* head = <Py_ssize_t*>malloc(n_cells * sizeof(Py_ssize_t))
+    cdef Py_ssize_t* entry_next = <Py_ssize_t*>malloc(n * sizeof(Py_ssize_t))
+    if head == NULL or entry_next == NULL:
+        free(centre); free(head); free(entry_next)
+        return -1
+    for i in range(n_cells):
+        head[i] = -1
+    for i in range(n):
+        w = <double>coords[2 * n + i] - coords[i]
+        h = <double>coords[3 * n + i] - coords[n + i]
+        suppressed = False
+        if w > 0 and h > 0:  # an empty or inverted box can never be suppressed
+            reach_x = w * reach
+            reach_y = h * reach
+            cx0 = <Py_ssize_t>max((centre[i] - reach_x - min_x) / cell_w, 0.0)
+            cx1 = <Py_ssize_t>min(max((centre[i] + reach_x - min_x) / cell_w, 0.0), <double>(grid_w - 1))
+            cy0 = <Py_ssize_t>max((centre[n + i] - reach_y - min_y) / cell_h, 0.0)
+            cy1 = <Py_ssize_t>min(max((centre[n + i] + reach_y - min_y) / cell_h, 0.0), <double>(grid_h - 1))
+            cy = cy0
+            while cy <= cy1 and not suppressed:
+                cx = cx0
+                while cx <= cx1 and not suppressed:
+                    e = head[cy * grid_w + cx]
+                    while e >= 0:
+                        if _suppresses(coords, n, e, i, thr):
+                            suppressed = True
+                            break
+                        e = entry_next[e]
+                    cx += 1
+                cy += 1
+        if suppressed:
+            continue
+        keep[n_kept] = i
+        n_kept += 1
+        if max_output > 0 and n_kept >= max_output:
+            break
+        cx = min(<Py_ssize_t>((centre[i] - min_x) / cell_w), grid_w - 1)
+        cy = min(<Py_ssize_t>((centre[n + i] - min_y) / cell_h), grid_h - 1)
+        entry_next[i] = head[cy * grid_w + cx]
+        head[cy * grid_w + cx] = i
+    free(centre); free(head); free(entry_next)
+    return n_kept
 
 
 def soft_nms(double[:, ::1] dets, int gaussian, double sigma, double iou_threshold,

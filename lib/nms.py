@@ -31,16 +31,25 @@ def _score_order(scores):
     return np.argsort(-scores, kind="stable").astype(np.int64)
 
 
-def nms(dets, iou_threshold, max_output=None):
+_ALGORITHMS = {"auto": -1, "plain": 0, "grid": 1}
+
+
+def nms(dets, iou_threshold, max_output=None, algorithm="auto"):
     """Greedy hard NMS of (N,5) ``[x1, y1, x2, y2, score]``.
 
     Returns the kept row indices (int64), highest score first. ``max_output`` stops early after
-    that many kept boxes (None: no limit).
+    that many kept boxes (None: no limit). ``algorithm``: 'plain' tests each kept box against all
+    remaining ones; 'grid' tests each box only against kept boxes whose centres lie close enough
+    to matter (registered in a grid of cells; threshold must be > 0); 'auto' picks the grid for
+    64+ boxes and thresholds >= 0.1. All give identical results.
     """
+    if algorithm not in _ALGORITHMS:
+        raise ValueError("nms algorithm must be one of %s, got %r" % (sorted(_ALGORITHMS), algorithm))
     dets = _as_dets(dets)
     order = _score_order(dets[:, 4])
     boxes = np.ascontiguousarray(dets[:, :4])
-    return _cnms.nms_sorted(boxes, order, float(iou_threshold), -1 if max_output is None else int(max_output))
+    return _cnms.nms_sorted(boxes, order, float(iou_threshold), -1 if max_output is None else int(max_output),
+                            _ALGORITHMS[algorithm])
 
 
 def nms_np(dets, iou_threshold, max_output=None):

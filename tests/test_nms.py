@@ -111,6 +111,38 @@ def test_nms_property_matches_reference(seed, n, coarse, thresh, use_f32):
         assert np.all((cover & higher).any(axis=1))
 
 
+@settings(max_examples=50, deadline=None)
+@given(seed=st.integers(0, 2 ** 31 - 1), n=st.integers(0, 400), coarse=st.booleans(),
+       thresh=st.sampled_from([0.1, 0.25, 0.3, 0.5, 0.7, 0.9, 1.0]), use_f32=st.booleans(),
+       max_output=st.sampled_from([None, 1, 7]))
+def test_nms_grid_equals_plain_and_reference(seed, n, coarse, thresh, use_f32, max_output):
+    """The centre grid must give exactly the plain result, also with very mixed box sizes (a huge
+    kept box suppressing a small one far from its centre cell) and degenerate boxes."""
+    rng = np.random.RandomState(seed)
+    xy = rng.uniform(0, 500, (n, 2))
+    wh = 500 * np.exp(rng.uniform(-5, 0, (n, 2)))  # sides from ~3 to 500 px
+    boxes = np.concatenate([xy, xy + wh], axis=1)
+    if coarse:
+        boxes = np.round(boxes / 20) * 20
+    dets = np.concatenate([boxes, np.round(rng.rand(n, 1), 1)], axis=1).astype(np.float32 if use_f32 else np.float64)
+    grid = nms(dets, thresh, max_output=max_output, algorithm="grid")
+    np.testing.assert_array_equal(grid, nms(dets, thresh, max_output=max_output, algorithm="plain"))
+    np.testing.assert_array_equal(grid, nms_np(dets, thresh, max_output=max_output))
+
+
+def test_nms_grid_large_box_over_small_ones():
+    # A 400x400 box with 3 small boxes inside: IoU tiny, nothing suppressed at 0.1; a near-copy of
+    # the big box (centre 60 px away, in another cell) is suppressed.
+    dets = np.array([[0, 0, 400, 400, 0.9]] + [[x, x, x + 5, x + 5, 0.5] for x in (10, 200, 390)]
+                    + [[30, 30, 430, 430, 0.8]], np.float64)
+    for algorithm in ("grid", "plain"):
+        np.testing.assert_array_equal(nms(dets, 0.1, algorithm=algorithm), [0, 1, 2, 3])
+    with pytest.raises(ValueError, match="threshold > 0"):
+        nms(dets, 0.0, algorithm="grid")
+    with pytest.raises(ValueError, match="algorithm must be one of"):
+        nms(dets, 0.5, algorithm="fast")
+
+
 # ---------------------------------------------------------------- class-aware
 def test_batched_nms_matches_box_nms_with_ids():
     rng = np.random.RandomState(11)
