@@ -345,3 +345,39 @@ def test_tensorboard_scalars_and_whole_config(tmp_path):
     # the lr of the last update of the window: iteration 2 of a 3-iteration warm-up from 0.1 x LR
     assert scalars["train/lr"][0][1] == pytest.approx(0.05 * (0.1 + 0.9 * 2 / 3))
     assert scalars["epoch/l2"][0][0] == 1
+
+
+class SharedTask(TinyTask):
+    """The head is reused twice (shared parameters listed under two structured names)."""
+
+    def __init__(self):
+        super().__init__()
+        self.net.register_child(self.net.head, "head_again")
+
+    def loss(self, batch):
+        x, y = batch
+        feat = self.net.body(mx.nd.array(x))
+        l2 = ((self.net.head(feat) - mx.nd.array(y)) ** 2).mean()
+        return l2, {}
+
+
+def test_shared_parameters_are_updated_once(tmp_path):
+    task = SharedTask()
+    task.net.body[3]._rate = 0.0  # no dropout: the manual gradient must see the same graph
+    named = task.net._collect_params_with_prefix()
+    assert named["head.weight"] is named["head_again.weight"]
+    before = named["head.weight"].data().asnumpy().copy()
+    batch = (X[:8], Y[:8])
+    with autograd.record():
+        loss, _ = task.loss(batch)
+    loss.backward()
+    grad = named["head.weight"].grad().asnumpy().copy()
+    unique = {id(p): p for p in named.values() if p.grad_req != "null"}.values()
+    norm = math.sqrt(sum(float((p.grad().asnumpy().astype(np.float64) ** 2).sum()) for p in unique))
+    # clipping sees each shared parameter once (counting it twice would change the norm)
+    cfg = train_cfg(EPOCHS=1, MOMENTUM=0.0, WD=0.0, WARMUP_ITERS=0, LR_STEPS=[], LR=0.1,
+                    CLIP_GRAD_NORM=norm / 2)
+    summary = fit(task, lambda epoch: [batch], cfg, str(tmp_path))
+    assert summary["final_losses"]["grad_norm"] == pytest.approx(norm, rel=1e-5)
+    np.testing.assert_allclose(named["head.weight"].data().asnumpy(), before - 0.1 * grad / 2, rtol=1e-5,
+                               atol=1e-7)

@@ -163,7 +163,12 @@ def prepare_params(net, cfg):
         named[name].grad_req = "null"
     for name in _select(named, cfg["NO_WD_PATTERNS"], "NO_WD_PATTERNS"):
         named[name].wd_mult = 0.0
-    trainable = {name: p for name, p in named.items() if p.grad_req != "null"}
+    trainable, seen = {}, set()
+    for name, param in named.items():
+        # A parameter shared by several blocks appears under several names: train it once.
+        if param.grad_req != "null" and id(param) not in seen:
+            trainable[name] = param
+            seen.add(id(param))
     if not trainable:
         raise ConfigError("no parameter left to train (check FREEZE_PATTERNS / TRAINABLE_PATTERNS)")
     return trainable
@@ -306,7 +311,8 @@ def fit(task, data, cfg, out_dir, ctx=None, val_fn=None, resume=True, logger=Non
                 autograd.backward(losses)
                 values = {"loss": sum(_as_float(l, "loss") for l in losses)}
                 for key, value in (parts or {}).items():
-                    values[key] = _as_float(value, f"loss part '{key}'")
+                    if key != "loss":  # the total is computed here
+                        values[key] = _as_float(value, f"loss part '{key}'")
                 if not math.isfinite(values["loss"]):
                     raise TrainingError(
                         f"loss is {values['loss']} at epoch {epoch + 1}, iteration {batch_index} of "
