@@ -151,9 +151,10 @@ def coco_dict(dataset, images_root=None, category_ids=None):
 
 
 def write_coco(dataset, path, images_root=None):
-    """Write the dataset as COCO JSON (file_name relative to images_root; see coco_dict)."""
+    """Write the dataset as COCO JSON. file_name is relative to images_root, by default the JSON's own
+    folder (what load_coco assumes), so the file loads back without an IMAGES_DIR."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    data = coco_dict(dataset, images_root)
+    data = coco_dict(dataset, images_root or os.path.dirname(os.path.abspath(path)))
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(data, f)

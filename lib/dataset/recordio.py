@@ -10,6 +10,7 @@ stored unchanged (no re-encoding). ``<prefix>.lst`` is the im2rec list (index, l
 
 A Record read back points at ``<prefix>.rec#<index>``; ``read_image`` understands that form.
 """
+import atexit
 import json
 import os
 
@@ -130,6 +131,16 @@ def load_recordio(prefix, classes=None, name=None, strict=False, report=None):
 
 
 _READERS = {}
+
+
+def _close_readers():
+    """Close cached readers before interpreter shutdown (MXNet's __del__ fails once modules are gone)."""
+    for key in [k for k in _READERS if k[0] == os.getpid()]:
+        _READERS.pop(key).close()
+    _READERS.clear()
+
+
+atexit.register(_close_readers)
 
 
 def read_record_image(path):

@@ -1,0 +1,10 @@
+"""Command-line tools, each run as ``python -m lib.tools.<name> --help``:
+
+- extract_frames: frames of a video (every Nth, time range) into numbered JPEGs
+- check_dataset: problems in a dataset, class counts, box-size histogram PNG, snippets
+- split: train/test lists, random or by snippet
+- convert: between dataset formats
+- draw: annotations into PNGs, green/red by anchor coverage
+- pack_records: dataset -> MXNet RecordIO (.rec/.idx/.lst)
+- evaluate, infer, quantize, import_tf_pipeline: see their own --help
+"""
