@@ -10,9 +10,11 @@ Call convention: ``frames, boxes = t(frames, boxes)``
   difficult flag, track id, ...) are carried along and dropped together with their box.
 ``ToTensor`` ends a pipeline: it returns (3,H,W) float32 arrays instead of uint8 images.
 
-Randomness comes from ``rng`` (a ``np.random.RandomState``) if given, else from numpy's global
-generator, which ``lib.train.fit`` reseeds from (seed, epoch) so augmentation is reproducible.
-With DataLoader worker processes, pass each worker its own RandomState.
+Randomness comes from, in order: the ``rng`` passed to the call, the ``rng`` given to the
+constructor (``np.random.RandomState``), else numpy's global generator, which ``lib.train.fit``
+reseeds from (seed, epoch). With DataLoader worker processes (forked with identical global states),
+pass a per-sample generator, e.g. ``t(frames, boxes, rng=sample_rng(seed, epoch, index))``: the
+augmentation then depends only on (seed, epoch, index), whatever the number of workers.
 
 ``build_transforms([{"name": "RandomFlip", "p": 0.5}, ...])`` builds a ``Compose`` from config.
 """
@@ -111,9 +113,19 @@ class Transform:
     def random(self):
         return self.rng if self.rng is not None else np.random
 
+    def _random(self, rng):
+        """The generator of one call: the call's ``rng``, else the transform's, else numpy's global."""
+        return rng if rng is not None else self.random
+
     def __repr__(self):
         params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if k != "rng")
         return f"{type(self).__name__}({params})"
+
+
+def sample_rng(seed, epoch, index):
+    """A RandomState determined by (seed, epoch, sample index), for per-sample augmentation."""
+    return np.random.RandomState(np.random.SeedSequence([int(seed), int(epoch), int(index)])
+                                 .generate_state(1)[0])
 
 
 # ----------------------------------------------------------------------------- geometry
@@ -138,9 +150,9 @@ class RandomFlip(Transform):
         super().__init__(rng)
         self.p = _check_prob(p, "RandomFlip")
 
-    def __call__(self, frames, boxes):
+    def __call__(self, frames, boxes, rng=None):
         frames, boxes = _check_clip(frames, boxes, "RandomFlip")
-        if self.random.rand() < self.p:
+        if self._random(rng).rand() < self.p:
             return hflip(frames, boxes)
         return frames, boxes
 
@@ -177,18 +189,19 @@ class SSDRandomCrop(Transform):
         self.max_trials = int(max_trials)
         self.iou_mode = iou_mode
 
-    def sample_patch(self, height, width, gt):
+    def sample_patch(self, height, width, gt, rng=None):
         """(left, top, w, h) of an accepted patch, or None to keep the whole image."""
-        min_iou = self.min_ious[self.random.randint(len(self.min_ious))]
+        r = self._random(rng)
+        min_iou = self.min_ious[r.randint(len(self.min_ious))]
         if min_iou is None:
             return None
         for _ in range(self.max_trials):
-            w = int(self.random.uniform(self.min_scale * width, width))
-            h = int(self.random.uniform(self.min_scale * height, height))
+            w = int(r.uniform(self.min_scale * width, width))
+            h = int(r.uniform(self.min_scale * height, height))
             if w < 1 or h < 1 or not self.min_aspect <= h / w <= self.max_aspect:
                 continue
-            left = int(self.random.uniform(0, width - w))
-            top = int(self.random.uniform(0, height - h))
+            left = int(r.uniform(0, width - w))
+            top = int(r.uniform(0, height - h))
             if len(gt) == 0:
                 return left, top, w, h
             rect = (left, top, left + w, top + h)
@@ -198,10 +211,10 @@ class SSDRandomCrop(Transform):
                 return left, top, w, h
         return None
 
-    def __call__(self, frames, boxes):
+    def __call__(self, frames, boxes, rng=None):
         frames, boxes = _check_clip(frames, boxes, "SSDRandomCrop")
         height, width = frames[0].shape[:2]
-        patch = self.sample_patch(height, width, _all_boxes(boxes))
+        patch = self.sample_patch(height, width, _all_boxes(boxes), rng)
         if patch is None:
             return frames, boxes
         left, top, w, h = patch
@@ -225,15 +238,16 @@ class Expand(Transform):
         self.p = _check_prob(p, "Expand")
         self.fill = tuple(float(v) for v in fill)
 
-    def __call__(self, frames, boxes):
+    def __call__(self, frames, boxes, rng=None):
         frames, boxes = _check_clip(frames, boxes, "Expand")
-        if self.random.rand() >= self.p:
+        r = self._random(rng)
+        if r.rand() >= self.p:
             return frames, boxes
         height, width = frames[0].shape[:2]
-        ratio = self.random.uniform(1.0, self.max_ratio)
+        ratio = r.uniform(1.0, self.max_ratio)
         canvas_w, canvas_h = int(width * ratio), int(height * ratio)
-        left = int(self.random.uniform(0, canvas_w - width))
-        top = int(self.random.uniform(0, canvas_h - height))
+        left = int(r.uniform(0, canvas_w - width))
+        top = int(r.uniform(0, canvas_h - height))
         out_frames = []
         for f in frames:
             canvas = np.empty((canvas_h, canvas_w, 3), dtype=f.dtype)
@@ -269,15 +283,16 @@ class RandomTile(Transform):
         self.min_visible = float(min_visible)
         self.fill = tuple(float(v) for v in fill)
 
-    def _offset(self, lo, hi, limit, box_lo, box_hi, tile):
+    def _offset(self, r, lo, hi, limit, box_lo, box_hi, tile):
         """Random integer offset in [lo, hi] clamped to [0, limit]; centred on the box if empty."""
         lo, hi = max(lo, 0), min(hi, limit)
         if lo > hi:  # the object is larger than the tile: centre the tile on it
             return int(np.clip(round((box_lo + box_hi) / 2 - tile / 2), 0, limit))
-        return int(self.random.randint(lo, hi + 1))
+        return int(r.randint(lo, hi + 1))
 
-    def __call__(self, frames, boxes):
+    def __call__(self, frames, boxes, rng=None):
         frames, boxes = _check_clip(frames, boxes, "RandomTile")
+        r = self._random(rng)
         tile_w, tile_h = self.size
         height, width = frames[0].shape[:2]
         if height < tile_h or width < tile_w:
@@ -287,13 +302,13 @@ class RandomTile(Transform):
             height, width = frames[0].shape[:2]
         gt = _all_boxes(boxes)
         max_left, max_top = width - tile_w, height - tile_h
-        if len(gt) and self.random.rand() < self.object_prob:
-            x1, y1, x2, y2 = gt[self.random.randint(len(gt))]
-            left = self._offset(int(math.ceil(x2 - tile_w)), int(math.floor(x1)), max_left, x1, x2, tile_w)
-            top = self._offset(int(math.ceil(y2 - tile_h)), int(math.floor(y1)), max_top, y1, y2, tile_h)
+        if len(gt) and r.rand() < self.object_prob:
+            x1, y1, x2, y2 = gt[r.randint(len(gt))]
+            left = self._offset(r, int(math.ceil(x2 - tile_w)), int(math.floor(x1)), max_left, x1, x2, tile_w)
+            top = self._offset(r, int(math.ceil(y2 - tile_h)), int(math.floor(y1)), max_top, y1, y2, tile_h)
         else:
-            left = int(self.random.randint(max_left + 1))
-            top = int(self.random.randint(max_top + 1))
+            left = int(r.randint(max_left + 1))
+            top = int(r.randint(max_top + 1))
         out_frames = [np.ascontiguousarray(f[top:top + tile_h, left:left + tile_w]) for f in frames]
         out_boxes = []
         for b in boxes:
@@ -348,7 +363,7 @@ class Resize(Transform):
             scale = self.max_size / max(height, width)
         return int(round(width * scale)), int(round(height * scale)), scale
 
-    def __call__(self, frames, boxes):
+    def __call__(self, frames, boxes, rng=None):
         frames, boxes = _check_clip(frames, boxes, "Resize")
         new_w, new_h, _ = self.output_size(*frames[0].shape[:2])
         return _resize_clip(frames, boxes, new_w, new_h, _INTERPOLATIONS[self.interpolation])
@@ -364,7 +379,7 @@ class ResizeSquare(Transform):
         self.size = int(size)
         self.interpolation = _interp(interpolation, "ResizeSquare")
 
-    def __call__(self, frames, boxes):
+    def __call__(self, frames, boxes, rng=None):
         frames, boxes = _check_clip(frames, boxes, "ResizeSquare")
         return _resize_clip(frames, boxes, self.size, self.size, _INTERPOLATIONS[self.interpolation])
 
@@ -392,9 +407,9 @@ class PhotometricDistort(Transform):
         self.hue_delta = float(hue_delta)
         self.p = _check_prob(p, "PhotometricDistort")
 
-    def sample(self):
+    def sample(self, rng=None):
         """Draw the parameters once per clip: None means 'step skipped'."""
-        r = self.random
+        r = self._random(rng)
 
         def maybe(draw):
             return draw() if r.rand() < self.p else None
@@ -424,9 +439,9 @@ class PhotometricDistort(Transform):
             image *= params["contrast"]
         return np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
-    def __call__(self, frames, boxes):
+    def __call__(self, frames, boxes, rng=None):
         frames, boxes = _check_clip(frames, boxes, "PhotometricDistort")
-        params = self.sample()
+        params = self.sample(rng)
         return [self.apply(f, params) for f in frames], boxes
 
 
@@ -453,7 +468,7 @@ class ToTensor(Transform):
         self.std = tuple(float(v) for v in std)
         self.bgr = bool(bgr)
 
-    def __call__(self, frames, boxes):
+    def __call__(self, frames, boxes, rng=None):
         frames, boxes = _check_clip(frames, boxes, "ToTensor")
         out = []
         for f in frames:
@@ -475,9 +490,9 @@ class Compose(Transform):
         super().__init__(None)
         self.transforms = list(transforms)
 
-    def __call__(self, frames, boxes):
+    def __call__(self, frames, boxes, rng=None):
         for t in self.transforms:
-            frames, boxes = t(frames, boxes)
+            frames, boxes = t(frames, boxes, rng=rng)
         return frames, boxes
 
     def __repr__(self):

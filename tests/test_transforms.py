@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from lib.transforms import (Compose, Expand, PhotometricDistort, RandomFlip, RandomTile, Resize,
-                            ResizeSquare, SSDRandomCrop, ToTensor, build_transforms, hflip)
+                            ResizeSquare, SSDRandomCrop, ToTensor, build_transforms, hflip, sample_rng)
 
 ID_STEP = 50  # object i is painted with value 50 * (i + 1) in channel 0 (no clash with fills)
 
@@ -107,6 +107,21 @@ def test_rng_argument_makes_runs_reproducible_and_inputs_are_not_modified():
         np.testing.assert_array_equal(a, b)
     for a, b in zip(frames + boxes, copies[0] + copies[1]):
         np.testing.assert_array_equal(a, b)
+
+
+def test_call_time_rng_overrides_global_state():
+    """A per-sample generator makes the output independent of numpy's global state (workers)."""
+    frames, boxes = painted_clip(6)
+    pipeline = build_transforms(["PhotometricDistort", "Expand", "SSDRandomCrop", "RandomFlip",
+                                 {"name": "RandomTile", "size": 64}])
+    outputs = []
+    for global_seed in (1, 2):
+        np.random.seed(global_seed)
+        outputs.append(pipeline(frames, boxes, rng=sample_rng(0, 3, 17)))
+    for a, b in zip(outputs[0][0] + outputs[0][1], outputs[1][0] + outputs[1][1]):
+        np.testing.assert_array_equal(a, b)
+    other = pipeline(frames, boxes, rng=sample_rng(0, 3, 18))
+    assert any(a.shape != b.shape or not np.array_equal(a, b) for a, b in zip(other[0], outputs[0][0]))
 
 
 def test_flip_twice_is_identity_and_flip_formula():
