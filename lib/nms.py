@@ -304,24 +304,29 @@ def _seq_nms_one_class_compiled(boxes, scores, link_iou, suppress_iou, rescore):
     starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
     total = int(starts[-1])
     frame_of = np.repeat(np.arange(len(boxes), dtype=np.int64), sizes)
-    # Predecessor lists (CSR by box, ascending predecessor index) and same-frame suppression lists.
-    pred_lists = [np.zeros(0, dtype=np.int64)] * (sizes[0] if sizes else 0)
-    supp_lists = []
+    # Predecessor lists (CSR by box, ascending predecessor index) and same-frame suppression lists:
+    # np.nonzero walks a boolean matrix row-major, which is exactly CSR order.
+    pred_counts, pred_parts, supp_counts, supp_parts = [], [], [], []
     for t in range(len(boxes)):
         if t > 0:
             linked = (box_iou(boxes[t - 1], boxes[t]) >= link_iou).T  # (n_t, n_{t-1})
-            pred_lists.extend(np.flatnonzero(row) + starts[t - 1] for row in linked)
+            pred_counts.append(linked.sum(axis=1))
+            pred_parts.append(np.nonzero(linked)[1] + starts[t - 1])
+        else:
+            pred_counts.append(np.zeros(sizes[0], dtype=np.int64))
         suppress = box_iou(boxes[t], boxes[t]) >= suppress_iou
-        supp_lists.extend(np.flatnonzero(row) + starts[t] for row in suppress)
+        supp_counts.append(suppress.sum(axis=1))
+        supp_parts.append(np.nonzero(suppress)[1] + starts[t])
 
-    def to_csr(lists):
+    def to_csr(counts, parts):
         ptr = np.zeros(total + 1, dtype=np.int64)
-        ptr[1:] = np.cumsum([len(x) for x in lists])
-        idx = np.concatenate(lists).astype(np.int64) if lists else np.zeros(0, dtype=np.int64)
+        if total:
+            ptr[1:] = np.cumsum(np.concatenate(counts))
+        idx = np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, dtype=np.int64)
         return ptr, idx
 
-    pred_ptr, pred_idx = to_csr(pred_lists)
-    supp_ptr, supp_idx = to_csr(supp_lists)
+    pred_ptr, pred_idx = to_csr(pred_counts, pred_parts)
+    supp_ptr, supp_idx = to_csr(supp_counts, supp_parts)
     flat_scores = np.concatenate(scores).astype(np.float64) if total else np.zeros(0)
     keep, new_scores = _cnms.seq_nms_paths(frame_of, flat_scores, pred_ptr, pred_idx, supp_ptr,
                                            supp_idx, int(rescore == "max"))
