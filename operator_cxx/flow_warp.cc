@@ -48,7 +48,10 @@ void build_table(const T* flow, int N, int H, int W, std::vector<Corner4<T>>* ta
   const T half_h = static_cast<T>((static_cast<double>(static_cast<T>(H)) - 1.0) / 2.0);
   Corner4<T>* out = table->data();
   const int total = N * HW;
-#pragma omp parallel for num_threads(num_threads()) schedule(static)
+  // A few flops per pixel: threads only pay off on big maps (each parallel region is a barrier,
+  // costly when the machine is busy).
+  const int threads = total >= (1 << 16) ? num_threads() : 1;
+#pragma omp parallel for num_threads(threads) schedule(static)
   for (int idx = 0; idx < total; ++idx) {
     const int n = idx / HW, p = idx % HW, y = p / W, x = p % W;
     const T* fl = flow + static_cast<size_t>(n) * 2 * HW;
@@ -173,7 +176,7 @@ void backward_kernel(const T* grad_out, const T* data, const T* flow, T* grad_da
   }
   const size_t flow_size = static_cast<size_t>(N) * 2 * HW;
   const int chunks = static_cast<int>((flow_size + 4095) / 4096);
-#pragma omp parallel for num_threads(threads) schedule(static)
+#pragma omp parallel for num_threads(flow_size >= (1 << 16) ? threads : 1) schedule(static)
   for (int chunk = 0; chunk < chunks; ++chunk) {
     const size_t lo = static_cast<size_t>(chunk) * 4096;
     const size_t hi = std::min(flow_size, lo + 4096);

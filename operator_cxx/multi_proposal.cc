@@ -332,9 +332,11 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
   const size_t box_step = static_cast<size_t>(4) * count;
   const int threads = num_threads();
   if (N == 1 || threads == 1) {
+    // Decoding is ~20 flops per anchor: threads only pay off for very large maps.
+    const int decode_threads = count >= (1 << 17) ? threads : 1;
     for (int b = 0; b < N; ++b)
       propose_image(p, anchors, cls_ptr + b * cls_step, box_ptr + b * box_step, info_ptr + b * 3,
-                    b, A, H, W, pre_n, post_n, threads, rois, scores);
+                    b, A, H, W, pre_n, post_n, decode_threads, rois, scores);
   } else {
 #pragma omp parallel for num_threads(std::min(threads, N)) schedule(dynamic, 1)
     for (int b = 0; b < N; ++b)
