@@ -5,7 +5,9 @@
   threshold (as ``mx.nd.contrib.box_nms`` and torchvision). Ties in score keep the lower index first.
 - ``batched_nms``: class-aware NMS (boxes of different labels never suppress each other).
 - ``soft_nms`` (linear / gaussian, compiled; ``soft_nms_np`` reference) and ``multiclass_nms``.
-- ``seq_nms``: Seq-NMS over the frames of one video (Han et al. 2016, as used by FGFA).
+- ``seq_nms``: Seq-NMS over the frames of one video (Han et al. 2016, as used by FGFA), path loop
+  compiled (``seq_nms_np`` is the numpy reference); ``seq_nms_videos`` groups frames of many
+  videos given in any order.
 """
 import numpy as np
 
@@ -379,4 +381,34 @@ def _seq_nms(frames, link_iou, suppress_iou, rescore, nms_iou, one_class):
         out_scores = final_scores[t][idx].astype(score_dtype)
         kept = idx[batched_nms(boxes[idx], out_scores, labels[idx], nms_iou)]
         results.append((boxes[kept], final_scores[t][kept].astype(score_dtype), labels[kept]))
+    return results
+
+
+def seq_nms_videos(video_ids, frame_indices, detections, link_iou=0.5, suppress_iou=0.3, rescore="avg",
+                   nms_iou=0.3):
+    """Seq-NMS over a whole set of frames from several videos, in any order.
+
+    video_ids[k], frame_indices[k] and detections[k] = (boxes, scores, labels) describe frame k
+    (e.g. from ``Record.video`` / ``Record.frame``). Frames are grouped by video and sorted by frame
+    index, every group (including the last video and its last frame) goes through :func:`seq_nms`,
+    and the result is returned aligned with the input. Frames whose video id is None (still images)
+    are returned unchanged. A repeated (video, frame) pair is an error.
+    """
+    if not (len(video_ids) == len(frame_indices) == len(detections)):
+        raise ValueError("seq_nms_videos: video_ids, frame_indices and detections differ in length (%d, %d, %d)"
+                         % (len(video_ids), len(frame_indices), len(detections)))
+    groups = {}
+    for k, (video, frame) in enumerate(zip(video_ids, frame_indices)):
+        if video is not None:
+            groups.setdefault(video, []).append((int(frame), k))
+    results = list(detections)
+    for video, members in groups.items():
+        members.sort()
+        frames = [m[0] for m in members]
+        repeated = [f for f, g in zip(frames[1:], frames[:-1]) if f == g]
+        if repeated:
+            raise ValueError("seq_nms_videos: video %r has frame %d more than once" % (video, repeated[0]))
+        processed = seq_nms([detections[k] for _, k in members], link_iou, suppress_iou, rescore, nms_iou)
+        for (_, k), out in zip(members, processed):
+            results[k] = out
     return results

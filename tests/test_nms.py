@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lib.bbox import box_iou_np
-from lib.nms import (batched_nms, multiclass_nms, nms, nms_np, seq_nms, seq_nms_np, soft_nms,
-                     soft_nms_np)
+from lib.nms import (batched_nms, multiclass_nms, nms, nms_np, seq_nms, seq_nms_np, seq_nms_videos,
+                     soft_nms, soft_nms_np)
 
 
 def random_dets(rng, n, size=200.0, coarse=False, distinct_scores=False):
@@ -348,3 +348,29 @@ def test_seq_nms_compiled_matches_numpy_reference(seed, num_frames, rescore):
         np.testing.assert_array_equal(l1, l2)
         assert len(b1) <= len(b0)
         assert np.all(np.diff(s1) <= 1e-7)  # sorted by score
+
+
+def test_seq_nms_videos_groups_sorts_and_keeps_the_last_frame():
+    rng = np.random.RandomState(31)
+
+    def random_frame():
+        n = rng.randint(1, 6)
+        xy = rng.uniform(0, 50, (n, 2))
+        return frame(np.concatenate([xy, xy + 30], axis=1), np.round(rng.rand(n), 2), rng.randint(0, 2, n))
+
+    videos = {"a": [random_frame() for _ in range(5)], "b": [random_frame() for _ in range(4)]}
+    still = random_frame()
+    entries = [("a", t, f) for t, f in enumerate(videos["a"])] + [("b", t, f) for t, f in enumerate(videos["b"])]
+    entries.append((None, -1, still))
+    order = rng.permutation(len(entries))  # shuffled: the last video's last frame lands anywhere
+    shuffled = [entries[i] for i in order]
+    out = seq_nms_videos([e[0] for e in shuffled], [e[1] for e in shuffled], [e[2] for e in shuffled])
+    expected = {name: seq_nms(frames) for name, frames in videos.items()}
+    for (video, t, _), result in zip(shuffled, out):
+        reference = still if video is None else expected[video][t]
+        for ours, theirs in zip(result, reference):
+            np.testing.assert_array_equal(ours, theirs)
+    with pytest.raises(ValueError, match="frame 1 more than once"):
+        seq_nms_videos(["a", "a"], [1, 1], [random_frame(), random_frame()])
+    with pytest.raises(ValueError, match="differ in length"):
+        seq_nms_videos(["a"], [0, 1], [random_frame()])
