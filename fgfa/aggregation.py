@@ -18,7 +18,7 @@ class FlowAggregator(nn.HybridBlock):
     Also returns the weights (N, T, h, w) for inspection.
     """
 
-    def __init__(self, feat_channels, num_frames, builtin_ops=False, **kwargs):
+    def __init__(self, feat_channels, num_frames, builtin_ops=None, **kwargs):
         super().__init__(**kwargs)
         self.feat_channels = feat_channels
         self.num_frames = num_frames

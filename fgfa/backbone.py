@@ -103,12 +103,16 @@ class ResNetV1Backbone(nn.HybridBlock):
             shape = loaded[name].shape
             if param.shape is not None and all(param.shape) and tuple(param.shape) != tuple(shape):
                 mismatched.append(f"{name}: file {shape} vs model {param.shape}")
-        if missing or mismatched:
+        all_own = self._collect_params_with_prefix()
+        extra = sorted(k for k in loaded if k not in all_own and not k.startswith("output."))
+        if missing or mismatched or extra:
             problems = []
             if missing:
                 problems.append(f"{len(missing)} missing (e.g. {', '.join(missing[:4])})")
             if mismatched:
                 problems.append(f"{len(mismatched)} with a different shape ({'; '.join(mismatched[:4])})")
+            if extra:
+                problems.append(f"{len(extra)} not in the model (e.g. {', '.join(extra[:4])}: a deeper ResNet?)")
             raise BackboneWeightsError(
                 f"{path} does not fit a ResNet-{self.depth} v1 backbone: " + ", ".join(problems)
                 + ". Expected a gluoncv resnet{d}_v1 file saved with save_parameters.".format(d=self.depth))

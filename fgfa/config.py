@@ -8,11 +8,12 @@ import copy
 
 from lib.config import ConfigError, load_config
 
+from lib.train import TRAIN_DEFAULTS
+
 DEFAULTS = {
     "NAME": "fgfa_rfcn",
     "OUTPUT_DIR": "output/fgfa_rfcn",
     "CONTEXT": "cpu",                 # 'cpu', 'gpu', 'gpu:1'
-    "SEED": 0,
     "DATASET": {
         # lib.dataset.load_dataset specs (free-form mappings: FORMAT plus that format's keys)
         "TRAIN": [],                   # list of specs; their records are concatenated
@@ -69,18 +70,16 @@ DEFAULTS = {
         "OHEM_ROIS": 128,              # per image: RoIs with the highest loss kept
         "RPN_SMOOTH_L1_SIGMA": 3.0,
         "RCNN_SMOOTH_L1_SIGMA": 1.0,
+        # lib.train.fit keys (lib.train.TRAIN_DEFAULTS lists them all; any of them may be set here)
         "EPOCHS": 2,
         "LR": 0.00025,
-        "LR_STEPS": [1.333],           # in epochs
+        "LR_STEPS": [1.333],           # in epochs (LR_STEP_UNIT)
         "LR_FACTOR": 0.1,
         "WARMUP_EPOCHS": 0.0,
-        "WARMUP_LR": 0.0,
         "MOMENTUM": 0.9,
         "WD": 0.0005,
-        "CLIP_GRADIENT": 0.0,          # 0: off
-        "CHECKPOINT_KEEP": 3,
-        "LOG_INTERVAL": 20,
-        "NUM_WORKERS": 0,
+        "KEEP_LAST": 3,
+        "LOG_EVERY": 20,
         "RESUME": True,
     },
     "TEST": {
@@ -102,6 +101,10 @@ DEFAULTS = {
         "VIS_THRESH": 0.5,
     },
 }
+
+# every lib.train.fit key is accepted under TRAIN, with the fit loop's defaults unless set above
+for _key, _value in TRAIN_DEFAULTS.items():
+    DEFAULTS["TRAIN"].setdefault(_key, copy.deepcopy(_value))
 
 # dataset specs are free-form mappings handed to lib.dataset.load_dataset
 OPEN_KEYS = ("DATASET.TEST",)

@@ -82,34 +82,40 @@ class TrainSamples:
         return len(self.keys)
 
     def frames_of(self, index, rng):
-        """Records of sample ``index``: the key record first, then the neighbours."""
+        """(key Record, image paths of the key frame and its neighbours) of sample ``index``."""
         rec = self.dataset.records[self.keys[index]]
         if not self.num_neighbors:
-            return [rec]
+            return rec, [rec.image]
+        video_info = (getattr(self.dataset, "video_info", None) or {}).get(rec.video)
+        if video_info and rec.frame >= 0:
+            # every frame of the video is reachable through its file pattern (ImageNet VID layout)
+            nb = neighbor_indices(rec.frame, int(video_info["length"]), self.num_neighbors,
+                                  self.cfg.TRAIN.MIN_OFFSET, self.cfg.TRAIN.MAX_OFFSET, rng)
+            return rec, [rec.image] + [video_info["pattern"] % i for i in nb]
         if rec.video is None or rec.image_id not in self.position:
-            return [rec] * (1 + self.num_neighbors)
+            return rec, [rec.image] * (1 + self.num_neighbors)   # still image: copies
         vid, pos = self.position[rec.image_id]
         recs = self.videos[vid]
         nb = neighbor_indices(pos, len(recs), self.num_neighbors, self.cfg.TRAIN.MIN_OFFSET,
                               self.cfg.TRAIN.MAX_OFFSET, rng)
-        return [rec] + [recs[i] for i in nb]
+        return rec, [rec.image] + [recs[i].image for i in nb]
 
     def load(self, index, rng):
         """-> (frames (F,3,Hp,Wp) float32, im_info [h, w, scale], gt boxes (G,4), labels (G,))."""
         img_cfg = self.cfg.IMAGE
-        records = self.frames_of(index, rng)
+        key, paths = self.frames_of(index, rng)
         short, max_long = img_cfg.SCALES[rng.randint(len(img_cfg.SCALES))]
         flip = bool(img_cfg.FLIP and rng.rand() < 0.5)
         cache = {}
         frames = []
-        for rec in records:
-            if rec.image not in cache:
-                image = read_image(rec.image)
-                cache[rec.image] = prepare_image(image, short, max_long, img_cfg.MEAN, img_cfg.STD,
-                                                 img_cfg.PAD_STRIDE, flip)
-            frames.append(cache[rec.image][0])
-        im_info = cache[records[0].image][1]
-        key = records[0]
+        for path in paths:
+            if path not in cache:
+                cache[path] = prepare_image(read_image(path), short, max_long, img_cfg.MEAN, img_cfg.STD,
+                                            img_cfg.PAD_STRIDE, flip)
+            frames.append(cache[path][0])
+        im_info = cache[paths[0]][1]
+        if any(f.shape != frames[0].shape for f in frames):
+            raise ValueError(f"{key.image}: neighbour frames differ in size from the key frame ({paths})")
         keep = ~key.difficult
         boxes = key.boxes[keep].astype(np.float32) * im_info[2]
         labels = key.labels[keep]

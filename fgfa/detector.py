@@ -50,7 +50,7 @@ class InferenceHead(nn.HybridBlock):
     one graph; it is kept outside the detector's child list so parameters are saved once.
     """
 
-    def __init__(self, rpn, rfcn, cfg, builtin_ops=False, **kwargs):
+    def __init__(self, rpn, rfcn, cfg, builtin_ops=None, **kwargs):
         super().__init__(**kwargs)
         net, test = cfg.NETWORK, cfg.TEST
         self.rpn, self.rfcn = rpn, rfcn
@@ -82,7 +82,7 @@ def _smooth_l1(x, sigma):
 class FGFADetector(gluon.Block):
     """The whole model. ``num_classes`` counts foreground classes (background is added inside)."""
 
-    def __init__(self, cfg, num_classes, builtin_ops=False, **kwargs):
+    def __init__(self, cfg, num_classes, builtin_ops=None, **kwargs):
         super().__init__(**kwargs)
         net = cfg.NETWORK
         self.cfg = cfg
@@ -211,7 +211,6 @@ class FGFADetector(gluon.Block):
         cls_score, box_pred = self.rpn(rpn_feat)
         feat_h, feat_w = feat.shape[2], feat.shape[3]
         anchors = shift_anchors(self.base_anchors, feat_h, feat_w, self.cfg.NETWORK.FEAT_STRIDE)
-        anchors = anchors + np.array([0, 0, 1, 1], anchors.dtype)  # +1-inclusive -> our corners
         labels_all, targets_all, weights_all = [], [], []
         for n in range(n_img):
             hw = (float(im_info[n][0]), float(im_info[n][1]))
@@ -219,7 +218,7 @@ class FGFADetector(gluon.Block):
                                         neg_iou=train.RPN_NEG_IOU, batch_size=train.RPN_BATCH_SIZE,
                                         fg_fraction=train.RPN_FG_FRACTION,
                                         allowed_border=train.RPN_ALLOWED_BORDER,
-                                        stds=tuple(cfg.NETWORK.RPN_BBOX_STDS), rng=rng)
+                                        stds=tuple(cfg.NETWORK.RPN_BBOX_STDS), rng=rng, offset=1)
             labels_all.append(lab)
             targets_all.append(tgt)
             weights_all.append(wgt)
@@ -248,8 +247,8 @@ class FGFADetector(gluon.Block):
                 ratios=tuple(float(r) for r in self.cfg.NETWORK.ANCHOR_RATIOS)).asnumpy()
         roi_list, lab_list, tgt_list, wgt_list = [], [], [], []
         for n in range(n_img):
+            # +1-inclusive proposals -> our corners; sample_rois appends the gt boxes itself
             props = rois[rois[:, 0] == n, 1:5] + np.array([0, 0, 1, 1], np.float32)
-            props = np.concatenate([props, gt_boxes[n].astype(np.float32)], axis=0)
             r, lab, tgt, wgt = sample_rois(props, gt_boxes[n], gt_labels[n], batch_size=-1,
                                            fg_iou=train.RCNN_FG_IOU, bg_iou=tuple(train.RCNN_BG_IOU),
                                            stds=tuple(self.cfg.NETWORK.RCNN_BBOX_STDS), rng=rng)

@@ -11,7 +11,7 @@ from .operators import psroi_pooling
 class RFCNHead(nn.HybridBlock):
     """(feat (N,C,H,W), rois (R,5) [batch, x1, y1, x2, y2] inclusive) -> cls (R, classes), box (R, 8)."""
 
-    def __init__(self, num_classes, group=7, feat_stride=16, builtin_ops=False, **kwargs):
+    def __init__(self, num_classes, group=7, feat_stride=16, builtin_ops=None, **kwargs):
         super().__init__(**kwargs)
         self.num_classes, self.group, self.feat_stride = num_classes, group, feat_stride
         self.builtin_ops = builtin_ops

@@ -1,0 +1,49 @@
+"""Command-line driver shared by experiments/fgfa_rfcn/train_test.py and experiments/rfcn/train_test.py."""
+import argparse
+import sys
+
+from lib.config import ConfigError
+from lib.train import CheckpointError, setup_logger
+
+from .backbone import BackboneWeightsError
+from .config import get_config
+from .test import test
+from .train import output_dir, train
+
+
+def parse_args(argv=None, description=""):
+    parser = argparse.ArgumentParser(description=description.strip().split("\n\n")[0],
+                                     epilog="\n\n".join(description.strip().split("\n\n")[1:]),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cfg", required=True, help="yaml config file")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="config overrides, e.g. TRAIN.EPOCHS=1 TEST.K=4")
+    parser.add_argument("--skip-train", action="store_true", help="only test (latest checkpoint)")
+    parser.add_argument("--skip-test", action="store_true", help="only train")
+    parser.add_argument("--checkpoint", default=None, help="checkpoint to test (.params or .json)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None, description="", aggregate=None):
+    """Train then test; ``aggregate`` (True/False) rejects configs meant for the other script."""
+    args = parse_args(argv, description)
+    try:
+        cfg = get_config(args.cfg, args.set)
+        if aggregate is not None and bool(cfg.NETWORK.AGGREGATE) != aggregate:
+            raise ConfigError(f"{args.cfg}: NETWORK.AGGREGATE is {cfg.NETWORK.AGGREGATE}; this script runs "
+                              f"{'FGFA (experiments/fgfa_rfcn)' if aggregate else 'the R-FCN baseline (experiments/rfcn)'}")
+        logger = setup_logger(output_dir(cfg), "train_test")
+        model = classes = None
+        if not args.skip_train:
+            summary = train(cfg, logger=logger)
+            model, classes = summary["model"], summary["classes"]
+            logger.info("training wall time %.1f s", summary["wall_time"])
+        if not args.skip_test:
+            if args.checkpoint is not None:
+                model = None
+            result = test(cfg, model=model, classes=classes, checkpoint=args.checkpoint, logger=logger)
+            print(f"mAP {result['mAP']:.4f}")
+    except (ConfigError, CheckpointError, BackboneWeightsError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,148 @@
+"""Testing of FGFA / the R-FCN baseline: window inference per video, Seq-NMS, evaluation, reports.
+
+Each video of the test set runs through ``VideoDetector`` (one result per frame, window padded at the
+edges); still images are videos of one frame. Detections are evaluated with the ImageNet VID metric
+(motion and area breakdowns) when the test records carry track ids, VOC AP otherwise. The output
+folder gets detections.json (COCO results), metrics.json, results.md and pr_curve.png.
+"""
+import json
+import os
+import time
+
+from lib.dataset.io import read_image
+from lib.runtime import get_context
+from lib.train import CheckpointError, CheckpointManager, setup_logger
+
+from .data import make_preprocess
+from .detector import FGFADetector, VideoDetector
+from .train import CLASSES_FILE, load_split, materialize, output_dir, resolve_path
+
+
+def read_classes(folder):
+    path = os.path.join(folder, CLASSES_FILE)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"class list not found: {path} (written by training next to the checkpoints)")
+    with open(path, "r", encoding="utf-8") as f:
+        return json.load(f)["classes"]
+
+
+def load_model(cfg, classes=None, checkpoint=None, ctx=None):
+    """Detector with trained weights. ``checkpoint``: a .params file, a checkpoint .json, an epoch
+    number, or None (TEST.CHECKPOINT, else the latest checkpoint of OUTPUT_DIR).
+    Raises CheckpointError naming the missing or mismatching file."""
+    ctx = ctx or get_context(cfg.CONTEXT)
+    checkpoint = checkpoint if checkpoint not in (None, "") else (cfg.TEST.CHECKPOINT or None)
+    folder = output_dir(cfg)
+    if isinstance(checkpoint, str):
+        checkpoint = resolve_path(checkpoint)
+        folder = os.path.dirname(checkpoint)
+        if not os.path.isfile(checkpoint):
+            raise CheckpointError(f"checkpoint file not found: {checkpoint}")
+    classes = classes or read_classes(folder)
+    model = FGFADetector(cfg, len(classes))
+    model.initialize(ctx=ctx)
+    materialize(model, ctx)
+    if isinstance(checkpoint, str) and checkpoint.endswith(".params"):
+        from lib.train.checkpoint import check_params_file
+        check_params_file(model, checkpoint)
+        model.load_parameters(checkpoint, ctx=ctx)
+    else:
+        CheckpointManager(folder).load(model, checkpoint=checkpoint, ctx=ctx, restore_rng=False)
+    return model, classes
+
+
+def group_videos(dataset, max_frames=0):
+    """[(name, [record indices in frame order])]: snippets, then each still image on its own."""
+    index_of = {id(r): i for i, r in enumerate(dataset.records)}
+    groups = []
+    for name, recs in dataset.snippets().items():
+        idx = [index_of[id(r)] for r in recs]
+        groups.append((name, idx[:max_frames] if max_frames > 0 else idx))
+    for i, rec in enumerate(dataset.records):
+        if rec.video is None:
+            groups.append((rec.image_id, [i]))
+    return groups
+
+
+def detect_dataset(model, dataset, cfg, ctx=None, progress=True, logger=None):
+    """Run window inference over every video. Returns (records, detections, seconds per frame)."""
+    from lib.nms import seq_nms
+    ctx = ctx or get_context(cfg.CONTEXT)
+    detector = VideoDetector(model, ctx, preprocess=make_preprocess(cfg))
+    groups = group_videos(dataset, cfg.DATASET.TEST_MAX_FRAMES)
+    total = sum(len(idx) for _, idx in groups)
+    bar = None
+    if progress:
+        import tqdm
+        bar = tqdm.tqdm(total=total, desc="test", dynamic_ncols=True, leave=False)
+    records, detections = [], []
+    seconds = 0.0
+    for name, idx in groups:
+        images = (read_image(dataset.records[i].image) for i in idx)
+        start = time.time()
+        per_frame = [None] * len(idx)
+        for t, result in detector.detect_video(images):
+            per_frame[t] = result
+            if bar is not None:
+                bar.update(1)
+        seconds += time.time() - start
+        if any(r is None for r in per_frame):  # the window logic guarantees one result per frame
+            raise RuntimeError(f"video {name}: frames without a result")
+        if cfg.TEST.SEQ_NMS and len(idx) > 1:
+            per_frame = seq_nms(per_frame, link_iou=cfg.TEST.SEQ_NMS_LINK_IOU,
+                                suppress_iou=cfg.TEST.SEQ_NMS_SUPPRESS_IOU,
+                                rescore=cfg.TEST.SEQ_NMS_RESCORE, nms_iou=cfg.TEST.NMS)
+        records.extend(dataset.records[i] for i in idx)
+        detections.extend(per_frame)
+    if bar is not None:
+        bar.close()
+    if logger:
+        logger.info("tested %d frames in %d videos: %.1f ms/frame", total, len(groups),
+                    1000.0 * seconds / max(total, 1))
+    return records, detections, seconds / max(total, 1)
+
+
+def evaluate(records, detections, classes, metric="auto"):
+    """VID metric (motion/area breakdown) when tracks exist, VOC AP otherwise."""
+    from lib.eval import vid_ap, voc_ap
+    has_tracks = any((r.track_ids >= 0).any() for r in records if r.num_boxes)
+    if metric == "vid" or (metric == "auto" and has_tracks):
+        return vid_ap(records, detections, classes)
+    return voc_ap(records, detections, classes)
+
+
+def write_reports(out_dir, records, detections, classes, result, seconds_per_frame):
+    """detections.json (COCO results), results.md + metrics.json (lib.eval tables), PR curve PNGs."""
+    from lib.eval import detections_to_json, save_pr_curves, write_results_table
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "detections.json"), "w", encoding="utf-8") as f:
+        json.dump(detections_to_json(records, detections, classes), f)
+    text = write_results_table(result, os.path.join(out_dir, "results.md"),
+                               os.path.join(out_dir, "metrics.json"))
+    with open(os.path.join(out_dir, "results.md"), "a", encoding="utf-8") as f:
+        f.write(f"\nInference: {1000 * seconds_per_frame:.1f} ms/frame (window inference, this machine)\n")
+    save_pr_curves(result, out_dir)
+    return text
+
+
+def test(cfg, model=None, classes=None, dataset=None, checkpoint=None, logger=None, progress=True):
+    """Test phase of train_test.py; returns the metrics dict."""
+    out_dir = output_dir(cfg)
+    logger = logger or setup_logger(out_dir, "test")
+    ctx = get_context(cfg.CONTEXT)
+    dataset = dataset if dataset is not None else load_split(cfg.DATASET.TEST, cfg.get("CONFIG_FILE") or "config")
+    if model is None:
+        model, classes = load_model(cfg, classes or None, checkpoint, ctx)
+    classes = classes or dataset.classes
+    if list(dataset.classes) != list(classes):
+        raise ValueError(f"test set classes {dataset.classes} differ from the model's {classes}")
+    if cfg.TEST.HYBRIDIZE:
+        model.hybridize_for_inference(ctx)
+    records, detections, spf = detect_dataset(model, dataset, cfg, ctx, progress, logger)
+    result = evaluate(records, detections, classes, cfg.TEST.EVAL_METRIC)
+    test_dir = os.path.join(out_dir, "test" + ("_seqnms" if cfg.TEST.SEQ_NMS else ""))
+    write_reports(test_dir, records, detections, classes, result, spf)
+    logger.info("%s mAP %.4f%s (reports in %s)", cfg.NAME, result["mAP"],
+                "".join(f", {k} {v['mAP']:.4f}" for k, v in (result.get("motion") or {}).items()
+                        if v.get("mAP") is not None), test_dir)
+    return result

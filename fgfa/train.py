@@ -1,0 +1,157 @@
+"""Training of FGFA / the R-FCN baseline through lib.train.fit.
+
+``train(cfg)`` loads the training sets of the config, builds the model (gluoncv backbone weights when
+NETWORK.PRETRAINED is set), and runs the fit loop: checkpoints every epoch (atomic, exact resume),
+tqdm, tensorboardX and a log file in OUTPUT_DIR. The class list is written to OUTPUT_DIR/classes.json
+so test and demo rebuild the same head.
+"""
+import json
+import os
+
+import mxnet as mx
+import numpy as np
+
+from lib.config import PROJECT_ROOT, ConfigError
+from lib.dataset import DetectionDataset
+from lib.runtime import get_context
+from lib.train import fit, setup_logger
+
+from .data import TrainSamples, collate
+from .detector import FGFADetector
+
+CLASSES_FILE = "classes.json"
+
+
+def resolve_path(path):
+    """Config paths are relative to the project root (as in the reference repo)."""
+    return path if os.path.isabs(path) else os.path.normpath(os.path.join(PROJECT_ROOT, path))
+
+
+def output_dir(cfg):
+    return resolve_path(cfg.OUTPUT_DIR)
+
+
+_PATH_KEYS = ("ROOT", "ANNOTATIONS", "ANNOTATIONS_DIR", "IMAGES_DIR", "BASE_DIR", "PREFIX", "OUT_DIR")
+
+
+def load_split(spec, source="config"):
+    """One dataset spec (a lib.dataset.load_dataset mapping) -> DetectionDataset.
+
+    Path keys relative to the project root are resolved first, as every config path is.
+    """
+    from lib.dataset import DatasetError, load_dataset
+    if not spec:
+        raise ConfigError(f"{source}: empty dataset spec")
+    spec = {str(k).upper(): v for k, v in dict(spec).items()}
+    for key in _PATH_KEYS:
+        if isinstance(spec.get(key), str):
+            spec[key] = resolve_path(spec[key])
+    try:
+        return load_dataset(spec)
+    except DatasetError as err:
+        raise ConfigError(f"{source}: dataset {spec}: {err}") from None
+
+
+def load_train_set(cfg):
+    """Concatenate the DATASET.TRAIN specs (e.g. DET + VID image sets) into one dataset."""
+    source = cfg.get("CONFIG_FILE") or "<config>"
+    specs = cfg.DATASET.TRAIN
+    if not specs:
+        raise ConfigError(f"{source}: DATASET.TRAIN lists no dataset")
+    sets = [load_split(spec, source) for spec in specs]
+    classes = list(cfg.DATASET.CLASSES) or sets[0].classes
+    records = []
+    for ds in sets:
+        if list(ds.classes) != classes:
+            raise ConfigError(f"{source}: dataset {ds.name} has classes {ds.classes}, expected {classes}")
+        records.extend(ds.records)
+    merged = DetectionDataset(records, classes, "+".join(ds.name for ds in sets))
+    video_info = {}
+    for ds in sets:
+        video_info.update(getattr(ds, "video_info", None) or {})
+    merged.video_info = video_info
+    if not records:
+        raise ConfigError(f"{source}: DATASET.TRAIN holds no image")
+    return merged
+
+
+def build_model(cfg, num_classes, ctx=None):
+    """A fully initialised detector (shapes materialised by one tiny forward pass)."""
+    ctx = ctx or get_context(cfg.CONTEXT)
+    model = FGFADetector(cfg, num_classes)
+    model.init_weights(ctx)
+    materialize(model, ctx)
+    return model
+
+
+def materialize(model, ctx):
+    """Run every block once on a tiny input so deferred parameter shapes become known."""
+    stride = model.cfg.IMAGE.PAD_STRIDE
+    size = max(64, stride * 4)
+    image = mx.nd.zeros((1, 3, size, size), ctx=ctx)
+    feat = model.features(image)
+    if model.aggregate:
+        model.embed(feat)
+        model.flownet(image, image)
+    half = model.feat_channels // 2
+    model.rpn(feat[:, :half])
+    model.rfcn(feat[:, half:], mx.nd.array([[0, 0, 0, 15, 15]], ctx=ctx))
+
+
+class FGFATask:
+    """The object lib.train.fit trains: ``net`` and ``loss(batch)``."""
+
+    def __init__(self, model, ctx):
+        self.net = model
+        self.ctx = ctx
+
+    def loss(self, batch):
+        data, im_info, boxes, labels = batch
+        data = mx.nd.array(data, ctx=self.ctx)
+        # np.random is reseeded by fit from (SEED, epoch): anchor/RoI sampling resumes exactly
+        return self.net.train_loss(data, im_info, boxes, labels, rng=np.random)
+
+
+def make_batches(samples, batch_size):
+    """``epoch -> iterable of batches``; shuffling uses np.random, which fit reseeds per epoch."""
+
+    class Epoch:
+        def __init__(self):
+            self.order = np.random.permutation(len(samples))
+
+        def __len__(self):
+            return (len(self.order) + batch_size - 1) // batch_size
+
+        def __iter__(self):
+            for start in range(0, len(self.order), batch_size):
+                chunk = self.order[start:start + batch_size]
+                yield collate([samples.load(int(i), np.random) for i in chunk])
+
+    return lambda epoch: Epoch()
+
+
+def save_classes(out_dir, classes):
+    os.makedirs(out_dir, exist_ok=True)
+    tmp = os.path.join(out_dir, CLASSES_FILE + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump({"classes": list(classes)}, f)
+    os.replace(tmp, os.path.join(out_dir, CLASSES_FILE))
+
+
+def train(cfg, dataset=None, val_fn=None, logger=None):
+    """Train from the config; returns lib.train.fit's summary (plus the model and classes)."""
+    out_dir = output_dir(cfg)
+    os.makedirs(out_dir, exist_ok=True)
+    logger = logger or setup_logger(out_dir, "train")
+    ctx = get_context(cfg.CONTEXT)
+    dataset = dataset if dataset is not None else load_train_set(cfg)
+    samples = TrainSamples(dataset, cfg, num_neighbors=2 if cfg.NETWORK.AGGREGATE else 0)
+    logger.info("training %s on %d key frames of %s (%d classes: %s)", cfg.NAME, len(samples),
+                dataset.name, dataset.num_classes, dataset.classes)
+    save_classes(out_dir, dataset.classes)
+    model = build_model(cfg, dataset.num_classes, ctx)
+    summary = fit(FGFATask(model, ctx), make_batches(samples, cfg.TRAIN.BATCH_IMAGES), cfg.TRAIN, out_dir,
+                  ctx=ctx, val_fn=val_fn, resume=cfg.TRAIN.RESUME, logger=logger)
+    summary["model"] = model
+    summary["classes"] = dataset.classes
+    return summary

@@ -1,0 +1,276 @@
+"""FGFA / R-FCN: network pieces against independent oracles, window logic, config and weight errors."""
+import os
+
+import mxnet as mx
+import numpy as np
+import pytest
+from gluoncv.model_zoo.resnet import get_resnet
+
+from fgfa.backbone import BackboneWeightsError, ResNetV1Backbone
+from fgfa.config import get_config
+from fgfa.data import make_preprocess, neighbor_indices, prepare_image, target_size
+from fgfa.detector import FGFADetector, VideoDetector
+from fgfa.rpn import denormalize_rpn_deltas, rpn_cls_prob, rpn_flatten
+from fgfa.train import materialize
+from lib.anchors import rpn_base_anchors, shift_anchors
+from lib.config import PROJECT_ROOT, ConfigError
+
+TINY = os.path.join(PROJECT_ROOT, "experiments", "fgfa_rfcn", "cfgs", "fgfa_rfcn_tiny.yaml")
+ALL_CFGS = [os.path.join(PROJECT_ROOT, "experiments", d, "cfgs", f)
+            for d in ("fgfa_rfcn", "rfcn")
+            for f in sorted(os.listdir(os.path.join(PROJECT_ROOT, "experiments", d, "cfgs")))]
+
+
+# ---------------------------------------------------------------------------------------- config
+@pytest.mark.parametrize("path", ALL_CFGS, ids=os.path.basename)
+def test_every_shipped_config_loads(path):
+    cfg = get_config(path)
+    assert cfg.NETWORK.DEPTH in (18, 34, 50, 101)
+    assert cfg.TEST.K >= 0
+
+
+def test_paper_config_matches_reference():
+    cfg = get_config(os.path.join(PROJECT_ROOT, "experiments", "fgfa_rfcn", "cfgs",
+                                  "resnet_v1_101_flownet_imagenet_vid_rfcn_end2end_ohem.yaml"))
+    assert cfg.NETWORK.DEPTH == 101 and cfg.NETWORK.NORM == "frozen"
+    assert cfg.IMAGE.SCALES == [[600, 1000]] and cfg.TEST.K == 9
+    assert [s["IMAGE_SET"] for s in cfg.DATASET.TRAIN] == ["DET_train_30classes", "VID_train_15frames"]
+    assert cfg.NETWORK.ANCHOR_SCALES == [8, 16, 32] and cfg.TRAIN.OHEM_ROIS == 128
+    base = get_config(os.path.join(PROJECT_ROOT, "experiments", "rfcn", "cfgs",
+                                   "resnet_v1_101_imagenet_vid_rfcn_end2end_ohem.yaml"))
+    assert base.NETWORK.AGGREGATE is False and base.NETWORK.DEPTH == 101
+
+
+def test_bad_config_key_names_key_and_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"_BASE_: {TINY}\nNETWORK:\n  DEPHT: 18\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml.*NETWORK\.DEPHT"):
+        get_config(str(bad))
+    bad.write_text(f"_BASE_: {TINY}\nNETWORK:\n  DEPTH: 19\n")
+    with pytest.raises(ConfigError, match="NETWORK.DEPTH must be one of"):
+        get_config(str(bad))
+    bad.write_text(f"_BASE_: {TINY}\nTEST:\n  K: two\n")
+    with pytest.raises(ConfigError, match="TEST.K"):
+        get_config(str(bad))
+
+
+# ---------------------------------------------------------------------------------------- backbone
+@pytest.mark.parametrize("depth", [18, 50])
+def test_backbone_stride16_and_gluoncv_weights(tmp_path, depth):
+    x = mx.nd.random.uniform(-1, 1, shape=(1, 3, 64, 96))
+    reference = get_resnet(1, depth)
+    reference.initialize(mx.init.Xavier())
+    reference(x)
+    path = str(tmp_path / f"resnet{depth}_v1.params")
+    reference.save_parameters(path)
+    net = ResNetV1Backbone(depth, "frozen")
+    net.initialize()
+    net.load_gluoncv(path)
+    out = net(x)
+    assert out.shape == (1, 512 if depth < 50 else 2048, 4, 6)  # stride 16, not 32
+    # up to res4 the network is gluoncv's own: same weights, same numbers (global BN stats)
+    with mx.autograd.predict_mode():
+        expect = x
+        for idx in range(7):
+            expect = reference.features[idx](expect)
+    got = x
+    for idx in range(7):
+        got = net.features[idx](got)
+    np.testing.assert_allclose(got.asnumpy(), expect.asnumpy(), rtol=1e-4, atol=1e-5)
+    # res5 is dilated: the same weights give a different (denser) map than gluoncv's stride 32
+    assert reference.features[7](expect).shape[2:] == (2, 3)
+
+
+def test_backbone_weight_file_errors(tmp_path):
+    net = ResNetV1Backbone(18, "frozen")
+    net.initialize()
+    with pytest.raises(BackboneWeightsError, match="not found"):
+        net.load_gluoncv(str(tmp_path / "missing.params"))
+    other = get_resnet(1, 34)
+    other.initialize()
+    other(mx.nd.zeros((1, 3, 32, 32)))
+    path = str(tmp_path / "resnet34_v1.params")
+    other.save_parameters(path)
+    net(mx.nd.zeros((1, 3, 32, 32)))
+    with pytest.raises(BackboneWeightsError, match=r"resnet34_v1\.params does not fit a ResNet-18"):
+        net.load_gluoncv(path)
+    junk = tmp_path / "junk.params"
+    junk.write_bytes(b"not parameters")
+    with pytest.raises(BackboneWeightsError, match="junk.params"):
+        net.load_gluoncv(str(junk))
+
+
+# ---------------------------------------------------------------------------------------- RPN layout
+def test_rpn_layout_matches_multiproposal():
+    """A single confident anchor must come out of MXNet's MultiProposal as that anchor's box."""
+    scales, ratios, stride = (2.0, 4.0), (0.5, 1.0, 2.0), 16
+    num_a, feat_h, feat_w = 6, 5, 7
+    anchors = shift_anchors(rpn_base_anchors(16, scales, ratios), feat_h, feat_w, stride)
+    score = np.zeros((1, 2 * num_a, feat_h, feat_w), np.float32)
+    h, w, a = 2, 3, 4
+    score[0, num_a + a, h, w] = 10.0                        # fg logit of anchor (h, w, a)
+    cls_score = mx.nd.array(score)
+    prob = rpn_cls_prob(mx.nd, cls_score)
+    flat_scores, _ = rpn_flatten(mx.nd, cls_score, mx.nd.zeros((1, 4 * num_a, feat_h, feat_w)), num_a)
+    index = (h * feat_w + w) * num_a + a
+    assert int(flat_scores[0, :, 1].argmax(axis=0).asscalar()) == index
+    rois = mx.nd.contrib.MultiProposal(prob, mx.nd.zeros((1, 4 * num_a, feat_h, feat_w)),
+                                       mx.nd.array([[feat_h * stride, feat_w * stride, 1.0]]),
+                                       rpn_pre_nms_top_n=50, rpn_post_nms_top_n=5, threshold=0.7,
+                                       rpn_min_size=0, scales=scales, ratios=ratios, feature_stride=stride)
+    box = anchors[index].copy()
+    box[[0, 2]] = box[[0, 2]].clip(0, feat_w * stride - 1)
+    box[[1, 3]] = box[[1, 3]].clip(0, feat_h * stride - 1)
+    np.testing.assert_allclose(rois[0, 1:].asnumpy(), box, atol=1e-3)
+
+
+def test_rpn_deltas_denormalized_per_coordinate():
+    num_a = 3
+    pred = np.random.RandomState(0).randn(2, 4 * num_a, 3, 4).astype(np.float32)
+    stds = (0.1, 0.2, 0.4, 0.8)
+    out = denormalize_rpn_deltas(mx.nd, mx.nd.array(pred), stds, num_a).asnumpy()
+    expect = pred.reshape(2, num_a, 4, 3, 4) * np.array(stds).reshape(1, 1, 4, 1, 1)
+    np.testing.assert_allclose(out, expect.reshape(pred.shape), rtol=1e-6)
+    _, deltas = rpn_flatten(mx.nd, mx.nd.zeros((2, 2 * num_a, 3, 4)), mx.nd.array(pred), num_a)
+    # row (h*W + w)*A + a holds channels a*4 .. a*4+3 at (h, w)
+    np.testing.assert_allclose(deltas[1, (2 * 4 + 1) * num_a + 2].asnumpy(), pred[1, 8:12, 2, 1])
+
+
+# ---------------------------------------------------------------------------------------- aggregation
+def test_aggregation_matches_numpy_reference():
+    from fgfa.aggregation import FlowAggregator
+    rng = np.random.RandomState(1)
+    n, t, c, e, h, w = 2, 3, 4, 5, 10, 12
+    caches = rng.randn(n * t, c + e, h, w).astype(np.float32)
+    key_embed = rng.randn(n, e, h, w).astype(np.float32)
+    # integer flows: warping is an exact shift (zeros outside), checkable in numpy
+    shifts = rng.randint(-2, 3, size=(n * t, 2))
+    flows = np.zeros((n * t, 2, h, w), np.float32)
+    flows[:, 0] = shifts[:, 0, None, None]
+    flows[:, 1] = shifts[:, 1, None, None]
+    agg = FlowAggregator(c, t)
+    out, weights = agg(mx.nd.array(key_embed), mx.nd.array(caches), mx.nd.array(flows))
+    warped = np.zeros_like(caches)
+    for i, (dx, dy) in enumerate(shifts):
+        for y in range(h):
+            for x in range(w):
+                if 0 <= y + dy < h and 0 <= x + dx < w:
+                    warped[i, :, y, x] = caches[i, :, y + dy, x + dx]
+    feat = warped[:, :c].reshape(n, t, c, h, w)
+    emb = warped[:, c:].reshape(n, t, e, h, w)
+    emb = emb / np.maximum(np.sqrt((emb ** 2).sum(2, keepdims=True) + 1e-10), 1e-10)
+    key = key_embed / np.sqrt((key_embed ** 2).sum(1, keepdims=True) + 1e-10)
+    cos = (emb * key[:, None]).sum(2)
+    wts = np.exp(cos - cos.max(1, keepdims=True))
+    wts /= wts.sum(1, keepdims=True)
+    # compare where every frame samples strictly inside the map (at the last pixel row/column the
+    # sampler's coordinate normalisation round trip may blend in a little of the zero border)
+    inside = np.ones((n, h, w), bool)
+    ys, xs = np.mgrid[0:h, 0:w]
+    for i, (dx, dy) in enumerate(shifts):
+        inside[i // t] &= (ys + dy >= 0) & (ys + dy <= h - 2) & (xs + dx >= 0) & (xs + dx <= w - 2)
+    assert inside.sum() > 40
+    got_w = weights.asnumpy().transpose(0, 2, 3, 1)[inside]
+    np.testing.assert_allclose(got_w, wts.transpose(0, 2, 3, 1)[inside], rtol=1e-4, atol=1e-5)
+    expect = (feat * wts[:, :, None]).sum(1).transpose(0, 2, 3, 1)[inside]
+    np.testing.assert_allclose(out.asnumpy().transpose(0, 2, 3, 1)[inside], expect, rtol=1e-4, atol=1e-5)
+
+
+def test_flownet_output_at_feature_stride():
+    from fgfa.flownet import FlowNetSimple
+    net = FlowNetSimple(width=0.125)
+    net.initialize(mx.init.Xavier())
+    for height, width in [(96, 128), (112, 176)]:
+        img = mx.nd.random.uniform(shape=(2, 3, height, width))
+        flow = net(img, img)
+        assert flow.shape == (2, 2, height // 16, width // 16)
+        assert float(flow.abs().max().asscalar()) == 0.0      # zero-initialised predictors: identity warp
+
+
+# ---------------------------------------------------------------------------------------- data
+def test_resize_pad_and_neighbours():
+    assert target_size(720, 1280, 600, 1000) == pytest.approx(1000 / 1280)
+    assert target_size(375, 500, 600, 1000) == pytest.approx(1.6)
+    image = np.full((30, 50, 3), 100, np.uint8)
+    data, info = prepare_image(image, 60, 1000, (100, 100, 100), (1, 1, 1), 16)
+    assert data.shape == (3, 64, 112) and tuple(info) == (60, 100, 2.0)
+    assert np.all(data[:, 60:] == 0) and np.all(data[:, :, 100:] == 0)
+    rng = np.random.RandomState(0)
+    for _ in range(50):
+        nb = neighbor_indices(10, 100, 2, 1, 9, rng)
+        assert nb[0] != nb[1] and all(1 <= abs(i - 10) <= 9 for i in nb)
+    assert all(0 <= i <= 2 for i in neighbor_indices(1, 3, 2, 1, 9, rng))  # clamped to the video
+
+
+# ---------------------------------------------------------------------------------------- window logic
+def _tiny_model(aggregate=True, k=2):
+    cfg = get_config(TINY, [f"NETWORK.AGGREGATE={str(aggregate).lower()}", f"TEST.K={k}",
+                            "TEST.SCORE_THRESH=0.0", "TEST.MAX_PER_IMAGE=20"])
+    model = FGFADetector(cfg, 2)
+    model.init_weights()
+    materialize(model, mx.cpu())
+    if aggregate:  # non-zero flows, so the windows really warp
+        for pred in model.flownet.flow_preds:
+            pred.weight.set_data(mx.nd.random.normal(0, 0.05, pred.weight.shape))
+    return cfg, model
+
+
+class _CountingCache:
+    def __init__(self, model):
+        self.calls = 0
+        self.inner = model.frame_cache
+
+    def __call__(self, image):
+        self.calls += image.shape[0]
+        return self.inner(image)
+
+
+@pytest.mark.parametrize("aggregate", [True, False])
+def test_window_one_result_per_frame_and_equals_uncached(aggregate):
+    mx.random.seed(0)
+    cfg, model = _tiny_model(aggregate, k=2)
+    rng = np.random.RandomState(0)
+    clip = [rng.randint(0, 255, (120, 160, 3)).astype(np.uint8) for _ in range(7)]
+    detector = VideoDetector(model, preprocess=make_preprocess(cfg))
+    for length in (1, 2, 3, 5, 7):  # shorter than, equal to and longer than the 2K+1 = 5 window
+        counter = _CountingCache(model)
+        model.frame_cache = counter
+        try:
+            out = list(detector.detect_video(clip[:length]))
+        finally:
+            del model.frame_cache
+        assert [t for t, _ in out] == list(range(length))
+        assert counter.calls == length            # every frame's features computed exactly once
+        for t, (boxes, scores, labels) in out:
+            ref_boxes, ref_scores, ref_labels = detector.detect_uncached(clip[:length], t)
+            assert len(boxes) == len(ref_boxes) > 0
+            np.testing.assert_allclose(boxes, ref_boxes, rtol=1e-4, atol=1e-3)
+            np.testing.assert_allclose(scores, ref_scores, rtol=1e-4, atol=1e-5)
+            np.testing.assert_array_equal(labels, ref_labels)
+
+
+def test_window_padding_repeats_edges_and_streaming_lag():
+    cfg, model = _tiny_model(True, k=3)
+    detector = VideoDetector(model, preprocess=make_preprocess(cfg))
+    assert detector.window_indices(0, 10) == [0, 0, 0, 0, 1, 2, 3]
+    assert detector.window_indices(9, 10) == [6, 7, 8, 9, 10, 10, 10]
+    assert detector.window_indices(1, 1) == [0, 0, 0, 1, 1, 1, 1]
+    frame = np.zeros((120, 160, 3), np.uint8)
+    ready = [len(detector.step(frame)) for _ in range(6)]
+    assert ready == [0, 0, 0, 1, 1, 1]              # frame t is out once t + K has arrived
+    assert [t for t, _ in detector.flush()] == [3, 4, 5]
+    assert len(detector.frames) == 0                # reset after flush
+
+
+def test_hybridized_inference_equals_imperative():
+    cfg, model = _tiny_model(True, k=1)
+    rng = np.random.RandomState(2)
+    clip = [rng.randint(0, 255, (120, 160, 3)).astype(np.uint8) for _ in range(3)]
+    detector = VideoDetector(model, preprocess=make_preprocess(cfg))
+    before = [r for _, r in detector.detect_video(clip)]
+    model.hybridize_for_inference()
+    after = [r for _, r in detector.detect_video(clip)]
+    for (b0, s0, l0), (b1, s1, l1) in zip(before, after):
+        assert len(b0) == len(b1)
+        np.testing.assert_allclose(b0, b1, rtol=1e-3, atol=1e-2)
+        np.testing.assert_allclose(s0, s1, rtol=1e-3, atol=1e-4)
