@@ -55,6 +55,7 @@ DEFAULTS = {
         "SCORE_THRESH": 0.1,           # per-class threshold (paper: 0.05)
         "NMS": "hard",                 # hard | linear | gaussian (soft-NMS)
         "NMS_IOU": 0.45,
+        "PRE_NMS_TOPK": 400,           # per class, before NMS (bounds the O(k^2) box_nms); 0 = all
         "SOFT_NMS_SIGMA": 0.5,
         "MAX_PER_CLASS": 50,
         "MAX_PER_IMAGE": 100,

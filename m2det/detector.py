@@ -195,6 +195,7 @@ class M2DetInference(nn.HybridBlock):
         self.nms_iou = float(test_cfg.NMS_IOU)
         self.max_per_class = int(test_cfg.MAX_PER_CLASS)
         self.max_per_image = int(test_cfg.MAX_PER_IMAGE)
+        self.pre_nms_topk = int(test_cfg.PRE_NMS_TOPK)
         self.num_classes = net.num_classes
         self.size = float(net.input_size)
         self.variances = net.variances
@@ -214,7 +215,7 @@ class M2DetInference(nn.HybridBlock):
             # box_nms keeps scores > valid_thresh, sorts, suppresses IoU > overlap_thresh
             # within the class, and moves the suppressed rows (all -1) to the end.
             dets = F.contrib.box_nms(dets, overlap_thresh=self.nms_iou, valid_thresh=self.score_thresh,
-                                     topk=-1, coord_start=2, score_index=1, id_index=-1,
+                                     topk=self.pre_nms_topk if self.pre_nms_topk > 0 else -1, coord_start=2, score_index=1, id_index=-1,
                                      force_suppress=True)
             per_class.append(F.slice_axis(dets, axis=1, begin=0, end=self.max_per_class))
         dets = F.concat(*per_class, dim=1) if len(per_class) > 1 else per_class[0]
@@ -245,6 +246,14 @@ def postprocess(cls_logits, box_deltas, priors, input_size, test_cfg, variances=
     boxes = decode_boxes(np.asarray(box_deltas, np.float64), np.asarray(priors, np.float64), stds=variances)
     boxes = np.clip(boxes, 0.0, 1.0) * float(input_size)
     boxes = clip_boxes(boxes, input_size, input_size)
-    return multiclass_nms(boxes, probs[:, 1:], score_threshold=float(test_cfg.SCORE_THRESH),
+    scores = probs[:, 1:]
+    topk = int(test_cfg.PRE_NMS_TOPK)
+    if 0 < topk < len(scores):
+        # Only the top-k candidates of each class enter NMS (box_nms's topk in the graph).
+        drop = np.argsort(-scores, axis=0, kind="stable")[topk:]
+        scores = scores.copy()
+        np.put_along_axis(scores, drop, -1.0, axis=0)
+    return multiclass_nms(boxes, scores, score_threshold=float(test_cfg.SCORE_THRESH),
                           iou_threshold=float(test_cfg.NMS_IOU), max_per_class=int(test_cfg.MAX_PER_CLASS),
-                          max_total=int(test_cfg.MAX_PER_IMAGE), method=method or test_cfg.NMS)
+                          max_total=int(test_cfg.MAX_PER_IMAGE), method=method or test_cfg.NMS,
+                          sigma=float(test_cfg.SOFT_NMS_SIGMA))

@@ -105,7 +105,8 @@ def test_toolkit_commands_end_to_end(csv_data, tmp_path, capsys):
                            "csv", annotations,
                            classes]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert summary["boxes"] == 8 and summary["covered"] + summary["uncovered"] == 8
+    # random crops may drop boxes whose centre falls outside the patch, never all of an image
+    assert 4 <= summary["boxes"] <= 8 and summary["covered"] + summary["uncovered"] == summary["boxes"]
     assert len(os.listdir(tmp_path / "debug")) == 5
 
     # the converted model (loaded without training code) gives the training model's detections
