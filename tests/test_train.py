@@ -194,6 +194,8 @@ def test_fit_outputs_and_summary(tmp_path):
     record = manager.read()
     assert record["epoch"] == 3 and record["iteration"] == 18
     assert record["lr"] == pytest.approx(0.025)
+    with pytest.raises(TrainingError, match="already holds checkpoints .* resume is off"):
+        fit(TinyTask(), tiny_data, train_cfg(EPOCHS=3), str(out), resume=False)
     # a finished run resumed with the same EPOCHS does nothing
     again = fit(TinyTask(), tiny_data, train_cfg(EPOCHS=3, KEEP_LAST=2), str(out))
     assert again["start_epoch"] == 3 and again["iterations"] == 18
@@ -381,3 +383,21 @@ def test_shared_parameters_are_updated_once(tmp_path):
     assert summary["final_losses"]["grad_norm"] == pytest.approx(norm, rel=1e-5)
     np.testing.assert_allclose(named["head.weight"].data().asnumpy(), before - 0.1 * grad / 2, rtol=1e-5,
                                atol=1e-7)
+
+
+def test_crash_during_save_leaves_previous_checkpoint_latest(tmp_path, monkeypatch):
+    import lib.train.checkpoint as checkpoint_module
+    task = TinyTask()
+    trainer = gluon.Trainer(task.net.collect_params(), "sgd", {"momentum": 0.9}, update_on_kvstore=False)
+    manager = CheckpointManager(str(tmp_path))
+    manager.save(1, task.net, trainer, iteration=6)
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint_module, "save_trainer_states", crash)
+    with pytest.raises(OSError, match="disk full"):
+        manager.save(2, task.net, trainer, iteration=12)
+    assert os.path.exists(manager.paths(2)["params"])  # written before the crash...
+    assert manager.latest() == manager.paths(1)["json"]  # ...but epoch 2 is not complete
+    assert manager.read()["iteration"] == 6

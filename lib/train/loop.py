@@ -259,6 +259,10 @@ def fit(task, data, cfg, out_dir, ctx=None, val_fn=None, resume=True, logger=Non
     history = {"points": [], "epochs": [], "val": [], "epoch_ends": []}
     start_epoch, iteration = 0, 0
 
+    if not resume and manager.latest():
+        # Starting over would interleave new and old checkpoints (and prune the new ones).
+        raise TrainingError(f"{out_dir} already holds checkpoints (latest {manager.latest()}) and "
+                            f"resume is off: delete them or train into another folder")
     if resume and manager.latest():
         record = manager.load(net, trainer, ctx=ctx)
         start_epoch = record["epoch"]
@@ -266,8 +270,9 @@ def fit(task, data, cfg, out_dir, ctx=None, val_fn=None, resume=True, logger=Non
         history = record.get("extra", {}).get("history", history)
         logger.info("resumed from %s (epoch %d, iteration %d)", record["path"], start_epoch, iteration)
     dump_config(cfg, os.path.join(out_dir, "train_config.yaml"))
-    logger.info("training %d parameters (%d frozen) with %s, config %s", len(params),
-                len(net._collect_params_with_prefix()) - len(params), cfg["OPTIMIZER"],
+    all_params = {id(p) for p in net._collect_params_with_prefix().values()}
+    logger.info("training %d parameter arrays (%d others frozen or statistics) with %s, config %s",
+                len(params), len(all_params) - len(params), cfg["OPTIMIZER"],
                 json.dumps(to_plain(cfg), sort_keys=True))
 
     from tensorboardX import SummaryWriter
@@ -279,6 +284,7 @@ def fit(task, data, cfg, out_dir, ctx=None, val_fn=None, resume=True, logger=Non
     val_metrics = history["val"][-1]["metrics"] if history["val"] else {}
     names_by_id = structured_param_names(net)
     warned_stale = False
+    progress = None
     try:
         for epoch in range(start_epoch, cfg["EPOCHS"]):
             seed_everything(cfg["SEED"], epoch)
@@ -362,6 +368,7 @@ def fit(task, data, cfg, out_dir, ctx=None, val_fn=None, resume=True, logger=Non
                     window, window_count = {}, 0
             if progress is not None:
                 progress.close()
+                progress = None
             if count == 0:
                 raise TrainingError(f"data({epoch}) yielded no batch")
             if window_count:  # the tail of the epoch still gets a point on the curve
@@ -391,6 +398,8 @@ def fit(task, data, cfg, out_dir, ctx=None, val_fn=None, resume=True, logger=Non
             write_loss_curve(history, os.path.join(out_dir, "loss_curve.png"))
             writer.flush()
     finally:
+        if progress is not None:
+            progress.close()
         writer.close()
     wall = time.time() - started
     if start_epoch >= cfg["EPOCHS"]:
