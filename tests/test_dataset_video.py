@@ -176,3 +176,63 @@ def test_pseudo_video_crop_and_shift(tmp_path):
     rng = np.random.default_rng(0)
     ws = crop_and_shift_windows(100, 50, 3, rng, max_shift=0.0, max_zoom=0.0)
     assert ws[0] == ws[1] == ws[2]
+
+
+def _vid_xml(path, objects, width=100, height=80, folder="x", filename="000000"):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    objs = "".join(f"<object><trackid>{t}</trackid><name>{n}</name><bndbox><xmax>{b[2]}</xmax><xmin>{b[0]}</xmin>"
+                   f"<ymax>{b[3]}</ymax><ymin>{b[1]}</ymin></bndbox><occluded>0</occluded><generated>0</generated>"
+                   f"</object>" for t, n, b in objects)
+    with open(path, "w") as f:
+        f.write(f"<annotation><folder>{folder}</folder><filename>{filename}</filename><size><width>{width}</width>"
+                f"<height>{height}</height></size>{objs}</annotation>")
+
+
+def test_imagenet_vid_layout_image_sets_and_det_mapping(tmp_path):
+    from lib.dataset import VID_CLASSES, load_vid
+    root = str(tmp_path)
+    video = "train/ILSVRC2015_VID_train_0000/ILSVRC2015_train_00000000"
+    frame_dir = os.path.join(root, "Data", "VID", *video.split("/"))
+    os.makedirs(frame_dir)
+    for k in range(12):
+        cv2.imwrite(os.path.join(frame_dir, f"{k:06d}.JPEG"), np.zeros((80, 100, 3), np.uint8))
+        _vid_xml(os.path.join(root, "Annotations", "VID", *video.split("/"), f"{k:06d}.xml"),
+                 [(0, "n02691156", (k, 0, k + 9, 19)), (3, "n02391049", (50, 40, 99, 79))])
+    det = "train/ILSVRC2014_train_0000/ILSVRC2014_train_00000663"
+    os.makedirs(os.path.join(root, "Data", "DET", os.path.dirname(det)))
+    cv2.imwrite(os.path.join(root, "Data", "DET", det + ".JPEG"), np.zeros((80, 100, 3), np.uint8))
+    # a DET image: one VID class (zebra), one of the other 170 DET classes (n00007846, person) -> left out
+    _vid_xml(os.path.join(root, "Annotations", "DET", det + ".xml"),
+             [(-1, "n02391049", (1, 2, 30, 40)), (-1, "n00007846", (5, 5, 20, 20))])
+    sets = os.path.join(root, "ImageSets")
+    os.makedirs(sets)
+    with open(os.path.join(sets, "VID_train_15frames.txt"), "w") as f:
+        f.write(f"{video} 1 2 12\n{video} 2 9 12\n")
+    with open(os.path.join(sets, "VID_val_frames.txt"), "w") as f:
+        f.write(f"{video}/000004 1\n{video}/000005 2\n")
+    with open(os.path.join(sets, "DET_train_30classes.txt"), "w") as f:
+        f.write(f"{det} 1\n")
+    keys = load_vid(root, image_set="VID_train_15frames")
+    assert keys.classes == VID_CLASSES and [r.frame for r in keys] == [2, 9]
+    rec = keys[1]
+    assert rec.video == video and rec.track_ids.tolist() == [0, 3]
+    # VID XML is 0-based inclusive: xmin 9 .. xmax 18 -> [9, 18 + 1); width = xmax - xmin + 1 as in the devkit
+    np.testing.assert_array_equal(rec.boxes, [[9, 0, 19, 20], [50, 40, 100, 80]])
+    assert [VID_CLASSES[i] for i in rec.labels] == ["airplane", "zebra"]
+    assert keys.video_info[video]["length"] == 12
+    sampler = NeighborSampler(keys, num_neighbors=2, max_offset=9, seed=0)
+    for _ in range(3):
+        for path in sampler[0]["neighbors"]:
+            assert os.path.isfile(path)
+    frames = load_vid(root, image_set="VID_val_frames")
+    assert [(r.video, r.frame) for r in frames] == [(video, 4), (video, 5)]
+    everything = load_vid(root, split="train")
+    assert len(everything) == 12 and sorted(r.frame for r in everything) == list(range(12))
+    det_ds = load_vid(root, image_set="DET_train_30classes")
+    assert len(det_ds) == 1 and det_ds[0].video is None and det_ds[0].frame == -1
+    assert [VID_CLASSES[i] for i in det_ds[0].labels] == ["zebra"] and det_ds.report.ok
+    bad = os.path.join(sets, "broken.txt")
+    with open(bad, "w") as f:
+        f.write(f"{video} 1 2 12\n{video} 2 9\n")
+    with pytest.raises(DatasetError, match=r"broken.txt:2: expected 4 fields"):
+        load_vid(root, image_set=bad)
