@@ -28,6 +28,9 @@ using Shapes = std::vector<std::vector<unsigned int>>;
 // project's thread setting), else omp_get_max_threads(); 1 in a forked child process (a forked
 // child cannot reuse the parent's OpenMP thread pool, and MXNet itself disables OpenMP there).
 int num_threads();
+// num_threads() for a loop of about `work` inner iterations, 1 when the work is too small for
+// a parallel region to pay off (each region ends in a barrier, slow on a busy machine).
+inline int worth_threads(double work) { return work >= 16384.0 ? num_threads() : 1; }
 
 // Attribute readers. Each returns false (after MX_ERROR_MSG) when the value does not parse.
 // `op` names the operator in the message.

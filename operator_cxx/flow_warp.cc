@@ -50,7 +50,7 @@ void build_table(const T* flow, int N, int H, int W, std::vector<Corner4<T>>* ta
   const int total = N * HW;
   // A few flops per pixel: threads only pay off on big maps (each parallel region is a barrier,
   // costly when the machine is busy).
-  const int threads = total >= (1 << 16) ? num_threads() : 1;
+  const int threads = worth_threads(total / 4.0);
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int idx = 0; idx < total; ++idx) {
     const int n = idx / HW, p = idx % HW, y = p / W, x = p % W;
@@ -97,7 +97,8 @@ void forward_kernel(const T* data, const T* flow, T* out, int N, int C, int H, i
   const int HW = H * W;
   const int blocks_per_image = (C + kBlock - 1) / kBlock;
   const int tasks = N * blocks_per_image;
-#pragma omp parallel for num_threads(num_threads()) schedule(static)
+#pragma omp parallel for num_threads(worth_threads(static_cast<double>(N) * C * HW / 4)) \
+    schedule(static)
   for (int task = 0; task < tasks; ++task) {
     const int n = task / blocks_per_image;
     const int c0 = (task % blocks_per_image) * kBlock;
@@ -125,7 +126,8 @@ void backward_kernel(const T* grad_out, const T* data, const T* flow, T* grad_da
   const int HW = H * W;
   const int blocks_per_image = (C + kBlock - 1) / kBlock;
   const int tasks = N * blocks_per_image;
-  const int threads = std::max(1, std::min(num_threads(), tasks));
+  const int threads =
+      std::max(1, std::min(worth_threads(static_cast<double>(N) * C * HW / 2), tasks));
   // Per-thread partial flow gradients (N, 2, H, W), summed in thread order afterwards.
   std::vector<T> partial(static_cast<size_t>(threads) * N * 2 * HW, static_cast<T>(0));
 #pragma omp parallel num_threads(threads)

@@ -147,7 +147,8 @@ bool forward_kernel(const T* data, const T* rois, T* out, int N, int C, int H, i
   if (!tabulate_bins(rois, R, N, H, W, p, &bins)) return false;
   const int P = p.pooled_size, G = p.group_size, D = p.output_dim;
   const int HW = H * W;
-#pragma omp parallel for num_threads(num_threads()) schedule(dynamic, 1)
+#pragma omp parallel for num_threads(worth_threads(static_cast<double>(R) * D * P * P)) \
+    schedule(dynamic, 1)
   for (int ctop = 0; ctop < D; ++ctop) {
     for (int r = 0; r < R; ++r) {
       const T* image = data + static_cast<size_t>(bins.batch[r]) * C * HW;
@@ -187,7 +188,9 @@ bool backward_kernel(const T* grad_out, const T* rois, T* grad_data, int N, int 
   const int P = p.pooled_size, G = p.group_size, D = p.output_dim;
   const int HW = H * W;
   const std::vector<std::vector<int>> groups = bins_of_group(bins, G);
-#pragma omp parallel for num_threads(num_threads()) schedule(dynamic, 4)
+#pragma omp parallel for num_threads(worth_threads(static_cast<double>(R) * C + \
+                                                   static_cast<double>(N) * C * HW / 16)) \
+    schedule(dynamic, 4)
   for (int c = 0; c < C; ++c) {
     for (int n = 0; n < N; ++n)
       std::memset(grad_data + (static_cast<size_t>(n) * C + c) * HW, 0, sizeof(T) * HW);

@@ -460,6 +460,8 @@ def test_forked_dataloader_worker_uses_the_ops():
     flow = rng.randn(4, 2, 5, 6).astype(np.float32)
     ops.set_num_threads(2)  # the parent has used a 2-thread OpenMP pool before forking
     try:
+        big = mx.nd.array(rng.randn(1, 16, 64, 64))  # large enough for the kernels to go parallel
+        ops.flow_warp(big, mx.nd.zeros((1, 2, 64, 64))).wait_to_read()
         expected = ops.flow_warp(mx.nd.array(data), mx.nd.array(flow)).asnumpy()
         loader = gluon.data.DataLoader(WarpDataset(data, flow), batch_size=2, num_workers=2)
         batches = list(loader)
@@ -473,18 +475,19 @@ def test_forked_dataloader_worker_uses_the_ops():
 def test_thread_count_does_not_change_results():
     from lib import runtime
     rng = np.random.RandomState(7)
-    data = rng.randn(2, 2 * 9, 8, 9).astype(np.float32)
-    rois = edge_rois(rng, 2, 30, 128, 144)
-    flow = rng.randn(2, 2, 8, 9).astype(np.float32) * 2
-    head_ps = rng.randn(len(rois), 2, 3, 3).astype(np.float32)
+    # big enough that every kernel runs its parallel path with 2 threads
+    data = rng.randn(2, 4 * 49, 40, 50).astype(np.float32)
+    rois = edge_rois(rng, 2, 100, 640, 800)
+    flow = rng.randn(2, 2, 40, 50).astype(np.float32) * 2
+    head_ps = rng.randn(len(rois), 4, 7, 7).astype(np.float32)
     head_fw = rng.randn(*data.shape).astype(np.float32)
     results = []
     try:
         for threads in (1, 2):
             ops.set_num_threads(threads)
             assert ops.get_num_threads() == threads
-            ps = fwd_bwd(lambda d, r: ops.psroi_pooling(d, r, spatial_scale=1 / 16, output_dim=2,
-                                                        pooled_size=3), [data, rois], head_ps)
+            ps = fwd_bwd(lambda d, r: ops.psroi_pooling(d, r, spatial_scale=1 / 16, output_dim=4,
+                                                        pooled_size=7), [data, rois], head_ps)
             fw = fwd_bwd(ours_warp, [data, flow], head_fw)
             results.append((ps[0], ps[1][0], fw[0], fw[1][0], fw[1][1]))
     finally:
