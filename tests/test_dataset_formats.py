@@ -353,3 +353,17 @@ def test_load_dataset_keys(tmp_path):
                          "WIDTH": 64, "HEIGHT": 48})
     from lib.dataset.synthetic import SYNTHETIC_CLASSES
     assert len(ds) == 3 and ds.classes == SYNTHETIC_CLASSES
+
+
+def test_dataset_report_and_subset_metadata(tmp_path):
+    plain = DetectionDataset([Record("/x/a.jpg", 4, 4)], ["a"])
+    assert plain.report.ok and plain.report.summary().startswith("dataset: 0 problem(s)")
+    ds = D.load_voc(SPEEDTRAP, snippets=D.SPEEDTRAP_SNIPPETS)
+    sub = ds.subset(range(10), name="first10")
+    assert len(sub) == 10 and sub.name == "first10" and sub.report is ds.report
+    assert sub.snippet_list is ds.snippet_list
+    # JSON cache round trip (never pickle)
+    path = str(tmp_path / "cache.json")
+    sub.to_json(path)
+    back = DetectionDataset.from_json(path)
+    assert [r.to_dict() for r in back] == [r.to_dict() for r in sub]

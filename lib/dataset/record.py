@@ -67,12 +67,18 @@ class Record:
 
 
 class DetectionDataset:
-    """A list of Records plus the class names (0-based, no background)."""
+    """A list of Records plus the class names (0-based, no background).
 
-    def __init__(self, records, classes, name="dataset"):
+    Readers attach more: ``report`` (a DatasetReport of what was skipped and why; an empty one by
+    default), and where they apply ``video_info`` (video -> {"pattern", "length"}), ``snippet_list``,
+    ``category_ids`` / ``coco_image_ids`` (COCO), ``wnids`` (VID). ``subset`` keeps them."""
+
+    def __init__(self, records, classes, name="dataset", report=None):
+        from .io import DatasetReport  # local: io does not import this module, but keep it lazy
         self.records = list(records)
         self.classes = list(classes)
         self.name = name
+        self.report = report if report is not None else DatasetReport(name, log=False)
 
     def __len__(self):
         return len(self.records)
@@ -98,7 +104,11 @@ class DetectionDataset:
         return groups
 
     def subset(self, indices, name=None):
-        return DetectionDataset([self.records[i] for i in indices], self.classes, name or self.name)
+        out = DetectionDataset([self.records[i] for i in indices], self.classes, name or self.name)
+        for key, value in self.__dict__.items():  # reader metadata (report, video_info, ...) carries over
+            if key not in ("records", "classes", "name"):
+                setattr(out, key, value)
+        return out
 
     def class_counts(self):
         counts = np.zeros(len(self.classes), np.int64)

@@ -81,10 +81,13 @@ def video_frames(path, every=1, start=None, end=None, rgb=True):
         while True:
             if last is not None and index >= last:
                 break
-            ok, img = cap.read()
-            if not ok:
+            wanted = index >= first and (index - first) % every == 0
+            if not cap.grab():  # grab without retrieve skips the colour conversion of unwanted frames
                 break
-            if index >= first and (index - first) % every == 0:
+            if wanted:
+                ok, img = cap.retrieve()
+                if not ok:
+                    raise DatasetError(f"{path}: frame {index} cannot be decoded")
                 kept += 1
                 yield index, (index / fps if fps > 0 else float("nan")), (
                     cv2.cvtColor(img, cv2.COLOR_BGR2RGB) if rgb else img)
