@@ -174,14 +174,23 @@ def test_fit_outputs_and_summary(tmp_path):
 
     def val_fn(net, epoch):
         calls.append(epoch)
-        return {"mAP": 0.1 * epoch}
+        snapshots[epoch] = params_of(net)
+        return {"mAP": 0.1 * epoch if epoch < 3 else 0.15}
 
     out = tmp_path / "run"
-    summary = fit(TinyTask(), tiny_data, train_cfg(EPOCHS=3, KEEP_LAST=2), str(out), val_fn=val_fn)
+    snapshots = {}
+    task = TinyTask()
+    summary = fit(task, tiny_data, train_cfg(EPOCHS=3, KEEP_LAST=2, BEST_METRIC="mAP"), str(out),
+                  val_fn=val_fn)
     assert calls == [1, 2, 3]
+    assert json.loads((out / "best.json").read_text())["epoch"] == 2
+    best = TinyTask(init_seed=4)
+    best.net.load_parameters(str(out / "best.params"))
+    for name, value in snapshots[2].items():
+        np.testing.assert_array_equal(params_of(best.net)[name], value)
     assert summary["epochs"] == 3 and summary["iterations"] == 18
     assert set(summary["final_losses"]) == {"loss", "l2", "grad_norm"}
-    assert summary["val"] == {"mAP": pytest.approx(0.3)}
+    assert summary["val"] == {"mAP": pytest.approx(0.15)}
     assert summary["wall_time"] > 0
     image = cv2.imread(str(out / "loss_curve.png"))
     assert image is not None and image.shape[0] > 100
@@ -198,6 +207,9 @@ def test_fit_outputs_and_summary(tmp_path):
         fit(TinyTask(), tiny_data, train_cfg(EPOCHS=3), str(out), resume=False)
     # a finished run resumed with the same EPOCHS does nothing
     again = fit(TinyTask(), tiny_data, train_cfg(EPOCHS=3, KEEP_LAST=2), str(out))
+    with pytest.raises(TrainingError, match="BEST_METRIC 'AP50' is not among the metrics"):
+        fit(TinyTask(), tiny_data, train_cfg(EPOCHS=1, BEST_METRIC="AP50"), str(tmp_path / "x"),
+            val_fn=val_fn)
     assert again["start_epoch"] == 3 and again["iterations"] == 18
 
 

@@ -30,6 +30,8 @@ that section are ignored here):
   KEEP_LAST          keep the newest N checkpoints (0 = all)
   LOG_EVERY          log / tensorboard / history point every N iterations
   EVAL_EVERY         call val_fn every N epochs (0 = only after the last epoch)
+  BEST_METRIC        a val_fn metric to maximise (e.g. 'mAP'): the best epoch's parameters are kept
+                     in best.params (+ best.json), beside the checkpoints ('' = off)
   FREEZE_PATTERNS    regexes: parameters whose name matches one are not trained
   TRAINABLE_PATTERNS regexes: if not empty, ONLY parameters matching one are trained
   NO_WD_PATTERNS     regexes: parameters matching one get no weight decay (e.g. 'bias$', 'beta$')
@@ -83,6 +85,7 @@ TRAIN_DEFAULTS = {
     "KEEP_LAST": 3,
     "LOG_EVERY": 20,
     "EVAL_EVERY": 1,
+    "BEST_METRIC": "",
     "FREEZE_PATTERNS": [],
     "TRAINABLE_PATTERNS": [],
     "NO_WD_PATTERNS": [],
@@ -244,6 +247,24 @@ def write_loss_curve(history, path):
     os.replace(tmp, path)
 
 
+def _save_if_best(net, history, metric, out_dir, epoch, logger):
+    """Keep ``best.params`` / ``best.json`` for the highest validation ``metric`` so far."""
+    scores = [(v["metrics"][metric], v["epoch"]) for v in history["val"] if metric in v["metrics"]]
+    if not scores or scores[-1][1] != epoch:
+        raise TrainingError(f"BEST_METRIC '{metric}' is not among the metrics val_fn returned at "
+                            f"epoch {epoch}: {sorted(history['val'][-1]['metrics'])}")
+    value = scores[-1][0]
+    if any(previous >= value for previous, _ in scores[:-1]):
+        return
+    path = os.path.join(out_dir, "best.params")
+    tmp = f"{path}.tmp{os.getpid()}"
+    net.save_parameters(tmp)
+    os.replace(tmp, path)
+    atomic_write_json(os.path.join(out_dir, "best.json"), {"epoch": epoch, "metric": metric,
+                                                           "value": value, "params": "best.params"})
+    logger.info("new best %s %.4f at epoch %d: saved %s", metric, value, epoch, path)
+
+
 def fit(task, data, cfg, out_dir, ctx=None, val_fn=None, resume=True, logger=None):
     """Train ``task.net`` (see the module docstring). Returns a summary dict:
     epochs, start_epoch, iterations, final_losses (mean of the last epoch), val (last metrics),
@@ -390,6 +411,8 @@ def fit(task, data, cfg, out_dir, ctx=None, val_fn=None, resume=True, logger=Non
                     writer.add_scalar(f"val/{key}", value, epoch + 1)
                 logger.info("epoch %d validation: %s", epoch + 1,
                             " ".join(f"{k} {v:.4f}" for k, v in val_metrics.items()))
+                if cfg["BEST_METRIC"]:
+                    _save_if_best(net, history, cfg["BEST_METRIC"], out_dir, epoch + 1, logger)
             if last or (epoch + 1) % cfg["CHECKPOINT_EVERY"] == 0:
                 path = manager.save(epoch + 1, net, trainer, iteration=iteration, lr=lr,
                                     extra={"history": history, "seed": cfg["SEED"]})
