@@ -89,6 +89,16 @@ def test_flow_warp_integer_and_outside_flows():
     close(out[0, :, y, x], expected)
 
 
+def test_flow_warp_one_pixel_wide_map():
+    """Width 1: MXNet's normalisation divides by zero (NaN); ours samples at y + dy."""
+    data = np.arange(2 * 4, dtype=np.float32).reshape(1, 2, 4, 1)
+    flow = np.zeros((1, 2, 4, 1), np.float32)
+    flow[0, 1] = 0.5  # half a pixel down
+    out = ops.flow_warp(mx.nd.array(data), mx.nd.array(flow)).asnumpy()
+    expected = 0.5 * data + 0.5 * np.concatenate([data[:, :, 1:], np.zeros((1, 2, 1, 1))], 2)
+    close(out, expected)
+
+
 def test_flow_warp_flow_gradient_finite_differences():
     rng = np.random.RandomState(2)
     shape = (1, 3, 6, 7)
