@@ -367,3 +367,24 @@ def test_dataset_report_and_subset_metadata(tmp_path):
     sub.to_json(path)
     back = DetectionDataset.from_json(path)
     assert [r.to_dict() for r in back] == [r.to_dict() for r in sub]
+
+
+def test_tfrecord_truncated_file_is_reported(tmp_path):
+    from tfrecord.writer import TFRecordWriter
+    img = _image(str(tmp_path / "a.jpg"), 40, 30)
+    path = str(tmp_path / "t.record")
+    w = TFRecordWriter(path)
+    for k in range(3):
+        w.write({"image/encoded": (open(img, "rb").read(), "byte"), "image/filename": (f"a{k}.jpg".encode(), "byte"),
+                 "image/object/bbox/xmin": ([0.0], "float"), "image/object/bbox/xmax": ([0.5], "float"),
+                 "image/object/bbox/ymin": ([0.0], "float"), "image/object/bbox/ymax": ([0.5], "float"),
+                 "image/object/class/label": ([1], "int"), "image/object/class/text": ([b"obj"], "byte")})
+    w.close()
+    data = open(path, "rb").read()
+    with open(path, "wb") as f:
+        f.write(data[:len(data) - 40])  # cut into the last record
+    ds = D.import_tfrecord(path, str(tmp_path / "out"))
+    assert len(ds) == 2 and ds.classes == ["obj"]
+    assert ds.report.skipped_images == 1 and "record #2" in ds.report.issues[0]["message"]
+    with pytest.raises(DatasetError, match="record #2"):
+        D.import_tfrecord(path, str(tmp_path / "out2"), strict=True)

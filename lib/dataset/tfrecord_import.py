@@ -42,10 +42,31 @@ def _safe_name(s):
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", s).strip("._") or "image"
 
 
+def _texts(example):
+    return [t.decode("utf-8") if isinstance(t, bytes) else str(t) for t in _list(example, "image/object/class/text")]
+
+
+def _examples(path, report, progress=False):
+    """Yield (index, example dict) of one TFRecord file, streaming; a damaged file is read up to the
+    damage and reported (when a report is given)."""
+    from tfrecord.reader import tfrecord_loader
+    it = tfrecord_loader(path, None)
+    if progress:
+        from tqdm import tqdm
+        it = tqdm(it, desc=f"read {os.path.basename(path)}", unit="ex")
+    k = 0
+    try:
+        for example in it:
+            yield k, example
+            k += 1
+    except Exception as exc:  # noqa: BLE001 - truncated/corrupt file: keep what was read
+        if report is not None:
+            report.warn(path, f"record #{k}: cannot parse ({exc}); rest of the file skipped", skip_image=True)
+
+
 def import_tfrecord(paths, out_dir, label_map=None, strict=False, name=None, report=None, progress=False):
     """Read one or more TFRecord files into a DetectionDataset, writing the images to out_dir/images/.
     label_map: TF OD label_map.pbtxt giving id -> name (ids map to 0-based classes by ascending id)."""
-    from tfrecord.reader import tfrecord_loader
     paths = [paths] if isinstance(paths, str) else list(paths)
     report = report or DatasetReport(name or os.path.basename(paths[0]), strict=strict)
     img_dir = os.path.join(out_dir, "images")
@@ -55,35 +76,21 @@ def import_tfrecord(paths, out_dir, label_map=None, strict=False, name=None, rep
         items = read_label_map(label_map)
         classes = [it["name"] for it in items]
         id_to_index = {it["id"]: k for k, it in enumerate(items)}
-    raw, seen_names, text_of_id = [], set(), {}
     for path in paths:
         if not os.path.isfile(path):
             raise DatasetError(f"{path}: TFRecord file not found")
-        it = tfrecord_loader(path, None)
-        if progress:
-            from tqdm import tqdm
-            it = tqdm(it, desc=f"read {os.path.basename(path)}", unit="ex")
-        k = 0
-        try:
-            for example in it:
-                raw.append((path, k, example))
-                k += 1
-        except Exception as exc:  # noqa: BLE001 - truncated/corrupt file: keep what was read
-            report.warn(path, f"record #{k}: cannot parse ({exc}); rest of the file skipped", skip_image=True)
-    for path, k, ex in raw:
-        texts = [t.decode("utf-8") if isinstance(t, bytes) else str(t) for t in _list(ex, "image/object/class/text")]
-        ids = _list(ex, "image/object/class/label", np.int64)
-        for t, i in zip(texts, ids):
-            text_of_id.setdefault(int(i), t)
-        seen_names.update(texts)
-    if classes is None:
-        if text_of_id:
-            classes = [text_of_id[i] for i in sorted(text_of_id)]
-            id_to_index = {i: k for k, i in enumerate(sorted(text_of_id))}
-        else:
-            all_ids = sorted({int(i) for _, _, ex in raw for i in _list(ex, "image/object/class/label", np.int64)})
-            classes = [f"class{i}" for i in all_ids]
-            id_to_index = {i: k for k, i in enumerate(all_ids)}
+    if classes is None:  # first pass (labels only; images dropped at once): the id -> name table
+        text_of_id, all_ids = {}, set()
+        for path in paths:
+            for _, ex in _examples(path, None):
+                ids = _list(ex, "image/object/class/label", np.int64)
+                all_ids.update(int(i) for i in ids)
+                for t, i in zip(_texts(ex), ids):
+                    text_of_id.setdefault(int(i), t)
+        known = sorted(text_of_id) if text_of_id else sorted(all_ids)
+        classes = [text_of_id[i] for i in known] if text_of_id else [f"class{i}" for i in known]
+        id_to_index = {i: k for k, i in enumerate(known)}
+    raw = ((path, k, ex) for path in paths for k, ex in _examples(path, report, progress))
     records, used = [], set()
     for path, k, ex in raw:
         where = f"{path} (record #{k})"
@@ -117,7 +124,7 @@ def import_tfrecord(paths, out_dir, label_map=None, strict=False, name=None, rep
         xmin, ymin = _list(ex, "image/object/bbox/xmin", np.float64), _list(ex, "image/object/bbox/ymin", np.float64)
         xmax, ymax = _list(ex, "image/object/bbox/xmax", np.float64), _list(ex, "image/object/bbox/ymax", np.float64)
         ids = _list(ex, "image/object/class/label", np.int64)
-        texts = [t.decode("utf-8") if isinstance(t, bytes) else str(t) for t in _list(ex, "image/object/class/text")]
+        texts = _texts(ex)
         n = len(xmin)
         if not (len(ymin) == len(xmax) == len(ymax) == n) or (len(ids) != n and len(texts) != n):
             report.warn(where, f"object fields have different lengths (bbox {len(xmin)}/{len(ymin)}/{len(xmax)}/"

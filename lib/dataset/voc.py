@@ -5,7 +5,6 @@ import os
 import shutil
 import xml.etree.ElementTree as ET
 
-import numpy as np
 
 from .io import DatasetError, DatasetReport, ImageReadError, check_image, find_image, image_size, \
     resolve_classes, validate_boxes
