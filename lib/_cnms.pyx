@@ -306,12 +306,12 @@ def soft_nms(double[:, ::1] dets, int gaussian, double sigma, double iou_thresho
     return kept_arr[:k], score_out_arr[:k]
 
 
-def seq_nms_paths(cnp.int64_t[::1] frame_of, double[::1] scores, cnp.int64_t[::1] pred_ptr,
+def seq_nms_paths(double[::1] scores, cnp.int64_t[::1] pred_ptr,
                   cnp.int64_t[::1] pred_idx, cnp.int64_t[::1] supp_ptr, cnp.int64_t[::1] supp_idx,
                   int rescore_max):
     """Seq-NMS path selection for ONE class over a video (boxes flattened in frame order).
 
-    frame_of[b]: frame of box b (non-decreasing). Box b's links to the previous frame are
+    Boxes are numbered frame after frame. Box b's links to the previous frame are
     pred_idx[pred_ptr[b]:pred_ptr[b+1]] (ascending); the boxes its path membership suppresses in
     its own frame are supp_idx[supp_ptr[b]:supp_ptr[b+1]]. While a link between two alive boxes
     exists: forward dynamic programming of the best score sum of a path ending at each box (a

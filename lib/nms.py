@@ -305,7 +305,6 @@ def _seq_nms_one_class_compiled(boxes, scores, link_iou, suppress_iou, rescore):
     sizes = [len(b) for b in boxes]
     starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
     total = int(starts[-1])
-    frame_of = np.repeat(np.arange(len(boxes), dtype=np.int64), sizes)
     # Predecessor lists (CSR by box, ascending predecessor index) and same-frame suppression lists:
     # np.nonzero walks a boolean matrix row-major, which is exactly CSR order.
     pred_counts, pred_parts, supp_counts, supp_parts = [], [], [], []
@@ -330,7 +329,7 @@ def _seq_nms_one_class_compiled(boxes, scores, link_iou, suppress_iou, rescore):
     pred_ptr, pred_idx = to_csr(pred_counts, pred_parts)
     supp_ptr, supp_idx = to_csr(supp_counts, supp_parts)
     flat_scores = np.concatenate(scores).astype(np.float64) if total else np.zeros(0)
-    keep, new_scores = _cnms.seq_nms_paths(frame_of, flat_scores, pred_ptr, pred_idx, supp_ptr,
+    keep, new_scores = _cnms.seq_nms_paths(flat_scores, pred_ptr, pred_idx, supp_ptr,
                                            supp_idx, int(rescore == "max"))
     keep = keep.astype(bool)
     return ([keep[starts[t]:starts[t + 1]] for t in range(len(boxes))],
