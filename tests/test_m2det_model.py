@@ -186,3 +186,24 @@ def test_user_backbone_weights_are_loaded(tmp_path):
     for (name, a), (_, b) in zip(sorted(donor.backbone._collect_params_with_prefix().items()),
                                  sorted(net.backbone._collect_params_with_prefix().items())):
         np.testing.assert_array_equal(a.data().asnumpy(), b.data().asnumpy(), err_msg=name)
+
+
+@pytest.mark.parametrize("backbone", ["resnet50", "resnet101", "mobilenetv2", "vgg16_bn"])
+def test_other_backbones_give_the_official_320_pyramid(backbone):
+    cfg = engine.build_config(os.path.join(os.path.dirname(TINY), "m2det320_vgg.yaml"),
+                              [f"MODEL.BACKBONE={backbone}", "MODEL.NUM_LEVELS=2"])
+    net = M2Det(cfg.MODEL, 20)
+    assert net.feature_sizes == [40, 20, 10, 5, 3, 1] and net.num_priors == 12810
+    taps = net.backbone(mx.sym.var("data"))
+    strides = [320 // t.infer_shape(data=(1, 3, 320, 320))[1][0][2] for t in taps]
+    assert strides == [8, 16]
+
+
+def test_ssd_pyramid_ablation_has_the_same_priors():
+    m2 = engine.build_model(engine.build_config(TINY), 2)
+    ssd = engine.build_model(engine.build_config(TINY, ["MODEL.PYRAMID=ssd"]), 2)
+    assert ssd.feature_sizes == m2.feature_sizes
+    np.testing.assert_array_equal(ssd.priors, m2.priors)
+    cls, box = ssd(mx.nd.zeros((1, 3, 160, 160)))
+    assert cls.shape == (1, ssd.num_priors, 3) and box.shape == (1, ssd.num_priors, 4)
+    assert not hasattr(ssd, "tums")

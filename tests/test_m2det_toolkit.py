@@ -147,3 +147,31 @@ def test_tiny_model_overfits_two_images(csv_data, tmp_path):
     first = json.load(open(tmp_path / "overfit" / "history.json"))["epochs"][0]["losses"]["loss"]
     assert summary["final_losses"]["loss"] < 0.7 * first
     assert summary["val"]["mAP"] > 0.9
+
+
+def test_oid_parent_label_selects_the_subtree(tmp_path):
+    from m2det.datasets import oid_labels_under
+    descriptions = tmp_path / "class-descriptions-boxable.csv"
+    descriptions.write_text("/m/veh,Vehicle\n/m/car,Car\n/m/bus,Bus\n/m/taxi,Taxi\n/m/cat,Cat\n")
+    hierarchy = tmp_path / "hierarchy.json"
+    hierarchy.write_text(json.dumps({"LabelName": "/m/0bl9f", "Subcategory": [
+        {"LabelName": "/m/veh", "Subcategory": [
+            {"LabelName": "/m/car", "Subcategory": [{"LabelName": "/m/taxi"}]},
+            {"LabelName": "/m/bus"}]},
+        {"LabelName": "/m/cat"}]}))
+    assert oid_labels_under(str(hierarchy), str(descriptions), "Vehicle") == ["Car", "Taxi", "Bus"]
+    from lib.dataset.io import DatasetError
+    with pytest.raises(DatasetError, match="'Dog' is not a class name"):
+        oid_labels_under(str(hierarchy), str(descriptions), "Dog")
+
+
+SPEEDTRAP = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared",
+                         "data", "speedtrap")
+
+
+def test_debug_on_pascal_voc_speedtrap(tmp_path, capsys):
+    assert cli.debug_main(["--cfg", os.path.join(os.path.dirname(TINY), "speedtrap_mobilenet.yaml"),
+                           "--limit", "3", "--output-dir", str(tmp_path), "pascal", SPEEDTRAP,
+                           "--val-split", "test"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["images"] == 3 and len(os.listdir(tmp_path)) == 3
