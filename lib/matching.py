@@ -91,8 +91,9 @@ def rpn_targets(anchors, gt, im_hw, pos_iou=0.7, neg_iou=0.3, batch_size=256, fg
     inclusive); gt (G,4) in the project convention (x2/y2 exclusive); im_hw = (height, width).
     Only anchors inside the image are labelled: x1, y1 >= -allowed_border and x2 < width +
     allowed_border, y2 < height + allowed_border (``<=`` for exclusive anchors, offset=0).
-    Positive: IoU >= pos_iou, or the best anchor of a gt (all anchors tying that best IoU);
-    negative: max IoU < neg_iou; then at most fg_fraction * batch_size positives and
+    Positive: IoU >= pos_iou, or the best anchor of a gt (all anchors tying that best IoU; a gt
+    overlapping no inside anchor marks nothing, where the reference would mark every IoU-0
+    anchor); negative: max IoU < neg_iou; then at most fg_fraction * batch_size positives and
     batch_size - #positives negatives are sampled.
     Returns labels (P,) int64 {1, 0, -1 ignore}, targets (P,4) float32 (encoded with ``stds``,
     in the +1 convention when offset=1, zeros where not positive), weights (P,4) float32 (1 on

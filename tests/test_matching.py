@@ -150,6 +150,10 @@ def test_rpn_targets_without_gt_and_without_inside_anchors():
     labels, targets, weights = rpn_targets(anchors, np.zeros((0, 4)), (160, 160), batch_size=64,
                                            rng=np.random.RandomState(0))
     assert (labels == 0).sum() == 64 and (labels == 1).sum() == 0 and np.all(weights == 0)
+    # a gt overlapping no anchor marks no positive (not every IoU-0 anchor)
+    far = shift_anchors(rpn_base_anchors(16, (1,), (1,)), 4, 4, 16)
+    labels, _, _ = rpn_targets(far, np.array([[200, 200, 210, 210.0]]), (64, 64), rng=np.random.RandomState(0))
+    assert (labels == 1).sum() == 0 and (labels == 0).sum() == 16
     huge = shift_anchors(rpn_base_anchors(16, (64,), (1,)), 2, 2, 16)
     labels, _, _ = rpn_targets(huge, np.array([[0, 0, 10, 10.0]]), (32, 32))
     assert np.all(labels == -1)
