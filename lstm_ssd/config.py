@@ -4,11 +4,11 @@ Layout after the PyTorch LSTM-SSD port (MODEL / TRAIN / TEST / DATASET / PHASE),
 of the reference configs in one place. ``load(path)`` = ``lib.config.load_config(path, DEFAULTS)``.
 """
 from lib.config import load_config
+from lib.train import TRAIN_DEFAULTS
 
 DEFAULTS = {
     "PHASE": ["train", "test"],
     "OUTPUT_DIR": "output/lstm_ssd/default",
-    "SEED": 0,
     "CONTEXT": "cpu",
     "MODEL": {
         # lstm_ssd (A) | ssdlite (frame baseline, no memory) | fast_slow (B, interleaved extractors)
@@ -25,6 +25,7 @@ DEFAULTS = {
         "ANCHORS": {"MIN_SCALE": 0.2, "MAX_SCALE": 0.95, "ASPECT_RATIOS": [1.0, 2.0, 0.5, 3.0, 0.3333],
                     "REDUCE_LOWEST": True},
         "BOX_STDS": [0.1, 0.1, 0.2, 0.2],               # = TF-OD box coder scales (10, 10, 5, 5)
+        "BN_MOMENTUM": 0.997,                            # running-statistics decay (TF-OD batch norm)
         "WEIGHTS": "",                                   # params to load before training (fine-tuning)
     },
     "MATCHER": {"IOU": 0.5},
@@ -38,27 +39,18 @@ DEFAULTS = {
     "POLICY_NET": {"HISTORY": 20, "HIDDEN": 64, "GAMMA": 0.9, "SPEED_BONUS": 0.05, "LR": 0.001,
                    "EPSILON_START": 1.0, "EPSILON_END": 0.05, "EPSILON_STEPS": 500, "REPLAY": 2000,
                    "BATCH": 32, "TARGET_UPDATE": 50, "STEPS": 200, "WEIGHTS": ""},
-    "TRAIN": {
-        "BATCH_SIZE": 8,           # sequences
+    # lib.train.fit keys (see lib/train/loop.py) with the reference's values, plus the clip keys
+    "TRAIN": dict(TRAIN_DEFAULTS, **{
+        "OPTIMIZER": "rmsprop", "LR": 0.002, "MOMENTUM": 0.9, "RMSPROP_DECAY": 0.9, "EPSILON": 1.0,
+        "WD": 4e-5, "LR_SCHEDULE": "periodic", "LR_DECAY_PERIOD": 200000.0, "LR_STEP_UNIT": "iter",
+        "LR_FACTOR": 0.95, "CLIP_GRAD_NORM": 10.0, "EPOCHS": 10, "PROGRESS": False, "LOG_EVERY": 10,
+        "BATCH_SIZE": 8,           # sequences per batch
         "UNROLL": 4,               # frames per sequence (truncated BPTT length)
-        "CARRY_STATE": True,       # state carried across consecutive segments of a video
-        "EPOCHS": 10,
-        "MAX_STEPS": 0,            # 0 = no cap
-        "OPTIMIZER": "rmsprop",
-        "LR": 0.002,
-        "LR_DECAY": 0.95,
-        "LR_DECAY_STEPS": 200000,
-        "WARMUP_STEPS": 0,
-        "MOMENTUM": 0.9,
-        "WD": 4e-5,
-        "CLIP_GRADIENT": 10.0,
-        "EMA": 0.0,                # weight EMA decay (reference 0.9999); 0 = off
-        "PSEUDO_VIDEO_SHIFT": 0.1, # still images: crop window travels this fraction over a clip
-        "AUGMENT": True,           # flip + SSD random crop, identical for every frame of a clip
-        "TRAINABLE_SCOPE": ["large", "small", "memory", "project", "head"],
-        "LOG_EVERY": 10,
-        "CHECKPOINT_EVERY": 1,     # epochs
-    },
+        "CARRY_STATE": True,       # consecutive segments of a video, state carried (else random clips)
+        "AUGMENT": True,           # flip + SSD random crop, the same for every frame of a clip
+        "STILL_IMAGES": "pseudo",  # pseudo (crop-and-shift pseudo-video) | repeat | skip
+        "MAX_BATCHES": 0,          # cap on batches per epoch (0 = all)
+    }),
     "TEST": {
         "SCORE_THRESHOLD": 0.3,    # for drawn images
         "PRINT_IMAGES": False,     # save annotated test images (as the port's TEST.PRINT_IMAGES)

@@ -80,6 +80,9 @@ class VideoDetector(gluon.Block):
             self.num_anchors = anchors_per_level(len(depths) + 1, m.ANCHORS.ASPECT_RATIOS, m.ANCHORS.REDUCE_LOWEST)
             self.head = SSDLiteHead(level0, depths, self.num_anchors, self.num_classes, prefix="head_")
         self._anchors = None
+        for _, block in _named_blocks(self):
+            if isinstance(block, ConvBN):
+                block.bn_momentum = float(m.BN_MOMENTUM)
 
     # ---- structure ---------------------------------------------------------------------------
     def extractor(self, name):

@@ -34,7 +34,7 @@ class ConvBN(gluon.HybridBlock):
     """Conv (any kernel/stride/groups) -> optional BatchNorm -> relu6 | relu | none."""
 
     def __init__(self, in_channels, out_channels, kernel=1, stride=1, groups=1, act="relu6",
-                 use_bn=True, use_bias=None, **kwargs):
+                 use_bn=True, use_bias=None, weight_init=None, **kwargs):
         super().__init__(**kwargs)
         if act not in ACTIVATIONS:
             raise ValueError(f"ConvBN: act must be one of {ACTIVATIONS}, got {act!r}")
@@ -43,11 +43,12 @@ class ConvBN(gluon.HybridBlock):
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         self.kernel, self.stride, self.groups = int(kernel), int(stride), int(groups)
         self.act, self.use_bn = act, bool(use_bn)
+        self.bn_momentum = BN_MOMENTUM   # the detector sets MODEL.BN_MOMENTUM on every unit
         self.use_bias = (not use_bn) if use_bias is None else bool(use_bias)
         with self.name_scope():
             self.weight = self.params.get(
                 "weight", shape=(out_channels, in_channels // groups, kernel, kernel),
-                init=mx_init.Xavier(rnd_type="gaussian", factor_type="in", magnitude=2.0))
+                init=weight_init or mx_init.Xavier(rnd_type="gaussian", factor_type="in", magnitude=2.0))
             if self.use_bias:
                 self.bias = self.params.get("bias", shape=(out_channels,), init="zeros")
             if self.use_bn:
@@ -69,7 +70,7 @@ class ConvBN(gluon.HybridBlock):
                           pad=(pad, pad), num_filter=self.out_channels, num_group=self.groups,
                           no_bias=bias is None)
         if self.use_bn:
-            y = F.BatchNorm(y, gamma, beta, running_mean, running_var, eps=BN_EPS, momentum=BN_MOMENTUM,
+            y = F.BatchNorm(y, gamma, beta, running_mean, running_var, eps=BN_EPS, momentum=self.bn_momentum,
                             fix_gamma=False, use_global_stats=False)
         return apply_activation(F, y, self.act)
 

@@ -139,7 +139,7 @@ def train_policy(detector, clips, frame_loss, cfg, log=print):
     """
     p = cfg.POLICY_NET
     agent = PolicyAgent(p.HISTORY, p.HIDDEN)
-    dqn = DoubleDQN(agent, p.GAMMA, p.LR, p.REPLAY, p.BATCH, p.TARGET_UPDATE, cfg.SEED)
+    dqn = DoubleDQN(agent, p.GAMMA, p.LR, p.REPLAY, p.BATCH, p.TARGET_UPDATE, cfg.TRAIN.SEED)
     step = 0
     for frames, targets in clips:
         state = prev = detector.zero_state(1)

@@ -7,7 +7,7 @@ all BatchNorm + ReLU6, as in the TF-OD SSDLite extra layers. Predictions are lai
 """
 import math
 
-from mxnet import gluon
+from mxnet import gluon, init as mx_init
 
 from .layers import ConvBN, PruneGroup
 
@@ -47,7 +47,9 @@ class Predictor(gluon.HybridBlock):
         self.k = outputs_per_anchor
         with self.name_scope():
             self.dw = ConvBN(in_ch, in_ch, 3, 1, groups=in_ch)
-            self.pw = ConvBN(in_ch, num_anchors * outputs_per_anchor, 1, act="none", use_bn=False)
+            # small initial predictions (TF-OD box predictors start from a 0.03-std truncated normal)
+            self.pw = ConvBN(in_ch, num_anchors * outputs_per_anchor, 1, act="none", use_bn=False,
+                             weight_init=mx_init.Normal(0.01))
 
     def hybrid_forward(self, F, x):
         y = self.pw(self.dw(x))

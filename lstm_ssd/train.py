@@ -1,0 +1,241 @@
+"""Training and evaluation of LSTM-SSD / Looking Fast and Slow on clips.
+
+Training: clips of TRAIN.UNROLL frames; with CARRY_STATE the videos are cut into consecutive segments
+given to fixed batch lanes, and each lane's LSTM state is carried (detached: truncated BPTT) from one
+segment to the next and reset when its lane starts a new video. Still images become pseudo-videos
+(crop-and-shift, lib.dataset.ClipSampler). Augmentation (flip + SSD random crop) draws its parameters
+once per clip. For fast_slow the extractor of each step is drawn at random (INTERLEAVE.SMALL_PROB).
+The loss (sigmoid CE with hard negative mining + smooth L1, weights from LOSS) is taken over all
+batch x unroll frames and normalised by the matched anchors. The loop is lib.train.fit.
+
+Evaluation streams each test video frame by frame (state reset at every video start), with the
+configured interleaving policy, and reports VOC mAP@0.5 and the frames per second of the stream.
+"""
+import os
+import time
+
+import mxnet as mx
+import numpy as np
+
+from lib.dataset import ClipSampler, load_clip, load_dataset, read_image
+from lib.losses import MultiBoxLoss
+from lib.matching import ssd_targets
+from lib.transforms import Compose, RandomFlip, ResizeSquare, SSDRandomCrop
+
+from .policy import ACTIONS
+
+
+def clip_transform(cfg, train=True):
+    size = cfg.MODEL.IMAGE_SIZE
+    steps = [RandomFlip(0.5), SSDRandomCrop()] if (train and cfg.TRAIN.AUGMENT) else []
+    return Compose(steps + [ResizeSquare(size)])
+
+
+def build_loss(cfg):
+    L = cfg.LOSS
+    return MultiBoxLoss("sigmoid", negative_ratio=L.NEG_RATIO, loc_weight=L.LOC_WEIGHT, cls_weight=L.CLS_WEIGHT,
+                        max_negatives=L.MAX_NEGATIVES)
+
+
+def clip_arrays(clip, transform, anchors, cfg):
+    """One clip -> frames (T,3,S,S) float32 0..255, cls targets (T,P), box targets (T,P,4)."""
+    frames, boxes, labels, _ = load_clip(clip)
+    with_labels = [np.concatenate([b.reshape(-1, 4), l.reshape(-1, 1).astype(np.float32)], axis=1)
+                   for b, l in zip(boxes, labels)]
+    frames, with_labels = transform(frames, with_labels)
+    size = cfg.MODEL.IMAGE_SIZE
+    cls_t, box_t = [], []
+    for b in with_labels:
+        gt = b[:, :4] / size
+        c, t = ssd_targets(gt, b[:, 4].astype(np.int64), anchors, cfg.MATCHER.IOU, tuple(cfg.MODEL.BOX_STDS))
+        cls_t.append(c)
+        box_t.append(t)
+    arr = np.stack([f.transpose(2, 0, 1) for f in frames]).astype(np.float32)
+    return arr, np.stack(cls_t), np.stack(box_t)
+
+
+class ClipData:
+    """``data(epoch)`` for lib.train.fit: batches of clips (dicts) from a dataset."""
+
+    def __init__(self, dataset, cfg, anchors):
+        t = cfg.TRAIN
+        self.cfg, self.anchors = cfg, anchors
+        self.mode = "sequential" if t.CARRY_STATE else "random"
+        self.sampler = ClipSampler(dataset, clip_length=t.UNROLL, mode=self.mode, still_images=t.STILL_IMAGES,
+                                   seed=t.SEED)
+        self.transform = clip_transform(cfg, train=True)
+
+    def _lanes(self, epoch):
+        b = self.cfg.TRAIN.BATCH_SIZE
+        if self.mode == "sequential":
+            yield from self.sampler.streams(b, epoch)
+        else:
+            clips = self.sampler.epoch(epoch)
+            for i in range(0, len(clips), b):
+                yield clips[i:i + b]
+
+    def __call__(self, epoch):
+        rng = np.random.RandomState(self.cfg.TRAIN.SEED * 7919 + epoch)
+        cap = self.cfg.TRAIN.MAX_BATCHES
+        count = 0
+        for lanes in self._lanes(epoch):
+            present = [c for c in lanes if c is not None]
+            if not present:
+                continue
+            # an idle lane (its share of the epoch is done) repeats another clip from a fresh state
+            filled = [(c, bool(c.continues)) if c is not None else (present[0], False) for c in lanes]
+            arrays = [clip_arrays(c, self.transform, self.anchors, self.cfg) for c, _ in filled]
+            steps = arrays[0][0].shape[0]
+            if self.cfg.MODEL.TYPE == "fast_slow":
+                schedule = ["small" if rng.rand() < self.cfg.INTERLEAVE.SMALL_PROB else "large" for _ in range(steps)]
+            else:
+                schedule = ["large"] * steps
+            yield {"frames": np.stack([a[0] for a in arrays]), "cls": np.stack([a[1] for a in arrays]),
+                   "box": np.stack([a[2] for a in arrays]), "continues": np.array([k for _, k in filled]),
+                   "schedule": schedule}
+            count += 1
+            if cap and count >= cap:
+                return
+
+
+class ClipTask:
+    """task for lib.train.fit: loss over all batch x unroll frames, lane states carried between batches."""
+
+    def __init__(self, net, cfg, ctx=mx.cpu()):
+        self.net, self.cfg, self.ctx = net, cfg, ctx
+        self.loss_fn = build_loss(cfg)
+        self.lane_state = None
+
+    def initial_state(self, continues, batch):
+        zero = self.net.zero_state(batch, self.ctx)
+        if zero is None or self.lane_state is None or not self.cfg.TRAIN.CARRY_STATE \
+                or self.lane_state[0].shape[0] != batch:
+            return zero
+        keep = mx.nd.array(continues.astype(np.float32), ctx=self.ctx).reshape((-1, 1, 1, 1))
+        return tuple(mx.nd.broadcast_mul(s, keep) for s in self.lane_state)
+
+    def loss(self, batch):
+        frames = mx.nd.array(batch["frames"], ctx=self.ctx)
+        b, t = frames.shape[:2]
+        state = self.initial_state(batch["continues"], b)
+        cls, box, state = self.net(frames, state, batch["schedule"])
+        if state is not None:
+            self.lane_state = tuple(s.detach() for s in state)   # truncated BPTT
+        p = cls.shape[2]
+        total, cls_loss, box_loss = self.loss_fn(cls.reshape((b * t, p, -1)), box.reshape((b * t, p, 4)),
+                                                 mx.nd.array(batch["cls"].reshape(b * t, p), ctx=self.ctx),
+                                                 mx.nd.array(batch["box"].reshape(b * t, p, 4), ctx=self.ctx))
+        return total, {"cls": cls_loss, "box": box_loss}
+
+
+def load_split(cfg, split):
+    spec = cfg.DATASET[split]
+    if not spec:
+        raise ValueError(f"{cfg.CONFIG_FILE}: DATASET.{split} is empty; give a dataset spec (FORMAT: ...)")
+    spec = dict(spec)
+    for key in ("ROOT", "ANNOTATIONS", "IMAGES_DIR", "PREFIX"):
+        if key in spec and isinstance(spec[key], str) and not os.path.isabs(spec[key]):
+            from lib.config import PROJECT_ROOT
+            spec[key] = os.path.normpath(os.path.join(PROJECT_ROOT, spec[key]))
+    ds = load_dataset(spec)
+    if cfg.DATASET.CLASSES and list(ds.classes) != list(cfg.DATASET.CLASSES):
+        raise ValueError(f"{cfg.CONFIG_FILE}: DATASET.{split} has classes {list(ds.classes)}, "
+                         f"DATASET.CLASSES says {list(cfg.DATASET.CLASSES)}")
+    if len(ds.classes) != cfg.MODEL.NUM_CLASSES:
+        raise ValueError(f"{cfg.CONFIG_FILE}: MODEL.NUM_CLASSES is {cfg.MODEL.NUM_CLASSES} but DATASET.{split} "
+                         f"has {len(ds.classes)} classes {list(ds.classes)}")
+    return ds
+
+
+def train(cfg, net, epochs=None, out_dir=None, dataset=None, ctx=mx.cpu(), val_fn=None, resume=True):
+    """Train ``net`` with lib.train.fit; returns fit's summary."""
+    from lib.config import merge
+    from lib.train import fit
+    dataset = dataset if dataset is not None else load_split(cfg, "TRAIN")
+    tcfg = dict(cfg.TRAIN)
+    if epochs is not None:
+        tcfg["EPOCHS"] = int(epochs)
+    tcfg = merge(tcfg, {})
+    out_dir = out_dir or cfg.OUTPUT_DIR
+    net.hybridize_parts(static_alloc=True)   # static graphs per part: several times faster on CPU
+    data = ClipData(dataset, cfg, net.anchors())
+    return fit(ClipTask(net, cfg, ctx), data, tcfg, out_dir, ctx=ctx, val_fn=val_fn, resume=resume)
+
+
+def _groups_in_order(dataset):
+    """Test records grouped into streams: each video in frame order; each still image alone."""
+    groups = [list(recs) for recs in dataset.snippets().values()]
+    groups += [[r] for r in dataset if r.video is None]
+    return groups
+
+
+def evaluate(cfg, net, dataset=None, policy=None, print_dir=None, policy_net=None, max_images=None, ctx=mx.cpu()):
+    """Stream the test set; returns {"mAP", "fps", "frames", "large_share", "per_class"}.
+
+    print_dir: write annotated JPEGs there (TEST.PRINT_IMAGES)."""
+    from lib.eval import voc_ap
+    from lib.viz import draw_detections, save_image
+    from .streaming import AsyncStreamingDetector, StreamingDetector
+    dataset = dataset if dataset is not None else load_split(cfg, "TEST")
+    policy = policy or cfg.INTERLEAVE.POLICY
+    if policy == "async":
+        stream = AsyncStreamingDetector(net, cfg, ctx=ctx)
+    else:
+        stream = StreamingDetector(net, cfg, policy=policy, ctx=ctx, policy_net=policy_net)
+    limit = max_images if max_images is not None else cfg.TEST.MAX_IMAGES
+    records, detections, seconds, large = [], [], 0.0, 0
+    try:
+        for group in _groups_in_order(dataset):
+            stream.reset()
+            for rec in group:
+                if limit and len(records) >= limit:
+                    break
+                image = read_image(rec.image)
+                t0 = time.perf_counter()
+                labels, scores, boxes = stream.step(image)
+                seconds += time.perf_counter() - t0
+                large += stream.last_extractor == "large"
+                records.append(rec)
+                detections.append((boxes, scores, labels))
+                if print_dir:
+                    drawn = draw_detections(image, boxes, scores, labels, dataset.classes, cfg.TEST.SCORE_THRESHOLD)
+                    save_image(os.path.join(print_dir, rec.image_id.replace("/", "_") + ".jpg"), drawn)
+    finally:
+        if policy == "async":
+            stream.close()
+    result = voc_ap(records, detections, dataset.classes)
+    return {"mAP": result["mAP"] if result["mAP"] is not None else 0.0, "fps": len(records) / max(seconds, 1e-9),
+            "frames": len(records), "large_share": large / max(len(records), 1), "per_class": result["per_class"],
+            "policy": policy}
+
+
+def frame_loss_fn(cfg, net):
+    """(cls, box, (cls_target, box_target)) -> float detection loss of one frame (policy rewards)."""
+    loss_fn = build_loss(cfg)
+
+    def frame_loss(cls, box, target):
+        c, b = target
+        total, _, _ = loss_fn(cls, box, mx.nd.array(c[None]), mx.nd.array(b[None]))
+        return float(total.asscalar())
+    return frame_loss
+
+
+def policy_clips(cfg, net, dataset, count):
+    """(frames (1,T,3,S,S), [(cls_t, box_t)] * T) clips without augmentation, for policy training."""
+    sampler = ClipSampler(dataset, clip_length=cfg.TRAIN.UNROLL, mode="random", still_images=cfg.TRAIN.STILL_IMAGES,
+                          seed=cfg.TRAIN.SEED)
+    transform = clip_transform(cfg, train=False)
+    clips = sampler.epoch(0)
+    for i in range(count):
+        arr, cls_t, box_t = clip_arrays(clips[i % len(clips)], transform, net.anchors(), cfg)
+        yield mx.nd.array(arr[None]), list(zip(cls_t, box_t))
+
+
+def train_adaptive_policy(cfg, net, dataset=None, log=print):
+    from .policy import train_policy
+    dataset = dataset if dataset is not None else load_split(cfg, "TRAIN")
+    n_clips = max(1, cfg.POLICY_NET.STEPS // cfg.TRAIN.UNROLL + 1)
+    return train_policy(net, policy_clips(cfg, net, dataset, n_clips), frame_loss_fn(cfg, net), cfg, log)
+
+
+__all__ = ["train", "evaluate", "ClipTask", "ClipData", "train_adaptive_policy", "ACTIONS"]

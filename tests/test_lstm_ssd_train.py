@@ -1,0 +1,121 @@
+"""LSTM-SSD training, policy and tools: overfitting a short synthetic clip, Double DQN, prune CLI."""
+import json
+import os
+
+import mxnet as mx
+import numpy as np
+import pytest
+from mxnet import autograd, gluon
+
+from lib.config import PROJECT_ROOT
+from lstm_ssd import config as lstm_config
+from lstm_ssd.detector import build_detector, save_model
+from lstm_ssd.policy import ACTIONS, PolicyAgent, DoubleDQN, detection_rewards, double_dqn_targets
+
+TINY_CFG = os.path.join(PROJECT_ROOT, "experiments", "lstm_ssd", "cfgs", "tiny_test.yaml")
+
+
+@pytest.fixture(scope="module")
+def tiny_cfg(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("synthetic_tiny"))
+    cfg = lstm_config.load(TINY_CFG)
+    cfg.DATASET.TRAIN.ROOT = cfg.DATASET.TEST.ROOT = root
+    return cfg
+
+
+def test_tiny_model_overfits_a_short_synthetic_clip(tiny_cfg, tmp_path):
+    from lstm_ssd.train import ClipData, ClipTask, evaluate, load_split
+    cfg = tiny_cfg
+    mx.random.seed(0)
+    np.random.seed(0)
+    net = build_detector(cfg)
+    net.hybridize_parts(static_alloc=True)
+    ds = load_split(cfg, "TRAIN")
+    assert len(ds) == 4 and all(len(r.boxes) == 1 for r in ds)
+    batch = next(iter(ClipData(ds, cfg, net.anchors())(0)))
+    assert batch["frames"].shape == (1, 4, 3, 64, 64) and batch["schedule"] == ["large"] * 4
+    task = ClipTask(net, cfg)
+    trainer = gluon.Trainer(net.collect_params(), "adam", {"learning_rate": 0.02})
+    losses = []
+    for _ in range(60):
+        with autograd.record():
+            loss, _ = task.loss(batch)
+        loss.backward()
+        trainer.step(1)
+        losses.append(float(loss.asscalar()))
+    assert losses[-1] < 0.1 * losses[0]
+    result = evaluate(cfg, net, ds)
+    assert result["frames"] == 4 and result["mAP"] > 0.9
+
+
+def test_carried_state_is_masked_per_lane(tiny_cfg):
+    from lstm_ssd.train import ClipTask
+    net = build_detector(tiny_cfg)
+    task = ClipTask(net, tiny_cfg)
+    shape = (2,) + net.state_shape
+    task.lane_state = (mx.nd.ones(shape), mx.nd.ones(shape) * 2)
+    c, h = task.initial_state(np.array([True, False]), 2)
+    assert float(c[0].min().asscalar()) == 1 and float(h[0].min().asscalar()) == 2
+    assert float(c[1].abs().max().asscalar()) == 0 and float(h[1].abs().max().asscalar()) == 0
+
+
+def test_double_dqn_targets_hand_computed():
+    q_online_next = np.array([[1.0, 2.0], [3.0, 0.5], [0.0, 0.1]])
+    q_target_next = np.array([[10.0, 20.0], [30.0, 5.0], [7.0, 9.0]])
+    rewards = np.array([1.0, -1.0, 0.5])
+    dones = np.array([0.0, 0.0, 1.0])
+    # online picks actions 1, 0, 1; the target net evaluates them: 20, 30, (done)
+    y = double_dqn_targets(q_online_next, q_target_next, rewards, dones, gamma=0.5)
+    np.testing.assert_allclose(y, [1.0 + 0.5 * 20, -1.0 + 0.5 * 30, 0.5])
+    r = detection_rewards({0: 2.0, 1: 2.5}, speed_bonus=0.1)
+    assert r[0] == 0.0 and abs(r[1] - (-0.5 + 0.1)) < 1e-12
+
+
+def test_dqn_learns_the_action_with_the_higher_reward():
+    """A bandit over the policy features: small is right when the memory is 'fresh' (|h| small)."""
+    agent = PolicyAgent(history_len=2, hidden=16)
+    dqn = DoubleDQN(agent, gamma=0.0, lr=0.01, replay=500, batch=32, target_update=10, seed=0)
+    rng = np.random.RandomState(0)
+    dim = 4 * 3 + 2 * 2
+    for step in range(400):
+        s = rng.normal(0, 1, (1, dim)).astype(np.float32)
+        a = rng.randint(2)
+        best = 1 if s[0, 0] > 0 else 0
+        dqn.remember(s, a, 1.0 if a == best else 0.0, s, True)
+        dqn.update()
+    test = rng.normal(0, 1, (200, dim)).astype(np.float32)
+    chosen = np.argmax(agent.q_values(test), axis=1)
+    assert np.mean(chosen == (test[:, 0] > 0)) > 0.85
+    assert ACTIONS == ("large", "small")
+
+
+def test_adaptive_policy_trains_and_streams(tiny_cfg):
+    from lstm_ssd.streaming import StreamingDetector
+    from lstm_ssd.train import load_split, train_adaptive_policy
+    over = ["MODEL.TYPE=fast_slow", "MODEL.LARGE.NET=mobilenet_v2", "MODEL.LARGE.WIDTH=0.35",
+            "MODEL.SMALL.INPUT_SIZE=32", "MODEL.SMALL.OUTPUT_STRIDE=16", "MODEL.LSTM.GROUPS=4",
+            "MODEL.LSTM.OUTPUT_BOTTLENECK=true", "POLICY_NET.STEPS=12", "POLICY_NET.BATCH=4",
+            "POLICY_NET.SPEED_BONUS=100.0", "POLICY_NET.EPSILON_STEPS=4"]
+    cfg = lstm_config.load(TINY_CFG, over)
+    cfg.DATASET = tiny_cfg.DATASET
+    net = build_detector(cfg)
+    agent = train_adaptive_policy(cfg, net, load_split(cfg, "TRAIN"), log=lambda *_: None)
+    stream = StreamingDetector(net, cfg, policy="adaptive", policy_net=agent, hybridize=False)
+    frame = np.random.RandomState(0).randint(0, 255, (64, 64, 3)).astype(np.uint8)
+    for _ in range(3):
+        stream.step(frame)
+    assert len(stream.history) == 3 and set(stream.history) <= {0, 1}
+
+
+def test_prune_cli_shrinks_a_saved_model(tiny_cfg, tmp_path):
+    from lstm_ssd.prune import main as prune_main
+    net = build_detector(tiny_cfg)
+    net(mx.nd.zeros((1, 1, 3, 64, 64)))
+    model = save_model(net, str(tmp_path / "tiny.params"))
+    report = prune_main(["--cfg", TINY_CFG, "--model", model, "--ratio", "0.5", "--repeats", "2"])
+    assert report["after"]["params"] < report["before"]["params"]
+    assert report["after"]["macs_large"] < report["before"]["macs_large"]
+    pruned = str(tmp_path / "tiny-pruned0.5.params")
+    assert os.path.isfile(pruned)
+    with open(str(tmp_path / "tiny-pruned0.5.prune.json")) as f:
+        assert json.load(f)["ratio"] == 0.5
