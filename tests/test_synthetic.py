@@ -101,3 +101,8 @@ def test_scene_has_fast_blurred_occluded_entering_and_leaving_objects(tmp_path):
     generate_video_dataset(str(tmp_path), seed=3, num_videos=2, num_frames=10, load=False)
     texts = [open(os.path.join(d, n)).read() for d, _, ns in os.walk(tmp_path / "Annotations") for n in ns]
     assert any("<occluded>1</occluded>" in t for t in texts) and any("<trackid>" in t for t in texts)
+
+
+def test_every_class_appears_in_a_small_default_set(tmp_path):
+    ds = generate_video_dataset(str(tmp_path), seed=1, num_videos=4, num_frames=10, width=160, height=120)
+    assert all(count > 0 for count in ds.class_counts().values()), ds.class_counts()

@@ -77,7 +77,7 @@ def _blur_kernel(vx, vy):
     return k / k.sum()
 
 
-def _make_objects(rng, n, width, height, num_frames, num_classes, fast_fraction, size_range):
+def _make_objects(rng, n, width, height, num_frames, num_classes, fast_fraction, size_range, video_index=0):
     objects = []
     for track in range(n):
         size = int(rng.integers(size_range[0], size_range[1] + 1))
@@ -92,7 +92,8 @@ def _make_objects(rng, n, width, height, num_frames, num_classes, fast_fraction,
             x0 = rng.uniform(0, max(1, width - size))
             angle = rng.uniform(0, 2 * np.pi)
         y0 = rng.uniform(0, max(1, height - size))
-        cls = int(rng.integers(0, num_classes))
+        rng.integers(0, num_classes)  # (kept so the other draws stay as they were)
+        cls = (video_index + track) % num_classes  # round robin: a few videos already show every class
         base = np.array([[230, 60, 60], [60, 200, 60], [70, 90, 235], [235, 200, 50]][cls % 4], np.float32)
         color = np.clip(base + rng.normal(0, 15, 3), 30, 255)
         objects.append({"track": track, "cls": cls, "size": size, "x0": x0, "y0": y0,
@@ -112,7 +113,8 @@ def render_video(seed, video_index=0, num_frames=30, width=320, height=240, num_
     rng = np.random.default_rng([int(seed), int(video_index)])
     shapes = [SYNTHETIC_CLASSES[k % len(SYNTHETIC_CLASSES)] for k in range(num_classes)]
     n = int(rng.integers(1, max_objects + 1))
-    objects = _make_objects(rng, n, width, height, num_frames, num_classes, fast_fraction, size_range)
+    objects = _make_objects(rng, n, width, height, num_frames, num_classes, fast_fraction, size_range,
+                            video_index)
     margin = 16
     background = _background(rng, width, height, margin)
     pan = rng.uniform(-0.5, 0.5, size=2)
