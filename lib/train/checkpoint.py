@@ -133,6 +133,8 @@ def load_trainer_states(trainer, path, names_by_id):
     meta = json.loads(str(arrays.pop("__meta__")))
     optimizer = trainer._optimizer
     saved_opt, this_opt = meta["optimizer"], type(optimizer).__name__.lower()
+    if saved_opt is None:  # a weights-only checkpoint: the optimizer starts fresh
+        return
     if saved_opt != this_opt:
         raise CheckpointError(f"{path}: saved with optimizer '{saved_opt}' but the trainer uses "
                               f"'{this_opt}'")
