@@ -79,6 +79,9 @@ def test_check_dataset_speedtrap_snippets(tmp_path, capsys):
     fg = [k for k, v in result["snippets"].items() if not v["background"]]
     assert len(fg) == 7 and len(result["snippets"]) == 11
     assert "snippets: 7 + 4 background" in capsys.readouterr().out
+    # without --snippets only the gaps in the numbering count: 144-245 and 248-410 stay merged
+    assert check_dataset.main(["--data", SPEEDTRAP, "--check-images", "exists"]) == 0
+    assert "snippets: 5 + 3 background (frame-number gaps only" in capsys.readouterr().out
 
 
 def test_split_by_snippet_keeps_snippets_whole(tmp_path):

@@ -15,7 +15,7 @@ import sys
 
 import numpy as np
 
-from lib.dataset import DatasetError, load_dataset
+from lib.dataset import DatasetError, detect_snippets, frame_number, load_dataset
 from lib.dataset.cli import add_dataset_args, dataset_spec
 from lib.dataset.io import IMAGE_EXTENSIONS
 
@@ -76,6 +76,14 @@ def check(spec):
     unannotated = unannotated_images(ds, spec)
     groups = ds.snippets()
     detail = getattr(ds, "snippet_list", None) or []
+    rule = "dataset" if groups else None
+    if not groups:  # numbered frames without snippet info: show what plain frame-number gaps give
+        numbered = [(r, frame_number(r.image)) for r in ds]
+        numbered = [(r, n) for r, n in numbered if n is not None]
+        if len(numbered) > 1 and len({n for _, n in numbered}) == len(numbered):
+            detail = detect_snippets([n for _, n in numbered], [r.boxes for r, _ in numbered], max_gap=1)
+            groups = {s.name: [numbered[i][0] for i in s.indices] for s in detail}
+            rule = "gaps"
     order = [s.name for s in detail if s.name in groups] + sorted(set(groups) - {s.name for s in detail})
     snippets = {name: {"frames": len(groups[name]), "boxes": int(sum(r.num_boxes for r in groups[name]))}
                 for name in order}
@@ -90,7 +98,7 @@ def check(spec):
         "clipped_boxes": report.clipped_boxes,
         "annotations_without_images": [i["file"] for i in report.issues if "not found" in i["message"]
                                        and "image" in i["message"]],
-        "images_without_annotations": unannotated, "snippets": snippets,
+        "images_without_annotations": unannotated, "snippets": snippets, "snippet_rule": rule,
     }
     return ds, result, w, h
 
@@ -130,7 +138,8 @@ def main(argv=None):
         print(f"  {where}: {i['message']}")
     fg = {k: v for k, v in result["snippets"].items() if not v.get("background")}
     if result["snippets"]:
-        print(f"snippets: {len(fg)} + {len(result['snippets']) - len(fg)} background")
+        how = " (frame-number gaps only; --snippets also splits on box jumps)" if result["snippet_rule"] == "gaps" else ""
+        print(f"snippets: {len(fg)} + {len(result['snippets']) - len(fg)} background{how}")
         for name, v in result["snippets"].items():
             rng = f" frames {v['first']}-{v['last']}" if "first" in v else ""
             print(f"  {name}: {v['frames']} frames, {v['boxes']} boxes{rng}")
