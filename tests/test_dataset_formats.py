@@ -69,6 +69,11 @@ def test_speedtrap_voc_box_convention():
     rec = next(r for r in ds if r.image_id == "images/frame10")
     np.testing.assert_array_equal(rec.boxes, [[554, 465, 575, 517]])
     assert (rec.width, rec.height) == (1280, 720)
+    # README: "boxes from 8x16 to 192x338 px", measured as xmax - xmin (our widths count xmax - xmin + 1)
+    full = D.load_voc(SPEEDTRAP)
+    b = np.concatenate([r.boxes for r in full])
+    w, h = b[:, 2] - b[:, 0] - 1, b[:, 3] - b[:, 1] - 1
+    assert (w.min(), h.min(), w.max(), h.max()) == (8, 16, 192, 338)
 
 
 # ---------------------------------------------------------------- label maps and classes files
