@@ -372,6 +372,11 @@ def test_dataset_report_and_subset_metadata(tmp_path):
     sub.to_json(path)
     back = DetectionDataset.from_json(path)
     assert [r.to_dict() for r in back] == [r.to_dict() for r in sub]
+    # VOC export keeps file stems when they are unique (frame10.xml stays frame10.xml)
+    D.write_voc(sub, str(tmp_path / "voc"), split="first10", images="reference")
+    again = D.load_voc(str(tmp_path / "voc"), split="first10")
+    assert [os.path.basename(r.image_id) for r in again] == [os.path.basename(r.image_id) for r in sub]
+    assert [r.image for r in again] == [r.image for r in sub]  # found through <path>
 
 
 def test_tfrecord_truncated_file_is_reported(tmp_path):

@@ -262,7 +262,8 @@ def voc_xml_string(record, classes, zero_based=False, folder="JPEGImages", filen
 def write_voc(dataset, out_dir, split="trainval", images="copy"):
     """Write a dataset as a standard VOC tree: Annotations/<id>.xml, JPEGImages/, ImageSets/Main/<split>.txt.
     images: 'copy' copies the image files, 'link' symlinks them, 'reference' only records the absolute
-    path in <path> (the reader falls back to it). File ids are image_id with '/' replaced by '__'."""
+    path in <path> (the reader falls back to it). File ids are the image_id's last part (the file stem), or the whole
+image_id with '/' replaced by '__' when stems are not unique."""
     if images not in ("copy", "link", "reference"):
         raise ValueError(f"images must be copy|link|reference, got {images!r}")
     ann_dir = os.path.join(out_dir, "Annotations")
@@ -271,8 +272,10 @@ def write_voc(dataset, out_dir, split="trainval", images="copy"):
     for d in (ann_dir, img_dir, set_dir):
         os.makedirs(d, exist_ok=True)
     ids = []
-    for rec in dataset:
-        key = rec.image_id.replace("/", "__").replace("\\", "__")
+    stems = [os.path.basename(r.image_id) for r in dataset]
+    flat = len(set(stems)) != len(stems)  # file stems collide (e.g. frames of several videos): keep the path
+    for rec, stem in zip(dataset, stems):
+        key = rec.image_id.replace("/", "__").replace("\\", "__") if flat else stem
         if key in ids:
             raise DatasetError(f"duplicate image id {rec.image_id!r} while writing VOC")
         ext = os.path.splitext(rec.image)[1] or ".jpg"
