@@ -144,6 +144,10 @@ def test_clip_sampler_random_and_sequential(synth):
         frames = [r.frame for c in cs for r in c.records]
         assert frames == list(range(frames[0], frames[0] + len(frames)))  # consecutive, no gaps or overlap
         assert len(frames) >= 20 - 2 * 4 + 1
+    strided = ClipSampler(ds, clip_length=3, frame_stride=2, mode="sequential", seed=1).epoch(0)
+    for video in {c.video for c in strided}:
+        frames = [r.frame for c in strided if c.video == video for r in c.records]
+        assert all(b - a == 2 for a, b in zip(frames, frames[1:]))  # stride kept across clip boundaries
     steps = list(seq.streams(batch_size=2))
     lanes = [[s[b] for s in steps if s[b] is not None] for b in range(2)]
     assert sum(len(lane) for lane in lanes) == len(clips)

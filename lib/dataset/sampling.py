@@ -152,8 +152,9 @@ class ClipSampler:
                     start = int(rng.integers(0, max(1, n - span + 1)))
                     clips.append(Clip([recs[p] for p in self._positions(n, start)], name, start))
             else:
-                offset = int(rng.integers(0, min(span, max(1, n - span + 1))))
-                starts = list(range(offset, max(offset + 1, n - span + 1), span))
+                step = self.T * self.stride  # the next clip continues the same frame stride
+                offset = int(rng.integers(0, min(step, max(1, n - span + 1))))
+                starts = list(range(offset, max(offset + 1, n - span + 1), step))
                 for k, start in enumerate(starts):
                     clips.append(Clip([recs[p] for p in self._positions(n, start)], name, start, continues=k > 0))
         if self.still_images != "skip":
