@@ -177,6 +177,11 @@ def evaluate_parser():
     p.add_argument("--nms", choices=("hard", "linear", "gaussian"), default=None,
                    help="NMS of a training checkpoint (converted models use their built-in hard NMS)")
     p.add_argument("--no-coco", action="store_true", help="skip COCO AP (pycocotools)")
+    p.add_argument("--weighted-average", action="store_true",
+                   help="also report the mAP weighted by the number of instances per class")
+    p.add_argument("--test-sizes", type=int, nargs="+",
+                   help="multi-scale test: input sizes whose detections are merged by NMS "
+                        "(training checkpoints only), e.g. --test-sizes 320 512")
     p.add_argument("--save-path", help="write annotated images here")
     p.add_argument("--results", help="write detections as COCO results JSON")
     p.add_argument("--batch-size", type=int, default=4)
@@ -195,12 +200,17 @@ def evaluate(argv=None):
     if dataset is None or len(dataset) == 0:
         raise ValueError("the evaluation set has no image")
     if os.path.isfile(os.path.join(args.model, "meta.json")):
+        if args.test_sizes:
+            raise ValueError("--test-sizes needs a training checkpoint: a converted model has one input size")
         detections, classes = _detect_exported(args.model, dataset, args.batch_size)
     else:
         overrides = list(args.overrides) + [f"TEST.SCORE_THRESH={min(args.score_threshold, 1.0)}",
                                             f"TEST.MAX_PER_IMAGE={args.max_detections}"]
         net, cfg, classes = engine.load_trained_model(args.model, overrides=overrides)
-        detector = engine.Detector(net, cfg, nms=args.nms)
+        if args.test_sizes:
+            detector = engine.MultiScaleDetector(net, cfg, args.test_sizes, nms=args.nms)
+        else:
+            detector = engine.Detector(net, cfg, nms=args.nms)
         detections = engine.detect_dataset(detector, dataset, batch_size=args.batch_size, progress=True)
     if list(classes) != list(dataset.classes):
         raise ValueError(f"the model's classes {classes} differ from the dataset's {dataset.classes}")
@@ -211,14 +221,20 @@ def evaluate(argv=None):
     for name, ap in zip(dataset.classes, _per_class_values(voc, dataset.classes)):
         print(f"{counts.get(name, 0):6d} instances of class {name} with average precision: "
               f"{'n/a' if ap is None else f'{ap:.4f}'}")
-    print(f"mAP@{args.iou_threshold:g}: {voc['mAP']:.4f}")
+    print(f"mAP@{args.iou_threshold:g}: {_fmt(voc['mAP'])}")
+    if args.weighted_average:
+        print(f"weighted mAP@{args.iou_threshold:g}: {_fmt(voc['weighted_mAP'])}")
     if "coco" in result:
-        print(f"COCO AP@[.5:.95]: {result['coco'].get('mAP', result['coco'].get('AP', float('nan'))):.4f}")
+        print(f"COCO AP@[.5:.95]: {_fmt(result['coco'].get('mAP'))}")
     if args.results:
         _write_results(args.results, dataset, detections)
     if args.save_path:
         _save_annotated(args.save_path, dataset, detections, read_image)
     return result
+
+
+def _fmt(value):
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 def _detect_exported(folder, dataset, batch_size):

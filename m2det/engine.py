@@ -273,6 +273,56 @@ class Detector:
         return out
 
 
+def model_at_size(net, cfg, size, ctx=None):
+    """The same weights at another input size (multi-scale testing): every parameter of M2Det is
+    independent of the input size; only the static resize sizes and the priors change. Official
+    step patterns are used for 320/512/800, input_size / feature_size otherwise."""
+    import copy
+    from .config import OFFICIAL_PRIORS
+    cfg = copy.deepcopy(cfg)
+    cfg.MODEL.INPUT_SIZE = int(size)
+    if int(size) in OFFICIAL_PRIORS and len(cfg.MODEL.PRIORS.SIZE_PATTERN) == 7 \
+            and int(cfg.MODEL.NUM_SCALES) == 6:
+        cfg.MODEL.PRIORS.STEPS = list(OFFICIAL_PRIORS[int(size)][0])
+    else:
+        cfg.MODEL.PRIORS.STEPS = []
+    cfg.MODEL.BACKBONE_WEIGHTS = ""
+    other = M2Det(cfg.MODEL, net.num_classes)
+    other.initialize(ctx=ctx or mx.cpu())
+    other(mx.nd.zeros((1, 3, int(size), int(size)), ctx=ctx or mx.cpu()))
+    for (name, src), (_, dst) in zip(sorted(net._collect_params_with_prefix().items()),
+                                     sorted(other._collect_params_with_prefix().items())):
+        dst.set_data(src.data())
+    return other, cfg
+
+
+class MultiScaleDetector:
+    """Runs the model at several input sizes and merges the detections with class-aware hard NMS
+    (lib.nms.batched_nms), keeping TEST.MAX_PER_CLASS per class and TEST.MAX_PER_IMAGE in all."""
+
+    def __init__(self, net, cfg, sizes, ctx=None, nms=None, hybridize=True):
+        from lib.nms import batched_nms
+        self._batched_nms = batched_nms
+        self.cfg = cfg
+        self.detectors = []
+        for size in sizes:
+            scaled, scaled_cfg = (net, cfg) if int(size) == net.input_size else model_at_size(net, cfg, size, ctx)
+            self.detectors.append(Detector(scaled, scaled_cfg, ctx, nms=nms, hybridize=hybridize))
+
+    def detect(self, images_rgb):
+        per_scale = [d.detect(images_rgb) for d in self.detectors]
+        merged = []
+        for i in range(len(images_rgb)):
+            boxes = np.concatenate([s[i][0] for s in per_scale]).reshape(-1, 4)
+            scores = np.concatenate([s[i][1] for s in per_scale])
+            labels = np.concatenate([s[i][2] for s in per_scale]).astype(np.int64)
+            keep = self._batched_nms(boxes, scores, labels, float(self.cfg.TEST.NMS_IOU),
+                                     max_output=int(self.cfg.TEST.MAX_PER_CLASS))
+            keep = keep[:int(self.cfg.TEST.MAX_PER_IMAGE)]
+            merged.append((boxes[keep], scores[keep], labels[keep]))
+        return merged
+
+
 def detect_dataset(detector, dataset, batch_size=4, progress=False):
     """Detections for every record, aligned with ``dataset.records``."""
     results = []
@@ -298,9 +348,15 @@ def filter_detections(detections, score_threshold=0.0, max_detections=None):
 
 
 def evaluate_detections(dataset, detections, iou=0.5, coco=True):
-    """VOC-style AP per class at ``iou`` (lib.eval.voc_ap) and, if asked, COCO AP via pycocotools."""
+    """VOC-style AP per class at ``iou`` (lib.eval.voc_ap) and, if asked, COCO AP via pycocotools.
+
+    ``result["voc"]["weighted_mAP"]``: the APs averaged with the number of instances as weights
+    (keras-retinanet's --weighted-average)."""
     from lib.eval import voc_ap
     result = {"voc": voc_ap(dataset.records, detections, dataset.classes, iou=iou)}
+    pairs = [(v["ap"], v["num_gt"]) for v in result["voc"]["per_class"].values() if v["ap"] is not None]
+    total = sum(n for _, n in pairs)
+    result["voc"]["weighted_mAP"] = sum(ap * n for ap, n in pairs) / total if total else None
     if coco:
         from lib.eval import coco_ap
         result["coco"] = coco_ap(dataset.records, detections, dataset.classes)

@@ -98,6 +98,10 @@ def test_toolkit_commands_end_to_end(csv_data, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "instances of class red" in out and "mAP@0.5" in out and "COCO AP" in out
     assert len(os.listdir(tmp_path / "annotated")) == 5
+    assert cli.evaluate_main(["--model", run, "--test-sizes", "160", "192", "--weighted-average",
+                              "--no-coco", "csv", annotations, classes]) == 0
+    out = capsys.readouterr().out
+    assert "weighted mAP@0.5" in out and "COCO" not in out
     assert cli.convert_main([run, str(tmp_path / "exported")]) == 0
     meta = json.load(open(tmp_path / "exported" / "meta.json"))
     assert meta["classes"] == ["red", "blue"] and meta["input"]["size"] == [160, 160]
@@ -125,6 +129,20 @@ def test_toolkit_commands_end_to_end(csv_data, tmp_path, capsys):
         np.testing.assert_allclose(np.sort(scores), np.sort(ref_scores[keep]), rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(boxes[np.argsort(-scores, kind="stable")],
                                    ref_boxes[np.argsort(-ref_scores[keep], kind="stable")], atol=0.05)
+
+
+def test_model_at_other_size_shares_the_weights():
+    cfg = engine.build_config(TINY)
+    net = engine.build_model(cfg, 2)
+    same, _ = engine.model_at_size(net, cfg, 160)
+    x = mx.nd.random.normal(shape=(1, 3, 160, 160))
+    for a, b in zip(net(x), same(x)):
+        np.testing.assert_array_equal(a.asnumpy(), b.asnumpy())
+    bigger, big_cfg = engine.model_at_size(net, cfg, 192)
+    assert bigger.feature_sizes == [24, 12, 6, 3, 1] and big_cfg.MODEL.PRIORS.STEPS == []
+    np.testing.assert_array_equal(bigger.head.loc[0].weight.data().asnumpy(),
+                                  net.head.loc[0].weight.data().asnumpy())
+    assert bigger(mx.nd.zeros((1, 3, 192, 192)))[0].shape == (1, bigger.num_priors, 3)
 
 
 def test_debug_anchor_coverage_oracle():
