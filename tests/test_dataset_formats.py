@@ -398,3 +398,16 @@ def test_tfrecord_truncated_file_is_reported(tmp_path):
     assert ds.report.skipped_images == 1 and "record #2" in ds.report.issues[0]["message"]
     with pytest.raises(DatasetError, match="record #2"):
         D.import_tfrecord(path, str(tmp_path / "out2"), strict=True)
+
+
+def test_read_image_ignores_exif_rotation_like_the_header_size(tmp_path):
+    from PIL import Image
+    img = Image.fromarray(np.zeros((20, 40, 3), np.uint8))
+    exif = img.getexif()
+    exif[0x0112] = 6  # "rotate 90": a plain cv2.imread would return 40x20
+    path = str(tmp_path / "rot.jpg")
+    img.save(path, exif=exif)
+    assert cv2.imread(path).shape[:2] == (40, 20)
+    assert D.read_image(path).shape == (20, 40, 3) and D.image_size(path) == (40, 20)
+    with pytest.raises(D.ImageReadError, match="rot2.jpg: image file not found"):
+        D.read_image(str(tmp_path / "rot2.jpg"))

@@ -41,7 +41,9 @@ def decode_image_bytes(data, where="<bytes>"):
     data = np.frombuffer(data, np.uint8) if isinstance(data, (bytes, bytearray, memoryview)) else data
     if data.size == 0:
         raise ImageReadError(f"{where}: image data is empty")
-    img = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    # EXIF orientation is ignored: pixels stay as stored, matching the header size and the sizes
+    # annotation files record (a rotated decode would silently misplace every box)
+    img = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if img is None:
         raise ImageReadError(f"{where}: cannot decode image (corrupt or unsupported format)")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
