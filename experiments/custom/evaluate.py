@@ -1,0 +1,165 @@
+"""Evaluate a recipe model on DATA.VAL: mAP@0.5, AP of small objects, false positives per image.
+
+    python experiments/custom/evaluate.py --model RUN_DIR_OR_EXPORT_DIR [--cfg CFG] [--tiling on|off]
+                                          [--out DIR]
+
+--model is a training run folder (or a checkpoint in it: the model runs in this process, video
+families stream each snippet) or an exported artifact folder (meta.json: run through lib.tools.infer's
+runner, as on the device). --cfg gives the recipe config (default: the run's custom.yaml; needed for an
+exported artifact) for DATA.VAL, TILING.INFER and EVAL. With tiling, each frame is detected by sliding
+tiles merged with NMS (lib.tiling.detect_tiled).
+
+Writes OUT/detections.json (COCO results), OUT/metrics.json and OUT/results.md:
+- mAP@0.5 (VOC, lib.eval.voc_ap) on all validation frames;
+- AP@0.5 of small objects: boxes lower than EVAL.SMALL_HEIGHT px count, taller ones are ignored
+  like VOC "difficult" boxes (a detection on them is neither right nor wrong);
+- false positives per image at each EVAL.THRESHOLDS score on all frames, on the frames with objects
+  (without background images) and on the background frames (lib.eval.false_positives);
+- milliseconds per frame of the detector (tiling included).
+"""
+import argparse
+import copy
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+from lib import detectors
+from lib.config import ConfigError
+from lib.dataset import read_image
+from lib.eval import voc_ap, write_detections
+from lib.eval.false_positives import false_positive_table
+
+
+def small_object_records(records, max_height):
+    """Copies of the records with boxes at least ``max_height`` high marked difficult (ignored)."""
+    out = []
+    for rec in records:
+        rec = copy.copy(rec)
+        tall = (rec.boxes[:, 3] - rec.boxes[:, 1]) >= max_height
+        rec.difficult = rec.difficult | tall
+        out.append(rec)
+    return out
+
+
+def _groups(dataset):
+    """Snippets in frame order, then every still image alone (record indices)."""
+    index_of = {id(r): i for i, r in enumerate(dataset.records)}
+    groups = [[index_of[id(r)] for r in recs] for recs in dataset.snippets().values()]
+    groups += [[i] for i, r in enumerate(dataset.records) if r.video is None]
+    return groups
+
+
+def detect_all(model_path, cfg, dataset, tiling):
+    """Detections aligned with dataset.records, and the seconds spent in the detector."""
+    detections = [None] * len(dataset)
+    seconds = 0.0
+    if os.path.isfile(os.path.join(model_path, "meta.json")):
+        import cv2
+        from lib.tools.infer import ExportedDetector
+        runner = ExportedDetector(model_path, "mxnet")
+
+        def detect_one(image_rgb):
+            return runner(cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR))
+        for i, rec in enumerate(dataset.records):
+            image = read_image(rec.image)
+            start = time.perf_counter()
+            if tiling:
+                from lib.tiling import detect_tiled
+                t = cfg.TILING.INFER
+                detections[i] = detect_tiled(detect_one, image, tuple(int(v) for v in t.SIZE), int(t.OVERLAP),
+                                             float(t.NMS_IOU), include_full_frame=bool(t.INCLUDE_FULL_FRAME),
+                                             max_detections=int(t.MAX_DETECTIONS))
+            else:
+                detections[i] = detect_one(image)
+            seconds += time.perf_counter() - start
+        return detections, seconds
+    model = detectors.load_model(model_path)
+    if tiling:
+        for i, rec in enumerate(dataset.records):
+            image = read_image(rec.image)
+            start = time.perf_counter()
+            detections[i] = model.detect_tiled(image, cfg.TILING.INFER)
+            seconds += time.perf_counter() - start
+        return detections, seconds
+    for group in _groups(dataset):
+        images = [read_image(dataset.records[i].image) for i in group]
+        start = time.perf_counter()
+        results = model.detect_stream(images) if model.family in detectors.VIDEO_FAMILIES else model.detect(images)
+        seconds += time.perf_counter() - start
+        for i, result in zip(group, results):
+            detections[i] = result
+    return detections, seconds
+
+
+def evaluate(model_path, cfg, tiling=None, out_dir=None):
+    """-> metrics dict (see the module docstring); writes the files when ``out_dir`` is given."""
+    dataset = detectors.load_data(cfg, "VAL", cfg.CLASSES or None)
+    if dataset is None or len(dataset) == 0:
+        raise ConfigError(f"{cfg.CONFIG_FILE}: DATA.VAL gives no image to evaluate on")
+    tiling = bool(cfg.TILING.INFER.ENABLED) if tiling is None else tiling
+    detections, seconds = detect_all(model_path, cfg, dataset, tiling)
+    voc = voc_ap(dataset.records, detections, dataset.classes)
+    small = voc_ap(small_object_records(dataset.records, float(cfg.EVAL.SMALL_HEIGHT)), detections,
+                   dataset.classes)
+    fp_results, fp_table = false_positive_table(dataset.records, detections, dataset.classes,
+                                                tuple(cfg.EVAL.THRESHOLDS))
+    metrics = {"model": os.path.abspath(model_path), "tiling": tiling, "images": len(dataset),
+               "background_images": int(sum(r.num_boxes == 0 for r in dataset.records)),
+               "mAP@0.5": voc["mAP"], "AP@0.5 per class": {k: v["ap"] for k, v in voc["per_class"].items()},
+               f"AP@0.5 small (<{cfg.EVAL.SMALL_HEIGHT:g} px high)": small["mAP"],
+               "small_gt": int(sum(v["num_gt"] for v in small["per_class"].values())),
+               "ms_per_frame": 1000.0 * seconds / len(dataset),
+               "false_positives": [{k: v for k, v in r.items() if k != "per_image"} for r in fp_results]}
+    if out_dir:
+        os.makedirs(out_dir, exist_ok=True)
+        write_detections(os.path.join(out_dir, "detections.json"), dataset, detections)
+        with open(os.path.join(out_dir, "metrics.json"), "w", encoding="utf-8") as f:
+            json.dump(metrics, f, indent=1)
+        with open(os.path.join(out_dir, "results.md"), "w", encoding="utf-8") as f:
+            ap_small = metrics[f"AP@0.5 small (<{cfg.EVAL.SMALL_HEIGHT:g} px high)"]
+            f.write(f"model {metrics['model']} (tiling {'on' if tiling else 'off'}), {len(dataset)} images "
+                    f"({metrics['background_images']} background)\n\n"
+                    f"mAP@0.5 {_fmt(voc['mAP'])}, AP@0.5 small {_fmt(ap_small)} ({metrics['small_gt']} small boxes), "
+                    f"{metrics['ms_per_frame']:.1f} ms/frame\n\n{fp_table}")
+    return metrics
+
+
+def _fmt(value):
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="run folder, checkpoint, or exported artifact folder")
+    parser.add_argument("--cfg", help="recipe yaml (default: the run's custom.yaml)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--tiling", choices=("on", "off", "config"), default="config")
+    parser.add_argument("--out", help="output folder (default: MODEL/eval[_tiled])")
+    args = parser.parse_args(argv)
+    try:
+        if args.cfg:
+            cfg = detectors.load_custom_config(args.cfg, args.overrides)
+        elif os.path.isfile(os.path.join(args.model, "meta.json")):
+            raise ConfigError("an exported artifact has no dataset: give the recipe config with --cfg")
+        else:
+            folder = detectors.resolve_run(args.model)[0]
+            cfg = detectors.load_custom_config(os.path.join(folder, "custom.yaml"), args.overrides)
+        tiling = None if args.tiling == "config" else args.tiling == "on"
+        model_dir = args.model if os.path.isdir(args.model) else os.path.dirname(args.model)
+        out = args.out or os.path.join(model_dir, "eval_tiled" if (tiling or (tiling is None and
+                                                                                cfg.TILING.INFER.ENABLED)) else "eval")
+        metrics = evaluate(args.model, cfg, tiling, out)
+    except (ConfigError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    with open(os.path.join(out, "results.md"), "r", encoding="utf-8") as f:
+        print(f.read())
+    print(f"wrote {out}/detections.json, metrics.json, results.md")
+    return 0 if np.isfinite(metrics["ms_per_frame"]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

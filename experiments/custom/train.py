@@ -1,0 +1,44 @@
+"""Train the detector of a recipe config (DETECTOR: ssdlite | lstm_ssd | rfcn | fgfa | m2det).
+
+    python experiments/custom/train.py --cfg experiments/custom/m2det.yaml [--set TRAIN.ITERATIONS=200]
+
+Loads DATA.TRAIN (one dataset spec or a list, e.g. your labelled frames plus a folder of background
+images), optionally cuts training tiles (TILING.TRAIN), maps the recipe keys onto the family's own
+config (lib.detectors.family_config) and runs that family's training. OUTPUT_DIR then holds
+detector.json, custom.yaml, family.yaml and the checkpoints that lib.tools.export and
+experiments/custom/evaluate.py read.
+"""
+import argparse
+import json
+import logging
+import sys
+
+from lib import detectors
+from lib.config import ConfigError
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cfg", required=True, help="recipe yaml (experiments/custom/*.yaml)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a recipe key, e.g. TRAIN.ITERATIONS=200 (repeatable)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = detectors.load_custom_config(args.cfg, args.overrides)
+        result = detectors.train(cfg, progress=False if args.no_progress else None)
+    except (ConfigError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    summary = result["summary"]
+    print(json.dumps({"detector": cfg.DETECTOR, "out_dir": result["out_dir"], "classes": result["classes"],
+                      "train_images": result["train_images"], "checkpoint": summary.get("checkpoint"),
+                      "wall_time": summary.get("wall_time")}, indent=1, default=str))
+    print(f"next: python -m lib.tools.export --model {result['out_dir']} --cfg {args.cfg} --format mxnet "
+          f"--out {result['out_dir']}/export")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

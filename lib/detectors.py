@@ -1,0 +1,618 @@
+"""Detector registry: family name -> build from config, train, load a checkpoint, export an artifact.
+
+The "own object from own video" recipe (docs/custom_workflow.md) chooses the detector with one key,
+``DETECTOR: ssdlite | lstm_ssd | rfcn | fgfa | m2det``, in a family-agnostic yaml (experiments/custom/).
+Each family keeps its own config (its ``BASE`` yaml plus ``OVERRIDES`` in that family's own keys); the
+common keys of the recipe (input size, batch size, learning rate, iterations, augmentation on/off, the
+datasets) are mapped onto it here, the same keys ``lib.tools.import_tf_pipeline`` emits. The adapters
+only call each package's own functions (m2det.engine, lstm_ssd.detector/train, fgfa.train/test).
+
+A run folder (OUTPUT_DIR) holds ``detector.json`` ({"detector", "classes"}), ``custom.yaml`` (the
+resolved recipe config), ``family.yaml`` (the resolved family config) and lib.train checkpoints
+(``ckpt-NNNN.json/.params``). ``load_model(run folder or checkpoint)`` rebuilds the model from them.
+
+Exported artifact: docs/DESIGN.md "Exported inference artifact". m2det uses its own exporter; for
+ssdlite this module wraps the network in a HybridBlock with decode + per-class NMS in the graph.
+LSTM-SSD (memory across frames), FGFA (a window of frames) and R-FCN (MultiProposal, a compiled
+operator, over a padded keep-ratio input) cannot be written as the single-input, single-frame artifact;
+``export`` raises ``ExportNotSupported`` with what to use instead.
+"""
+import copy
+import json
+import math
+import os
+
+import numpy as np
+
+from easydict import EasyDict
+
+from lib.config import PROJECT_ROOT, ConfigError, dump_config, load_config, merge, to_plain
+
+FAMILIES = ("ssdlite", "lstm_ssd", "rfcn", "fgfa", "m2det")
+VIDEO_FAMILIES = ("lstm_ssd", "fgfa")
+RUN_META = "detector.json"
+
+# the family config a recipe starts from when BASE is empty (the speedtrap CPU configs of each package)
+DEFAULT_BASES = {
+    "m2det": "experiments/m2det/cfgs/speedtrap_mobilenet.yaml",
+    "ssdlite": "experiments/lstm_ssd/cfgs/speedtrap_ssdlite.yaml",
+    "lstm_ssd": "experiments/lstm_ssd/cfgs/speedtrap_lstm_ssd.yaml",
+    "rfcn": "experiments/rfcn/cfgs/rfcn_speedtrap_cpu.yaml",
+    "fgfa": "experiments/fgfa_rfcn/cfgs/fgfa_rfcn_speedtrap_cpu.yaml",
+}
+
+# The recipe config. 0 / "" / [] / None mean "keep the family config's value".
+CUSTOM_DEFAULTS = {
+    "DETECTOR": "m2det",
+    "BASE": "",                # family yaml (relative to the project root); "" = DEFAULT_BASES[DETECTOR]
+    "OVERRIDES": {},           # nested mapping in the family's own keys, applied over BASE
+    "NUM_CLASSES": 0,          # checked against the data when > 0
+    "CLASSES": [],             # explicit class list (else the training data's)
+    "BACKBONE": "",            # informational (written by import_tf_pipeline); set the family's key in OVERRIDES
+    "WIDTH_MULTIPLIER": 0.0,   # informational, as BACKBONE
+    "INPUT": {"SIZE": [], "SHORT_SIDE": 0, "MAX_SIZE": 0},
+    "TRAIN": {"BATCH_SIZE": 0, "EPOCHS": 0, "ITERATIONS": 0, "LR": 0.0, "OPTIMIZER": "", "AUGMENT": None},
+    "DATA": {"TRAIN": None, "VAL": None},   # a lib.dataset spec, or a list of them (concatenated)
+    "TILING": {
+        # training on tiles of big frames, written once as JPEGs (works for every family)
+        "TRAIN": {"ENABLED": False, "SIZE": [512, 512], "TILES_PER_IMAGE": 4, "OBJECT_PROB": 0.7,
+                  "MIN_VISIBLE": 0.5, "KEEP_FULL_FRAMES": True, "SEED": 0},
+        # inference by sliding tiles merged with NMS (lib.tiling.detect_tiled)
+        "INFER": {"ENABLED": False, "SIZE": [512, 512], "OVERLAP": 64, "NMS_IOU": 0.5,
+                  "INCLUDE_FULL_FRAME": True, "MAX_DETECTIONS": 100},
+    },
+    "EVAL": {"THRESHOLDS": [0.2, 0.5, 0.8], "SMALL_HEIGHT": 32.0},
+    "OUTPUT_DIR": "output/custom/run",
+    "CONTEXT": "cpu",
+}
+OPEN_KEYS = ("OVERRIDES", "DATA.TRAIN", "DATA.VAL")
+
+
+class ExportNotSupported(RuntimeError):
+    """This family cannot be written as the standard single-frame artifact (the message says why)."""
+
+
+# ------------------------------------------------------------------------------------------------
+# config
+
+def _abs(path):
+    return path if os.path.isabs(path) else os.path.normpath(os.path.join(PROJECT_ROOT, path))
+
+
+def load_custom_config(path=None, overrides=None):
+    """The recipe yaml over CUSTOM_DEFAULTS (strict keys and types; errors name the key and file)."""
+    cfg = load_config(path, CUSTOM_DEFAULTS, overrides=overrides, open_keys=OPEN_KEYS)
+    source = cfg.CONFIG_FILE or "<config>"
+    if cfg.DETECTOR not in FAMILIES:
+        raise ConfigError(f"{source}: DETECTOR must be one of {', '.join(FAMILIES)}, got {cfg.DETECTOR!r}")
+    size = list(cfg.INPUT.SIZE)
+    if size and (len(size) not in (1, 2) or any(int(s) <= 0 for s in size)):
+        raise ConfigError(f"{source}: INPUT.SIZE must be [size] or [height, width] in pixels, got {size}")
+    augment = cfg.TRAIN.AUGMENT
+    if augment is not None and not isinstance(augment, (list, bool)):
+        raise ConfigError(f"{source}: TRAIN.AUGMENT must be a list of transform specs or true/false, "
+                          f"got {augment!r}")
+    for key in ("TRAIN", "INFER"):
+        tile = cfg.TILING[key].SIZE
+        if len(tile) != 2 or min(tile) <= 0:
+            raise ConfigError(f"{source}: TILING.{key}.SIZE must be [width, height], got {tile}")
+    return cfg
+
+
+def _augment_enabled(cfg):
+    augment = cfg.TRAIN.AUGMENT
+    return None if augment is None else bool(augment)
+
+
+def _input_hw(cfg):
+    size = [int(s) for s in cfg.INPUT.SIZE]
+    return None if not size else (size[0], size[-1])
+
+
+def family_config(cfg, classes=None, train_size=None):
+    """The family's own config (EasyDict) for a recipe config: BASE <- OVERRIDES <- mapped keys.
+
+    ``classes`` / ``train_size`` (number of training images) complete the class count and turn
+    TRAIN.ITERATIONS into epochs once the data is known.
+    """
+    family = cfg.DETECTOR
+    base = _abs(cfg.BASE or DEFAULT_BASES[family])
+    source = cfg.CONFIG_FILE or "<config>"
+    mapped, batch = {}, int(cfg.TRAIN.BATCH_SIZE)
+    hw = _input_hw(cfg)
+    augment = _augment_enabled(cfg)
+    if family == "m2det":
+        from m2det import engine
+        from m2det.config import OPEN_KEYS as open_keys
+        fam = engine.build_config(base)
+        model, train = {}, {}
+        if hw:
+            if hw[0] != hw[1]:
+                raise ConfigError(f"{source}: INPUT.SIZE {list(cfg.INPUT.SIZE)}: M2Det takes a square input")
+            model["INPUT_SIZE"] = hw[0]
+        if augment is not None:
+            train["RANDOM_TRANSFORM"] = augment
+        batch_key = "BATCH_SIZE"
+        cap_key = "MAX_ITERS_PER_EPOCH"
+        mapped = {"MODEL": model, "TRAIN": train}
+    elif family in ("ssdlite", "lstm_ssd"):
+        from lstm_ssd import config as lstm_config
+        fam = lstm_config.load(base)
+        open_keys = lstm_config.OPEN_KEYS
+        model, train = {"TYPE": family}, {}
+        if hw:
+            if hw[0] != hw[1]:
+                raise ConfigError(f"{source}: INPUT.SIZE {list(cfg.INPUT.SIZE)}: SSDLite/LSTM-SSD take a square input")
+            model["IMAGE_SIZE"] = hw[0]
+        if classes is not None:
+            model["NUM_CLASSES"] = len(classes)
+        if augment is not None:
+            train["AUGMENT"] = augment
+        batch_key, cap_key = "BATCH_SIZE", "MAX_BATCHES"
+        mapped = {"MODEL": model, "TRAIN": train}
+        if classes is not None:
+            mapped["DATASET"] = {"CLASSES": list(classes)}
+    else:
+        from fgfa.config import OPEN_KEYS as fgfa_open, get_config, validate
+        fam = get_config(base)
+        open_keys = fgfa_open
+        image, train = {}, {}
+        if hw:
+            image["SCALES"] = [[min(hw), max(hw)]]
+            image["TEST_SCALE"] = [min(hw), max(hw)]
+        if cfg.INPUT.SHORT_SIDE:
+            long_side = int(cfg.INPUT.MAX_SIZE) or int(fam.IMAGE.TEST_SCALE[1])
+            image["SCALES"] = [[int(cfg.INPUT.SHORT_SIDE), long_side]]
+            image["TEST_SCALE"] = [int(cfg.INPUT.SHORT_SIDE), long_side]
+        if isinstance(cfg.TRAIN.AUGMENT, list):
+            image["FLIP"] = any(str(s.get("name", s.get("type", "")) if isinstance(s, dict) else s).lower()
+                                in ("randomflip", "flip", "random_flip") for s in cfg.TRAIN.AUGMENT)
+        elif augment is not None:
+            image["FLIP"] = augment
+        mapped = {"NETWORK": {"AGGREGATE": family == "fgfa"}, "IMAGE": image, "TRAIN": train}
+        batch_key, cap_key = "BATCH_IMAGES", None
+        if classes is not None:
+            mapped["DATASET"] = {"CLASSES": list(classes)}
+    if cfg.INPUT.SHORT_SIDE and family not in ("rfcn", "fgfa"):
+        raise ConfigError(f"{source}: INPUT.SHORT_SIDE/MAX_SIZE (keep-ratio resize) apply to rfcn/fgfa; "
+                          f"{family} takes a square INPUT.SIZE")
+    train = mapped["TRAIN"]
+    if batch:
+        train[batch_key] = batch
+    if cfg.TRAIN.LR:
+        train["LR"] = float(cfg.TRAIN.LR)
+    if cfg.TRAIN.OPTIMIZER:
+        train["OPTIMIZER"] = cfg.TRAIN.OPTIMIZER
+    if cfg.TRAIN.EPOCHS:
+        train["EPOCHS"] = int(cfg.TRAIN.EPOCHS)
+    plain = merge(to_plain(fam), to_plain(cfg.OVERRIDES), source=f"{source} (OVERRIDES)", open_keys=open_keys)
+    plain = merge(plain, mapped, source=f"{source} (mapped keys)", open_keys=open_keys)
+    if cfg.TRAIN.ITERATIONS and train_size:
+        batch = int(plain["TRAIN"][batch_key])
+        per_epoch = max(1, math.ceil(train_size / batch))
+        iterations = int(cfg.TRAIN.ITERATIONS)
+        plain["TRAIN"]["EPOCHS"] = max(1, math.ceil(iterations / per_epoch))
+        if cap_key and iterations < per_epoch:
+            plain["TRAIN"][cap_key] = iterations
+    plain["OUTPUT_DIR"] = _abs(cfg.OUTPUT_DIR)
+    plain["CONTEXT"] = cfg.CONTEXT
+    out = EasyDict(plain)
+    out["CONFIG_FILE"] = cfg.CONFIG_FILE
+    if family in ("rfcn", "fgfa"):
+        validate(out)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# data
+
+_PATH_KEYS = ("ROOT", "ANNOTATIONS", "IMAGES_DIR", "ANNOTATIONS_DIR", "LABELS_DIR", "BASE_DIR", "PREFIX",
+              "DESCRIPTIONS", "OUT_DIR", "LABEL_MAP", "PATHS", "CLASSES", "SPLIT")
+
+
+def _resolve_spec(spec, cfg):
+    """Relative paths -> absolute (project root); import_tf_pipeline's PATH -> PATHS (+ OUT_DIR)."""
+    out = {str(k).upper(): v for k, v in dict(spec).items()}
+    if "PATH" in out and str(out.get("FORMAT", "")).lower() == "tfrecord":
+        out["PATHS"] = out.pop("PATH")
+        out.setdefault("OUT_DIR", os.path.join(_abs(cfg.OUTPUT_DIR), "tfrecord_images"))
+    if out.get("LABEL_MAP") is None:
+        out.pop("LABEL_MAP", None)
+    for key in _PATH_KEYS:
+        value = out.get(key)
+        if key == "SPLIT" and isinstance(value, str) and not (os.sep in value or value.endswith(".txt")):
+            continue   # a split name, not a file
+        if key == "CLASSES" and isinstance(value, list):
+            continue
+        if isinstance(value, str) and value and not os.path.isabs(value):
+            out[key] = _abs(value)
+        elif isinstance(value, list) and key == "PATHS":
+            out[key] = [_abs(v) for v in value]
+    return out
+
+
+def background_dataset(images_dir, classes, name="background"):
+    """Records without boxes for every image of a folder (frames with nothing to detect)."""
+    from lib.dataset import DetectionDataset, Record, image_size, list_frames
+    records = []
+    for path in list_frames(images_dir):
+        width, height = image_size(path)
+        records.append(Record(image=os.path.abspath(path), width=width, height=height,
+                              image_id=os.path.splitext(os.path.basename(path))[0]))
+    return DetectionDataset(records, list(classes), name)
+
+
+def load_data(cfg, split="TRAIN", classes=None):
+    """DATA.TRAIN / DATA.VAL: one lib.dataset spec or a list of them, concatenated (same classes).
+
+    A spec ``{FORMAT: background, IMAGES_DIR: folder}`` adds every image of a folder without boxes.
+    Returns a DetectionDataset, or None when the split is empty.
+    """
+    from lib.dataset import DetectionDataset, load_dataset
+    specs = cfg.DATA[split]
+    source = cfg.CONFIG_FILE or "<config>"
+    if not specs:
+        return None
+    specs = specs if isinstance(specs, list) else [specs]
+    classes = list(classes or cfg.CLASSES) or None
+    sets = []
+    for k, spec in enumerate(specs):
+        spec = _resolve_spec(spec, cfg)
+        if str(spec.get("FORMAT", "")).lower() == "background":
+            if "IMAGES_DIR" not in spec:
+                raise ConfigError(f"{source}: DATA.{split}[{k}]: FORMAT background needs IMAGES_DIR")
+            if classes is None:
+                sets.append(("pending", spec))
+                continue
+            sets.append(background_dataset(spec["IMAGES_DIR"], classes))
+            continue
+        if classes is not None and "CLASSES" not in spec:
+            spec["CLASSES"] = classes
+        try:
+            ds = load_dataset(spec)
+        except Exception as err:
+            raise ConfigError(f"{source}: DATA.{split}[{k}] {spec}: {err}") from None
+        classes = classes or list(ds.classes)
+        if list(ds.classes) != classes:
+            raise ConfigError(f"{source}: DATA.{split}[{k}] has classes {list(ds.classes)}, expected {classes}")
+        sets.append(ds)
+    if classes is None:
+        raise ConfigError(f"{source}: DATA.{split}: background images alone need CLASSES")
+    sets = [background_dataset(s[1]["IMAGES_DIR"], classes) if isinstance(s, tuple) else s for s in sets]
+    records = [r for ds in sets for r in ds.records]
+    merged = DetectionDataset(records, classes, "+".join(ds.name for ds in sets))
+    if cfg.NUM_CLASSES and cfg.NUM_CLASSES != len(classes):
+        raise ConfigError(f"{source}: NUM_CLASSES is {cfg.NUM_CLASSES} but the data has {len(classes)} "
+                          f"classes {classes}")
+    return merged
+
+
+def tile_dataset(dataset, out_dir, tile_cfg):
+    """Training tiles of big frames, written as JPEGs (lib.transforms.RandomTile, seeded).
+
+    Per frame TILES_PER_IMAGE tiles, each around an object with probability OBJECT_PROB (else a random,
+    mostly background tile); KEEP_FULL_FRAMES also keeps the whole frames. Works for every family since
+    it only produces a new dataset. Frames not larger than the tile are kept as they are.
+    """
+    import cv2
+    from lib.dataset import DetectionDataset, Record, read_image
+    from lib.transforms import RandomTile
+    width, height = (int(v) for v in tile_cfg.SIZE)
+    tiler = RandomTile(size=[width, height], object_prob=float(tile_cfg.OBJECT_PROB),
+                       min_visible=float(tile_cfg.MIN_VISIBLE), rng=np.random.RandomState(int(tile_cfg.SEED)))
+    os.makedirs(out_dir, exist_ok=True)
+    records = []
+    for index, rec in enumerate(dataset.records):
+        if tile_cfg.KEEP_FULL_FRAMES or (rec.width <= width and rec.height <= height):
+            records.append(rec)
+        if rec.width <= width and rec.height <= height:
+            continue
+        image = read_image(rec.image)
+        with_labels = np.concatenate([rec.boxes, rec.labels[:, None].astype(np.float32),
+                                      rec.difficult[:, None].astype(np.float32)], axis=1)
+        for t in range(int(tile_cfg.TILES_PER_IMAGE)):
+            frames, boxes = tiler([image], [with_labels])
+            tile, b = frames[0], np.asarray(boxes[0], np.float32).reshape(-1, 6)
+            name = f"{index:06d}_{t}"
+            path = os.path.join(out_dir, name + ".jpg")
+            cv2.imwrite(path, cv2.cvtColor(tile, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
+            records.append(Record(image=path, width=tile.shape[1], height=tile.shape[0], boxes=b[:, :4],
+                                  labels=b[:, 4].astype(np.int64), difficult=b[:, 5] > 0.5,
+                                  image_id=f"tiles/{name}"))
+    return DetectionDataset(records, dataset.classes, dataset.name + "+tiles")
+
+
+# ------------------------------------------------------------------------------------------------
+# run folders
+
+def _write_run_meta(out_dir, cfg, fam_cfg, classes):
+    os.makedirs(out_dir, exist_ok=True)
+    tmp = os.path.join(out_dir, RUN_META + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump({"detector": cfg.DETECTOR, "classes": list(classes)}, f, indent=1)
+    os.replace(tmp, os.path.join(out_dir, RUN_META))
+    dump_config(cfg, os.path.join(out_dir, "custom.yaml"))
+    dump_config(fam_cfg, os.path.join(out_dir, "family.yaml"))
+
+
+def resolve_run(path):
+    """A run folder or a checkpoint file inside one -> (run folder, checkpoint path or None)."""
+    path = os.path.abspath(path)
+    if os.path.isdir(path):
+        folder, checkpoint = path, None
+    elif os.path.isfile(path):
+        folder, checkpoint = os.path.dirname(path), path
+        if not path.endswith((".json", ".params")):
+            raise ValueError(f"{path}: expected a run folder, a ckpt-*.json or a .params file")
+    else:
+        raise FileNotFoundError(f"model not found: {path}")
+    if not os.path.isfile(os.path.join(folder, RUN_META)):
+        raise FileNotFoundError(f"{folder}: no {RUN_META}; train with experiments/custom/train.py first")
+    return folder, checkpoint
+
+
+def read_run(path):
+    """-> (run folder, checkpoint or None, custom cfg, family cfg, classes)."""
+    from lib.config import read_yaml
+    folder, checkpoint = resolve_run(path)
+    with open(os.path.join(folder, RUN_META), "r", encoding="utf-8") as f:
+        meta = json.load(f)
+    saved = read_yaml(os.path.join(folder, "custom.yaml"))
+    cfg = EasyDict(merge(CUSTOM_DEFAULTS, saved, source=os.path.join(folder, "custom.yaml"), open_keys=OPEN_KEYS))
+    cfg["CONFIG_FILE"] = os.path.join(folder, "custom.yaml")
+    fam = EasyDict(read_yaml(os.path.join(folder, "family.yaml")))
+    fam["CONFIG_FILE"] = os.path.join(folder, "family.yaml")
+    fam["OUTPUT_DIR"] = folder
+    if meta["detector"] != cfg.DETECTOR:
+        raise ValueError(f"{folder}: {RUN_META} says {meta['detector']}, custom.yaml says {cfg.DETECTOR}")
+    return folder, checkpoint, cfg, fam, meta["classes"]
+
+
+# ------------------------------------------------------------------------------------------------
+# the loaded model
+
+class LoadedModel:
+    """A trained detector in this process.
+
+    ``detect(images)``: RGB uint8 images -> [(boxes (K,4) image pixels, scores, labels)] for still-image
+    use (video families see each image as a one-frame video); ``detect_stream(images)``: one video in
+    order, memory/window carried (the same as detect for frame detectors).
+    """
+
+    def __init__(self, family, net, cfg, classes, ctx):
+        self.family, self.net, self.cfg, self.classes, self.ctx = family, net, cfg, list(classes), ctx
+        self._runner = None
+
+    # --- per family ---
+    def _m2det(self):
+        from m2det import engine
+        if self._runner is None:
+            self._runner = engine.Detector(self.net, self.cfg, self.ctx)
+        return self._runner
+
+    def _streaming(self):
+        from lstm_ssd.streaming import StreamingDetector
+        if self._runner is None:
+            self._runner = StreamingDetector(self.net, self.cfg, policy="large", ctx=self.ctx)
+        return self._runner
+
+    def _window(self):
+        from fgfa.data import make_preprocess
+        from fgfa.detector import VideoDetector
+        if self._runner is None:
+            if self.cfg.TEST.HYBRIDIZE:
+                self.net.hybridize_for_inference(self.ctx)
+            self._runner = VideoDetector(self.net, self.ctx, preprocess=make_preprocess(self.cfg))
+        return self._runner
+
+    def detect_stream(self, images):
+        images = list(images)
+        if self.family == "m2det":
+            return self._m2det().detect(images)
+        if self.family in ("ssdlite", "lstm_ssd"):
+            runner = self._streaming()
+            runner.reset()
+            out = []
+            for image in images:
+                labels, scores, boxes = runner.step(image)
+                out.append((np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(scores, np.float32),
+                            np.asarray(labels, np.int64)))
+            return out
+        results = [None] * len(images)
+        for t, result in self._window().detect_video(images):
+            results[t] = result
+        return results
+
+    def detect(self, images):
+        if self.family in ("m2det", "ssdlite", "rfcn"):
+            return self.detect_stream(images)
+        return [self.detect_stream([image])[0] for image in images]
+
+    def detect_tiled(self, image, tiling):
+        """One RGB image by sliding tiles (TILING.INFER keys) merged with NMS."""
+        from lib.tiling import detect_tiled
+        return detect_tiled(lambda crop: self.detect([crop])[0], image, tuple(int(v) for v in tiling.SIZE),
+                            overlap=int(tiling.OVERLAP), nms_iou=float(tiling.NMS_IOU),
+                            include_full_frame=bool(tiling.INCLUDE_FULL_FRAME),
+                            max_detections=int(tiling.MAX_DETECTIONS))
+
+
+# ------------------------------------------------------------------------------------------------
+# build / train / load per family
+
+def build_model(family, fam_cfg, num_classes, ctx=None):
+    """An initialised training network of ``family`` for ``num_classes`` foreground classes."""
+    import mxnet as mx
+    ctx = ctx or mx.cpu()
+    if family == "m2det":
+        from m2det import engine
+        return engine.build_model(fam_cfg, num_classes, ctx)
+    if family in ("ssdlite", "lstm_ssd"):
+        from lstm_ssd.detector import build_detector
+        cfg = copy.deepcopy(fam_cfg)
+        cfg.MODEL.NUM_CLASSES = int(num_classes)
+        return build_detector(cfg, ctx)
+    if family in ("rfcn", "fgfa"):
+        from fgfa.train import build_model as fgfa_build
+        return fgfa_build(fam_cfg, num_classes, ctx)
+    raise ValueError(f"unknown detector family {family!r}; one of {', '.join(FAMILIES)}")
+
+
+def train(cfg, train_set=None, val_set=None, progress=None):
+    """Train the recipe config's detector; returns {"out_dir", "summary", "classes", "train_images"}."""
+    import mxnet as mx
+    from lib.runtime import get_context
+    family = cfg.DETECTOR
+    out_dir = _abs(cfg.OUTPUT_DIR)
+    train_set = train_set if train_set is not None else load_data(cfg, "TRAIN")
+    if train_set is None or len(train_set) == 0:
+        raise ConfigError(f"{cfg.CONFIG_FILE or '<config>'}: DATA.TRAIN gives no training image")
+    classes = list(train_set.classes)
+    val_set = val_set if val_set is not None else load_data(cfg, "VAL", classes)
+    if cfg.TILING.TRAIN.ENABLED:
+        train_set = tile_dataset(train_set, os.path.join(out_dir, "train_tiles"), cfg.TILING.TRAIN)
+    fam = family_config(cfg, classes, len(train_set))
+    if progress is not None:
+        fam.TRAIN.PROGRESS = bool(progress)
+    _write_run_meta(out_dir, cfg, fam, classes)
+    ctx = get_context(cfg.CONTEXT)
+    if family == "m2det":
+        from m2det.cli import run_training
+        summary = run_training(fam, train_set, val_set)
+    elif family in ("ssdlite", "lstm_ssd"):
+        from lstm_ssd.train import train as lstm_train
+        net = build_model(family, fam, len(classes), ctx)
+        summary = lstm_train(fam, net, out_dir=out_dir, dataset=train_set, ctx=ctx)
+    else:
+        from fgfa.train import train as fgfa_train
+        summary = fgfa_train(fam, dataset=train_set)
+        summary = {k: v for k, v in summary.items() if k not in ("model",)}
+    mx.nd.waitall()
+    return {"out_dir": out_dir, "summary": summary, "classes": classes, "train_images": len(train_set)}
+
+
+def load_model(path, ctx=None):
+    """A run folder (latest checkpoint) or a checkpoint in it -> LoadedModel."""
+    import mxnet as mx
+    folder, checkpoint, cfg, fam, classes = read_run(path)
+    ctx = ctx or mx.cpu()
+    family = cfg.DETECTOR
+    if family == "m2det":
+        from m2det import engine
+        net, fam, classes = engine.load_trained_model(checkpoint or folder, ctx)
+    elif family in ("ssdlite", "lstm_ssd"):
+        from lib.train import CheckpointManager
+        net = build_model(family, fam, len(classes), ctx)
+        if checkpoint and checkpoint.endswith(".params"):
+            net.load_parameters(checkpoint, ctx=ctx)
+        else:
+            CheckpointManager(folder).load(net, checkpoint=checkpoint, ctx=ctx, restore_rng=False)
+    else:
+        from fgfa.test import load_model as fgfa_load
+        net, classes = fgfa_load(fam, classes, checkpoint, ctx)
+    return LoadedModel(family, net, fam, classes, ctx)
+
+
+# ------------------------------------------------------------------------------------------------
+# export
+
+def _ssdlite_inference_block(net, post):
+    """HybridBlock: (1,3,S,S) RGB 0..255 -> ids, scores, boxes (input pixels), decode + NMS inside."""
+    import mxnet as mx
+    from mxnet import gluon
+    from lib.bbox import decode_boxes_F
+
+    class SSDLiteInference(gluon.HybridBlock):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.extractor, self.project, self.head = net.large, net.project, net.head
+            self.num_classes = net.num_classes
+            self.size = float(net.image_size)
+            self.stds = tuple(float(s) for s in net.cfg.BOX_STDS)
+            self.score_thresh = float(post.SCORE_THRESHOLD)
+            self.nms_iou = float(post.IOU_THRESHOLD)
+            self.max_per_class = int(post.MAX_PER_CLASS)
+            self.max_total = int(post.MAX_TOTAL)
+            with self.name_scope():
+                self.anchors = self.params.get_constant("anchors", mx.nd.array(net.anchors()[None]))
+
+        def hybrid_forward(self, F, x, anchors):
+            cls, box = self.head(self.project(self.extractor(x)))
+            scores = F.sigmoid(F.slice_axis(cls, axis=-1, begin=1, end=None))  # column 0: background logit
+            boxes = decode_boxes_F(F, box, anchors, stds=self.stds)
+            boxes = F.clip(boxes * self.size, 0.0, self.size)
+            per_class = []
+            for c in range(self.num_classes):
+                score = F.slice_axis(scores, axis=-1, begin=c, end=c + 1)
+                dets = F.concat(F.ones_like(score) * c, score, boxes, dim=-1)
+                dets = F.contrib.box_nms(dets, overlap_thresh=self.nms_iou, valid_thresh=self.score_thresh,
+                                         topk=-1, coord_start=2, score_index=1, id_index=-1, force_suppress=True)
+                per_class.append(F.slice_axis(dets, axis=1, begin=0, end=self.max_per_class))
+            dets = F.concat(*per_class, dim=1) if len(per_class) > 1 else per_class[0]
+            if self.num_classes > 1:   # sort everything kept by score (IoU never exceeds 1: no suppression)
+                dets = F.contrib.box_nms(dets, overlap_thresh=1.0, valid_thresh=self.score_thresh, topk=-1,
+                                         coord_start=2, score_index=1, id_index=-1, force_suppress=True)
+            dets = F.slice_axis(dets, axis=1, begin=0, end=min(self.max_total, self.num_classes * self.max_per_class))
+            return (F.slice_axis(dets, axis=-1, begin=0, end=1), F.slice_axis(dets, axis=-1, begin=1, end=2),
+                    F.slice_axis(dets, axis=-1, begin=2, end=6))
+
+    return SSDLiteInference(prefix="ssdlite_inference_")
+
+
+def _write_meta(out_dir, meta):
+    path = os.path.join(out_dir, "meta.json")
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(meta, f, indent=1)
+    os.replace(path + ".tmp", path)
+    return path
+
+
+def export(model, out_dir, onnx=False):
+    """Write the inference artifact of a LoadedModel into ``out_dir``; returns a dict of paths.
+
+    Raises ExportNotSupported for families the single-frame artifact cannot hold.
+    """
+    import mxnet as mx
+    os.makedirs(out_dir, exist_ok=True)
+    family = model.family
+    if family == "m2det":
+        from m2det import engine
+        return engine.export_inference_model(model.net, model.cfg, model.classes, out_dir, onnx=onnx, ctx=model.ctx)
+    if family == "ssdlite":
+        block = _ssdlite_inference_block(model.net, model.cfg.POST_PROCESS)
+        block.anchors.initialize(ctx=model.ctx)
+        block.hybridize()
+        size = model.net.image_size
+        block(mx.nd.zeros((1, 3, size, size), ctx=model.ctx))
+        prefix = os.path.join(out_dir, "model")
+        block.export(prefix, epoch=0)
+        post = model.cfg.POST_PROCESS
+        meta = {"detector": "ssdlite", "classes": model.classes,
+                "input": {"resize": "square", "size": [size, size], "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]},
+                "ops_library": False, "nms": "hard", "score_threshold": float(post.SCORE_THRESHOLD),
+                "nms_iou": float(post.IOU_THRESHOLD), "max_per_class": int(post.MAX_PER_CLASS),
+                "max_per_image": int(post.MAX_TOTAL)}
+        paths = {"symbol": prefix + "-symbol.json", "params": prefix + "-0000.params"}
+        if onnx:
+            from m2det.engine import export_onnx
+            paths["onnx"] = export_onnx(paths["symbol"], paths["params"], size, os.path.join(out_dir, "model.onnx"))
+            with open(paths["symbol"], "r", encoding="utf-8") as f:
+                graph = json.load(f)
+            meta["onnx_outputs"] = [graph["nodes"][h[0]]["name"] for h in graph["heads"]]
+        paths["meta"] = _write_meta(out_dir, meta)
+        return paths
+    if family == "lstm_ssd":
+        raise ExportNotSupported(
+            "lstm_ssd keeps an LSTM memory from frame to frame; the single-frame artifact (input `data` only) "
+            "cannot carry it. Export its parts with `python -m lstm_ssd.export --cfg RUN/family.yaml --model "
+            "RUN/ckpt-NNNN.params --output PREFIX` (extractor, LSTM step and head, chained by the caller), or "
+            "train DETECTOR: ssdlite for the standard artifact.")
+    if family == "fgfa":
+        raise ExportNotSupported(
+            "fgfa aggregates features of a window of 2K+1 frames; the single-frame artifact cannot hold the "
+            "window. Run it with fgfa.demo / experiments/fgfa_rfcn/train_test.py, or train DETECTOR: m2det / "
+            "ssdlite for an exported model.")
+    raise ExportNotSupported(
+        "rfcn: the proposal stage (MultiProposal, compiled operator) and the keep-ratio input padded to a "
+        "multiple of 16 are not part of an exported graph yet; run it in process (lib.detectors.load_model) "
+        "or train DETECTOR: m2det / ssdlite for an exported model.")

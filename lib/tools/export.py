@@ -1,0 +1,118 @@
+"""Export a trained recipe model as a standalone inference artifact (docs/DESIGN.md).
+
+    python -m lib.tools.export --model RUN_OR_CKPT [--cfg CFG] --format mxnet|onnx --out DIR
+                               [--check-input VIDEO_OR_FOLDER] [--check-frames 4]
+
+RUN_OR_CKPT is a training run of experiments/custom/train.py (its folder: latest checkpoint, or a
+ckpt-NNNN.json / .params inside it). DIR gets model-symbol.json + model-0000.params (decode, clipping
+and NMS inside the graph) and meta.json; --format onnx adds model.onnx and checks it in onnxruntime
+against the MXNet graph (max difference of scores and boxes within --tolerance, default 1e-4) on a few
+frames of --check-input, or on seeded random images without it. DIR is then run by
+``python -m lib.tools.infer`` with only mxnet or onnxruntime installed.
+Families the single-frame artifact cannot hold (lstm_ssd, fgfa, rfcn) get a message saying why and
+what to use instead (exit code 3).
+"""
+import argparse
+import os
+import sys
+
+import numpy as np
+
+
+def _check_images(source, count, meta, seed=0):
+    """BGR frames for the ONNX check: the first ``count`` frames of source, or seeded random images."""
+    if source:
+        from lib.tools.infer import iterate_frames
+        frames = []
+        for _, frame in iterate_frames(source):
+            frames.append(frame)
+            if len(frames) >= count:
+                break
+        return frames
+    rng = np.random.default_rng(seed)
+    h, w = meta["input"]["size"] if meta["input"]["resize"] == "square" else (480, 640)
+    return [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(count)]
+
+
+def compare_runtimes(folder, frames, tolerance=1e-4):
+    """Run the artifact with MXNet and with onnxruntime on each frame -> max abs differences.
+
+    Raises ValueError naming the frame when the detections differ (count, class, or more than
+    ``tolerance`` in a score or box coordinate).
+    """
+    from lib.tools.infer import ExportedDetector
+    reference = ExportedDetector(folder, "mxnet")
+    candidate = ExportedDetector(folder, "onnx")
+    worst = {"scores": 0.0, "boxes": 0.0, "detections": 0}
+    for k, frame in enumerate(frames):
+        b1, s1, l1 = reference(frame)
+        b2, s2, l2 = candidate(frame)
+        if len(s1) != len(s2) or not np.array_equal(l1, l2):
+            raise ValueError(f"frame {k}: MXNet gives {len(s1)} detections (classes {l1.tolist()[:10]}), "
+                             f"onnxruntime {len(s2)} (classes {l2.tolist()[:10]})")
+        if len(s1):
+            worst["scores"] = max(worst["scores"], float(np.abs(s1 - s2).max()))
+            worst["boxes"] = max(worst["boxes"], float(np.abs(b1 - b2).max()))
+        worst["detections"] += len(s1)
+        if worst["scores"] > tolerance or worst["boxes"] > tolerance:
+            raise ValueError(f"frame {k}: onnxruntime differs from MXNet by {worst['scores']:.2e} in scores and "
+                             f"{worst['boxes']:.2e} px in boxes (tolerance {tolerance:g})")
+    return worst
+
+
+def export_run(model, out, fmt="mxnet", cfg_path=None):
+    """Load a run and write its artifact; returns the paths dict of lib.detectors.export."""
+    from lib import detectors
+    from lib.config import ConfigError
+    model_obj = detectors.load_model(model)
+    if cfg_path:
+        cfg = detectors.load_custom_config(cfg_path)
+        if cfg.DETECTOR != model_obj.family:
+            raise ConfigError(f"{cfg_path}: DETECTOR is {cfg.DETECTOR} but {model} is a {model_obj.family} run")
+    return detectors.export(model_obj, out, onnx=(fmt == "onnx"))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m lib.tools.export", description=__doc__.split("\n")[0])
+    parser.add_argument("--model", required=True, help="run folder of experiments/custom/train.py or a checkpoint in it")
+    parser.add_argument("--cfg", help="the recipe config of the run (checked against it; optional)")
+    parser.add_argument("--format", choices=("mxnet", "onnx"), default="mxnet")
+    parser.add_argument("--out", required=True, help="artifact folder (created)")
+    parser.add_argument("--check-input", help="video or frame folder for the ONNX check")
+    parser.add_argument("--check-frames", type=int, default=4)
+    parser.add_argument("--tolerance", type=float, default=1e-4)
+    args = parser.parse_args(argv)
+    from lib.config import ConfigError
+    from lib.detectors import ExportNotSupported
+    try:
+        paths = export_run(args.model, args.out, args.format, args.cfg)
+    except ExportNotSupported as err:
+        print(f"error: cannot export this model as a single-frame artifact: {err}", file=sys.stderr)
+        return 3
+    except (ConfigError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:  # noqa: BLE001 - the ONNX exporter fails on operators it cannot map
+        if args.format != "onnx":
+            raise
+        print(f"error: the graph could not be converted to ONNX ({type(err).__name__}: {err}); the MXNet "
+              f"artifact in {args.out} is complete, run it with --runtime mxnet", file=sys.stderr)
+        return 3
+    print("wrote " + ", ".join(sorted(paths.values())))
+    if args.format == "onnx":
+        import json
+        with open(os.path.join(args.out, "meta.json"), "r", encoding="utf-8") as f:
+            meta = json.load(f)
+        try:
+            worst = compare_runtimes(args.out, _check_images(args.check_input, args.check_frames, meta),
+                                     args.tolerance)
+        except ValueError as err:
+            print(f"error: ONNX check failed: {err}", file=sys.stderr)
+            return 4
+        print(f"ONNX check: {worst['detections']} detections, max difference {worst['scores']:.1e} (scores), "
+              f"{worst['boxes']:.1e} px (boxes) vs MXNet")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
