@@ -7,7 +7,7 @@ from lib.train import CheckpointError, setup_logger
 
 from .backbone import BackboneWeightsError
 from .config import get_config
-from .test import test
+from .test import run_test
 from .train import output_dir, train
 
 
@@ -41,7 +41,7 @@ def main(argv=None, description="", aggregate=None):
         if not args.skip_test:
             if args.checkpoint is not None:
                 model = None
-            result = test(cfg, model=model, classes=classes, checkpoint=args.checkpoint, logger=logger)
+            result = run_test(cfg, model=model, classes=classes, checkpoint=args.checkpoint, logger=logger)
             print(f"mAP {result['mAP']:.4f}")
     except (ConfigError, CheckpointError, BackboneWeightsError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)

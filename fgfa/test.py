@@ -125,7 +125,7 @@ def write_reports(out_dir, records, detections, classes, result, seconds_per_fra
     return text
 
 
-def test(cfg, model=None, classes=None, dataset=None, checkpoint=None, logger=None, progress=True):
+def run_test(cfg, model=None, classes=None, dataset=None, checkpoint=None, logger=None, progress=True):
     """Test phase of train_test.py; returns the metrics dict."""
     out_dir = output_dir(cfg)
     logger = logger or setup_logger(out_dir, "test")

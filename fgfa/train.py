@@ -14,7 +14,7 @@ import numpy as np
 from lib.config import PROJECT_ROOT, ConfigError
 from lib.dataset import DetectionDataset
 from lib.runtime import get_context
-from lib.train import fit, setup_logger
+from lib.train import fit, seed_everything, setup_logger
 
 from .data import TrainSamples, collate
 from .detector import FGFADetector
@@ -149,6 +149,7 @@ def train(cfg, dataset=None, val_fn=None, logger=None):
     logger.info("training %s on %d key frames of %s (%d classes: %s)", cfg.NAME, len(samples),
                 dataset.name, dataset.num_classes, dataset.classes)
     save_classes(out_dir, dataset.classes)
+    seed_everything(cfg.TRAIN.SEED, 0)  # the initial weights are a function of the seed (exact resume)
     model = build_model(cfg, dataset.num_classes, ctx)
     summary = fit(FGFATask(model, ctx), make_batches(samples, cfg.TRAIN.BATCH_IMAGES), cfg.TRAIN, out_dir,
                   ctx=ctx, val_fn=val_fn, resume=cfg.TRAIN.RESUME, logger=logger)
