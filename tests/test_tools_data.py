@@ -84,6 +84,19 @@ def test_check_dataset_speedtrap_snippets(tmp_path, capsys):
     assert "snippets: 5 + 3 background (frame-number gaps only" in capsys.readouterr().out
 
 
+def test_check_dataset_compares_splits(tmp_path, capsys):
+    # the README's random 80/20 split shares every approach between train and test
+    assert check_dataset.main(["--data", SPEEDTRAP, "--snippets", "3,0.05,5", "--split", "train",
+                               "--compare-split", "test", "--check-images", "exists"]) == 0
+    assert "7 snippet(s) in both splits -> near-duplicate frames" in capsys.readouterr().out
+    out = tmp_path / "s"
+    assert split.main(["--data", SPEEDTRAP, "--snippets", "3,0.05,5", "--by", "snippet", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert check_dataset.main(["--data", SPEEDTRAP, "--snippets", "3,0.05,5", "--split", str(out / "train.txt"),
+                               "--compare-split", str(out / "test.txt"), "--check-images", "exists"]) == 0
+    assert "0 snippet(s) in both splits; 0 image(s) in both" in capsys.readouterr().out
+
+
 def test_split_by_snippet_keeps_snippets_whole(tmp_path):
     out = tmp_path / "split"
     assert split.main(["--data", SPEEDTRAP, "--snippets", "3,0.05,5", "--by", "snippet", "--seed", "3",

@@ -1,11 +1,12 @@
 """Check a dataset before training: what is broken, what is there.
 
     python -m lib.tools.check_dataset --data PATH [--format F] [--split S] [--snippets 3,0.05,5]
-        [--out DIR] [--fail-on-problems]
+        [--compare-split OTHER] [--out DIR] [--fail-on-problems]
 
 Reports images without annotations and annotations without images, malformed files, invalid or
 out-of-image boxes, unknown classes (each naming the file and line), class counts, box sizes, and
-the snippets found. With --out, writes DIR/check.json and DIR/box_sizes.png (histograms of box width,
+the snippets found; with --compare-split, the snippets (near-duplicate frames) shared with another
+split. With --out, writes DIR/check.json and DIR/box_sizes.png (histograms of box width,
 height and sqrt(area) in pixels). Exit code 1 with --fail-on-problems when anything was wrong.
 """
 import argparse
@@ -110,6 +111,8 @@ def main(argv=None):
     ap.add_argument("--out", default=None, help="folder for check.json and box_sizes.png")
     ap.add_argument("--check-images", choices=("exists", "header", "decode"), default="header",
                     help="how much of each image to read (decode finds truncated files; slower)")
+    ap.add_argument("--compare-split", default=None, metavar="SPLIT",
+                    help="another split of the same data: report snippets (near-duplicate frames) found in both")
     ap.add_argument("--fail-on-problems", action="store_true", help="exit 1 when a problem was found")
     args = ap.parse_args(argv)
     spec = dataset_spec(args)
@@ -143,13 +146,34 @@ def main(argv=None):
         for name, v in result["snippets"].items():
             rng = f" frames {v['first']}-{v['last']}" if "first" in v else ""
             print(f"  {name}: {v['frames']} frames, {v['boxes']} boxes{rng}")
+    if args.compare_split:
+        other_spec = dict(spec)
+        other_spec["IMAGE_SET" if "IMAGE_SET" in spec else "SPLIT"] = args.compare_split
+        try:
+            other = load_dataset(other_spec)
+        except DatasetError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        mine = {r.video for r in ds if r.video is not None}
+        theirs = {r.video for r in other if r.video is not None}
+        shared = sorted(mine & theirs)
+        same_images = sorted({r.image for r in ds} & {r.image for r in other})
+        result["compare_split"] = {"split": args.compare_split, "shared_snippets": shared,
+                                   "shared_images": len(same_images)}
+        if not mine:
+            print(f"compare with {args.compare_split}: no snippets known (give --snippets for numbered frames)")
+        else:
+            print(f"compare with {args.compare_split}: {len(shared)} snippet(s) in both splits"
+                  + (" -> near-duplicate frames on both sides; hold out whole snippets (lib.tools.split --by "
+                     "snippet)" if shared else "") + f"; {len(same_images)} image(s) in both")
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, "check.json"), "w", encoding="utf-8") as f:
             json.dump(result, f, indent=1)
         save_box_histogram(os.path.join(args.out, "box_sizes.png"), w, h, f"{result['dataset']}: box sizes")
         print(f"wrote {os.path.join(args.out, 'check.json')} and box_sizes.png")
-    problems = bool(result["problems"]) or bool(result["images_without_annotations"])
+    problems = bool(result["problems"]) or bool(result["images_without_annotations"]) or bool(
+        result.get("compare_split", {}).get("shared_images"))
     return 1 if problems and args.fail_on_problems else 0
 
 
