@@ -1,0 +1,163 @@
+"""Per-frame latency of the R-FCN frame baseline vs FGFA with the cached window, on CPU.
+
+    python -m bench.fgfa            # 600x1000 ResNet-101 (paper config) and the small CPU config
+    python -m bench.fgfa --quick    # tiny sizes, few repeats (a smoke run)
+    [--frames N] [--json OUT.json] [--settings paper,cpu] [--no-hybridize]
+
+Run it as a module from the project root: as a script, this file's name would shadow the fgfa package.
+
+Both models are hybridized for inference (lib.runtime.hybridize_for_inference: MKLDNN backend on CPU)
+and run through fgfa.detector.VideoDetector, the same streaming code the test phase uses, on random
+frames (weights are random too: latency does not depend on them, except for the number of boxes
+reaching the final NMS). Steady state: the first window (and MKLDNN graph building) is excluded.
+FGFA costs one backbone per frame (features and embeddings are cached) plus 2K flows, the
+aggregation and the head; the table also breaks this down. Goals from the issue: baseline ResNet-101
+<= 400 ms/frame on 2 cores, FGFA <= 1.5x the baseline.
+"""
+if __name__ == "__main__" and not __package__:
+    raise SystemExit("run from the project root as: python -m bench.fgfa [--quick] "
+                     "(as a script, bench/fgfa.py shadows the fgfa package)")
+
+import argparse  # noqa: E402
+import json
+import os
+import sys
+import time
+
+import mxnet as mx
+import numpy as np
+
+from fgfa.config import get_config
+from fgfa.data import make_preprocess
+from fgfa.detector import FGFADetector, VideoDetector
+from fgfa.train import materialize
+from lib.config import PROJECT_ROOT
+from lib.runtime import threads
+
+CFG_DIR = os.path.join(PROJECT_ROOT, "experiments", "fgfa_rfcn", "cfgs")
+SETTINGS = {
+    # name: (config, overrides, number of classes, frame size HxW fed to the detector)
+    "paper": ("resnet_v1_101_flownet_imagenet_vid_rfcn_end2end_ohem.yaml", [], 30, (600, 1000)),
+    "cpu": ("fgfa_rfcn_speedtrap_cpu.yaml", [], 1, (720, 1280)),
+    "quick": ("fgfa_rfcn_tiny.yaml", ["TEST.K=2"], 2, (120, 160)),
+}
+
+
+def build(cfg_name, overrides, num_classes, aggregate, hybridize):
+    cfg = get_config(os.path.join(CFG_DIR, cfg_name),
+                     overrides + ["NETWORK.PRETRAINED=''", f"NETWORK.AGGREGATE={str(aggregate).lower()}"])
+    ctx = mx.cpu()
+    mx.random.seed(0)
+    model = FGFADetector(cfg, num_classes)
+    model.init_weights(ctx)
+    materialize(model, ctx)
+    if hybridize:
+        model.hybridize_for_inference(ctx)
+    return cfg, model
+
+
+def time_stream(cfg, model, frames):
+    """Seconds per frame in steady state: (total - first output latency) / (frames after the first)."""
+    detector = VideoDetector(model, preprocess=make_preprocess(cfg))
+    detector.reset()
+    stamps = []
+    for frame in frames:
+        ready = detector.step(frame)
+        mx.nd.waitall()
+        stamps.extend([time.perf_counter()] * len(ready))
+    tail = detector.flush()
+    mx.nd.waitall()
+    stamps.extend([time.perf_counter()] * len(tail))
+    # outputs produced while frames were still streaming in: one per input frame after warm-up
+    steady = stamps[1:len(frames) - detector.K] if model.aggregate else stamps[1:]
+    if len(steady) < 2:
+        raise ValueError("too few frames for a steady-state measure: raise --frames")
+    return (steady[-1] - steady[0]) / (len(steady) - 1)
+
+
+def time_parts(cfg, model, frame, repeats):
+    """Milliseconds of each FGFA stage for one output frame (features+embedding, 2K flows, aggregation, head)."""
+    preprocess = make_preprocess(cfg)
+    data, im_info = preprocess(frame)
+    data = mx.nd.array(data[None])
+    info = mx.nd.array(im_info[None])
+    two_k = 2 * cfg.TEST.K
+
+    def clock(fn):
+        fn()
+        mx.nd.waitall()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            out = fn()
+            mx.nd.waitall()
+        return 1000 * (time.perf_counter() - start) / repeats, out
+
+    parts = {}
+    parts["features"], cache = clock(lambda: model.frame_cache(data))
+    feat = cache[:, :model.feat_channels]
+    if model.aggregate:
+        refs = mx.nd.concat(*[data] * two_k, dim=0)
+        parts["flows_2K"], flows = clock(lambda: model.flownet(refs, refs))
+        caches = mx.nd.concat(*[cache] * (two_k + 1), dim=0)
+        flows = mx.nd.concat(flows, mx.nd.zeros_like(flows[:1]), dim=0)
+        parts["aggregation"], feat = clock(lambda: model.aggregate_window(cache, caches, flows))
+    parts["head"], out = clock(lambda: model.detect_from_feature(feat, info))
+    parts["postprocess"], _ = clock(lambda: model.postprocess(*out, im_info))
+    return parts
+
+
+def run_setting(name, frames_count, repeats, hybridize):
+    cfg_name, overrides, num_classes, (height, width) = SETTINGS[name]
+    rng = np.random.RandomState(0)
+    results = {"setting": name, "config": cfg_name, "frame": [height, width]}
+    for aggregate in (False, True):
+        cfg, model = build(cfg_name, overrides, num_classes, aggregate, hybridize)
+        k = cfg.TEST.K if aggregate else 0
+        count = max(frames_count, 2 * k + 4)
+        frames = [rng.randint(0, 255, (height, width, 3)).astype(np.uint8) for _ in range(count)]
+        key = "fgfa" if aggregate else "baseline"
+        results[key] = {
+            "ms_per_frame": 1000 * time_stream(cfg, model, frames),
+            "parts_ms": time_parts(cfg, model, frames[0], repeats),
+            "K": k, "depth": cfg.NETWORK.DEPTH, "input": list(make_preprocess(cfg)(frames[0])[1][:2].astype(int)),
+        }
+        print(f"[{name}] {key}: {results[key]['ms_per_frame']:.1f} ms/frame "
+              f"(K={k}, parts {json.dumps({p: round(v, 1) for p, v in results[key]['parts_ms'].items()})})",
+              flush=True)
+    results["ratio"] = results["fgfa"]["ms_per_frame"] / results["baseline"]["ms_per_frame"]
+    return results
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.strip().split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes and few repeats (smoke run)")
+    parser.add_argument("--settings", default=None, help="comma list of: paper, cpu, quick")
+    parser.add_argument("--frames", type=int, default=None, help="frames streamed per model")
+    parser.add_argument("--repeats", type=int, default=None, help="repeats of each stage timing")
+    parser.add_argument("--no-hybridize", action="store_true", help="imperative (for comparison)")
+    parser.add_argument("--json", default=None, help="also write the results here")
+    args = parser.parse_args(argv)
+    settings = (args.settings.split(",") if args.settings else (["quick"] if args.quick else ["paper", "cpu"]))
+    for name in settings:
+        if name not in SETTINGS:
+            parser.error(f"unknown setting {name!r}; choose from {', '.join(SETTINGS)}")
+    frames = args.frames or (8 if args.quick else 30)
+    repeats = args.repeats or (2 if args.quick else 5)
+    print(f"threads {threads()}, MKLDNN {mx.runtime.Features().is_enabled('MKLDNN')}, "
+          f"hybridized {not args.no_hybridize}", flush=True)
+    rows = [run_setting(name, frames, repeats, not args.no_hybridize) for name in settings]
+    print("\n| setting | input | depth | K | baseline ms/frame | FGFA ms/frame | FGFA / baseline |")
+    print("| --- | --- | --- | --- | ---: | ---: | ---: |")
+    for r in rows:
+        print(f"| {r['setting']} | {r['fgfa']['input'][0]}x{r['fgfa']['input'][1]} | {r['fgfa']['depth']} | "
+              f"{r['fgfa']['K']} | {r['baseline']['ms_per_frame']:.1f} | {r['fgfa']['ms_per_frame']:.1f} | "
+              f"{r['ratio']:.2f} |")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump({"threads": threads(), "results": rows}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
