@@ -87,8 +87,6 @@ def train_parser():
 
 
 def train(argv=None):
-    import mxnet as mx
-    from lib.train import fit
     from . import engine
 
     args = train_parser().parse_args(argv)

@@ -114,8 +114,9 @@ def normalize(image_rgb, size, mean, std):
     return np.ascontiguousarray(out.transpose(2, 0, 1))
 
 
-def build_augmentation(cfg):
-    """lib.transforms pipeline of the official SSD augmentation (photometric, expand, crop, flip)."""
+def build_augmentation(cfg, rng=None):
+    """lib.transforms pipeline of the official SSD augmentation (photometric, expand, crop, flip);
+    ``rng``: a np.random.RandomState (default: numpy's global generator)."""
     from lib.transforms import build_transforms
     specs = [
         {"name": "PhotometricDistort"},
@@ -123,7 +124,7 @@ def build_augmentation(cfg):
         {"name": "SSDRandomCrop", "iou_mode": "all"},  # ssd.pytorch / M2Det variant
         {"name": "RandomFlip", "p": 0.5},
     ]
-    return build_transforms(specs, source="m2det augmentation")
+    return build_transforms(specs, rng=rng, source="m2det augmentation")
 
 
 class TrainSample:
@@ -157,27 +158,35 @@ class TrainSample:
 
 
 class _RecordDataset(gluon.data.Dataset):
-    def __init__(self, records, fn):
-        self.records, self.fn = list(records), fn
+    """Training samples; with augmentation, each (epoch, index) gets its own RandomState so that
+    forked DataLoader workers do not repeat each other and a resumed run augments identically."""
+
+    def __init__(self, records, sample, cfg=None):
+        self.records, self.sample, self.cfg = list(records), sample, cfg
+        self.epoch_seed = 0
 
     def __len__(self):
         return len(self.records)
 
     def __getitem__(self, idx):
-        return self.fn(self.records[idx])
+        if self.cfg is not None:
+            rng = np.random.RandomState((self.epoch_seed * 1_000_003 + idx) % (2 ** 31 - 1))
+            self.sample.augment = build_augmentation(self.cfg, rng=rng)
+        return self.sample(self.records[idx])
 
 
 def train_batches(dataset, cfg, priors):
     """``epoch -> DataLoader`` for lib.train.fit (shuffling is seeded by fit per epoch)."""
-    augment = build_augmentation(cfg) if cfg.TRAIN.RANDOM_TRANSFORM else None
-    sample = TrainSample(cfg, priors, augment)
-    data = _RecordDataset(dataset.records, sample)
+    sample = TrainSample(cfg, priors)
+    data = _RecordDataset(dataset.records, sample, cfg if cfg.TRAIN.RANDOM_TRANSFORM else None)
     batch_size = min(int(cfg.TRAIN.BATCH_SIZE), len(data))
     if batch_size < 1:
         raise ValueError("the training set is empty")
     cap = int(cfg.TRAIN.MAX_ITERS_PER_EPOCH)
 
     def batches(epoch):
+        # lib.train.fit reseeds numpy from (SEED, epoch) before this call.
+        data.epoch_seed = int(np.random.randint(0, 2 ** 31 - 1))
         loader = gluon.data.DataLoader(data, batch_size=batch_size, shuffle=True, last_batch="rollover",
                                        num_workers=int(cfg.TRAIN.WORKERS))
         if cap <= 0:
