@@ -75,13 +75,12 @@ class ClipData:
                 yield clips[i:i + b]
 
     def __call__(self, epoch):
+        return EpochBatches(self, epoch)
+
+    def batches(self, epoch, lanes_list):
         rng = np.random.RandomState(self.cfg.TRAIN.SEED * 7919 + epoch)
-        cap = self.cfg.TRAIN.MAX_BATCHES
-        count = 0
-        for lanes in self._lanes(epoch):
+        for lanes in lanes_list:
             present = [c for c in lanes if c is not None]
-            if not present:
-                continue
             # an idle lane (its share of the epoch is done) repeats another clip from a fresh state
             filled = [(c, bool(c.continues)) if c is not None else (present[0], False) for c in lanes]
             arrays = [clip_arrays(c, self.transform, self.anchors, self.cfg) for c, _ in filled]
@@ -93,9 +92,23 @@ class ClipData:
             yield {"frames": np.stack([a[0] for a in arrays]), "cls": np.stack([a[1] for a in arrays]),
                    "box": np.stack([a[2] for a in arrays]), "continues": np.array([k for _, k in filled]),
                    "schedule": schedule}
-            count += 1
-            if cap and count >= cap:
-                return
+
+
+class EpochBatches:
+    """One epoch of batches: the clip plan is fixed up front (so len() is known for lr schedules);
+    images are read and augmented lazily while iterating."""
+
+    def __init__(self, data, epoch):
+        self.data, self.epoch = data, epoch
+        lanes = [l for l in data._lanes(epoch) if any(c is not None for c in l)]
+        cap = data.cfg.TRAIN.MAX_BATCHES
+        self.lanes = lanes[:cap] if cap else lanes
+
+    def __len__(self):
+        return len(self.lanes)
+
+    def __iter__(self):
+        return self.data.batches(self.epoch, self.lanes)
 
 
 class ClipTask:

@@ -1,0 +1,154 @@
+"""Streaming speed of Looking Fast and Slow (large-only, small-only, interleaved) and LSTM-SSD on CPU,
+against the SSDLite frame baseline and gluoncv's ssd_512_mobilenet1.0, on this machine.
+
+    python -m bench.lstm_ssd            # paper sizes: LFS at 320 (MobileNetV2 x1.4 / x0.35 at 160),
+                                        # LSTM-SSD and SSDLite MobileNetV1 x1.0 at 256, gluoncv SSD 512
+    python -m bench.lstm_ssd --quick    # tiny sizes, few repeats (a smoke run)
+    [--frames N] [--tau 9] [--json OUT.json] [--with-postprocess]
+
+Run it as a module from the project root: as a script, this file's name would shadow the lstm_ssd
+package. Every network is hybridized for inference with the MKLDNN backend
+(lib.runtime.hybridize_for_inference), batch 1, random frames and random weights (speed does not
+depend on them). Steady state: warm-up steps (graph building) are excluded. Each row reports ms per
+frame, fps, params and MACs per frame. Interleaved = large extractor every tau + 1 frames (paper
+tau = 9), the small one otherwise, state read-not-written by the small one. Goal from the issue:
+interleaved >= 70 fps (the paper's figure on a Pixel 3, quantised).
+"""
+if __name__ == "__main__" and not __package__:
+    raise SystemExit("run from the project root as: python -m bench.lstm_ssd [--quick] "
+                     "(as a script, bench/lstm_ssd.py shadows the lstm_ssd package)")
+
+import argparse  # noqa: E402
+import json
+import os
+import time
+
+import mxnet as mx
+import numpy as np
+
+from lib.config import PROJECT_ROOT
+from lib.runtime import hybridize_for_inference, threads
+from lstm_ssd import config as lstm_config
+from lstm_ssd.detector import build_detector
+from lstm_ssd.flops import count_macs, count_params
+
+CFG_DIR = os.path.join(PROJECT_ROOT, "experiments", "lstm_ssd", "cfgs")
+FULL = {
+    "lfs": ("imagenet_vid_fast_slow.yaml", []),
+    "lstm_ssd": ("imagenet_vid_lstm_ssd_mobilenet_v1.yaml", []),
+    "ssdlite": ("imagenet_vid_ssdlite_mobilenet_v1.yaml", []),
+    "gluoncv_size": 512,
+}
+QUICK = {
+    "lfs": ("imagenet_vid_fast_slow.yaml", ["MODEL.IMAGE_SIZE=96", "MODEL.SMALL.INPUT_SIZE=48",
+                                             "MODEL.LARGE.WIDTH=0.35", "MODEL.LSTM.UNITS=32"]),
+    "lstm_ssd": ("imagenet_vid_lstm_ssd_mobilenet_v1.yaml", ["MODEL.IMAGE_SIZE=96", "MODEL.LARGE.WIDTH=0.25",
+                                                              "MODEL.LSTM.UNITS=32"]),
+    "ssdlite": ("imagenet_vid_ssdlite_mobilenet_v1.yaml", ["MODEL.IMAGE_SIZE=96", "MODEL.LARGE.WIDTH=0.25",
+                                                            "MODEL.LSTM.UNITS=32"]),
+    "gluoncv_size": 128,
+}
+
+
+def build(cfg_name, overrides):
+    cfg = lstm_config.load(os.path.join(CFG_DIR, cfg_name), overrides)
+    mx.random.seed(0)
+    net = build_detector(cfg)
+    s = cfg.MODEL.IMAGE_SIZE
+    net(mx.nd.zeros((1, len(net.extractor_names), 3, s, s)), None, list(net.extractor_names))
+    return cfg, net
+
+
+def time_stream(net, schedule, frames, warmup, postprocess=None):
+    """Median-free steady-state timing: total seconds of ``frames`` streaming steps after warm-up."""
+    for part in net.parts().values():
+        hybridize_for_inference(part)
+    s = net.image_size
+    rng = np.random.RandomState(0)
+    inputs = [mx.nd.array(rng.uniform(0, 255, (1, 3, s, s)).astype(np.float32)) for _ in range(4)]
+    state = net.zero_state(1)
+    for t in range(warmup):
+        for e in net.extractor_names:     # build every extractor's graph before timing
+            cls, box, _ = net.step(inputs[t % 4], state, e)
+    mx.nd.waitall()
+    t0 = time.perf_counter()
+    for t in range(frames):
+        cls, box, state = net.step(inputs[t % 4], state, schedule(t))
+        if postprocess is not None:
+            postprocess(cls, box)
+        else:
+            cls.wait_to_read()
+            box.wait_to_read()
+    mx.nd.waitall()
+    return time.perf_counter() - t0
+
+
+def bench_gluoncv(size, frames, warmup):
+    import gluoncv
+    net = gluoncv.model_zoo.get_model("ssd_512_mobilenet1.0_voc", pretrained=False, pretrained_base=False)
+    net.initialize()
+    hybridize_for_inference(net)
+    x = mx.nd.array(np.random.RandomState(0).uniform(-1, 1, (1, 3, size, size)).astype(np.float32))
+    for _ in range(warmup):
+        [o.wait_to_read() for o in net(x)]
+    t0 = time.perf_counter()
+    for _ in range(frames):
+        [o.wait_to_read() for o in net(x)]
+    seconds = time.perf_counter() - t0
+    params = sum(p.data().size for n, p in net.collect_params().items() if "running" not in n)
+    return seconds, int(params)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="tiny sizes, few repeats")
+    ap.add_argument("--frames", type=int, default=None, help="timed frames per row (default 100, quick 10)")
+    ap.add_argument("--tau", type=int, default=9)
+    ap.add_argument("--json", default=None, help="write the rows as JSON")
+    ap.add_argument("--with-postprocess", action="store_true", help="include decoding + NMS in the timing")
+    args = ap.parse_args(argv)
+    settings = QUICK if args.quick else FULL
+    frames = args.frames or (10 if args.quick else 100)
+    warmup = 2 if args.quick else 5
+    rows = []
+
+    def add(name, seconds, params, macs, size, note=""):
+        rows.append({"model": name, "input": size, "ms_per_frame": 1000 * seconds / frames,
+                     "fps": frames / seconds, "params": params, "macs_per_frame": macs, "note": note})
+        r = rows[-1]
+        print(f"{name:<34} {size:>5} {r['ms_per_frame']:>9.2f} ms {r['fps']:>8.1f} fps "
+              f"{params / 1e6:>7.2f} M params {macs / 1e9:>7.3f} GMACs  {note}", flush=True)
+
+    print(f"threads {threads()}, MKLDNN {mx.runtime.Features().is_enabled('MKLDNN')}, {frames} timed frames")
+    cfg, lfs = build(*settings["lfs"])
+    post = None
+    if args.with_postprocess:
+        post = lambda c, b: lfs.postprocess(c, b, [cfg.MODEL.IMAGE_SIZE], [cfg.MODEL.IMAGE_SIZE], cfg.POST_PROCESS)  # noqa: E731
+    params = count_params(lfs)
+    macs = {e: count_macs(lfs, e) for e in lfs.extractor_names}
+    size = cfg.MODEL.IMAGE_SIZE
+    add("lfs large only", time_stream(lfs, lambda t: "large", frames, warmup, post), params, macs["large"], size)
+    add("lfs small only", time_stream(lfs, lambda t: "small", frames, warmup, post), params, macs["small"], size)
+    every = args.tau + 1
+    mean_macs = (macs["large"] + args.tau * macs["small"]) / every
+    add(f"lfs interleaved tau={args.tau}",
+        time_stream(lfs, lambda t: "large" if t % every == 0 else "small", frames, warmup, post),
+        params, int(mean_macs), size, "goal >= 70 fps")
+    for key, label in (("lstm_ssd", "lstm-ssd (A) mobilenet_v1"), ("ssdlite", "ssdlite frame baseline v1")):
+        cfg_k, net = build(*settings[key])
+        post_k = None
+        if args.with_postprocess:
+            post_k = lambda c, b, n=net, c_=cfg_k: n.postprocess(c, b, [c_.MODEL.IMAGE_SIZE], [c_.MODEL.IMAGE_SIZE], c_.POST_PROCESS)  # noqa: E731
+        add(label, time_stream(net, lambda t: "large", frames, warmup, post_k), count_params(net),
+            count_macs(net, "large"), cfg_k.MODEL.IMAGE_SIZE)
+    g_size = settings["gluoncv_size"]
+    seconds, params = bench_gluoncv(g_size, frames, warmup)
+    add("gluoncv ssd_512_mobilenet1.0", seconds, params, 0, g_size, "MACs not counted; includes its NMS")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump({"threads": threads(), "frames": frames, "quick": args.quick, "rows": rows}, f, indent=1)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

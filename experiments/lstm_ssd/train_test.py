@@ -1,0 +1,120 @@
+"""Train and/or test LSTM-SSD, its frame baseline or Looking Fast and Slow from one yaml config.
+
+    python experiments/lstm_ssd/train_test.py --cfg experiments/lstm_ssd/cfgs/synthetic_lstm_ssd.yaml
+        [--set TRAIN.EPOCHS=5 ...] [--model MODEL.params] [--print-images] [--policy fixed|large|...]
+
+PHASE in the config lists what to do (train, test), as in the PyTorch LSTM-SSD port. Training writes
+OUTPUT_DIR/model.params (+ .channels.json) and the lib.train logs/checkpoints (resumable); testing
+streams the TEST set with INTERLEAVE.POLICY, writes OUTPUT_DIR/test_results.json, annotated images to
+OUTPUT_DIR/test_images when TEST.PRINT_IMAGES (or --print-images), and appends a row (config, mAP,
+fps, params, MACs) to TEST.RESULTS_TABLE. For POLICY adaptive, training also trains the Double-DQN
+policy (OUTPUT_DIR/policy.params).
+"""
+import argparse
+import datetime
+import json
+import os
+import time
+
+import mxnet as mx
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cfg", required=True, help="yaml config (experiments/lstm_ssd/cfgs/*.yaml)")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
+    ap.add_argument("--model", default=None, help="weights to test (default OUTPUT_DIR/model.params)")
+    ap.add_argument("--print-images", action="store_true", help="save annotated test images")
+    ap.add_argument("--policy", default=None, help="override INTERLEAVE.POLICY for the test")
+    ap.add_argument("--note", default="", help="free text for the results table")
+    return ap.parse_args(argv)
+
+
+def load_init_weights(net, path):
+    """Fine-tuning start (e.g. the frame SSDLite model for LSTM-SSD): load the parameters whose names
+    and shapes match, report the rest."""
+    from lib.config import PROJECT_ROOT
+    path = path if os.path.isabs(path) else os.path.join(PROJECT_ROOT, path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"MODEL.WEIGHTS: {path} not found")
+    saved = mx.nd.load(path)
+    own = net._collect_params_with_prefix()
+    loaded, skipped = 0, []
+    for name, p in own.items():
+        if name in saved and saved[name].shape == p.shape:
+            p.set_data(saved[name])
+            loaded += 1
+        else:
+            skipped.append(name)
+    print(f"MODEL.WEIGHTS {path}: loaded {loaded} tensors, {len(skipped)} left at their init "
+          f"(e.g. {skipped[:3]})")
+
+
+def main(argv=None):
+    from lib.config import PROJECT_ROOT, dump_config
+    from lstm_ssd import config as lstm_config
+    from lstm_ssd.detector import build_detector, load_model, save_model
+    from lstm_ssd.flops import model_summary
+    from lstm_ssd.policy import PolicyAgent, policy_features
+    from lstm_ssd.results import append_result
+    from lstm_ssd.train import evaluate, train, train_adaptive_policy
+
+    args = parse_args(argv)
+    cfg = lstm_config.load(args.cfg, args.set)
+    for phase in cfg.PHASE:
+        if phase not in ("train", "test"):
+            raise ValueError(f"{args.cfg}: PHASE entries must be train or test, got {phase!r}")
+    out_dir = cfg.OUTPUT_DIR if os.path.isabs(cfg.OUTPUT_DIR) else os.path.join(PROJECT_ROOT, cfg.OUTPUT_DIR)
+    os.makedirs(out_dir, exist_ok=True)
+    dump_config(cfg, os.path.join(out_dir, "config.yaml"))
+    model_path = args.model or os.path.join(out_dir, "model.params")
+    policy_path = os.path.join(out_dir, "policy.params")
+    train_info = {}
+    net = None
+    if "train" in cfg.PHASE:
+        net = build_detector(cfg)
+        net(mx.nd.zeros((1, 1, 3, cfg.MODEL.IMAGE_SIZE, cfg.MODEL.IMAGE_SIZE)))
+        if cfg.MODEL.WEIGHTS:
+            load_init_weights(net, cfg.MODEL.WEIGHTS)
+        t0 = time.time()
+        summary = train(cfg, net, out_dir=out_dir)
+        train_info = {"train_iters": summary["iterations"], "train_seconds": round(time.time() - t0, 1)}
+        save_model(net, model_path)
+        print(f"saved {model_path}")
+        if cfg.INTERLEAVE.POLICY == "adaptive":
+            agent = train_adaptive_policy(cfg, net)
+            agent.save(policy_path)
+            print(f"saved {policy_path}")
+    if "test" in cfg.PHASE:
+        if net is None:
+            net = load_model(cfg, model_path)
+        policy = args.policy or cfg.INTERLEAVE.POLICY
+        agent = None
+        if policy == "adaptive":
+            agent = PolicyAgent(cfg.POLICY_NET.HISTORY, cfg.POLICY_NET.HIDDEN)
+            state = net.zero_state(1)
+            agent.load(cfg.POLICY_NET.WEIGHTS or policy_path,
+                       policy_features(state, state, [], cfg.POLICY_NET.HISTORY).shape[1])
+        print_dir = os.path.join(out_dir, "test_images") if (args.print_images or cfg.TEST.PRINT_IMAGES) else None
+        result = evaluate(cfg, net, policy=policy, print_dir=print_dir, policy_net=agent)
+        sizes = model_summary(net)
+        row = {"date": datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M"),
+               "config": os.path.relpath(os.path.abspath(args.cfg), PROJECT_ROOT) + (" " + " ".join(args.set) if args.set else ""),
+               "model": cfg.MODEL.TYPE, "policy": result["policy"],
+               "dataset": cfg.DATASET.TEST.get("ROOT", cfg.DATASET.TEST.get("FORMAT", "")),
+               "frames": result["frames"], "mAP": float(result["mAP"]), "fps": float(result["fps"]),
+               "params": sizes["params"], "macs_large": sizes.get("macs_large", ""),
+               "macs_small": sizes.get("macs_small", ""), "large_share": float(result["large_share"]),
+               "note": args.note, **train_info}
+        table = cfg.TEST.RESULTS_TABLE if os.path.isabs(cfg.TEST.RESULTS_TABLE) else \
+            os.path.join(PROJECT_ROOT, cfg.TEST.RESULTS_TABLE)
+        append_result(row, table)
+        with open(os.path.join(out_dir, "test_results.json"), "w", encoding="utf-8") as f:
+            json.dump({**row, "per_class": result["per_class"]}, f, indent=1, default=str)
+        print(json.dumps(row, indent=1))
+        if print_dir:
+            print(f"annotated test images in {print_dir}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""The experiments table: one row per experiment (config, mAP, fps, params, MACs, ...).
+
+Rows are appended to a CSV file (the source of truth) and the markdown table next to it is rewritten
+from the CSV, so both stay in step, as the PyTorch port's results spreadsheet did.
+"""
+import csv
+import os
+
+COLUMNS = ["date", "config", "model", "policy", "dataset", "frames", "mAP", "fps", "params", "macs_large",
+           "macs_small", "large_share", "train_iters", "train_seconds", "note"]
+
+
+def append_result(row, md_path):
+    """Append ``row`` (dict, unknown keys rejected) to <md_path stem>.csv and rewrite md_path."""
+    unknown = set(row) - set(COLUMNS)
+    if unknown:
+        raise ValueError(f"results row has unknown columns {sorted(unknown)}; allowed: {COLUMNS}")
+    csv_path = os.path.splitext(md_path)[0] + ".csv"
+    os.makedirs(os.path.dirname(os.path.abspath(md_path)), exist_ok=True)
+    new = not os.path.isfile(csv_path)
+    with open(csv_path, "a", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        if new:
+            writer.writeheader()
+        writer.writerow({k: _fmt(row.get(k, "")) for k in COLUMNS})
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    lines = ["# LSTM-SSD / Looking Fast and Slow experiments", "",
+             "Appended by `experiments/lstm_ssd/train_test.py` (source: the CSV next to this file). fps: "
+             "streaming test frames per second on this machine (batch 1, post-processing included); MACs per "
+             "frame of each extractor step.", "",
+             "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(r.get(k, "") for k in COLUMNS) + " |" for r in rows]
+    tmp = md_path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    os.replace(tmp, md_path)
+    return csv_path
+
+
+def _fmt(value):
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 1000 else f"{value:.0f}"
+    return str(value)
