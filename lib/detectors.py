@@ -189,6 +189,8 @@ def family_config(cfg, classes=None, train_size=None):
     plain = merge(plain, mapped, source=f"{source} (mapped keys)", open_keys=open_keys)
     if cfg.TRAIN.ITERATIONS and train_size:
         batch = int(plain["TRAIN"][batch_key])
+        if family in ("ssdlite", "lstm_ssd"):
+            batch *= int(plain["TRAIN"]["UNROLL"])   # a batch holds BATCH_SIZE clips of UNROLL frames
         per_epoch = max(1, math.ceil(train_size / batch))
         iterations = int(cfg.TRAIN.ITERATIONS)
         plain["TRAIN"]["EPOCHS"] = max(1, math.ceil(iterations / per_epoch))
@@ -531,7 +533,8 @@ def _ssdlite_inference_block(net, post):
             self.stds = tuple(float(s) for s in net.cfg.BOX_STDS)
             self.score_thresh = float(post.SCORE_THRESHOLD)
             self.nms_iou = float(post.IOU_THRESHOLD)
-            self.max_per_class = int(post.MAX_PER_CLASS)
+            # box_nms keeps the anchor count: at most that many rows per class
+            self.max_per_class = min(int(post.MAX_PER_CLASS), int(net.anchors().shape[0]))
             self.max_total = int(post.MAX_TOTAL)
             with self.name_scope():
                 self.anchors = self.params.get_constant("anchors", mx.nd.array(net.anchors()[None]))
@@ -557,6 +560,68 @@ def _ssdlite_inference_block(net, post):
                     F.slice_axis(dets, axis=-1, begin=2, end=6))
 
     return SSDLiteInference(prefix="ssdlite_inference_")
+
+
+def _rfcn_inference_block(model):
+    """HybridBlock for the R-FCN baseline: (1,3,H,W) normalised, unpadded -> ids, scores, boxes.
+
+    Inside the graph: zero padding to a multiple of IMAGE.PAD_STRIDE (as fgfa.data.prepare_image),
+    im_info = [H, W, 1] from the input shape, features, RPN + MultiProposal + R-FCN (fgfa's
+    InferenceHead, compiled operators), box decoding, clipping and per-class NMS (TEST.NMS).
+    """
+    import mxnet as mx
+    from mxnet import gluon
+    from lib.bbox import decode_boxes_F
+    cfg = model.cfg
+    net = model.net
+
+    class RFCNInference(gluon.HybridBlock):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.features, self.head = net.features, net.head
+            self.num_classes = net.num_classes
+            self.stride = int(cfg.IMAGE.PAD_STRIDE)
+            self.stds = tuple(float(v) for v in cfg.NETWORK.RCNN_BBOX_STDS)
+            self.score_thresh = float(cfg.TEST.SCORE_THRESH)
+            self.nms_iou = float(cfg.TEST.NMS)
+            self.max_per_class = min(int(cfg.TEST.MAX_PER_IMAGE), int(cfg.TEST.RPN_POST_NMS_TOP_N))
+            self.max_total = int(cfg.TEST.MAX_PER_IMAGE)
+
+        def hybrid_forward(self, F, x):
+            s = self.stride
+            # pad right/bottom to a multiple of the stride: pad by s-1, then cut to ceil(H/s)*s
+            padded = F.pad(x, mode="constant", constant_value=0.0, pad_width=(0, 0, 0, 0, 0, s - 1, 0, s - 1))
+            cells = F.Pooling(x, kernel=(s, s), stride=(s, s), pool_type="max", pooling_convention="full")
+            target = F.UpSampling(cells, scale=s, sample_type="nearest")
+            padded = F.slice_like(padded, target, axes=(2, 3))
+            hw = F.cast(F.slice_axis(F.shape_array(x), axis=0, begin=2, end=4), "float32")      # [H, W]
+            im_info = F.reshape(F.concat(hw, F.ones_like(F.slice_axis(hw, axis=0, begin=0, end=1)), dim=0),
+                                (1, 3))
+            rois, probs, deltas = self.head(self.features(padded), im_info)
+            # MultiProposal rois are +1-inclusive: x2 + 1 gives our exclusive corners
+            corners = F.slice_axis(rois, axis=1, begin=1, end=5)
+            corners = F.broadcast_add(corners, F.reshape(F.concat(F.zeros((1, 2)), F.ones((1, 2)), dim=1), (1, 4)))
+            boxes = decode_boxes_F(F, F.expand_dims(F.slice_axis(deltas, axis=1, begin=4, end=8), 0),
+                                   F.expand_dims(corners, 0), stds=self.stds)
+            limit = F.reshape(F.concat(F.reverse(hw, axis=0), F.reverse(hw, axis=0), dim=0), (1, 1, 4))
+            boxes = F.broadcast_minimum(F.relu(boxes), limit)
+            scores = F.expand_dims(F.slice_axis(probs, axis=-1, begin=1, end=None), 0)
+            per_class = []
+            for c in range(self.num_classes):
+                score = F.slice_axis(scores, axis=-1, begin=c, end=c + 1)
+                dets = F.concat(F.ones_like(score) * c, score, boxes, dim=-1)
+                dets = F.contrib.box_nms(dets, overlap_thresh=self.nms_iou, valid_thresh=self.score_thresh,
+                                         topk=-1, coord_start=2, score_index=1, id_index=-1, force_suppress=True)
+                per_class.append(F.slice_axis(dets, axis=1, begin=0, end=self.max_per_class))
+            dets = F.concat(*per_class, dim=1) if len(per_class) > 1 else per_class[0]
+            if self.num_classes > 1:
+                dets = F.contrib.box_nms(dets, overlap_thresh=1.0, valid_thresh=self.score_thresh, topk=-1,
+                                         coord_start=2, score_index=1, id_index=-1, force_suppress=True)
+            dets = F.slice_axis(dets, axis=1, begin=0, end=min(self.max_total, self.num_classes * self.max_per_class))
+            return (F.slice_axis(dets, axis=-1, begin=0, end=1), F.slice_axis(dets, axis=-1, begin=1, end=2),
+                    F.slice_axis(dets, axis=-1, begin=2, end=6))
+
+    return RFCNInference(prefix="rfcn_inference_")
 
 
 def _write_meta(out_dir, meta):
@@ -612,7 +677,23 @@ def export(model, out_dir, onnx=False):
             "fgfa aggregates features of a window of 2K+1 frames; the single-frame artifact cannot hold the "
             "window. Run it with fgfa.demo / experiments/fgfa_rfcn/train_test.py, or train DETECTOR: m2det / "
             "ssdlite for an exported model.")
-    raise ExportNotSupported(
-        "rfcn: the proposal stage (MultiProposal, compiled operator) and the keep-ratio input padded to a "
-        "multiple of 16 are not part of an exported graph yet; run it in process (lib.detectors.load_model) "
-        "or train DETECTOR: m2det / ssdlite for an exported model.")
+    # rfcn
+    cfg = model.cfg
+    block = _rfcn_inference_block(model)
+    block.hybridize()
+    short, long_side = (int(v) for v in cfg.IMAGE.TEST_SCALE)
+    block(mx.nd.zeros((1, 3, short, long_side), ctx=model.ctx))
+    prefix = os.path.join(out_dir, "model")
+    block.export(prefix, epoch=0)
+    paths = {"symbol": prefix + "-symbol.json", "params": prefix + "-0000.params"}
+    meta = {"detector": "rfcn", "classes": model.classes,
+            "input": {"resize": "keep_ratio", "short_side": short, "max_size": long_side,
+                      "mean": [float(v) for v in cfg.IMAGE.MEAN], "std": [float(v) for v in cfg.IMAGE.STD]},
+            "ops_library": True, "nms": "hard", "score_threshold": float(cfg.TEST.SCORE_THRESH),
+            "nms_iou": float(cfg.TEST.NMS), "max_per_image": int(cfg.TEST.MAX_PER_IMAGE)}
+    paths["meta"] = _write_meta(out_dir, meta)
+    if onnx:
+        raise ExportNotSupported(
+            f"rfcn: the MXNet artifact is written to {out_dir}, but its graph uses this project's compiled "
+            "operators (multi_proposal, psroi_pooling) that have no ONNX mapping; run it with --runtime mxnet")
+    return paths

@@ -1,0 +1,262 @@
+"""lib.detectors: recipe keys mapped onto each family's config, data specs (lists, background folders,
+tiles), the exported artifacts of ssdlite and R-FCN against each package's own numpy post-processing,
+and what cannot be exported."""
+import json
+import os
+
+import cv2
+import mxnet as mx
+import numpy as np
+import pytest
+
+from lib import detectors
+from lib.config import ConfigError
+from lib.dataset import DetectionDataset, Record
+from lib.dataset.voc import voc_xml_string
+
+
+def _cfg(tmp_path, text, name="recipe.yaml", overrides=None):
+    path = tmp_path / name
+    path.write_text(text)
+    return detectors.load_custom_config(str(path), overrides)
+
+
+def _images(rng, shapes):
+    # smooth random images (blurred noise) so detectors see some structure
+    return [cv2.GaussianBlur(rng.integers(0, 255, (h, w, 3), dtype=np.uint8), (7, 7), 0) for h, w in shapes]
+
+
+def _sorted(boxes, scores, labels, width, height):
+    order = np.argsort(-scores, kind="stable")
+    return np.clip(boxes[order], 0, [width, height, width, height]), scores[order], labels[order]
+
+
+# ------------------------------------------------------------------------------------------ config
+
+def test_recipe_keys_reach_each_family(tmp_path):
+    common = """
+INPUT: {{SIZE: [{size}]}}
+TRAIN: {{BATCH_SIZE: 3, LR: 0.02, OPTIMIZER: adam, EPOCHS: 7, AUGMENT: [{{name: RandomFlip}}]}}
+OUTPUT_DIR: {out}
+"""
+    cfg = _cfg(tmp_path, "DETECTOR: m2det\n" + common.format(size=320, out=tmp_path / "m"))
+    fam = detectors.family_config(cfg, ["a"])
+    assert (fam.MODEL.INPUT_SIZE, fam.TRAIN.BATCH_SIZE, fam.TRAIN.LR, fam.TRAIN.OPTIMIZER, fam.TRAIN.EPOCHS) == \
+        (320, 3, 0.02, "adam", 7)
+    assert fam.TRAIN.RANDOM_TRANSFORM is True and fam.OUTPUT_DIR == str(tmp_path / "m")
+    # the rest comes from the family's speedtrap config
+    assert fam.MODEL.BACKBONE == "mobilenetv2"
+
+    for family in ("ssdlite", "lstm_ssd"):
+        cfg = _cfg(tmp_path, f"DETECTOR: {family}\n" + common.format(size=256, out=tmp_path / family))
+        fam = detectors.family_config(cfg, ["a", "b"])
+        assert (fam.MODEL.TYPE, fam.MODEL.IMAGE_SIZE, fam.MODEL.NUM_CLASSES) == (family, 256, 2)
+        assert (fam.TRAIN.BATCH_SIZE, fam.TRAIN.LR, fam.TRAIN.EPOCHS, fam.TRAIN.AUGMENT) == (3, 0.02, 7, True)
+        assert fam.DATASET.CLASSES == ["a", "b"]
+
+    for family in ("rfcn", "fgfa"):
+        cfg = _cfg(tmp_path, f"DETECTOR: {family}\nINPUT: {{SHORT_SIDE: 360, MAX_SIZE: 640}}\n"
+                             f"TRAIN: {{BATCH_SIZE: 2, AUGMENT: [PhotometricDistort]}}\nOUTPUT_DIR: {tmp_path}")
+        fam = detectors.family_config(cfg, ["a"])
+        assert fam.NETWORK.AGGREGATE is (family == "fgfa")
+        assert fam.IMAGE.SCALES == [[360, 640]] and fam.IMAGE.TEST_SCALE == [360, 640]
+        assert fam.TRAIN.BATCH_IMAGES == 2 and fam.IMAGE.FLIP is False   # no flip in the augment list
+
+
+def test_overrides_and_iterations(tmp_path):
+    cfg = _cfg(tmp_path, "DETECTOR: m2det\nBASE: experiments/m2det/cfgs/tiny.yaml\n"
+                         "TRAIN: {BATCH_SIZE: 4, ITERATIONS: 10}\nOVERRIDES: {TEST: {SCORE_THRESH: 0.3}}\n")
+    # 10 iterations of batch 4 over 25 images: 7 per epoch -> 2 epochs
+    fam = detectors.family_config(cfg, ["a"], train_size=25)
+    assert fam.TEST.SCORE_THRESH == 0.3 and fam.TRAIN.EPOCHS == 2 and fam.MODEL.INPUT_SIZE == 160
+    # fewer iterations than one epoch: one capped epoch
+    fam = detectors.family_config(cfg, ["a"], train_size=100)
+    assert fam.TRAIN.EPOCHS == 1 and fam.TRAIN.MAX_ITERS_PER_EPOCH == 10
+    cfg = _cfg(tmp_path, "DETECTOR: ssdlite\nBASE: experiments/lstm_ssd/cfgs/tiny_test.yaml\n"
+                         "TRAIN: {BATCH_SIZE: 2, ITERATIONS: 3}\n")
+    fam = detectors.family_config(cfg, ["a"], train_size=80)   # 2 clips x 4 frames per batch: 10 per epoch
+    assert fam.TRAIN.EPOCHS == 1 and fam.TRAIN.MAX_BATCHES == 3
+
+
+@pytest.mark.parametrize("text, message", [
+    ("DETECTOR: yolo\n", "DETECTOR must be one of"),
+    ("DETECTOR: m2det\nINPUT: {SIZE: [300, 400]}\n", "square input"),
+    ("DETECTOR: ssdlite\nINPUT: {SHORT_SIDE: 600}\n", "INPUT.SHORT_SIDE"),
+    ("DETECTOR: m2det\nOVERRIDES: {MODEL: {NOT_A_KEY: 1}}\n", "MODEL.NOT_A_KEY"),
+    ("DETECTOR: m2det\nTRAIN: {LR: fast}\n", "TRAIN.LR"),
+    ("DETECTOR: m2det\nTILING: {INFER: {SIZE: [512]}}\n", "TILING.INFER.SIZE"),
+])
+def test_config_errors_name_the_key(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        detectors.family_config(_cfg(tmp_path, text), ["a"])
+    assert "recipe.yaml" in str(err.value)
+
+
+def test_tf_pipeline_import_feeds_the_recipe(tmp_path):
+    """pipeline.config -> import_tf_pipeline yaml -> recipe config -> SSDLite config."""
+    from lib.tools import import_tf_pipeline
+    out = tmp_path / "imported.yaml"
+    sample = os.path.join(os.path.dirname(__file__), "data", "ssd_mobilenet_v2_pipeline.config")
+    assert import_tf_pipeline.main([sample, "--out", str(out)]) == 0
+    cfg = detectors.load_custom_config(str(out), [f"OUTPUT_DIR={tmp_path / 'run'}"])
+    assert cfg.DETECTOR == "ssdlite" and cfg.NUM_CLASSES == 1
+    fam = detectors.family_config(cfg, ["radar"], train_size=48)
+    assert fam.MODEL.IMAGE_SIZE == 300 and fam.TRAIN.BATCH_SIZE == 24 and fam.TRAIN.LR == pytest.approx(0.004)
+    assert fam.TRAIN.OPTIMIZER == "rmsprop" and fam.TRAIN.AUGMENT is True
+    assert fam.TRAIN.EPOCHS == 20000   # 48 images in batches of 24 clips: one batch per epoch
+    spec = detectors._resolve_spec(cfg.DATA.TRAIN, cfg)
+    assert spec["FORMAT"] == "tfrecord" and os.path.isabs(spec["PATHS"]) and spec["PATHS"].endswith("train.record")
+    assert spec["OUT_DIR"] == os.path.join(str(tmp_path / "run"), "tfrecord_images")
+
+
+# -------------------------------------------------------------------------------------------- data
+
+def _voc_folder(folder, boxes_per_image, classes, size=(120, 90)):
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for k, boxes in enumerate(boxes_per_image):
+        path = str(folder / f"frame{k}.jpg")
+        cv2.imwrite(path, _images(rng, [(size[1], size[0])])[0])
+        rec = Record(image=path, width=size[0], height=size[1], boxes=boxes, labels=[0] * len(boxes))
+        (folder / f"frame{k}.xml").write_text(voc_xml_string(rec, classes))
+
+
+def test_data_lists_and_background_folders(tmp_path):
+    _voc_folder(tmp_path / "labelled", [[[10, 10, 40, 40]], [[20, 30, 60, 70]]], ["radar"])
+    bg = tmp_path / "bg"
+    bg.mkdir()
+    for k in range(3):
+        cv2.imwrite(str(bg / f"road{k}.jpg"), np.full((50, 70, 3), 90, np.uint8))
+    cfg = _cfg(tmp_path, f"DATA:\n  TRAIN:\n    - {{FORMAT: voc, ROOT: {tmp_path / 'labelled'}}}\n"
+                         f"    - {{FORMAT: background, IMAGES_DIR: {bg}}}\n")
+    ds = detectors.load_data(cfg)
+    assert len(ds) == 5 and ds.classes == ["radar"]
+    background = [r for r in ds if r.num_boxes == 0]
+    assert len(background) == 3 and {(r.width, r.height) for r in background} == {(70, 50)}
+    # a second dataset with other classes is an error naming the entry
+    _voc_folder(tmp_path / "other", [[[1, 1, 9, 9]]], ["cone"])
+    cfg = _cfg(tmp_path, f"DATA:\n  TRAIN:\n    - {{FORMAT: voc, ROOT: {tmp_path / 'labelled'}}}\n"
+                         f"    - {{FORMAT: voc, ROOT: {tmp_path / 'other'}, CLASSES: [cone]}}\n")
+    with pytest.raises(ConfigError, match=r"DATA.TRAIN\[1\] has classes \['cone'\]"):
+        detectors.load_data(cfg)
+    cfg = _cfg(tmp_path, "NUM_CLASSES: 2\nDATA: {TRAIN: {FORMAT: voc, ROOT: %s}}\n" % (tmp_path / "labelled"))
+    with pytest.raises(ConfigError, match="NUM_CLASSES is 2"):
+        detectors.load_data(cfg)
+
+
+def test_training_tiles_cut_the_frame(tmp_path):
+    rng = np.random.default_rng(3)
+    image = _images(rng, [(300, 400)])[0]
+    path = str(tmp_path / "big.png")        # lossless: tiles compare to the frame pixel by pixel
+    cv2.imwrite(path, cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    box = np.array([[250, 40, 270, 80]], np.float32)
+    ds = DetectionDataset([Record(image=path, width=400, height=300, boxes=box, labels=[0])], ["radar"])
+    cfg = _cfg(tmp_path, "TILING: {TRAIN: {ENABLED: true, SIZE: [128, 96], TILES_PER_IMAGE: 3, OBJECT_PROB: 1.0,"
+                         " KEEP_FULL_FRAMES: true}}\n")
+    tiles = detectors.tile_dataset(ds, str(tmp_path / "tiles"), cfg.TILING.TRAIN)
+    assert len(tiles) == 4 and tiles[0].image == path
+    for rec in tiles.records[1:]:
+        assert (rec.width, rec.height) == (128, 96) and rec.num_boxes == 1
+        x0, y0 = (box[0, :2] - rec.boxes[0, :2]).astype(int)   # the tile's offset in the frame
+        np.testing.assert_array_equal(rec.boxes[0], box[0] - [x0, y0, x0, y0])
+        tile = cv2.cvtColor(cv2.imread(rec.image), cv2.COLOR_BGR2RGB)
+        error = np.abs(tile.astype(int) - image[y0:y0 + 96, x0:x0 + 128].astype(int)).mean()
+        shifted = np.abs(tile[:, 4:].astype(int) - image[y0:y0 + 96, x0:x0 + 124].astype(int)).mean()
+        assert error < 5.0 and shifted > 2 * error     # JPEG noise only, and not some other crop
+
+
+# ------------------------------------------------------------------------------------------ export
+
+def _untrained(tmp_path, family, base, classes):
+    cfg = _cfg(tmp_path, f"DETECTOR: {family}\nBASE: {base}\nOUTPUT_DIR: {tmp_path / 'run'}\n")
+    fam = detectors.family_config(cfg, classes)
+    mx.random.seed(4)
+    np.random.seed(4)
+    net = detectors.build_model(family, fam, len(classes))
+    return detectors.LoadedModel(family, net, fam, classes, mx.cpu())
+
+
+def test_ssdlite_artifact_equals_numpy_postprocessing(tmp_path):
+    """Graph decode + NMS (exported, MXNet and onnxruntime) == lstm_ssd's numpy decode + multiclass_nms."""
+    from lib.tools.export import compare_runtimes
+    from lib.tools.infer import ExportedDetector
+    model = _untrained(tmp_path, "ssdlite", "experiments/lstm_ssd/cfgs/tiny_test.yaml", ["a", "b"])
+    paths = detectors.export(model, str(tmp_path / "art"), onnx=True)
+    meta = json.loads(open(paths["meta"]).read())
+    assert meta["detector"] == "ssdlite" and meta["input"] == {"resize": "square", "size": [64, 64],
+                                                               "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
+    runner = ExportedDetector(str(tmp_path / "art"))
+    images = _images(np.random.default_rng(5), [(48, 80), (64, 64), (90, 70)])
+    total = 0
+    for image in images:
+        h, w = image.shape[:2]
+        expected = _sorted(*model.detect([image])[0], w, h)
+        got = runner(cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+        assert len(got[1]) == len(expected[1]) > 0
+        np.testing.assert_allclose(got[1], expected[1], atol=1e-5)
+        np.testing.assert_allclose(got[0], expected[0], atol=1e-3)
+        np.testing.assert_array_equal(got[2], expected[2])
+        total += len(got[1])
+    worst = compare_runtimes(str(tmp_path / "art"), [cv2.cvtColor(i, cv2.COLOR_RGB2BGR) for i in images])
+    assert worst["detections"] == total and worst["scores"] <= 1e-4 and worst["boxes"] <= 1e-4
+
+
+def test_rfcn_artifact_equals_in_process_detector(tmp_path):
+    """Padding, im_info, proposals, decode and NMS in the exported graph == fgfa's VideoDetector + numpy."""
+    from lib.tools.infer import ExportedDetector
+    model = _untrained(tmp_path, "rfcn", "experiments/rfcn/cfgs/rfcn_tiny.yaml", ["a", "b"])
+    with pytest.raises(detectors.ExportNotSupported, match="no ONNX mapping"):
+        detectors.export(model, str(tmp_path / "art"), onnx=True)
+    meta = json.loads((tmp_path / "art" / "meta.json").read_text())   # the MXNet artifact is complete
+    assert meta["ops_library"] is True and meta["input"]["resize"] == "keep_ratio"
+    runner = ExportedDetector(str(tmp_path / "art"))
+    # sizes whose resized sides are not multiples of 16 exercise the in-graph padding
+    from fgfa.data import target_size
+    short, long_side = model.cfg.IMAGE.TEST_SCALE
+    for image in _images(np.random.default_rng(6), [(90, 150), (120, 160), (70, 75)]):
+        h, w = image.shape[:2]
+        boxes, scores, labels = model.detect([image])[0]
+        # fgfa maps boxes back with its nominal scale, the artifact's runner with the exact ratio of the
+        # rounded resized size: compare in the network's input pixels, mapped the runner's way
+        scale = target_size(h, w, short, long_side)
+        tw, th = round(w * scale), round(h * scale)
+        boxes = boxes * scale * np.array([w / tw, h / th, w / tw, h / th], np.float32)
+        expected = _sorted(boxes, scores, labels, w, h)
+        got = runner(cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+        assert len(got[1]) == len(expected[1]) > 0
+        np.testing.assert_allclose(got[1], expected[1], atol=1e-5)
+        np.testing.assert_allclose(got[0], expected[0], atol=1e-3)
+        np.testing.assert_array_equal(got[2], expected[2])
+
+
+def test_lstm_ssd_run_streams_and_refuses_single_frame_export(tmp_path, capsys):
+    from lib.tools import export as export_tool
+    from lib.dataset.synthetic import generate_video_dataset
+    generate_video_dataset(str(tmp_path / "synth"), seed=2, num_videos=1, num_frames=4, width=80, height=64,
+                           num_classes=1, max_objects=1, load=False)
+    cfg = _cfg(tmp_path, f"""
+DETECTOR: lstm_ssd
+BASE: experiments/lstm_ssd/cfgs/tiny_test.yaml
+TRAIN: {{BATCH_SIZE: 1, ITERATIONS: 1}}
+DATA: {{TRAIN: {{FORMAT: synthetic, ROOT: {tmp_path / 'synth'}}}}}
+OUTPUT_DIR: {tmp_path / 'run'}
+""")
+    result = detectors.train(cfg, progress=False)
+    assert result["summary"]["iterations"] == 1 and result["classes"] == ["disc"]
+    model = detectors.load_model(str(tmp_path / "run"))
+    frames = [cv2.cvtColor(cv2.imread(r.image), cv2.COLOR_BGR2RGB) for r in detectors.load_data(cfg).records]
+    stream = model.detect_stream(frames)
+    # the memory changes the outputs: frame 2 alone differs from frame 2 after frames 0 and 1
+    alone = model.detect([frames[2]])[0]
+    assert len(stream) == 4 and not np.array_equal(stream[2][1], alone[1])
+    again = model.detect_stream(frames)        # reset at the start of each stream
+    np.testing.assert_array_equal(again[2][1], stream[2][1])
+    assert export_tool.main(["--model", str(tmp_path / "run"), "--format", "mxnet", "--out", str(tmp_path / "a")]) == 3
+    assert "lstm_ssd.export" in capsys.readouterr().err
+
+
+def test_loading_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="model not found"):
+        detectors.load_model(str(tmp_path / "nothing"))
+    with pytest.raises(FileNotFoundError, match="detector.json"):
+        detectors.load_model(str(tmp_path))
