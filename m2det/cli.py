@@ -81,7 +81,7 @@ def train_parser():
     p.add_argument("--workers", type=int, help="data loading worker processes")
     p.add_argument("--seed", type=int)
     p.add_argument("--loss", choices=("softmax", "focal"))
-    p.add_argument("--context", help="cpu | gpu | gpu:N")
+    p.add_argument("--context", help="cpu | gpu | gpu:N | gpu:0,gpu:1 (data parallel)")
     add_dataset_subparsers(p, for_training=True)
     return p
 
@@ -132,7 +132,7 @@ def run_training(cfg, train_set, val_set=None, snapshot=None, tensorboard_dir=No
     val_fn = None
     if cfg.TRAIN.EVALUATE and val_set is not None and len(val_set):
         def val_fn(_net, epoch):
-            detector = engine.Detector(net, cfg, ctx, hybridize=False)
+            detector = engine.Detector(net, cfg, ctx[0], hybridize=False)
             detections = engine.detect_dataset(detector, val_set, batch_size=int(cfg.TRAIN.BATCH_SIZE))
             result = engine.evaluate_detections(val_set, detections, coco=False)["voc"]
             metrics = {"mAP": float(result["mAP"])}

@@ -96,7 +96,7 @@ DEFAULTS = {
         "WORKERS": 0,
     },
     "OUTPUT_DIR": "output/m2det",
-    "CONTEXT": "cpu",
+    "CONTEXT": "cpu",                  # cpu | gpu:N | comma-separated list for data-parallel training
 }
 
 # Keys holding free-form mappings (dataset specs are passed to lib.dataset.load_dataset as they are).

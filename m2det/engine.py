@@ -38,17 +38,28 @@ def build_config(path=None, overrides=None):
 
 
 def get_context(cfg):
+    """CONTEXT 'cpu', 'gpu:1' or a comma-separated list ('gpu:0,gpu:1') -> list of mx.Context."""
     from lib.runtime import get_context as _ctx
-    return _ctx(cfg.CONTEXT)
+    specs = [part.strip() for part in str(cfg.CONTEXT).split(",") if part.strip()]
+    if not specs:
+        raise ConfigError(f"{cfg.get('CONFIG_FILE') or 'config'}: CONTEXT is empty")
+    return [_ctx(spec) for spec in specs]
+
+
+def _first(ctx):
+    if ctx is None:
+        return mx.cpu()
+    return ctx[0] if isinstance(ctx, (list, tuple)) else ctx
 
 
 def build_model(cfg, num_classes, ctx=None):
-    """An initialised M2Det training network for ``num_classes`` foreground classes."""
+    """An initialised M2Det training network for ``num_classes`` foreground classes
+    (``ctx``: one context or a list, for data-parallel training)."""
     net = M2Det(cfg.MODEL, num_classes)
     net.initialize_weights(ctx=ctx or mx.cpu())
     # One forward pass completes deferred shapes so that checkpoints can be loaded right away.
     size = net.input_size
-    net(mx.nd.zeros((1, 3, size, size), ctx=ctx or mx.cpu()))
+    net(mx.nd.zeros((1, 3, size, size), ctx=_first(ctx)))
     return net
 
 
@@ -211,12 +222,17 @@ class _Capped:
 
 
 class M2DetTask:
-    """lib.train task: ``net`` and ``loss(batch)`` (multibox loss with hard negative mining / focal)."""
+    """lib.train task: ``net`` and ``loss(batch)`` (multibox loss with hard negative mining / focal).
+
+    With several contexts the batch is split across them (data parallel); each device's loss is
+    rescaled from its own positives to the positives of the whole batch, so the summed gradient is
+    the single-device one (up to BatchNorm, whose batch statistics stay per device).
+    """
 
     def __init__(self, net, cfg, ctx=None):
         from lib.losses import MultiBoxLoss
         self.net = net
-        self.ctx = ctx or mx.cpu()
+        self.ctx = list(ctx) if isinstance(ctx, (list, tuple)) else [ctx or mx.cpu()]
         if cfg.LOSS.TYPE not in ("softmax", "focal"):
             raise ConfigError(f"LOSS.TYPE must be 'softmax' or 'focal', got {cfg.LOSS.TYPE!r}")
         self.loss_fn = MultiBoxLoss(cls_loss=cfg.LOSS.TYPE, negative_ratio=float(cfg.LOSS.NEGATIVE_RATIO),
@@ -225,10 +241,22 @@ class M2DetTask:
                                     focal_gamma=float(cfg.LOSS.FOCAL_GAMMA))
 
     def loss(self, batch):
-        images, cls_t, box_t = (b.as_in_context(self.ctx) for b in batch)
-        cls_pred, box_pred = self.net(images)
-        total, cls_loss, box_loss = self.loss_fn(cls_pred, box_pred, cls_t, box_t)
-        return total, {"cls_loss": cls_loss.asscalar(), "box_loss": box_loss.asscalar()}
+        if len(self.ctx) == 1:
+            images, cls_t, box_t = (b.as_in_context(self.ctx[0]) for b in batch)
+            cls_pred, box_pred = self.net(images)
+            total, cls_loss, box_loss = self.loss_fn(cls_pred, box_pred, cls_t, box_t)
+            return total, {"cls_loss": cls_loss.asscalar(), "box_loss": box_loss.asscalar()}
+        splits = [gluon.utils.split_and_load(b, self.ctx, even_split=False) for b in batch]
+        total_pos = max(1.0, float((batch[1] > 0).sum().asscalar()))
+        losses, parts = [], {"cls_loss": 0.0, "box_loss": 0.0}
+        for images, cls_t, box_t in zip(*splits):
+            cls_pred, box_pred = self.net(images)
+            _, cls_loss, box_loss = self.loss_fn(cls_pred, box_pred, cls_t, box_t)
+            scale = max(1.0, float((cls_t > 0).sum().asscalar())) / total_pos
+            losses.append((cls_loss + box_loss) * scale)
+            parts["cls_loss"] += float(cls_loss.asscalar()) * scale
+            parts["box_loss"] += float(box_loss.asscalar()) * scale
+        return losses, parts
 
 
 # ----------------------------------------------------------------------------------------------
@@ -243,7 +271,7 @@ class Detector:
 
     def __init__(self, net, cfg, ctx=None, nms=None, hybridize=True):
         from lib.runtime import hybridize_for_inference
-        self.net, self.cfg, self.ctx = net, cfg, ctx or mx.cpu()
+        self.net, self.cfg, self.ctx = net, cfg, _first(ctx)
         self.method = nms or cfg.TEST.NMS
         self.size = net.input_size
         if self.method == "hard":
@@ -297,8 +325,8 @@ def model_at_size(net, cfg, size, ctx=None):
         cfg.MODEL.PRIORS.STEPS = []
     cfg.MODEL.BACKBONE_WEIGHTS = ""
     other = M2Det(cfg.MODEL, net.num_classes)
-    other.initialize(ctx=ctx or mx.cpu())
-    other(mx.nd.zeros((1, 3, int(size), int(size)), ctx=ctx or mx.cpu()))
+    other.initialize(ctx=_first(ctx))
+    other(mx.nd.zeros((1, 3, int(size), int(size)), ctx=_first(ctx)))
     for (name, src), (_, dst) in zip(sorted(net._collect_params_with_prefix().items()),
                                      sorted(other._collect_params_with_prefix().items())):
         dst.set_data(src.data())

@@ -218,3 +218,37 @@ def test_training_samples_reproducible_and_targets_decode_to_the_boxes(csv_data)
     np.testing.assert_allclose(decoded, gt[labels], atol=1e-4)  # one box per class in this image
     negative_sample = [r for r in dataset.records if r.num_boxes == 0][0]
     assert np.all(plain(negative_sample)[1] == 0)
+
+
+def test_data_parallel_loss_equals_single_device(csv_data):
+    """Two CPU contexts (split batch, losses rescaled to the batch's positives) give the same
+    total loss and gradients as one context; BatchNorm uses running statistics here
+    (train_mode=False) because batch statistics differ per device by design."""
+    from mxnet import autograd
+    from m2det.detector import M2Det
+    dataset = load_csv(csv_data[0], classes=csv_data[1])
+    cfg = engine.build_config(TINY, ["TRAIN.RANDOM_TRANSFORM=false"])
+    priors = M2Det(cfg.MODEL, 2).priors
+    sample = engine.TrainSample(cfg, priors)
+    items = [sample(r) for r in dataset.records[:4]]
+    batch = [mx.nd.array(np.stack([it[k] for it in items])) for k in range(3)]
+    devices = [mx.cpu(0), mx.cpu(1)]
+    mx.random.seed(1)
+    net = engine.build_model(cfg, 2, devices)
+    results = []
+    for ctx in ([mx.cpu(0)], devices):
+        task = engine.M2DetTask(net, cfg, ctx)
+        with autograd.record(train_mode=False):
+            loss, parts = task.loss(batch)
+        losses = loss if isinstance(loss, list) else [loss]
+        autograd.backward(losses)
+        weight = net.head.conf[0].weight
+        grad = sum(g.asnumpy() for g in weight.list_grad()) if len(ctx) > 1 else weight.grad(mx.cpu(0)).asnumpy()
+        results.append((sum(float(l.asscalar()) for l in losses), parts, grad.copy()))
+        for p in net.collect_params().values():
+            if p.grad_req != "null":
+                p.zero_grad()
+    (single, single_parts, single_grad), (multi, multi_parts, multi_grad) = results
+    assert single == pytest.approx(multi, rel=1e-4)
+    assert single_parts["cls_loss"] == pytest.approx(multi_parts["cls_loss"], rel=1e-4)
+    np.testing.assert_allclose(multi_grad, single_grad, rtol=1e-3, atol=1e-6)
