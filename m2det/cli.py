@@ -344,8 +344,20 @@ def anchor_coverage(boxes_norm, priors):
     return box_iou(np.asarray(boxes_norm, np.float64), np.asarray(priors, np.float64)).max(axis=1)
 
 
+def anchor_spec(net):
+    """The model's priors as a lib.tools.draw anchor configuration (TYPE ssd)."""
+    from .detector import prior_settings
+    steps, min_sizes, max_sizes = prior_settings(net.cfg, net.feature_sizes)
+    return {"TYPE": "ssd", "IMAGE_SIZE": net.input_size, "FEATURE_SIZES": list(net.feature_sizes),
+            "STEPS": list(steps), "MIN_SIZES": min_sizes, "MAX_SIZES": max_sizes,
+            "ASPECT_RATIOS": [list(net.cfg.PRIORS.ASPECT_RATIOS)] * len(net.feature_sizes),
+            "CLIP": bool(net.cfg.PRIORS.CLIP)}
+
+
 def debug(argv=None):
     import cv2
+    from lib.dataset import Record
+    from lib.tools.draw import anchor_match, draw_record
     from . import engine
     from .detector import M2Det
 
@@ -355,28 +367,29 @@ def debug(argv=None):
     dataset = load_split(args, "val", args.strict)
     if dataset is None or len(dataset) == 0:
         raise ValueError("the dataset has no image")
-    priors = M2Det(cfg.MODEL, max(1, len(dataset.classes))).priors  # shape inference only, no weights
-    augment = engine.build_augmentation(cfg) if args.random_transform else None
-    sample = engine.TrainSample(cfg, priors, augment)
-    np.random.seed(args.seed)
-    import random
-    random.seed(args.seed)
+    net = M2Det(cfg.MODEL, max(1, len(dataset.classes)))  # shape inference only, no weights
+    spec = anchor_spec(net)
+    rng = np.random.RandomState(args.seed)
+    augment = engine.build_augmentation(cfg, rng=rng) if args.random_transform else None
+    sample = engine.TrainSample(cfg, net.priors, augment)
     threshold = float(cfg.LOSS.POS_IOU)
-    covered_total, boxes_total = 0, 0
+    covered_total, boxes_total, uncovered = 0, 0, []
     if args.output_dir:
         os.makedirs(args.output_dir, exist_ok=True)
     records = dataset.records[:args.limit] if args.limit else dataset.records
+    cache = {}
     for record in records:
         image, boxes = sample.load(record)
         h, w = image.shape[:2]
-        best = anchor_coverage(boxes[:, :4] / np.array([w, h, w, h], np.float32), priors)
-        covered = best >= threshold
+        shown = Record(image=record.image, width=w, height=h, boxes=boxes[:, :4],
+                       labels=boxes[:, 4].astype(np.int64), image_id=record.image_id)
+        # lib.tools.draw resizes the image to the square input as the network does
+        best, covered = anchor_match(spec, shown.boxes, w, h, iou=threshold, cache=cache)
         covered_total += int(covered.sum())
         boxes_total += len(best)
-        canvas = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-        for box, ok, iou in zip(boxes, covered, best):
-            name = dataset.classes[int(box[4])]
-            _rect(canvas, box[:4], (0, 255, 0) if ok else (0, 0, 255), f"{name} {iou:.2f}")
+        uncovered += [{"image_id": record.image_id, "box": [float(v) for v in b], "best_iou": float(i)}
+                      for b, i, ok in zip(shown.boxes, best, covered) if not ok]
+        canvas = cv2.cvtColor(draw_record(image, shown, dataset.classes, covered, best), cv2.COLOR_RGB2BGR)
         if args.output_dir:
             cv2.imwrite(os.path.join(args.output_dir, record.image_id.replace("/", "_") + ".jpg"), canvas)
         else:
@@ -385,6 +398,9 @@ def debug(argv=None):
                 break
     summary = {"images": len(records), "boxes": boxes_total, "covered": covered_total,
                "uncovered": boxes_total - covered_total, "pos_iou": threshold}
+    if args.output_dir:
+        with open(os.path.join(args.output_dir, "anchor_coverage.json"), "w", encoding="utf-8") as f:
+            json.dump(dict(summary, unmatched=uncovered), f, indent=1)
     print(json.dumps(summary))
     return summary
 

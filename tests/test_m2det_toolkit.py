@@ -111,7 +111,9 @@ def test_toolkit_commands_end_to_end(csv_data, tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     # random crops may drop boxes whose centre falls outside the patch, never all of an image
     assert 4 <= summary["boxes"] <= 8 and summary["covered"] + summary["uncovered"] == summary["boxes"]
-    assert len(os.listdir(tmp_path / "debug")) == 5
+    assert len([f for f in os.listdir(tmp_path / "debug") if f.endswith(".jpg")]) == 5
+    coverage = json.load(open(tmp_path / "debug" / "anchor_coverage.json"))
+    assert len(coverage["unmatched"]) == summary["uncovered"]
 
     # the converted model (loaded without training code) gives the training model's detections
     net, cfg, names = engine.load_trained_model(run)
@@ -150,6 +152,18 @@ def test_debug_anchor_coverage_oracle():
     boxes = np.array([[0.0, 0.0, 0.5, 0.25],      # IoU 0.5 with prior 0
                       [0.6, 0.6, 0.7, 0.7]])      # IoU 0.04 with prior 1
     np.testing.assert_allclose(cli.anchor_coverage(boxes, priors), [0.5, 0.04])
+
+
+def test_debug_uses_the_model_priors_in_the_shared_draw_tool(csv_data):
+    from lib.tools.draw import anchor_match, build_anchors
+    from m2det.detector import M2Det
+    net = M2Det(engine.build_config(TINY).MODEL, 2)
+    spec = cli.anchor_spec(net)
+    np.testing.assert_allclose(build_anchors(spec, 160, 160) / 160.0, net.priors, atol=1e-6)
+    record = load_csv(csv_data[0], classes=csv_data[1]).records[0]
+    best, _ = anchor_match(spec, record.boxes, record.width, record.height)
+    norm = record.boxes / np.array([record.width, record.height] * 2, np.float32)
+    np.testing.assert_allclose(best, cli.anchor_coverage(norm, net.priors), atol=1e-4)
 
 
 def test_tiny_model_overfits_two_images(csv_data, tmp_path):
@@ -192,7 +206,7 @@ def test_debug_on_pascal_voc_speedtrap(tmp_path, capsys):
                            "--limit", "3", "--output-dir", str(tmp_path), "pascal", SPEEDTRAP,
                            "--val-split", "test"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert summary["images"] == 3 and len(os.listdir(tmp_path)) == 3
+    assert summary["images"] == 3 and len([f for f in os.listdir(tmp_path) if f.endswith(".jpg")]) == 3
 
 
 def test_training_samples_reproducible_and_targets_decode_to_the_boxes(csv_data):
