@@ -259,23 +259,14 @@ def _write_results(path, dataset, detections):
 
 
 def _save_annotated(folder, dataset, detections, read_image):
-    import cv2
+    """Ground truth and detections drawn with lib.viz, one JPEG per image."""
+    from lib.viz import draw_detections, draw_ground_truth, save_image
     os.makedirs(folder, exist_ok=True)
     for record, (boxes, scores, labels) in zip(dataset.records, detections):
-        image = cv2.cvtColor(read_image(record.image), cv2.COLOR_RGB2BGR)
-        for box in record.boxes:
-            _rect(image, box, (0, 255, 0))
-        for box, score, label in zip(boxes, scores, labels):
-            _rect(image, box, (0, 0, 255), f"{dataset.classes[int(label)]} {score:.2f}")
-        cv2.imwrite(os.path.join(folder, record.image_id.replace("/", "_") + ".jpg"), image)
-
-
-def _rect(image, box, color, text=None):
-    import cv2
-    x1, y1, x2, y2 = (int(round(float(v))) for v in box)
-    cv2.rectangle(image, (x1, y1), (x2, y2), color, 2)
-    if text:
-        cv2.putText(image, text, (x1, max(12, y1 - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, color, 1, cv2.LINE_AA)
+        canvas = draw_ground_truth(read_image(record.image), record.boxes, record.labels, dataset.classes,
+                                   difficult=record.difficult)
+        canvas = draw_detections(canvas, boxes, scores, labels, dataset.classes, threshold=0.0)
+        save_image(os.path.join(folder, record.image_id.replace("/", "_") + ".jpg"), canvas)
 
 
 def evaluate_main(argv=None):
