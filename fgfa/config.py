@@ -81,6 +81,7 @@ DEFAULTS = {
         "KEEP_LAST": 3,
         "LOG_EVERY": 20,
         "RESUME": True,
+        "HYBRIDIZE": True,             # static graphs for the network blocks while training (faster)
     },
     "TEST": {
         "K": 9,                        # window of 2K+1 frames (reference: 9, hard-coded as 19 frames)

@@ -102,7 +102,8 @@ class FGFADetector(gluon.Block):
                                              tuple(net.ANCHOR_RATIOS))
         # inference-only blocks (not children: they share parameters with the ones above)
         self._infer = types.SimpleNamespace(
-            head=InferenceHead(self.rpn, self.rfcn, cfg, builtin_ops, prefix="head_"), aggregators={})
+            head=InferenceHead(self.rpn, self.rfcn, cfg, builtin_ops, prefix="head_"), aggregators={},
+            hybridized_ctx=None)
 
     # ------------------------------------------------------------------ setup
     def init_weights(self, ctx=None):
@@ -121,6 +122,9 @@ class FGFADetector(gluon.Block):
         if num_frames not in aggs:
             aggs[num_frames] = FlowAggregator(self.feat_channels, num_frames, self.builtin_ops,
                                               prefix=f"agg{num_frames}_")
+            if self._infer.hybridized_ctx is not None:
+                from lib.runtime import hybridize_for_inference
+                hybridize_for_inference(aggs[num_frames], self._infer.hybridized_ctx)
         return aggs[num_frames]
 
     @property
@@ -133,8 +137,10 @@ class FGFADetector(gluon.Block):
         blocks = [self.features, self.head]
         if self.aggregate:
             blocks += [self.embed, self.flownet]
+        blocks += list(self._infer.aggregators.values())
         for block in blocks:
             hybridize_for_inference(block, ctx)
+        self._infer.hybridized_ctx = ctx or mx.cpu()
         return self
 
     # ------------------------------------------------------------------ per-frame pieces

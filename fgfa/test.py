@@ -9,7 +9,9 @@ import json
 import os
 import time
 
-from lib.dataset.io import read_image
+import numpy as np
+
+from lib.dataset.io import DatasetError, read_image
 from lib.runtime import get_context
 from lib.train import CheckpointError, CheckpointManager, setup_logger
 
@@ -77,14 +79,29 @@ def detect_dataset(model, dataset, cfg, ctx=None, progress=True, logger=None):
         bar = tqdm.tqdm(total=total, desc="test", dynamic_ncols=True, leave=False)
     records, detections = [], []
     seconds = 0.0
+    empty = (np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), np.zeros((0,), np.int64))
     for name, idx in groups:
-        images = (read_image(dataset.records[i].image) for i in idx)
+        readable = []   # positions of the frames that could be read, in stream order
+
+        def frames():
+            for pos, i in enumerate(idx):
+                try:
+                    image = read_image(dataset.records[i].image)
+                except DatasetError as err:  # reported; the frame gets no detections
+                    if logger:
+                        logger.warning("video %s: skipping unreadable frame: %s", name, err)
+                    continue
+                readable.append(pos)
+                yield image
+
         start = time.time()
         per_frame = [None] * len(idx)
-        for t, result in detector.detect_video(images):
-            per_frame[t] = result
+        for t, result in detector.detect_video(frames()):
+            per_frame[readable[t]] = result
             if bar is not None:
                 bar.update(1)
+        for pos in set(range(len(idx))) - set(readable):
+            per_frame[pos] = empty
         seconds += time.time() - start
         if any(r is None for r in per_frame):  # the window logic guarantees one result per frame
             raise RuntimeError(f"video {name}: frames without a result")

@@ -6,6 +6,7 @@ tqdm, tensorboardX and a log file in OUTPUT_DIR. The class list is written to OU
 so test and demo rebuild the same head.
 """
 import json
+import logging
 import os
 
 import mxnet as mx
@@ -112,8 +113,20 @@ class FGFATask:
         return self.net.train_loss(data, im_info, boxes, labels, rng=np.random)
 
 
-def make_batches(samples, batch_size):
-    """``epoch -> iterable of batches``; shuffling uses np.random, which fit reseeds per epoch."""
+def make_batches(samples, batch_size, logger=None):
+    """``epoch -> iterable of batches``; shuffling uses np.random, which fit reseeds per epoch.
+
+    A sample whose image cannot be read (or whose frames differ in size) is reported and skipped.
+    """
+    from lib.dataset import DatasetError
+    logger = logger or logging.getLogger("train")
+
+    def load(index):
+        try:
+            return samples.load(index, np.random)
+        except (DatasetError, ValueError) as err:
+            logger.warning("skipping training sample %d: %s", index, err)
+            return None
 
     class Epoch:
         def __init__(self):
@@ -125,7 +138,9 @@ def make_batches(samples, batch_size):
         def __iter__(self):
             for start in range(0, len(self.order), batch_size):
                 chunk = self.order[start:start + batch_size]
-                yield collate([samples.load(int(i), np.random) for i in chunk])
+                loaded = [s for s in (load(int(i)) for i in chunk) if s is not None]
+                if loaded:
+                    yield collate(loaded)
 
     return lambda epoch: Epoch()
 
@@ -151,7 +166,13 @@ def train(cfg, dataset=None, val_fn=None, logger=None):
     save_classes(out_dir, dataset.classes)
     seed_everything(cfg.TRAIN.SEED, 0)  # the initial weights are a function of the seed (exact resume)
     model = build_model(cfg, dataset.num_classes, ctx)
-    summary = fit(FGFATask(model, ctx), make_batches(samples, cfg.TRAIN.BATCH_IMAGES), cfg.TRAIN, out_dir,
+    if cfg.TRAIN.HYBRIDIZE:
+        blocks = [model.features, model.rpn, model.rfcn]
+        if model.aggregate:
+            blocks += [model.embed, model.flownet]
+        for block in blocks:
+            block.hybridize()
+    summary = fit(FGFATask(model, ctx), make_batches(samples, cfg.TRAIN.BATCH_IMAGES, logger), cfg.TRAIN, out_dir,
                   ctx=ctx, val_fn=val_fn, resume=cfg.TRAIN.RESUME, logger=logger)
     summary["model"] = model
     summary["classes"] = dataset.classes

@@ -121,3 +121,33 @@ def test_demo_on_short_synthetic_clip(tmp_path):
     cap.release()
     assert demo.main(["--input", str(folder), "--model", str(tmp_path / "none.params")]) == 2
     mx.nd.waitall()
+
+
+def test_unreadable_frames_are_reported_and_skipped(synthetic_root, tmp_path, caplog):
+    import logging
+
+    from fgfa.data import TrainSamples
+    from fgfa.test import detect_dataset
+    from fgfa.train import make_batches
+    from lib.dataset import Record
+    cfg = _cfg(TINY, synthetic_root, str(tmp_path / "bad"), "TEST.K=1")
+    _, frames = _few_frames(cfg, 3)
+    junk = tmp_path / "junk.jpg"
+    junk.write_bytes(b"not a jpeg")
+    recs = list(frames.records)
+    bad = Record(image=str(junk), width=160, height=120, boxes=recs[1].boxes, labels=recs[1].labels,
+                 video=recs[1].video, frame=recs[1].frame, image_id="junk")
+    dataset = DetectionDataset([recs[0], bad, recs[2]], frames.classes, "with_bad")
+    model = build_model(cfg, 2)
+    with caplog.at_level(logging.WARNING):
+        records, detections, _ = detect_dataset(model, dataset, cfg, progress=False,
+                                                logger=logging.getLogger("fgfa_test"))
+    assert [r.image_id for r in records] == [recs[0].image_id, "junk", recs[2].image_id]
+    assert len(detections) == 3 and len(detections[1][0]) == 0
+    assert "junk.jpg" in caplog.text
+    # training: the bad key frame is skipped, the other two make batches
+    caplog.clear()
+    samples = TrainSamples(DetectionDataset([recs[0], bad, recs[2]], frames.classes, "with_bad"), cfg, 0)
+    with caplog.at_level(logging.WARNING):
+        batches = list(make_batches(samples, 1, logging.getLogger("fgfa_train"))(0))
+    assert len(batches) == 2 and "junk.jpg" in caplog.text
