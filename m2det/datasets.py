@@ -19,6 +19,9 @@ def add_dataset_subparsers(parser, for_training=True):
     sub = parser.add_subparsers(dest="dataset_type", metavar="{csv,pascal,coco,kitti,oid}",
                                 help="dataset format")
     sub.required = True
+    parser.set_defaults(for_training=for_training)
+    classes_help = ("class names in model order: a comma-separated list or a classes file "
+                    "(label_map.pbtxt, name,id CSV, one name per line); default: the format's own")
     csv_p = sub.add_parser("csv", help="keras-retinanet CSV (path,x1,y1,x2,y2,class_name)")
     csv_p.add_argument("annotations", help="CSV with the annotations (training set for m2det-train)")
     csv_p.add_argument("classes", help="CSV mapping class names to ids (class_name,id from 0)")
@@ -28,14 +31,19 @@ def add_dataset_subparsers(parser, for_training=True):
     pascal.add_argument("pascal_path", help="VOC root (Annotations/, JPEGImages/, ImageSets/Main/)")
     pascal.add_argument("--train-split", default="trainval")
     pascal.add_argument("--val-split", default="test")
+    pascal.add_argument("--classes", help=classes_help)
     coco = sub.add_parser("coco", help="COCO folder (annotations/instances_<set>.json, images/<set>/)")
     coco.add_argument("coco_path")
     coco.add_argument("--train-set", default="train2017")
     coco.add_argument("--val-set", default="val2017")
+    coco.add_argument("--classes", help=classes_help)
     kitti = sub.add_parser("kitti", help="KITTI folder (label_2/, image_2/)")
     kitti.add_argument("kitti_path")
     kitti.add_argument("--train-split", default=None, help="list file of training image ids")
-    kitti.add_argument("--val-split", default=None, help="list file of validation image ids")
+    kitti.add_argument("--val-split", default=None,
+                       help="list file of validation image ids (m2det-evaluate / m2det-debug: "
+                            "default every label file)")
+    kitti.add_argument("--classes", help=classes_help)
     oid = sub.add_parser("oid", help="Open Images folder")
     oid.add_argument("main_dir")
     oid.add_argument("--version", default="v4")
@@ -85,6 +93,14 @@ def oid_labels_under(hierarchy_path, descriptions, parent_display_name):
     return labels
 
 
+def _classes(value):
+    if not value:
+        return None
+    if os.path.isfile(value):
+        return value
+    return [name.strip() for name in value.split(",") if name.strip()]
+
+
 def load_split(args, split, strict=False):
     """The training ('train') or validation ('val') DetectionDataset named by the sub-command
     arguments, or None when that split was not given (csv without --val-annotations)."""
@@ -93,28 +109,30 @@ def load_split(args, split, strict=False):
         from lib.dataset.csv_format import load_csv
         from lib.dataset.labelmap import read_classes_csv
         classes = read_classes_csv(args.classes)
-        path = args.annotations if split == "train" else getattr(args, "val_annotations", None)
-        if split == "val" and not getattr(args, "val_annotations", None) and not hasattr(args, "val_annotations"):
+        if split == "train" or not args.for_training:
             path = args.annotations  # m2det-evaluate / m2det-debug: the one CSV given
+        else:
+            path = args.val_annotations
         if not path:
             return None
         return load_csv(path, classes=classes, strict=strict)
     if kind == "pascal":
         from lib.dataset.voc import load_voc
         return load_voc(args.pascal_path, split=args.train_split if split == "train" else args.val_split,
-                        strict=strict)
+                        classes=_classes(args.classes), strict=strict)
     if kind == "coco":
         from lib.dataset.coco import load_coco
         name = args.train_set if split == "train" else args.val_set
         ann = os.path.join(args.coco_path, "annotations", f"instances_{name}.json")
         images = os.path.join(args.coco_path, "images", name)
-        return load_coco(ann, images_dir=images if os.path.isdir(images) else None, strict=strict)
+        return load_coco(ann, images_dir=images if os.path.isdir(images) else None,
+                         classes=_classes(args.classes), strict=strict)
     if kind == "kitti":
         from lib.dataset.kitti import load_kitti
         list_file = args.train_split if split == "train" else args.val_split
-        if split == "val" and not list_file:
+        if split == "val" and not list_file and args.for_training:
             return None
-        return load_kitti(args.kitti_path, split=list_file, strict=strict)
+        return load_kitti(args.kitti_path, split=list_file, classes=_classes(args.classes), strict=strict)
     if kind == "oid":
         from lib.dataset.oid import load_oid
         root = os.path.join(args.main_dir, args.version) if os.path.isdir(

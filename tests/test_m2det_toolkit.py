@@ -266,3 +266,44 @@ def test_data_parallel_loss_equals_single_device(csv_data):
     assert single == pytest.approx(multi, rel=1e-4)
     assert single_parts["cls_loss"] == pytest.approx(multi_parts["cls_loss"], rel=1e-4)
     np.testing.assert_allclose(multi_grad, single_grad, rtol=1e-3, atol=1e-6)
+
+
+def test_every_dataset_format_evaluates_alike(csv_data, tmp_path, capsys):
+    """The same images and boxes written as VOC, COCO and KITTI give the CSV's mAP in m2det-evaluate."""
+    import shutil
+    from lib.dataset.coco import write_coco
+    from lib.dataset.kitti import write_kitti
+    from lib.dataset.voc import write_voc
+    annotations, classes = csv_data
+    dataset = load_csv(annotations, classes=classes)
+    dataset.records = [r for r in dataset.records if r.num_boxes]  # KITTI / COCO keep only labelled
+    run = str(tmp_path / "run")
+    assert cli.train_main(["--cfg", TINY, "--snapshot-path", run, "--epochs", "1", "--no-evaluation",
+                           "csv", annotations, classes]) == 0
+    cli.convert_main([run, str(tmp_path / "exported")])
+    voc_root, coco_root, kitti_root = tmp_path / "voc", tmp_path / "coco", tmp_path / "kitti"
+    write_voc(dataset, str(voc_root), split="test")
+    os.makedirs(coco_root / "images" / "val2017")
+    os.makedirs(kitti_root / "image_2")
+    for record in dataset.records:
+        shutil.copy(record.image, coco_root / "images" / "val2017")
+        shutil.copy(record.image, kitti_root / "image_2")
+    write_coco(dataset, str(coco_root / "annotations" / "instances_val2017.json"),
+               images_root=str(coco_root / "images" / "val2017"))
+    write_kitti(dataset, str(kitti_root / "label_2"))
+    csv_rows = tmp_path / "labelled.csv"
+    with open(annotations) as f:
+        csv_rows.write_text("".join(line.replace("img", os.path.dirname(annotations) + "/img")
+                                    for line in f if ",,,,," not in line))
+
+    def mean_ap(dataset_args):
+        cli.evaluate_main(["--model", str(tmp_path / "exported"), "--score-threshold", "0.01", "--no-coco"]
+                          + dataset_args)
+        line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("mAP@0.5")][0]
+        return line.split(":")[1].strip()
+
+    reference = mean_ap(["csv", str(csv_rows), classes])
+    assert float(reference) > 0, reference
+    assert mean_ap(["pascal", str(voc_root), "--classes", "red,blue"]) == reference
+    assert mean_ap(["coco", str(coco_root), "--classes", "red,blue"]) == reference
+    assert mean_ap(["kitti", str(kitti_root), "--classes", "red,blue"]) == reference
