@@ -307,3 +307,18 @@ def test_every_dataset_format_evaluates_alike(csv_data, tmp_path, capsys):
     assert mean_ap(["pascal", str(voc_root), "--classes", "red,blue"]) == reference
     assert mean_ap(["coco", str(coco_root), "--classes", "red,blue"]) == reference
     assert mean_ap(["kitti", str(kitti_root), "--classes", "red,blue"]) == reference
+
+
+def test_train_test_entry_point(csv_data, tmp_path, capsys):
+    import runpy
+    script = os.path.join(os.path.dirname(os.path.dirname(TINY)), "train_test.py")
+    main = runpy.run_path(script, run_name="m2det_train_test")["main"]
+    spec = f"{{FORMAT: csv, ANNOTATIONS: {csv_data[0]}, CLASSES: {csv_data[1]}}}"
+    assert main(["--cfg", TINY, "--set", f"DATASET.TRAIN={spec}", "--set", f"DATASET.VAL={spec}",
+                 "--set", f"OUTPUT_DIR={tmp_path}", "--set", "TRAIN.EVALUATE=false"]) == 0
+    results = json.load(open(tmp_path / "results.json"))
+    assert results["val_images"] == 5 and set(results["AP@0.5 per class"]) == {"red", "blue"}
+    assert results["train_wall_seconds"] > 0 and "mAP" in results["coco"]
+    assert main(["--cfg", TINY, "--set", f"DATASET.VAL={spec}", "--set", f"OUTPUT_DIR={tmp_path}",
+                 "--test-only"]) == 0
+    assert json.load(open(tmp_path / "results.json"))["mAP@0.5"] == results["mAP@0.5"]
