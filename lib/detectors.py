@@ -51,7 +51,8 @@ CUSTOM_DEFAULTS = {
     "BACKBONE": "",            # informational (written by import_tf_pipeline); set the family's key in OVERRIDES
     "WIDTH_MULTIPLIER": 0.0,   # informational, as BACKBONE
     "INPUT": {"SIZE": [], "SHORT_SIDE": 0, "MAX_SIZE": 0},
-    "TRAIN": {"BATCH_SIZE": 0, "EPOCHS": 0, "ITERATIONS": 0, "LR": 0.0, "OPTIMIZER": "", "AUGMENT": None},
+    "TRAIN": {"BATCH_SIZE": 0, "EPOCHS": 0, "ITERATIONS": 0, "LR": 0.0, "OPTIMIZER": "", "AUGMENT": None,
+              "BACKGROUND_IMAGES": True},   # false: drop training images without boxes (for comparisons)
     "DATA": {"TRAIN": None, "VAL": None},   # a lib.dataset spec, or a list of them (concatenated)
     "TILING": {
         # training on tiles of big frames, written once as JPEGs (works for every family)
@@ -79,9 +80,36 @@ def _abs(path):
     return path if os.path.isabs(path) else os.path.normpath(os.path.join(PROJECT_ROOT, path))
 
 
+def _apply_data_overrides(cfg, items):
+    """``DATA.TRAIN.SPLIT=path``-style overrides set one key inside the dataset spec(s) of that split
+    (in every entry of a list except background folders), instead of replacing the whole spec."""
+    from lib.config import parse_overrides
+    for item in items:
+        key, _, raw = item.partition("=")
+        parts = key.strip().split(".")
+        split, spec_key = parts[1], ".".join(parts[2:])
+        if split not in ("TRAIN", "VAL") or not spec_key:
+            raise ConfigError(f"command line: {item!r}: use DATA.TRAIN.<KEY>=value or DATA.VAL.<KEY>=value")
+        specs = cfg.DATA[split]
+        if not specs:
+            raise ConfigError(f"command line: {item!r}: DATA.{split} is empty in {cfg.CONFIG_FILE}")
+        value = parse_overrides([f"{spec_key}={raw}"])
+        for spec in specs if isinstance(specs, list) else [specs]:
+            if str(spec.get("FORMAT", "")).lower() != "background":
+                spec.update(value)
+
+
 def load_custom_config(path=None, overrides=None):
-    """The recipe yaml over CUSTOM_DEFAULTS (strict keys and types; errors name the key and file)."""
+    """The recipe yaml over CUSTOM_DEFAULTS (strict keys and types; errors name the key and file).
+
+    Overrides are "KEY.SUB=value" strings; ``DATA.TRAIN.<KEY>=value`` / ``DATA.VAL.<KEY>=value`` change
+    one key of the dataset spec(s), e.g. ``DATA.VAL.SPLIT=test_bg``.
+    """
+    overrides = list(overrides or [])
+    data_items = [o for o in overrides if o.strip().upper().startswith(("DATA.TRAIN.", "DATA.VAL."))]
+    overrides = [o for o in overrides if o not in data_items]
     cfg = load_config(path, CUSTOM_DEFAULTS, overrides=overrides, open_keys=OPEN_KEYS)
+    _apply_data_overrides(cfg, data_items)
     source = cfg.CONFIG_FILE or "<config>"
     if cfg.DETECTOR not in FAMILIES:
         raise ConfigError(f"{source}: DETECTOR must be one of {', '.join(FAMILIES)}, got {cfg.DETECTOR!r}")
@@ -470,6 +498,10 @@ def train(cfg, train_set=None, val_set=None, progress=None):
     if train_set is None or len(train_set) == 0:
         raise ConfigError(f"{cfg.CONFIG_FILE or '<config>'}: DATA.TRAIN gives no training image")
     classes = list(train_set.classes)
+    if not cfg.TRAIN.BACKGROUND_IMAGES:
+        from lib.dataset import DetectionDataset
+        train_set = DetectionDataset([r for r in train_set.records if r.num_boxes], classes,
+                                     train_set.name + "-background")
     val_set = val_set if val_set is not None else load_data(cfg, "VAL", classes)
     if cfg.TILING.TRAIN.ENABLED:
         train_set = tile_dataset(train_set, os.path.join(out_dir, "train_tiles"), cfg.TILING.TRAIN)
@@ -551,7 +583,9 @@ def _ssdlite_inference_block(net, post):
                 dets = F.contrib.box_nms(dets, overlap_thresh=self.nms_iou, valid_thresh=self.score_thresh,
                                          topk=-1, coord_start=2, score_index=1, id_index=-1, force_suppress=True)
                 per_class.append(F.slice_axis(dets, axis=1, begin=0, end=self.max_per_class))
-            dets = F.concat(*per_class, dim=1) if len(per_class) > 1 else per_class[0]
+            # axis -2, not 1: MXNet int8 quantization leaves negative-axis concats in float (a quantized
+            # concat would round the scores to the coarse uint8 grid of the box coordinates)
+            dets = F.concat(*per_class, dim=-2) if len(per_class) > 1 else per_class[0]
             if self.num_classes > 1:   # sort everything kept by score (IoU never exceeds 1: no suppression)
                 dets = F.contrib.box_nms(dets, overlap_thresh=1.0, valid_thresh=self.score_thresh, topk=-1,
                                          coord_start=2, score_index=1, id_index=-1, force_suppress=True)
@@ -613,7 +647,9 @@ def _rfcn_inference_block(model):
                 dets = F.contrib.box_nms(dets, overlap_thresh=self.nms_iou, valid_thresh=self.score_thresh,
                                          topk=-1, coord_start=2, score_index=1, id_index=-1, force_suppress=True)
                 per_class.append(F.slice_axis(dets, axis=1, begin=0, end=self.max_per_class))
-            dets = F.concat(*per_class, dim=1) if len(per_class) > 1 else per_class[0]
+            # axis -2, not 1: MXNet int8 quantization leaves negative-axis concats in float (a quantized
+            # concat would round the scores to the coarse uint8 grid of the box coordinates)
+            dets = F.concat(*per_class, dim=-2) if len(per_class) > 1 else per_class[0]
             if self.num_classes > 1:
                 dets = F.contrib.box_nms(dets, overlap_thresh=1.0, valid_thresh=self.score_thresh, topk=-1,
                                          coord_start=2, score_index=1, id_index=-1, force_suppress=True)

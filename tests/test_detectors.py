@@ -78,6 +78,26 @@ def test_overrides_and_iterations(tmp_path):
     assert fam.TRAIN.EPOCHS == 1 and fam.TRAIN.MAX_BATCHES == 3
 
 
+@pytest.mark.parametrize("name", ["m2det", "ssdlite", "lstm_ssd", "rfcn", "fgfa", "tiny_m2det"])
+def test_templates_load(name):
+    from lib.config import PROJECT_ROOT
+    cfg = detectors.load_custom_config(os.path.join(PROJECT_ROOT, "experiments", "custom", name + ".yaml"))
+    fam = detectors.family_config(cfg, ["radar"], train_size=392)
+    assert cfg.DETECTOR == name.replace("tiny_", "") and fam.OUTPUT_DIR.endswith(os.path.join("custom", name))
+
+
+def test_command_line_changes_one_key_of_the_data_specs(tmp_path):
+    path = tmp_path / "recipe.yaml"
+    path.write_text("DATA:\n  TRAIN: [{FORMAT: voc, ROOT: x, SPLIT: train}, {FORMAT: background, IMAGES_DIR: y}]\n"
+                    "  VAL: {FORMAT: voc, ROOT: x, SPLIT: test}\n")
+    cfg = detectors.load_custom_config(str(path), ["DATA.TRAIN.SPLIT=train_bg", "DATA.VAL.SNIPPETS={max_gap: 3}",
+                                                   "TRAIN.LR=0.5"])
+    assert cfg.DATA.TRAIN == [{"FORMAT": "voc", "ROOT": "x", "SPLIT": "train_bg"},
+                              {"FORMAT": "background", "IMAGES_DIR": "y"}]
+    assert cfg.DATA.VAL == {"FORMAT": "voc", "ROOT": "x", "SPLIT": "test", "SNIPPETS": {"max_gap": 3}}
+    assert cfg.TRAIN.LR == 0.5
+
+
 @pytest.mark.parametrize("text, message", [
     ("DETECTOR: yolo\n", "DETECTOR must be one of"),
     ("DETECTOR: m2det\nINPUT: {SIZE: [300, 400]}\n", "square input"),
@@ -199,6 +219,23 @@ def test_ssdlite_artifact_equals_numpy_postprocessing(tmp_path):
         total += len(got[1])
     worst = compare_runtimes(str(tmp_path / "art"), [cv2.cvtColor(i, cv2.COLOR_RGB2BGR) for i in images])
     assert worst["detections"] == total and worst["scores"] <= 1e-4 and worst["boxes"] <= 1e-4
+
+    # int8: the two classes' detections are merged in float (a quantized merge would round the scores)
+    from lib.tools.quantize import quantize
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for k, image in enumerate(images):
+        cv2.imwrite(str(calib / f"{k}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    quantize(str(tmp_path / "art"), str(calib), str(tmp_path / "int8"), num_calib=3)
+    int8 = ExportedDetector(str(tmp_path / "int8"))
+    for image in images:
+        h, w = image.shape[:2]
+        fp32 = runner(cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+        boxes, scores, labels = int8(cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+        assert len(scores) > 0 and set(labels.tolist()) <= {0, 1}
+        assert np.all(scores >= meta["score_threshold"]) and np.all(np.diff(scores) <= 0)
+        assert abs(scores.max() - fp32[1].max()) < 0.05
+        assert np.all(boxes >= 0) and np.all(boxes[:, 2] <= w) and np.all(boxes[:, 3] <= h)
 
 
 def test_rfcn_artifact_equals_in_process_detector(tmp_path):
