@@ -186,6 +186,29 @@ OUTPUT_DIR: {run_dir}
         compared += len(entries)
     assert compared > 0
 
+    # 10b. tiled inference: one tile covering the frame is the plain detector; smaller tiles still run
+    detect_video = _script("detect_video.py")["main"]
+    one_tile = root / "tiled_one"
+    assert detect_video(["--model", str(artifact), "--cfg", str(cfg_path), "--input", video, "--output",
+                         str(one_tile), "--thresh", "0.0", "--tiling", "on",
+                         "--set", f"TILING.INFER.SIZE=[{WIDTH}, {HEIGHT}]"]) == 0
+    tiled = json.loads((one_tile / "detections.json").read_text())
+    assert len(tiled) == len(exported)
+    for a, b in zip(sorted(tiled, key=lambda d: (d["image_id"], -d["score"])),
+                    sorted(exported, key=lambda d: (d["image_id"], -d["score"]))):
+        assert a["image_id"] == b["image_id"] and abs(a["score"] - b["score"]) < 1e-6
+        np.testing.assert_allclose(a["bbox"], b["bbox"], atol=1e-3)
+    small_tiles = root / "tiled_small"
+    assert detect_video(["--model", str(artifact), "--cfg", str(cfg_path), "--input", str(frames_dir),
+                         "--output", str(small_tiles), "--thresh", "0.3", "--tiling", "on",
+                         "--set", "TILING.INFER.SIZE=[96, 96]", "--set", "TILING.INFER.OVERLAP=32"]) == 0
+    cap = cv2.VideoCapture(str(small_tiles / "annotated.mp4"))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == CLIPS * FRAMES
+    cap.release()
+    for d in json.loads((small_tiles / "detections.json").read_text()):
+        x, y, w, h = d["bbox"]
+        assert d["score"] >= 0.3 and x >= 0 and y >= 0 and x + w <= WIDTH + 1e-3 and y + h <= HEIGHT + 1e-3
+
     # 11. int8: calibrate on a few training frames, the quantized artifact runs and finds boxes in the frame
     int8 = root / "artifact_int8"
     quantize(str(artifact), str(frames_dir), str(int8), num_calib=4)
