@@ -9,7 +9,7 @@ clip with the default model (model/lstm_ssd/demo_synthetic_fast_slow.params); if
 missing it is trained first (about 3 minutes on 2 busy cores) with
 
     python experiments/lstm_ssd/train_test.py --cfg experiments/lstm_ssd/cfgs/demo_synthetic_fast_slow.yaml \
-        --set OUTPUT_DIR=model/lstm_ssd/demo_synthetic_fast_slow_run PHASE=[train]
+        --set OUTPUT_DIR=output/lstm_ssd/demo_default_model PHASE=[train]
 
 and copied to model/lstm_ssd/.
 """
@@ -61,7 +61,7 @@ def ensure_default_model(cfg_path, model_path):
     spec = importlib.util.spec_from_file_location("lstm_ssd_train_test", script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    run_dir = os.path.splitext(model_path)[0] + "_run"
+    run_dir = os.path.join(_root(), "output", "lstm_ssd", "demo_default_model")
     module.main(["--cfg", cfg_path, "--set", f"OUTPUT_DIR={run_dir}", "PHASE=[train]"])
     os.makedirs(os.path.dirname(model_path), exist_ok=True)
     shutil.copyfile(os.path.join(run_dir, "model.params"), model_path)

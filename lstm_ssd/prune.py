@@ -108,7 +108,8 @@ def main(argv=None):
     if args.finetune_epochs > 0:
         from .train import evaluate, train
         report["map_before_finetune"] = evaluate(cfg, net)["mAP"]
-        train(cfg, net, epochs=args.finetune_epochs, out_dir=os.path.dirname(os.path.abspath(out)))
+        # a fresh folder: the original run's checkpoints hold the unpruned shapes
+        train(cfg, net, epochs=args.finetune_epochs, out_dir=out.replace(".params", "") + "_finetune", resume=False)
         report["map_after_finetune"] = evaluate(cfg, net)["mAP"]
     save_model(net, out)
     with open(out.replace(".params", "") + ".prune.json", "w", encoding="utf-8") as f:
