@@ -271,6 +271,7 @@ def save_model(net, path):
     import json
     import os
     base = path[:-len(".params")] if path.endswith(".params") else path
+    os.makedirs(os.path.dirname(os.path.abspath(base)), exist_ok=True)
     tmp = base + ".params.tmp"
     net.save_parameters(tmp)
     os.replace(tmp, base + ".params")

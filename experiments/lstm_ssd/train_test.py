@@ -66,7 +66,8 @@ def main(argv=None):
             raise ValueError(f"{args.cfg}: PHASE entries must be train or test, got {phase!r}")
     out_dir = cfg.OUTPUT_DIR if os.path.isabs(cfg.OUTPUT_DIR) else os.path.join(PROJECT_ROOT, cfg.OUTPUT_DIR)
     os.makedirs(out_dir, exist_ok=True)
-    dump_config(cfg, os.path.join(out_dir, "config.yaml"))
+    # the resolved config, loadable again with --cfg (CONFIG_FILE is set by the loader, not a key)
+    dump_config({k: v for k, v in cfg.items() if k != "CONFIG_FILE"}, os.path.join(out_dir, "config.yaml"))
     model_path = args.model or os.path.join(out_dir, "model.params")
     policy_path = os.path.join(out_dir, "policy.params")
     train_info = {}
