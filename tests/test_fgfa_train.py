@@ -50,6 +50,10 @@ def test_tiny_rfcn_overfits_few_frames(synthetic_root, tmp_path):
     for name in ("results.md", "metrics.json", "detections.json", "pr_all.png"):
         assert os.path.isfile(os.path.join(out, name)), name
     assert "slow" in open(os.path.join(out, "results.md")).read()  # VID metric with motion breakdown
+    cfg.TEST.SEQ_NMS = True
+    with_seq_nms = run_test(cfg, model=summary["model"], classes=summary["classes"], dataset=frames, progress=False)
+    assert with_seq_nms["mAP"] >= 0.9, with_seq_nms
+    assert os.path.isfile(os.path.join(str(tmp_path / "rfcn"), "test_seqnms", "results.md"))
 
 
 def test_fgfa_loss_falls_and_resume_is_exact(synthetic_root, tmp_path):
@@ -151,3 +155,29 @@ def test_unreadable_frames_are_reported_and_skipped(synthetic_root, tmp_path, ca
     with caplog.at_level(logging.WARNING):
         batches = list(make_batches(samples, 1, logging.getLogger("fgfa_train"))(0))
     assert len(batches) == 2 and "junk.jpg" in caplog.text
+
+
+def test_batch_of_two_images_of_different_sizes_and_pretrained_backbone(tmp_path):
+    from gluoncv.model_zoo.resnet import get_resnet
+    reference = get_resnet(1, 18)
+    reference.initialize(mx.init.Xavier())
+    reference(mx.nd.zeros((1, 3, 32, 32)))
+    weights = str(tmp_path / "resnet18_v1.params")
+    reference.save_parameters(weights)
+    cfg = get_config(TINY, [f"NETWORK.PRETRAINED={weights}", "NETWORK.FROZEN_STAGES=2"])
+    model = build_model(cfg, 2)
+    np.testing.assert_array_equal(model.features.backbone.features[4][0].body[0].weight.data().asnumpy(),
+                                  reference.features[4][0].body[0].weight.data().asnumpy())
+    assert model.features.backbone.features[0].weight.grad_req == "null"      # conv1 frozen
+    assert model.features.backbone.features[5][0].body[0].weight.grad_req == "write"
+    rng = np.random.RandomState(0)
+    data = mx.nd.array(rng.uniform(-1, 1, (2, 3, 3, 96, 128)))
+    im_info = np.array([[96, 128, 1.0], [80, 112, 1.0]], np.float32)
+    boxes = [np.array([[10, 10, 50, 60]], np.float32), np.array([[20, 5, 70, 45], [60, 30, 100, 70]], np.float32)]
+    labels = [np.array([0]), np.array([1, 0])]
+    with mx.autograd.record():
+        loss, parts = model.train_loss(data, im_info, boxes, labels, np.random.RandomState(0))
+    loss.backward()
+    assert np.isfinite(loss.asscalar()) and set(parts) == {"rpn_cls", "rpn_box", "rcnn_cls", "rcnn_box"}
+    assert float(model.flownet.flow_preds[-1].weight.grad().abs().sum().asscalar()) > 0  # flow is trained
+    assert float(model.embed.body[0].weight.grad().abs().sum().asscalar()) > 0
