@@ -1,6 +1,7 @@
 """Per-frame latency of the R-FCN frame baseline vs FGFA with the cached window, on CPU.
 
-    python -m bench.fgfa            # 600x1000 ResNet-101 (paper config) and the small CPU config
+    python -m bench.fgfa            # 600x1000 ResNet-101 (paper config, and with a half-width FlowNet)
+                                    # and the small CPU config (speedtrap frames)
     python -m bench.fgfa --quick    # tiny sizes, few repeats (a smoke run)
     [--frames N] [--json OUT.json] [--settings paper,cpu] [--no-hybridize]
 
@@ -38,6 +39,10 @@ CFG_DIR = os.path.join(PROJECT_ROOT, "experiments", "fgfa_rfcn", "cfgs")
 SETTINGS = {
     # name: (config, overrides, number of classes, frame size HxW fed to the detector)
     "paper": ("resnet_v1_101_flownet_imagenet_vid_rfcn_end2end_ohem.yaml", [], 30, (600, 1000)),
+    # the same with a half-width FlowNet: ~1/4 of the flow cost (FlowNetS at width 1 is ~20 GMAC per
+    # flow at 600x1000, x 2K = 18 flows, more than the ResNet-101 itself)
+    "paper_light_flow": ("resnet_v1_101_flownet_imagenet_vid_rfcn_end2end_ohem.yaml", ["NETWORK.FLOW_WIDTH=0.5"],
+                         30, (600, 1000)),
     "cpu": ("fgfa_rfcn_speedtrap_cpu.yaml", [], 1, (720, 1280)),
     "quick": ("fgfa_rfcn_tiny.yaml", ["TEST.K=2"], 2, (120, 160)),
 }
@@ -132,13 +137,14 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.strip().split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny sizes and few repeats (smoke run)")
-    parser.add_argument("--settings", default=None, help="comma list of: paper, cpu, quick")
+    parser.add_argument("--settings", default=None, help="comma list of: " + ", ".join(SETTINGS))
     parser.add_argument("--frames", type=int, default=None, help="frames streamed per model")
     parser.add_argument("--repeats", type=int, default=None, help="repeats of each stage timing")
     parser.add_argument("--no-hybridize", action="store_true", help="imperative (for comparison)")
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args(argv)
-    settings = (args.settings.split(",") if args.settings else (["quick"] if args.quick else ["paper", "cpu"]))
+    settings = (args.settings.split(",") if args.settings else
+                (["quick"] if args.quick else ["paper", "paper_light_flow", "cpu"]))
     for name in settings:
         if name not in SETTINGS:
             parser.error(f"unknown setting {name!r}; choose from {', '.join(SETTINGS)}")
