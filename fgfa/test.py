@@ -3,7 +3,8 @@
 Each video of the test set runs through ``VideoDetector`` (one result per frame, window padded at the
 edges); still images are videos of one frame. Detections are evaluated with the ImageNet VID metric
 (motion and area breakdowns) when the test records carry track ids, VOC AP otherwise. The output
-folder gets detections.json (COCO results), metrics.json, results.md and pr_curve.png.
+folder (OUTPUT_DIR/test, or test_seqnms) gets detections.json (COCO results), metrics.json,
+results.md and the PR curves pr_all.png / pr_<class>.png.
 """
 import json
 import os

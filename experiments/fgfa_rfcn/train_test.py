@@ -4,7 +4,8 @@
         [--set KEY=VALUE ...] [--skip-train] [--skip-test] [--checkpoint FILE]
 
 Relative paths in the config resolve against the project root. Outputs go to OUTPUT_DIR:
-checkpoints, train.log, tb/, test/results.md, test/pr_curve.png, test/metrics.json.
+checkpoints, train.log, tb/, loss_curve.png, test/results.md, test/metrics.json, test/detections.json
+and PR curves test/pr_all.png, test/pr_<class>.png (test_seqnms/ with TEST.SEQ_NMS).
 """
 import sys
 
