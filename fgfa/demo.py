@@ -125,6 +125,7 @@ def run(input_path=None, cfg_path=None, model_path=None, output=None, thresh=Non
     thresh = cfg.TEST.VIS_THRESH if thresh is None else thresh
     ctx = get_context(cfg.CONTEXT)
     model = FGFADetector(cfg, len(classes))
+    model.prepare_for_context(ctx)
     model.initialize(ctx=ctx)
     materialize(model, ctx)
     check_params_file(model, model_path)

@@ -131,6 +131,20 @@ class FGFADetector(gluon.Block):
     def head(self):
         return self._infer.head
 
+    def use_builtin_ops(self, flag):
+        """True: MXNet's contrib operators (needed in hybridized graphs on a GPU, where lib.ops cannot
+        pick by the arrays' context); False: the compiled CPU kernels; None: choose by context."""
+        self.builtin_ops = flag
+        for block in [self.head, self.rfcn] + list(self._infer.aggregators.values()):
+            block.builtin_ops = flag
+        return self
+
+    def prepare_for_context(self, ctx):
+        """Pick the operator implementation that fits ``ctx`` (built-ins on GPU)."""
+        if getattr(ctx, "device_type", "cpu") != "cpu":
+            self.use_builtin_ops(True)
+        return self
+
     def hybridize_for_inference(self, ctx=None):
         """MKLDNN-fused graphs for the per-frame parts (lib.runtime.hybridize_for_inference)."""
         from lib.runtime import hybridize_for_inference

@@ -43,6 +43,7 @@ def load_model(cfg, classes=None, checkpoint=None, ctx=None):
             raise CheckpointError(f"checkpoint file not found: {checkpoint}")
     classes = classes or read_classes(folder)
     model = FGFADetector(cfg, len(classes))
+    model.prepare_for_context(ctx)
     model.initialize(ctx=ctx)
     materialize(model, ctx)
     if isinstance(checkpoint, str) and checkpoint.endswith(".params"):

@@ -80,6 +80,7 @@ def build_model(cfg, num_classes, ctx=None):
     """A fully initialised detector (shapes materialised by one tiny forward pass)."""
     ctx = ctx or get_context(cfg.CONTEXT)
     model = FGFADetector(cfg, num_classes)
+    model.prepare_for_context(ctx)
     model.init_weights(ctx)
     materialize(model, ctx)
     return model

@@ -274,3 +274,19 @@ def test_hybridized_inference_equals_imperative():
         assert len(b0) == len(b1)
         np.testing.assert_allclose(b0, b1, rtol=1e-3, atol=1e-2)
         np.testing.assert_allclose(s0, s1, rtol=1e-3, atol=1e-4)
+
+
+def test_compiled_ops_equal_mxnet_builtin_ops_end_to_end():
+    """The whole window inference with lib.ops kernels equals the one with MXNet's contrib operators."""
+    cfg, model = _tiny_model(True, k=1)
+    rng = np.random.RandomState(3)
+    clip = [rng.randint(0, 255, (120, 160, 3)).astype(np.uint8) for _ in range(3)]
+    detector = VideoDetector(model, preprocess=make_preprocess(cfg))
+    compiled = [r for _, r in detector.detect_video(clip)]
+    model.use_builtin_ops(True)
+    builtin = [r for _, r in detector.detect_video(clip)]
+    for (b0, s0, l0), (b1, s1, l1) in zip(compiled, builtin):
+        assert len(b0) == len(b1) > 0
+        np.testing.assert_allclose(b0, b1, rtol=1e-4, atol=1e-3)
+        np.testing.assert_allclose(s0, s1, rtol=1e-4, atol=1e-5)
+        np.testing.assert_array_equal(l0, l1)
