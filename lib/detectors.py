@@ -317,6 +317,34 @@ def load_data(cfg, split="TRAIN", classes=None):
     return merged
 
 
+def cap_key_frames(dataset, fam_cfg, iterations):
+    """R-FCN / FGFA training has no per-epoch batch cap: TRAIN.ITERATIONS shorter than an epoch is
+    met by training on fewer key frames (about ITERATIONS x BATCH_IMAGES). Still images: a seeded
+    random subset; videos stay whole (FGFA's neighbours) with DATASET.FRAMES_PER_VIDEO key frames
+    each, spread evenly. Returns (dataset, family config), both possibly changed."""
+    from lib.dataset import DetectionDataset
+    target = int(iterations) * int(fam_cfg.TRAIN.BATCH_IMAGES)
+    if target >= len(dataset):
+        return dataset, fam_cfg
+    still = [r for r in dataset.records if r.video is None]
+    videos = dataset.snippets()
+    rng = np.random.RandomState(int(fam_cfg.TRAIN.SEED))
+    if len(still) > target:
+        still = [still[i] for i in sorted(rng.choice(len(still), target, replace=False))]
+    remaining = target - len(still)
+    records = list(still)
+    if remaining > 0 and videos:
+        per_video = max(1, remaining // len(videos))
+        if fam_cfg.DATASET.FRAMES_PER_VIDEO > 0:
+            per_video = min(per_video, int(fam_cfg.DATASET.FRAMES_PER_VIDEO))
+        fam_cfg = copy.deepcopy(fam_cfg)
+        fam_cfg.DATASET.FRAMES_PER_VIDEO = per_video
+        records += [r for recs in videos.values() for r in recs]
+    capped = DetectionDataset(records, dataset.classes, dataset.name)
+    capped.video_info = getattr(dataset, "video_info", None) or {}
+    return capped, fam_cfg
+
+
 def tile_dataset(dataset, out_dir, tile_cfg):
     """Training tiles of big frames, written as JPEGs (lib.transforms.RandomTile, seeded).
 
@@ -519,6 +547,9 @@ def train(cfg, train_set=None, val_set=None, progress=None):
         summary = lstm_train(fam, net, out_dir=out_dir, dataset=train_set, ctx=ctx)
     else:
         from fgfa.train import train as fgfa_train
+        if cfg.TRAIN.ITERATIONS:
+            train_set, fam = cap_key_frames(train_set, fam, cfg.TRAIN.ITERATIONS)
+            dump_config(fam, os.path.join(out_dir, "family.yaml"))
         summary = fgfa_train(fam, dataset=train_set)
         summary = {k: v for k, v in summary.items() if k not in ("model",)}
     mx.nd.waitall()

@@ -185,6 +185,24 @@ def test_training_tiles_cut_the_frame(tmp_path):
         assert error < 5.0 and shifted > 2 * error     # JPEG noise only, and not some other crop
 
 
+def test_iterations_cap_rfcn_key_frames(tmp_path):
+    """fgfa.data.TrainSamples (what fgfa trains on) sees about ITERATIONS x BATCH_IMAGES key frames."""
+    from fgfa.data import TrainSamples
+    records = [Record(image=f"/x/v{v}_{t}.jpg", width=64, height=48, video=f"v{v}", frame=t)
+               for v in range(3) for t in range(20)]
+    records += [Record(image=f"/x/still{k}.jpg", width=64, height=48) for k in range(10)]
+    ds = DetectionDataset(records, ["a"])
+    cfg = _cfg(tmp_path, "DETECTOR: fgfa\nTRAIN: {BATCH_SIZE: 2}\n")
+    fam = detectors.family_config(cfg, ["a"])
+    capped, capped_fam = detectors.cap_key_frames(ds, fam, 13)          # 26 key frames wanted
+    samples = TrainSamples(capped, capped_fam, num_neighbors=2)
+    assert len(samples) == 10 + 3 * 5                                  # all stills + 5 per video
+    assert len(capped.snippets()["v1"]) == 20                          # neighbours stay reachable
+    capped, capped_fam = detectors.cap_key_frames(ds, fam, 3)           # fewer than the stills
+    assert len(TrainSamples(capped, capped_fam, num_neighbors=0)) == 6 and not capped.snippets()
+    assert detectors.cap_key_frames(ds, fam, 100)[0] is ds              # a whole epoch: unchanged
+
+
 # ------------------------------------------------------------------------------------------ export
 
 def _untrained(tmp_path, family, base, classes):

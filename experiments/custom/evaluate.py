@@ -15,7 +15,7 @@ Writes OUT/detections.json (COCO results), OUT/metrics.json and OUT/results.md:
   like VOC "difficult" boxes (a detection on them is neither right nor wrong);
 - false positives per image at each EVAL.THRESHOLDS score on all frames, on the frames with objects
   (without background images) and on the background frames (lib.eval.false_positives);
-- milliseconds per frame of the detector (tiling included).
+- milliseconds per frame of the detector (tiling included; after one untimed warm-up frame).
 """
 import argparse
 import copy
@@ -28,6 +28,7 @@ import numpy as np
 
 from lib import detectors
 from lib.config import ConfigError
+from lib.train import CheckpointError
 from lib.dataset import read_image
 from lib.eval import voc_ap, write_detections
 from lib.eval.false_positives import false_positive_table
@@ -63,6 +64,7 @@ def detect_all(model_path, cfg, dataset, tiling):
 
         def detect_one(image_rgb):
             return runner(cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR))
+        detect_one(read_image(dataset.records[0].image))   # warm-up (graph build, memory plans): not timed
         for i, rec in enumerate(dataset.records):
             image = read_image(rec.image)
             start = time.perf_counter()
@@ -77,6 +79,8 @@ def detect_all(model_path, cfg, dataset, tiling):
             seconds += time.perf_counter() - start
         return detections, seconds
     model = detectors.load_model(model_path)
+    warm = read_image(dataset.records[0].image)           # warm-up: not timed
+    model.detect_tiled(warm, cfg.TILING.INFER) if tiling else model.detect([warm])
     if tiling:
         for i, rec in enumerate(dataset.records):
             image = read_image(rec.image)
@@ -152,7 +156,7 @@ def main(argv=None):
         out = args.out or os.path.join(model_dir, "eval_tiled" if (tiling or (tiling is None and
                                                                                 cfg.TILING.INFER.ENABLED)) else "eval")
         metrics = evaluate(args.model, cfg, tiling, out)
-    except (ConfigError, FileNotFoundError, ValueError) as err:
+    except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     with open(os.path.join(out, "results.md"), "r", encoding="utf-8") as f:

@@ -15,6 +15,7 @@ import sys
 
 from lib import detectors
 from lib.config import ConfigError
+from lib.train import CheckpointError
 
 
 def main(argv=None):
@@ -28,7 +29,7 @@ def main(argv=None):
     try:
         cfg = detectors.load_custom_config(args.cfg, args.overrides)
         result = detectors.train(cfg, progress=False if args.no_progress else None)
-    except (ConfigError, FileNotFoundError) as err:
+    except (ConfigError, CheckpointError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     summary = result["summary"]

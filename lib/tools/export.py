@@ -84,12 +84,13 @@ def main(argv=None):
     args = parser.parse_args(argv)
     from lib.config import ConfigError
     from lib.detectors import ExportNotSupported
+    from lib.train import CheckpointError
     try:
         paths = export_run(args.model, args.out, args.format, args.cfg)
     except ExportNotSupported as err:
         print(f"error: cannot export this model as a single-frame artifact: {err}", file=sys.stderr)
         return 3
-    except (ConfigError, FileNotFoundError, ValueError) as err:
+    except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except Exception as err:  # noqa: BLE001 - the ONNX exporter fails on operators it cannot map
