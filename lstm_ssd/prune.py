@@ -94,6 +94,7 @@ def main(argv=None):
     ap.add_argument("--ratio", type=float, default=0.5, help="fraction of filters to remove")
     ap.add_argument("--mode", choices=["layer", "global"], default="layer")
     ap.add_argument("--finetune-epochs", type=int, default=0)
+    ap.add_argument("--finetune-lr-factor", type=float, default=0.5, help="fine-tuning rate = TRAIN.LR x this")
     ap.add_argument("--output", default=None, help="pruned .params (default: <model>-pruned<ratio>.params)")
     ap.add_argument("--repeats", type=int, default=10, help="timed steps for the latency figures")
     args = ap.parse_args(argv)
@@ -109,7 +110,10 @@ def main(argv=None):
         from .train import evaluate, train
         report["map_before_finetune"] = evaluate(cfg, net)["mAP"]
         # a fresh folder: the original run's checkpoints hold the unpruned shapes
-        train(cfg, net, epochs=args.finetune_epochs, out_dir=out.replace(".params", "") + "_finetune", resume=False)
+        # constant rate, no warm-up: a short recovery run, not a new schedule
+        train(cfg, net, epochs=args.finetune_epochs, out_dir=out.replace(".params", "") + "_finetune", resume=False,
+              train_overrides={"LR_SCHEDULE": "step", "LR_STEPS": [], "WARMUP_ITERS": 0, "WARMUP_EPOCHS": 0.0,
+                               "LR": cfg.TRAIN.LR * args.finetune_lr_factor})
         report["map_after_finetune"] = evaluate(cfg, net)["mAP"]
     save_model(net, out)
     with open(out.replace(".params", "") + ".prune.json", "w", encoding="utf-8") as f:

@@ -160,14 +160,17 @@ def load_split(cfg, split):
     return ds
 
 
-def train(cfg, net, epochs=None, out_dir=None, dataset=None, ctx=mx.cpu(), val_fn=None, resume=True):
-    """Train ``net`` with lib.train.fit; returns fit's summary."""
+def train(cfg, net, epochs=None, out_dir=None, dataset=None, ctx=mx.cpu(), val_fn=None, resume=True,
+          train_overrides=None):
+    """Train ``net`` with lib.train.fit; returns fit's summary. ``train_overrides``: TRAIN keys to
+    replace for this call (e.g. a constant rate for fine-tuning after pruning)."""
     from lib.config import merge
     from lib.train import fit
     dataset = dataset if dataset is not None else load_split(cfg, "TRAIN")
     tcfg = dict(cfg.TRAIN)
     if epochs is not None:
         tcfg["EPOCHS"] = int(epochs)
+    tcfg.update(train_overrides or {})
     tcfg = merge(tcfg, {})
     out_dir = out_dir or cfg.OUTPUT_DIR
     net.hybridize_parts(static_alloc=True)   # static graphs per part: several times faster on CPU

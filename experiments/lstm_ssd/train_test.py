@@ -3,7 +3,8 @@
     python experiments/lstm_ssd/train_test.py --cfg experiments/lstm_ssd/cfgs/synthetic_lstm_ssd.yaml
         [--set TRAIN.EPOCHS=5 ...] [--model MODEL.params] [--print-images] [--policy fixed|large|...]
 
-PHASE in the config lists what to do (train, test), as in the PyTorch LSTM-SSD port. Training writes
+PHASE in the config lists what to do (train, test), as in the PyTorch LSTM-SSD port; ``policy`` trains
+the adaptive interleaving policy (Double DQN) of a trained fast_slow model. Training writes
 OUTPUT_DIR/model.params (+ .channels.json) and the lib.train logs/checkpoints (resumable); testing
 streams the TEST set with INTERLEAVE.POLICY, writes OUTPUT_DIR/test_results.json, annotated images to
 OUTPUT_DIR/test_images when TEST.PRINT_IMAGES (or --print-images), and appends a row (config, mAP,
@@ -62,8 +63,8 @@ def main(argv=None):
     args = parse_args(argv)
     cfg = lstm_config.load(args.cfg, args.set)
     for phase in cfg.PHASE:
-        if phase not in ("train", "test"):
-            raise ValueError(f"{args.cfg}: PHASE entries must be train or test, got {phase!r}")
+        if phase not in ("train", "policy", "test"):
+            raise ValueError(f"{args.cfg}: PHASE entries must be train, policy or test, got {phase!r}")
     out_dir = cfg.OUTPUT_DIR if os.path.isabs(cfg.OUTPUT_DIR) else os.path.join(PROJECT_ROOT, cfg.OUTPUT_DIR)
     os.makedirs(out_dir, exist_ok=True)
     # the resolved config, loadable again with --cfg (CONFIG_FILE is set by the loader, not a key)
@@ -82,10 +83,12 @@ def main(argv=None):
         train_info = {"train_iters": summary["iterations"], "train_seconds": round(time.time() - t0, 1)}
         save_model(net, model_path)
         print(f"saved {model_path}")
-        if cfg.INTERLEAVE.POLICY == "adaptive":
-            agent = train_adaptive_policy(cfg, net)
-            agent.save(policy_path)
-            print(f"saved {policy_path}")
+    if "policy" in cfg.PHASE or ("train" in cfg.PHASE and cfg.INTERLEAVE.POLICY == "adaptive"):
+        if net is None:
+            net = load_model(cfg, model_path)
+        agent = train_adaptive_policy(cfg, net)
+        agent.save(policy_path)
+        print(f"saved {policy_path}")
     if "test" in cfg.PHASE:
         if net is None:
             net = load_model(cfg, model_path)
