@@ -88,7 +88,7 @@ def main(argv=None):
     try:
         paths = export_run(args.model, args.out, args.format, args.cfg)
     except ExportNotSupported as err:
-        print(f"error: cannot export this model as a single-frame artifact: {err}", file=sys.stderr)
+        print(f"error: {err}", file=sys.stderr)
         return 3
     except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
