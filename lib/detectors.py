@@ -48,8 +48,8 @@ CUSTOM_DEFAULTS = {
     "OVERRIDES": {},           # nested mapping in the family's own keys, applied over BASE
     "NUM_CLASSES": 0,          # checked against the data when > 0
     "CLASSES": [],             # explicit class list (else the training data's)
-    "BACKBONE": "",            # informational (written by import_tf_pipeline); set the family's key in OVERRIDES
-    "WIDTH_MULTIPLIER": 0.0,   # informational, as BACKBONE
+    "BACKBONE": "",            # e.g. mobilenet_v2, resnet50 (TF OD names as ssd_mobilenet_v2 work too); "" = BASE's
+    "WIDTH_MULTIPLIER": 0.0,   # MobileNet width (depth multiplier); 0 = BASE's
     "INPUT": {"SIZE": [], "SHORT_SIDE": 0, "MAX_SIZE": 0},
     "TRAIN": {"BATCH_SIZE": 0, "EPOCHS": 0, "ITERATIONS": 0, "LR": 0.0, "OPTIMIZER": "", "AUGMENT": None,
               "BACKGROUND_IMAGES": True},   # false: drop training images without boxes (for comparisons)
@@ -137,6 +137,36 @@ def _input_hw(cfg):
     return None if not size else (size[0], size[-1])
 
 
+def _backbone_keys(family, name, width):
+    """BACKBONE / WIDTH_MULTIPLIER (TF OD names such as ssd_mobilenet_v2, faster_rcnn_resnet101, or
+    plain mobilenet_v2 / resnet50) -> the family's keys; None when this family has no such backbone."""
+    import re
+    name = (name or "").lower()
+    if not name:
+        return {}
+    depth = re.search(r"resnet_?v?1?_?(18|34|50|101)", name)
+    mobilenet = re.search(r"mobilenet_?v?([12])", name)
+    if family == "m2det":
+        if mobilenet and mobilenet.group(1) == "2":
+            out = {"MODEL": {"BACKBONE": "mobilenetv2"}}
+            if width:
+                out["MODEL"]["MOBILENET_MULTIPLIER"] = float(width)
+            return out
+        if depth and depth.group(1) in ("50", "101"):
+            return {"MODEL": {"BACKBONE": f"resnet{depth.group(1)}"}}
+        if "vgg" in name:
+            return {"MODEL": {"BACKBONE": "vgg16"}}
+    elif family in ("ssdlite", "lstm_ssd"):
+        if mobilenet:
+            large = {"NET": f"mobilenet_v{mobilenet.group(1)}"}
+            if width:
+                large["WIDTH"] = float(width)
+            return {"MODEL": {"LARGE": large}}
+    elif depth:
+        return {"NETWORK": {"DEPTH": int(depth.group(1))}}
+    return None
+
+
 def family_config(cfg, classes=None, train_size=None):
     """The family's own config (EasyDict) for a recipe config: BASE <- OVERRIDES <- mapped keys.
 
@@ -201,6 +231,15 @@ def family_config(cfg, classes=None, train_size=None):
         batch_key, cap_key = "BATCH_IMAGES", None
         if classes is not None:
             mapped["DATASET"] = {"CLASSES": list(classes)}
+    backbone = _backbone_keys(family, cfg.BACKBONE, cfg.WIDTH_MULTIPLIER)
+    if backbone is None:
+        import logging
+        logging.getLogger("detectors").warning(
+            "%s: BACKBONE %r has no counterpart in %s; the backbone of %s is kept (set it in OVERRIDES)",
+            source, cfg.BACKBONE, family, base)
+    else:
+        for key, value in backbone.items():
+            mapped.setdefault(key, {}).update(value)
     if cfg.INPUT.SHORT_SIDE and family not in ("rfcn", "fgfa"):
         raise ConfigError(f"{source}: INPUT.SHORT_SIDE/MAX_SIZE (keep-ratio resize) apply to rfcn/fgfa; "
                           f"{family} takes a square INPUT.SIZE")

@@ -78,6 +78,29 @@ def test_overrides_and_iterations(tmp_path):
     assert fam.TRAIN.EPOCHS == 1 and fam.TRAIN.MAX_BATCHES == 3
 
 
+@pytest.mark.parametrize("family, backbone, key, value", [
+    ("m2det", "ssd_mobilenet_v2", "MODEL.BACKBONE", "mobilenetv2"),
+    ("m2det", "resnet101", "MODEL.BACKBONE", "resnet101"),
+    ("ssdlite", "mobilenet_v1", "MODEL.LARGE.NET", "mobilenet_v1"),
+    ("rfcn", "faster_rcnn_resnet101", "NETWORK.DEPTH", 101),
+    ("fgfa", "resnet_v1_50", "NETWORK.DEPTH", 50),
+])
+def test_backbone_names_map_to_family_keys(tmp_path, family, backbone, key, value):
+    fam = detectors.family_config(_cfg(tmp_path, f"DETECTOR: {family}\nBACKBONE: {backbone}\n"), ["a"])
+    node = fam
+    for part in key.split("."):
+        node = node[part]
+    assert node == value
+
+
+def test_unknown_backbone_keeps_the_base_and_warns(tmp_path, caplog):
+    base = detectors.family_config(_cfg(tmp_path, "DETECTOR: rfcn\n"), ["a"])
+    with caplog.at_level("WARNING"):
+        fam = detectors.family_config(_cfg(tmp_path, "DETECTOR: rfcn\nBACKBONE: faster_rcnn_inception_v2\n"), ["a"])
+    assert fam.NETWORK.DEPTH == base.NETWORK.DEPTH
+    assert "faster_rcnn_inception_v2" in caplog.text and "OVERRIDES" in caplog.text
+
+
 @pytest.mark.parametrize("name", ["m2det", "ssdlite", "lstm_ssd", "rfcn", "fgfa", "tiny_m2det"])
 def test_templates_load(name):
     from lib.config import PROJECT_ROOT
@@ -123,6 +146,7 @@ def test_tf_pipeline_import_feeds_the_recipe(tmp_path):
     fam = detectors.family_config(cfg, ["radar"], train_size=48)
     assert fam.MODEL.IMAGE_SIZE == 300 and fam.TRAIN.BATCH_SIZE == 24 and fam.TRAIN.LR == pytest.approx(0.004)
     assert fam.TRAIN.OPTIMIZER == "rmsprop" and fam.TRAIN.AUGMENT is True
+    assert fam.MODEL.LARGE.NET == "mobilenet_v2" and fam.MODEL.LARGE.WIDTH == 1.0   # ssd_mobilenet_v2, x1.0
     assert fam.TRAIN.EPOCHS == 20000   # 48 images in batches of 24 clips: one batch per epoch
     spec = detectors._resolve_spec(cfg.DATA.TRAIN, cfg)
     assert spec["FORMAT"] == "tfrecord" and os.path.isabs(spec["PATHS"]) and spec["PATHS"].endswith("train.record")
