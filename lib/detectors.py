@@ -505,7 +505,9 @@ class LoadedModel:
     def detect_stream(self, images):
         images = list(images)
         if self.family == "m2det":
-            return self._m2det().detect(images)
+            # one image per call: the shape of the exported artifact, and no re-binding per batch size
+            runner = self._m2det()
+            return [runner.detect([image])[0] for image in images]
         if self.family in ("ssdlite", "lstm_ssd"):
             runner = self._streaming()
             runner.reset()
