@@ -740,10 +740,12 @@ def _write_meta(out_dir, meta):
     return path
 
 
-def export(model, out_dir, onnx=False):
+def export(model, out_dir, onnx=False, builtin_ops=False):
     """Write the inference artifact of a LoadedModel into ``out_dir``; returns a dict of paths.
 
-    Raises ExportNotSupported for families the single-frame artifact cannot hold.
+    ``builtin_ops`` (rfcn): MXNet's own contrib MultiProposal / PSROIPooling in the graph instead of
+    the compiled operators, so the artifact runs on a stock mxnet without lib/libdetops.so (slower on
+    CPU). Raises ExportNotSupported for families the single-frame artifact cannot hold.
     """
     import mxnet as mx
     os.makedirs(out_dir, exist_ok=True)
@@ -787,21 +789,26 @@ def export(model, out_dir, onnx=False):
             "ssdlite for an exported model.")
     # rfcn
     cfg = model.cfg
-    block = _rfcn_inference_block(model)
-    block.hybridize()
-    short, long_side = (int(v) for v in cfg.IMAGE.TEST_SCALE)
-    block(mx.nd.zeros((1, 3, short, long_side), ctx=model.ctx))
-    prefix = os.path.join(out_dir, "model")
-    block.export(prefix, epoch=0)
+    previous = model.net.builtin_ops
+    model.net.use_builtin_ops(True if builtin_ops else False)
+    try:
+        block = _rfcn_inference_block(model)
+        block.hybridize()
+        short, long_side = (int(v) for v in cfg.IMAGE.TEST_SCALE)
+        block(mx.nd.zeros((1, 3, short, long_side), ctx=model.ctx))
+        prefix = os.path.join(out_dir, "model")
+        block.export(prefix, epoch=0)
+    finally:
+        model.net.use_builtin_ops(previous)
     paths = {"symbol": prefix + "-symbol.json", "params": prefix + "-0000.params"}
     meta = {"detector": "rfcn", "classes": model.classes,
             "input": {"resize": "keep_ratio", "short_side": short, "max_size": long_side,
                       "mean": [float(v) for v in cfg.IMAGE.MEAN], "std": [float(v) for v in cfg.IMAGE.STD]},
-            "ops_library": True, "nms": "hard", "score_threshold": float(cfg.TEST.SCORE_THRESH),
+            "ops_library": not builtin_ops, "nms": "hard", "score_threshold": float(cfg.TEST.SCORE_THRESH),
             "nms_iou": float(cfg.TEST.NMS), "max_per_image": int(cfg.TEST.MAX_PER_IMAGE)}
     paths["meta"] = _write_meta(out_dir, meta)
     if onnx:
         raise ExportNotSupported(
-            f"rfcn: the MXNet artifact is written to {out_dir}, but its graph uses this project's compiled "
-            "operators (multi_proposal, psroi_pooling) that have no ONNX mapping; run it with --runtime mxnet")
+            f"rfcn: the MXNet artifact is written to {out_dir}, but its proposal and position-sensitive RoI "
+            "pooling operators have no ONNX mapping; run it with --runtime mxnet")
     return paths

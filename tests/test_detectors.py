@@ -306,6 +306,18 @@ def test_rfcn_artifact_equals_in_process_detector(tmp_path):
         np.testing.assert_allclose(got[1], expected[1], atol=1e-5)
         np.testing.assert_allclose(got[0], expected[0], atol=1e-3)
         np.testing.assert_array_equal(got[2], expected[2])
+    # MXNet's own operators instead of the compiled ones: a stock-mxnet artifact, same detections
+    detectors.export(model, str(tmp_path / "art_builtin"), builtin_ops=True)
+    assert json.loads((tmp_path / "art_builtin" / "meta.json").read_text())["ops_library"] is False
+    assert "detops" not in (tmp_path / "art_builtin" / "model-symbol.json").read_text()
+    assert model.net.builtin_ops is None                      # the model is left as it was
+    portable = ExportedDetector(str(tmp_path / "art_builtin"))
+    image = _images(np.random.default_rng(7), [(90, 150)])[0]
+    a = runner(cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    b = portable(cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    assert len(a[1]) == len(b[1]) > 0
+    np.testing.assert_allclose(b[1], a[1], atol=1e-5)
+    np.testing.assert_allclose(b[0], a[0], atol=1e-3)
 
 
 def test_lstm_ssd_run_streams_and_refuses_single_frame_export(tmp_path, capsys):

@@ -1,7 +1,7 @@
 """Export a trained recipe model as a standalone inference artifact (docs/DESIGN.md).
 
     python -m lib.tools.export --model RUN_OR_CKPT [--cfg CFG] --format mxnet|onnx --out DIR
-                               [--check-input VIDEO_OR_FOLDER] [--check-frames 4]
+                               [--check-input VIDEO_OR_FOLDER] [--check-frames 4] [--builtin-ops]
 
 RUN_OR_CKPT is a training run of experiments/custom/train.py (its folder: latest checkpoint, or a
 ckpt-NNNN.json / .params inside it). DIR gets model-symbol.json + model-0000.params (decode, clipping
@@ -9,8 +9,9 @@ and NMS inside the graph) and meta.json; --format onnx adds model.onnx and check
 against the MXNet graph (max difference of scores and boxes within --tolerance, default 1e-4) on a few
 frames of --check-input, or on seeded random images without it. DIR is then run by
 ``python -m lib.tools.infer`` with only mxnet or onnxruntime installed.
-Families the single-frame artifact cannot hold (lstm_ssd, fgfa, rfcn) get a message saying why and
-what to use instead (exit code 3).
+Families the single-frame artifact cannot hold (lstm_ssd, fgfa) get a message saying why and what to
+use instead (exit code 3); rfcn exports for MXNet only (its proposal / PS-RoI operators have no ONNX
+form), with this project's compiled operators or, with --builtin-ops, MXNet's own.
 """
 import argparse
 import os
@@ -60,7 +61,7 @@ def compare_runtimes(folder, frames, tolerance=1e-4):
     return worst
 
 
-def export_run(model, out, fmt="mxnet", cfg_path=None):
+def export_run(model, out, fmt="mxnet", cfg_path=None, builtin_ops=False):
     """Load a run and write its artifact; returns the paths dict of lib.detectors.export."""
     from lib import detectors
     from lib.config import ConfigError
@@ -69,7 +70,7 @@ def export_run(model, out, fmt="mxnet", cfg_path=None):
         cfg = detectors.load_custom_config(cfg_path)
         if cfg.DETECTOR != model_obj.family:
             raise ConfigError(f"{cfg_path}: DETECTOR is {cfg.DETECTOR} but {model} is a {model_obj.family} run")
-    return detectors.export(model_obj, out, onnx=(fmt == "onnx"))
+    return detectors.export(model_obj, out, onnx=(fmt == "onnx"), builtin_ops=builtin_ops)
 
 
 def main(argv=None):
@@ -81,12 +82,15 @@ def main(argv=None):
     parser.add_argument("--check-input", help="video or frame folder for the ONNX check")
     parser.add_argument("--check-frames", type=int, default=4)
     parser.add_argument("--tolerance", type=float, default=1e-4)
+    parser.add_argument("--builtin-ops", action="store_true",
+                        help="rfcn: MXNet's own MultiProposal/PSROIPooling, so the artifact runs without "
+                             "lib/libdetops.so (portable, slower on CPU)")
     args = parser.parse_args(argv)
     from lib.config import ConfigError
     from lib.detectors import ExportNotSupported
     from lib.train import CheckpointError
     try:
-        paths = export_run(args.model, args.out, args.format, args.cfg)
+        paths = export_run(args.model, args.out, args.format, args.cfg, args.builtin_ops)
     except ExportNotSupported as err:
         print(f"error: {err}", file=sys.stderr)
         return 3
