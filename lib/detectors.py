@@ -12,10 +12,11 @@ resolved recipe config), ``family.yaml`` (the resolved family config) and lib.tr
 (``ckpt-NNNN.json/.params``). ``load_model(run folder or checkpoint)`` rebuilds the model from them.
 
 Exported artifact: docs/DESIGN.md "Exported inference artifact". m2det uses its own exporter; for
-ssdlite this module wraps the network in a HybridBlock with decode + per-class NMS in the graph.
-LSTM-SSD (memory across frames), FGFA (a window of frames) and R-FCN (MultiProposal, a compiled
-operator, over a padded keep-ratio input) cannot be written as the single-input, single-frame artifact;
-``export`` raises ``ExportNotSupported`` with what to use instead.
+ssdlite and the R-FCN baseline this module wraps the network in a HybridBlock with decoding and
+per-class NMS in the graph (R-FCN: also the stride padding and im_info, with the compiled proposal /
+PS-RoI operators or MXNet's own). LSTM-SSD (memory across frames) and FGFA (a window of frames) cannot
+be written as the single-input, single-frame artifact: ``export`` raises ``ExportNotSupported`` saying
+what to use instead; so does an ONNX export of R-FCN (after writing its MXNet artifact).
 """
 import copy
 import json
