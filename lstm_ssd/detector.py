@@ -260,7 +260,10 @@ def _name_of(by_name, block):
 
 def build_detector(cfg, ctx=mx.cpu(), initialize=True):
     """cfg: full config (uses cfg.MODEL). Returns an initialised VideoDetector."""
-    net = VideoDetector(cfg.MODEL)
+    try:
+        net = VideoDetector(cfg.MODEL)
+    except ValueError as err:   # name the yaml file the bad MODEL value came from
+        raise ValueError(f"{cfg.get('CONFIG_FILE') or '<defaults>'}: {err}") from None
     if initialize:
         net.initialize(ctx=ctx)
     return net

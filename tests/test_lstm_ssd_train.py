@@ -119,3 +119,41 @@ def test_prune_cli_shrinks_a_saved_model(tiny_cfg, tmp_path):
     assert os.path.isfile(pruned)
     with open(str(tmp_path / "tiny-pruned0.5.prune.json")) as f:
         assert json.load(f)["ratio"] == 0.5
+
+
+def test_bad_config_values_name_the_file_and_key(tmp_path):
+    from lib.config import ConfigError
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"_BASE_: {TINY_CFG}\nMODEL:\n  LARGE: {{NET: resnet50}}\n")
+    with pytest.raises(ValueError, match=r"bad\.yaml.*mobilenet_v1 or mobilenet_v2"):
+        build_detector(lstm_config.load(str(bad)))
+    bad.write_text(f"_BASE_: {TINY_CFG}\nMODEL:\n  LSTM: {{UNITZ: 3}}\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml.*MODEL\.LSTM\.UNITZ"):
+        lstm_config.load(str(bad))
+    bad.write_text(f"_BASE_: {TINY_CFG}\nMODEL:\n  TYPE: fast_slow\n  SMALL: {{OUTPUT_STRIDE: 32}}\n")
+    with pytest.raises(ValueError, match="same feature size"):
+        build_detector(lstm_config.load(str(bad)))
+
+
+def test_train_test_entry_point_trains_tests_and_appends_a_row(tiny_cfg, tmp_path):
+    import csv
+    import importlib.util
+    script = os.path.join(PROJECT_ROOT, "experiments", "lstm_ssd", "train_test.py")
+    spec = importlib.util.spec_from_file_location("lstm_ssd_train_test", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    import yaml
+    cfg_path = tmp_path / "tiny.yaml"
+    cfg_path.write_text(yaml.safe_dump({
+        "_BASE_": TINY_CFG, "OUTPUT_DIR": str(tmp_path / "run"), "TEST": {"RESULTS_TABLE": str(tmp_path / "results.md")},
+        "DATASET": {"TRAIN": dict(tiny_cfg.DATASET.TRAIN), "TEST": dict(tiny_cfg.DATASET.TEST)}}))
+    module.main(["--cfg", str(cfg_path), "--print-images", "--set", "TRAIN.EPOCHS=2"])
+    assert os.path.isfile(tmp_path / "run" / "model.params")
+    assert len(os.listdir(tmp_path / "run" / "test_images")) == 4
+    rows = list(csv.DictReader(open(tmp_path / "results.csv")))
+    assert len(rows) == 1 and rows[0]["model"] == "lstm_ssd" and int(rows[0]["frames"]) == 4
+    assert int(rows[0]["params"]) > 0 and int(rows[0]["macs_large"]) > 0
+    assert "| lstm_ssd |" in (tmp_path / "results.md").read_text()
+    # test-only phase reloads the saved model
+    module.main(["--cfg", str(cfg_path), "--set", "PHASE=[test]"])
+    assert len(list(csv.DictReader(open(tmp_path / "results.csv")))) == 2
