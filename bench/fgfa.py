@@ -125,7 +125,7 @@ def run_setting(name, frames_count, repeats, hybridize):
         results[key] = {
             "ms_per_frame": 1000 * time_stream(cfg, model, frames),
             "parts_ms": time_parts(cfg, model, frames[0], repeats),
-            "K": k, "depth": cfg.NETWORK.DEPTH, "input": list(make_preprocess(cfg)(frames[0])[1][:2].astype(int)),
+            "K": k, "depth": cfg.NETWORK.DEPTH, "input": [int(v) for v in make_preprocess(cfg)(frames[0])[1][:2]],
         }
         print(f"[{name}] {key}: {results[key]['ms_per_frame']:.1f} ms/frame "
               f"(K={k}, parts {json.dumps({p: round(v, 1) for p, v in results[key]['parts_ms'].items()})})",
