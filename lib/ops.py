@@ -1,8 +1,8 @@
-"""Compiled detection operators for MXNet: MultiProposal, PSROIPooling and flow warp on CPU.
+"""Compiled detection operators for MXNet: MultiProposal, PSROIPooling, flow warp and FGFA aggregation on CPU.
 
 The C++ sources in ``operator_cxx/`` are built by ``sh init.sh`` (or ``python
 operator_cxx/build.py``) into ``lib/libdetops.so``, which :func:`load` plugs into the stock
-mxnet 1.9.1 wheel with ``mx.library.load``. Loading registers three operators, available as
+mxnet 1.9.1 wheel with ``mx.library.load``. Loading registers four operators, available as
 ``mx.nd.<name>``, ``mx.sym.<name>`` and ``F.<name>`` (inputs positional, attributes as keywords):
 
 ==========================  ===============================================================
@@ -11,6 +11,9 @@ registered name             equals (MXNet built-in)
 ``detops_multi_proposal``   ``mx.nd.contrib.MultiProposal`` (same attributes, any batch N)
 ``detops_psroi_pooling``    ``mx.nd.contrib.PSROIPooling`` (gradient to data)
 ``detops_flow_warp``        ``BilinearSampler(data, GridGenerator(flow, transform_type='warp'))``
+``detops_flow_aggregate``   FGFA's warp + cosine weights + softmax + weighted sum, fused
+                            (inference only; no MXNet equivalent, the composite graph is
+                            its oracle)
 ==========================  ===============================================================
 
 Use the Python wrappers below rather than the raw names: they load the library on first use,
@@ -43,6 +46,7 @@ OP_NAMES = {
     "multi_proposal": "detops_multi_proposal",
     "psroi_pooling": "detops_psroi_pooling",
     "flow_warp": "detops_flow_warp",
+    "flow_aggregate": "detops_flow_aggregate",
 }
 
 _lock = threading.Lock()
@@ -231,6 +235,27 @@ def flow_warp(data, flow, F=None, builtin=None, name=None):
         grid = F.GridGenerator(flow, transform_type="warp")
         return F.BilinearSampler(data, grid, **_named(name))
     return _op(F, "flow_warp")(data, flow, **_named(name))
+
+
+def flow_aggregate(key_cache, caches, flows, feat_channels, F=None, name=None):
+    """FGFA's flow-guided aggregation of a window in one fused pass (inference only, CPU).
+
+    key_cache (N, C+E, h, w) = concat(feature, embedding) of the key frame; ``caches``: list of T
+    such arrays (the window, key frame included where it takes part), ``flows``: list of T flows
+    (N, 2, h, w) from the key frame to each (zeros for the key frame itself);
+    ``feat_channels`` = C. Returns (aggregated feature (N, C, h, w), weights (N, T, h, w)), equal to
+    ``fgfa.aggregation.FlowAggregator``: each cache warped with flow_warp, per-pixel cosine
+    similarity of its L2-normalised embedding with the key's, softmax over the T frames, weighted
+    sum of the warped features. It never builds the warped window (T x (C+E) channels), which the
+    composite graph does several times over. No gradient (MXNetError on backward).
+    """
+    caches, flows = list(caches), list(flows)
+    if len(caches) != len(flows) or not caches:
+        raise ValueError(f"flow_aggregate needs as many flows as caches (>= 1), got {len(caches)} "
+                         f"caches and {len(flows)} flows")
+    F = _namespace(F, key_cache)
+    return _op(F, "flow_aggregate")(key_cache, *caches, *flows, feat_channels=int(feat_channels),
+                                    num_frames=len(caches), **_named(name))
 
 
 def import_block(symbol_file, input_names, param_file=None, ctx=None):

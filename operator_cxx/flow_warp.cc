@@ -17,6 +17,7 @@
 #include <cstring>
 #include <vector>
 
+#include "bilinear.h"
 #include "detops_common.h"
 
 namespace detops {
@@ -25,27 +26,11 @@ namespace {
 const char* kOp = "flow_warp";
 
 template <typename T>
-struct Corner4 {
-  int off[4];  // offsets inside the plane: top-left, top-right, bottom-left, bottom-right
-  T w[4];      // bilinear weights, 0 for corners outside the map
-  T m[4];      // 1 for corners inside the map, else 0 (value taken as 0)
-  T wx, wy;    // MXNet's top_left_x_w / top_left_y_w (1 - fractional part)
-};
-
-// Sample position of output pixel (x, y) as GridGenerator('warp') + BilinearSampler compute it.
-template <typename T>
-inline T sample_coord(T flow, int pos, int size, T half) {
-  if (size <= 1) return flow + static_cast<T>(pos);
-  T grid = (flow + static_cast<T>(pos)) / half - static_cast<T>(1);
-  return (grid + 1) * (size - 1) / 2;
-}
-
-template <typename T>
 void build_table(const T* flow, int N, int H, int W, std::vector<Corner4<T>>* table) {
   const int HW = H * W;
   table->resize(static_cast<size_t>(N) * HW);
-  const T half_w = static_cast<T>((static_cast<double>(static_cast<T>(W)) - 1.0) / 2.0);
-  const T half_h = static_cast<T>((static_cast<double>(static_cast<T>(H)) - 1.0) / 2.0);
+  const T half_w = half_extent<T>(W);
+  const T half_h = half_extent<T>(H);
   Corner4<T>* out = table->data();
   const int total = N * HW;
   // A few flops per pixel: threads only pay off on big maps (each parallel region is a barrier,
@@ -55,35 +40,7 @@ void build_table(const T* flow, int N, int H, int W, std::vector<Corner4<T>>* ta
   for (int idx = 0; idx < total; ++idx) {
     const int n = idx / HW, p = idx % HW, y = p / W, x = p % W;
     const T* fl = flow + static_cast<size_t>(n) * 2 * HW;
-    const T x_real = sample_coord<T>(fl[p], x, W, half_w);
-    const T y_real = sample_coord<T>(fl[HW + p], y, H, half_h);
-    Corner4<T>& c = out[idx];
-    // Far outside (or NaN): every corner invalid. Guards the int conversion below.
-    if (!(x_real > static_cast<T>(-2) && x_real < static_cast<T>(W + 1) &&
-          y_real > static_cast<T>(-2) && y_real < static_cast<T>(H + 1))) {
-      for (int k = 0; k < 4; ++k) {
-        c.off[k] = 0;
-        c.w[k] = 0;
-        c.m[k] = 0;
-      }
-      c.wx = c.wy = 0;
-      continue;
-    }
-    const int x0 = static_cast<int>(std::floor(x_real));
-    const int y0 = static_cast<int>(std::floor(y_real));
-    const T wx = static_cast<T>(1.0 - (x_real - x0));
-    const T wy = static_cast<T>(1.0 - (y_real - y0));
-    c.wx = wx;
-    c.wy = wy;
-    const int xs[4] = {x0, x0 + 1, x0, x0 + 1};
-    const int ys[4] = {y0, y0, y0 + 1, y0 + 1};
-    const T weights[4] = {wy * wx, wy * (1 - wx), (1 - wy) * wx, (1 - wy) * (1 - wx)};
-    for (int k = 0; k < 4; ++k) {
-      const bool inside = xs[k] >= 0 && xs[k] <= W - 1 && ys[k] >= 0 && ys[k] <= H - 1;
-      c.off[k] = inside ? ys[k] * W + xs[k] : 0;
-      c.w[k] = inside ? weights[k] : static_cast<T>(0);
-      c.m[k] = inside ? static_cast<T>(1) : static_cast<T>(0);
-    }
+    make_corner<T>(fl[p], fl[HW + p], x, y, W, H, half_w, half_h, &out[idx]);
   }
 }
 

@@ -126,6 +126,78 @@ def test_flow_warp_flow_gradient_finite_differences():
     assert abs((loss(dp, flow) - loss(data, flow)) - gd[idx]) < 1e-9
 
 
+# ----------------------------------------------------------------------------- flow_aggregate
+
+def composite_aggregate(key_cache, caches, flows, feat_channels):
+    """FGFA's aggregation from MXNet built-ins only (the oracle of the fused kernel)."""
+    nd = mx.nd
+    key = nd.L2Normalization(nd.array(key_cache)[:, feat_channels:], mode="channel")
+    warped = [builtin_warp(nd.array(c), nd.array(f)) for c, f in zip(caches, flows)]
+    cosine = nd.stack(*[(nd.L2Normalization(w[:, feat_channels:], mode="channel") * key).sum(axis=1)
+                        for w in warped], axis=1)                                   # (N,T,h,w)
+    weights = nd.softmax(cosine, axis=1)
+    out = sum(w[:, :feat_channels] * weights[:, t:t + 1] for t, w in enumerate(warped))
+    return out.asnumpy(), weights.asnumpy()
+
+
+@pytest.mark.parametrize("n,c,e,h,w,frames,flow_scale,dtype", [
+    (1, 6, 5, 7, 9, 5, 2.0, np.float32),    # non-square, window of 5
+    (2, 3, 4, 5, 6, 3, 6.0, np.float32),    # batch 2, flows pointing well outside the map
+    (1, 4, 3, 6, 6, 1, 1.0, np.float64),    # a single frame: weight 1 everywhere
+])
+def test_flow_aggregate_equals_composite_of_builtins(n, c, e, h, w, frames, flow_scale, dtype):
+    rng = np.random.RandomState(n * 100 + frames)
+    key = rng.randn(n, c + e, h, w).astype(dtype)
+    caches = [key] + [rng.randn(n, c + e, h, w).astype(dtype) for _ in range(frames - 1)]
+    flows = [np.zeros((n, 2, h, w), dtype)] + [(rng.randn(n, 2, h, w) * flow_scale).astype(dtype)
+                                              for _ in range(frames - 1)]
+    out, weights = ops.flow_aggregate(mx.nd.array(key, dtype=dtype), [mx.nd.array(x, dtype=dtype) for x in caches],
+                                      [mx.nd.array(x, dtype=dtype) for x in flows], feat_channels=c)
+    ref_out, ref_weights = composite_aggregate(key, caches, flows, c)
+    assert out.shape == (n, c, h, w) and weights.shape == (n, frames, h, w) and out.dtype == dtype
+    close(out.asnumpy(), ref_out)
+    close(weights.asnumpy(), ref_weights)
+    close(weights.asnumpy().sum(axis=1), np.ones((n, h, w)))
+
+
+def test_flow_aggregate_hand_computed():
+    # two frames, one pixel moved by an integer flow: embeddings identical to the key's -> cosine 1
+    # for both, equal weights; the second frame's feature is read one pixel to the right.
+    key = np.zeros((1, 2, 1, 3), np.float32)
+    key[0, 0] = [1, 2, 3]          # feature
+    key[0, 1] = [1, 1, 1]          # embedding
+    other = key.copy()
+    other[0, 0] = [10, 20, 30]
+    flow = np.zeros((1, 2, 1, 3), np.float32)
+    flow[0, 0] = 1.0               # dx = +1: pixel x reads x + 1 (x = 2 reads outside: 0)
+    out, weights = ops.flow_aggregate(mx.nd.array(key), [mx.nd.array(key), mx.nd.array(other)],
+                                      [mx.nd.zeros((1, 2, 1, 3)), mx.nd.array(flow)], feat_channels=1)
+    # at x = 2 the warped embedding is 0: cosine 0 vs 1 for the key frame
+    w_key = np.exp(1) / (np.exp(1) + np.exp(0))
+    close(weights.asnumpy()[0, :, 0], [[0.5, 0.5, w_key], [0.5, 0.5, 1 - w_key]])
+    close(out.asnumpy()[0, 0, 0], [0.5 * 1 + 0.5 * 20, 0.5 * 2 + 0.5 * 30, w_key * 3 + (1 - w_key) * 0])
+
+
+def test_flow_aggregate_errors():
+    nd = mx.nd
+    good = nd.zeros((1, 5, 4, 6))
+    flow = nd.zeros((1, 2, 4, 6))
+    raises(lambda: ops.flow_aggregate(good, [good, nd.zeros((1, 5, 4, 7))], [flow, flow], feat_channels=3),
+           "cache_1 has shape (1, 5, 4, 7)")
+    raises(lambda: ops.flow_aggregate(good, [good], [nd.zeros((1, 3, 4, 6))], feat_channels=3),
+           "flow_0 has shape (1, 3, 4, 6), needs (N, 2, h, w)")
+    raises(lambda: ops.flow_aggregate(good, [good], [flow], feat_channels=5), "needs feat_channels (5) + at least")
+    with pytest.raises(ValueError, match="as many flows as caches"):
+        ops.flow_aggregate(good, [good, good], [flow], feat_channels=3)
+    key = good.copy()
+    key.attach_grad()
+    with autograd.record():
+        out, _ = ops.flow_aggregate(key, [key], [flow], feat_channels=3)
+    with pytest.raises(MXNetError, match="no gradient"):
+        out.backward()
+        mx.nd.waitall()
+
+
 # ------------------------------------------------------------------------------ psroi_pooling
 
 def psroi_numpy(data, rois, spatial_scale, output_dim, pooled_size, group_size):
@@ -443,7 +515,7 @@ def test_export_and_import_in_fresh_process(tmp_path):
     prefix = str(tmp_path / "three_ops")
     net.export(prefix)
     symbol = json.load(open(prefix + "-symbol.json"))
-    assert {n["op"] for n in symbol["nodes"]} >= set(ops.OP_NAMES.values())
+    assert {n["op"] for n in symbol["nodes"]} >= {ops.OP_NAMES[k] for k in ("flow_warp", "multi_proposal", "psroi_pooling")}
     np.savez(tmp_path / "inputs.npz", *[x.asnumpy() for x in inputs])
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-c", EXPORT_CHECK, prefix, str(tmp_path / "inputs.npz")],
