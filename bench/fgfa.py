@@ -104,8 +104,8 @@ def time_parts(cfg, model, frame, repeats):
     if model.aggregate:
         refs = mx.nd.concat(*[data] * two_k, dim=0)
         parts["flows_2K"], flows = clock(lambda: model.flownet(refs, refs))
-        caches = mx.nd.concat(*[cache] * (two_k + 1), dim=0)
-        flows = mx.nd.concat(flows, mx.nd.zeros_like(flows[:1]), dim=0)
+        caches = [cache] * (two_k + 1)
+        flows = [flows[j:j + 1] for j in range(two_k)] + [mx.nd.zeros_like(flows[:1])]
         parts["aggregation"], feat = clock(lambda: model.aggregate_window(cache, caches, flows))
     parts["head"], out = clock(lambda: model.detect_from_feature(feat, info))
     parts["postprocess"], _ = clock(lambda: model.postprocess(*out, im_info))

@@ -85,6 +85,10 @@ DEFAULTS = {
     },
     "TEST": {
         "K": 9,                        # window of 2K+1 frames (reference: 9, hard-coded as 19 frames)
+        # direct: 2K FlowNet runs per output frame, centre -> each frame (reference);
+        # chained: 2 FlowNet runs per new frame (to and from its predecessor), the flow to a frame
+        # j steps away composed from the j one-step flows by warping (2K cheap 2-channel warps)
+        "FLOW_MODE": "direct",
         "RPN_PRE_NMS_TOP_N": 6000,
         "RPN_POST_NMS_TOP_N": 300,
         "RPN_NMS": 0.7,
@@ -144,6 +148,8 @@ def validate(cfg):
         raise ConfigError(f"{src}: TEST.K must be >= 0, got {cfg.TEST.K}")
     if not 1 <= cfg.TRAIN.MIN_OFFSET <= cfg.TRAIN.MAX_OFFSET:
         raise ConfigError(f"{src}: need 1 <= TRAIN.MIN_OFFSET <= TRAIN.MAX_OFFSET")
+    if cfg.TEST.FLOW_MODE not in ("direct", "chained"):
+        raise ConfigError(f"{src}: TEST.FLOW_MODE must be 'direct' or 'chained', got {cfg.TEST.FLOW_MODE!r}")
     if cfg.TEST.SEQ_NMS_RESCORE not in ("avg", "max"):
         raise ConfigError(f"{src}: TEST.SEQ_NMS_RESCORE must be 'avg' or 'max'")
     if cfg.TEST.EVAL_METRIC not in ("auto", "vid", "voc"):

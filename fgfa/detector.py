@@ -169,10 +169,21 @@ class FGFADetector(gluon.Block):
         """Aggregated feature (1,C,h,w) + im_info (1,3) -> (rois (R,5), probs (R,C+1), deltas (R,8))."""
         return self.head(feat, im_info)
 
-    def aggregate_window(self, key_cache, caches, flows):
-        """Key cache (1,C+E,h,w), window caches (T,C+E,h,w), flows (T,2,h,w) -> (1,C,h,w)."""
+    def aggregate_window(self, key_cache, caches, flows, fused=None):
+        """Key cache (1,C+E,h,w), window caches [T x (1,C+E,h,w)], flows [T x (1,2,h,w)] -> (1,C,h,w).
+
+        ``fused`` (default: on CPU with the compiled operators) runs lib.ops.flow_aggregate, one pass
+        over the window without building the warped (T, C+E, h, w) stack; otherwise the composite
+        FlowAggregator graph (GPU, MXNet built-ins; the same numbers)."""
+        if fused is None:
+            fused = self.builtin_ops is not True and key_cache.context.device_type == "cpu"
+        if fused:
+            from lib.ops import flow_aggregate
+            out, _ = flow_aggregate(key_cache, caches, flows, self.feat_channels)
+            return out
         key_embed = key_cache[:, self.feat_channels:]
-        out, _ = self.aggregator(caches.shape[0])(key_embed, caches, flows)
+        out, _ = self.aggregator(len(caches))(key_embed, mx.nd.concat(*caches, dim=0),
+                                              mx.nd.concat(*flows, dim=0))
         return out
 
     # ------------------------------------------------------------------ post-processing
@@ -317,18 +328,26 @@ class VideoDetector:
     window is centred). ``flush()`` ends the video and returns the rest. Window positions before
     the first / after the last frame repeat the first / last frame. Each frame's feature+embedding
     cache is computed once; per output frame only the flows from it to the other distinct frames
-    of its window are computed. For the baseline (no aggregation) every step returns its frame.
+    of its window are computed (``flow_mode='direct'``, the reference), or, with
+    ``flow_mode='chained'`` (TEST.FLOW_MODE), only the two one-step flows of each new frame (to and
+    from its predecessor), the flow to a frame j steps away being composed from j one-step flows.
+    For the baseline (no aggregation) every step returns its frame.
     """
 
-    def __init__(self, model, ctx=None, K=None, preprocess=None):
+    def __init__(self, model, ctx=None, K=None, preprocess=None, flow_mode=None):
         self.model = model
         self.ctx = ctx or mx.cpu()
         self.K = model.cfg.TEST.K if K is None else int(K)
+        self.flow_mode = flow_mode or model.cfg.TEST.FLOW_MODE
+        if self.flow_mode not in ("direct", "chained"):
+            raise ValueError(f"flow_mode must be 'direct' or 'chained', got {self.flow_mode!r}")
         self.preprocess = preprocess
         self.reset()
 
     def reset(self):
         self.frames = collections.OrderedDict()   # index -> Frame (only what windows still need)
+        # chained flow mode: one-step flows, next_flow[i] = flow i -> i+1, prev_flow[i] = i -> i-1
+        self.next_flow, self.prev_flow = {}, {}
         self.next_index = 0                        # index of the next frame fed
         self.next_output = 0                       # index of the next frame to emit
 
@@ -338,9 +357,39 @@ class VideoDetector:
         im_info_nd = mx.nd.array(np.asarray(im_info, np.float32)[None], ctx=self.ctx)
         cache = self.model.frame_cache(data)
         frame = Frame(self.next_index, data, im_info_nd, cache)
-        self.frames[self.next_index] = frame
+        index = self.next_index
+        if self.model.aggregate and self.flow_mode == "chained" and index > 0:
+            before = self.frames[index - 1].data
+            # both one-step flows in one FlowNet batch: (i-1 -> i) and (i -> i-1)
+            flows = self.model.flownet(mx.nd.concat(before, data, dim=0), mx.nd.concat(data, before, dim=0))
+            self.next_flow[index - 1], self.prev_flow[index] = flows[0:1], flows[1:2]
+        self.frames[index] = frame
         self.next_index += 1
         return frame
+
+    def _flows_from(self, t, others):
+        """Flows from frame t to each frame of ``others`` (t excluded): {index: (1,2,h,w)}."""
+        if not others:
+            return {}
+        if self.flow_mode == "direct":
+            key = self.frames[t].data
+            refs = mx.nd.concat(*[self.frames[i].data for i in others], dim=0)
+            flows = self.model.flownet(mx.nd.broadcast_to(key, shape=refs.shape), refs)
+            return {i: flows[j:j + 1] for j, i in enumerate(others)}
+        # chained: flow(t -> i +- 1) = flow(t -> i) + one-step flow of i sampled where flow(t -> i) lands
+        from .operators import flow_warp
+        flow_of = {}
+        for step, one_step in ((1, self.next_flow), (-1, self.prev_flow)):
+            wanted = [i for i in others if (i - t) * step > 0]
+            if not wanted:
+                continue
+            farthest = max(wanted) if step > 0 else min(wanted)
+            flow = one_step[t]
+            flow_of[t + step] = flow
+            for i in range(t + step, farthest, step):
+                flow = flow + flow_warp(mx.nd, one_step[i], flow)
+                flow_of[i + step] = flow
+        return {i: flow_of[i] for i in others}
 
     def window_indices(self, t, last):
         """Frame indices of t's window: t-K..t+K clamped to [0, last] (edges repeat)."""
@@ -353,22 +402,18 @@ class VideoDetector:
             rois, probs, deltas = model.detect_from_feature(key.cache, key.im_info)
         else:
             idx = self.window_indices(t, last)
-            others = sorted(set(i for i in idx if i != t))
-            flow_of = {}
-            if others:
-                refs = mx.nd.concat(*[self.frames[i].data for i in others], dim=0)
-                cur = mx.nd.broadcast_to(key.data, shape=refs.shape)
-                flows = model.flownet(cur, refs)
-                flow_of = {i: flows[j:j + 1] for j, i in enumerate(others)}
+            flow_of = self._flows_from(t, sorted(set(i for i in idx if i != t)))
             zero = mx.nd.zeros((1, 2) + key.cache.shape[2:], ctx=self.ctx)
-            caches = mx.nd.concat(*[self.frames[i].cache for i in idx], dim=0)
-            flows = mx.nd.concat(*[flow_of.get(i, zero) if i != t else zero for i in idx], dim=0)
+            caches = [self.frames[i].cache for i in idx]
+            flows = [flow_of.get(i, zero) if i != t else zero for i in idx]
             feat = model.aggregate_window(key.cache, caches, flows)
             rois, probs, deltas = model.detect_from_feature(feat, key.im_info)
         result = model.postprocess(rois, probs, deltas, key.im_info.asnumpy()[0])
         # drop frames no later window needs (windows of t+1.. start at t+1-K)
         for i in [i for i in self.frames if i < t + 1 - self.K]:
             del self.frames[i]
+            self.next_flow.pop(i, None)
+            self.prev_flow.pop(i, None)
         return t, result
 
     def step(self, image):
@@ -418,6 +463,7 @@ class VideoDetector:
             is_key = mx.nd.array([0.0 if i == t else 1.0 for i in idx], ctx=self.ctx).reshape((-1, 1, 1, 1))
             flows = flows * is_key
             key_cache = model.frame_cache(data[t])
-            feat = model.aggregate_window(key_cache, caches, flows)
+            feat = model.aggregate_window(key_cache, [caches[j:j + 1] for j in range(len(idx))],
+                                          [flows[j:j + 1] for j in range(len(idx))], fused=False)
             rois, probs, deltas = model.detect_from_feature(feat, im_info)
         return model.postprocess(rois, probs, deltas, im_info.asnumpy()[0])

@@ -262,6 +262,66 @@ def test_window_padding_repeats_edges_and_streaming_lag():
     assert len(detector.frames) == 0                # reset after flush
 
 
+class _PairFlowNet:
+    """Stands in for the FlowNet: flow(cur -> ref) = (ref_id - cur_id) * STEP everywhere, where a
+    frame's id is its constant pixel value; counts the pairs it was asked for."""
+    STEP = np.array([0.75, -0.5], np.float32)
+
+    def __init__(self, shape):
+        self.pairs, self.shape = 0, shape
+
+    def __call__(self, cur, ref):
+        self.pairs += cur.shape[0]
+        steps = (ref[:, 0, 0, 0] - cur[:, 0, 0, 0]).asnumpy()
+        flows = steps[:, None, None, None] * self.STEP[None, :, None, None] * np.ones((1, 2) + self.shape, np.float32)
+        return mx.nd.array(flows)
+
+
+def test_chained_flows_compose_one_step_flows(monkeypatch):
+    cfg, model = _tiny_model(True, k=3)
+    frames = [np.full((120, 160, 3), i, np.uint8) for i in range(9)]
+    preprocess = lambda image: (np.full((3, 96, 128), float(image[0, 0, 0]), np.float32),  # noqa: E731
+                                np.array([96, 128, 1.0], np.float32))
+    shape = (6, 8)
+    results = {}
+    for mode in ("direct", "chained"):
+        flownet = _PairFlowNet(shape)
+        monkeypatch.setattr(model.flownet, "forward", flownet)
+        detector = VideoDetector(model, preprocess=preprocess, flow_mode=mode)
+        done = [t for image in frames[:5] for t, _ in detector.step(image)]
+        # frame 2's window (2-3..2+3, clamped to 0..4) is all there: flows to 0, 1, 3, 4
+        results[mode] = detector._flows_from(2, [0, 1, 3, 4])
+        assert done + [t for t, _ in detector.flush()] == list(range(5))
+        # direct: one FlowNet pair per (output frame, other frame), plus the 4 of the explicit call
+        # above; chained: 2 per new frame after the first, nothing more
+        assert flownet.pairs == (sum(len(set(detector.window_indices(t, 4)) - {t}) for t in range(5)) + 4
+                                 if mode == "direct" else 2 * 4)
+    for i, flow in results["direct"].items():
+        expected = (i - 2) * _PairFlowNet.STEP
+        np.testing.assert_allclose(flow.asnumpy()[0, :, 2, 3], expected, atol=1e-6)
+        # chained flows are sums of one-step flows sampled along the way: equal for a uniform
+        # motion wherever the chain stays inside the map (here: pixel (2, 3) and its neighbours)
+        np.testing.assert_allclose(results["chained"][i].asnumpy()[0, :, 2, 3], expected, atol=1e-6)
+
+
+def test_chained_and_direct_agree_for_zero_flow_nets():
+    # a fresh FGFA's flow predictors start at zero: every flow is 0 and the two modes coincide
+    cfg, model = _tiny_model(True, k=2)
+    for pred in model.flownet.flow_preds:
+        for param in pred.collect_params().values():
+            param.set_data(mx.nd.zeros(param.shape))
+    rng = np.random.RandomState(5)
+    clip = [rng.randint(0, 255, (120, 160, 3)).astype(np.uint8) for _ in range(6)]
+    out = {mode: list(VideoDetector(model, preprocess=make_preprocess(cfg), flow_mode=mode).detect_video(clip))
+           for mode in ("direct", "chained")}
+    for (t0, (b0, s0, l0)), (t1, (b1, s1, l1)) in zip(out["direct"], out["chained"]):
+        assert t0 == t1 and len(b0) == len(b1) > 0
+        np.testing.assert_allclose(b0, b1, rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(s0, s1, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="flow_mode"):
+        VideoDetector(model, preprocess=make_preprocess(cfg), flow_mode="sideways")
+
+
 def test_hybridized_inference_equals_imperative():
     cfg, model = _tiny_model(True, k=1)
     rng = np.random.RandomState(2)
