@@ -29,6 +29,9 @@ DEFAULTS = {
         "STD": [1.0, 1.0, 1.0],        # divide after the mean (reference: none)
         "PAD_STRIDE": 16,              # image padded to a multiple (features, flow align exactly)
         "FLIP": True,
+        # training crops [width, height] of the resized frames (0 = whole frames): around an object
+        # with probability OBJECT_PROB, else anywhere; boxes kept when MIN_VISIBLE of them is inside
+        "TRAIN_TILE": {"SIZE": [0, 0], "OBJECT_PROB": 0.7, "MIN_VISIBLE": 0.5},
     },
     "NETWORK": {
         "DEPTH": 101,                  # ResNet v1 depth: 18, 34, 50, 101
@@ -142,6 +145,8 @@ def validate(cfg):
             raise ConfigError(f"{src}: IMAGE.{key} must have 3 numbers (RGB)")
     if not img.SCALES or any(len(s) != 2 for s in img.SCALES):
         raise ConfigError(f"{src}: IMAGE.SCALES must be a list of [short, max_long] pairs")
+    if len(img.TRAIN_TILE.SIZE) != 2 or min(img.TRAIN_TILE.SIZE) < 0:
+        raise ConfigError(f"{src}: IMAGE.TRAIN_TILE.SIZE must be [width, height] (0 0 = off)")
     if len(img.TEST_SCALE) != 2:
         raise ConfigError(f"{src}: IMAGE.TEST_SCALE must be [short, max_long]")
     if cfg.TEST.K < 0:

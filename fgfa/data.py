@@ -2,12 +2,13 @@
 
 A training sample is a key frame and its neighbours (two frames of the same video at distinct random
 offsets in [-MAX_OFFSET, MAX_OFFSET], clamped to the video; copies of the key image for still
-images), all resized to one randomly drawn scale and flipped together.
+images), all resized to one randomly drawn scale, flipped and (IMAGE.TRAIN_TILE) cropped together.
 """
 import cv2
 import numpy as np
 
 from lib.dataset.io import read_image
+from lib.transforms import RandomTile
 
 
 def target_size(height, width, short, max_long):
@@ -18,22 +19,32 @@ def target_size(height, width, short, max_long):
     return scale
 
 
-def prepare_image(image, short, max_long, mean, std, pad_stride, flip=False):
-    """RGB uint8 HxWx3 -> (float32 3xHpxWp normalised and zero-padded, [h, w, scale])."""
+def resize_image(image, short, max_long, flip=False):
+    """RGB uint8 HxWx3 -> (resized (and flipped) uint8 image, scale)."""
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected an HxWx3 RGB image, got shape {image.shape}")
     height, width = image.shape[:2]
     scale = target_size(height, width, short, max_long)
     new_h, new_w = int(round(height * scale)), int(round(width * scale))
     resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-    if flip:
-        resized = resized[:, ::-1]
+    return (resized[:, ::-1] if flip else resized), scale
+
+
+def normalize_pad(image, mean, std, pad_stride):
+    """uint8 HxWx3 -> float32 3xHpxWp, (x - mean) / std, zero-padded to a multiple of pad_stride."""
+    new_h, new_w = image.shape[:2]
     out_h = int(np.ceil(new_h / pad_stride) * pad_stride)
     out_w = int(np.ceil(new_w / pad_stride) * pad_stride)
     padded = np.zeros((3, out_h, out_w), np.float32)
-    norm = (resized.astype(np.float32) - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    norm = (image.astype(np.float32) - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
     padded[:, :new_h, :new_w] = norm.transpose(2, 0, 1)
-    return padded, np.array([new_h, new_w, scale], np.float32)
+    return padded
+
+
+def prepare_image(image, short, max_long, mean, std, pad_stride, flip=False):
+    """RGB uint8 HxWx3 -> (float32 3xHpxWp normalised and zero-padded, [h, w, scale])."""
+    resized, scale = resize_image(image, short, max_long, flip)
+    return normalize_pad(resized, mean, std, pad_stride), np.array(list(resized.shape[:2]) + [scale], np.float32)
 
 
 def make_preprocess(cfg):
@@ -70,6 +81,12 @@ class TrainSamples:
             for pos, rec in enumerate(recs):
                 self.position[rec.image_id] = (vid, pos)
         self.keys = list(range(len(dataset)))
+        tile = cfg.IMAGE.TRAIN_TILE
+        self.tiler = None
+        if tile.SIZE and min(tile.SIZE) > 0:
+            # crops of the resized frames: small objects at a high scale for a fraction of the cost
+            self.tiler = RandomTile(size=list(tile.SIZE), object_prob=tile.OBJECT_PROB, min_visible=tile.MIN_VISIBLE,
+                                    fill=(0, 0, 0))
         per_video = cfg.DATASET.FRAMES_PER_VIDEO
         if per_video > 0:
             keep = set()
@@ -101,28 +118,33 @@ class TrainSamples:
         return rec, [rec.image] + [recs[i].image for i in nb]
 
     def load(self, index, rng):
-        """-> (frames (F,3,Hp,Wp) float32, im_info [h, w, scale], gt boxes (G,4), labels (G,))."""
+        """-> (frames (F,3,Hp,Wp) float32, im_info [h, w, scale], gt boxes (G,4), labels (G,)).
+
+        Every frame of a sample gets the same scale, flip and (IMAGE.TRAIN_TILE) tile."""
         img_cfg = self.cfg.IMAGE
         key, paths = self.frames_of(index, rng)
         short, max_long = img_cfg.SCALES[rng.randint(len(img_cfg.SCALES))]
         flip = bool(img_cfg.FLIP and rng.rand() < 0.5)
-        cache = {}
-        frames = []
+        resized = {}
         for path in paths:
-            if path not in cache:
-                cache[path] = prepare_image(read_image(path), short, max_long, img_cfg.MEAN, img_cfg.STD,
-                                            img_cfg.PAD_STRIDE, flip)
-            frames.append(cache[path][0])
-        im_info = cache[paths[0]][1]
-        if any(f.shape != frames[0].shape for f in frames):
+            if path not in resized:
+                resized[path], scale = resize_image(read_image(path), short, max_long, flip)
+        images = [resized[p] for p in paths]
+        if any(f.shape != images[0].shape for f in images):
             raise ValueError(f"{key.image}: neighbour frames differ in size from the key frame ({paths})")
         keep = ~key.difficult
-        boxes = key.boxes[keep].astype(np.float32) * im_info[2]
+        boxes = key.boxes[keep].astype(np.float32) * scale
         labels = key.labels[keep]
         if flip:
-            width = im_info[1]
+            width = images[0].shape[1]
             boxes = np.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], axis=1)
-        return np.stack(frames), im_info, boxes.reshape(-1, 4), labels
+        if self.tiler is not None:
+            with_labels = np.concatenate([boxes.reshape(-1, 4), labels.reshape(-1, 1).astype(np.float32)], axis=1)
+            images, tiled = self.tiler(images, [with_labels] + [with_labels[:0]] * (len(images) - 1), rng=rng)
+            boxes, labels = tiled[0][:, :4], tiled[0][:, 4].astype(np.int64)
+        frames = [normalize_pad(im, img_cfg.MEAN, img_cfg.STD, img_cfg.PAD_STRIDE) for im in images]
+        im_info = np.array(list(images[0].shape[:2]) + [scale], np.float32)
+        return np.stack(frames), im_info, boxes.reshape(-1, 4).astype(np.float32), labels
 
 
 def collate(samples):

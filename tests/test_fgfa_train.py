@@ -181,3 +181,35 @@ def test_batch_of_two_images_of_different_sizes_and_pretrained_backbone(tmp_path
     assert np.isfinite(loss.asscalar()) and set(parts) == {"rpn_cls", "rpn_box", "rcnn_cls", "rcnn_box"}
     assert float(model.flownet.flow_preds[-1].weight.grad().abs().sum().asscalar()) > 0  # flow is trained
     assert float(model.embed.body[0].weight.grad().abs().sum().asscalar()) > 0
+
+
+def test_training_tiles_are_one_crop_of_the_whole_sample(synthetic_root, tmp_path):
+    from fgfa.data import TrainSamples
+    cfg_full = _cfg(TINY, synthetic_root, str(tmp_path / "full"), "IMAGE.FLIP=true")
+    cfg_tile = _cfg(TINY, synthetic_root, str(tmp_path / "tile"), "IMAGE.FLIP=true", "IMAGE.TRAIN_TILE.SIZE=[64,48]",
+                    "IMAGE.TRAIN_TILE.OBJECT_PROB=1.0")
+    dataset = load_train_set(cfg_full)
+    full, tiled = TrainSamples(dataset, cfg_full, 2), TrainSamples(dataset, cfg_tile, 2)
+    checked = 0
+    for index in range(len(full)):
+        f_frames, f_info, f_boxes, f_labels = full.load(index, np.random.RandomState(index))
+        t_frames, t_info, t_boxes, t_labels = tiled.load(index, np.random.RandomState(index))
+        assert t_frames.shape == (3, 3, 48, 64) and tuple(t_info[:2]) == (48, 64) and t_info[2] == f_info[2]
+        if not len(f_boxes):
+            continue
+        # the same window of every frame (key and both neighbours): find it on the key frame
+        h, w = int(f_info[0]), int(f_info[1])
+        offsets = [(y, x) for y in range(h - 48 + 1) for x in range(w - 64 + 1)
+                   if np.array_equal(f_frames[0, :, y:y + 48, x:x + 64], t_frames[0])]
+        assert offsets, "the tile is not a window of the resized key frame"
+        y, x = offsets[0]
+        np.testing.assert_array_equal(f_frames[:, :, y:y + 48, x:x + 64], t_frames)
+        # boxes: the whole sample's boxes shifted into the window, clipped; OBJECT_PROB 1 keeps one
+        shifted = f_boxes - np.array([x, y, x, y], np.float32)
+        clipped = np.clip(shifted, 0, [64, 48, 64, 48])
+        for box, label in zip(t_boxes, t_labels):
+            match = np.where(np.all(np.abs(clipped - box) < 1e-4, axis=1))[0]
+            assert len(match) and label in f_labels[match]
+        assert len(t_boxes) >= 1
+        checked += 1
+    assert checked >= 5
