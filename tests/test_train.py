@@ -417,3 +417,12 @@ def test_crash_during_save_leaves_previous_checkpoint_latest(tmp_path, monkeypat
     assert os.path.exists(manager.paths(2)["params"])  # written before the crash...
     assert manager.latest() == manager.paths(1)["json"]  # ...but epoch 2 is not complete
     assert manager.read()["iteration"] == 6
+
+
+def test_short_cosine_run_with_iteration_warmup_is_a_valid_config():
+    # 5 epochs with a 10-iteration warm-up: valid whenever an epoch has more than 2 iterations;
+    # the early key check must not compare 10 warm-up iterations with a horizon of 5
+    from lib.train import training_config
+    cfg = training_config(dict(LR=0.01, LR_SCHEDULE="cosine", EPOCHS=5, WARMUP_ITERS=10))
+    sched = build_lr_schedule(cfg, iters_per_epoch=64)
+    assert sched(10) == pytest.approx(0.01) and sched(320) == pytest.approx(0.0)

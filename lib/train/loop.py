@@ -128,7 +128,9 @@ def training_config(cfg):
                 re.compile(pattern)
             except (re.error, TypeError) as err:
                 raise ConfigError(f"{source}: key '{key}': invalid regex {pattern!r} ({err})") from None
-    build_lr_schedule(out, iters_per_epoch=1)  # validates the schedule keys early
+    # validates the schedule keys early; a long stand-in epoch so an iteration-count warm-up
+    # (WARMUP_ITERS) is not compared with a horizon of EPOCHS iterations
+    build_lr_schedule(out, iters_per_epoch=10 ** 6)
     return out
 
 
