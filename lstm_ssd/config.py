@@ -47,7 +47,8 @@ DEFAULTS = {
         "BATCH_SIZE": 8,           # sequences per batch
         "UNROLL": 4,               # frames per sequence (truncated BPTT length)
         "CARRY_STATE": True,       # consecutive segments of a video, state carried (else random clips)
-        "AUGMENT": True,           # flip + SSD random crop, the same for every frame of a clip
+        "AUGMENT": True,           # AUGMENTATIONS below, drawn once per clip (same for all its frames)
+        "AUGMENTATIONS": ["RandomFlip", "SSDRandomCrop"],   # lib.transforms specs (build_transforms)
         "STILL_IMAGES": "pseudo",  # pseudo (crop-and-shift pseudo-video) | repeat | skip
         "MAX_BATCHES": 0,          # cap on batches per epoch (0 = all)
     }),

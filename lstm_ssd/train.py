@@ -3,8 +3,8 @@
 Training: clips of TRAIN.UNROLL frames; with CARRY_STATE the videos are cut into consecutive segments
 given to fixed batch lanes, and each lane's LSTM state is carried (detached: truncated BPTT) from one
 segment to the next and reset when its lane starts a new video. Still images become pseudo-videos
-(crop-and-shift, lib.dataset.ClipSampler). Augmentation (flip + SSD random crop) draws its parameters
-once per clip. For fast_slow the extractor of each step is drawn at random (INTERLEAVE.SMALL_PROB).
+(crop-and-shift, lib.dataset.ClipSampler). Augmentation (by default flip + SSD random crop) draws its parameters
+once per clip (TRAIN.AUGMENTATIONS, lib.transforms specs). For fast_slow the extractor of each step is drawn at random (INTERLEAVE.SMALL_PROB).
 The loss (sigmoid CE with hard negative mining + smooth L1, weights from LOSS) is taken over all
 batch x unroll frames and normalised by the matched anchors. The loop is lib.train.fit.
 
@@ -20,14 +20,18 @@ import numpy as np
 from lib.dataset import ClipSampler, load_clip, load_dataset, read_image
 from lib.losses import MultiBoxLoss
 from lib.matching import ssd_targets
-from lib.transforms import Compose, RandomFlip, ResizeSquare, SSDRandomCrop
+from lib.transforms import Compose, ResizeSquare, build_transforms
 
 from .policy import ACTIONS
 
 
 def clip_transform(cfg, train=True):
+    """Training: TRAIN.AUGMENTATIONS (when TRAIN.AUGMENT) then the square resize; test: the resize."""
     size = cfg.MODEL.IMAGE_SIZE
-    steps = [RandomFlip(0.5), SSDRandomCrop()] if (train and cfg.TRAIN.AUGMENT) else []
+    steps = []
+    if train and cfg.TRAIN.AUGMENT:
+        source = f"{cfg.get('CONFIG_FILE') or '<config>'}: TRAIN.AUGMENTATIONS"
+        steps = build_transforms(list(cfg.TRAIN.AUGMENTATIONS), source=source).transforms
     return Compose(steps + [ResizeSquare(size)])
 
 
