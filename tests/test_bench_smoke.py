@@ -1,0 +1,47 @@
+"""The benchmarks run end to end in their --quick mode (tiny shapes), so they do not rot between the
+quiet-machine runs whose numbers go into the issue notes. Nothing here checks a time: only that each
+benchmark finishes, prints its table and (where it has one) writes valid JSON."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from lib.config import PROJECT_ROOT
+
+
+def run_bench(args, tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable] + args, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return proc.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args,expected", [
+    (["bench/nms.py", "--quick"], "box_nms/ours"),
+    (["bench/ops.py", "--quick"], "speed-up"),
+    (["-m", "bench.lstm_ssd", "--quick"], "interleaved"),
+], ids=["nms", "ops", "lstm_ssd"])
+def test_bench_quick_runs(args, expected, tmp_path):
+    assert expected in run_bench(args, tmp_path)
+
+
+@pytest.mark.slow
+def test_bench_fgfa_quick_writes_json(tmp_path):
+    out = tmp_path / "fgfa.json"
+    assert "FGFA / baseline" in run_bench(["-m", "bench.fgfa", "--quick", "--json", str(out)], tmp_path)
+    (row,) = json.loads(out.read_text())["results"]
+    assert row["ratio"] > 0 and row["fgfa"]["K"] > 0 and len(row["fgfa"]["input"]) == 2
+
+
+@pytest.mark.slow
+def test_bench_m2det_quick_writes_json(tmp_path):
+    out = tmp_path / "m2det.json"
+    text = run_bench(["-m", "bench.m2det", "--quick", "--out", str(out)], tmp_path)
+    result = json.loads(out.read_text())
+    assert "soft-NMS (linear) / hard NMS" in text
+    assert set(result["nms_ms"]) == {"hard", "linear", "gaussian"} and result["nms_candidates_per_image"] > 0
+    assert all(v > 0 for v in result["gmacs"].values())
