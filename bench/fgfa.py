@@ -1,7 +1,7 @@
 """Per-frame latency of the R-FCN frame baseline vs FGFA with the cached window, on CPU.
 
-    python -m bench.fgfa            # 600x1000 ResNet-101 (paper config, and a light variant)
-                                    # and the small CPU config (speedtrap frames)
+    python -m bench.fgfa            # 600x1000 ResNet-101 (paper config, a light variant, chained
+                                    # flows) and the small CPU config (speedtrap frames; + chained)
     python -m bench.fgfa --quick    # tiny sizes, few repeats (a smoke run)
     [--frames N] [--json OUT.json] [--settings paper,cpu] [--no-hybridize]
 
@@ -31,6 +31,7 @@ import numpy as np
 from fgfa.config import get_config
 from fgfa.data import make_preprocess
 from fgfa.detector import FGFADetector, VideoDetector
+from fgfa.operators import flow_warp
 from fgfa.train import materialize
 from lib.config import PROJECT_ROOT
 from lib.runtime import threads
@@ -44,8 +45,13 @@ SETTINGS = {
     # (the window cache and the aggregation's memory traffic shrink from 3072 to 1536 channels)
     "paper_light": ("resnet_v1_101_flownet_imagenet_vid_rfcn_end2end_ohem.yaml",
                     ["NETWORK.FLOW_WIDTH=0.5", "NETWORK.EMBED_CHANNELS=[256,256,512]"], 30, (600, 1000)),
+    # the reference setting with chained flows: 2 FlowNet runs per new frame instead of 2K per output
+    "paper_chained": ("resnet_v1_101_flownet_imagenet_vid_rfcn_end2end_ohem.yaml", ["TEST.FLOW_MODE=chained"], 30,
+                      (600, 1000)),
     "cpu": ("fgfa_rfcn_speedtrap_cpu.yaml", [], 1, (720, 1280)),
+    "cpu_chained": ("fgfa_rfcn_speedtrap_cpu.yaml", ["TEST.FLOW_MODE=chained"], 1, (720, 1280)),
     "quick": ("fgfa_rfcn_tiny.yaml", ["TEST.K=2"], 2, (120, 160)),
+    "quick_chained": ("fgfa_rfcn_tiny.yaml", ["TEST.K=2", "TEST.FLOW_MODE=chained"], 2, (120, 160)),
 }
 
 
@@ -101,9 +107,23 @@ def time_parts(cfg, model, frame, repeats):
     parts = {}
     parts["features"], cache = clock(lambda: model.frame_cache(data))
     feat = cache[:, :model.feat_channels]
-    if model.aggregate:
+    if model.aggregate and cfg.TEST.FLOW_MODE == "chained":
+        # per output frame: the two one-step flows of the newest frame, then 2K - 2 compositions
+        pair = mx.nd.concat(data, data, dim=0)
+        parts["flows_2"], one_step = clock(lambda: model.flownet(pair, pair))
+        step = one_step[:1]
+
+        def compose():
+            flow = step
+            for _ in range(two_k - 2):
+                flow = flow + flow_warp(mx.nd, step, flow)
+            return flow
+        parts["compose_2K-2"], _ = clock(compose)
+        flows = mx.nd.concat(*[step] * two_k, dim=0)
+    elif model.aggregate:
         refs = mx.nd.concat(*[data] * two_k, dim=0)
         parts["flows_2K"], flows = clock(lambda: model.flownet(refs, refs))
+    if model.aggregate:
         caches = [cache] * (two_k + 1)
         flows = [flows[j:j + 1] for j in range(two_k)] + [mx.nd.zeros_like(flows[:1])]
         parts["aggregation"], feat = clock(lambda: model.aggregate_window(cache, caches, flows))
@@ -145,7 +165,7 @@ def main(argv=None):
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args(argv)
     settings = (args.settings.split(",") if args.settings else
-                (["quick"] if args.quick else ["paper", "paper_light", "cpu"]))
+                (["quick", "quick_chained"] if args.quick else ["paper", "paper_light", "paper_chained", "cpu", "cpu_chained"]))
     for name in settings:
         if name not in SETTINGS:
             parser.error(f"unknown setting {name!r}; choose from {', '.join(SETTINGS)}")
