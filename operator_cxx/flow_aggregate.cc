@@ -11,13 +11,13 @@
 // Outputs: out (N, C, h, w) and the weights (N, T, h, w).
 //
 // Why a fused kernel: the composite graph materialises the warped window (T x (C+E) channels, about
-// 560 MB at ImageNet VID size with K = 9) and several same-sized temporaries; this kernel streams
-// every cache through the cache hierarchy once, one output row at a time, with no temporaries
-// beyond a few rows. The window is passed as separate inputs, so the caller does not concatenate
+// 560 MB at ImageNet VID size with K = 9) and several same-sized temporaries; this kernel reads every
+// cache plane once (see aggregate_planes) and keeps only per-pixel accumulators. The window is passed as separate inputs, so the caller does not concatenate
 // it either. Sampling is the one of flow_warp (bilinear.h). No backward: training uses the
 // composite graph (its gradients go to the flows and embeddings).
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -51,81 +51,119 @@ bool parse_params(const Attrs& attrs, Params* p) {
   return true;
 }
 
+// Corner offsets and weights of one output pixel (weight 0 for corners outside the map).
 template <typename T>
-void aggregate_rows(const T* key, const std::vector<const T*>& caches,
-                    const std::vector<const T*>& flows, T* out, T* weights, int N, int C, int E,
-                    int H, int W) {
+struct Taps {
+  int off[4];
+  T w[4];
+};
+
+template <typename T>
+inline T tap(const T* plane, const Taps<T>& c) {
+  return plane[c.off[0]] * c.w[0] + plane[c.off[1]] * c.w[1] + plane[c.off[2]] * c.w[2] +
+         plane[c.off[3]] * c.w[3];
+}
+
+// Output channels accumulated together in phase 3: their planes stay in L2 across the T frames.
+constexpr int kChannelChunk = 16;
+
+// The window is read plane by plane (each h*w channel plane of a cache is contiguous), never pixel
+// by pixel across channels: a pixel's channels lie h*w*4 bytes apart, and gathering them is what
+// made the first version of this kernel memory-latency bound. Per key image:
+//   phase 1, in parallel over frames t: the dot product with the key embedding and the squared norm
+//            of frame t's warped embedding, accumulated over the E embedding planes;
+//   phase 2: cosine similarities -> softmax over t (the weights output);
+//   phase 3, in parallel over chunks of output channels: sum over t of weight * warped feature.
+// x86-64 builds also get an AVX2 clone (gathers for the 4-tap sampling), picked at load time by the
+// CPU; -ffp-contract=off still keeps every multiply and add separately rounded.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define DETOPS_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define DETOPS_CLONES
+#endif
+
+template <typename T>
+DETOPS_CLONES void aggregate_planes(const T* key, const std::vector<const T*>& caches, const std::vector<const T*>& flows,
+                      T* out, T* weights, int N, int C, int E, int H, int W) {
   const int Tn = static_cast<int>(caches.size());
   const int HW = H * W;
   const size_t cache_stride = static_cast<size_t>(C + E) * HW;  // one image of a cache
   const T half_w = half_extent<T>(W);
   const T half_h = half_extent<T>(H);
-  const int rows = N * H;
-  const double work = static_cast<double>(rows) * W * Tn * (C + E);
-#pragma omp parallel num_threads(std::max(1, std::min(worth_threads(work / 4), rows)))
-  {
-    std::vector<Corner4<T>> table(static_cast<size_t>(Tn) * W);
-    std::vector<T> cosine(static_cast<size_t>(Tn) * W), dot(W), norm(W), key_inv(W);
-#pragma omp for schedule(static)
-    for (int row = 0; row < rows; ++row) {
-      const int n = row / H, y = row % H;
-      for (int t = 0; t < Tn; ++t) {
-        const T* fl = flows[t] + static_cast<size_t>(n) * 2 * HW + static_cast<size_t>(y) * W;
-        for (int x = 0; x < W; ++x)
-          make_corner<T>(fl[x], fl[HW + x], x, y, W, H, half_w, half_h, &table[t * W + x]);
+  const int threads = std::max(1, worth_threads(static_cast<double>(Tn) * (C + E) * HW / 4));
+  std::vector<Taps<T>> taps(static_cast<size_t>(Tn) * HW);
+  std::vector<T> dot(static_cast<size_t>(Tn) * HW), norm(static_cast<size_t>(Tn) * HW), key_norm(HW);
+  for (int n = 0; n < N; ++n) {
+    const T* key_emb = key + static_cast<size_t>(n) * cache_stride + static_cast<size_t>(C) * HW;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int idx = 0; idx < Tn * HW; ++idx) {
+      const int t = idx / HW, p = idx % HW;
+      const T* fl = flows[t] + static_cast<size_t>(n) * 2 * HW;
+      Corner4<T> c;
+      make_corner<T>(fl[p], fl[HW + p], p % W, p / W, W, H, half_w, half_h, &c);
+      for (int k = 0; k < 4; ++k) {
+        taps[idx].off[k] = c.off[k];
+        taps[idx].w[k] = c.w[k];
       }
-      // 1 / |key embedding| per pixel
-      const T* key_emb = key + static_cast<size_t>(n) * cache_stride + static_cast<size_t>(C) * HW +
-                         static_cast<size_t>(y) * W;
-      std::fill(norm.begin(), norm.end(), static_cast<T>(0));
+    }
+    std::fill(key_norm.begin(), key_norm.end(), static_cast<T>(0));
+    for (int e = 0; e < E; ++e) {
+      const T* k = key_emb + static_cast<size_t>(e) * HW;
+      for (int p = 0; p < HW; ++p) key_norm[p] += k[p] * k[p];
+    }
+    // phase 1
+#pragma omp parallel for num_threads(std::min(threads, Tn)) schedule(dynamic, 1)
+    for (int t = 0; t < Tn; ++t) {
+      const T* emb = caches[t] + static_cast<size_t>(n) * cache_stride + static_cast<size_t>(C) * HW;
+      const Taps<T>* tab = &taps[static_cast<size_t>(t) * HW];
+      T* d = &dot[static_cast<size_t>(t) * HW];
+      T* q = &norm[static_cast<size_t>(t) * HW];
+      std::fill(d, d + HW, static_cast<T>(0));
+      std::fill(q, q + HW, static_cast<T>(0));
       for (int e = 0; e < E; ++e) {
+        const T* plane = emb + static_cast<size_t>(e) * HW;
         const T* k = key_emb + static_cast<size_t>(e) * HW;
-        for (int x = 0; x < W; ++x) norm[x] += k[x] * k[x];
+        for (int p = 0; p < HW; ++p) {
+          const T v = tap(plane, tab[p]);
+          d[p] += v * k[p];
+          q[p] += v * v;
+        }
       }
-      for (int x = 0; x < W; ++x) key_inv[x] = static_cast<T>(1.0 / std::sqrt(norm[x] + kEps));
-      // cosine similarity of each warped embedding with the key embedding
+    }
+    // phase 2
+    T* w_out = weights + static_cast<size_t>(n) * Tn * HW;
+    for (int p = 0; p < HW; ++p) {
+      const T key_inv = static_cast<T>(1.0 / std::sqrt(key_norm[p] + kEps));
+      T top = -std::numeric_limits<T>::infinity();
       for (int t = 0; t < Tn; ++t) {
-        const T* emb = caches[t] + static_cast<size_t>(n) * cache_stride + static_cast<size_t>(C) * HW;
-        const Corner4<T>* tab = &table[t * W];
-        std::fill(dot.begin(), dot.end(), static_cast<T>(0));
-        std::fill(norm.begin(), norm.end(), static_cast<T>(0));
-        for (int e = 0; e < E; ++e) {
-          const T* plane = emb + static_cast<size_t>(e) * HW;
-          const T* k = key_emb + static_cast<size_t>(e) * HW;
-          for (int x = 0; x < W; ++x) {
-            const T v = sample(plane, tab[x]);
-            dot[x] += v * k[x];
-            norm[x] += v * v;
-          }
-        }
-        for (int x = 0; x < W; ++x)
-          cosine[t * W + x] = static_cast<T>(dot[x] * key_inv[x] / std::sqrt(norm[x] + kEps));
+        const size_t i = static_cast<size_t>(t) * HW + p;
+        const T cosine = static_cast<T>(dot[i] * key_inv / std::sqrt(norm[i] + kEps));
+        w_out[i] = cosine;
+        top = std::max(top, cosine);
       }
-      // softmax over the frames, per pixel
-      for (int x = 0; x < W; ++x) {
-        T top = cosine[x];
-        for (int t = 1; t < Tn; ++t) top = std::max(top, cosine[t * W + x]);
-        T sum = 0;
-        for (int t = 0; t < Tn; ++t) {
-          const T v = std::exp(cosine[t * W + x] - top);
-          cosine[t * W + x] = v;
-          sum += v;
-        }
-        for (int t = 0; t < Tn; ++t) cosine[t * W + x] /= sum;
+      T sum = 0;
+      for (int t = 0; t < Tn; ++t) {
+        const size_t i = static_cast<size_t>(t) * HW + p;
+        w_out[i] = std::exp(w_out[i] - top);
+        sum += w_out[i];
       }
-      T* w_out = weights + static_cast<size_t>(n) * Tn * HW + static_cast<size_t>(y) * W;
-      for (int t = 0; t < Tn; ++t)
-        std::copy(&cosine[t * W], &cosine[t * W] + W, w_out + static_cast<size_t>(t) * HW);
-      // weighted sum of the warped features
-      T* dst = out + static_cast<size_t>(n) * C * HW + static_cast<size_t>(y) * W;
-      for (int c = 0; c < C; ++c) {
-        T* o = dst + static_cast<size_t>(c) * HW;
-        std::fill(o, o + W, static_cast<T>(0));
-        for (int t = 0; t < Tn; ++t) {
-          const T* plane = caches[t] + static_cast<size_t>(n) * cache_stride + static_cast<size_t>(c) * HW;
-          const Corner4<T>* tab = &table[t * W];
-          const T* w = &cosine[t * W];
-          for (int x = 0; x < W; ++x) o[x] += w[x] * sample(plane, tab[x]);
+      for (int t = 0; t < Tn; ++t) w_out[static_cast<size_t>(t) * HW + p] /= sum;
+    }
+    // phase 3
+    T* dst = out + static_cast<size_t>(n) * C * HW;
+    const int chunks = (C + kChannelChunk - 1) / kChannelChunk;
+#pragma omp parallel for num_threads(std::min(threads, chunks)) schedule(static)
+    for (int chunk = 0; chunk < chunks; ++chunk) {
+      const int c0 = chunk * kChannelChunk, c1 = std::min(C, c0 + kChannelChunk);
+      std::fill(dst + static_cast<size_t>(c0) * HW, dst + static_cast<size_t>(c1) * HW, static_cast<T>(0));
+      for (int t = 0; t < Tn; ++t) {
+        const T* feat = caches[t] + static_cast<size_t>(n) * cache_stride;
+        const Taps<T>* tab = &taps[static_cast<size_t>(t) * HW];
+        const T* wt = w_out + static_cast<size_t>(t) * HW;
+        for (int c = c0; c < c1; ++c) {
+          const T* plane = feat + static_cast<size_t>(c) * HW;
+          T* o = dst + static_cast<size_t>(c) * HW;
+          for (int p = 0; p < HW; ++p) o[p] += wt[p] * tap(plane, tab[p]);
         }
       }
     }
@@ -193,7 +231,7 @@ void run_forward(const Params& p, std::vector<MXTensor>* inputs, std::vector<MXT
     caches.push_back((*inputs)[1 + t].data<T>());
     flows.push_back((*inputs)[1 + p.num_frames + t].data<T>());
   }
-  aggregate_rows<T>(key.data<T>(), caches, flows, (*outputs)[0].data<T>(), (*outputs)[1].data<T>(), N,
+  aggregate_planes<T>(key.data<T>(), caches, flows, (*outputs)[0].data<T>(), (*outputs)[1].data<T>(), N,
                     p.feat_channels, CE - p.feat_channels, H, W);
 }
 
