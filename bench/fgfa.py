@@ -48,10 +48,14 @@ SETTINGS = {
     # the reference setting with chained flows: 2 FlowNet runs per new frame instead of 2K per output
     "paper_chained": ("resnet_v1_101_flownet_imagenet_vid_rfcn_end2end_ohem.yaml", ["TEST.FLOW_MODE=chained"], 30,
                       (600, 1000)),
+    # int8 backbone + feature conv (calibrated on the benchmark's random frames: timing only)
+    "paper_int8_chained": ("resnet_v1_101_flownet_imagenet_vid_rfcn_end2end_ohem.yaml",
+                           ["TEST.FLOW_MODE=chained", "TEST.QUANTIZE=int8"], 30, (600, 1000)),
     "cpu": ("fgfa_rfcn_speedtrap_cpu.yaml", [], 1, (720, 1280)),
     "cpu_chained": ("fgfa_rfcn_speedtrap_cpu.yaml", ["TEST.FLOW_MODE=chained"], 1, (720, 1280)),
     "quick": ("fgfa_rfcn_tiny.yaml", ["TEST.K=2"], 2, (120, 160)),
     "quick_chained": ("fgfa_rfcn_tiny.yaml", ["TEST.K=2", "TEST.FLOW_MODE=chained"], 2, (120, 160)),
+    "quick_int8": ("fgfa_rfcn_tiny.yaml", ["TEST.K=2", "TEST.QUANTIZE=int8"], 2, (120, 160)),
 }
 
 
@@ -141,6 +145,8 @@ def run_setting(name, frames_count, repeats, hybridize):
         k = cfg.TEST.K if aggregate else 0
         count = max(frames_count, 2 * k + 4)
         frames = [rng.randint(0, 255, (height, width, 3)).astype(np.uint8) for _ in range(count)]
+        if cfg.TEST.QUANTIZE == "int8":
+            model.quantize_features(np.stack([make_preprocess(cfg)(f)[0] for f in frames[:4]]))
         key = "fgfa" if aggregate else "baseline"
         results[key] = {
             "ms_per_frame": 1000 * time_stream(cfg, model, frames),
@@ -165,7 +171,8 @@ def main(argv=None):
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args(argv)
     settings = (args.settings.split(",") if args.settings else
-                (["quick", "quick_chained"] if args.quick else ["paper", "paper_light", "paper_chained", "cpu", "cpu_chained"]))
+                (["quick", "quick_chained", "quick_int8"] if args.quick else
+                 ["paper", "paper_light", "paper_chained", "paper_int8_chained", "cpu", "cpu_chained"]))
     for name in settings:
         if name not in SETTINGS:
             parser.error(f"unknown setting {name!r}; choose from {', '.join(SETTINGS)}")

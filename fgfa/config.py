@@ -104,6 +104,8 @@ DEFAULTS = {
         "SEQ_NMS_SUPPRESS_IOU": 0.3,
         "SEQ_NMS_RESCORE": "avg",
         "CHECKPOINT": "",              # empty: the last checkpoint of OUTPUT_DIR
+        "QUANTIZE": "",                # int8: backbone + feature conv in int8 on CPU (MKLDNN), calibrated
+        "CALIB_FRAMES": 8,             #   on this many training frames; reports go to test_int8/
         "HYBRIDIZE": True,
         "EVAL_METRIC": "auto",         # auto (vid when tracks exist, else voc) | vid | voc
         "VIS_THRESH": 0.5,
@@ -153,6 +155,8 @@ def validate(cfg):
         raise ConfigError(f"{src}: TEST.K must be >= 0, got {cfg.TEST.K}")
     if not 1 <= cfg.TRAIN.MIN_OFFSET <= cfg.TRAIN.MAX_OFFSET:
         raise ConfigError(f"{src}: need 1 <= TRAIN.MIN_OFFSET <= TRAIN.MAX_OFFSET")
+    if cfg.TEST.QUANTIZE not in ("", "int8"):
+        raise ConfigError(f"{src}: TEST.QUANTIZE must be '' (float) or 'int8', got {cfg.TEST.QUANTIZE!r}")
     if cfg.TEST.FLOW_MODE not in ("direct", "chained"):
         raise ConfigError(f"{src}: TEST.FLOW_MODE must be 'direct' or 'chained', got {cfg.TEST.FLOW_MODE!r}")
     if cfg.TEST.SEQ_NMS_RESCORE not in ("avg", "max"):

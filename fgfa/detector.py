@@ -103,7 +103,7 @@ class FGFADetector(gluon.Block):
         # inference-only blocks (not children: they share parameters with the ones above)
         self._infer = types.SimpleNamespace(
             head=InferenceHead(self.rpn, self.rfcn, cfg, builtin_ops, prefix="head_"), aggregators={},
-            hybridized_ctx=None)
+            hybridized_ctx=None, int8_features=None)
 
     # ------------------------------------------------------------------ setup
     def init_weights(self, ctx=None):
@@ -157,10 +157,34 @@ class FGFADetector(gluon.Block):
         self._infer.hybridized_ctx = ctx or mx.cpu()
         return self
 
+    def quantize_features(self, calib_images, calib_mode="naive"):
+        """int8 backbone + feature conv for CPU inference (MXNet's MKLDNN quantization).
+
+        ``calib_images``: pre-processed frames (B,3,H,W) at the inference size, to calibrate the int8
+        ranges on. Afterwards ``frame_cache`` outside training runs the quantized graph; the float
+        parameters (saving, training) are untouched. Returns the quantized block.
+        """
+        import warnings
+        from mxnet.contrib.quantization import quantize_net
+        if not mx.runtime.Features().is_enabled("MKLDNN"):
+            raise RuntimeError("int8 quantization needs an MXNet build with MKLDNN (oneDNN)")
+        calib = mx.nd.array(np.asarray(calib_images, np.float32))
+        self.features.hybridize(static_alloc=True, static_shape=True)
+        self.features(calib[:1])
+        data = mx.io.NDArrayIter(data=calib, batch_size=1, data_name="data")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")   # quantize_net's deprecation notice
+            quantized = quantize_net(self.features, quantized_dtype="auto", calib_data=data, calib_mode=calib_mode,
+                                     num_calib_examples=len(calib), ctx=mx.cpu())
+        quantized(calib[:1])
+        self._infer.int8_features = quantized
+        return quantized
+
     # ------------------------------------------------------------------ per-frame pieces
     def frame_cache(self, image):
         """(B,3,H,W) -> cache (B, C[+E], h, w): feature map, plus its embedding with aggregation."""
-        feat = self.features(image)
+        int8 = getattr(self._infer, "int8_features", None)
+        feat = int8(image) if int8 is not None and not autograd.is_training() else self.features(image)
         if not self.aggregate:
             return feat
         return mx.nd.concat(feat, self.embed(feat), dim=1)

@@ -144,6 +144,22 @@ def write_reports(out_dir, records, detections, classes, result, seconds_per_fra
     return text
 
 
+def calibration_frames(cfg, count):
+    """``count`` training frames pre-processed for testing, spread over the training set, all at the
+    first one's input size (int8 calibration)."""
+    from .train import load_train_set
+    records = load_train_set(cfg).records
+    preprocess = make_preprocess(cfg)
+    frames, shape = [], None
+    for i in np.linspace(0, len(records) - 1, min(count, len(records))).round().astype(int):
+        data, _ = preprocess(read_image(records[i].image))
+        if shape is None:
+            shape = data.shape
+        if data.shape == shape:
+            frames.append(data)
+    return np.stack(frames)
+
+
 def run_test(cfg, model=None, classes=None, dataset=None, checkpoint=None, logger=None, progress=True):
     """Test phase of train_test.py; returns the metrics dict."""
     out_dir = output_dir(cfg)
@@ -157,9 +173,14 @@ def run_test(cfg, model=None, classes=None, dataset=None, checkpoint=None, logge
         raise ValueError(f"test set classes {dataset.classes} differ from the model's {classes}")
     if cfg.TEST.HYBRIDIZE:
         model.hybridize_for_inference(ctx)
+    if cfg.TEST.QUANTIZE == "int8":
+        calib = calibration_frames(cfg, cfg.TEST.CALIB_FRAMES)
+        model.quantize_features(calib)
+        logger.info("int8 backbone + feature conv, calibrated on %d training frames", len(calib))
     records, detections, spf = detect_dataset(model, dataset, cfg, ctx, progress, logger)
     result = evaluate(records, detections, classes, cfg.TEST.EVAL_METRIC)
-    test_dir = os.path.join(out_dir, "test" + ("_seqnms" if cfg.TEST.SEQ_NMS else ""))
+    suffix = ("_seqnms" if cfg.TEST.SEQ_NMS else "") + ("_int8" if cfg.TEST.QUANTIZE == "int8" else "")
+    test_dir = os.path.join(out_dir, "test" + suffix)
     write_reports(test_dir, records, detections, classes, result, spf)
     logger.info("%s mAP %.4f%s (reports in %s)", cfg.NAME, result["mAP"],
                 "".join(f", {k} {v['mAP']:.4f}" for k, v in (result.get("motion") or {}).items()
