@@ -91,7 +91,10 @@ DEFAULTS = {
         "FREEZE_PATTERNS": [],
         "NO_WD_PATTERNS": [],
         "PROGRESS": True,
-        "RANDOM_TRANSFORM": True,      # SSD crop, photometric distortion, expand, flip
+        "RANDOM_TRANSFORM": True,      # augment with AUGMENTATIONS
+        # lib.transforms specs; the official SSD augmentation (ssd.pytorch / M2Det crop variant)
+        "AUGMENTATIONS": ["PhotometricDistort", "Expand", {"name": "SSDRandomCrop", "iou_mode": "all"},
+                          {"name": "RandomFlip", "p": 0.5}],
         "EXPAND_MAX_RATIO": 4.0,
         "WORKERS": 0,
     },

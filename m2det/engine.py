@@ -126,16 +126,20 @@ def normalize(image_rgb, size, mean, std):
 
 
 def build_augmentation(cfg, rng=None):
-    """lib.transforms pipeline of the official SSD augmentation (photometric, expand, crop, flip);
-    ``rng``: a np.random.RandomState (default: numpy's global generator)."""
+    """lib.transforms pipeline of TRAIN.AUGMENTATIONS (default: the official SSD augmentation,
+    photometric, expand, crop, flip); an Expand without its own max_ratio / fill takes
+    TRAIN.EXPAND_MAX_RATIO and INPUT.MEAN. ``rng``: a np.random.RandomState (default: numpy's global
+    generator)."""
     from lib.transforms import build_transforms
-    specs = [
-        {"name": "PhotometricDistort"},
-        {"name": "Expand", "max_ratio": float(cfg.TRAIN.EXPAND_MAX_RATIO), "fill": list(cfg.INPUT.MEAN)},
-        {"name": "SSDRandomCrop", "iou_mode": "all"},  # ssd.pytorch / M2Det variant
-        {"name": "RandomFlip", "p": 0.5},
-    ]
-    return build_transforms(specs, rng=rng, source="m2det augmentation")
+    specs = []
+    for spec in cfg.TRAIN.AUGMENTATIONS:
+        spec = {"name": spec} if isinstance(spec, str) else dict(spec)
+        if str(spec.get("name", spec.get("type", ""))).lower() == "expand":
+            spec.setdefault("max_ratio", float(cfg.TRAIN.EXPAND_MAX_RATIO))
+            spec.setdefault("fill", list(cfg.INPUT.MEAN))
+        specs.append(spec)
+    source = f"{cfg.get('CONFIG_FILE') or 'm2det config'}: TRAIN.AUGMENTATIONS"
+    return build_transforms(specs, rng=rng, source=source)
 
 
 class TrainSample:
