@@ -53,12 +53,17 @@ DEFAULTS = {
         "FLOW_WIDTH": 1.0,             # FlowNetSimple channel multiplier (CPU configs: < 1)
         "FLOW_SCALE": 2.5,             # 20 (FlowNet's flow/20) / 8 (flow at 1/8 of a half image)
         "EMBED_CHANNELS": [512, 512, 2048],
+        "FLOW_WEIGHTS": "",            # FlowNet .params to start from (else TRAIN.FLOW_PRETRAIN)
     },
     "TRAIN": {
         "BATCH_IMAGES": 1,             # key frames per batch
         "MAX_OFFSET": 9,               # neighbours at distinct random offsets in [-MAX, MAX]
         "MIN_OFFSET": 1,
         "AGGREGATE_KEY": False,        # reference: softmax over the two neighbours only
+        # FlowNet pre-training on pairs with known flow cut from the training images (fgfa.flow_pretrain):
+        # the reference starts from Flying Chairs weights, which cannot be downloaded here. ITERS 0 = off.
+        "FLOW_PRETRAIN": {"ITERS": 0, "BATCH": 8, "LR": 0.001, "MAX_SHIFT": 32.0, "PATCHES": [1, 4],
+                          "SIZE": [320, 240], "IMAGES": 64},
         "RPN_PRE_NMS_TOP_N": 6000,
         "RPN_POST_NMS_TOP_N": 300,
         "RPN_NMS": 0.7,
@@ -155,6 +160,12 @@ def validate(cfg):
         raise ConfigError(f"{src}: TEST.K must be >= 0, got {cfg.TEST.K}")
     if not 1 <= cfg.TRAIN.MIN_OFFSET <= cfg.TRAIN.MAX_OFFSET:
         raise ConfigError(f"{src}: need 1 <= TRAIN.MIN_OFFSET <= TRAIN.MAX_OFFSET")
+    pre = cfg.TRAIN.FLOW_PRETRAIN
+    if len(pre.SIZE) != 2 or any(v <= 0 or v % net.FEAT_STRIDE for v in pre.SIZE):
+        raise ConfigError(f"{src}: TRAIN.FLOW_PRETRAIN.SIZE must be [width, height], multiples of "
+                          f"{net.FEAT_STRIDE}, got {pre.SIZE}")
+    if len(pre.PATCHES) != 2 or not 0 <= pre.PATCHES[0] <= pre.PATCHES[1]:
+        raise ConfigError(f"{src}: TRAIN.FLOW_PRETRAIN.PATCHES must be [min, max] with 0 <= min <= max")
     if cfg.TEST.QUANTIZE not in ("", "int8"):
         raise ConfigError(f"{src}: TEST.QUANTIZE must be '' (float) or 'int8', got {cfg.TEST.QUANTIZE!r}")
     if cfg.TEST.FLOW_MODE not in ("direct", "chained"):

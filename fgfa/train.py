@@ -167,6 +167,15 @@ def train(cfg, dataset=None, val_fn=None, logger=None):
     save_classes(out_dir, dataset.classes)
     seed_everything(cfg.TRAIN.SEED, 0)  # the initial weights are a function of the seed (exact resume)
     model = build_model(cfg, dataset.num_classes, ctx)
+    if model.aggregate and cfg.NETWORK.FLOW_WEIGHTS:
+        path = resolve_path(cfg.NETWORK.FLOW_WEIGHTS)
+        if not os.path.isfile(path):
+            raise ConfigError(f"{cfg.get('CONFIG_FILE') or '<config>'}: NETWORK.FLOW_WEIGHTS: {path} not found")
+        model.flownet.load_parameters(path, ctx=ctx)
+        logger.info("FlowNet weights loaded from %s", path)
+    elif model.aggregate and cfg.TRAIN.FLOW_PRETRAIN.ITERS > 0:
+        from .flow_pretrain import pretrain_flownet
+        pretrain_flownet(model, cfg, dataset, out_dir, ctx, logger, progress=cfg.TRAIN.PROGRESS)
     if cfg.TRAIN.HYBRIDIZE:
         blocks = [model.features, model.rpn, model.rfcn]
         if model.aggregate:

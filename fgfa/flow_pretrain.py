@@ -1,0 +1,114 @@
+"""Supervised pre-training of FGFA's FlowNet on image pairs with known flow (lib.dataset.flow_pairs).
+
+The reference starts from a FlowNet trained on Flying Chairs; no such weights can be downloaded here,
+and trained only through the detection loss the FlowNet does not learn motion (its flows barely
+change between neighbours 1 and 3 frames away). So before detection training (TRAIN.FLOW_PRETRAIN.ITERS
+> 0) the FlowNet learns flow on pairs cut from the training images themselves: a translated
+background plus pasted moving patches, supervised at the feature stride with the end-point error.
+
+The result is saved as OUTPUT_DIR/flownet_pretrained.params (atomically) and reused when training is
+restarted; ``NETWORK.FLOW_WEIGHTS`` loads user-supplied FlowNet weights instead.
+"""
+import os
+
+import mxnet as mx
+import numpy as np
+from mxnet import autograd, gluon
+
+from lib.dataset.flow_pairs import downsample_flow, make_flow_pair
+from lib.dataset.io import DatasetError, read_image
+
+from .data import normalize_pad, resize_image
+
+PRETRAINED_FILE = "flownet_pretrained.params"
+
+
+def source_images(dataset, count, cfg, rng):
+    """Up to ``count`` training images (RGB, resized to the first training scale) to cut pairs from."""
+    short, max_long = cfg.IMAGE.SCALES[0]
+    picks = rng.choice(len(dataset.records), size=min(count, len(dataset.records)), replace=False)
+    images = []
+    for i in picks:
+        try:
+            images.append(resize_image(read_image(dataset.records[i].image), short, max_long)[0])
+        except DatasetError:
+            continue   # unreadable images are reported by the detection training itself
+    if not images:
+        raise DatasetError("flow pre-training: none of the sampled training images could be read")
+    return images
+
+
+def pair_batch(images, cfg, rng):
+    """(first (B,3,H,W), second (B,3,H,W), target flow (B,2,H/16,W/16) in feature pixels)."""
+    pre = cfg.TRAIN.FLOW_PRETRAIN
+    width, height = (int(v) for v in pre.SIZE)
+    img = cfg.IMAGE
+    stride = cfg.NETWORK.FEAT_STRIDE
+    firsts, seconds, flows = [], [], []
+    for _ in range(int(pre.BATCH)):
+        a, b, flow = make_flow_pair(images, (height, width), rng, max_shift=float(pre.MAX_SHIFT),
+                                    num_patches=tuple(pre.PATCHES))
+        firsts.append(normalize_pad(a, img.MEAN, img.STD, stride))
+        seconds.append(normalize_pad(b, img.MEAN, img.STD, stride))
+        flows.append(downsample_flow(flow, stride).transpose(2, 0, 1))
+    return np.stack(firsts), np.stack(seconds), np.stack(flows)
+
+
+def end_point_error(pred, target):
+    """Mean Euclidean distance between two (B,2,h,w) flows."""
+    return mx.nd.sqrt(mx.nd.sum(mx.nd.square(pred - target), axis=1) + 1e-8).mean()
+
+
+def pretrain_flownet(model, cfg, dataset, out_dir, ctx=None, logger=None, progress=True):
+    """Train ``model.flownet`` for TRAIN.FLOW_PRETRAIN.ITERS steps; returns {"epe_start", "epe_end",
+    "zero_flow_epe", "path"} measured on a fixed held-out batch. Skipped (weights loaded) when
+    OUTPUT_DIR already holds the result."""
+    ctx = ctx or mx.cpu()
+    pre = cfg.TRAIN.FLOW_PRETRAIN
+    path = os.path.join(out_dir, PRETRAINED_FILE)
+    if os.path.isfile(path):
+        model.flownet.load_parameters(path, ctx=ctx)
+        if logger:
+            logger.info("FlowNet: pre-trained weights loaded from %s", path)
+        return {"path": path, "reused": True}
+    rng = np.random.RandomState(int(cfg.TRAIN.SEED) + 7)
+    images = source_images(dataset, int(pre.IMAGES), cfg, rng)
+    held_out = [mx.nd.array(a, ctx=ctx) for a in pair_batch(images, cfg, np.random.RandomState(12345))]
+
+    def held_out_epe():
+        return float(end_point_error(model.flownet(held_out[0], held_out[1]), held_out[2]).asscalar())
+
+    result = {"zero_flow_epe": float(end_point_error(mx.nd.zeros_like(held_out[2]), held_out[2]).asscalar()),
+              "epe_start": held_out_epe()}
+    trainer = gluon.Trainer(model.flownet.collect_params(), "adam", {"learning_rate": float(pre.LR), "wd": 0.0})
+    iters = int(pre.ITERS)
+    bar = None
+    if progress:
+        import tqdm
+        bar = tqdm.tqdm(total=iters, desc="flow pre-training", dynamic_ncols=True, leave=False)
+    for step in range(iters):
+        lr = float(pre.LR) * (0.1 if step >= int(0.8 * iters) else 1.0)
+        trainer.set_learning_rate(lr)
+        first, second, target = (mx.nd.array(a, ctx=ctx) for a in pair_batch(images, cfg, rng))
+        with autograd.record():
+            loss = end_point_error(model.flownet(first, second), target)
+        loss.backward()
+        trainer.step(1)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(epe=f"{float(loss.asscalar()):.3f}")
+        if logger and (step + 1) % max(1, iters // 10) == 0:
+            logger.info("flow pre-training %d/%d: EPE %.3f feature px (lr %.2g)", step + 1, iters,
+                        float(loss.asscalar()), lr)
+    if bar is not None:
+        bar.close()
+    result["epe_end"] = held_out_epe()
+    os.makedirs(out_dir, exist_ok=True)
+    tmp = path + ".tmp"
+    model.flownet.save_parameters(tmp)
+    os.replace(tmp, path)
+    result["path"] = path
+    if logger:
+        logger.info("FlowNet pre-trained: held-out EPE %.3f -> %.3f feature px (zero flow: %.3f); saved %s",
+                    result["epe_start"], result["epe_end"], result["zero_flow_epe"], path)
+    return result

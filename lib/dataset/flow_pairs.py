@@ -1,0 +1,86 @@
+"""Image pairs with known optical flow, made from any images (in the spirit of Flying Chairs).
+
+No pretrained FlowNet can be downloaded here, and a flow network trained only through a detector's
+loss does not learn motion. These pairs give it direct supervision: a background texture translated
+as a whole, with a few patches cut from other images pasted on top, each moving by its own
+translation. The flow of every pixel of the first frame is known exactly.
+
+Flow convention (FGFA's): ``flow[y, x] = (dx, dy)`` means the content at (x, y) in the first frame is
+at (x + dx, y + dy) in the second, so ``flow_warp(second, flow)`` reproduces the first frame wherever
+that content is visible in both.
+"""
+import cv2
+import numpy as np
+
+
+def _random_crop(image, height, width, rng):
+    """A height x width crop of ``image`` (resized up first when it is too small)."""
+    h, w = image.shape[:2]
+    scale = max(height / h, width / w, 1.0)
+    if scale > 1.0:
+        image = cv2.resize(image, (int(np.ceil(w * scale)), int(np.ceil(h * scale))))
+        h, w = image.shape[:2]
+    y0 = int(rng.randint(0, h - height + 1))
+    x0 = int(rng.randint(0, w - width + 1))
+    return image[y0:y0 + height, x0:x0 + width]
+
+
+def _patch_mask(height, width, rng):
+    """An ellipse or a rectangle filling the patch box."""
+    mask = np.zeros((height, width), np.uint8)
+    if rng.rand() < 0.5:
+        cv2.ellipse(mask, (width // 2, height // 2), (max(width // 2 - 1, 1), max(height // 2 - 1, 1)), 0, 0, 360,
+                    1, -1)
+    else:
+        mask[:] = 1
+    return mask.astype(bool)
+
+
+def make_flow_pair(images, size, rng, max_shift=24.0, num_patches=(1, 4), patch_scale=(0.15, 0.45)):
+    """One (first (H,W,3) uint8, second (H,W,3) uint8, flow (H,W,2) float32) pair.
+
+    images: RGB uint8 images to cut the background and the patches from; size: (height, width);
+    max_shift: largest translation (pixels) of the background and of each patch; num_patches:
+    (min, max) patches; patch_scale: patch side as a fraction of the frame's short side.
+    """
+    height, width = size
+    if not images:
+        raise ValueError("make_flow_pair needs at least one source image")
+    margin = int(np.ceil(max_shift)) + 1
+    canvas = _random_crop(images[rng.randint(len(images))], height + 2 * margin, width + 2 * margin, rng)
+    bg_dx, bg_dy = rng.randint(-int(max_shift), int(max_shift) + 1, size=2)
+    first = canvas[margin:margin + height, margin:margin + width].copy()
+    second = canvas[margin + bg_dy:margin + bg_dy + height, margin + bg_dx:margin + bg_dx + width].copy()
+    # background content at p in the first frame is at p - (bg_dx, bg_dy) in the second
+    flow = np.empty((height, width, 2), np.float32)
+    flow[..., 0], flow[..., 1] = -bg_dx, -bg_dy
+    short = min(height, width)
+    for _ in range(int(rng.randint(num_patches[0], num_patches[1] + 1))):
+        ph = max(4, int(short * rng.uniform(*patch_scale)))
+        pw = max(4, int(ph * rng.uniform(0.6, 1.6)))
+        pw = min(pw, width - 1)
+        patch = _random_crop(images[rng.randint(len(images))], ph, pw, rng)
+        mask = _patch_mask(ph, pw, rng)
+        dx, dy = rng.randint(-int(max_shift), int(max_shift) + 1, size=2)
+        x1, y1 = int(rng.randint(0, width - pw + 1)), int(rng.randint(0, height - ph + 1))
+        for frame, (ox, oy), with_flow in ((first, (x1, y1), True), (second, (x1 + dx, y1 + dy), False)):
+            # paste the part of the patch that lands inside the frame
+            sx0, sy0 = max(0, -ox), max(0, -oy)
+            sx1, sy1 = min(pw, width - ox), min(ph, height - oy)
+            if sx1 <= sx0 or sy1 <= sy0:
+                continue
+            region = (slice(oy + sy0, oy + sy1), slice(ox + sx0, ox + sx1))
+            m = mask[sy0:sy1, sx0:sx1]
+            frame[region][m] = patch[sy0:sy1, sx0:sx1][m]
+            if with_flow:
+                flow[region][m] = (dx, dy)
+    return first, second, flow
+
+
+def downsample_flow(flow, stride):
+    """(H,W,2) pixel flow -> (H/stride, W/stride, 2) flow in units of the coarse grid (cell mean)."""
+    height, width = flow.shape[:2]
+    if height % stride or width % stride:
+        raise ValueError(f"flow of size {width}x{height} is not a multiple of the stride {stride}")
+    cells = flow.reshape(height // stride, stride, width // stride, stride, 2).mean(axis=(1, 3))
+    return (cells / stride).astype(np.float32)
