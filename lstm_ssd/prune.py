@@ -101,6 +101,10 @@ def main(argv=None):
     cfg = lstm_config.load(args.cfg)
     net = load_model(cfg, args.model)
     before = measure(net, args.repeats)
+    map_unpruned = None
+    if args.finetune_epochs > 0:
+        from .train import evaluate
+        map_unpruned = evaluate(cfg, net)["mAP"]
     changes = prune_detector(net, args.ratio, args.mode)
     after = measure(net, args.repeats)
     out = args.output or args.model.replace(".params", "") + f"-pruned{args.ratio:g}.params"
@@ -108,6 +112,7 @@ def main(argv=None):
               "groups": {k: list(v) for k, v in changes.items()}}
     if args.finetune_epochs > 0:
         from .train import evaluate, train
+        report["map_unpruned"] = map_unpruned
         report["map_before_finetune"] = evaluate(cfg, net)["mAP"]
         # a fresh folder: the original run's checkpoints hold the unpruned shapes
         # constant rate, no warm-up: a short recovery run, not a new schedule
@@ -120,7 +125,7 @@ def main(argv=None):
         json.dump(report, f, indent=1)
     for key in before:
         print(f"{key:>20}: {before[key]:>14,.2f} -> {after[key]:>14,.2f}")
-    for key in ("map_before_finetune", "map_after_finetune"):
+    for key in ("map_unpruned", "map_before_finetune", "map_after_finetune"):
         if key in report:
             print(f"{key}: {report[key]:.4f}")
     print(f"saved {out}")

@@ -119,6 +119,12 @@ def test_prune_cli_shrinks_a_saved_model(tiny_cfg, tmp_path):
     assert os.path.isfile(pruned)
     with open(str(tmp_path / "tiny-pruned0.5.prune.json")) as f:
         assert json.load(f)["ratio"] == 0.5
+    # with fine-tuning: mAP of the model before pruning, after pruning, after fine-tuning
+    report = prune_main(["--cfg", TINY_CFG, "--model", model, "--ratio", "0.5", "--repeats", "2",
+                         "--finetune-epochs", "1", "--output", str(tmp_path / "tuned.params")])
+    for key in ("map_unpruned", "map_before_finetune", "map_after_finetune"):
+        assert 0.0 <= report[key] <= 1.0
+    assert os.path.isfile(str(tmp_path / "tuned.params"))
 
 
 def test_bad_config_values_name_the_file_and_key(tmp_path):
