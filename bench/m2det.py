@@ -148,9 +148,9 @@ def main(argv=None):
 
     # NMS cost on raw outputs with a controlled load: random weights give arbitrary logits (from
     # none to every prior over the threshold), so the bench builds the raw outputs itself: every
-    # (prior, class) pair is background except CANDIDATES random pairs, which score above
-    # TEST.SCORE_THRESH (clusters of overlapping boxes around a few hundred centres, as detections
-    # of real objects are). Post-processing = softmax + decode + per-class NMS (lib.nms, numpy).
+    # (prior, class) pair is background except CANDIDATES random pairs (on random priors, random
+    # box deltas), which score above TEST.SCORE_THRESH. Post-processing = softmax + decode +
+    # per-class NMS (lib.nms, numpy).
     cfg_name, size = ("tiny.yaml", 160) if args.quick else ("m2det320_vgg.yaml", 320)
     _, net, cfg = m2det_block(cfg_name, num_classes)
     candidates = 500 if args.quick else 5000

@@ -152,8 +152,13 @@ def validate(cfg):
             raise ConfigError(f"{src}: IMAGE.{key} must have 3 numbers (RGB)")
     if not img.SCALES or any(len(s) != 2 for s in img.SCALES):
         raise ConfigError(f"{src}: IMAGE.SCALES must be a list of [short, max_long] pairs")
-    if len(img.TRAIN_TILE.SIZE) != 2 or min(img.TRAIN_TILE.SIZE) < 0:
-        raise ConfigError(f"{src}: IMAGE.TRAIN_TILE.SIZE must be [width, height] (0 0 = off)")
+    tile = img.TRAIN_TILE
+    if len(tile.SIZE) != 2 or min(tile.SIZE) < 0 or (min(tile.SIZE) == 0 < max(tile.SIZE)):
+        raise ConfigError(f"{src}: IMAGE.TRAIN_TILE.SIZE must be [width, height] > 0, or [0, 0] (off), "
+                          f"got {tile.SIZE}")
+    if not 0.0 <= tile.OBJECT_PROB <= 1.0 or not 0.0 < tile.MIN_VISIBLE <= 1.0:
+        raise ConfigError(f"{src}: IMAGE.TRAIN_TILE needs OBJECT_PROB in [0, 1] and MIN_VISIBLE in (0, 1], "
+                          f"got {tile.OBJECT_PROB} and {tile.MIN_VISIBLE}")
     if len(img.TEST_SCALE) != 2:
         raise ConfigError(f"{src}: IMAGE.TEST_SCALE must be [short, max_long]")
     if cfg.TEST.K < 0:
@@ -166,6 +171,13 @@ def validate(cfg):
                           f"{net.FEAT_STRIDE}, got {pre.SIZE}")
     if len(pre.PATCHES) != 2 or not 0 <= pre.PATCHES[0] <= pre.PATCHES[1]:
         raise ConfigError(f"{src}: TRAIN.FLOW_PRETRAIN.PATCHES must be [min, max] with 0 <= min <= max")
+    for key, ok, what in (("ITERS", pre.ITERS >= 0, ">= 0"), ("BATCH", pre.BATCH >= 1, ">= 1"),
+                          ("IMAGES", pre.IMAGES >= 1, ">= 1"), ("LR", pre.LR > 0, "> 0"),
+                          ("MAX_SHIFT", pre.MAX_SHIFT >= 0, ">= 0")):
+        if not ok:
+            raise ConfigError(f"{src}: TRAIN.FLOW_PRETRAIN.{key} must be {what}, got {pre[key]}")
+    if cfg.TEST.CALIB_FRAMES < 1:
+        raise ConfigError(f"{src}: TEST.CALIB_FRAMES must be >= 1, got {cfg.TEST.CALIB_FRAMES}")
     if cfg.TEST.QUANTIZE not in ("", "int8"):
         raise ConfigError(f"{src}: TEST.QUANTIZE must be '' (float) or 'int8', got {cfg.TEST.QUANTIZE!r}")
     if cfg.TEST.FLOW_MODE not in ("direct", "chained"):

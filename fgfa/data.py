@@ -85,8 +85,9 @@ class TrainSamples:
         self.tiler = None
         if tile.SIZE and min(tile.SIZE) > 0:
             # crops of the resized frames: small objects at a high scale for a fraction of the cost
+            # frames smaller than the tile are padded with the mean: 0 after normalisation, as at test
             self.tiler = RandomTile(size=list(tile.SIZE), object_prob=tile.OBJECT_PROB, min_visible=tile.MIN_VISIBLE,
-                                    fill=(0, 0, 0))
+                                    fill=tuple(cfg.IMAGE.MEAN))
         per_video = cfg.DATASET.FRAMES_PER_VIDEO
         if per_video > 0:
             keep = set()
@@ -138,12 +139,15 @@ class TrainSamples:
         if flip:
             width = images[0].shape[1]
             boxes = np.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], axis=1)
+        content = images[0].shape[:2]   # the image part of the input (padding excluded)
         if self.tiler is not None:
             with_labels = np.concatenate([boxes.reshape(-1, 4), labels.reshape(-1, 1).astype(np.float32)], axis=1)
             images, tiled = self.tiler(images, [with_labels] + [with_labels[:0]] * (len(images) - 1), rng=rng)
             boxes, labels = tiled[0][:, :4], tiled[0][:, 4].astype(np.int64)
+            # a frame smaller than the tile is padded right/bottom: the RPN must not use that area
+            content = (min(content[0], images[0].shape[0]), min(content[1], images[0].shape[1]))
         frames = [normalize_pad(im, img_cfg.MEAN, img_cfg.STD, img_cfg.PAD_STRIDE) for im in images]
-        im_info = np.array(list(images[0].shape[:2]) + [scale], np.float32)
+        im_info = np.array(list(content) + [scale], np.float32)
         return np.stack(frames), im_info, boxes.reshape(-1, 4).astype(np.float32), labels
 
 

@@ -200,7 +200,8 @@ class FGFADetector(gluon.Block):
         over the window without building the warped (T, C+E, h, w) stack; otherwise the composite
         FlowAggregator graph (GPU, MXNet built-ins; the same numbers)."""
         if fused is None:
-            fused = self.builtin_ops is not True and key_cache.context.device_type == "cpu"
+            from lib.ops import uses_builtin
+            fused = not uses_builtin(key_cache, self.builtin_ops)
         if fused:
             from lib.ops import flow_aggregate
             out, _ = flow_aggregate(key_cache, caches, flows, self.feat_channels)
@@ -382,7 +383,7 @@ class VideoDetector:
         cache = self.model.frame_cache(data)
         frame = Frame(self.next_index, data, im_info_nd, cache)
         index = self.next_index
-        if self.model.aggregate and self.flow_mode == "chained" and index > 0:
+        if self.model.aggregate and self.flow_mode == "chained" and self.K > 0 and index > 0:
             before = self.frames[index - 1].data
             # both one-step flows in one FlowNet batch: (i-1 -> i) and (i -> i-1)
             flows = self.model.flownet(mx.nd.concat(before, data, dim=0), mx.nd.concat(data, before, dim=0))

@@ -6,9 +6,12 @@ change between neighbours 1 and 3 frames away). So before detection training (TR
 > 0) the FlowNet learns flow on pairs cut from the training images themselves: a translated
 background plus pasted moving patches, supervised at the feature stride with the end-point error.
 
-The result is saved as OUTPUT_DIR/flownet_pretrained.params (atomically) and reused when training is
-restarted; ``NETWORK.FLOW_WEIGHTS`` loads user-supplied FlowNet weights instead.
+The result is saved as OUTPUT_DIR/flownet_pretrained.params (atomically) with a JSON record of the
+settings it came from; it is reused only when they match (a changed FlowNet width, pre-training
+setting, seed or training set retrains it). ``NETWORK.FLOW_WEIGHTS`` loads user-supplied FlowNet
+weights instead. The evaluation pairs are drawn with another seed from the same training images.
 """
+import json
 import os
 
 import mxnet as mx
@@ -21,6 +24,16 @@ from lib.dataset.io import DatasetError, read_image
 from .data import normalize_pad, resize_image
 
 PRETRAINED_FILE = "flownet_pretrained.params"
+RECORD_FILE = "flownet_pretrained.json"
+
+
+def pretrain_settings(cfg, dataset):
+    """What the pre-trained weights depend on (compared before they are reused)."""
+    from lib.config import to_plain
+    return {"FLOW_PRETRAIN": to_plain(cfg.TRAIN.FLOW_PRETRAIN), "FLOW_WIDTH": float(cfg.NETWORK.FLOW_WIDTH),
+            "FLOW_SCALE": float(cfg.NETWORK.FLOW_SCALE), "SEED": int(cfg.TRAIN.SEED),
+            "IMAGE": {"MEAN": list(cfg.IMAGE.MEAN), "STD": list(cfg.IMAGE.STD), "SCALE": list(cfg.IMAGE.SCALES[0])},
+            "dataset": dataset.name, "images": len(dataset.records)}
 
 
 def source_images(dataset, count, cfg, rng):
@@ -66,11 +79,21 @@ def pretrain_flownet(model, cfg, dataset, out_dir, ctx=None, logger=None, progre
     ctx = ctx or mx.cpu()
     pre = cfg.TRAIN.FLOW_PRETRAIN
     path = os.path.join(out_dir, PRETRAINED_FILE)
+    record_path = os.path.join(out_dir, RECORD_FILE)
+    settings = pretrain_settings(cfg, dataset)
     if os.path.isfile(path):
-        model.flownet.load_parameters(path, ctx=ctx)
+        saved = None
+        if os.path.isfile(record_path):
+            with open(record_path, "r", encoding="utf-8") as f:
+                saved = json.load(f).get("settings")
+        if saved == settings:
+            model.flownet.load_parameters(path, ctx=ctx)
+            if logger:
+                logger.info("FlowNet: pre-trained weights loaded from %s", path)
+            return {"path": path, "reused": True}
         if logger:
-            logger.info("FlowNet: pre-trained weights loaded from %s", path)
-        return {"path": path, "reused": True}
+            logger.warning("FlowNet: %s was pre-trained with other settings (%s): training it again", path,
+                           record_path if saved is not None else "no record")
     rng = np.random.RandomState(int(cfg.TRAIN.SEED) + 7)
     images = source_images(dataset, int(pre.IMAGES), cfg, rng)
     held_out = [mx.nd.array(a, ctx=ctx) for a in pair_batch(images, cfg, np.random.RandomState(12345))]
@@ -108,6 +131,9 @@ def pretrain_flownet(model, cfg, dataset, out_dir, ctx=None, logger=None, progre
     model.flownet.save_parameters(tmp)
     os.replace(tmp, path)
     result["path"] = path
+    with open(record_path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump({"settings": settings, "result": result}, f, indent=1)
+    os.replace(record_path + ".tmp", record_path)
     if logger:
         logger.info("FlowNet pre-trained: held-out EPE %.3f -> %.3f feature px (zero flow: %.3f); saved %s",
                     result["epe_start"], result["epe_end"], result["zero_flow_epe"], path)

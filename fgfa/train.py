@@ -15,7 +15,7 @@ import numpy as np
 from lib.config import PROJECT_ROOT, ConfigError
 from lib.dataset import DetectionDataset
 from lib.runtime import get_context
-from lib.train import fit, seed_everything, setup_logger
+from lib.train import CheckpointManager, fit, seed_everything, setup_logger
 
 from .data import TrainSamples, collate
 from .detector import FGFADetector
@@ -173,7 +173,9 @@ def train(cfg, dataset=None, val_fn=None, logger=None):
             raise ConfigError(f"{cfg.get('CONFIG_FILE') or '<config>'}: NETWORK.FLOW_WEIGHTS: {path} not found")
         model.flownet.load_parameters(path, ctx=ctx)
         logger.info("FlowNet weights loaded from %s", path)
-    elif model.aggregate and cfg.TRAIN.FLOW_PRETRAIN.ITERS > 0:
+    elif model.aggregate and cfg.TRAIN.FLOW_PRETRAIN.ITERS > 0 and not (
+            cfg.TRAIN.RESUME and CheckpointManager(out_dir).latest()):
+        # (a resumed run loads its FlowNet from the checkpoint)
         from .flow_pretrain import pretrain_flownet
         pretrain_flownet(model, cfg, dataset, out_dir, ctx, logger, progress=cfg.TRAIN.PROGRESS)
     if cfg.TRAIN.HYBRIDIZE:

@@ -148,6 +148,12 @@ def _namespace(F, x):
     return mx.sym if isinstance(x, mx.sym.Symbol) else mx.nd
 
 
+def uses_builtin(x, builtin=None):
+    """Whether an operator on ``x`` runs MXNet's built-in kernel: ``builtin`` when given, else the
+    default (:func:`set_builtin_default`, ``VIDEODET_BUILTIN_OPS``), else True for NDArrays on a GPU."""
+    return _use_builtin(None, x, builtin)
+
+
 def _use_builtin(F, x, builtin):
     if builtin is not None:
         return bool(builtin)

@@ -86,6 +86,11 @@ def test_flownet_pretraining_learns_flow_and_is_reused(tmp_path):
     fresh = build_model(cfg, 2)
     again = pretrain_flownet(fresh, cfg, dataset, str(tmp_path / "run"), progress=False)
     assert again["reused"]
+    # other settings: the saved weights are not reused
+    changed = get_config(tiny, [f"DATASET.TRAIN=[{spec}]", "TRAIN.FLOW_PRETRAIN.ITERS=5", "TRAIN.FLOW_PRETRAIN.BATCH=2",
+                                "TRAIN.FLOW_PRETRAIN.SIZE=[128,96]", "TRAIN.FLOW_PRETRAIN.MAX_SHIFT=12"])
+    retrained = pretrain_flownet(build_model(changed, 2), changed, dataset, str(tmp_path / "run"), progress=False)
+    assert "reused" not in retrained and "epe_end" in retrained
     for (_, a), (_, b) in zip(sorted(model.flownet.collect_params().items()),
                               sorted(fresh.flownet.collect_params().items())):
         np.testing.assert_array_equal(a.data().asnumpy(), b.data().asnumpy())

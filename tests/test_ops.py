@@ -128,8 +128,39 @@ def test_flow_warp_flow_gradient_finite_differences():
 
 # ----------------------------------------------------------------------------- flow_aggregate
 
+def numpy_warp(data, flow):
+    """Bilinear sample of data (N,C,H,W) at (x + dx, y + dy), zeros outside, in numpy float64."""
+    n, c, h, w = data.shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    out = np.zeros(data.shape, np.float64)
+    for i in range(n):
+        sx, sy = xx + flow[i, 0], yy + flow[i, 1]
+        x0, y0 = np.floor(sx).astype(int), np.floor(sy).astype(int)
+        for cx, cy, wgt in ((x0, y0, (x0 + 1 - sx) * (y0 + 1 - sy)), (x0 + 1, y0, (sx - x0) * (y0 + 1 - sy)),
+                            (x0, y0 + 1, (x0 + 1 - sx) * (sy - y0)), (x0 + 1, y0 + 1, (sx - x0) * (sy - y0))):
+            inside = (cx >= 0) & (cx < w) & (cy >= 0) & (cy < h)
+            out[i] += np.where(inside, data[i][:, np.clip(cy, 0, h - 1), np.clip(cx, 0, w - 1)] * wgt, 0.0)
+    return out
+
+
+def numpy_aggregate(key_cache, caches, flows, feat_channels):
+    """FGFA's aggregation in numpy float64 (the oracle of the float64 kernel)."""
+    def normalize(x):
+        return x / np.sqrt((x ** 2).sum(axis=1, keepdims=True) + 1e-10)
+    key = normalize(key_cache[:, feat_channels:].astype(np.float64))
+    warped = [numpy_warp(c.astype(np.float64), f.astype(np.float64)) for c, f in zip(caches, flows)]
+    cosine = np.stack([(normalize(w[:, feat_channels:]) * key).sum(axis=1) for w in warped], axis=1)
+    weights = np.exp(cosine - cosine.max(axis=1, keepdims=True))
+    weights /= weights.sum(axis=1, keepdims=True)
+    out = sum(w[:, :feat_channels] * weights[:, t:t + 1] for t, w in enumerate(warped))
+    return out, weights
+
+
 def composite_aggregate(key_cache, caches, flows, feat_channels):
-    """FGFA's aggregation from MXNet built-ins only (the oracle of the fused kernel)."""
+    """FGFA's aggregation from MXNet built-ins only (the oracle of the fused kernel; float32: MXNet's
+    L2Normalization has no float64 CPU kernel, so float64 inputs use numpy_aggregate)."""
+    if key_cache.dtype == np.float64:
+        return numpy_aggregate(key_cache, caches, flows, feat_channels)
     nd = mx.nd
     key = nd.L2Normalization(nd.array(key_cache)[:, feat_channels:], mode="channel")
     warped = [builtin_warp(nd.array(c), nd.array(f)) for c, f in zip(caches, flows)]
@@ -144,6 +175,8 @@ def composite_aggregate(key_cache, caches, flows, feat_channels):
     (1, 6, 5, 7, 9, 5, 2.0, np.float32),    # non-square, window of 5
     (2, 3, 4, 5, 6, 3, 6.0, np.float32),    # batch 2, flows pointing well outside the map
     (1, 4, 3, 6, 6, 1, 1.0, np.float64),    # a single frame: weight 1 everywhere
+    (1, 5, 3, 6, 7, 4, 2.0, np.float64),
+    (2, 40, 24, 13, 15, 5, 3.0, np.float32),  # large enough for the OpenMP paths (2 threads)
 ])
 def test_flow_aggregate_equals_composite_of_builtins(n, c, e, h, w, frames, flow_scale, dtype):
     rng = np.random.RandomState(n * 100 + frames)
