@@ -102,7 +102,8 @@ def load(path=None):
         path = os.path.abspath(path or LIBRARY_PATH)
         handle = _check_library(path)
         import mxnet as mx
-        mx.library.load(path, False)
+        if not hasattr(mx.nd, OP_NAMES["flow_warp"]):   # not yet registered (e.g. by lib.tools.infer)
+            mx.library.load(path, False)
         _handle = handle
         _loaded_path = path
         from . import runtime

@@ -21,6 +21,15 @@ import numpy as np
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 
 
+def load_ops_library():
+    """Register this project's compiled operators (lib/libdetops.so) with MXNet, once per process:
+    lib.ops may have loaded it already, and MXNet 1.9 fails on a third load of a library."""
+    import mxnet as mx
+    if not hasattr(mx.nd, "detops_flow_warp"):
+        lib_path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "libdetops.so")
+        mx.library.load(lib_path, verbose=False)
+
+
 def _numeric_key(path):
     # frame10 after frame9: sort by the numbers in the name
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", os.path.basename(path))]
@@ -88,8 +97,7 @@ class ExportedDetector:
         else:
             import mxnet as mx
             if self.meta.get("ops_library"):
-                lib_path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "libdetops.so")
-                mx.library.load(lib_path, verbose=False)
+                load_ops_library()
             symbol = os.path.join(folder, "model-symbol.json")
             params = os.path.join(folder, "model-0000.params")
             for path in (symbol, params):
