@@ -47,3 +47,14 @@ def test_bench_m2det_quick_writes_json(tmp_path):
     assert "soft-NMS (linear) / hard NMS" in text
     assert set(result["nms_ms"]) == {"hard", "linear", "gaussian"} and result["nms_candidates_per_image"] > 0
     assert all(v > 0 for v in result["gmacs"].values())
+
+
+@pytest.mark.slow
+def test_bench_families_quick_writes_json(tmp_path):
+    out = tmp_path / "families.json"
+    text = run_bench(["-m", "bench.families", "--quick", "--families", "ssdlite,rfcn,fgfa", "--json", str(out)], tmp_path)
+    result = json.loads(out.read_text())["results"]
+    assert "| rfcn | random |" in text
+    for family in ("ssdlite", "rfcn", "fgfa"):
+        for threads in ("1", "2"):
+            assert result[family][threads]["fp32"] > 0 and result[family][threads]["int8"] > 0
