@@ -107,7 +107,7 @@ def train(argv=None):
 def run_training(cfg, train_set, val_set=None, snapshot=None, tensorboard_dir=None):
     """Train on ``train_set`` (DetectionDataset) with lib.train.fit; returns fit's summary."""
     from lib.config import PROJECT_ROOT
-    from lib.train import fit
+    from lib.train import fit, seed_everything
     from . import engine
 
     if train_set is None or len(train_set) == 0:
@@ -118,6 +118,7 @@ def run_training(cfg, train_set, val_set=None, snapshot=None, tensorboard_dir=No
     if val_set is not None and list(val_set.classes) != list(classes):
         raise ValueError(f"validation classes {val_set.classes} differ from training classes {classes}")
     engine.save_run_metadata(out_dir, cfg, classes)
+    seed_everything(cfg.TRAIN.SEED, 0)  # the initial weights are a function of the seed (exact resume)
     net = engine.build_model(cfg, len(classes), ctx)
     if snapshot:
         _, params = engine.resolve_checkpoint(snapshot)

@@ -278,8 +278,11 @@ def test_every_dataset_format_evaluates_alike(csv_data, tmp_path, capsys):
     dataset = load_csv(annotations, classes=classes)
     dataset.records = [r for r in dataset.records if r.num_boxes]  # KITTI / COCO keep only labelled
     run = str(tmp_path / "run")
-    assert cli.train_main(["--cfg", TINY, "--snapshot-path", run, "--epochs", "1", "--no-evaluation",
-                           "csv", annotations, classes]) == 0
+    # The overfitting recipe below, so that the model finds objects whatever the machine's float rounding.
+    cfg = engine.build_config(TINY, [f"OUTPUT_DIR={run}", "TRAIN.OPTIMIZER=adam", "TRAIN.LR=0.003",
+                                     "TRAIN.EPOCHS=8", "TRAIN.EVAL_EVERY=0", "MODEL.BN_MOMENTUM=0.8",
+                                     "TRAIN.SEED=0"])
+    cli.run_training(cfg, DetectionDataset(dataset.records * 10, dataset.classes))
     cli.convert_main([run, str(tmp_path / "exported")])
     voc_root, coco_root, kitti_root = tmp_path / "voc", tmp_path / "coco", tmp_path / "kitti"
     write_voc(dataset, str(voc_root), split="test")
@@ -303,7 +306,7 @@ def test_every_dataset_format_evaluates_alike(csv_data, tmp_path, capsys):
         return line.split(":")[1].strip()
 
     reference = mean_ap(["csv", str(csv_rows), classes])
-    assert float(reference) > 0, reference
+    assert float(reference) > 0.3, reference
     assert mean_ap(["pascal", str(voc_root), "--classes", "red,blue"]) == reference
     assert mean_ap(["coco", str(coco_root), "--classes", "red,blue"]) == reference
     assert mean_ap(["kitti", str(kitti_root), "--classes", "red,blue"]) == reference

@@ -53,6 +53,7 @@ def load_init_weights(net, path):
 
 def main(argv=None):
     from lib.config import PROJECT_ROOT, dump_config
+    from lib.train import seed_everything
     from lstm_ssd import config as lstm_config
     from lstm_ssd.detector import build_detector, load_model, save_model
     from lstm_ssd.flops import model_summary
@@ -74,6 +75,7 @@ def main(argv=None):
     train_info = {}
     net = None
     if "train" in cfg.PHASE:
+        seed_everything(cfg.TRAIN.SEED, 0)  # the initial weights are a function of the seed
         net = build_detector(cfg)
         net(mx.nd.zeros((1, 1, 3, cfg.MODEL.IMAGE_SIZE, cfg.MODEL.IMAGE_SIZE)))
         if cfg.MODEL.WEIGHTS:
