@@ -64,4 +64,14 @@ void zero_outputs(std::vector<MXTensor>* outputs);
 
 }  // namespace detops
 
+// Register the CPU operator NAME from the functions parse_attrs, infer_type, infer_shape, forward and
+// backward of namespace detops in the including file (each op file keeps its own in an anonymous one).
+#define DETOPS_REGISTER_CPU_OP(NAME)              \
+  REGISTER_OP(NAME)                               \
+      .setParseAttrs(detops::parse_attrs)         \
+      .setInferType(detops::infer_type)           \
+      .setInferShape(detops::infer_shape)         \
+      .setForward(detops::forward, "cpu")         \
+      .setBackward(detops::backward, "cpu")
+
 #endif  // DETOPS_COMMON_H_

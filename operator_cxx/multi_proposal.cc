@@ -356,9 +356,4 @@ MXReturnValue backward(const Attrs& attrs, std::vector<MXTensor>* inputs,
 }  // namespace
 }  // namespace detops
 
-REGISTER_OP(detops_multi_proposal)
-    .setParseAttrs(detops::parse_attrs)
-    .setInferType(detops::infer_type)
-    .setInferShape(detops::infer_shape)
-    .setForward(detops::forward, "cpu")
-    .setBackward(detops::backward, "cpu");
+DETOPS_REGISTER_CPU_OP(detops_multi_proposal);
