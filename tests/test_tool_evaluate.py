@@ -98,6 +98,32 @@ def test_voc07_tool_equals_gluoncv_on_raw_xml(voc_case, tmp_path, capsys):
         assert img is not None and img.shape[0] > 100
 
 
+def test_max_height_scores_small_objects_like_gluoncv_with_tall_boxes_difficult(voc_case, tmp_path):
+    root, raw, dets, dets_path = voc_case
+    out = tmp_path / "small.json"
+    assert tool.main(["--gt", str(root), "--dets", str(dets_path), "--metric", "voc07", "--max-height", "30",
+                      "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    metric = VOC07MApMetric(iou_thresh=0.5, class_names=CLASSES)
+    for name, objects in raw.items():
+        gt = np.array([b for _, b, _ in objects], float).reshape(-1, 4)
+        gl = np.array([CLASSES.index(c) for c, _, _ in objects], float)
+        # raw VOC boxes are 1-based inclusive: the height is ymax - ymin + 1 pixels
+        gd = np.array([d or (b[3] - b[1] + 1) >= 30 for _, b, d in objects], float)
+        mine = [d for d in dets if d.get("file_name", "") == f"{name}.jpg" or d.get("image_id") == name]
+        pb = np.array([[d["bbox"][0] + 1, d["bbox"][1] + 1, d["bbox"][0] + d["bbox"][2], d["bbox"][1] + d["bbox"][3]]
+                       for d in mine]).reshape(-1, 4)
+        metric.update(pb[None], np.array([CLASSES.index(d["category"]) for d in mine], float)[None],
+                      np.array([d["score"] for d in mine])[None], gt[None], gl[None], gd[None])
+    ref = dict(zip(*metric.get()))
+    assert res["mAP"] == pytest.approx(ref["mAP"], abs=1e-6) and res["max_height"] == 30
+    everything = tmp_path / "all.json"
+    tool.main(["--gt", str(root), "--dets", str(dets_path), "--metric", "voc07", "--out", str(everything)])
+    assert json.loads(everything.read_text())["mAP"] != pytest.approx(res["mAP"], abs=1e-3)  # tall boxes count there
+    with pytest.raises(SystemExit, match="--max-height applies to the voc"):
+        tool.main(["--gt", str(root), "--dets", str(dets_path), "--metric", "coco", "--max-height", "30"])
+
+
 def test_unknown_image_is_a_clear_error(voc_case, tmp_path):
     root = voc_case[0]
     bad = tmp_path / "bad.json"

@@ -18,7 +18,6 @@ Writes OUT/detections.json (COCO results), OUT/metrics.json and OUT/results.md:
 - milliseconds per frame of the detector (tiling included; after one untimed warm-up frame).
 """
 import argparse
-import copy
 import json
 import os
 import sys
@@ -30,19 +29,8 @@ from lib import detectors
 from lib.config import ConfigError
 from lib.train import CheckpointError
 from lib.dataset import read_image
-from lib.eval import voc_ap, write_detections
+from lib.eval import small_objects_only, voc_ap, write_detections
 from lib.eval.false_positives import false_positive_table
-
-
-def small_object_records(records, max_height):
-    """Copies of the records with boxes at least ``max_height`` high marked difficult (ignored)."""
-    out = []
-    for rec in records:
-        rec = copy.copy(rec)
-        tall = (rec.boxes[:, 3] - rec.boxes[:, 1]) >= max_height
-        rec.difficult = rec.difficult | tall
-        out.append(rec)
-    return out
 
 
 def _groups(dataset):
@@ -106,7 +94,7 @@ def evaluate(model_path, cfg, tiling=None, out_dir=None):
     tiling = bool(cfg.TILING.INFER.ENABLED) if tiling is None else tiling
     detections, seconds = detect_all(model_path, cfg, dataset, tiling)
     voc = voc_ap(dataset.records, detections, dataset.classes)
-    small = voc_ap(small_object_records(dataset.records, float(cfg.EVAL.SMALL_HEIGHT)), detections,
+    small = voc_ap(small_objects_only(dataset.records, float(cfg.EVAL.SMALL_HEIGHT)), detections,
                    dataset.classes)
     fp_results, fp_table = false_positive_table(dataset.records, detections, dataset.classes,
                                                 tuple(cfg.EVAL.THRESHOLDS))

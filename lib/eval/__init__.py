@@ -7,6 +7,7 @@ has ground truth), "per_class" and "curves"; see each module for its breakdowns.
 import os
 
 from .coco import coco_ap
+from .common import small_objects_only
 from .detections_io import (DetectionsFormatError, detections_from_json, detections_to_json,
                             read_detections, write_detections)
 from .plots import format_table, save_pr_curves, write_results_table
@@ -17,7 +18,7 @@ METRICS = ("voc07", "voc", "vid", "coco")
 
 __all__ = ["voc_ap", "vid_ap", "coco_ap", "motion_ious", "evaluate", "save_pr_curves", "write_results_table",
            "format_table", "read_detections", "write_detections", "detections_from_json", "detections_to_json",
-           "DetectionsFormatError", "METRICS"]
+           "DetectionsFormatError", "METRICS", "small_objects_only"]
 
 
 def evaluate(gt_dataset, detections, metric, **kwargs):

@@ -1,12 +1,13 @@
 """Evaluate detections (COCO results JSON) against a dataset's ground truth.
 
     python -m lib.tools.evaluate --gt PATH [--format voc|coco|csv|vid|kitti] --dets DETS.json \\
-        --metric voc07|voc|vid|coco [--out RESULT.json] [--plots DIR] [--md TABLE.md]
+        --metric voc07|voc|vid|coco [--max-height H] [--out RESULT.json] [--plots DIR] [--md TABLE.md]
 
 DETS.json is a list of {"image_id" or "file_name", "category_id" or "category", "bbox": [x, y, w, h],
 "score"} (what lib.tools.infer writes). Prints a per-class table (markdown) and writes a JSON whose
 headline number is under "mAP", with the per-class APs and the metric's breakdowns (VID: motion
-slow/medium/fast and area small/medium/large; COCO: the 12 pycocotools numbers).
+slow/medium/fast and area small/medium/large; COCO: the 12 pycocotools numbers). --max-height H scores
+the small objects only: boxes at least H px high are ignored like VOC "difficult" ones (voc metrics).
 Ground truth is loaded with lib.dataset.load_dataset; --set KEY=VALUE adds keys to its spec.
 """
 import argparse
@@ -16,7 +17,7 @@ import sys
 import yaml
 
 from lib.eval import METRICS, DetectionsFormatError, evaluate, read_detections, save_pr_curves, \
-    write_results_table
+    small_objects_only, write_results_table
 
 FORMATS = ("voc", "coco", "csv", "vid", "kitti")
 
@@ -86,7 +87,15 @@ def run(args):
         kwargs["iou"] = args.iou
     if args.metric == "vid" and args.no_motion:
         kwargs["motion"] = False
+    if args.max_height is not None:
+        if args.metric not in ("voc07", "voc"):
+            raise SystemExit("--max-height applies to the voc and voc07 metrics (they honour difficult boxes)")
+        if args.max_height <= 0:
+            raise SystemExit(f"--max-height {args.max_height}: must be > 0 (pixels)")
+        dataset.records = small_objects_only(dataset.records, args.max_height)
     results = evaluate(dataset, detections, args.metric, **kwargs)
+    if args.max_height is not None:
+        results["max_height"] = args.max_height
     results["gt"] = {"spec": spec, "images": len(dataset), "classes": list(dataset.classes)}
     results["dets"] = {"path": os.path.abspath(args.dets), "count": int(sum(len(d[1]) for d in detections))}
     text = write_results_table(results, md_path=args.md, json_path=args.out)
@@ -114,6 +123,8 @@ def main(argv=None):
     parser.add_argument("--metric", required=True, choices=METRICS)
     parser.add_argument("--iou", type=float, help="IoU threshold for voc/voc07 (default 0.5) or vid's 0.5 cap")
     parser.add_argument("--no-motion", action="store_true", help="vid: skip the motion-speed breakdown")
+    parser.add_argument("--max-height", type=float,
+                        help="voc/voc07: AP of the boxes lower than this many pixels (taller ones ignored)")
     parser.add_argument("--out", help="write the results JSON here (headline under 'mAP')")
     parser.add_argument("--md", help="write the markdown table here")
     parser.add_argument("--plots", help="write PR curve PNGs into this folder")
