@@ -3,8 +3,9 @@
 Training: clips of TRAIN.UNROLL frames; with CARRY_STATE the videos are cut into consecutive segments
 given to fixed batch lanes, and each lane's LSTM state is carried (detached: truncated BPTT) from one
 segment to the next and reset when its lane starts a new video. Still images become pseudo-videos
-(crop-and-shift, lib.dataset.ClipSampler). Augmentation (by default flip + SSD random crop) draws its parameters
-once per clip (TRAIN.AUGMENTATIONS, lib.transforms specs). For fast_slow the extractor of each step is drawn at random (INTERLEAVE.SMALL_PROB).
+(crop-and-shift, lib.dataset.ClipSampler). Augmentation (TRAIN.AUGMENTATIONS, lib.transforms specs; by
+default flip + SSD random crop) draws its parameters once per clip. For fast_slow the extractor of each
+step is drawn at random (INTERLEAVE.SMALL_PROB).
 The loss (sigmoid CE with hard negative mining + smooth L1, weights from LOSS) is taken over all
 batch x unroll frames and normalised by the matched anchors. The loop is lib.train.fit.
 
