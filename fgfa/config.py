@@ -54,6 +54,9 @@ DEFAULTS = {
         "FLOW_SCALE": 2.5,             # 20 (FlowNet's flow/20) / 8 (flow at 1/8 of a half image)
         "EMBED_CHANNELS": [512, 512, 2048],
         "FLOW_WEIGHTS": "",            # FlowNet .params to start from (else TRAIN.FLOW_PRETRAIN)
+        # a detector of this project to start from (.params, e.g. the R-FCN frame baseline's checkpoint
+        # for FGFA): parameters of the same name and shape are loaded, the others keep their init
+        "INIT_WEIGHTS": "",
     },
     "TRAIN": {
         "BATCH_IMAGES": 1,             # key frames per batch

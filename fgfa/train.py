@@ -15,7 +15,8 @@ import numpy as np
 from lib.config import PROJECT_ROOT, ConfigError
 from lib.dataset import DetectionDataset
 from lib.runtime import get_context
-from lib.train import CheckpointManager, fit, seed_everything, setup_logger
+from lib.train import CheckpointError, CheckpointManager, fit, load_matching_parameters, seed_everything, \
+    setup_logger
 
 from .data import TrainSamples, collate
 from .detector import FGFADetector
@@ -84,6 +85,21 @@ def build_model(cfg, num_classes, ctx=None):
     model.init_weights(ctx)
     materialize(model, ctx)
     return model
+
+
+def load_init_weights(model, cfg, logger=None):
+    """NETWORK.INIT_WEIGHTS: start from another detector of this project (e.g. FGFA from the R-FCN
+    frame baseline): parameters of the same name and shape are loaded, the others (FlowNet and
+    embedding then) keep their initialisation. Returns (loaded names, skipped names)."""
+    path = resolve_path(cfg.NETWORK.INIT_WEIGHTS)
+    try:
+        loaded, skipped = load_matching_parameters(model, path)
+    except CheckpointError as err:
+        raise ConfigError(f"{cfg.get('CONFIG_FILE') or '<config>'}: NETWORK.INIT_WEIGHTS: {err}") from None
+    if logger:
+        logger.info("initialised %d parameter arrays from %s; %d keep their init (%s)", len(loaded), path,
+                    len(skipped), ", ".join(sorted({n.split('.')[0] for n in skipped})) or "none")
+    return loaded, skipped
 
 
 def materialize(model, ctx):
@@ -167,6 +183,8 @@ def train(cfg, dataset=None, val_fn=None, logger=None):
     save_classes(out_dir, dataset.classes)
     seed_everything(cfg.TRAIN.SEED, 0)  # the initial weights are a function of the seed (exact resume)
     model = build_model(cfg, dataset.num_classes, ctx)
+    if cfg.NETWORK.INIT_WEIGHTS:
+        load_init_weights(model, cfg, logger)
     if model.aggregate and cfg.NETWORK.FLOW_WEIGHTS:
         path = resolve_path(cfg.NETWORK.FLOW_WEIGHTS)
         if not os.path.isfile(path):

@@ -85,6 +85,31 @@ def test_fgfa_loss_falls_and_resume_is_exact(synthetic_root, tmp_path):
         load_model(cfg3, classes=["only_one"] * 3)
 
 
+def test_fgfa_starts_from_the_rfcn_baseline_weights(tmp_path):
+    """NETWORK.INIT_WEIGHTS: backbone and heads come from the R-FCN file, FlowNet and embedding keep
+    their initialisation; a missing file is a config error naming the key."""
+    from fgfa.train import load_init_weights
+    from lib.config import ConfigError
+    rfcn = build_model(get_config(RFCN_TINY, [f"OUTPUT_DIR={tmp_path}"]), 2)
+    for p in rfcn.collect_params().values():
+        p.set_data(p.data() + 0.5)        # distinct from any fresh initialisation
+    path = str(tmp_path / "rfcn.params")
+    rfcn.save_parameters(path)
+    cfg = get_config(TINY, [f"OUTPUT_DIR={tmp_path}", f"NETWORK.INIT_WEIGHTS={path}"])
+    fgfa = build_model(cfg, 2)
+    fresh = {k: v.data().asnumpy() for k, v in fgfa._collect_params_with_prefix().items()}
+    loaded, skipped = load_init_weights(fgfa, cfg)
+    source = rfcn._collect_params_with_prefix()
+    assert set(loaded) == set(source) and skipped
+    assert {name.split(".")[0] for name in skipped} == {"flownet", "embed"}
+    for name, param in fgfa._collect_params_with_prefix().items():
+        expected = source[name].data().asnumpy() if name in source else fresh[name]
+        np.testing.assert_array_equal(param.data().asnumpy(), expected, err_msg=name)
+    missing = get_config(TINY, [f"OUTPUT_DIR={tmp_path}", "NETWORK.INIT_WEIGHTS=nope/rfcn.params"])
+    with pytest.raises(ConfigError, match="NETWORK.INIT_WEIGHTS: parameter file not found: .*nope/rfcn.params"):
+        load_init_weights(fgfa, missing)
+
+
 def test_missing_checkpoint_and_bad_paths_give_clear_errors(tmp_path):
     cfg = get_config(TINY, [f"OUTPUT_DIR={tmp_path / 'empty'}"])
     with pytest.raises(CheckpointError, match="class list not found"):

@@ -32,22 +32,15 @@ def parse_args(argv=None):
 
 
 def load_init_weights(net, path):
-    """Fine-tuning start (e.g. the frame SSDLite model for LSTM-SSD): load the parameters whose names
-    and shapes match, report the rest."""
+    """Fine-tuning start (e.g. the frame SSDLite model for LSTM-SSD): the parameters whose names and
+    shapes match are loaded, the rest reported."""
     from lib.config import PROJECT_ROOT
+    from lib.train import load_matching_parameters
     path = path if os.path.isabs(path) else os.path.join(PROJECT_ROOT, path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"MODEL.WEIGHTS: {path} not found")
-    saved = mx.nd.load(path)
-    own = net._collect_params_with_prefix()
-    loaded, skipped = 0, []
-    for name, p in own.items():
-        if name in saved and saved[name].shape == p.shape:
-            p.set_data(saved[name])
-            loaded += 1
-        else:
-            skipped.append(name)
-    print(f"MODEL.WEIGHTS {path}: loaded {loaded} tensors, {len(skipped)} left at their init "
+    loaded, skipped = load_matching_parameters(net, path)
+    print(f"MODEL.WEIGHTS {path}: loaded {len(loaded)} tensors, {len(skipped)} left at their init "
           f"(e.g. {skipped[:3]})")
 
 

@@ -200,6 +200,30 @@ def check_params_file(net, path):
                               + " | ".join(problems))
 
 
+def load_matching_parameters(net, path):
+    """Fine-tuning start: load every parameter of ``path`` whose structured name and shape match one
+    of ``net`` (e.g. an SSDLite model into LSTM-SSD, an R-FCN model into FGFA); the others keep
+    their initialisation. Returns (loaded names, names left at their init)."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"parameter file not found: {path}")
+    try:
+        saved = mx.nd.load(path)
+    except mx.base.MXNetError as err:
+        raise CheckpointError(f"{path}: cannot read parameters ({str(err).splitlines()[0]})") from None
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{path}: holds an unnamed array list, not network parameters")
+    loaded, skipped = [], []
+    for name, param in net._collect_params_with_prefix().items():
+        if name in saved and saved[name].shape == param.shape:
+            param.set_data(saved[name])
+            loaded.append(name)
+        else:
+            skipped.append(name)
+    if not loaded:
+        raise CheckpointError(f"{path}: no parameter matches the network ({type(net).__name__}) by name and shape")
+    return loaded, skipped
+
+
 class CheckpointManager:
     """Save / find / load / prune checkpoints in ``out_dir``.
 
