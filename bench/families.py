@@ -7,7 +7,8 @@
 
 Families with a single-frame artifact (ssdlite, m2det, rfcn) are exported with lib.tools.export and
 timed through lib.tools.infer's runner (pre-processing, network, decoding and NMS, as on a device);
-int8 = lib.tools.quantize of that artifact, calibrated on a few frames. The video families run in
+int8 = lib.tools.quantize of that artifact, calibrated on a few frames, both written by a process of
+their own before the timing children start (see prepare_artifacts). The video families run in
 process: lstm_ssd streams (memory carried), fgfa streams its window (int8: backbone + feature conv,
 fgfa's TEST.QUANTIZE). Frames are the speedtrap frames when ../shared/data/speedtrap is there, else
 seeded random images. With random weights the number of boxes reaching NMS differs from a trained
@@ -30,6 +31,7 @@ import numpy as np
 from lib.config import PROJECT_ROOT
 
 FAMILIES = ("ssdlite", "m2det", "rfcn", "lstm_ssd", "fgfa")
+SINGLE_FRAME = ("ssdlite", "m2det", "rfcn")     # exported artifacts; the others run in process
 SPEEDTRAP = os.path.join(os.path.dirname(PROJECT_ROOT), "shared", "data", "speedtrap", "images")
 
 
@@ -79,34 +81,47 @@ def median_ms(fn, inputs, warmup=2):
     return float(np.median(times))
 
 
-def time_family(family, run, quick, count):
+def prepare_artifacts(family, run, quick, workdir, count):
+    """Export the fp32 artifact and quantize it (int8) into ``workdir`` (single-frame families).
+
+    Done in a process of its own: after MXNet's int8 calibration a process runs the fp32 graph up to
+    4x slower with 2 threads (7 -> 28 ms for SSDLite here; an extra engine thread), so the timing
+    children only load finished artifacts."""
+    import cv2
+    from lib import detectors
+    from lib.tools.quantize import quantize
+    fp32_dir, int8_dir, calib = (os.path.join(workdir, d) for d in ("fp32", "int8", "calib"))
+    detectors.export(loaded_model(family, run, quick), fp32_dir)
+    os.makedirs(calib, exist_ok=True)
+    for i, frame in enumerate(frames(min(count, 4), frame_size(quick))):
+        cv2.imwrite(os.path.join(calib, f"{i:03d}.jpg"), frame)
+    quantize(fp32_dir, calib, int8_dir, num_calib=4)
+
+
+def frame_size(quick):
+    return (320, 180) if quick else (1280, 720)
+
+
+def time_family(family, run, quick, count, workdir=None):
     """{"fp32": ms, "int8": ms or None, "note": str} at the current thread count."""
     import cv2
     import mxnet as mx
-    from lib import detectors
-    size = (320, 180) if quick else (1280, 720)
-    bgr = frames(count, size)
-    model = loaded_model(family, run, quick)
-    if family in ("ssdlite", "m2det", "rfcn"):
+    bgr = frames(count, frame_size(quick))
+    if family in SINGLE_FRAME:
         from lib.tools.infer import ExportedDetector
-        from lib.tools.quantize import quantize
-        work = tempfile.mkdtemp(prefix=f"bench_{family}_")
-        fp32_dir, int8_dir, calib = (os.path.join(work, d) for d in ("fp32", "int8", "calib"))
-        detectors.export(model, fp32_dir)
-        os.makedirs(calib)
-        for i, frame in enumerate(bgr[:4]):
-            cv2.imwrite(os.path.join(calib, f"{i:03d}.jpg"), frame)
-        quantize(fp32_dir, calib, int8_dir, num_calib=4)
-        return {"fp32": median_ms(ExportedDetector(fp32_dir), bgr), "int8": median_ms(ExportedDetector(int8_dir), bgr),
+        return {"fp32": median_ms(ExportedDetector(os.path.join(workdir, "fp32")), bgr),
+                "int8": median_ms(ExportedDetector(os.path.join(workdir, "int8")), bgr),
                 "note": "exported artifact via lib.tools.infer"}
+    model = loaded_model(family, run, quick)
     rgb = [cv2.cvtColor(f, cv2.COLOR_BGR2RGB) for f in bgr]
     if family == "lstm_ssd":
         return {"fp32": stream_ms(model, rgb), "int8": None, "note": "in process, streaming (no int8 path)"}
-    result = {"fp32": stream_ms(model, rgb)}
+    result = {"fp32": stream_ms(model, rgb)}   # before the in-process quantization (see prepare_artifacts)
     from fgfa.data import make_preprocess
     model.net.quantize_features(np.stack([make_preprocess(model.cfg)(f)[0] for f in rgb[:4]]))
     result["int8"] = stream_ms(model, rgb)
-    result["note"] = f"in process, window K={model.cfg.TEST.K} (int8: backbone + feature conv)"
+    result["note"] = (f"in process, window K={model.cfg.TEST.K} (int8: backbone + feature conv, quantized "
+                      f"in the timing process)")
     mx.nd.waitall()
     return result
 
@@ -131,27 +146,38 @@ def main(argv=None):
                         help="time this trained recipe run instead of random weights")
     parser.add_argument("--frames", type=int, default=None, help="timed frames (default 20, quick 4)")
     parser.add_argument("--json", default=None, help="also write the results here")
-    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)   # one family, print JSON
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)     # time one family, print JSON
+    parser.add_argument("--prepare", default=None, help=argparse.SUPPRESS)   # export + quantize one family
+    parser.add_argument("--workdir", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     runs = dict(r.split("=", 1) for r in args.run)
     count = args.frames or (4 if args.quick else 20)
+    if args.prepare:
+        prepare_artifacts(args.prepare, runs.get(args.prepare), args.quick, args.workdir, count)
+        return 0
     if args.child:
-        print(json.dumps(time_family(args.child, runs.get(args.child), args.quick, count + 2)))
+        print(json.dumps(time_family(args.child, runs.get(args.child), args.quick, count + 2, args.workdir)))
         return 0
     rows = {}
+    common = (["--quick"] if args.quick else []) + [f"--run={k}={v}" for k, v in runs.items()]
+
+    def child(what, family, threads, workdir):
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+        cmd = [sys.executable, "-m", "bench.families", what, family, "--frames", str(count), "--workdir", workdir]
+        proc = subprocess.run(cmd + common, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"{family} {what} ({threads} threads) failed:\n{proc.stderr[-3000:]}")
+        return proc.stdout
     for family in args.families.split(","):
         if family not in FAMILIES:
             parser.error(f"unknown family {family!r}; one of {', '.join(FAMILIES)}")
         rows[family] = {}
-        for threads in (2, 1):
-            env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-            cmd = [sys.executable, "-m", "bench.families", "--child", family, "--frames", str(count)]
-            cmd += (["--quick"] if args.quick else []) + [f"--run={k}={v}" for k, v in runs.items()]
-            proc = subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise SystemExit(f"{family} ({threads} threads) failed:\n{proc.stderr[-3000:]}")
-            rows[family][threads] = json.loads(proc.stdout.strip().splitlines()[-1])
-            print(f"{family} {threads} thread(s): {rows[family][threads]}", flush=True)
+        with tempfile.TemporaryDirectory(prefix=f"bench_{family}_") as workdir:
+            if family in SINGLE_FRAME:
+                child("--prepare", family, 2, workdir)
+            for threads in (2, 1):
+                rows[family][threads] = json.loads(child("--child", family, threads, workdir).strip().splitlines()[-1])
+                print(f"{family} {threads} thread(s): {rows[family][threads]}", flush=True)
     size = "320x180" if args.quick else "1280x720"
     print(f"\n| family | weights | fp32 ms (2 thr) | int8 ms (2 thr) | fp32 ms (1 thr) | int8 ms (1 thr) | how |")
     print("| --- | --- | ---: | ---: | ---: | ---: | --- |")
