@@ -6,7 +6,6 @@ editing the convolution attributes before the first forward pass. Parameter name
 gluoncv ``resnet{18,34,50,101}_v1`` saved with ``save_parameters`` (``features.N...``), so user
 weights in gluoncv format load by name.
 """
-import os
 
 import mxnet as mx
 from gluoncv.model_zoo.resnet import get_resnet
@@ -80,14 +79,8 @@ class ResNetV1Backbone(nn.HybridBlock):
 
         Raises BackboneWeightsError naming the file and every missing or mis-shaped parameter.
         """
-        if not path or not os.path.isfile(path):
-            raise BackboneWeightsError(f"backbone weights file not found: {path!r}")
-        try:
-            loaded = mx.nd.load(path)
-        except mx.base.MXNetError as err:
-            raise BackboneWeightsError(f"{path}: not an MXNet parameter file ({err})") from None
-        if not isinstance(loaded, dict):
-            raise BackboneWeightsError(f"{path}: holds an unnamed list of arrays, not named parameters")
+        from lib.train.checkpoint import read_params_file
+        loaded = read_params_file(path, error=BackboneWeightsError)
         # files written by export()/save_params carry 'arg:'/'aux:' prefixes
         loaded = {k.split(":", 1)[-1]: v for k, v in loaded.items()}
         own = self._collect_params_with_prefix()

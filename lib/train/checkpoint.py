@@ -168,16 +168,24 @@ def load_trainer_states(trainer, path, names_by_id):
 # ---------------------------------------------------------------------------------------------
 # Parameters
 
-def check_params_file(net, path):
-    """Raise CheckpointError naming ``path`` if its names/shapes do not match ``net``."""
-    if not os.path.isfile(path):
-        raise CheckpointError(f"parameter file not found: {path}")
+def read_params_file(path, error=None):
+    """{name: NDArray} of an MXNet ``.params`` file; ``error`` (default CheckpointError) names the file
+    when it is missing, unreadable or an unnamed array list."""
+    error = error or CheckpointError
+    if not path or not os.path.isfile(path):
+        raise error(f"parameter file not found: {path}")
     try:
         loaded = mx.nd.load(path)
     except mx.base.MXNetError as err:
-        raise CheckpointError(f"{path}: cannot read parameters ({str(err).splitlines()[0]})") from None
+        raise error(f"{path}: cannot read parameters ({str(err).splitlines()[0]})") from None
     if not isinstance(loaded, dict):
-        raise CheckpointError(f"{path}: holds an unnamed array list, not network parameters")
+        raise error(f"{path}: holds an unnamed array list, not network parameters")
+    return loaded
+
+
+def check_params_file(net, path):
+    """Raise CheckpointError naming ``path`` if its names/shapes do not match ``net``."""
+    loaded = read_params_file(path)
     expected = net._collect_params_with_prefix()
     missing = sorted(set(expected) - set(loaded))
     unexpected = sorted(set(loaded) - set(expected))
@@ -204,14 +212,7 @@ def load_matching_parameters(net, path):
     """Fine-tuning start: load every parameter of ``path`` whose structured name and shape match one
     of ``net`` (e.g. an SSDLite model into LSTM-SSD, an R-FCN model into FGFA); the others keep
     their initialisation. Returns (loaded names, names left at their init)."""
-    if not os.path.isfile(path):
-        raise CheckpointError(f"parameter file not found: {path}")
-    try:
-        saved = mx.nd.load(path)
-    except mx.base.MXNetError as err:
-        raise CheckpointError(f"{path}: cannot read parameters ({str(err).splitlines()[0]})") from None
-    if not isinstance(saved, dict):
-        raise CheckpointError(f"{path}: holds an unnamed array list, not network parameters")
+    saved = read_params_file(path)
     loaded, skipped = [], []
     for name, param in net._collect_params_with_prefix().items():
         if name in saved and saved[name].shape == param.shape:
