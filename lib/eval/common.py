@@ -4,6 +4,8 @@ Boxes follow the project convention (docs/DESIGN.md): continuous pixels, x2/y2 e
 width = x2 - x1 and IoU carries no ``+1``. On boxes read from VOC / ImageNet VID XML
 (x1 = xmin - 1, x2 = xmax) this equals the devkits' ``+1`` formulas on the raw integers.
 """
+import copy
+
 import numpy as np
 
 
@@ -124,7 +126,6 @@ def small_objects_only(records, max_height):
     """Copies of the ground-truth records where boxes at least ``max_height`` px high are marked
     difficult: VOC-style metrics then ignore them (a detection on one is neither right nor wrong), so
     the AP is that of the small objects."""
-    import copy
     out = []
     for rec in records:
         rec = copy.copy(rec)
