@@ -168,6 +168,27 @@ def _backbone_keys(family, name, width):
     return None
 
 
+def _rescale_lr_steps(train, base_epochs, source, overridden):
+    """Keep the family's LR drops at the same fraction of training when the recipe changes the epochs.
+
+    BASE configs give LR_STEPS in epochs of their own schedule (e.g. [22, 27] of 30); a recipe with
+    EPOCHS: 12 would otherwise never drop the rate. Steps set in OVERRIDES are the user's and are kept.
+    """
+    epochs, steps = train.get("EPOCHS"), list(train.get("LR_STEPS") or [])
+    if (overridden or not steps or not base_epochs or not epochs or int(epochs) == int(base_epochs)
+            or train.get("LR_STEP_UNIT", "epoch") != "epoch"):
+        return
+    scale = float(epochs) / float(base_epochs)
+    integral = all(float(s).is_integer() for s in steps)
+    new = [max(1, round(s * scale)) if integral else round(s * scale, 3) for s in steps]
+    if integral and len(set(new)) < len(new):        # integer epochs collapsed: keep the fractions
+        new = [round(s * scale, 3) for s in steps]
+    import logging
+    logging.getLogger("detectors").info("%s: TRAIN.LR_STEPS %s of %s epochs -> %s of %s epochs",
+                                        source, steps, base_epochs, new, epochs)
+    train["LR_STEPS"] = new
+
+
 def family_config(cfg, classes=None, train_size=None):
     """The family's own config (EasyDict) for a recipe config: BASE <- OVERRIDES <- mapped keys.
 
@@ -254,6 +275,7 @@ def family_config(cfg, classes=None, train_size=None):
     if cfg.TRAIN.EPOCHS:
         train["EPOCHS"] = int(cfg.TRAIN.EPOCHS)
     plain = merge(to_plain(fam), to_plain(cfg.OVERRIDES), source=f"{source} (OVERRIDES)", open_keys=open_keys)
+    base_epochs = plain["TRAIN"].get("EPOCHS")
     plain = merge(plain, mapped, source=f"{source} (mapped keys)", open_keys=open_keys)
     if cfg.TRAIN.ITERATIONS and train_size:
         batch = int(plain["TRAIN"][batch_key])
@@ -264,6 +286,8 @@ def family_config(cfg, classes=None, train_size=None):
         plain["TRAIN"]["EPOCHS"] = max(1, math.ceil(iterations / per_epoch))
         if cap_key and iterations < per_epoch:
             plain["TRAIN"][cap_key] = iterations
+    _rescale_lr_steps(plain["TRAIN"], base_epochs, source=source,
+                      overridden="LR_STEPS" in (to_plain(cfg.OVERRIDES) or {}).get("TRAIN", {}))
     plain["OUTPUT_DIR"] = _abs(cfg.OUTPUT_DIR)
     plain["CONTEXT"] = cfg.CONTEXT
     out = EasyDict(plain)

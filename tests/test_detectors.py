@@ -63,6 +63,22 @@ OUTPUT_DIR: {out}
         assert fam.TRAIN.BATCH_IMAGES == 2 and fam.IMAGE.FLIP is False   # no flip in the augment list
 
 
+def test_lr_steps_follow_the_recipe_epochs(tmp_path):
+    # rfcn BASE (speedtrap): 30 epochs, LR drops at [22, 27]; 12 recipe epochs -> [8.8, 10.8] rounded
+    cfg = _cfg(tmp_path, "DETECTOR: rfcn\nTRAIN: {EPOCHS: 12}\n")
+    fam = detectors.family_config(cfg, ["a"])
+    assert fam.TRAIN.EPOCHS == 12 and fam.TRAIN.LR_STEPS == [9, 11]
+    # m2det BASE: 60 epochs, [40, 52]; ITERATIONS 30 of batch 8 over 80 images -> 3 epochs -> [2, 2.6] -> [2, 3]
+    cfg = _cfg(tmp_path, "DETECTOR: m2det\nTRAIN: {BATCH_SIZE: 8, ITERATIONS: 30}\n")
+    fam = detectors.family_config(cfg, ["a"], train_size=80)
+    assert fam.TRAIN.EPOCHS == 3 and fam.TRAIN.LR_STEPS == [2, 3]
+    # steps the user set in OVERRIDES are kept as written; same epochs as BASE: unchanged
+    cfg = _cfg(tmp_path, "DETECTOR: rfcn\nTRAIN: {EPOCHS: 12}\nOVERRIDES: {TRAIN: {LR_STEPS: [5]}}\n")
+    assert detectors.family_config(cfg, ["a"]).TRAIN.LR_STEPS == [5]
+    cfg = _cfg(tmp_path, "DETECTOR: rfcn\nTRAIN: {EPOCHS: 30}\n")
+    assert detectors.family_config(cfg, ["a"]).TRAIN.LR_STEPS == [22, 27]
+
+
 def test_overrides_and_iterations(tmp_path):
     cfg = _cfg(tmp_path, "DETECTOR: m2det\nBASE: experiments/m2det/cfgs/tiny.yaml\n"
                          "TRAIN: {BATCH_SIZE: 4, ITERATIONS: 10}\nOVERRIDES: {TEST: {SCORE_THRESH: 0.3}}\n")
