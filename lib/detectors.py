@@ -212,6 +212,9 @@ def family_config(cfg, classes=None, train_size=None):
             model["INPUT_SIZE"] = hw[0]
         if augment is not None:
             train["RANDOM_TRANSFORM"] = augment
+        if isinstance(cfg.TRAIN.AUGMENT, list) and cfg.TRAIN.AUGMENT:
+            # M2Det takes the list itself (lib.transforms names or {name: ..., args} specs, in order)
+            train["AUGMENTATIONS"] = list(cfg.TRAIN.AUGMENT)
         batch_key = "BATCH_SIZE"
         cap_key = "MAX_ITERS_PER_EPOCH"
         mapped = {"MODEL": model, "TRAIN": train}

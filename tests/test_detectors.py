@@ -44,6 +44,7 @@ OUTPUT_DIR: {out}
     assert (fam.MODEL.INPUT_SIZE, fam.TRAIN.BATCH_SIZE, fam.TRAIN.LR, fam.TRAIN.OPTIMIZER, fam.TRAIN.EPOCHS) == \
         (320, 3, 0.02, "adam", 7)
     assert fam.TRAIN.RANDOM_TRANSFORM is True and fam.OUTPUT_DIR == str(tmp_path / "m")
+    assert fam.TRAIN.AUGMENTATIONS == [{"name": "RandomFlip"}]   # M2Det runs the listed transforms
     # the rest comes from the family's speedtrap config
     assert fam.MODEL.BACKBONE == "mobilenetv2"
 
