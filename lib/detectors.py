@@ -213,7 +213,7 @@ def family_config(cfg, classes=None, train_size=None):
         if augment is not None:
             train["RANDOM_TRANSFORM"] = augment
         if isinstance(cfg.TRAIN.AUGMENT, list) and cfg.TRAIN.AUGMENT:
-            # M2Det takes the list itself (lib.transforms names or {name: ..., args} specs, in order)
+            # the list itself (lib.transforms names or {name: ..., args} specs, in order)
             train["AUGMENTATIONS"] = list(cfg.TRAIN.AUGMENT)
         batch_key = "BATCH_SIZE"
         cap_key = "MAX_ITERS_PER_EPOCH"
@@ -231,6 +231,8 @@ def family_config(cfg, classes=None, train_size=None):
             model["NUM_CLASSES"] = len(classes)
         if augment is not None:
             train["AUGMENT"] = augment
+        if isinstance(cfg.TRAIN.AUGMENT, list) and cfg.TRAIN.AUGMENT:
+            train["AUGMENTATIONS"] = list(cfg.TRAIN.AUGMENT)   # drawn once per clip
         batch_key, cap_key = "BATCH_SIZE", "MAX_BATCHES"
         mapped = {"MODEL": model, "TRAIN": train}
         if classes is not None:

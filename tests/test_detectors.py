@@ -53,6 +53,7 @@ OUTPUT_DIR: {out}
         fam = detectors.family_config(cfg, ["a", "b"])
         assert (fam.MODEL.TYPE, fam.MODEL.IMAGE_SIZE, fam.MODEL.NUM_CLASSES) == (family, 256, 2)
         assert (fam.TRAIN.BATCH_SIZE, fam.TRAIN.LR, fam.TRAIN.EPOCHS, fam.TRAIN.AUGMENT) == (3, 0.02, 7, True)
+        assert fam.TRAIN.AUGMENTATIONS == [{"name": "RandomFlip"}]
         assert fam.DATASET.CLASSES == ["a", "b"]
 
     for family in ("rfcn", "fgfa"):
