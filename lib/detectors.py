@@ -189,11 +189,11 @@ def _rescale_lr_steps(train, base_epochs, source, overridden):
     train["LR_STEPS"] = new
 
 
-def family_config(cfg, classes=None, train_size=None):
+def family_config(cfg, classes=None, train_size=None, still_images=0):
     """The family's own config (EasyDict) for a recipe config: BASE <- OVERRIDES <- mapped keys.
 
-    ``classes`` / ``train_size`` (number of training images) complete the class count and turn
-    TRAIN.ITERATIONS into epochs once the data is known.
+    ``classes`` / ``train_size`` (number of training images, ``still_images`` of them outside any
+    video) complete the class count and turn TRAIN.ITERATIONS into epochs once the data is known.
     """
     family = cfg.DETECTOR
     base = _abs(cfg.BASE or DEFAULT_BASES[family])
@@ -283,10 +283,13 @@ def family_config(cfg, classes=None, train_size=None):
     base_epochs = plain["TRAIN"].get("EPOCHS")
     plain = merge(plain, mapped, source=f"{source} (mapped keys)", open_keys=open_keys)
     if cfg.TRAIN.ITERATIONS and train_size:
-        batch = int(plain["TRAIN"][batch_key])
+        batch, samples = int(plain["TRAIN"][batch_key]), train_size
         if family in ("ssdlite", "lstm_ssd"):
-            batch *= int(plain["TRAIN"]["UNROLL"])   # a batch holds BATCH_SIZE clips of UNROLL frames
-        per_epoch = max(1, math.ceil(train_size / batch))
+            # an epoch holds about one clip of UNROLL frames per UNROLL video frames, and one
+            # (pseudo-video) clip per still image (training tiles are still images)
+            unroll, mode = int(plain["TRAIN"]["UNROLL"]), plain["TRAIN"].get("STILL_IMAGES", "pseudo")
+            samples = (train_size - still_images) / unroll + (still_images if mode != "skip" else 0)
+        per_epoch = max(1, math.ceil(samples / batch))
         iterations = int(cfg.TRAIN.ITERATIONS)
         plain["TRAIN"]["EPOCHS"] = max(1, math.ceil(iterations / per_epoch))
         if cap_key and iterations < per_epoch:
@@ -604,7 +607,7 @@ def train(cfg, train_set=None, val_set=None, progress=None):
     val_set = val_set if val_set is not None else load_data(cfg, "VAL", classes)
     if cfg.TILING.TRAIN.ENABLED:
         train_set = tile_dataset(train_set, os.path.join(out_dir, "train_tiles"), cfg.TILING.TRAIN)
-    fam = family_config(cfg, classes, len(train_set))
+    fam = family_config(cfg, classes, len(train_set), still_images=sum(r.video is None for r in train_set.records))
     if progress is not None:
         fam.TRAIN.PROGRESS = bool(progress)
     _write_run_meta(out_dir, cfg, fam, classes)

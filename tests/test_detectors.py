@@ -94,6 +94,13 @@ def test_overrides_and_iterations(tmp_path):
                          "TRAIN: {BATCH_SIZE: 2, ITERATIONS: 3}\n")
     fam = detectors.family_config(cfg, ["a"], train_size=80)   # 2 clips x 4 frames per batch: 10 per epoch
     assert fam.TRAIN.EPOCHS == 1 and fam.TRAIN.MAX_BATCHES == 3
+    # 40 video frames (10 clips of 4) + 40 still images (one pseudo-video clip each): 25 batches of 2 clips
+    cfg = _cfg(tmp_path, "DETECTOR: lstm_ssd\nBASE: experiments/lstm_ssd/cfgs/tiny_test.yaml\n"
+                         "TRAIN: {BATCH_SIZE: 2, ITERATIONS: 30}\n")
+    fam = detectors.family_config(cfg, ["a"], train_size=80, still_images=40)
+    assert fam.TRAIN.UNROLL == 4 and fam.TRAIN.EPOCHS == 2
+    fam = detectors.family_config(cfg, ["a"], train_size=80, still_images=0)   # 10 batches per epoch
+    assert fam.TRAIN.EPOCHS == 3
 
 
 @pytest.mark.parametrize("family, backbone, key, value", [
