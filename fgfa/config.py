@@ -116,6 +116,10 @@ DEFAULTS = {
         "CALIB_FRAMES": 8,             #   on this many training frames; reports go to test_int8/
         "HYBRIDIZE": True,
         "EVAL_METRIC": "auto",         # auto (vid when tracks exist, else voc) | vid | voc
+        # split: the window sees the test split's frames only; video: whole videos of DATASET.TEST
+        # without its SPLIT / IMAGE_SET are streamed (true neighbours when a random split leaves gaps)
+        # and only the split's frames are reported (ignored without aggregation: same results)
+        "CONTEXT": "split",
         "VIS_THRESH": 0.5,
     },
 }

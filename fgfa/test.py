@@ -12,6 +12,8 @@ import time
 
 import numpy as np
 
+from lib.config import ConfigError
+from lib.dataset import whole_videos_spec
 from lib.dataset.io import DatasetError, read_image
 from lib.runtime import get_context
 from lib.train import CheckpointError, CheckpointManager, setup_logger
@@ -68,12 +70,56 @@ def group_videos(dataset, max_frames=0):
     return groups
 
 
-def detect_dataset(model, dataset, cfg, ctx=None, progress=True, logger=None):
-    """Run window inference over every video. Returns (records, detections, seconds per frame)."""
-    from lib.nms import seq_nms
+def context_groups(dataset, context, max_frames=0):
+    """Videos of ``context`` (the same images without the split) that hold frames of ``dataset``.
+
+    -> (groups over context records, {context index: dataset index}); frames of ``dataset`` that no
+    context video holds keep their own videos. A random split leaves gaps between the test frames of
+    a video; streaming the whole video gives the window its true neighbours, and only the split's
+    frames are reported.
+    """
+    wanted = {os.path.abspath(r.image): i for i, r in enumerate(dataset.records)}
+    groups, report, covered = [], {}, set()
+    for name, idx in group_videos(context, max_frames):
+        hits = {j: wanted[os.path.abspath(context.records[j].image)] for j in idx
+                if os.path.abspath(context.records[j].image) in wanted}
+        if hits:
+            groups.append((name, idx))
+            report.update(hits)
+            covered.update(hits.values())
+    return groups, report, covered
+
+
+def detect_dataset(model, dataset, cfg, ctx=None, progress=True, logger=None, context=None):
+    """Run window inference over every video. Returns (records, detections, seconds per frame).
+
+    ``context``: the dataset without its split (TEST.CONTEXT: video); its videos are streamed whole
+    and the results of ``dataset``'s frames are returned."""
     ctx = ctx or get_context(cfg.CONTEXT)
     detector = VideoDetector(model, ctx, preprocess=make_preprocess(cfg))
-    groups = group_videos(dataset, cfg.DATASET.TEST_MAX_FRAMES)
+    streams = [(dataset, group_videos(dataset, cfg.DATASET.TEST_MAX_FRAMES), None)]
+    if context is not None:
+        groups, report, covered = context_groups(dataset, context, cfg.DATASET.TEST_MAX_FRAMES)
+        rest = [(n, [i for i in idx if i not in covered]) for n, idx in streams[0][1]]
+        streams = [(context, groups, (report, dataset.records)),
+                   (dataset, [(n, idx) for n, idx in rest if idx], None)]
+    records, detections, seconds, total = [], [], 0.0, 0
+    for source, groups, report in streams:
+        r, d, sec, n = _detect_groups(detector, source, groups, report, cfg, progress, logger)
+        records += r
+        detections += d
+        seconds += sec
+        total += n
+    if logger:
+        logger.info("tested %d frames (%d streamed) in %d videos: %.1f ms/frame", len(records), total,
+                    sum(len(g) for _, g, _ in streams), 1000.0 * seconds / max(total, 1))
+    return records, detections, seconds / max(total, 1)
+
+
+def _detect_groups(detector, dataset, groups, report, cfg, progress, logger):
+    """Stream each group; -> (records, detections, seconds, frames streamed). ``report``: None (every
+    frame is reported as itself) or ({kept index: position in reported records}, reported records)."""
+    from lib.nms import seq_nms
     total = sum(len(idx) for _, idx in groups)
     bar = None
     if progress:
@@ -111,14 +157,16 @@ def detect_dataset(model, dataset, cfg, ctx=None, progress=True, logger=None):
             per_frame = seq_nms(per_frame, link_iou=cfg.TEST.SEQ_NMS_LINK_IOU,
                                 suppress_iou=cfg.TEST.SEQ_NMS_SUPPRESS_IOU,
                                 rescore=cfg.TEST.SEQ_NMS_RESCORE, nms_iou=cfg.TEST.NMS)
-        records.extend(dataset.records[i] for i in idx)
-        detections.extend(per_frame)
+        for i, result in zip(idx, per_frame):
+            if report is None:
+                records.append(dataset.records[i])
+                detections.append(result)
+            elif i in report[0]:
+                records.append(report[1][report[0][i]])
+                detections.append(result)
     if bar is not None:
         bar.close()
-    if logger:
-        logger.info("tested %d frames in %d videos: %.1f ms/frame", total, len(groups),
-                    1000.0 * seconds / max(total, 1))
-    return records, detections, seconds / max(total, 1)
+    return records, detections, seconds, total
 
 
 def evaluate(records, detections, classes, metric="auto"):
@@ -160,6 +208,19 @@ def calibration_frames(cfg, count):
     return np.stack(frames)
 
 
+def test_context(cfg, dataset):
+    """TEST.CONTEXT: video -> DATASET.TEST without its split (the whole videos), else None."""
+    source = cfg.get("CONFIG_FILE") or "config"
+    if cfg.TEST.CONTEXT not in ("split", "video"):
+        raise ConfigError(f"{source}: TEST.CONTEXT must be 'split' or 'video', got {cfg.TEST.CONTEXT!r}")
+    if cfg.TEST.CONTEXT == "split" or not cfg.NETWORK.AGGREGATE:
+        return None     # a frame detector (R-FCN) gives the same results without the neighbours
+    spec = whole_videos_spec(cfg.DATASET.TEST)
+    if spec is None:
+        return None     # the test set is whole videos already
+    return load_split(spec, source)     # only its images are used: the split's records are reported
+
+
 def run_test(cfg, model=None, classes=None, dataset=None, checkpoint=None, logger=None, progress=True):
     """Test phase of train_test.py; returns the metrics dict."""
     out_dir = output_dir(cfg)
@@ -177,7 +238,8 @@ def run_test(cfg, model=None, classes=None, dataset=None, checkpoint=None, logge
         calib = calibration_frames(cfg, cfg.TEST.CALIB_FRAMES)
         model.quantize_features(calib)
         logger.info("int8 backbone + feature conv, calibrated on %d training frames", len(calib))
-    records, detections, spf = detect_dataset(model, dataset, cfg, ctx, progress, logger)
+    context = test_context(cfg, dataset)
+    records, detections, spf = detect_dataset(model, dataset, cfg, ctx, progress, logger, context=context)
     result = evaluate(records, detections, classes, cfg.TEST.EVAL_METRIC)
     suffix = ("_seqnms" if cfg.TEST.SEQ_NMS else "") + ("_int8" if cfg.TEST.QUANTIZE == "int8" else "")
     test_dir = os.path.join(out_dir, "test" + suffix)

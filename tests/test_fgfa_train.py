@@ -238,3 +238,44 @@ def test_training_tiles_are_one_crop_of_the_whole_sample(synthetic_root, tmp_pat
         assert len(t_boxes) >= 1
         checked += 1
     assert checked >= 5
+
+
+def test_test_context_streams_whole_videos_and_reports_the_split(synthetic_root, tmp_path):
+    """TEST.CONTEXT: video. Oracle: the same model streamed over the whole video, its results at the
+    split's frames; a still image outside every video keeps its own result."""
+    from fgfa.test import detect_dataset, test_context
+    from lib.config import ConfigError
+    from lib.dataset import whole_videos_spec
+    cfg = _cfg(TINY, synthetic_root, str(tmp_path / "ctx"), "TEST.K=2", "TEST.SCORE_THRESH=0.0")
+    full = load_train_set(cfg)
+    video = list(full.snippets().values())[0]
+    whole = DetectionDataset(video, full.classes, "whole")
+    import shutil
+    from lib.dataset import Record
+    shutil.copy(video[0].image, tmp_path / "still.jpg")
+    still = Record(image=str(tmp_path / "still.jpg"), width=video[0].width, height=video[0].height,
+                   boxes=video[0].boxes, labels=video[0].labels, image_id="still")
+    picked = [1, 4, 5, 9]                     # a random split leaves gaps between the test frames
+    split = DetectionDataset([video[i] for i in picked] + [still], full.classes, "split")
+    mx.random.seed(0)
+    model = build_model(cfg, 2)
+    for pred in model.flownet.flow_preds:    # non-zero flows: the neighbours really matter
+        pred.weight.set_data(mx.nd.random.normal(0, 0.05, pred.weight.shape))
+    _, oracle, _ = detect_dataset(model, whole, cfg, progress=False)
+    records, detections, _ = detect_dataset(model, split, cfg, progress=False, context=whole)
+    assert [r.image_id for r in records] == [video[i].image_id for i in picked] + ["still"]
+    for k, i in enumerate(picked):
+        for got, want in zip(detections[k], oracle[i]):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    _, alone, _ = detect_dataset(model, split, cfg, progress=False)     # the split's frames only
+    assert any(not np.allclose(a[1], o[1], atol=1e-4) if a[1].shape == o[1].shape else True
+               for a, o in zip(alone[:4], detections[:4]))
+    # the spec without its subset key, per format; bad values name the key
+    assert whole_videos_spec({"FORMAT": "voc", "ROOT": "r", "SPLIT": "test"}) == {"FORMAT": "voc", "ROOT": "r"}
+    assert whole_videos_spec({"FORMAT": "vid", "ROOT": "r", "IMAGE_SET": "s", "SPLIT": "val"}) == \
+        {"FORMAT": "vid", "ROOT": "r", "SPLIT": "val"}
+    assert whole_videos_spec({"FORMAT": "coco", "ANNOTATIONS": "a.json"}) is None
+    assert test_context(cfg, split) is None   # TEST.CONTEXT: split (default)
+    cfg.TEST.CONTEXT = "videos"
+    with pytest.raises(ConfigError, match="TEST.CONTEXT"):
+        test_context(cfg, split)

@@ -61,6 +61,20 @@ _REQUIRED = {"voc": ["ROOT"], "coco": ["ANNOTATIONS"], "csv": ["ANNOTATIONS"], "
              "tfrecord": ["PATHS", "OUT_DIR"], "recordio": ["PREFIX"], "synthetic": ["ROOT"]}
 
 
+# the key that picks a subset of a format's frames (a split list, an image set)
+_SUBSET_KEYS = {"voc": "SPLIT", "kitti": "SPLIT", "vid": "IMAGE_SET", "synthetic": "IMAGE_SET"}
+
+
+def whole_videos_spec(spec):
+    """The spec of the same images without the subset of frames it picks (voc/kitti SPLIT,
+    vid/synthetic IMAGE_SET); None when it picks no subset (the videos are whole already)."""
+    spec = {str(k).upper(): v for k, v in dict(spec).items()}
+    key = _SUBSET_KEYS.get(str(spec.get("FORMAT", "")).lower())
+    if key is None or spec.get(key) in (None, ""):
+        return None
+    return {k: v for k, v in spec.items() if k != key}
+
+
 def load_dataset(spec):
     """Load a dataset from a config mapping (see the module docstring for the keys of each FORMAT).
     Unknown keys and missing required keys are errors naming the key."""
