@@ -36,7 +36,8 @@ def main(argv=None):
     print(json.dumps({"detector": cfg.DETECTOR, "out_dir": result["out_dir"], "classes": result["classes"],
                       "train_images": result["train_images"], "checkpoint": summary.get("checkpoint"),
                       "wall_time": summary.get("wall_time")}, indent=1, default=str))
-    print(f"next: python -m lib.tools.export --model {result['out_dir']} --cfg {args.cfg} --format mxnet "
+    # the run folder keeps its config (custom.yaml, with any --set applied): export needs no --cfg
+    print(f"next: python -m lib.tools.export --model {result['out_dir']} --format mxnet "
           f"--out {result['out_dir']}/export")
     return 0
 
