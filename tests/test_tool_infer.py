@@ -119,3 +119,40 @@ def test_int8_quantized_artifact_runs_and_stays_close(artifact, tmp_path):
     np.testing.assert_array_equal(fp32[2], int8[2])
     np.testing.assert_allclose(int8[1], fp32[1], atol=0.05)
     np.testing.assert_allclose(int8[0], fp32[0], atol=2.0)
+    meta = json.load(open(os.path.join(out, "meta.json")))
+    assert meta["quantized"]["check"]["broken_boxes"] == 0 and meta["quantized"]["check"]["agreement"] >= 0.5
+
+
+def test_int8_check_agreement_hand_cases():
+    from lib.tools.quantize import agreement
+    fp32 = [(np.array([[0, 0, 10, 10], [20, 20, 40, 40]], np.float32), np.array([0.9, 0.6]), np.array([0, 1])),
+            (np.array([[0, 0, 8, 8]], np.float32), np.array([0.1]), np.array([0]))]   # low score: its top 5
+    same = [(fp32[0][0] + 1, np.array([0.8, 0.5]), np.array([0, 1])), fp32[1]]
+    assert agreement(fp32, same) == (1.0, 0)                       # IoU 0.68 and 0.82: all found
+    wrong_class = [(fp32[0][0], np.array([0.8, 0.5]), np.array([0, 0])), fp32[1]]
+    assert agreement(fp32, wrong_class) == (2 / 3, 0)
+    broken = [(np.array([[5, 0, 1, 0], [20, 20, 40, 40]], np.float32), np.array([0.5, 0.5]), np.array([0, 1])),
+              (np.array([[np.nan, 0, 8, 8]], np.float32), np.array([0.5]), np.array([0]))]
+    assert agreement(fp32, broken) == (1 / 3, 2)
+
+
+def test_int8_artifact_that_breaks_the_detections_is_refused(artifact, tmp_path, monkeypatch, capsys):
+    """A quantized graph whose boxes come out broken (as MXNet 1.9 gave for a trained M2Det) is not
+    written: exit code 5 naming the model; --no-check keeps it."""
+    from lib.tools import infer, quantize
+    _, model, frames, _, _ = artifact
+    real_call = infer.ExportedDetector.__call__
+
+    def broken_if_int8(self, frame):
+        boxes, scores, ids = real_call(self, frame)
+        if self.meta.get("quantized"):
+            boxes = boxes[:, [2, 1, 0, 3]] - [0, 0, 1, 0]      # x2 < x1
+        return boxes, scores, ids
+    monkeypatch.setattr(infer.ExportedDetector, "__call__", broken_if_int8)
+    out = str(tmp_path / "int8")
+    assert quantize.main(["--model", model, "--calib", frames, "--out", out, "--num-calib", "3"]) == 5
+    err = capsys.readouterr().err
+    assert not os.path.exists(out) and "does not reproduce" in err
+    assert "quantizing again with ['elemwise_add'] in float" in err      # the fallback was tried first
+    assert quantize.main(["--model", model, "--calib", frames, "--out", out, "--num-calib", "3", "--no-check"]) == 0
+    assert os.path.isfile(os.path.join(out, "model-symbol.json"))

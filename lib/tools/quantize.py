@@ -5,7 +5,11 @@
 
 Convolutions and fully-connected layers run in int8, calibrated on a few frames that go through
 the artifact's own pre-processing; the detection post-processing (decode, NMS) stays in float.
-The result is a normal exported artifact (same meta.json) that ``lib.tools.infer`` runs.
+The result is a normal exported artifact (same meta.json) that ``lib.tools.infer`` runs. It is
+checked against the fp32 artifact on the calibration frames (meta.json "quantized.check"): broken
+boxes, or fewer than half of the fp32 detections found again, make it quantize once more with the
+elementwise adds in float; broken boxes after that fail with exit code 5 and nothing written
+(``--no-check`` keeps it), a low agreement alone is a warning.
 """
 import argparse
 import json
@@ -39,14 +43,57 @@ def calibration_batches(detector, source, num):
     return np.concatenate(batches)
 
 
-def quantize(model_dir, calib_source, out_dir, num_calib=16, calib_mode="naive", exclude=()):
+class QuantizationCheckError(RuntimeError):
+    """The int8 artifact does not reproduce the fp32 one on the calibration frames."""
+
+
+def agreement(fp32_outputs, int8_outputs, min_score=0.3, iou=0.5):
+    """Share of the fp32 detections (score >= min_score; else each frame's top 5) that the int8 model
+    finds again (same class, IoU >= iou), and the number of broken int8 boxes (non-finite, x2 < x1,
+    y2 < y1). Outputs: per frame (boxes (N,4), scores (N,), class ids (N,))."""
+    from lib.bbox import box_iou_np
+    wanted = found = broken = 0
+    for (fb, fs, fi), (qb, qs, qi) in zip(fp32_outputs, int8_outputs):
+        qb = np.asarray(qb, np.float64).reshape(-1, 4)
+        bad = ~np.isfinite(qb).all(axis=1) | (qb[:, 2] < qb[:, 0]) | (qb[:, 3] < qb[:, 1]) | \
+            ~np.isfinite(np.asarray(qs, np.float64))
+        broken += int(bad.sum())
+        keep = np.where(np.asarray(fs) >= min_score)[0]
+        if keep.size == 0:
+            keep = np.argsort(-np.asarray(fs))[:5]
+        wanted += keep.size
+        good = np.where(~bad)[0]
+        if keep.size and good.size:
+            overlaps = box_iou_np(np.asarray(fb, np.float64).reshape(-1, 4)[keep], qb[good])
+            same = np.asarray(fi)[keep][:, None] == np.asarray(qi)[good][None, :]
+            found += int(((overlaps >= iou) & same).any(axis=1).sum())
+    return (found / wanted if wanted else 1.0), broken
+
+
+def check_against_fp32(model_dir, out_dir, frames):
+    """-> {agreement, broken_boxes, frames}: the int8 artifact against the fp32 one on ``frames``."""
+    from lib.tools.infer import ExportedDetector
+    fp32, int8 = ExportedDetector(model_dir, "mxnet"), ExportedDetector(out_dir, "mxnet")
+    share, broken = agreement([fp32(f) for f in frames], [int8(f) for f in frames])
+    return {"agreement": round(float(share), 4), "broken_boxes": broken, "frames": len(frames)}
+
+
+def _problem(result, model_dir, out_dir, min_agreement):
+    if not result["broken_boxes"] and result["agreement"] >= min_agreement:
+        return None
+    return (f"{out_dir}: the int8 model does not reproduce {model_dir} on {result['frames']} calibration "
+            f"frames ({result['broken_boxes']} broken boxes, {result['agreement']:.0%} of the fp32 detections "
+            f"found)")
+
+
+# MXNet 1.9's int8 elementwise add outside a conv+sum fusion broke M2Det's MobileNetV2 residuals
+# (every box degenerate); when the check fails, quantization is redone with these kept in float
+FALLBACK_FLOAT_OPERATORS = ("elemwise_add",)
+
+
+def _quantize_once(model_dir, calib, calib_mode, exclude, exclude_operators, out_dir):
     import mxnet as mx
     from mxnet.contrib.quantization import quantize_net
-    from lib.tools.infer import ExportedDetector
-    if not mx.runtime.Features().is_enabled("MKLDNN"):
-        raise SystemExit("error: this mxnet build has no MKLDNN (oneDNN): int8 CPU quantization needs it")
-    detector = ExportedDetector(model_dir, "mxnet")
-    calib = calibration_batches(detector, calib_source, num_calib)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         net = mx.gluon.SymbolBlock.imports(os.path.join(model_dir, "model-symbol.json"), ["data"],
@@ -54,15 +101,56 @@ def quantize(model_dir, calib_source, out_dir, num_calib=16, calib_mode="naive",
     # a DataIter (not a DataLoader): quantize_net then feeds `data` alone to the network
     data_iter = mx.io.NDArrayIter(data=mx.nd.array(calib), batch_size=1, data_name="data")
     qnet = quantize_net(net, quantized_dtype="auto", calib_data=data_iter, calib_mode=calib_mode,
-                        num_calib_examples=len(calib), exclude_layers=list(exclude) or None, ctx=mx.cpu())
+                        num_calib_examples=len(calib), exclude_layers=list(exclude) or None,
+                        exclude_operators=list(exclude_operators) or None, ctx=mx.cpu())
     qnet(mx.nd.array(calib[:1]))  # the quantized graph is only materialised (and exportable) after a forward
     os.makedirs(out_dir, exist_ok=True)
     qnet.export(os.path.join(out_dir, "model"))
-    meta = dict(detector.meta)
-    meta["quantized"] = {"dtype": "int8", "calib_mode": calib_mode, "num_calib": int(len(calib)),
-                         "source": os.path.abspath(model_dir)}
+
+
+def _write_meta(out_dir, meta):
     with open(os.path.join(out_dir, "meta.json"), "w", encoding="utf-8") as f:
         json.dump(meta, f, indent=1)
+
+
+def quantize(model_dir, calib_source, out_dir, num_calib=16, calib_mode="naive", exclude=(), check=True,
+             exclude_operators=(), min_agreement=0.5):
+    """Write the int8 artifact and, with ``check``, compare it with the fp32 one on the calibration
+    frames: broken boxes or fewer than ``min_agreement`` of the fp32 detections found again -> retried
+    once with FALLBACK_FLOAT_OPERATORS in float (when the caller chose no operators); broken boxes
+    after that raise QuantizationCheckError, a low agreement alone is a warning (meta.json keeps it)."""
+    import mxnet as mx
+    from lib.tools.infer import ExportedDetector, iterate_frames
+    if not mx.runtime.Features().is_enabled("MKLDNN"):
+        raise SystemExit("error: this mxnet build has no MKLDNN (oneDNN): int8 CPU quantization needs it")
+    detector = ExportedDetector(model_dir, "mxnet")
+    calib = calibration_batches(detector, calib_source, num_calib)
+    frames = [f for _, f in zip(range(num_calib), (f for _, f in iterate_frames(calib_source)))] if check else []
+    attempts = [list(exclude_operators)]
+    if check and not exclude_operators:
+        attempts.append(list(FALLBACK_FLOAT_OPERATORS))
+    for k, operators in enumerate(attempts):
+        _quantize_once(model_dir, calib, calib_mode, exclude, operators, out_dir)
+        meta = dict(detector.meta)
+        meta["quantized"] = {"dtype": "int8", "calib_mode": calib_mode, "num_calib": int(len(calib)),
+                             "source": os.path.abspath(model_dir), "float_operators": operators}
+        _write_meta(out_dir, meta)      # before the check too: the check loads the artifact
+        problem = None
+        if check:
+            meta["quantized"]["check"] = check_against_fp32(model_dir, out_dir, frames)
+            problem = _problem(meta["quantized"]["check"], model_dir, out_dir, min_agreement)
+            _write_meta(out_dir, meta)
+        if problem is None:
+            break
+        if k + 1 < len(attempts):
+            print(f"note: {problem}; quantizing again with {attempts[k + 1]} in float", file=sys.stderr)
+        elif meta["quantized"]["check"]["broken_boxes"]:
+            raise QuantizationCheckError(f"{problem}: keep the failing layers in float (--exclude NAME ..., "
+                                         f"--exclude-ops TYPE ...), try --calib-mode entropy, or use the fp32 "
+                                         f"artifact")
+        else:   # boxes are sound; a weakly trained model reorders its low scores under int8
+            print(f"warning: {problem}: compare both with experiments/custom/evaluate.py before using it",
+                  file=sys.stderr)
     return out_dir
 
 
@@ -74,12 +162,22 @@ def main(argv=None):
     parser.add_argument("--num-calib", type=int, default=16)
     parser.add_argument("--calib-mode", choices=["naive", "entropy"], default="naive")
     parser.add_argument("--exclude", nargs="*", default=[], help="layer names to keep in float")
+    parser.add_argument("--exclude-ops", nargs="*", default=[],
+                        help="operator types to keep in float (e.g. Concat elemwise_add)")
+    parser.add_argument("--no-check", action="store_true",
+                        help="keep the int8 artifact even when it does not reproduce the fp32 detections")
     args = parser.parse_args(argv)
     if os.path.abspath(args.out) == os.path.abspath(args.model):
         raise SystemExit("error: --out must differ from --model (the fp32 artifact is kept)")
     if os.path.isdir(args.out):
         shutil.rmtree(args.out)
-    quantize(args.model, args.calib, args.out, args.num_calib, args.calib_mode, args.exclude)
+    try:
+        quantize(args.model, args.calib, args.out, args.num_calib, args.calib_mode, args.exclude,
+                 check=not args.no_check, exclude_operators=args.exclude_ops)
+    except QuantizationCheckError as err:
+        shutil.rmtree(args.out, ignore_errors=True)
+        print(f"error: {err} (nothing written; --no-check keeps it)", file=sys.stderr)
+        return 5
     print(f"wrote int8 artifact {args.out}")
     return 0
 
