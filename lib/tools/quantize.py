@@ -22,11 +22,12 @@ import numpy as np
 
 
 def calibration_batches(detector, source, num):
-    """Pre-processed calibration inputs (num,3,H,W), all at the first frame's input shape."""
+    """-> (pre-processed calibration inputs (num,3,H,W), all at the first frame's input shape; the frames)."""
     import cv2
     from lib.tools.infer import iterate_frames
-    batches, shape = [], None
+    batches, shape, frames = [], None, []
     for _, frame in iterate_frames(source):
+        frames.append(frame)
         data, _ = detector.preprocess(frame)
         if shape is None:
             shape = data.shape
@@ -40,7 +41,7 @@ def calibration_batches(detector, source, num):
             break
     if not batches:
         raise SystemExit(f"error: {source}: no calibration frames")
-    return np.concatenate(batches)
+    return np.concatenate(batches), frames
 
 
 class QuantizationCheckError(RuntimeError):
@@ -120,12 +121,11 @@ def quantize(model_dir, calib_source, out_dir, num_calib=16, calib_mode="naive",
     once with FALLBACK_FLOAT_OPERATORS in float (when the caller chose no operators); broken boxes
     after that raise QuantizationCheckError, a low agreement alone is a warning (meta.json keeps it)."""
     import mxnet as mx
-    from lib.tools.infer import ExportedDetector, iterate_frames
+    from lib.tools.infer import ExportedDetector
     if not mx.runtime.Features().is_enabled("MKLDNN"):
         raise SystemExit("error: this mxnet build has no MKLDNN (oneDNN): int8 CPU quantization needs it")
     detector = ExportedDetector(model_dir, "mxnet")
-    calib = calibration_batches(detector, calib_source, num_calib)
-    frames = [f for _, f in zip(range(num_calib), (f for _, f in iterate_frames(calib_source)))] if check else []
+    calib, frames = calibration_batches(detector, calib_source, num_calib)
     attempts = [list(exclude_operators)]
     if check and not exclude_operators:
         attempts.append(list(FALLBACK_FLOAT_OPERATORS))
