@@ -74,20 +74,19 @@ def context_groups(dataset, context, max_frames=0):
     """Videos of ``context`` (the same images without the split) that hold frames of ``dataset``.
 
     -> (groups over context records, {context index: dataset index}); frames of ``dataset`` that no
-    context video holds keep their own videos. A random split leaves gaps between the test frames of
+    context video holds (not among the mapping's values) keep their own videos. A random split leaves gaps between the test frames of
     a video; streaming the whole video gives the window its true neighbours, and only the split's
     frames are reported.
     """
     wanted = {os.path.abspath(r.image): i for i, r in enumerate(dataset.records)}
-    groups, report, covered = [], {}, set()
+    groups, report = [], {}
     for name, idx in group_videos(context, max_frames):
-        hits = {j: wanted[os.path.abspath(context.records[j].image)] for j in idx
-                if os.path.abspath(context.records[j].image) in wanted}
+        paths = {j: os.path.abspath(context.records[j].image) for j in idx}
+        hits = {j: wanted[p] for j, p in paths.items() if p in wanted}
         if hits:
             groups.append((name, idx))
             report.update(hits)
-            covered.update(hits.values())
-    return groups, report, covered
+    return groups, report
 
 
 def detect_dataset(model, dataset, cfg, ctx=None, progress=True, logger=None, context=None):
@@ -99,7 +98,8 @@ def detect_dataset(model, dataset, cfg, ctx=None, progress=True, logger=None, co
     detector = VideoDetector(model, ctx, preprocess=make_preprocess(cfg))
     streams = [(dataset, group_videos(dataset, cfg.DATASET.TEST_MAX_FRAMES), None)]
     if context is not None:
-        groups, report, covered = context_groups(dataset, context, cfg.DATASET.TEST_MAX_FRAMES)
+        groups, report = context_groups(dataset, context, cfg.DATASET.TEST_MAX_FRAMES)
+        covered = set(report.values())
         rest = [(n, [i for i in idx if i not in covered]) for n, idx in streams[0][1]]
         streams = [(context, groups, (report, dataset.records)),
                    (dataset, [(n, idx) for n, idx in rest if idx], None)]

@@ -201,6 +201,8 @@ def family_config(cfg, classes=None, train_size=None, still_images=0):
     mapped, batch = {}, int(cfg.TRAIN.BATCH_SIZE)
     hw = _input_hw(cfg)
     augment = _augment_enabled(cfg)
+    # M2Det / SSDLite / LSTM-SSD take the list itself (lib.transforms names or specs, in order)
+    augment_list = list(cfg.TRAIN.AUGMENT) if isinstance(cfg.TRAIN.AUGMENT, list) else []
     if family == "m2det":
         from m2det import engine
         from m2det.config import OPEN_KEYS as open_keys
@@ -212,9 +214,8 @@ def family_config(cfg, classes=None, train_size=None, still_images=0):
             model["INPUT_SIZE"] = hw[0]
         if augment is not None:
             train["RANDOM_TRANSFORM"] = augment
-        if isinstance(cfg.TRAIN.AUGMENT, list) and cfg.TRAIN.AUGMENT:
-            # the list itself (lib.transforms names or {name: ..., args} specs, in order)
-            train["AUGMENTATIONS"] = list(cfg.TRAIN.AUGMENT)
+        if augment_list:
+            train["AUGMENTATIONS"] = augment_list
         batch_key = "BATCH_SIZE"
         cap_key = "MAX_ITERS_PER_EPOCH"
         mapped = {"MODEL": model, "TRAIN": train}
@@ -231,8 +232,8 @@ def family_config(cfg, classes=None, train_size=None, still_images=0):
             model["NUM_CLASSES"] = len(classes)
         if augment is not None:
             train["AUGMENT"] = augment
-        if isinstance(cfg.TRAIN.AUGMENT, list) and cfg.TRAIN.AUGMENT:
-            train["AUGMENTATIONS"] = list(cfg.TRAIN.AUGMENT)   # drawn once per clip
+        if augment_list:
+            train["AUGMENTATIONS"] = augment_list   # drawn once per clip
         batch_key, cap_key = "BATCH_SIZE", "MAX_BATCHES"
         mapped = {"MODEL": model, "TRAIN": train}
         if classes is not None:
