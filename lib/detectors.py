@@ -454,6 +454,94 @@ def tile_dataset(dataset, out_dir, tile_cfg):
 
 
 # ------------------------------------------------------------------------------------------------
+# anchor coverage: do the family's anchors fit the training boxes at the scale the network sees them?
+
+COVERAGE_BANDS = (16, 32, 64)   # box height bands (network pixels) of the coverage report
+COVERAGE_WARN = 0.5             # warn when fewer training boxes of a band than this have a matching anchor
+
+
+def anchor_spec(family, fam_cfg, num_classes=1):
+    """The family's anchors as a ``lib.tools.draw`` anchor configuration (TYPE rpn / ssd / multiscale)."""
+    if family == "m2det":
+        from m2det.cli import anchor_spec as m2det_anchor_spec
+        from m2det.detector import M2Det
+        return m2det_anchor_spec(M2Det(fam_cfg.MODEL, int(num_classes)))
+    if family in ("ssdlite", "lstm_ssd"):
+        from lstm_ssd.detector import build_detector
+        net = build_detector(fam_cfg, initialize=False)
+        a = fam_cfg.MODEL.ANCHORS
+        return {"TYPE": "multiscale", "IMAGE_SIZE": int(fam_cfg.MODEL.IMAGE_SIZE),
+                "FEATURE_SIZES": [int(s) for s in net.level_sizes], "MIN_SCALE": float(a.MIN_SCALE),
+                "MAX_SCALE": float(a.MAX_SCALE), "ASPECT_RATIOS": [float(r) for r in a.ASPECT_RATIOS],
+                "REDUCE_LOWEST": bool(a.REDUCE_LOWEST)}
+    if family in ("rfcn", "fgfa"):
+        net, short_long = fam_cfg.NETWORK, fam_cfg.IMAGE.TEST_SCALE
+        return {"TYPE": "rpn", "LEVELS": [{"STRIDE": int(net.FEAT_STRIDE), "BASE_SIZE": float(net.ANCHOR_BASE),
+                                           "SCALES": list(net.ANCHOR_SCALES), "RATIOS": list(net.ANCHOR_RATIOS)}],
+                "RESIZE": {"SHORT": int(short_long[0]), "MAX": int(short_long[1])}}
+    raise ValueError(f"unknown detector family {family!r}; one of {', '.join(FAMILIES)}")
+
+
+def anchor_coverage(dataset, spec, iou=0.5, bands=COVERAGE_BANDS):
+    """Share of the dataset's boxes whose best anchor has IoU >= ``iou``, per box-height band in the
+    pixels the network sees (after its resize). Returns {"iou", "boxes", "matched", "bands": [...]}."""
+    from lib.tools.draw import anchor_match, network_scale
+    best, heights, cache = [], [], {}
+    for rec in dataset.records:
+        if not rec.num_boxes:
+            continue
+        b, _ = anchor_match(spec, rec.boxes, rec.width, rec.height, iou, cache=cache)
+        sy = network_scale(spec, rec.width, rec.height)[1]
+        best.append(b)
+        heights.append((rec.boxes[:, 3] - rec.boxes[:, 1]) * sy)
+    best = np.concatenate(best) if best else np.zeros(0)
+    heights = np.concatenate(heights) if heights else np.zeros(0)
+    edges = [0.0] + [float(v) for v in bands] + [math.inf]
+    rows = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        sel = (heights >= lo) & (heights < hi)
+        rows.append({"min_height": lo, "max_height": None if math.isinf(hi) else hi, "boxes": int(sel.sum()),
+                     "matched": int((best[sel] >= iou).sum())})
+    return {"iou": float(iou), "boxes": int(len(best)), "matched": int((best >= iou).sum()), "bands": rows}
+
+
+def coverage_warnings(coverage, min_boxes=10, warn_below=COVERAGE_WARN):
+    """Messages for the height bands (with at least ``min_boxes`` boxes) that the anchors match poorly."""
+    out = []
+    for row in coverage["bands"]:
+        if row["boxes"] >= min_boxes and row["matched"] < warn_below * row["boxes"]:
+            band = (f"{row['min_height']:g}-{row['max_height']:g} px" if row["max_height"] is not None
+                    else f">= {row['min_height']:g} px")
+            out.append(f"anchors match only {row['matched']} of the {row['boxes']} training boxes {band} high "
+                       f"(best IoU >= {coverage['iou']:g} after the network's resize); those boxes train "
+                       f"with poor targets. Smaller or denser anchors (a stride-8 level), training tiles at "
+                       f"native resolution or a larger input help; `python -m lib.tools.draw --anchors RUN_DIR` "
+                       f"shows the boxes")
+    return out
+
+
+def _report_anchor_coverage(family, fam_cfg, train_set, num_classes, out_dir):
+    import logging
+    log = logging.getLogger("detectors")
+    coverage = anchor_coverage(train_set, anchor_spec(family, fam_cfg, num_classes))
+    tmp = os.path.join(out_dir, "anchor_coverage.json.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(coverage, f, indent=1)
+    os.replace(tmp, os.path.join(out_dir, "anchor_coverage.json"))
+    log.info("anchor coverage (IoU >= %g): %d of %d training boxes; by height %s", coverage["iou"],
+             coverage["matched"], coverage["boxes"],
+             ", ".join(f"[{r['min_height']:g},{'inf' if r['max_height'] is None else format(r['max_height'], 'g')}) "
+                       f"{r['matched']}/{r['boxes']}" for r in coverage["bands"]))
+    if family in ("rfcn", "fgfa"):
+        # two-stage: the RPN also takes each box's best anchor and the RoI head refines the proposal, so
+        # a box without an IoU-0.5 anchor still trains (measured: speedtrap R-FCN, docs/custom_workflow.md)
+        return coverage
+    for message in coverage_warnings(coverage):
+        log.warning(message)
+    return coverage
+
+
+# ------------------------------------------------------------------------------------------------
 # run folders
 
 def _write_run_meta(out_dir, cfg, fam_cfg, classes):
@@ -612,6 +700,7 @@ def train(cfg, train_set=None, val_set=None, progress=None):
     if progress is not None:
         fam.TRAIN.PROGRESS = bool(progress)
     _write_run_meta(out_dir, cfg, fam, classes)
+    _report_anchor_coverage(family, fam, train_set, len(classes), out_dir)
     ctx = get_context(cfg.CONTEXT)
     if family == "m2det":
         from m2det.cli import run_training

@@ -104,6 +104,7 @@ def test_whole_recipe(recipe, capsys):
                               str(split_dir / "train.txt"), "--out", prefix, "--inspect"]) == 0
     packed = load_recordio(prefix)
     assert len(packed) == len(train_ids) and packed.classes == ["disc"]
+    packed_boxes = sum(r.num_boxes for r in packed.records)
 
     # 7. train: one config key chooses the detector; records + background images as training data
     run_dir = root / "run"
@@ -128,6 +129,14 @@ OUTPUT_DIR: {run_dir}
     assert (run_dir / "detector.json").is_file() and list(run_dir.glob("ckpt-*.params"))
     meta = json.loads((run_dir / "detector.json").read_text())
     assert meta == {"detector": "m2det", "classes": ["disc"]}
+    coverage = json.loads((run_dir / "anchor_coverage.json").read_text())
+    assert coverage["boxes"] == sum(b["boxes"] for b in coverage["bands"]) == packed_boxes > 0
+    # the debug drawing with the run's own anchors counts the same matches on the same boxes
+    from lib.tools.draw import main as draw_main
+    assert draw_main(["--data", prefix, "--format", "recordio", "--anchors", str(run_dir),
+                      "--out", str(root / "drawn")]) == 0
+    drawn = json.loads((root / "drawn" / "anchor_coverage.json").read_text())
+    assert (drawn["boxes"], drawn["matched"]) == (coverage["boxes"], coverage["matched"])
 
     # 8. evaluate on the held-out clip + background images
     assert _script("evaluate.py")["main"](["--model", str(run_dir), "--out", str(root / "eval")]) == 0

@@ -254,6 +254,41 @@ def test_iterations_cap_rfcn_key_frames(tmp_path):
 
 # ------------------------------------------------------------------------------------------ export
 
+# ------------------------------------------------------------------------------------ anchor coverage
+
+def test_anchor_coverage_counts_boxes_by_height_in_network_pixels():
+    # one 100x100 anchor on a 100x100 image: IoU 1, 0.5, 0.01 and 0.2 (hand-computed)
+    spec = {"TYPE": "rpn", "LEVELS": [{"STRIDE": 100, "BASE_SIZE": 100, "SCALES": [1], "RATIOS": [1]}]}
+    boxes = np.array([[0, 0, 100, 100], [0, 0, 50, 100], [0, 0, 10, 10], [0, 0, 100, 20]], np.float32)
+    ds = DetectionDataset([Record(image="a.jpg", width=100, height=100, boxes=boxes, labels=[0] * 4),
+                           Record(image="b.jpg", width=100, height=100)], ["x"])
+    cov = detectors.anchor_coverage(ds, spec)
+    assert (cov["boxes"], cov["matched"]) == (4, 2)
+    assert [(b["min_height"], b["boxes"], b["matched"]) for b in cov["bands"]] == \
+        [(0, 1, 0), (16, 1, 0), (32, 0, 0), (64, 2, 2)]
+    warnings = detectors.coverage_warnings(cov, min_boxes=1)
+    assert len(warnings) == 2 and "0 of the 1 training boxes 0-16 px" in warnings[0]
+    assert detectors.coverage_warnings(cov) == []          # bands under 10 boxes are not judged
+    # the network sees a 200x200 frame at half size: heights halve, IoUs stay (anchor in that frame)
+    big = DetectionDataset([Record(image="c.jpg", width=200, height=200, boxes=boxes * 2, labels=[0] * 4)], ["x"])
+    cov = detectors.anchor_coverage(big, dict(spec, RESIZE={"SHORT": 100}))
+    assert [(b["boxes"], b["matched"]) for b in cov["bands"]] == [(1, 0), (1, 0), (0, 0), (2, 2)]
+
+
+def test_anchor_spec_gives_each_family_its_own_anchors(tmp_path):
+    from lib.tools.draw import build_anchors
+    ssd = _untrained(tmp_path, "ssdlite", "experiments/lstm_ssd/cfgs/tiny_test.yaml", ["a", "b"])
+    size = int(ssd.cfg.MODEL.IMAGE_SIZE)
+    spec = detectors.anchor_spec("ssdlite", ssd.cfg, 2)
+    np.testing.assert_allclose(build_anchors(spec, size, size), ssd.net.anchors() * size, atol=1e-4)
+    rfcn = _untrained(tmp_path, "rfcn", "experiments/rfcn/cfgs/rfcn_tiny.yaml", ["a", "b"])
+    spec = detectors.anchor_spec("rfcn", rfcn.cfg, 2)
+    stride = rfcn.cfg.NETWORK.FEAT_STRIDE
+    one_cell = build_anchors(spec, stride, stride)             # the first cell's anchors = the base anchors
+    np.testing.assert_allclose(one_cell, rfcn.net.base_anchors + [0, 0, 1, 1])   # MultiProposal's inclusive x2
+    assert spec["RESIZE"] == {"SHORT": rfcn.cfg.IMAGE.TEST_SCALE[0], "MAX": rfcn.cfg.IMAGE.TEST_SCALE[1]}
+
+
 def _untrained(tmp_path, family, base, classes):
     cfg = _cfg(tmp_path, f"DETECTOR: {family}\nBASE: {base}\nOUTPUT_DIR: {tmp_path / 'run'}\n")
     fam = detectors.family_config(cfg, classes)

@@ -2,7 +2,7 @@
 some anchor matches it (keras-retinanet's debug tool for small-object problems).
 
     python -m lib.tools.draw --data PATH [--format F] [--split S] --out DIR [--limit N]
-        [--anchors ANCHORS.yaml] [--iou 0.5] [--only-unmatched]
+        [--anchors ANCHORS.yaml | RUN_DIR] [--iou 0.5] [--only-unmatched]
 
 Without --anchors boxes are drawn in their class colour. With --anchors a box is GREEN when its best
 anchor has IoU >= --iou and RED otherwise; DIR/anchor_coverage.json lists the unmatched boxes.
@@ -131,6 +131,13 @@ def anchor_match(cfg, boxes, width, height, iou=0.5, path="anchors", cache=None)
     return best, best >= iou
 
 
+def run_anchor_spec(run_dir):
+    """The anchor configuration of a recipe run folder (its detector.json / family.yaml)."""
+    from lib.detectors import anchor_spec, read_run
+    _, _, cfg, fam, classes = read_run(run_dir)
+    return anchor_spec(cfg.DETECTOR, fam, len(classes))
+
+
 def draw_record(image, rec, classes, matched=None, best=None):
     canvas = np.ascontiguousarray(image.copy())
     thick = max(1, int(round(min(rec.width, rec.height) / 400)))
@@ -150,12 +157,15 @@ def main(argv=None):
     add_dataset_args(ap)
     ap.add_argument("--out", required=True, help="folder for the PNGs")
     ap.add_argument("--limit", type=int, default=None, help="draw at most N images")
-    ap.add_argument("--anchors", default=None, help="anchor configuration yaml (see above)")
+    ap.add_argument("--anchors", default=None, help="anchor configuration yaml (see above), or a recipe run folder "
+                    "(experiments/custom/train.py OUTPUT_DIR): that detector's anchors")
     ap.add_argument("--iou", type=float, default=0.5, help="IoU an anchor needs to match a box (default 0.5)")
     ap.add_argument("--only-unmatched", action="store_true", help="with --anchors, write only images with a red box")
     args = ap.parse_args(argv)
     cfg = None
-    if args.anchors:
+    if args.anchors and os.path.isdir(args.anchors):
+        cfg = run_anchor_spec(args.anchors)
+    elif args.anchors:
         with open(args.anchors, "r", encoding="utf-8") as f:
             cfg = {str(k).upper(): v for k, v in (yaml.safe_load(f) or {}).items()}
     try:
