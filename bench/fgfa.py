@@ -48,6 +48,10 @@ SETTINGS = {
     # the reference setting with chained flows: 2 FlowNet runs per new frame instead of 2K per output
     "paper_chained": ("resnet_v1_101_flownet_imagenet_vid_rfcn_end2end_ohem.yaml", ["TEST.FLOW_MODE=chained"], 30,
                       (600, 1000)),
+    # both: the light FlowNet / embeddings with 2 FlowNet runs per new frame
+    "paper_light_chained": ("resnet_v1_101_flownet_imagenet_vid_rfcn_end2end_ohem.yaml",
+                            ["NETWORK.FLOW_WIDTH=0.5", "NETWORK.EMBED_CHANNELS=[256,256,512]",
+                             "TEST.FLOW_MODE=chained"], 30, (600, 1000)),
     # int8 backbone + feature conv (calibrated on the benchmark's random frames: timing only)
     "paper_int8_chained": ("resnet_v1_101_flownet_imagenet_vid_rfcn_end2end_ohem.yaml",
                            ["TEST.FLOW_MODE=chained", "TEST.QUANTIZE=int8"], 30, (600, 1000)),
@@ -172,7 +176,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     settings = (args.settings.split(",") if args.settings else
                 (["quick", "quick_chained", "quick_int8"] if args.quick else
-                 ["paper", "paper_light", "paper_chained", "paper_int8_chained", "cpu", "cpu_chained"]))
+                 ["paper", "paper_light", "paper_chained", "paper_light_chained", "paper_int8_chained", "cpu",
+                  "cpu_chained"]))
     for name in settings:
         if name not in SETTINGS:
             parser.error(f"unknown setting {name!r}; choose from {', '.join(SETTINGS)}")

@@ -247,3 +247,23 @@ def test_labels_survive_the_video(recipe, tmp_path):
         idx = int(rec.image_id)
         np.testing.assert_array_equal(rec.boxes, recipe["truth"][idx][0])
         assert read_image(rec.image).shape == (HEIGHT, WIDTH, 3)
+
+
+def test_per_snippet_ap_splits_the_hold_out():
+    # two snippets: every box of "a" found, the box of "b" missed; a background still image
+    from lib.dataset import DetectionDataset
+    box = np.array([[10, 10, 40, 60]], np.float32)
+    small = np.array([[10, 10, 20, 30]], np.float32)     # 20 px high: a small object
+    recs = [Record(image=f"a{i}.jpg", width=100, height=100, boxes=b, labels=[0], video="a", frame=i)
+            for i, b in enumerate([box, small])]
+    recs.append(Record(image="b0.jpg", width=100, height=100, boxes=box, labels=[0], video="b", frame=0))
+    recs.append(Record(image="bg.jpg", width=100, height=100))
+    ds = DetectionDataset(recs, ["x"])
+    hit = lambda b: (b, np.array([0.9], np.float32), np.array([0]))          # noqa: E731
+    miss = (np.array([[60, 60, 90, 90]], np.float32), np.array([0.8], np.float32), np.array([0]))
+    none = (np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
+    rows = _script("evaluate.py")["per_snippet_ap"](ds, [hit(box), hit(small), miss, none], 32.0)
+    assert list(rows) == ["a", "b"]
+    assert rows["a"]["frames"] == 2 and rows["a"]["boxes"] == 2 and rows["a"]["mAP@0.5"] == pytest.approx(1.0)
+    assert rows["a"]["small_gt"] == 1 and rows["a"]["AP@0.5 small"] == pytest.approx(1.0)
+    assert rows["b"]["mAP@0.5"] == pytest.approx(0.0) and rows["b"]["small_gt"] == 0
