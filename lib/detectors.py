@@ -523,11 +523,9 @@ def coverage_warnings(coverage, min_boxes=10, warn_below=COVERAGE_WARN):
 def _report_anchor_coverage(family, fam_cfg, train_set, num_classes, out_dir):
     import logging
     log = logging.getLogger("detectors")
+    from lib.train.checkpoint import atomic_write_json
     coverage = anchor_coverage(train_set, anchor_spec(family, fam_cfg, num_classes))
-    tmp = os.path.join(out_dir, "anchor_coverage.json.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(coverage, f, indent=1)
-    os.replace(tmp, os.path.join(out_dir, "anchor_coverage.json"))
+    atomic_write_json(os.path.join(out_dir, "anchor_coverage.json"), coverage)
     log.info("anchor coverage (IoU >= %g): %d of %d training boxes; by height %s", coverage["iou"],
              coverage["matched"], coverage["boxes"],
              ", ".join(f"[{r['min_height']:g},{'inf' if r['max_height'] is None else format(r['max_height'], 'g')}) "
@@ -546,10 +544,8 @@ def _report_anchor_coverage(family, fam_cfg, train_set, num_classes, out_dir):
 
 def _write_run_meta(out_dir, cfg, fam_cfg, classes):
     os.makedirs(out_dir, exist_ok=True)
-    tmp = os.path.join(out_dir, RUN_META + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump({"detector": cfg.DETECTOR, "classes": list(classes)}, f, indent=1)
-    os.replace(tmp, os.path.join(out_dir, RUN_META))
+    from lib.train.checkpoint import atomic_write_json
+    atomic_write_json(os.path.join(out_dir, RUN_META), {"detector": cfg.DETECTOR, "classes": list(classes)})
     dump_config(cfg, os.path.join(out_dir, "custom.yaml"))
     dump_config(fam_cfg, os.path.join(out_dir, "family.yaml"))
 
