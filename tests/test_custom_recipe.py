@@ -139,8 +139,22 @@ OUTPUT_DIR: {run_dir}
     assert (drawn["boxes"], drawn["matched"]) == (coverage["boxes"], coverage["matched"])
 
     # 8. evaluate on the held-out clip + background images
-    assert _script("evaluate.py")["main"](["--model", str(run_dir), "--out", str(root / "eval")]) == 0
+    assert _script("evaluate.py")["main"](["--model", str(run_dir), "--out", str(root / "eval"),
+                                           "--save-images", "4", "--image-thresh", "1.0"]) == 0
     metrics = json.loads((root / "eval" / "metrics.json").read_text())
+    assert (root / "eval" / "pr_all.png").is_file() or metrics["mAP@0.5"] is None
+    drawn_frames = sorted((root / "eval" / "images").glob("*.jpg"))
+    assert len(drawn_frames) == 4
+    labelled = [p for p in drawn_frames if p.stem.startswith("frame") and len(truth[int(p.stem[5:])][0])]
+    assert labelled
+    # threshold 1: none of the untrained model's boxes drawn (lib.viz is tested on its own), so the
+    # drawing changed the frame only along the ground-truth box
+    for path in labelled:
+        drawn = cv2.imread(str(path)).astype(int)
+        raw = cv2.imread(str(frames_dir / (path.stem + ".jpg"))).astype(int)
+        x1, y1, _, y2 = (int(v) for v in truth[int(path.stem[5:])][0][0])
+        mid = slice((y1 + y2) // 2, y2 - 1)
+        assert np.abs(drawn - raw)[mid, x1].mean() > 3 * np.abs(drawn - raw).mean()
     empty_test_frames = sum(len(truth[int(n[5:])][0]) == 0 for n in test_ids)
     assert metrics["images"] == FRAMES + 3 and metrics["background_images"] == 3 + empty_test_frames
     fp = metrics["false_positives"]

@@ -1,7 +1,7 @@
 """Evaluate a recipe model on DATA.VAL: mAP@0.5, AP of small objects, false positives per image.
 
     python experiments/custom/evaluate.py --model RUN_DIR_OR_EXPORT_DIR [--cfg CFG] [--tiling on|off]
-                                          [--out DIR]
+                                          [--out DIR] [--save-images N] [--image-thresh T]
 
 --model is a training run folder (or a checkpoint in it: the model runs in this process, video
 families stream each snippet) or an exported artifact folder (meta.json: run through lib.tools.infer's
@@ -9,7 +9,8 @@ runner, as on the device). --cfg gives the recipe config (default: the run's cus
 exported artifact) for DATA.VAL, TILING.INFER and EVAL. With tiling, each frame is detected by sliding
 tiles merged with NMS (lib.tiling.detect_tiled).
 
-Writes OUT/detections.json (COCO results), OUT/metrics.json and OUT/results.md:
+Writes OUT/detections.json (COCO results), OUT/metrics.json, OUT/results.md, PR curves (OUT/pr_*.png)
+and with --save-images N annotated frames (OUT/images/):
 - mAP@0.5 (VOC, lib.eval.voc_ap) on all validation frames;
 - AP@0.5 of small objects: boxes lower than EVAL.SMALL_HEIGHT px count, taller ones are ignored
   like VOC "difficult" boxes (a detection on them is neither right nor wrong);
@@ -112,7 +113,24 @@ def detect_all(model_path, cfg, dataset, tiling):
     return detections, seconds
 
 
-def evaluate(model_path, cfg, tiling=None, out_dir=None):
+def save_annotated(dataset, detections, out_dir, count, threshold):
+    """``count`` validation frames spread over the set, ground truth (green) and detections scoring
+    >= ``threshold`` drawn, as OUT/images/<image id>.jpg; returns the paths."""
+    from lib.viz import draw_detections, draw_ground_truth, save_image
+    picks = np.unique(np.linspace(0, len(dataset) - 1, num=min(count, len(dataset))).round().astype(int))
+    paths = []
+    for i in picks:
+        rec = dataset.records[int(i)]
+        boxes, scores, labels = detections[int(i)]
+        canvas = draw_ground_truth(read_image(rec.image), rec.boxes, rec.labels, dataset.classes)
+        canvas = draw_detections(canvas, boxes, scores, labels, dataset.classes, threshold=threshold)
+        name = str(rec.image_id).replace("/", "__").replace("\\", "__") + ".jpg"
+        paths.append(os.path.join(out_dir, "images", name))
+        save_image(paths[-1], canvas)
+    return paths
+
+
+def evaluate(model_path, cfg, tiling=None, out_dir=None, save_images=0, image_threshold=0.5):
     """-> metrics dict (see the module docstring); writes the files when ``out_dir`` is given."""
     dataset = detectors.load_data(cfg, "VAL", cfg.CLASSES or None)
     if dataset is None or len(dataset) == 0:
@@ -135,6 +153,10 @@ def evaluate(model_path, cfg, tiling=None, out_dir=None):
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
         write_detections(os.path.join(out_dir, "detections.json"), dataset, detections)
+        from lib.eval.plots import save_pr_curves
+        save_pr_curves(voc, out_dir, title=f"{os.path.basename(os.path.abspath(model_path))} mAP@0.5")
+        if save_images:
+            save_annotated(dataset, detections, out_dir, save_images, image_threshold)
         with open(os.path.join(out_dir, "metrics.json"), "w", encoding="utf-8") as f:
             json.dump(metrics, f, indent=1)
         with open(os.path.join(out_dir, "results.md"), "w", encoding="utf-8") as f:
@@ -157,6 +179,9 @@ def main(argv=None):
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--tiling", choices=("on", "off", "config"), default="config")
     parser.add_argument("--out", help="output folder (default: MODEL/eval[_tiled])")
+    parser.add_argument("--save-images", type=int, default=0, metavar="N",
+                        help="also draw N validation frames (spread over the set) into OUT/images")
+    parser.add_argument("--image-thresh", type=float, default=0.5, help="score threshold of the drawn detections")
     args = parser.parse_args(argv)
     try:
         if args.cfg:
@@ -170,7 +195,7 @@ def main(argv=None):
         model_dir = args.model if os.path.isdir(args.model) else os.path.dirname(args.model)
         out = args.out or os.path.join(model_dir, "eval_tiled" if (tiling or (tiling is None and
                                                                                 cfg.TILING.INFER.ENABLED)) else "eval")
-        metrics = evaluate(args.model, cfg, tiling, out)
+        metrics = evaluate(args.model, cfg, tiling, out, args.save_images, args.image_thresh)
     except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
