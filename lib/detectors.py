@@ -759,6 +759,8 @@ def _ssdlite_inference_block(net, post):
             # box_nms keeps the anchor count: at most that many rows per class
             self.max_per_class = min(int(post.MAX_PER_CLASS), int(net.anchors().shape[0]))
             self.max_total = int(post.MAX_TOTAL)
+            top_k = int(post.get("PRE_NMS_TOP_K", 0))
+            self.pre_nms_top_k = top_k if 0 < top_k < int(net.anchors().shape[0]) else -1
             with self.name_scope():
                 self.anchors = self.params.get_constant("anchors", mx.nd.array(net.anchors()[None]))
 
@@ -772,7 +774,8 @@ def _ssdlite_inference_block(net, post):
                 score = F.slice_axis(scores, axis=-1, begin=c, end=c + 1)
                 dets = F.concat(F.ones_like(score) * c, score, boxes, dim=-1)
                 dets = F.contrib.box_nms(dets, overlap_thresh=self.nms_iou, valid_thresh=self.score_thresh,
-                                         topk=-1, coord_start=2, score_index=1, id_index=-1, force_suppress=True)
+                                         topk=self.pre_nms_top_k, coord_start=2, score_index=1, id_index=-1,
+                                         force_suppress=True)
                 per_class.append(F.slice_axis(dets, axis=1, begin=0, end=self.max_per_class))
             # axis -2, not 1: MXNet int8 quantization leaves negative-axis concats in float (a quantized
             # concat would round the scores to the coarse uint8 grid of the box coordinates)

@@ -166,15 +166,17 @@ def soft_nms_np(dets, method="linear", sigma=0.5, iou_threshold=0.3, score_thres
 
 
 def multiclass_nms(boxes, scores, score_threshold=0.05, iou_threshold=0.5, max_per_class=None,
-                   max_total=None, method="hard", sigma=0.5):
+                   max_total=None, method="hard", sigma=0.5, pre_nms_top_k=None):
     """Per-class NMS of a detector's output for one image.
 
     boxes: (P,4) shared by all classes or (P,C,4) per class; scores: (P,C) foreground classes only
     (drop a softmax background column first). score_threshold: scalar or (C,) per class.
     method: 'hard' or soft-NMS 'linear' / 'gaussian' (soft-NMS decays with iou_threshold / sigma and
     drops boxes below score_threshold). At most ``max_per_class`` per class and ``max_total`` overall
-    (None or <= 0: no limit). Returns boxes (K,4), scores (K,), labels (K,) int64 0-based, by
-    decreasing score (ties: lower class, then lower prior index).
+    (None or <= 0: no limit). ``pre_nms_top_k``: per class, only the that many best-scoring candidates
+    above the threshold enter NMS (None or <= 0: all; gluoncv's SSD uses 400), which bounds the cost
+    when a weak model scores every prior above the threshold. Returns boxes (K,4), scores (K,), labels
+    (K,) int64 0-based, by decreasing score (ties: lower class, then lower prior index).
     """
     if method not in ("hard", "linear", "gaussian"):
         raise ValueError("multiclass_nms method must be 'hard', 'linear' or 'gaussian', got %r" % (method,))
@@ -194,6 +196,9 @@ def multiclass_nms(boxes, scores, score_threshold=0.05, iou_threshold=0.5, max_p
         candidates = np.flatnonzero(scores[:, cls] > thresholds[cls])
         if candidates.size == 0:
             continue
+        if pre_nms_top_k is not None and 0 < pre_nms_top_k < candidates.size:
+            best = np.argsort(-scores[candidates, cls], kind="stable")[:int(pre_nms_top_k)]
+            candidates = np.sort(candidates[best])
         cls_boxes = boxes[candidates] if boxes.ndim == 2 else boxes[candidates, cls]
         dets = np.concatenate([cls_boxes, scores[candidates, cls][:, None]], axis=1).astype(dtype)
         if method == "hard":

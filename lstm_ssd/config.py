@@ -30,7 +30,8 @@ DEFAULTS = {
     },
     "MATCHER": {"IOU": 0.5},
     "LOSS": {"CLS_WEIGHT": 1.0, "LOC_WEIGHT": 4.0, "NEG_RATIO": 3, "MAX_NEGATIVES": 3000},
-    "POST_PROCESS": {"SCORE_THRESHOLD": 0.01, "IOU_THRESHOLD": 0.5, "MAX_PER_CLASS": 100, "MAX_TOTAL": 100},
+    "POST_PROCESS": {"SCORE_THRESHOLD": 0.01, "IOU_THRESHOLD": 0.5, "MAX_PER_CLASS": 100, "MAX_TOTAL": 100,
+                     "PRE_NMS_TOP_K": 400},   # per class, best candidates entering NMS (0 = all)
     "INTERLEAVE": {
         "POLICY": "fixed",         # fixed | adaptive | large | small | async
         "TAU": 9,                  # fixed: large every TAU + 1 frames

@@ -170,7 +170,8 @@ class VideoDetector(gluon.Block):
     def postprocess(self, cls, box, widths, heights, post):
         """Raw outputs of one step -> per image (boxes (K,4) pixels, scores (K,), labels (K,) 0-based).
 
-        ``post``: POST_PROCESS config (SCORE_THRESHOLD, IOU_THRESHOLD, MAX_PER_CLASS, MAX_TOTAL).
+        ``post``: POST_PROCESS config (SCORE_THRESHOLD, IOU_THRESHOLD, MAX_PER_CLASS, MAX_TOTAL,
+        PRE_NMS_TOP_K).
         """
         from lib.bbox import clip_boxes, decode_boxes
         from lib.nms import multiclass_nms
@@ -184,7 +185,8 @@ class VideoDetector(gluon.Block):
             boxes = boxes * np.array([widths[i], heights[i], widths[i], heights[i]], dtype=np.float32)
             boxes = clip_boxes(boxes, widths[i], heights[i])
             b, s, l = multiclass_nms(boxes, scores_all[i], post.SCORE_THRESHOLD, post.IOU_THRESHOLD,
-                                     post.MAX_PER_CLASS, post.MAX_TOTAL)
+                                     post.MAX_PER_CLASS, post.MAX_TOTAL,
+                                     pre_nms_top_k=int(post.get("PRE_NMS_TOP_K", 0)))
             out.append((np.asarray(b, np.float32).reshape(-1, 4), np.asarray(s, np.float32).reshape(-1),
                         np.asarray(l, np.int64).reshape(-1)))
         return out

@@ -340,6 +340,25 @@ def test_ssdlite_artifact_equals_numpy_postprocessing(tmp_path):
         assert np.all(boxes >= 0) and np.all(boxes[:, 2] <= w) and np.all(boxes[:, 3] <= h)
 
 
+def test_ssdlite_artifact_pre_nms_top_k_equals_numpy(tmp_path):
+    """POST_PROCESS.PRE_NMS_TOP_K: box_nms's topk in the graph == multiclass_nms(pre_nms_top_k) in numpy."""
+    from lib.tools.infer import ExportedDetector
+    model = _untrained(tmp_path, "ssdlite", "experiments/lstm_ssd/cfgs/tiny_test.yaml", ["a", "b"])
+    images = _images(np.random.default_rng(5), [(48, 80), (90, 70)])
+    unlimited = [model.detect([image])[0] for image in images]
+    model.cfg.POST_PROCESS.PRE_NMS_TOP_K = 3
+    detectors.export(model, str(tmp_path / "art"))
+    runner = ExportedDetector(str(tmp_path / "art"))
+    for image, full in zip(images, unlimited):
+        h, w = image.shape[:2]
+        expected = _sorted(*model.detect([image])[0], w, h)
+        assert 0 < len(expected[1]) <= 2 * 3 < len(full[1])           # the limit is active
+        got = runner(cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+        np.testing.assert_allclose(got[1], expected[1], atol=1e-5)
+        np.testing.assert_allclose(got[0], expected[0], atol=1e-3)
+        np.testing.assert_array_equal(got[2], expected[2])
+
+
 def test_rfcn_artifact_equals_in_process_detector(tmp_path):
     """Padding, im_info, proposals, decode and NMS in the exported graph == fgfa's VideoDetector + numpy."""
     from lib.tools.infer import ExportedDetector

@@ -374,3 +374,17 @@ def test_seq_nms_videos_groups_sorts_and_keeps_the_last_frame():
         seq_nms_videos(["a", "a"], [1, 1], [random_frame(), random_frame()])
     with pytest.raises(ValueError, match="differ in length"):
         seq_nms_videos(["a"], [0, 1], [random_frame()])
+
+
+def test_multiclass_nms_pre_nms_top_k():
+    # A (0.9) suppresses B (0.8, IoU 0.81); C (0.7) is disjoint. With only the best 2 candidates
+    # entering NMS, C never gets there (hand-computed); without the limit it survives.
+    boxes = np.array([[0, 0, 10, 10], [0, 0, 10, 9], [50, 50, 60, 60]], np.float32)
+    scores = np.array([[0.9], [0.8], [0.7]], np.float32)
+    b, s, _ = multiclass_nms(boxes, scores, 0.1, 0.5)
+    np.testing.assert_allclose(s, [0.9, 0.7])
+    b, s, _ = multiclass_nms(boxes, scores, 0.1, 0.5, pre_nms_top_k=2)
+    np.testing.assert_allclose(s, [0.9])
+    np.testing.assert_array_equal(b, boxes[:1])
+    b, s, _ = multiclass_nms(boxes, scores, 0.1, 0.5, pre_nms_top_k=5)   # more than the candidates: all
+    np.testing.assert_allclose(s, [0.9, 0.7])
