@@ -759,7 +759,8 @@ def _ssdlite_inference_block(net, post):
             # box_nms keeps the anchor count: at most that many rows per class
             self.max_per_class = min(int(post.MAX_PER_CLASS), int(net.anchors().shape[0]))
             self.max_total = int(post.MAX_TOTAL)
-            top_k = int(post.get("PRE_NMS_TOP_K", 0))
+            from lstm_ssd.config import pre_nms_top_k
+            top_k = pre_nms_top_k(post)
             self.pre_nms_top_k = top_k if 0 < top_k < int(net.anchors().shape[0]) else -1
             with self.name_scope():
                 self.anchors = self.params.get_constant("anchors", mx.nd.array(net.anchors()[None]))
