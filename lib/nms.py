@@ -173,7 +173,7 @@ def multiclass_nms(boxes, scores, score_threshold=0.05, iou_threshold=0.5, max_p
     (drop a softmax background column first). score_threshold: scalar or (C,) per class.
     method: 'hard' or soft-NMS 'linear' / 'gaussian' (soft-NMS decays with iou_threshold / sigma and
     drops boxes below score_threshold). At most ``max_per_class`` per class and ``max_total`` overall
-    (None or <= 0: no limit). ``pre_nms_top_k``: per class, only the that many best-scoring candidates
+    (None or <= 0: no limit). ``pre_nms_top_k``: per class, only that many best-scoring candidates
     above the threshold enter NMS (None or <= 0: all; gluoncv's SSD uses 400), which bounds the cost
     when a weak model scores every prior above the threshold. Returns boxes (K,4), scores (K,), labels
     (K,) int64 0-based, by decreasing score (ties: lower class, then lower prior index).
