@@ -189,6 +189,21 @@ def _rescale_lr_steps(train, base_epochs, source, overridden):
     train["LR_STEPS"] = new
 
 
+def load_family_config(family, path):
+    """A family yaml through that family's own loader (defaults merged, keys checked): a BASE, or a run's
+    saved family.yaml (keys added since the run was saved get their defaults)."""
+    if family == "m2det":
+        from m2det import engine
+        return engine.build_config(path)
+    if family in ("ssdlite", "lstm_ssd"):
+        from lstm_ssd import config as lstm_config
+        return lstm_config.load(path)
+    if family in ("rfcn", "fgfa"):
+        from fgfa.config import get_config
+        return get_config(path)
+    raise ValueError(f"unknown detector family {family!r}; one of {', '.join(FAMILIES)}")
+
+
 def family_config(cfg, classes=None, train_size=None, still_images=0):
     """The family's own config (EasyDict) for a recipe config: BASE <- OVERRIDES <- mapped keys.
 
@@ -206,7 +221,7 @@ def family_config(cfg, classes=None, train_size=None, still_images=0):
     if family == "m2det":
         from m2det import engine
         from m2det.config import OPEN_KEYS as open_keys
-        fam = engine.build_config(base)
+        fam = load_family_config(family, base)
         model, train = {}, {}
         if hw:
             if hw[0] != hw[1]:
@@ -221,7 +236,7 @@ def family_config(cfg, classes=None, train_size=None, still_images=0):
         mapped = {"MODEL": model, "TRAIN": train}
     elif family in ("ssdlite", "lstm_ssd"):
         from lstm_ssd import config as lstm_config
-        fam = lstm_config.load(base)
+        fam = load_family_config(family, base)
         open_keys = lstm_config.OPEN_KEYS
         model, train = {"TYPE": family}, {}
         if hw:
@@ -240,7 +255,7 @@ def family_config(cfg, classes=None, train_size=None, still_images=0):
             mapped["DATASET"] = {"CLASSES": list(classes)}
     else:
         from fgfa.config import OPEN_KEYS as fgfa_open, get_config, validate
-        fam = get_config(base)
+        fam = load_family_config(family, base)
         open_keys = fgfa_open
         image, train = {}, {}
         if hw:
@@ -575,7 +590,7 @@ def read_run(path):
     saved = read_yaml(os.path.join(folder, "custom.yaml"))
     cfg = EasyDict(merge(CUSTOM_DEFAULTS, saved, source=os.path.join(folder, "custom.yaml"), open_keys=OPEN_KEYS))
     cfg["CONFIG_FILE"] = os.path.join(folder, "custom.yaml")
-    fam = EasyDict(read_yaml(os.path.join(folder, "family.yaml")))
+    fam = load_family_config(cfg.DETECTOR, os.path.join(folder, "family.yaml"))
     fam["CONFIG_FILE"] = os.path.join(folder, "family.yaml")
     fam["OUTPUT_DIR"] = folder
     if meta["detector"] != cfg.DETECTOR:
@@ -759,8 +774,7 @@ def _ssdlite_inference_block(net, post):
             # box_nms keeps the anchor count: at most that many rows per class
             self.max_per_class = min(int(post.MAX_PER_CLASS), int(net.anchors().shape[0]))
             self.max_total = int(post.MAX_TOTAL)
-            from lstm_ssd.config import pre_nms_top_k
-            top_k = pre_nms_top_k(post)
+            top_k = int(post.PRE_NMS_TOP_K)
             self.pre_nms_top_k = top_k if 0 < top_k < int(net.anchors().shape[0]) else -1
             with self.name_scope():
                 self.anchors = self.params.get_constant("anchors", mx.nd.array(net.anchors()[None]))

@@ -65,10 +65,5 @@ DEFAULTS = {
 OPEN_KEYS = ("DATASET.TRAIN", "DATASET.TEST")
 
 
-def pre_nms_top_k(post):
-    """POST_PROCESS.PRE_NMS_TOP_K, with the default for configs saved before the key existed."""
-    return int(post.get("PRE_NMS_TOP_K", DEFAULTS["POST_PROCESS"]["PRE_NMS_TOP_K"]))
-
-
 def load(path=None, overrides=None):
     return load_config(path, DEFAULTS, overrides=overrides, open_keys=OPEN_KEYS)

@@ -175,7 +175,6 @@ class VideoDetector(gluon.Block):
         """
         from lib.bbox import clip_boxes, decode_boxes
         from lib.nms import multiclass_nms
-        from .config import pre_nms_top_k
         anchors = self.anchors()
         cls = cls.asnumpy() if isinstance(cls, mx.nd.NDArray) else cls
         box = box.asnumpy() if isinstance(box, mx.nd.NDArray) else box
@@ -187,7 +186,7 @@ class VideoDetector(gluon.Block):
             boxes = clip_boxes(boxes, widths[i], heights[i])
             b, s, l = multiclass_nms(boxes, scores_all[i], post.SCORE_THRESHOLD, post.IOU_THRESHOLD,
                                      post.MAX_PER_CLASS, post.MAX_TOTAL,
-                                     pre_nms_top_k=pre_nms_top_k(post))
+                                     pre_nms_top_k=int(post.PRE_NMS_TOP_K))
             out.append((np.asarray(b, np.float32).reshape(-1, 4), np.asarray(s, np.float32).reshape(-1),
                         np.asarray(l, np.int64).reshape(-1)))
         return out
