@@ -54,8 +54,7 @@ def build(cfg_name, overrides):
     cfg = lstm_config.load(os.path.join(CFG_DIR, cfg_name), overrides)
     mx.random.seed(0)
     net = build_detector(cfg)
-    s = cfg.MODEL.IMAGE_SIZE
-    net(mx.nd.zeros((1, len(net.extractor_names), 3, s, s)), None, list(net.extractor_names))
+    net(mx.nd.zeros((1, len(net.extractor_names), 3) + net.image_hw), None, list(net.extractor_names))
     return cfg, net
 
 
@@ -63,9 +62,8 @@ def time_stream(net, schedule, frames, warmup, postprocess=None):
     """Median-free steady-state timing: total seconds of ``frames`` streaming steps after warm-up."""
     for part in net.parts().values():
         hybridize_for_inference(part)
-    s = net.image_size
     rng = np.random.RandomState(0)
-    inputs = [mx.nd.array(rng.uniform(0, 255, (1, 3, s, s)).astype(np.float32)) for _ in range(4)]
+    inputs = [mx.nd.array(rng.uniform(0, 255, (1, 3) + net.image_hw).astype(np.float32)) for _ in range(4)]
     state = net.zero_state(1)
     for t in range(warmup):
         for e in net.extractor_names:     # build every extractor's graph before timing
@@ -116,14 +114,14 @@ def main(argv=None):
         rows.append({"model": name, "input": size, "ms_per_frame": 1000 * seconds / frames,
                      "fps": frames / seconds, "params": params, "macs_per_frame": macs, "note": note})
         r = rows[-1]
-        print(f"{name:<34} {size:>5} {r['ms_per_frame']:>9.2f} ms {r['fps']:>8.1f} fps "
+        print(f"{name:<34} {str(size):>5} {r['ms_per_frame']:>9.2f} ms {r['fps']:>8.1f} fps "
               f"{params / 1e6:>7.2f} M params {macs / 1e9:>7.3f} GMACs  {note}", flush=True)
 
     print(f"threads {threads()}, MKLDNN {mx.runtime.Features().is_enabled('MKLDNN')}, {frames} timed frames")
     cfg, lfs = build(*settings["lfs"])
     post = None
     if args.with_postprocess:
-        post = lambda c, b: lfs.postprocess(c, b, [cfg.MODEL.IMAGE_SIZE], [cfg.MODEL.IMAGE_SIZE], cfg.POST_PROCESS)  # noqa: E731
+        post = lambda c, b: lfs.postprocess(c, b, [lfs.image_hw[1]], [lfs.image_hw[0]], cfg.POST_PROCESS)  # noqa: E731
     params = count_params(lfs)
     macs = {e: count_macs(lfs, e) for e in lfs.extractor_names}
     size = cfg.MODEL.IMAGE_SIZE
@@ -138,7 +136,7 @@ def main(argv=None):
         cfg_k, net = build(*settings[key])
         post_k = None
         if args.with_postprocess:
-            post_k = lambda c, b, n=net, c_=cfg_k: n.postprocess(c, b, [c_.MODEL.IMAGE_SIZE], [c_.MODEL.IMAGE_SIZE], c_.POST_PROCESS)  # noqa: E731
+            post_k = lambda c, b, n=net, c_=cfg_k: n.postprocess(c, b, [n.image_hw[1]], [n.image_hw[0]], c_.POST_PROCESS)  # noqa: E731
         add(label, time_stream(net, lambda t: "large", frames, warmup, post_k), count_params(net),
             count_macs(net, "large"), cfg_k.MODEL.IMAGE_SIZE)
     g_size = settings["gluoncv_size"]

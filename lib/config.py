@@ -48,11 +48,17 @@ def _check_type(default, value, key, source):
     return value
 
 
-def merge(defaults, overrides, source="<overrides>", prefix="", open_keys=()):
+def _is_size(value):
+    if isinstance(value, (list, tuple)):
+        return len(value) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def merge(defaults, overrides, source="<overrides>", prefix="", open_keys=(), size_keys=()):
     """Return a deep copy of ``defaults`` updated by ``overrides`` with key and type checks.
 
     ``open_keys`` lists dotted keys whose mapping values accept any sub-keys (e.g. free-form
-    per-dataset options).
+    per-dataset options); ``size_keys`` lists dotted keys that take an image size S or [H, W].
     """
     out = copy.deepcopy(defaults)
     for key, value in (overrides or {}).items():
@@ -64,9 +70,14 @@ def merge(defaults, overrides, source="<overrides>", prefix="", open_keys=()):
             known = ", ".join(sorted(str(k) for k in out)) or "(none)"
             raise ConfigError(f"{source}: unknown key '{dotted}'. Known keys here: {known}")
         default = out[key]
+        if dotted in size_keys:
+            if not _is_size(value):
+                raise ConfigError(f"{source}: key '{dotted}' must be an integer S or a list [H, W], got {value!r}")
+            out[key] = list(value) if isinstance(value, (list, tuple)) else value
+            continue
         value = _check_type(default, value, dotted, source)
         if isinstance(default, dict) and isinstance(value, dict) and dotted not in open_keys:
-            out[key] = merge(default, value, source, dotted + ".", open_keys)
+            out[key] = merge(default, value, source, dotted + ".", open_keys, size_keys)
         else:
             out[key] = copy.deepcopy(value)
     return out
@@ -90,7 +101,7 @@ def read_yaml(path):
     return data
 
 
-def _resolve_bases(path, defaults, open_keys, seen):
+def _resolve_bases(path, defaults, open_keys, seen, size_keys=()):
     path = os.path.abspath(path)
     if path in seen:
         raise ConfigError(f"{path}: {BASE_KEY} chain loops back to itself")
@@ -99,19 +110,21 @@ def _resolve_bases(path, defaults, open_keys, seen):
     merged = defaults
     if base is not None:
         base_path = os.path.join(os.path.dirname(path), base)
-        merged = _resolve_bases(base_path, defaults, open_keys, seen | {path})
-    return merge(merged, data, source=path, open_keys=open_keys)
+        merged = _resolve_bases(base_path, defaults, open_keys, seen | {path}, size_keys)
+    return merge(merged, data, source=path, open_keys=open_keys, size_keys=size_keys)
 
 
-def load_config(path, defaults, overrides=None, open_keys=()):
+def load_config(path, defaults, overrides=None, open_keys=(), size_keys=()):
     """Load ``path`` over ``defaults`` (nested dict) -> EasyDict.
 
     ``overrides``: optional list of "A.B=value" strings (yaml-parsed values) applied last, as given
-    on a command line with ``--set``.
+    on a command line with ``--set``. ``open_keys``, ``size_keys``: as in ``merge``.
     """
-    cfg = _resolve_bases(path, defaults, tuple(open_keys), frozenset()) if path else copy.deepcopy(defaults)
+    open_keys, size_keys = tuple(open_keys), tuple(size_keys)
+    cfg = _resolve_bases(path, defaults, open_keys, frozenset(), size_keys) if path else copy.deepcopy(defaults)
     if overrides:
-        cfg = merge(cfg, parse_overrides(overrides), source="command line", open_keys=tuple(open_keys))
+        cfg = merge(cfg, parse_overrides(overrides), source="command line", open_keys=open_keys,
+                    size_keys=size_keys)
     out = EasyDict(cfg)
     out["CONFIG_FILE"] = os.path.abspath(path) if path else None
     return out

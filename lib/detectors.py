@@ -218,6 +218,7 @@ def family_config(cfg, classes=None, train_size=None, still_images=0):
     augment = _augment_enabled(cfg)
     # M2Det / SSDLite / LSTM-SSD take the list itself (lib.transforms names or specs, in order)
     augment_list = list(cfg.TRAIN.AUGMENT) if isinstance(cfg.TRAIN.AUGMENT, list) else []
+    size_keys = ()
     if family == "m2det":
         from m2det import engine
         from m2det.config import OPEN_KEYS as open_keys
@@ -237,12 +238,10 @@ def family_config(cfg, classes=None, train_size=None, still_images=0):
     elif family in ("ssdlite", "lstm_ssd"):
         from lstm_ssd import config as lstm_config
         fam = load_family_config(family, base)
-        open_keys = lstm_config.OPEN_KEYS
+        open_keys, size_keys = lstm_config.OPEN_KEYS, lstm_config.SIZE_KEYS
         model, train = {"TYPE": family}, {}
         if hw:
-            if hw[0] != hw[1]:
-                raise ConfigError(f"{source}: INPUT.SIZE {list(cfg.INPUT.SIZE)}: SSDLite/LSTM-SSD take a square input")
-            model["IMAGE_SIZE"] = hw[0]
+            model["IMAGE_SIZE"] = hw[0] if hw[0] == hw[1] else list(hw)
         if classes is not None:
             model["NUM_CLASSES"] = len(classes)
         if augment is not None:
@@ -285,7 +284,7 @@ def family_config(cfg, classes=None, train_size=None, still_images=0):
             mapped.setdefault(key, {}).update(value)
     if cfg.INPUT.SHORT_SIDE and family not in ("rfcn", "fgfa"):
         raise ConfigError(f"{source}: INPUT.SHORT_SIDE/MAX_SIZE (keep-ratio resize) apply to rfcn/fgfa; "
-                          f"{family} takes a square INPUT.SIZE")
+                          f"{family} takes a fixed INPUT.SIZE")
     train = mapped["TRAIN"]
     if batch:
         train[batch_key] = batch
@@ -295,9 +294,11 @@ def family_config(cfg, classes=None, train_size=None, still_images=0):
         train["OPTIMIZER"] = cfg.TRAIN.OPTIMIZER
     if cfg.TRAIN.EPOCHS:
         train["EPOCHS"] = int(cfg.TRAIN.EPOCHS)
-    plain = merge(to_plain(fam), to_plain(cfg.OVERRIDES), source=f"{source} (OVERRIDES)", open_keys=open_keys)
+    plain = merge(to_plain(fam), to_plain(cfg.OVERRIDES), source=f"{source} (OVERRIDES)", open_keys=open_keys,
+                  size_keys=size_keys)
     base_epochs = plain["TRAIN"].get("EPOCHS")
-    plain = merge(plain, mapped, source=f"{source} (mapped keys)", open_keys=open_keys)
+    plain = merge(plain, mapped, source=f"{source} (mapped keys)", open_keys=open_keys,
+                  size_keys=size_keys)
     if cfg.TRAIN.ITERATIONS and train_size:
         batch, samples = int(plain["TRAIN"][batch_key]), train_size
         if family in ("ssdlite", "lstm_ssd"):
@@ -485,8 +486,8 @@ def anchor_spec(family, fam_cfg, num_classes=1):
         from lstm_ssd.detector import build_detector
         net = build_detector(fam_cfg, initialize=False)
         a = fam_cfg.MODEL.ANCHORS
-        return {"TYPE": "multiscale", "IMAGE_SIZE": int(fam_cfg.MODEL.IMAGE_SIZE),
-                "FEATURE_SIZES": [int(s) for s in net.level_sizes], "MIN_SCALE": float(a.MIN_SCALE),
+        return {"TYPE": "multiscale", "IMAGE_SIZE": list(net.image_hw),
+                "FEATURE_SIZES": [list(hw) for hw in net.level_sizes], "MIN_SCALE": float(a.MIN_SCALE),
                 "MAX_SCALE": float(a.MAX_SCALE), "ASPECT_RATIOS": [float(r) for r in a.ASPECT_RATIOS],
                 "REDUCE_LOWEST": bool(a.REDUCE_LOWEST)}
     if family in ("rfcn", "fgfa"):
@@ -757,7 +758,7 @@ def load_model(path, ctx=None):
 # export
 
 def _ssdlite_inference_block(net, post):
-    """HybridBlock: (1,3,S,S) RGB 0..255 -> ids, scores, boxes (input pixels), decode + NMS inside."""
+    """HybridBlock: (1,3,H,W) RGB 0..255 -> ids, scores, boxes (input pixels), decode + NMS inside."""
     import mxnet as mx
     from mxnet import gluon
     from lib.bbox import decode_boxes_F
@@ -767,7 +768,7 @@ def _ssdlite_inference_block(net, post):
             super().__init__(**kwargs)
             self.extractor, self.project, self.head = net.large, net.project, net.head
             self.num_classes = net.num_classes
-            self.size = float(net.image_size)
+            self.height, self.width = (float(s) for s in net.image_hw)
             self.stds = tuple(float(s) for s in net.cfg.BOX_STDS)
             self.score_thresh = float(post.SCORE_THRESHOLD)
             self.nms_iou = float(post.IOU_THRESHOLD)
@@ -783,7 +784,11 @@ def _ssdlite_inference_block(net, post):
             cls, box = self.head(self.project(self.extractor(x)))
             scores = F.sigmoid(F.slice_axis(cls, axis=-1, begin=1, end=None))  # column 0: background logit
             boxes = decode_boxes_F(F, box, anchors, stds=self.stds)
-            boxes = F.clip(boxes * self.size, 0.0, self.size)
+            # normalised corners -> input pixels, each coordinate scaled and clipped by its own axis
+            x1, y1, x2, y2 = F.split(boxes, num_outputs=4, axis=-1)
+            boxes = F.concat(F.clip(x1 * self.width, 0.0, self.width), F.clip(y1 * self.height, 0.0, self.height),
+                             F.clip(x2 * self.width, 0.0, self.width), F.clip(y2 * self.height, 0.0, self.height),
+                             dim=-1)
             per_class = []
             for c in range(self.num_classes):
                 score = F.slice_axis(scores, axis=-1, begin=c, end=c + 1)
@@ -894,20 +899,22 @@ def export(model, out_dir, onnx=False, builtin_ops=False):
         block = _ssdlite_inference_block(model.net, model.cfg.POST_PROCESS)
         block.anchors.initialize(ctx=model.ctx)
         block.hybridize()
-        size = model.net.image_size
-        block(mx.nd.zeros((1, 3, size, size), ctx=model.ctx))
+        height, width = model.net.image_hw
+        block(mx.nd.zeros((1, 3, height, width), ctx=model.ctx))
         prefix = os.path.join(out_dir, "model")
         block.export(prefix, epoch=0)
         post = model.cfg.POST_PROCESS
         meta = {"detector": "ssdlite", "classes": model.classes,
-                "input": {"resize": "square", "size": [size, size], "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]},
+                "input": {"resize": "fixed", "size": [height, width], "mean": [0.0, 0.0, 0.0],
+                          "std": [1.0, 1.0, 1.0]},
                 "ops_library": False, "nms": "hard", "score_threshold": float(post.SCORE_THRESHOLD),
                 "nms_iou": float(post.IOU_THRESHOLD), "max_per_class": int(post.MAX_PER_CLASS),
                 "max_per_image": int(post.MAX_TOTAL)}
         paths = {"symbol": prefix + "-symbol.json", "params": prefix + "-0000.params"}
         if onnx:
             from m2det.engine import export_onnx
-            paths["onnx"] = export_onnx(paths["symbol"], paths["params"], size, os.path.join(out_dir, "model.onnx"))
+            paths["onnx"] = export_onnx(paths["symbol"], paths["params"], (height, width),
+                                        os.path.join(out_dir, "model.onnx"))
             with open(paths["symbol"], "r", encoding="utf-8") as f:
                 graph = json.load(f)
             meta["onnx_outputs"] = [graph["nodes"][h[0]]["name"] for h in graph["heads"]]

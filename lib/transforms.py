@@ -366,19 +366,28 @@ class Resize(Transform):
         return _resize_clip(frames, boxes, new_w, new_h, _INTERPOLATIONS[self.interpolation])
 
 
-class ResizeSquare(Transform):
+class ResizeTo(Transform):
+    """Resize to ``height`` x ``width`` regardless of the aspect ratio (SSD-style fixed input), boxes
+    scaled per axis."""
+
+    def __init__(self, height=320, width=320, interpolation="linear", rng=None):
+        super().__init__(rng)
+        if int(height) < 1 or int(width) < 1:
+            raise ValueError(f"{type(self).__name__}: sizes must be >= 1, got {height} x {width}")
+        self.height, self.width = int(height), int(width)
+        self.interpolation = _interp(interpolation, type(self).__name__)
+
+    def __call__(self, frames, boxes, rng=None):
+        frames, boxes = _check_clip(frames, boxes, type(self).__name__)
+        return _resize_clip(frames, boxes, self.width, self.height, _INTERPOLATIONS[self.interpolation])
+
+
+class ResizeSquare(ResizeTo):
     """Resize to ``size`` x ``size`` (SSD / M2Det input), boxes scaled per axis."""
 
     def __init__(self, size=320, interpolation="linear", rng=None):
-        super().__init__(rng)
-        if int(size) < 1:
-            raise ValueError(f"ResizeSquare: size must be >= 1, got {size}")
+        super().__init__(size, size, interpolation, rng)
         self.size = int(size)
-        self.interpolation = _interp(interpolation, "ResizeSquare")
-
-    def __call__(self, frames, boxes, rng=None):
-        frames, boxes = _check_clip(frames, boxes, "ResizeSquare")
-        return _resize_clip(frames, boxes, self.size, self.size, _INTERPOLATIONS[self.interpolation])
 
 
 # ----------------------------------------------------------------------------- colour
@@ -497,7 +506,7 @@ class Compose(Transform):
 
 
 TRANSFORMS = {cls.__name__: cls for cls in (RandomFlip, SSDRandomCrop, Expand, PhotometricDistort,
-                                            Resize, ResizeSquare, RandomTile, ToTensor)}
+                                            Resize, ResizeSquare, ResizeTo, RandomTile, ToTensor)}
 # Short names accepted in configs (matched like class names: case and underscores ignored).
 ALIASES = {"flip": "RandomFlip", "ssdcrop": "SSDRandomCrop", "randomcrop": "SSDRandomCrop",
            "photometric": "PhotometricDistort", "square": "ResizeSquare", "tile": "RandomTile"}

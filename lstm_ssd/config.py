@@ -14,9 +14,9 @@ DEFAULTS = {
         # lstm_ssd (A) | ssdlite (frame baseline, no memory) | fast_slow (B, interleaved extractors)
         "TYPE": "lstm_ssd",
         "NUM_CLASSES": 30,
-        "IMAGE_SIZE": 256,
+        "IMAGE_SIZE": 256,         # network input: S (square) or [H, W] (e.g. [360, 640] for 16:9 video)
         "LARGE": {"NET": "mobilenet_v1", "WIDTH": 1.0, "NUM_BLOCKS": -1, "OUTPUT_STRIDE": 32,
-                  "MIN_DEPTH": 8, "INPUT_SIZE": 0},           # INPUT_SIZE 0 = MODEL.IMAGE_SIZE
+                  "MIN_DEPTH": 8, "INPUT_SIZE": 0},  # INPUT_SIZE: 0 = MODEL.IMAGE_SIZE, else S or [H, W]
         "SMALL": {"NET": "mobilenet_v2", "WIDTH": 0.35, "NUM_BLOCKS": -1, "OUTPUT_STRIDE": 16,
                   "MIN_DEPTH": 8, "INPUT_SIZE": 160},
         "LSTM": {"UNITS": 256, "GROUPS": 1, "CLIP": 0.0, "FORGET_BIAS": 1.0, "OUTPUT_BOTTLENECK": False,
@@ -63,7 +63,16 @@ DEFAULTS = {
 }
 
 OPEN_KEYS = ("DATASET.TRAIN", "DATASET.TEST")
+SIZE_KEYS = ("MODEL.IMAGE_SIZE", "MODEL.LARGE.INPUT_SIZE", "MODEL.SMALL.INPUT_SIZE")   # S or [H, W]
 
 
 def load(path=None, overrides=None):
-    return load_config(path, DEFAULTS, overrides=overrides, open_keys=OPEN_KEYS)
+    return load_config(path, DEFAULTS, overrides=overrides, open_keys=OPEN_KEYS, size_keys=SIZE_KEYS)
+
+
+def size_hw(value, key):
+    """An input size from config (S or [H, W]) -> (H, W) ints; ``key`` names the entry in errors."""
+    values = list(value) if isinstance(value, (list, tuple)) else [value, value]
+    if len(values) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values):
+        raise ValueError(f"{key}: expected a positive integer S or [H, W], got {value!r}")
+    return tuple(values)

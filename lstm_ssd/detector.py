@@ -4,8 +4,8 @@ The network is split into parts that hybridize and export on their own, and the 
 Python, so training (unrolled), streaming (one frame per call) and the exported artefacts all run the
 same blocks:
 
-    extractor[e]  : frames (B,3,S,S) RGB 0..255 -> features (B,Ce,F,F)   (resize to its own input size
-                    and scaling to [-1, 1] happen inside the graph)
+    extractor[e]  : frames (B,3,H,W) RGB 0..255 -> features (B,Ce,Fh,Fw)  (resize to its own input size
+                    and scaling to [-1, 1] happen inside the graph; MODEL.IMAGE_SIZE is S or [H, W])
     memory.steps[e]: (features, c, h) -> (output, c_new, h_new)         (Bottleneck-LSTM, per extractor)
     project       : features -> level 0 (frame baseline only)
     head          : level 0 -> class logits (B,P,C+1), box deltas (B,P,4)
@@ -17,6 +17,7 @@ import numpy as np
 import mxnet as mx
 from mxnet import gluon
 
+from .config import size_hw
 from .layers import ConvBN, PruneGroup
 from .lstm_cell import BottleneckLSTM
 from .mobilenet import MobileNet
@@ -28,18 +29,18 @@ MODEL_TYPES = ("lstm_ssd", "ssdlite", "fast_slow")
 class Extractor(gluon.HybridBlock):
     """Resize (if needed) + scale to [-1, 1] + MobileNet backbone."""
 
-    def __init__(self, spec, image_size, **kwargs):
+    def __init__(self, spec, image_hw, key="MODEL", **kwargs):
         super().__init__(**kwargs)
-        self.image_size = int(image_size)
-        self.input_size = int(spec.INPUT_SIZE) or self.image_size
+        self.image_hw = tuple(image_hw)
+        self.input_hw = size_hw(spec.INPUT_SIZE, f"{key}.INPUT_SIZE") if spec.INPUT_SIZE else self.image_hw
         with self.name_scope():
             self.backbone = MobileNet(spec.NET, spec.WIDTH, spec.NUM_BLOCKS, spec.OUTPUT_STRIDE, spec.MIN_DEPTH)
         self.out_channels = self.backbone.out_channels
-        self.feature_size = int(np.ceil(self.input_size / self.backbone.stride))
+        self.feature_hw = tuple(int(np.ceil(s / self.backbone.stride)) for s in self.input_hw)
 
     def hybrid_forward(self, F, x):
-        if self.input_size != self.image_size:
-            x = F.contrib.BilinearResize2D(x, height=self.input_size, width=self.input_size)
+        if self.input_hw != self.image_hw:
+            x = F.contrib.BilinearResize2D(x, height=self.input_hw[0], width=self.input_hw[1])
         return self.backbone(x / 127.5 - 1.0)
 
 
@@ -52,18 +53,19 @@ class VideoDetector(gluon.Block):
         self.cfg = m
         self.type = m.TYPE
         self.num_classes = int(m.NUM_CLASSES)
-        self.image_size = int(m.IMAGE_SIZE)
+        self.image_hw = size_hw(m.IMAGE_SIZE, "MODEL.IMAGE_SIZE")
         self.extractor_names = ["large", "small"] if m.TYPE == "fast_slow" else ["large"]
         # the small net reads the memory but does not write it
         self.writes_memory = {"large": True, "small": False}
         with self.name_scope():
-            self.large = Extractor(m.LARGE, self.image_size, prefix="large_")
-            self.small = Extractor(m.SMALL, self.image_size, prefix="small_") if m.TYPE == "fast_slow" else None
-            sizes = {n: self.extractor(n).feature_size for n in self.extractor_names}
+            self.large = Extractor(m.LARGE, self.image_hw, "MODEL.LARGE", prefix="large_")
+            self.small = Extractor(m.SMALL, self.image_hw, "MODEL.SMALL", prefix="small_") \
+                if m.TYPE == "fast_slow" else None
+            sizes = {n: self.extractor(n).feature_hw for n in self.extractor_names}
             if len(set(sizes.values())) != 1:
                 raise ValueError(f"MODEL: extractors must end at the same feature size, got {sizes} "
                                  f"(adjust MODEL.*.INPUT_SIZE / OUTPUT_STRIDE)")
-            self.feature_size = sizes["large"]
+            self.feature_hw = sizes["large"]
             lstm = m.LSTM
             if m.TYPE == "ssdlite":
                 self.memory = None
@@ -76,7 +78,7 @@ class VideoDetector(gluon.Block):
                                              lstm.OUTPUT_BOTTLENECK, lstm.KERNEL, prefix="memory_")
                 level0 = self.memory.out_channels
             depths = list(m.PYRAMID.DEPTHS)
-            self.level_sizes = pyramid_sizes(self.feature_size, len(depths) + 1)
+            self.level_sizes = pyramid_sizes(self.feature_hw, len(depths) + 1)   # (h, w) per level
             self.num_anchors = anchors_per_level(len(depths) + 1, m.ANCHORS.ASPECT_RATIOS, m.ANCHORS.REDUCE_LOWEST)
             self.head = SSDLiteHead(level0, depths, self.num_anchors, self.num_classes, prefix="head_")
         self._anchors = None
@@ -92,7 +94,7 @@ class VideoDetector(gluon.Block):
 
     @property
     def state_shape(self):
-        return (self.cfg.LSTM.UNITS, self.feature_size, self.feature_size)
+        return (self.cfg.LSTM.UNITS,) + self.feature_hw
 
     def zero_state(self, batch, ctx=mx.cpu()):
         if self.memory is None:
@@ -129,8 +131,9 @@ class VideoDetector(gluon.Block):
             a = self.cfg.ANCHORS
             anchors = np.asarray(multiscale_anchors(self.level_sizes, min_scale=a.MIN_SCALE, max_scale=a.MAX_SCALE,
                                                     aspect_ratios=tuple(a.ASPECT_RATIOS),
-                                                    reduce_lowest=a.REDUCE_LOWEST), dtype=np.float32)
-            expected = sum(s * s * k for s, k in zip(self.level_sizes, self.num_anchors))
+                                                    reduce_lowest=a.REDUCE_LOWEST, image_size=self.image_hw),
+                                 dtype=np.float32)
+            expected = sum(h * w * k for (h, w), k in zip(self.level_sizes, self.num_anchors))
             if anchors.shape != (expected, 4):
                 raise RuntimeError(f"multiscale_anchors gave {anchors.shape}, the head predicts {expected} anchors")
             self._anchors = anchors
@@ -138,7 +141,10 @@ class VideoDetector(gluon.Block):
 
     # ---- computation -------------------------------------------------------------------------
     def step(self, frames, state, extractor="large"):
-        """One frame per sequence: frames (B,3,S,S) -> (cls (B,P,C+1), box (B,P,4), new_state)."""
+        """One frame per sequence: frames (B,3,H,W) -> (cls (B,P,C+1), box (B,P,4), new_state)."""
+        if tuple(frames.shape[-2:]) != self.image_hw:
+            raise ValueError(f"frames of {tuple(frames.shape[-2:])} (H, W); this model takes MODEL.IMAGE_SIZE "
+                             f"{list(self.image_hw)} (resize first, as StreamingDetector.step does)")
         feats = self.extractor(extractor)(frames)
         if self.memory is None:
             return (*self.head(self.project(feats)), None)
@@ -149,7 +155,7 @@ class VideoDetector(gluon.Block):
         return cls, box, new_state
 
     def forward(self, clip, state=None, schedule=None):
-        """Unrolled graph. clip (B,T,3,S,S); schedule: extractor name per step (default all large).
+        """Unrolled graph. clip (B,T,3,H,W); schedule: extractor name per step (default all large).
 
         Returns cls (B,T,P,C+1), box (B,T,P,4) and the final state.
         """

@@ -21,8 +21,8 @@ import mxnet as mx
 def export_parts(net, prefix, ctx=mx.cpu()):
     """Write every part; returns {part: (symbol file, params file)}."""
     os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
-    s = net.image_size
-    frame = mx.nd.zeros((1, 3, s, s), ctx=ctx)
+    h, w = net.image_hw
+    frame = mx.nd.zeros((1, 3, h, w), ctx=ctx)
     state = net.zero_state(1, ctx)
     inputs = {}
     for part in net.parts().values():
@@ -30,7 +30,7 @@ def export_parts(net, prefix, ctx=mx.cpu()):
         part.hybridize()       # plain static graph: the portable artefact (MKLDNN fusion happens at load)
     for e in net.extractor_names:
         feats = net.extractor(e)(frame)
-        inputs[f"extractor_{e}"] = [[1, 3, s, s]]
+        inputs[f"extractor_{e}"] = [[1, 3, h, w]]
         if net.memory is not None:
             out, _, _ = net.memory.steps[e](feats, *state)
             inputs[f"lstm_step_{e}"] = [list(feats.shape), list(state[0].shape), list(state[1].shape)]
@@ -51,11 +51,11 @@ def export_parts(net, prefix, ctx=mx.cpu()):
         names.sort(key=lambda n: int(n[4:]) if n[4:].isdigit() else -1)
         described[name] = {"symbol": os.path.basename(files[name][0]), "params": os.path.basename(files[name][1]),
                            "inputs": names, "input_shapes": inputs[name]}
-    meta = {"model_type": net.type, "image_size": s, "extractors": net.extractor_names,
+    meta = {"model_type": net.type, "image_size": [h, w], "extractors": net.extractor_names,
             "writes_memory": {e: net.writes_memory[e] for e in net.extractor_names},
             "state_shape": list(net.state_shape) if net.memory is not None else None,
             "num_classes": net.num_classes, "box_stds": list(net.cfg.BOX_STDS),
-            "input": "RGB 0..255 float32, NCHW, resized to image_size (scaling to [-1, 1] is in the graph)",
+            "input": "RGB 0..255 float32, NCHW, resized to image_size [H, W] (scaling to [-1, 1] is in the graph)",
             "anchors": net.anchors().tolist() if _has_anchors() else None,
             "parts": described}
     with open(f"{prefix}-parts.json", "w", encoding="utf-8") as f:

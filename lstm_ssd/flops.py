@@ -57,8 +57,7 @@ def count_macs(detector, extractor="large", ctx=mx.cpu()):
     for part in detector.parts().values():  # hooks only fire imperatively; callers re-hybridize
         part.hybridize(False)
     try:
-        s = detector.image_size
-        frame = mx.nd.zeros((1, 3, s, s), ctx=ctx)
+        frame = mx.nd.zeros((1, 3) + detector.image_hw, ctx=ctx)
         detector.step(frame, detector.zero_state(1, ctx), extractor)
     finally:
         for h in handles:
@@ -84,8 +83,7 @@ def measure_step_latency(detector, extractor="large", repeats=20, warmup=3, ctx=
     from lib.runtime import hybridize_for_inference
     for part in detector.parts().values():
         hybridize_for_inference(part, ctx)
-    s = detector.image_size
-    frame = mx.nd.random.uniform(0, 255, (1, 3, s, s), ctx=ctx)
+    frame = mx.nd.random.uniform(0, 255, (1, 3) + detector.image_hw, ctx=ctx)
     state = detector.zero_state(1, ctx)
     times = []
     for i in range(warmup + repeats):

@@ -12,11 +12,11 @@ from mxnet import gluon, init as mx_init
 from .layers import ConvBN, PruneGroup
 
 
-def pyramid_sizes(first_size, num_levels):
-    """Spatial sizes of the levels: each stride-2 3x3 conv with padding 1 maps s -> ceil(s / 2)."""
-    sizes = [int(first_size)]
+def pyramid_sizes(first_hw, num_levels):
+    """(h, w) of the levels: each stride-2 3x3 conv with padding 1 maps s -> ceil(s / 2)."""
+    sizes = [tuple(int(s) for s in first_hw)]
     for _ in range(num_levels - 1):
-        sizes.append(int(math.ceil(sizes[-1] / 2)))
+        sizes.append(tuple(int(math.ceil(s / 2)) for s in sizes[-1]))
     return sizes
 
 
@@ -57,7 +57,7 @@ class Predictor(gluon.HybridBlock):
 
 
 class SSDLiteHead(gluon.HybridBlock):
-    """(B, C0, S, S) level-0 feature -> class logits (B, P, C+1), box deltas (B, P, 4)."""
+    """(B, C0, Fh, Fw) level-0 feature -> class logits (B, P, C+1), box deltas (B, P, 4)."""
 
     def __init__(self, in_channels, extra_depths, num_anchors, num_classes, **kwargs):
         super().__init__(**kwargs)

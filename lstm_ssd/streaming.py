@@ -17,12 +17,12 @@ from lib.runtime import hybridize_for_inference
 POLICIES = ("large", "small", "fixed", "adaptive", "async")
 
 
-def preprocess(frame, size, ctx=mx.cpu()):
-    """HxWx3 uint8 RGB -> (1,3,size,size) float32 NDArray (0..255; scaling happens in the graph)."""
+def preprocess(frame, size_hw, ctx=mx.cpu()):
+    """HxWx3 uint8 RGB -> (1,3,h,w) float32 NDArray (0..255; scaling happens in the graph)."""
     frame = np.asarray(frame)
     if frame.ndim != 3 or frame.shape[2] != 3:
         raise ValueError(f"step(frame): expected an HxWx3 RGB image, got shape {frame.shape}")
-    resized = cv2.resize(frame, (size, size), interpolation=cv2.INTER_LINEAR)
+    resized = cv2.resize(frame, (size_hw[1], size_hw[0]), interpolation=cv2.INTER_LINEAR)
     return mx.nd.array(resized.transpose(2, 0, 1)[None], ctx=ctx, dtype="float32")
 
 
@@ -102,7 +102,7 @@ class StreamingDetector:
     def step(self, frame):
         """HxWx3 uint8 RGB frame -> (ids (K,), scores (K,), boxes (K,4) in frame pixels)."""
         h, w = frame.shape[:2]
-        cls, box = self.step_raw(preprocess(frame, self.net.image_size, self.ctx))
+        cls, box = self.step_raw(preprocess(frame, self.net.image_hw, self.ctx))
         boxes, scores, labels = self.net.postprocess(cls, box, [w], [h], self.cfg.POST_PROCESS)[0]
         return labels, scores, boxes
 

@@ -21,19 +21,20 @@ import numpy as np
 from lib.dataset import ClipSampler, load_clip, load_dataset, read_image
 from lib.losses import MultiBoxLoss
 from lib.matching import ssd_targets
-from lib.transforms import Compose, ResizeSquare, build_transforms
+from lib.transforms import Compose, ResizeTo, build_transforms
 
+from .config import size_hw
 from .policy import ACTIONS
 
 
 def clip_transform(cfg, train=True):
-    """Training: TRAIN.AUGMENTATIONS (when TRAIN.AUGMENT) then the square resize; test: the resize."""
-    size = cfg.MODEL.IMAGE_SIZE
+    """Training: TRAIN.AUGMENTATIONS (when TRAIN.AUGMENT) then the resize to MODEL.IMAGE_SIZE; test: the resize."""
+    height, width = size_hw(cfg.MODEL.IMAGE_SIZE, "MODEL.IMAGE_SIZE")
     steps = []
     if train and cfg.TRAIN.AUGMENT:
         source = f"{cfg.get('CONFIG_FILE') or '<config>'}: TRAIN.AUGMENTATIONS"
         steps = build_transforms(list(cfg.TRAIN.AUGMENTATIONS), source=source).transforms
-    return Compose(steps + [ResizeSquare(size)])
+    return Compose(steps + [ResizeTo(height, width)])
 
 
 def build_loss(cfg):
@@ -43,15 +44,16 @@ def build_loss(cfg):
 
 
 def clip_arrays(clip, transform, anchors, cfg):
-    """One clip -> frames (T,3,S,S) float32 0..255, cls targets (T,P), box targets (T,P,4)."""
+    """One clip -> frames (T,3,H,W) float32 0..255, cls targets (T,P), box targets (T,P,4)."""
     frames, boxes, labels, _ = load_clip(clip)
     with_labels = [np.concatenate([b.reshape(-1, 4), l.reshape(-1, 1).astype(np.float32)], axis=1)
                    for b, l in zip(boxes, labels)]
     frames, with_labels = transform(frames, with_labels)
-    size = cfg.MODEL.IMAGE_SIZE
+    height, width = size_hw(cfg.MODEL.IMAGE_SIZE, "MODEL.IMAGE_SIZE")
+    scale = np.array([width, height, width, height], np.float32)
     cls_t, box_t = [], []
     for b in with_labels:
-        gt = b[:, :4] / size
+        gt = b[:, :4] / scale
         c, t = ssd_targets(gt, b[:, 4].astype(np.int64), anchors, cfg.MATCHER.IOU, tuple(cfg.MODEL.BOX_STDS))
         cls_t.append(c)
         box_t.append(t)
@@ -185,8 +187,7 @@ def train(cfg, net, epochs=None, out_dir=None, dataset=None, ctx=mx.cpu(), val_f
 
 def warm_up(net, ctx=mx.cpu(), steps=2):
     """Run each extractor's hybridized graph once or twice so graph building is not timed as fps."""
-    s = net.image_size
-    frame = mx.nd.zeros((1, 3, s, s), ctx=ctx)
+    frame = mx.nd.zeros((1, 3) + net.image_hw, ctx=ctx)
     for e in net.extractor_names:
         for _ in range(steps):
             net.step(frame, net.zero_state(1, ctx), e)[0].wait_to_read()

@@ -420,7 +420,7 @@ def export_inference_model(net, cfg, classes, out_dir, onnx=False, ctx=None):
     prefix = os.path.join(out_dir, "model")
     block.export(prefix, epoch=0)
     meta = {"detector": "m2det", "classes": list(classes),
-            "input": {"resize": "square", "size": [size, size], "mean": list(cfg.INPUT.MEAN),
+            "input": {"resize": "fixed", "size": [size, size], "mean": list(cfg.INPUT.MEAN),
                       "std": list(cfg.INPUT.STD)},
             "ops_library": False, "nms": "hard", "score_threshold": float(cfg.TEST.SCORE_THRESH),
             "nms_iou": float(cfg.TEST.NMS_IOU), "max_per_class": int(cfg.TEST.MAX_PER_CLASS),
@@ -440,14 +440,15 @@ def export_inference_model(net, cfg, classes, out_dir, onnx=False, ctx=None):
 def export_onnx(symbol_path, params_path, size, onnx_path):
     """ONNX export of the exported symbol with mx.onnx, NMS included (box_nms maps to ONNX
     NonMaxSuppression with per-class suppression identical here because each class runs its own
-    box_nms).
+    box_nms). ``size``: S or (H, W) of the input ``data``.
 
     MXNet 1.9's exporter targets the installed onnx's newest opset but writes ``Split`` without the
     ``num_outputs`` attribute that opset >= 18 requires; the fix-up below adds it (the number of
     outputs of each such node), which is what the node meant.
     """
     import onnx
-    mx.onnx.export_model(symbol_path, params_path, in_shapes=[(1, 3, size, size)],
+    height, width = (size, size) if np.isscalar(size) else size
+    mx.onnx.export_model(symbol_path, params_path, in_shapes=[(1, 3, int(height), int(width))],
                          in_types=[np.float32], onnx_file_path=onnx_path, verbose=False)
     model = onnx.load(onnx_path)
     opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)

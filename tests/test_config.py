@@ -79,6 +79,20 @@ def test_open_keys_accept_free_form_mappings():
     assert out["DATA"]["ARGS"] == {"anything": 1}
 
 
+def test_size_keys_take_an_int_or_a_pair(tmp_path):
+    keys = ("MODEL.DEPTH",)
+    base = write(tmp_path, "base.yaml", "MODEL: {DEPTH: [360, 640]}\n")
+    child = write(tmp_path, "child.yaml", "_BASE_: base.yaml\nMODEL: {DEPTH: 320}\n")
+    assert load_config(base, DEFAULTS, size_keys=keys).MODEL.DEPTH == [360, 640]
+    assert load_config(child, DEFAULTS, size_keys=keys).MODEL.DEPTH == 320      # int over a base's pair
+    assert load_config(base, DEFAULTS, ["MODEL.DEPTH=64"], size_keys=keys).MODEL.DEPTH == 64
+    for bad in ("[360]", "[360, 64.5]", "big", "true"):
+        with pytest.raises(ConfigError, match=r"command line.*MODEL\.DEPTH.*S or a list \[H, W\]"):
+            load_config(base, DEFAULTS, [f"MODEL.DEPTH={bad}"], size_keys=keys)
+    with pytest.raises(ConfigError, match="MODEL.DEPTH' must be int"):   # other keys keep the strict type
+        load_config(base, DEFAULTS)
+
+
 def test_require_files_resolves_and_reports(tmp_path):
     (tmp_path / "data").mkdir()
     cfg = load_config(write(tmp_path, "c.yaml", "DATASET:\n  ROOT: data\n"), DEFAULTS)

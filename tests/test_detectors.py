@@ -281,6 +281,10 @@ def test_anchor_spec_gives_each_family_its_own_anchors(tmp_path):
     size = int(ssd.cfg.MODEL.IMAGE_SIZE)
     spec = detectors.anchor_spec("ssdlite", ssd.cfg, 2)
     np.testing.assert_allclose(build_anchors(spec, size, size), ssd.net.anchors() * size, atol=1e-4)
+    wide = _untrained(tmp_path, "ssdlite", "experiments/lstm_ssd/cfgs/tiny_test.yaml", ["a", "b"],
+                      "INPUT: {SIZE: [48, 80]}\n")
+    spec = detectors.anchor_spec("ssdlite", wide.cfg, 2)
+    np.testing.assert_allclose(build_anchors(spec, 80, 48), wide.net.anchors() * [80, 48, 80, 48], atol=1e-4)
     rfcn = _untrained(tmp_path, "rfcn", "experiments/rfcn/cfgs/rfcn_tiny.yaml", ["a", "b"])
     spec = detectors.anchor_spec("rfcn", rfcn.cfg, 2)
     stride = rfcn.cfg.NETWORK.FEAT_STRIDE
@@ -289,8 +293,8 @@ def test_anchor_spec_gives_each_family_its_own_anchors(tmp_path):
     assert spec["RESIZE"] == {"SHORT": rfcn.cfg.IMAGE.TEST_SCALE[0], "MAX": rfcn.cfg.IMAGE.TEST_SCALE[1]}
 
 
-def _untrained(tmp_path, family, base, classes):
-    cfg = _cfg(tmp_path, f"DETECTOR: {family}\nBASE: {base}\nOUTPUT_DIR: {tmp_path / 'run'}\n")
+def _untrained(tmp_path, family, base, classes, extra=""):
+    cfg = _cfg(tmp_path, f"DETECTOR: {family}\nBASE: {base}\nOUTPUT_DIR: {tmp_path / 'run'}\n{extra}")
     fam = detectors.family_config(cfg, classes)
     mx.random.seed(4)
     np.random.seed(4)
@@ -298,14 +302,28 @@ def _untrained(tmp_path, family, base, classes):
     return detectors.LoadedModel(family, net, fam, classes, mx.cpu())
 
 
-def test_ssdlite_artifact_equals_numpy_postprocessing(tmp_path):
-    """Graph decode + NMS (exported, MXNet and onnxruntime) == lstm_ssd's numpy decode + multiclass_nms."""
+def _spread_scores(net, seed=3):
+    """Random weights of the prediction convs: a fresh net's logits are all ~0, and scores tied at
+    0.5 make the order of equal detections (and so which of them NMS keeps) arbitrary."""
+    rng = np.random.RandomState(seed)
+    for predictor in list(net.head.cls_preds) + list(net.head.box_preds):
+        for p in predictor.pw.collect_params().values():
+            p.set_data(mx.nd.array(rng.normal(0, 0.3, p.shape)))
+
+
+@pytest.mark.parametrize("size", [None, [48, 80]])
+def test_ssdlite_artifact_equals_numpy_postprocessing(tmp_path, size):
+    """Graph decode + NMS (exported, MXNet and onnxruntime) == lstm_ssd's numpy decode + multiclass_nms,
+    for the tiny config's square input and a 16:10 one (INPUT.SIZE [H, W])."""
     from lib.tools.export import compare_runtimes
     from lib.tools.infer import ExportedDetector
-    model = _untrained(tmp_path, "ssdlite", "experiments/lstm_ssd/cfgs/tiny_test.yaml", ["a", "b"])
+    extra = f"INPUT: {{SIZE: {size}}}\n" if size else ""
+    model = _untrained(tmp_path, "ssdlite", "experiments/lstm_ssd/cfgs/tiny_test.yaml", ["a", "b"], extra)
+    assert model.net.image_hw == tuple(size or (64, 64))
+    _spread_scores(model.net)
     paths = detectors.export(model, str(tmp_path / "art"), onnx=True)
     meta = json.loads(open(paths["meta"]).read())
-    assert meta["detector"] == "ssdlite" and meta["input"] == {"resize": "square", "size": [64, 64],
+    assert meta["detector"] == "ssdlite" and meta["input"] == {"resize": "fixed", "size": size or [64, 64],
                                                                "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
     runner = ExportedDetector(str(tmp_path / "art"))
     images = _images(np.random.default_rng(5), [(48, 80), (64, 64), (90, 70)])

@@ -129,7 +129,7 @@ def test_mobilenet_shapes_widths_and_cuts():
 def _tiny(over, seed=0):
     cfg = lstm_config.load(None, over)
     net = build_detector(cfg)
-    net(mx.nd.zeros((1, 1, 3, 64, 64)), None, ["large"])
+    net(mx.nd.zeros((1, 1, 3) + net.image_hw), None, ["large"])
     _randomize(net, seed)
     return cfg, net
 
@@ -172,6 +172,36 @@ def test_streaming_equals_unrolled_graph_and_state_roundtrip(tmp_path):
     np.testing.assert_allclose(np.stack(again, 1), np.stack(outs[3:], 1), rtol=1e-6, atol=1e-6)
     stream.reset()
     assert stream.frame_index == 0 and float(stream.state[0].abs().sum().asscalar()) == 0.0
+
+
+def test_rectangular_input_state_anchors_and_streaming():
+    """MODEL.IMAGE_SIZE [H, W]: feature map, state and pyramid follow each axis, anchors stay square in
+    pixels (TF-OD scales them by min(H, W)), and streaming equals the unrolled graph."""
+    from lstm_ssd.streaming import StreamingDetector
+    over = TINY_B + ["MODEL.IMAGE_SIZE=[48, 80]", "MODEL.SMALL.INPUT_SIZE=[24, 40]"]
+    cfg, net = _tiny(over)
+    # large: V2 to stride 32 -> ceil(48/32) x ceil(80/32); small: 24x40 at stride 16, the same grid
+    assert net.feature_hw == (2, 3) and net.state_shape == (16, 2, 3)
+    assert net.level_sizes == [(2, 3), (1, 2), (1, 1)]
+    anchors = net.anchors() * [80, 48, 80, 48]
+    rng = np.random.RandomState(4)
+    frames = rng.uniform(0, 255, (1, 4, 3, 48, 80)).astype(np.float32)
+    schedule = ["large", "small", "large", "small"]
+    cls_ref, box_ref, _ = net(mx.nd.array(frames), None, schedule)
+    assert cls_ref.shape[2] == box_ref.shape[2] == len(anchors) == 3 * 6 + 6 * 2 + 6 * 1
+    # lowest level, first cell: 0.1 @ 1 then s0 @ 2, s0 @ 0.5 (s0 = 0.2), sizes in units of min(H, W) = 48
+    w, h = anchors[:3, 2] - anchors[:3, 0], anchors[:3, 3] - anchors[:3, 1]
+    np.testing.assert_allclose(w, [4.8, 0.2 * 48 * 2 ** 0.5, 0.2 * 48 / 2 ** 0.5], rtol=1e-5)
+    np.testing.assert_allclose(h, [4.8, 0.2 * 48 / 2 ** 0.5, 0.2 * 48 * 2 ** 0.5], rtol=1e-5)
+    np.testing.assert_allclose((anchors[0, 0] + anchors[0, 2]) / 2, 80 / 6, rtol=1e-5)   # x centre of cell 0
+    np.testing.assert_allclose((anchors[0, 1] + anchors[0, 3]) / 2, 48 / 4, rtol=1e-5)
+    stream = StreamingDetector(net, cfg, policy="fixed", tau=1, hybridize=True)
+    outs = [stream.step_raw(mx.nd.array(frames[:, t]))[0].asnumpy() for t in range(4)]
+    np.testing.assert_allclose(np.stack(outs, 1), cls_ref.asnumpy(), rtol=1e-3, atol=3e-3)
+    # a full-size frame is resized per axis; boxes come back inside that frame
+    stream.reset()
+    labels, scores, boxes = stream.step(rng.randint(0, 255, (96, 160, 3)).astype(np.uint8))
+    assert len(scores) and np.all(boxes >= 0) and np.all(boxes[:, [0, 2]] <= 160) and np.all(boxes[:, [1, 3]] <= 96)
 
 
 def test_small_steps_leave_state_unchanged_large_steps_write_it():

@@ -23,9 +23,17 @@ def tiny_cfg(tmp_path_factory):
     return cfg
 
 
-def test_tiny_model_overfits_a_short_synthetic_clip(tiny_cfg, tmp_path):
+@pytest.mark.parametrize("wide", [False, True])
+def test_tiny_model_overfits_a_short_synthetic_clip(tiny_cfg, tmp_path, wide):
+    """Square input, and a 2:1 input on 2:1 video (MODEL.IMAGE_SIZE [H, W]): box targets are scaled
+    per axis, so a wrong axis would keep mAP low."""
     from lstm_ssd.train import ClipData, ClipTask, evaluate, load_split
     cfg = tiny_cfg
+    if wide:
+        cfg = lstm_config.load(TINY_CFG, ["MODEL.IMAGE_SIZE=[64, 128]"])
+        cfg.DATASET.TRAIN.ROOT = cfg.DATASET.TEST.ROOT = str(tmp_path / "wide")
+        cfg.DATASET.TRAIN.WIDTH = cfg.DATASET.TEST.WIDTH = 256
+        cfg.DATASET.TRAIN.HEIGHT = cfg.DATASET.TEST.HEIGHT = 128
     mx.random.seed(0)
     np.random.seed(0)
     net = build_detector(cfg)
@@ -33,7 +41,8 @@ def test_tiny_model_overfits_a_short_synthetic_clip(tiny_cfg, tmp_path):
     ds = load_split(cfg, "TRAIN")
     assert len(ds) == 4 and all(len(r.boxes) == 1 for r in ds)
     batch = next(iter(ClipData(ds, cfg, net.anchors())(0)))
-    assert batch["frames"].shape == (1, 4, 3, 64, 64) and batch["schedule"] == ["large"] * 4
+    assert batch["frames"].shape == ((1, 4, 3, 64, 128) if wide else (1, 4, 3, 64, 64))
+    assert batch["schedule"] == ["large"] * 4
     task = ClipTask(net, cfg)
     trainer = gluon.Trainer(net.collect_params(), "adam", {"learning_rate": 0.02})
     losses = []
@@ -136,6 +145,12 @@ def test_bad_config_values_name_the_file_and_key(tmp_path):
     bad.write_text(f"_BASE_: {TINY_CFG}\nMODEL:\n  LSTM: {{UNITZ: 3}}\n")
     with pytest.raises(ConfigError, match=r"bad\.yaml.*MODEL\.LSTM\.UNITZ"):
         lstm_config.load(str(bad))
+    bad.write_text(f"_BASE_: {TINY_CFG}\nMODEL:\n  IMAGE_SIZE: [64]\n")
+    with pytest.raises(ValueError, match=r"bad\.yaml.*MODEL\.IMAGE_SIZE.*S or a list \[H, W\]"):
+        build_detector(lstm_config.load(str(bad)))
+    bad.write_text(f"_BASE_: {TINY_CFG}\nMODEL:\n  TYPE: fast_slow\n  SMALL: {{INPUT_SIZE: [32, 0]}}\n")
+    with pytest.raises(ValueError, match=r"bad\.yaml.*MODEL\.SMALL\.INPUT_SIZE"):
+        build_detector(lstm_config.load(str(bad)))
     bad.write_text(f"_BASE_: {TINY_CFG}\nMODEL:\n  TYPE: fast_slow\n  SMALL: {{OUTPUT_STRIDE: 32}}\n")
     with pytest.raises(ValueError, match="same feature size"):
         build_detector(lstm_config.load(str(bad)))

@@ -70,7 +70,7 @@ def main(argv=None):
     if "train" in cfg.PHASE:
         seed_everything(cfg.TRAIN.SEED, 0)  # the initial weights are a function of the seed
         net = build_detector(cfg)
-        net(mx.nd.zeros((1, 1, 3, cfg.MODEL.IMAGE_SIZE, cfg.MODEL.IMAGE_SIZE)))
+        net(mx.nd.zeros((1, 1, 3) + net.image_hw))
         if cfg.MODEL.WEIGHTS:
             load_init_weights(net, cfg.MODEL.WEIGHTS)
         t0 = time.time()

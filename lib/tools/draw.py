@@ -27,7 +27,7 @@ ANCHORS.yaml (keys upper case), one of:
   ASPECT_RATIOS: [[2, 3], [2, 3], [2, 3], [2, 3], [2, 3], [2, 3]]
 
   TYPE: multiscale     # TF OD API SSD anchors (lib.anchors.multiscale_anchors), e.g. LSTM-SSD
-  IMAGE_SIZE: 256
+  IMAGE_SIZE: 256      # or [H, W]; FEATURE_SIZES entries then [h, w]
   FEATURE_SIZES: [8, 4, 2, 1, 1]
 """
 import argparse
@@ -106,7 +106,8 @@ def build_anchors(cfg, width, height, path="anchors"):
         pri = A.multiscale_anchors(_req(cfg, "FEATURE_SIZES", path), min_scale=cfg.get("MIN_SCALE", 0.2),
                                    max_scale=cfg.get("MAX_SCALE", 0.95),
                                    aspect_ratios=tuple(cfg.get("ASPECT_RATIOS", (1.0, 2.0, 0.5, 3.0, 1.0 / 3))),
-                                   reduce_lowest=cfg.get("REDUCE_LOWEST", True))
+                                   reduce_lowest=cfg.get("REDUCE_LOWEST", True),
+                                   image_size=_req(cfg, "IMAGE_SIZE", path))
     else:
         raise DatasetError(f"{path}: anchor TYPE must be rpn|retinanet|ssd|multiscale, got {kind!r}")
     return pri * np.array([width, height, width, height], np.float32)

@@ -19,6 +19,8 @@ import sys
 
 import numpy as np
 
+from lib.tools.infer import FIXED_RESIZE
+
 
 def _check_images(source, count, meta, seed=0):
     """BGR frames for the ONNX check: the first ``count`` frames of source, or seeded random images."""
@@ -31,7 +33,7 @@ def _check_images(source, count, meta, seed=0):
                 break
         return frames
     rng = np.random.default_rng(seed)
-    h, w = meta["input"]["size"] if meta["input"]["resize"] == "square" else (480, 640)
+    h, w = meta["input"]["size"] if meta["input"]["resize"] in FIXED_RESIZE else (480, 640)
     return [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(count)]
 
 

@@ -19,6 +19,8 @@ import cv2
 import numpy as np
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+# meta.json input.resize values that resize to input.size [H, W] ignoring the aspect ("square": older artifacts)
+FIXED_RESIZE = ("fixed", "square")
 
 
 def load_ops_library():
@@ -134,7 +136,7 @@ class ExportedDetector:
         spec = self.meta["input"]
         h, w = frame_bgr.shape[:2]
         rgb = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB)
-        if spec["resize"] == "square":
+        if spec["resize"] in FIXED_RESIZE:
             th, tw = spec["size"]
         else:
             scale = spec["short_side"] / min(h, w)
