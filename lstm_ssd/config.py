@@ -47,7 +47,8 @@ DEFAULTS = {
         "LR_FACTOR": 0.95, "CLIP_GRAD_NORM": 10.0, "EPOCHS": 10, "PROGRESS": False, "LOG_EVERY": 10,
         "BATCH_SIZE": 8,           # sequences per batch
         "UNROLL": 4,               # frames per sequence (truncated BPTT length)
-        "CARRY_STATE": True,       # consecutive segments of a video, state carried (else random clips)
+        "CARRY_STATE": True,       # consecutive segments of a video, state carried (else random clips;
+                                   # ssdlite, having no state, always takes random clips)
         "AUGMENT": True,           # AUGMENTATIONS below, drawn once per clip (same for all its frames)
         "AUGMENTATIONS": ["RandomFlip", "SSDRandomCrop"],   # lib.transforms specs (build_transforms)
         "STILL_IMAGES": "pseudo",  # pseudo (crop-and-shift pseudo-video) | repeat | skip

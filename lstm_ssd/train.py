@@ -67,7 +67,8 @@ class ClipData:
     def __init__(self, dataset, cfg, anchors):
         t = cfg.TRAIN
         self.cfg, self.anchors = cfg, anchors
-        self.mode = "sequential" if t.CARRY_STATE else "random"
+        # a model without memory has no state to carry: random clips (full, independent batches)
+        self.mode = "sequential" if t.CARRY_STATE and cfg.MODEL.TYPE != "ssdlite" else "random"
         self.sampler = ClipSampler(dataset, clip_length=t.UNROLL, mode=self.mode, still_images=t.STILL_IMAGES,
                                    seed=t.SEED)
         self.transform = clip_transform(cfg, train=True)

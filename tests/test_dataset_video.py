@@ -153,9 +153,20 @@ def test_clip_sampler_random_and_sequential(synth):
     assert sum(len(lane) for lane in lanes) == len(clips)
     for lane in lanes:  # a lane continues its video until it changes, and then resets
         for prev, cur in zip(lane, lane[1:]):
-            assert cur.continues == (cur.video == prev.video)
             if cur.continues:
-                assert cur.start == prev.start + 4
+                assert cur.video == prev.video and cur.start == prev.start + 4
+            elif cur.video == prev.video:            # a long video cut into pieces: the next piece
+                assert cur.start > prev.start        # starts from a fresh state
+    # one long video and two short ones over 3 lanes: the long one is cut so the lanes finish together
+    long_ds = DetectionDataset([Record(image=f"{v}{i}.jpg", width=8, height=8, video=v, frame=i)
+                                for v, n in (("long", 36), ("a", 4), ("b", 8)) for i in range(n)], ["x"])
+    sampler = ClipSampler(long_ds, clip_length=4, mode="sequential")
+    steps = list(sampler.streams(batch_size=3))
+    assert len(steps) == 4                                          # ceil(12 clips / 3 lanes)
+    got = sorted((c.video, c.start) for s in steps for c in s if c is not None)
+    assert got == sorted((c.video, c.start) for c in sampler.epoch(0))   # every clip exactly once
+    fresh = [c.start for s in steps for c in s if c is not None and c.video == "long" and not c.continues]
+    assert sorted(fresh) == [0, 16, 32]                             # pieces of 4 clips, each from a zero state
 
 
 def test_pseudo_video_crop_and_shift(tmp_path):

@@ -55,6 +55,8 @@ OUTPUT_DIR: {out}
         assert (fam.TRAIN.BATCH_SIZE, fam.TRAIN.LR, fam.TRAIN.EPOCHS, fam.TRAIN.AUGMENT) == (3, 0.02, 7, True)
         assert fam.TRAIN.AUGMENTATIONS == [{"name": "RandomFlip"}]
         assert fam.DATASET.CLASSES == ["a", "b"]
+        wide = _cfg(tmp_path, f"DETECTOR: {family}\nINPUT: {{SIZE: [180, 320]}}\nOUTPUT_DIR: {tmp_path / family}\n")
+        assert detectors.family_config(wide, ["a"]).MODEL.IMAGE_SIZE == [180, 320]
 
     for family in ("rfcn", "fgfa"):
         cfg = _cfg(tmp_path, f"DETECTOR: {family}\nINPUT: {{SHORT_SIDE: 360, MAX_SIZE: 640}}\n"

@@ -10,6 +10,8 @@ Still images become pseudo-videos by crop-and-shift: a crop window that moves (a
 linearly across the clip. Augmentation with the same random parameters on every frame of a clip is
 lib.transforms' job: ``load_clip`` returns the frames as a list for it.
 """
+import dataclasses
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -172,7 +174,11 @@ class ClipSampler:
     def streams(self, batch_size, epoch=0):
         """Sequential mode for truncated BPTT: yields lists of ``batch_size`` Clips per step; lane b keeps
         taking the next clip of its current video (continues=True) and starts a new video (continues=False,
-        reset the state) when it runs out. Lanes with nothing left hold None."""
+        reset the state) when it runs out. Lanes with nothing left hold None.
+
+        A video longer than an even share of the epoch (ceil(clips / batch_size)) is cut into pieces of
+        that share, each starting from a fresh state, so that one long video does not keep a single
+        lane busy while the others idle."""
         clips = self.epoch(epoch)
         groups, current = [], []
         for c in clips:
@@ -182,10 +188,16 @@ class ClipSampler:
             current.append(c)
         if current:
             groups.append(current)
+        share = max(1, math.ceil(len(clips) / batch_size))
+        pieces = []
+        for g in groups:
+            for i in range(0, len(g), share):
+                piece = g[i:i + share]
+                pieces.append([dataclasses.replace(piece[0], continues=False)] + piece[1:] if i else piece)
         lanes = [[] for _ in range(batch_size)]
-        for g in groups:  # give each video to the lane with the least work so far
-            min(lanes, key=len).extend(g)
-        for step in range(max(len(lane) for lane in lanes) if groups else 0):
+        for piece in sorted(pieces, key=len, reverse=True):   # longest first onto the least loaded lane
+            min(lanes, key=len).extend(piece)
+        for step in range(max(len(lane) for lane in lanes) if pieces else 0):
             yield [lane[step] if step < len(lane) else None for lane in lanes]
 
 
