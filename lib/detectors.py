@@ -159,7 +159,8 @@ def _backbone_keys(family, name, width):
             return {"MODEL": {"BACKBONE": "vgg16"}}
     elif family in ("ssdlite", "lstm_ssd"):
         if mobilenet:
-            large = {"NET": f"mobilenet_v{mobilenet.group(1)}"}
+            # a named standard backbone is used whole (the base config's cut point belongs to its own net)
+            large = {"NET": f"mobilenet_v{mobilenet.group(1)}", "NUM_BLOCKS": -1}
             if width:
                 large["WIDTH"] = float(width)
             return {"MODEL": {"LARGE": large}}

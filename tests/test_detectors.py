@@ -174,7 +174,8 @@ def test_tf_pipeline_import_feeds_the_recipe(tmp_path):
     assert fam.MODEL.IMAGE_SIZE == 300 and fam.TRAIN.BATCH_SIZE == 24 and fam.TRAIN.LR == pytest.approx(0.004)
     assert fam.TRAIN.OPTIMIZER == "rmsprop" and fam.TRAIN.AUGMENT is True
     assert fam.MODEL.LARGE.NET == "mobilenet_v2" and fam.MODEL.LARGE.WIDTH == 1.0   # ssd_mobilenet_v2, x1.0
-    assert fam.TRAIN.EPOCHS == 20000   # 48 images in batches of 24 clips: one batch per epoch
+    assert fam.MODEL.LARGE.NUM_BLOCKS == -1                                        # the whole network
+    assert fam.TRAIN.EPOCHS == 10000   # 48 images in batches of 24 single frames: two batches per epoch
     spec = detectors._resolve_spec(cfg.DATA.TRAIN, cfg)
     assert spec["FORMAT"] == "tfrecord" and os.path.isabs(spec["PATHS"]) and spec["PATHS"].endswith("train.record")
     assert spec["OUT_DIR"] == os.path.join(str(tmp_path / "run"), "tfrecord_images")
