@@ -48,10 +48,12 @@ def _check_type(default, value, key, source):
     return value
 
 
-def _is_size(value):
-    if isinstance(value, (list, tuple)):
-        return len(value) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-    return isinstance(value, int) and not isinstance(value, bool)
+def size_hw(value, key):
+    """An image size from a config, S or [H, W], -> (H, W); ConfigError naming ``key`` otherwise."""
+    values = list(value) if isinstance(value, (list, tuple)) else [value, value]
+    if len(values) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values):
+        raise ConfigError(f"{key} must be a positive integer S or a list [H, W], got {value!r}")
+    return tuple(values)
 
 
 def merge(defaults, overrides, source="<overrides>", prefix="", open_keys=(), size_keys=()):
@@ -71,8 +73,7 @@ def merge(defaults, overrides, source="<overrides>", prefix="", open_keys=(), si
             raise ConfigError(f"{source}: unknown key '{dotted}'. Known keys here: {known}")
         default = out[key]
         if dotted in size_keys:
-            if not _is_size(value):
-                raise ConfigError(f"{source}: key '{dotted}' must be an integer S or a list [H, W], got {value!r}")
+            size_hw(value, f"{source}: key '{dotted}'")
             out[key] = list(value) if isinstance(value, (list, tuple)) else value
             continue
         value = _check_type(default, value, dotted, source)

@@ -70,10 +70,3 @@ SIZE_KEYS = ("MODEL.IMAGE_SIZE", "MODEL.LARGE.INPUT_SIZE", "MODEL.SMALL.INPUT_SI
 def load(path=None, overrides=None):
     return load_config(path, DEFAULTS, overrides=overrides, open_keys=OPEN_KEYS, size_keys=SIZE_KEYS)
 
-
-def size_hw(value, key):
-    """An input size from config (S or [H, W]) -> (H, W) ints; ``key`` names the entry in errors."""
-    values = list(value) if isinstance(value, (list, tuple)) else [value, value]
-    if len(values) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values):
-        raise ValueError(f"{key}: expected a positive integer S or [H, W], got {value!r}")
-    return tuple(values)

@@ -17,7 +17,8 @@ import numpy as np
 import mxnet as mx
 from mxnet import gluon
 
-from .config import size_hw
+from lib.config import size_hw
+
 from .layers import ConvBN, PruneGroup
 from .lstm_cell import BottleneckLSTM
 from .mobilenet import MobileNet

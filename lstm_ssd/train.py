@@ -18,12 +18,12 @@ import time
 import mxnet as mx
 import numpy as np
 
+from lib.config import size_hw
 from lib.dataset import ClipSampler, load_clip, load_dataset, read_image
 from lib.losses import MultiBoxLoss
 from lib.matching import ssd_targets
 from lib.transforms import Compose, ResizeTo, build_transforms
 
-from .config import size_hw
 from .policy import ACTIONS
 
 
