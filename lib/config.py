@@ -48,8 +48,11 @@ def _check_type(default, value, key, source):
     return value
 
 
-def size_hw(value, key):
-    """An image size from a config, S or [H, W], -> (H, W); ConfigError naming ``key`` otherwise."""
+def size_hw(value, key, unset_ok=False):
+    """An image size from a config, S or [H, W], -> (H, W); ConfigError naming ``key`` otherwise.
+    ``unset_ok``: 0 is accepted too (a default meaning "not set", e.g. "same as the image") -> None."""
+    if unset_ok and isinstance(value, int) and not isinstance(value, bool) and value == 0:
+        return None
     values = list(value) if isinstance(value, (list, tuple)) else [value, value]
     if len(values) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values):
         raise ConfigError(f"{key} must be a positive integer S or a list [H, W], got {value!r}")
@@ -73,7 +76,7 @@ def merge(defaults, overrides, source="<overrides>", prefix="", open_keys=(), si
             raise ConfigError(f"{source}: unknown key '{dotted}'. Known keys here: {known}")
         default = out[key]
         if dotted in size_keys:
-            size_hw(value, f"{source}: key '{dotted}'")
+            size_hw(value, f"{source}: key '{dotted}'", unset_ok=True)
             out[key] = list(value) if isinstance(value, (list, tuple)) else value
             continue
         value = _check_type(default, value, dotted, source)

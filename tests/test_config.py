@@ -86,6 +86,7 @@ def test_size_keys_take_an_int_or_a_pair(tmp_path):
     assert load_config(base, DEFAULTS, size_keys=keys).MODEL.DEPTH == [360, 640]
     assert load_config(child, DEFAULTS, size_keys=keys).MODEL.DEPTH == 320      # int over a base's pair
     assert load_config(base, DEFAULTS, ["MODEL.DEPTH=64"], size_keys=keys).MODEL.DEPTH == 64
+    assert load_config(base, DEFAULTS, ["MODEL.DEPTH=0"], size_keys=keys).MODEL.DEPTH == 0   # 0 = not set
     for bad in ("[360]", "[360, 64.5]", "big", "true"):
         with pytest.raises(ConfigError, match=r"command line.*MODEL\.DEPTH.*S or a list \[H, W\]"):
             load_config(base, DEFAULTS, [f"MODEL.DEPTH={bad}"], size_keys=keys)
