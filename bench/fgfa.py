@@ -150,7 +150,7 @@ def run_setting(name, frames_count, repeats, hybridize):
         count = max(frames_count, 2 * k + 4)
         frames = [rng.randint(0, 255, (height, width, 3)).astype(np.uint8) for _ in range(count)]
         if cfg.TEST.QUANTIZE == "int8":
-            model.quantize_features(np.stack([make_preprocess(cfg)(f)[0] for f in frames[:4]]))
+            model.quantize_int8(np.stack([make_preprocess(cfg)(f)[0] for f in frames[:4]]))
         key = "fgfa" if aggregate else "baseline"
         results[key] = {
             "ms_per_frame": 1000 * time_stream(cfg, model, frames),

@@ -112,7 +112,7 @@ DEFAULTS = {
         "SEQ_NMS_SUPPRESS_IOU": 0.3,
         "SEQ_NMS_RESCORE": "avg",
         "CHECKPOINT": "",              # empty: the last checkpoint of OUTPUT_DIR
-        "QUANTIZE": "",                # int8: backbone + feature conv in int8 on CPU (MKLDNN), calibrated
+        "QUANTIZE": "",                # int8: backbone, feature conv and head convs in int8 on CPU (MKLDNN), calibrated
         "CALIB_FRAMES": 8,             #   on this many training frames; reports go to test_int8/
         "HYBRIDIZE": True,
         "EVAL_METRIC": "auto",         # auto (vid when tracks exist, else voc) | vid | voc

@@ -23,7 +23,7 @@ from .backbone import ResNetV1Backbone
 from .embedding import EmbedNet
 from .flownet import FlowNetSimple
 from .operators import multi_proposal
-from .rfcn_head import RFCNHead
+from .rfcn_head import RFCNHead, rfcn_vote
 from .rpn import RPN, denormalize_rpn_deltas, rpn_cls_prob, rpn_flatten
 
 
@@ -43,18 +43,32 @@ class FeatureNet(nn.HybridBlock):
         return F.relu(self.feat_conv(self.backbone(x)))
 
 
-class InferenceHead(nn.HybridBlock):
-    """RPN -> MultiProposal -> R-FCN on one aggregated (or single-frame) feature map.
+class HeadMaps(nn.HybridBlock):
+    """The head's convolutions on one feature map: RPN scores and deltas on the first half of the
+    channels, R-FCN position-sensitive score and box maps on the second half. Shares the detector's
+    parameters; int8 inference quantizes this block on its own (the proposal and pooling operators
+    that follow stay in float)."""
 
-    Holds the detector's RPN and R-FCN blocks (shared parameters) so the whole head hybridizes into
-    one graph; it is kept outside the detector's child list so parameters are saved once.
-    """
+    def __init__(self, rpn, rfcn, half, **kwargs):
+        super().__init__(**kwargs)
+        self.rpn, self.rfcn_cls, self.rfcn_box = rpn, rfcn.cls, rfcn.box
+        self.half = half
 
-    def __init__(self, rpn, rfcn, cfg, builtin_ops=None, **kwargs):
+    def hybrid_forward(self, F, feat):
+        rpn_feat = F.slice_axis(feat, axis=1, begin=0, end=self.half)
+        rfcn_feat = F.slice_axis(feat, axis=1, begin=self.half, end=None)
+        cls_score, box_pred = self.rpn(rpn_feat)
+        return cls_score, box_pred, self.rfcn_cls(rfcn_feat), self.rfcn_box(rfcn_feat)
+
+
+class HeadDecode(nn.HybridBlock):
+    """Head maps + im_info -> (rois, class probabilities, box deltas): MultiProposal, then the R-FCN
+    vote (PSROIPooling + bin average). No parameters."""
+
+    def __init__(self, cfg, num_classes, builtin_ops=None, **kwargs):
         super().__init__(**kwargs)
         net, test = cfg.NETWORK, cfg.TEST
-        self.rpn, self.rfcn = rpn, rfcn
-        self.half = net.FEAT_CHANNELS // 2
+        self.num_classes, self.group, self.feat_stride = num_classes, net.PS_GROUP, net.FEAT_STRIDE
         self.stds = [float(s) for s in net.RPN_BBOX_STDS]
         self.num_anchors = len(net.ANCHOR_SCALES) * len(net.ANCHOR_RATIOS)
         self.builtin_ops = builtin_ops
@@ -64,15 +78,48 @@ class InferenceHead(nn.HybridBlock):
             scales=tuple(float(s) for s in net.ANCHOR_SCALES),
             ratios=tuple(float(r) for r in net.ANCHOR_RATIOS))
 
-    def hybrid_forward(self, F, feat, im_info):
-        rpn_feat = F.slice_axis(feat, axis=1, begin=0, end=self.half)
-        rfcn_feat = F.slice_axis(feat, axis=1, begin=self.half, end=None)
-        cls_score, box_pred = self.rpn(rpn_feat)
+    def hybrid_forward(self, F, cls_score, box_pred, cls_map, box_map, im_info):
         rois = multi_proposal(F, rpn_cls_prob(F, cls_score),
                               denormalize_rpn_deltas(F, box_pred, self.stds, self.num_anchors),
                               im_info, builtin=self.builtin_ops, **self.proposal_attrs)
-        cls, box = self.rfcn(rfcn_feat, rois)
+        cls, box = rfcn_vote(F, cls_map, box_map, rois, self.num_classes, self.group, self.feat_stride,
+                             self.builtin_ops)
         return rois, F.softmax(cls, axis=-1), box
+
+
+class InferenceHead(nn.HybridBlock):
+    """RPN -> MultiProposal -> R-FCN on one aggregated (or single-frame) feature map.
+
+    Holds the detector's RPN and R-FCN blocks (shared parameters) so the whole head hybridizes into
+    one graph; it is kept outside the detector's child list so parameters are saved once.
+    """
+
+    def __init__(self, rpn, rfcn, cfg, builtin_ops=None, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.maps = HeadMaps(rpn, rfcn, cfg.NETWORK.FEAT_CHANNELS // 2, prefix="maps_")
+            self.decode = HeadDecode(cfg, rfcn.num_classes, builtin_ops, prefix="decode_")
+
+    def hybrid_forward(self, F, feat, im_info):
+        return self.decode(*self.maps(feat), im_info)
+
+
+def _quantize_block(block, calib_inputs, calib_mode):
+    """int8 SymbolBlock of a float HybridBlock, calibrated on ``calib_inputs`` (one batch per input),
+    hybridized with static memory (the shapes of a video stream do not change)."""
+    import warnings
+    from mxnet.contrib.quantization import quantize_net
+    block.hybridize(static_alloc=True, static_shape=True)
+    block(*[x[:1] for x in calib_inputs])
+    names = [f"data{i}" for i in range(len(calib_inputs))] if len(calib_inputs) > 1 else ["data"]
+    data = mx.io.NDArrayIter(data=dict(zip(names, calib_inputs)), batch_size=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # quantize_net's deprecation notice
+        quantized = quantize_net(block, quantized_dtype="auto", calib_data=data, calib_mode=calib_mode,
+                                 num_calib_examples=len(calib_inputs[0]), ctx=mx.cpu())
+    quantized.hybridize(static_alloc=True, static_shape=True)
+    quantized(*[x[:1] for x in calib_inputs])
+    return quantized
 
 
 def _smooth_l1(x, sigma):
@@ -103,7 +150,7 @@ class FGFADetector(gluon.Block):
         # inference-only blocks (not children: they share parameters with the ones above)
         self._infer = types.SimpleNamespace(
             head=InferenceHead(self.rpn, self.rfcn, cfg, builtin_ops, prefix="head_"), aggregators={},
-            hybridized_ctx=None, int8_features=None)
+            hybridized_ctx=None, int8_features=None, int8_maps=None)
 
     # ------------------------------------------------------------------ setup
     def init_weights(self, ctx=None):
@@ -135,7 +182,7 @@ class FGFADetector(gluon.Block):
         """True: MXNet's contrib operators (needed in hybridized graphs on a GPU, where lib.ops cannot
         pick by the arrays' context); False: the compiled CPU kernels; None: choose by context."""
         self.builtin_ops = flag
-        for block in [self.head, self.rfcn] + list(self._infer.aggregators.values()):
+        for block in [self.head.decode, self.rfcn] + list(self._infer.aggregators.values()):
             block.builtin_ops = flag
         return self
 
@@ -157,33 +204,28 @@ class FGFADetector(gluon.Block):
         self._infer.hybridized_ctx = ctx or mx.cpu()
         return self
 
-    def quantize_features(self, calib_images, calib_mode="naive"):
-        """int8 backbone + feature conv for CPU inference (MXNet's MKLDNN quantization).
+    def quantize_int8(self, calib_images, calib_mode="naive"):
+        """int8 CPU inference (MXNet's MKLDNN quantization) of the backbone + feature conv and of the
+        head's convolutions (HeadMaps); the proposal and PSROIPooling operators stay in float.
 
         ``calib_images``: pre-processed frames (B,3,H,W) at the inference size, to calibrate the int8
-        ranges on. Afterwards ``frame_cache`` outside training runs the quantized graph; the float
-        parameters (saving, training) are untouched. Returns the quantized block.
+        ranges on (the head is calibrated on their int8 feature maps). Afterwards ``frame_cache`` and
+        ``detect_from_feature`` outside training run the quantized graphs; the float parameters
+        (saving, training) are untouched. Returns (quantized features, quantized head maps).
         """
-        import warnings
-        from mxnet.contrib.quantization import quantize_net
         if not mx.runtime.Features().is_enabled("MKLDNN"):
             raise RuntimeError("int8 quantization needs an MXNet build with MKLDNN (oneDNN)")
         calib = mx.nd.array(np.asarray(calib_images, np.float32))
-        self.features.hybridize(static_alloc=True, static_shape=True)
-        self.features(calib[:1])
-        data = mx.io.NDArrayIter(data=calib, batch_size=1, data_name="data")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")   # quantize_net's deprecation notice
-            quantized = quantize_net(self.features, quantized_dtype="auto", calib_data=data, calib_mode=calib_mode,
-                                     num_calib_examples=len(calib), ctx=mx.cpu())
-        quantized(calib[:1])
-        self._infer.int8_features = quantized
-        return quantized
+        features = _quantize_block(self.features, [calib], calib_mode)
+        feats = mx.nd.concat(*[features(calib[i:i + 1]) for i in range(len(calib))], dim=0)
+        maps = _quantize_block(self.head.maps, [feats], calib_mode)
+        self._infer.int8_features, self._infer.int8_maps = features, maps
+        return features, maps
 
     # ------------------------------------------------------------------ per-frame pieces
     def frame_cache(self, image):
         """(B,3,H,W) -> cache (B, C[+E], h, w): feature map, plus its embedding with aggregation."""
-        int8 = getattr(self._infer, "int8_features", None)
+        int8 = self._infer.int8_features
         feat = int8(image) if int8 is not None and not autograd.is_training() else self.features(image)
         if not self.aggregate:
             return feat
@@ -191,6 +233,9 @@ class FGFADetector(gluon.Block):
 
     def detect_from_feature(self, feat, im_info):
         """Aggregated feature (1,C,h,w) + im_info (1,3) -> (rois (R,5), probs (R,C+1), deltas (R,8))."""
+        int8 = self._infer.int8_maps
+        if int8 is not None and not autograd.is_training():
+            return self.head.decode(*int8(feat), im_info)
         return self.head(feat, im_info)
 
     def aggregate_window(self, key_cache, caches, flows, fused=None):

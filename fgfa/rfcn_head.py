@@ -20,8 +20,14 @@ class RFCNHead(nn.HybridBlock):
             self.box = nn.Conv2D(group * group * 8, 1, weight_initializer=init.Normal(0.001))
 
     def hybrid_forward(self, F, feat, rois):
-        attrs = dict(spatial_scale=1.0 / self.feat_stride, pooled_size=self.group, group_size=self.group)
-        cls = psroi_pooling(F, self.cls(feat), rois, builtin=self.builtin_ops,
-                            output_dim=self.num_classes, **attrs)
-        box = psroi_pooling(F, self.box(feat), rois, builtin=self.builtin_ops, output_dim=8, **attrs)
-        return F.mean(cls, axis=(2, 3)), F.mean(box, axis=(2, 3))
+        return rfcn_vote(F, self.cls(feat), self.box(feat), rois, self.num_classes, self.group, self.feat_stride,
+                         self.builtin_ops)
+
+
+def rfcn_vote(F, cls_map, box_map, rois, num_classes, group, feat_stride, builtin_ops=None):
+    """Position-sensitive maps + rois -> cls (R, classes), box (R, 8): PSROIPooling, then the average
+    over the group x group bins (the head's parameter-free part; int8 inference runs the maps apart)."""
+    attrs = dict(spatial_scale=1.0 / feat_stride, pooled_size=group, group_size=group)
+    cls = psroi_pooling(F, cls_map, rois, builtin=builtin_ops, output_dim=num_classes, **attrs)
+    box = psroi_pooling(F, box_map, rois, builtin=builtin_ops, output_dim=8, **attrs)
+    return F.mean(cls, axis=(2, 3)), F.mean(box, axis=(2, 3))

@@ -236,8 +236,8 @@ def run_test(cfg, model=None, classes=None, dataset=None, checkpoint=None, logge
         model.hybridize_for_inference(ctx)
     if cfg.TEST.QUANTIZE == "int8":
         calib = calibration_frames(cfg, cfg.TEST.CALIB_FRAMES)
-        model.quantize_features(calib)
-        logger.info("int8 backbone + feature conv, calibrated on %d training frames", len(calib))
+        model.quantize_int8(calib)
+        logger.info("int8 backbone, feature conv and head convolutions, calibrated on %d training frames", len(calib))
     context = test_context(cfg, dataset)
     records, detections, spf = detect_dataset(model, dataset, cfg, ctx, progress, logger, context=context)
     result = evaluate(records, detections, classes, cfg.TEST.EVAL_METRIC)

@@ -346,7 +346,7 @@ def test_chained_mode_with_k0_and_builtin_ops_path(monkeypatch):
         np.testing.assert_allclose(s0, s1, rtol=1e-4, atol=1e-5)
 
 
-def test_int8_features_follow_the_float_ones_and_training_stays_float():
+def test_int8_features_and_head_follow_the_float_ones_and_training_stays_float():
     from mxnet import autograd
     cfg, model = _tiny_model(True, k=1)
     rng = np.random.RandomState(3)
@@ -354,13 +354,25 @@ def test_int8_features_follow_the_float_ones_and_training_stays_float():
     # smooth images (natural-image-like statistics) for calibration and test
     images = [cv2_blur(rng.randint(0, 255, (120, 160, 3)).astype(np.uint8)) for _ in range(6)]
     data = np.stack([preprocess(im)[0] for im in images])
+    im_info = mx.nd.array(preprocess(images[4])[1][None])
     reference = model.frame_cache(mx.nd.array(data[4:])).asnumpy()
-    model.quantize_features(data[:4])
+    feat = mx.nd.array(reference[:1, :model.feat_channels])
+    float_maps = [m.asnumpy() for m in model.head.maps(feat)]
+    float_rois, float_probs, _ = model.detect_from_feature(feat, im_info)
+    model.quantize_int8(data[:4])
     int8 = model.frame_cache(mx.nd.array(data[4:])).asnumpy()
     assert int8.shape == reference.shape
     # random weights through 20 int8 layers: measured correlation 0.985, mean error 19%
     assert np.corrcoef(int8.ravel(), reference.ravel())[0, 1] > 0.95
     assert np.abs(int8 - reference).mean() < 0.3 * np.abs(reference).mean()
+    # the head's convolutions in int8 on the same float feature map: 4 maps of the float shapes and values
+    int8_maps = [m.asnumpy() for m in model._infer.int8_maps(feat)]
+    for q, f in zip(int8_maps, float_maps):
+        assert q.shape == f.shape
+        assert np.corrcoef(q.ravel(), f.ravel())[0, 1] > 0.99
+    rois, probs, deltas = model.detect_from_feature(feat, im_info)   # int8 maps -> float proposal + pooling
+    assert rois.shape == float_rois.shape and probs.shape == float_probs.shape and deltas.shape[1] == 8
+    np.testing.assert_allclose(probs.asnumpy().sum(axis=1), 1.0, rtol=1e-5)
     with autograd.record():   # training never sees the int8 graph (BatchNorm uses batch statistics
         trained = model.frame_cache(mx.nd.array(data[4:]))   # there: compare with the float net's)
         float_train = model.embed(model.features(mx.nd.array(data[4:])))
