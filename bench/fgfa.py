@@ -4,6 +4,7 @@
                                     # flows) and the small CPU config (speedtrap frames; + chained)
     python -m bench.fgfa --quick    # tiny sizes, few repeats (a smoke run)
     [--frames N] [--json OUT.json] [--settings paper,cpu] [--no-hybridize]
+    python -m bench.fgfa --int8-ablation paper   # float vs int8 variants of one frame baseline
 
 Run it as a module from the project root: as a script, this file's name would shadow the fgfa package.
 
@@ -164,6 +165,44 @@ def run_setting(name, frames_count, repeats, hybridize):
     return results
 
 
+def int8_ablation(setting, repeats):
+    """ms per frame of the frame baseline (features + head + post-processing) in one process: float,
+    int8 backbone only as quantize_net returns it (memory allocated per call), the same with static
+    memory, and the full int8 path (quantize_int8: + the head's convolutions, static memory)."""
+    from fgfa.detector import _quantize_block
+    cfg_name, overrides, num_classes, (height, width) = SETTINGS[setting]
+    cfg, model = build(cfg_name, overrides, num_classes, False, True)
+    preprocess = make_preprocess(cfg)
+    rng = np.random.RandomState(0)
+    frames = [rng.randint(0, 255, (height, width, 3)).astype(np.uint8) for _ in range(4)]
+    calib = np.stack([preprocess(f)[0] for f in frames])
+    data, im_info = preprocess(frames[0])
+    data, info = mx.nd.array(data[None]), mx.nd.array(im_info[None])
+
+    def frame_ms():
+        def run():
+            out = model.detect_from_feature(model.frame_cache(data), info)
+            mx.nd.waitall()
+            return model.postprocess(*out, im_info)
+        run()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            run()
+        return 1000 * (time.perf_counter() - start) / repeats
+
+    rows = {"float": frame_ms()}
+    features = _quantize_block(model.features, [mx.nd.array(calib)], "naive")
+    rows["int8 backbone, static memory"] = (setattr(model._infer, "int8_features", features), frame_ms())[1]
+    features.hybridize(static_alloc=False, static_shape=False)   # as quantize_net returns it
+    rows["int8 backbone, memory per call"] = frame_ms()
+    model.quantize_int8(calib)
+    rows["int8 backbone + head convs, static memory (TEST.QUANTIZE)"] = frame_ms()
+    print(f"\n[{setting}] int8 ablation, frame baseline {height}x{width}, ms per frame:")
+    for name, ms in rows.items():
+        print(f"| {name} | {ms:.1f} | {rows['float'] / ms:.2f}x |")
+    return rows
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.strip().split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -173,6 +212,8 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=None, help="repeats of each stage timing")
     parser.add_argument("--no-hybridize", action="store_true", help="imperative (for comparison)")
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--int8-ablation", default=None, metavar="SETTING",
+                        help="instead: float vs the int8 variants of one setting's frame baseline")
     args = parser.parse_args(argv)
     settings = (args.settings.split(",") if args.settings else
                 (["quick", "quick_chained", "quick_int8"] if args.quick else
@@ -183,6 +224,14 @@ def main(argv=None):
             parser.error(f"unknown setting {name!r}; choose from {', '.join(SETTINGS)}")
     frames = args.frames or (8 if args.quick else 30)
     repeats = args.repeats or (2 if args.quick else 5)
+    if args.int8_ablation:
+        if args.int8_ablation not in SETTINGS:
+            parser.error(f"unknown setting {args.int8_ablation!r}; choose from {', '.join(SETTINGS)}")
+        rows = int8_ablation(args.int8_ablation, repeats)
+        if args.json:
+            with open(args.json, "w", encoding="utf-8") as f:
+                json.dump({"threads": threads(), "int8_ablation": args.int8_ablation, "ms_per_frame": rows}, f, indent=1)
+        return 0
     print(f"threads {threads()}, MKLDNN {mx.runtime.Features().is_enabled('MKLDNN')}, "
           f"hybridized {not args.no_hybridize}", flush=True)
     rows = [run_setting(name, frames, repeats, not args.no_hybridize) for name in settings]

@@ -59,11 +59,14 @@ def size_hw(value, key, unset_ok=False):
     return tuple(values)
 
 
-def merge(defaults, overrides, source="<overrides>", prefix="", open_keys=(), size_keys=()):
+def merge(defaults, overrides, source="<overrides>", prefix="", open_keys=(), size_keys=(), patch_open=False):
     """Return a deep copy of ``defaults`` updated by ``overrides`` with key and type checks.
 
     ``open_keys`` lists dotted keys whose mapping values accept any sub-keys (e.g. free-form
     per-dataset options); ``size_keys`` lists dotted keys that take an image size S or [H, W].
+    A mapping given for an open key replaces the old one (a config file naming another dataset must
+    not inherit its base's SPLIT), unless ``patch_open``: then only the keys given change (used for a
+    command-line ``--set DATASET.TEST.SPLIT=...``).
     """
     out = copy.deepcopy(defaults)
     for key, value in (overrides or {}).items():
@@ -81,9 +84,20 @@ def merge(defaults, overrides, source="<overrides>", prefix="", open_keys=(), si
             continue
         value = _check_type(default, value, dotted, source)
         if isinstance(default, dict) and isinstance(value, dict) and dotted not in open_keys:
-            out[key] = merge(default, value, source, dotted + ".", open_keys, size_keys)
+            out[key] = merge(default, value, source, dotted + ".", open_keys, size_keys, patch_open)
+        elif patch_open and isinstance(default, dict) and isinstance(value, dict):
+            out[key] = _patched(default, value)
         else:
             out[key] = copy.deepcopy(value)
+    return out
+
+
+def _patched(old, new):
+    """Deep copy of mapping ``old`` with the keys of ``new`` set (recursively for mappings in both)."""
+    out = copy.deepcopy(old)
+    for key, value in new.items():
+        both = isinstance(out.get(key), dict) and isinstance(value, dict)
+        out[key] = _patched(out[key], value) if both else copy.deepcopy(value)
     return out
 
 
@@ -127,8 +141,12 @@ def load_config(path, defaults, overrides=None, open_keys=(), size_keys=()):
     open_keys, size_keys = tuple(open_keys), tuple(size_keys)
     cfg = _resolve_bases(path, defaults, open_keys, frozenset(), size_keys) if path else copy.deepcopy(defaults)
     if overrides:
-        cfg = merge(cfg, parse_overrides(overrides), source="command line", open_keys=open_keys,
-                    size_keys=size_keys)
+        for item in overrides:
+            # KEY.SUB=value below an open key changes that one key; a whole mapping replaces the old one
+            key = item.split("=", 1)[0].strip()
+            below_open = any(key.startswith(k + ".") for k in open_keys)
+            cfg = merge(cfg, parse_overrides([item]), source="command line", open_keys=open_keys,
+                        size_keys=size_keys, patch_open=below_open)
     out = EasyDict(cfg)
     out["CONFIG_FILE"] = os.path.abspath(path) if path else None
     return out

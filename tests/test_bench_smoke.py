@@ -40,6 +40,15 @@ def test_bench_fgfa_quick_writes_json(tmp_path):
 
 
 @pytest.mark.slow
+def test_bench_fgfa_int8_ablation_quick(tmp_path):
+    out = tmp_path / "int8.json"
+    assert "int8 ablation" in run_bench(["-m", "bench.fgfa", "--int8-ablation", "quick", "--repeats", "2",
+                                         "--json", str(out)], tmp_path)
+    rows = json.loads(out.read_text())["ms_per_frame"]
+    assert len(rows) == 4 and all(ms > 0 for ms in rows.values())
+
+
+@pytest.mark.slow
 def test_bench_m2det_quick_writes_json(tmp_path):
     out = tmp_path / "m2det.json"
     text = run_bench(["-m", "bench.m2det", "--quick", "--out", str(out)], tmp_path)

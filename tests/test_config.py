@@ -79,6 +79,21 @@ def test_open_keys_accept_free_form_mappings():
     assert out["DATA"]["ARGS"] == {"anything": 1}
 
 
+def test_open_key_mapping_is_replaced_by_a_file_but_patched_by_the_command_line(tmp_path):
+    defaults = {"DATA": {"TEST": {}}}
+    base = write(tmp_path, "base.yaml", "DATA:\n  TEST: {FORMAT: voc, ROOT: r, SPLIT: test, OPTS: {a: 1, b: 2}}\n")
+    child = write(tmp_path, "child.yaml", "_BASE_: base.yaml\nDATA:\n  TEST: {FORMAT: csv, FILE: x.csv}\n")
+    # a file naming another dataset does not inherit the base's keys
+    assert load_config(child, defaults, open_keys=("DATA.TEST",)).DATA.TEST == {"FORMAT": "csv", "FILE": "x.csv"}
+    # --set changes the keys it names and keeps the others (also inside a nested mapping)
+    cfg = load_config(base, defaults, overrides=["DATA.TEST.SPLIT=train", "DATA.TEST.OPTS.b=3"],
+                      open_keys=("DATA.TEST",))
+    assert cfg.DATA.TEST == {"FORMAT": "voc", "ROOT": "r", "SPLIT": "train", "OPTS": {"a": 1, "b": 3}}
+    # a whole mapping given on the command line replaces the old one, as in a file
+    cfg = load_config(base, defaults, overrides=["DATA.TEST={FORMAT: csv, FILE: y.csv}"], open_keys=("DATA.TEST",))
+    assert cfg.DATA.TEST == {"FORMAT": "csv", "FILE": "y.csv"}
+
+
 def test_size_keys_take_an_int_or_a_pair(tmp_path):
     keys = ("MODEL.DEPTH",)
     base = write(tmp_path, "base.yaml", "MODEL: {DEPTH: [360, 640]}\n")
