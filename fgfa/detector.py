@@ -104,24 +104,6 @@ class InferenceHead(nn.HybridBlock):
         return self.decode(*self.maps(feat), im_info)
 
 
-def _quantize_block(block, calib_inputs, calib_mode):
-    """int8 SymbolBlock of a float HybridBlock, calibrated on ``calib_inputs`` (one batch per input),
-    hybridized with static memory (the shapes of a video stream do not change)."""
-    import warnings
-    from mxnet.contrib.quantization import quantize_net
-    block.hybridize(static_alloc=True, static_shape=True)
-    block(*[x[:1] for x in calib_inputs])
-    names = [f"data{i}" for i in range(len(calib_inputs))] if len(calib_inputs) > 1 else ["data"]
-    data = mx.io.NDArrayIter(data=dict(zip(names, calib_inputs)), batch_size=1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")   # quantize_net's deprecation notice
-        quantized = quantize_net(block, quantized_dtype="auto", calib_data=data, calib_mode=calib_mode,
-                                 num_calib_examples=len(calib_inputs[0]), ctx=mx.cpu())
-    quantized.hybridize(static_alloc=True, static_shape=True)
-    quantized(*[x[:1] for x in calib_inputs])
-    return quantized
-
-
 def _smooth_l1(x, sigma):
     return mx.nd.smooth_l1(x, scalar=sigma)
 
@@ -215,10 +197,11 @@ class FGFADetector(gluon.Block):
         """
         if not mx.runtime.Features().is_enabled("MKLDNN"):
             raise RuntimeError("int8 quantization needs an MXNet build with MKLDNN (oneDNN)")
+        from lib.runtime import quantize_block
         calib = mx.nd.array(np.asarray(calib_images, np.float32))
-        features = _quantize_block(self.features, [calib], calib_mode)
+        features = quantize_block(self.features, [calib], calib_mode)
         feats = mx.nd.concat(*[features(calib[i:i + 1]) for i in range(len(calib))], dim=0)
-        maps = _quantize_block(self.head.maps, [feats], calib_mode)
+        maps = quantize_block(self.head.maps, [feats], calib_mode)
         self._infer.int8_features, self._infer.int8_maps = features, maps
         return features, maps
 

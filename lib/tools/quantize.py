@@ -94,17 +94,12 @@ FALLBACK_FLOAT_OPERATORS = ("elemwise_add",)
 
 def _quantize_once(model_dir, calib, calib_mode, exclude, exclude_operators, out_dir):
     import mxnet as mx
-    from mxnet.contrib.quantization import quantize_net
+    from lib.runtime import quantize_block
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         net = mx.gluon.SymbolBlock.imports(os.path.join(model_dir, "model-symbol.json"), ["data"],
                                            os.path.join(model_dir, "model-0000.params"))
-    # a DataIter (not a DataLoader): quantize_net then feeds `data` alone to the network
-    data_iter = mx.io.NDArrayIter(data=mx.nd.array(calib), batch_size=1, data_name="data")
-    qnet = quantize_net(net, quantized_dtype="auto", calib_data=data_iter, calib_mode=calib_mode,
-                        num_calib_examples=len(calib), exclude_layers=list(exclude) or None,
-                        exclude_operators=list(exclude_operators) or None, ctx=mx.cpu())
-    qnet(mx.nd.array(calib[:1]))  # the quantized graph is only materialised (and exportable) after a forward
+    qnet = quantize_block(net, [calib], calib_mode, exclude, exclude_operators)
     os.makedirs(out_dir, exist_ok=True)
     qnet.export(os.path.join(out_dir, "model"))
 
