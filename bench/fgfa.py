@@ -191,7 +191,7 @@ def int8_ablation(setting, repeats):
         return 1000 * (time.perf_counter() - start) / repeats
 
     rows = {"float": frame_ms()}
-    features = quantize_block(model.features, [mx.nd.array(calib)], "naive")
+    features = quantize_block(model.features, calib, "naive")
     model._infer.int8_features = features   # what quantize_int8 sets, without the head's part
     rows["int8 backbone, static memory"] = frame_ms()
     features.hybridize(static_alloc=False, static_shape=False)   # as quantize_net returns it

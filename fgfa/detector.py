@@ -199,9 +199,9 @@ class FGFADetector(gluon.Block):
             raise RuntimeError("int8 quantization needs an MXNet build with MKLDNN (oneDNN)")
         from lib.runtime import quantize_block
         calib = mx.nd.array(np.asarray(calib_images, np.float32))
-        features = quantize_block(self.features, [calib], calib_mode)
+        features = quantize_block(self.features, calib, calib_mode)
         feats = mx.nd.concat(*[features(calib[i:i + 1]) for i in range(len(calib))], dim=0)
-        maps = quantize_block(self.head.maps, [feats], calib_mode)
+        maps = quantize_block(self.head.maps, feats, calib_mode)
         self._infer.int8_features, self._infer.int8_maps = features, maps
         return features, maps
 

@@ -71,26 +71,24 @@ def hybridize_for_inference(block, ctx=None, static=True):
     return block
 
 
-def quantize_block(block, calib_inputs, calib_mode="naive", exclude_layers=(), exclude_operators=()):
-    """int8 SymbolBlock of a float Gluon block (MXNet's MKLDNN quantization, CPU), calibrated on
-    ``calib_inputs`` (one (B, ...) array per input of the block, fed one sample at a time) and
-    hybridized with static memory: quantize_net's block otherwise allocates its buffers on every
-    call (``python -m bench.fgfa --int8-ablation``: 1.3x slower on a ResNet-101)."""
+def quantize_block(block, calib, calib_mode="naive", exclude_layers=(), exclude_operators=()):
+    """int8 SymbolBlock of a float single-input Gluon block (MXNet's MKLDNN quantization, CPU),
+    calibrated on ``calib`` (B, ...) one sample at a time and hybridized with static memory:
+    quantize_net's block otherwise allocates its buffers on every call (``python -m bench.fgfa
+    --int8-ablation``: 1.3x slower on a ResNet-101)."""
     import warnings
     import mxnet as mx
     from mxnet.contrib.quantization import quantize_net
-    calib_inputs = [x if isinstance(x, mx.nd.NDArray) else mx.nd.array(x) for x in calib_inputs]
+    calib = calib if isinstance(calib, mx.nd.NDArray) else mx.nd.array(calib)
     block.hybridize(static_alloc=True, static_shape=True)
-    block(*[x[:1] for x in calib_inputs])
-    names = [f"data{i}" for i in range(len(calib_inputs))] if len(calib_inputs) > 1 else ["data"]
-    # a DataIter (not a DataLoader): quantize_net then feeds the named inputs alone to the network
-    data = mx.io.NDArrayIter(data=dict(zip(names, calib_inputs)), batch_size=1)
+    block(calib[:1])
+    # a DataIter (not a DataLoader): quantize_net then feeds `data` alone to the network
+    data = mx.io.NDArrayIter(data=calib, batch_size=1, data_name="data")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")   # quantize_net's deprecation notice
         quantized = quantize_net(block, quantized_dtype="auto", calib_data=data, calib_mode=calib_mode,
-                                 num_calib_examples=len(calib_inputs[0]),
-                                 exclude_layers=list(exclude_layers) or None,
+                                 num_calib_examples=len(calib), exclude_layers=list(exclude_layers) or None,
                                  exclude_operators=list(exclude_operators) or None, ctx=mx.cpu())
     quantized.hybridize(static_alloc=True, static_shape=True)
-    quantized(*[x[:1] for x in calib_inputs])   # materialises the quantized graph (needed before export)
+    quantized(calib[:1])   # materialises the quantized graph (needed before export)
     return quantized

@@ -99,7 +99,7 @@ def _quantize_once(model_dir, calib, calib_mode, exclude, exclude_operators, out
         warnings.simplefilter("ignore")
         net = mx.gluon.SymbolBlock.imports(os.path.join(model_dir, "model-symbol.json"), ["data"],
                                            os.path.join(model_dir, "model-0000.params"))
-    qnet = quantize_block(net, [calib], calib_mode, exclude, exclude_operators)
+    qnet = quantize_block(net, calib, calib_mode, exclude, exclude_operators)
     os.makedirs(out_dir, exist_ok=True)
     qnet.export(os.path.join(out_dir, "model"))
 
