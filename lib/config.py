@@ -1,7 +1,8 @@
 """yaml configs merged over per-method defaults, validated strictly.
 
 Every method defines its defaults as a nested dict. A yaml file may override any of them and may
-start from another yaml file with ``_BASE_: other.yaml`` (path relative to the file). Unknown keys,
+start from another yaml file with ``_BASE_: other.yaml`` (path relative to the file), or from several,
+``_BASE_: [model.yaml, data.yaml]``, merged in that order (a later base wins). Unknown keys,
 wrong types and missing required files are errors that name the key and the file.
 """
 import copy
@@ -124,11 +125,17 @@ def _resolve_bases(path, defaults, open_keys, seen, size_keys=()):
     if path in seen:
         raise ConfigError(f"{path}: {BASE_KEY} chain loops back to itself")
     data = read_yaml(path)
-    base = data.pop(BASE_KEY, None)
+    bases = data.pop(BASE_KEY, None)
+    if bases is None:
+        bases = []
+    elif isinstance(bases, str):
+        bases = [bases]
+    elif not (isinstance(bases, list) and bases and all(isinstance(b, str) for b in bases)):
+        raise ConfigError(f"{path}: {BASE_KEY} must be a file name or a list of file names, got {bases!r}")
     merged = defaults
-    if base is not None:
+    for base in bases:
         base_path = os.path.join(os.path.dirname(path), base)
-        merged = _resolve_bases(base_path, defaults, open_keys, seen | {path}, size_keys)
+        merged = _resolve_bases(base_path, merged, open_keys, seen | {path}, size_keys)
     return merge(merged, data, source=path, open_keys=open_keys, size_keys=size_keys)
 
 

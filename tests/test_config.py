@@ -57,6 +57,18 @@ def test_base_inheritance_and_loop(tmp_path):
         load_config(loop, DEFAULTS)
 
 
+def test_several_bases_merge_in_order(tmp_path):
+    write(tmp_path, "model.yaml", "MODEL:\n  DEPTH: 34\nTRAIN:\n  EPOCHS: 5\n  LR: 0.5\n")
+    write(tmp_path, "schedule.yaml", "TRAIN:\n  EPOCHS: 9\n")
+    child = write(tmp_path, "child.yaml", "_BASE_: [model.yaml, schedule.yaml]\nTRAIN:\n  LR: 0.1\n")
+    cfg = load_config(child, DEFAULTS)
+    # the later base wins over the earlier one, the file itself over both; untouched keys survive
+    assert (cfg.MODEL.DEPTH, cfg.TRAIN.EPOCHS, cfg.TRAIN.LR) == (34, 9, 0.1)
+    bad = write(tmp_path, "bad.yaml", "_BASE_: {a: 1}\n")
+    with pytest.raises(ConfigError, match="bad.yaml.*_BASE_"):
+        load_config(bad, DEFAULTS)
+
+
 def test_invalid_yaml_names_line(tmp_path):
     path = write(tmp_path, "broken.yaml", "MODEL:\n  DEPTH: [1, 2\n")
     with pytest.raises(ConfigError) as err:
