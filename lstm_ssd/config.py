@@ -58,12 +58,14 @@ DEFAULTS = {
         "SCORE_THRESHOLD": 0.3,    # for drawn images
         "PRINT_IMAGES": False,     # save annotated test images (as the port's TEST.PRINT_IMAGES)
         "MAX_IMAGES": 0,           # 0 = all test records
+        "SUBSETS": {},             # name -> file of "<video> <frame>" lines: mAP of those frames too
+                                   # (the whole videos are still streamed, so memory sees every frame)
         "RESULTS_TABLE": "experiments/lstm_ssd/results.md",
     },
     "DATASET": {"CLASSES": [], "TRAIN": {}, "TEST": {}},
 }
 
-OPEN_KEYS = ("DATASET.TRAIN", "DATASET.TEST")
+OPEN_KEYS = ("DATASET.TRAIN", "DATASET.TEST", "TEST.SUBSETS")
 SIZE_KEYS = ("MODEL.IMAGE_SIZE", "MODEL.LARGE.INPUT_SIZE", "MODEL.SMALL.INPUT_SIZE")   # S or [H, W]
 
 

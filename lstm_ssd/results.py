@@ -7,7 +7,7 @@ import csv
 import os
 
 COLUMNS = ["date", "config", "model", "policy", "dataset", "frames", "mAP", "fps", "params", "macs_large",
-           "macs_small", "large_share", "train_iters", "train_seconds", "note"]
+           "macs_small", "large_share", "train_iters", "train_seconds", "subsets", "note"]
 
 
 def append_result(row, md_path):
@@ -17,6 +17,7 @@ def append_result(row, md_path):
         raise ValueError(f"results row has unknown columns {sorted(unknown)}; allowed: {COLUMNS}")
     csv_path = os.path.splitext(md_path)[0] + ".csv"
     os.makedirs(os.path.dirname(os.path.abspath(md_path)), exist_ok=True)
+    _upgrade_header(csv_path)
     new = not os.path.isfile(csv_path)
     with open(csv_path, "a", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
@@ -36,6 +37,26 @@ def append_result(row, md_path):
         f.write("\n".join(lines) + "\n")
     os.replace(tmp, md_path)
     return csv_path
+
+
+def _upgrade_header(csv_path):
+    """Rewrite a CSV written with an older column list under the current one (new columns empty)."""
+    if not os.path.isfile(csv_path):
+        return
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames == COLUMNS:
+            return
+        unknown = set(reader.fieldnames or []) - set(COLUMNS)
+        if unknown:
+            raise ValueError(f"{csv_path}: columns {sorted(unknown)} are not results columns {COLUMNS}")
+        rows = list(reader)
+    tmp = csv_path + ".tmp"
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows({k: r.get(k, "") for k in COLUMNS} for r in rows)
+    os.replace(tmp, csv_path)
 
 
 def _fmt(value):

@@ -12,6 +12,7 @@ batch x unroll frames and normalised by the matched anchors. The loop is lib.tra
 Evaluation streams each test video frame by frame (state reset at every video start), with the
 configured interleaving policy, and reports VOC mAP@0.5 and the frames per second of the stream.
 """
+import functools
 import os
 import time
 
@@ -237,9 +238,31 @@ def evaluate(cfg, net, dataset=None, policy=None, print_dir=None, policy_net=Non
         if policy == "async":
             stream.close()
     result = voc_ap(records, detections, dataset.classes)
+    subsets = {}
+    for name, path in (cfg.TEST.SUBSETS or {}).items():
+        keep = [k for k, rec in enumerate(records) if (rec.video, rec.frame) in read_frame_list(path)]
+        sub = voc_ap([records[k] for k in keep], [detections[k] for k in keep], dataset.classes)
+        subsets[name] = {"mAP": sub["mAP"] if sub["mAP"] is not None else 0.0, "frames": len(keep)}
     return {"mAP": result["mAP"] if result["mAP"] is not None else 0.0, "fps": len(records) / max(seconds, 1e-9),
             "frames": len(records), "large_share": large / max(len(records), 1), "per_class": result["per_class"],
-            "policy": policy}
+            "policy": policy, "subsets": subsets}
+
+
+@functools.lru_cache(maxsize=8)
+def read_frame_list(path):
+    """{(video, frame)} of a file of "<video> <frame>" lines (TEST.SUBSETS); errors name the line."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"TEST.SUBSETS: no such file {path}")
+    frames = set()
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) != 2 or not fields[1].lstrip("-").isdigit():
+                raise ValueError(f"{path}:{number}: expected '<video> <frame number>', got {line.strip()!r}")
+            frames.add((fields[0], int(fields[1])))
+    return frozenset(frames)
 
 
 def frame_loss_fn(cfg, net):

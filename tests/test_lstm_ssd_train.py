@@ -8,6 +8,7 @@ import pytest
 from mxnet import autograd, gluon
 
 from lib.config import PROJECT_ROOT
+from lib.dataset import read_image
 from lstm_ssd import config as lstm_config
 from lstm_ssd.detector import build_detector, save_model
 from lstm_ssd.policy import ACTIONS, PolicyAgent, DoubleDQN, detection_rewards, double_dqn_targets
@@ -55,6 +56,27 @@ def test_tiny_model_overfits_a_short_synthetic_clip(tiny_cfg, tmp_path, wide):
     assert losses[-1] < 0.1 * losses[0]
     result = evaluate(cfg, net, ds)
     assert result["frames"] == 4 and result["mAP"] > 0.9
+    # TEST.SUBSETS: the mAP of listed frames only, while the whole video is still streamed
+    from lib.eval import voc_ap
+    subset = tmp_path / "two_frames.txt"
+    subset.write_text(f"{ds[1].video} {ds[1].frame}\n\n{ds[3].video} {ds[3].frame}\n")
+    cfg.TEST.SUBSETS = {"two": str(subset)}
+    try:
+        result = evaluate(cfg, net, ds)
+    finally:
+        cfg.TEST.SUBSETS = {}
+    assert result["frames"] == 4 and result["subsets"]["two"]["frames"] == 2
+    records = list(ds)
+    dets = []
+    from lstm_ssd.streaming import StreamingDetector
+    stream = StreamingDetector(net, cfg, policy=cfg.INTERLEAVE.POLICY)
+    stream.reset()
+    assert [r.frame for r in records] == sorted(r.frame for r in records)  # one video, in order
+    for rec in records:
+        labels, scores, boxes = stream.step(read_image(rec.image))
+        dets.append((boxes, scores, labels))
+    expected = voc_ap([records[1], records[3]], [dets[1], dets[3]], ds.classes)["mAP"]
+    assert result["subsets"]["two"]["mAP"] == pytest.approx(expected)
 
 
 def test_carried_state_is_masked_per_lane(tiny_cfg):
@@ -178,3 +200,32 @@ def test_train_test_entry_point_trains_tests_and_appends_a_row(tiny_cfg, tmp_pat
     # test-only phase reloads the saved model
     module.main(["--cfg", str(cfg_path), "--set", "PHASE=[test]"])
     assert len(list(csv.DictReader(open(tmp_path / "results.csv")))) == 2
+
+
+def test_frame_list_errors_name_the_line(tmp_path):
+    from lstm_ssd.train import read_frame_list
+    bad = tmp_path / "frames.txt"
+    bad.write_text("val/a 3\nval/a three\n")
+    with pytest.raises(ValueError, match=r"frames.txt:2: expected"):
+        read_frame_list(str(bad))
+    with pytest.raises(FileNotFoundError, match="TEST.SUBSETS"):
+        read_frame_list(str(tmp_path / "missing.txt"))
+
+
+def test_results_table_written_with_older_columns_gains_the_new_ones(tmp_path):
+    """A CSV from before a column was added is rewritten under the current header, old rows kept."""
+    import csv
+    from lstm_ssd.results import COLUMNS, append_result
+    old_columns = [c for c in COLUMNS if c != "subsets"]
+    csv_path = tmp_path / "results.csv"
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=old_columns)
+        writer.writeheader()
+        writer.writerow({"config": "old.yaml", "mAP": "0.5000", "note": "before"})
+    append_result({"config": "new.yaml", "mAP": 0.25, "subsets": "degraded=0.1000/3fr", "note": "after"},
+                  str(tmp_path / "results.md"))
+    rows = list(csv.DictReader(open(csv_path)))
+    assert [r["config"] for r in rows] == ["old.yaml", "new.yaml"]
+    assert rows[0]["note"] == "before" and rows[0]["subsets"] == "" and rows[0]["mAP"] == "0.5000"
+    assert rows[1]["subsets"] == "degraded=0.1000/3fr" and rows[1]["note"] == "after"
+    assert "| degraded=0.1000/3fr | after |" in (tmp_path / "results.md").read_text()

@@ -106,3 +106,32 @@ def test_scene_has_fast_blurred_occluded_entering_and_leaving_objects(tmp_path):
 def test_every_class_appears_in_a_small_default_set(tmp_path):
     ds = generate_video_dataset(str(tmp_path), seed=1, num_videos=4, num_frames=10, width=160, height=120)
     assert all(count > 0 for count in ds.class_counts().values()), ds.class_counts()
+
+
+def test_degraded_frames_keep_their_boxes_and_leave_the_other_frames_alone(tmp_path):
+    """DEGRADED_FRACTION: the listed frames lose most of their contrast (noise added), their boxes stay;
+    every other frame is byte-identical to the same video rendered without degradation."""
+    from lib.dataset.synthetic import DEGRADED_CONTRAST, DEGRADED_LIST, INTACT_LIST, degraded_frame_indices
+    clean_frames, clean_ann = render_video(4, 1, num_frames=20, width=160, height=120)
+    frames, ann = render_video(4, 1, num_frames=20, width=160, height=120, degraded_fraction=0.3)
+    degraded = degraded_frame_indices(4, 1, 20, 0.3)
+    assert 0 not in degraded and 2 <= len(degraded) <= 12, degraded
+    for t, (clean, frame) in enumerate(zip(clean_frames, frames)):
+        for a, b in zip(clean_ann[t], ann[t]):
+            np.testing.assert_array_equal(a, b)
+        if t not in degraded:
+            np.testing.assert_array_equal(clean, frame)
+            continue
+        c, d = clean.astype(np.float64), frame.astype(np.float64)
+        # d = mean + (c - mean) * contrast + noise: regressing d on c recovers the contrast
+        slope = np.cov(c.ravel(), d.ravel())[0, 1] / c.var()
+        assert abs(slope - DEGRADED_CONTRAST) < 0.05, (t, slope)
+    generate_video_dataset(str(tmp_path), seed=4, num_videos=2, num_frames=20, width=160, height=120,
+                           degraded_fraction=0.3, load=False)
+    lines = open(tmp_path / DEGRADED_LIST).read().split("\n")[:-1]
+    expected = [f"train/synth_0004_{v:04d} {t}" for v in range(2) for t in degraded_frame_indices(4, v, 20, 0.3)]
+    assert lines == expected
+    intact = open(tmp_path / INTACT_LIST).read().split("\n")[:-1]
+    assert len(intact) + len(lines) == 40 and not set(intact) & set(lines)
+    ds = load_dataset({"FORMAT": "synthetic", "ROOT": str(tmp_path)})
+    assert {(r.video, r.frame) for r in ds} >= {(ln.split()[0], int(ln.split()[1])) for ln in lines}

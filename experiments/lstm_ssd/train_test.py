@@ -104,6 +104,8 @@ def main(argv=None):
                "frames": result["frames"], "mAP": float(result["mAP"]), "fps": float(result["fps"]),
                "params": sizes["params"], "macs_large": sizes.get("macs_large", ""),
                "macs_small": sizes.get("macs_small", ""), "large_share": float(result["large_share"]),
+               "subsets": " ".join(f"{name}={sub['mAP']:.4f}/{sub['frames']}fr"
+                                   for name, sub in result["subsets"].items()),
                "note": args.note, **train_info}
         table = cfg.TEST.RESULTS_TABLE if os.path.isabs(cfg.TEST.RESULTS_TABLE) else \
             os.path.join(PROJECT_ROOT, cfg.TEST.RESULTS_TABLE)

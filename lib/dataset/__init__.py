@@ -15,7 +15,7 @@ case accepted too). Common optional keys: CLASSES (list or label_map.pbtxt / cla
 - tfrecord:  PATHS (file or list), OUT_DIR (where images are written), LABEL_MAP
 - recordio:  PREFIX (path without .rec/.idx)
 - synthetic: ROOT (generated there when missing), SEED, NUM_VIDEOS, NUM_FRAMES, WIDTH, HEIGHT,
-             NUM_CLASSES, MAX_OBJECTS, FAST_FRACTION, SPLIT, IMAGE_SET
+             NUM_CLASSES, MAX_OBJECTS, FAST_FRACTION, DEGRADED_FRACTION, SPLIT, IMAGE_SET
 
 Example (the speedtrap set, snippets as its README lists them):
     {"FORMAT": "voc", "ROOT": "data/speedtrap", "SPLIT": "train",
@@ -53,7 +53,7 @@ _KEYS = {
     "tfrecord": {"PATHS", "OUT_DIR", "LABEL_MAP"},
     "recordio": {"PREFIX"},
     "synthetic": {"ROOT", "SEED", "NUM_VIDEOS", "NUM_FRAMES", "WIDTH", "HEIGHT", "NUM_CLASSES",
-                  "MAX_OBJECTS", "FAST_FRACTION", "SPLIT", "IMAGE_SET"},
+                  "MAX_OBJECTS", "FAST_FRACTION", "DEGRADED_FRACTION", "SPLIT", "IMAGE_SET"},
 }
 _COMMON = {"FORMAT", "CLASSES", "STRICT", "CHECK_IMAGES", "ALLOW_EMPTY", "NAME"}
 _REQUIRED = {"voc": ["ROOT"], "coco": ["ANNOTATIONS"], "csv": ["ANNOTATIONS"], "kitti": ["ROOT"],
@@ -122,5 +122,5 @@ def load_dataset(spec):
                                num_frames=int(g("NUM_FRAMES", 30)), width=int(g("WIDTH", 320)),
                                height=int(g("HEIGHT", 240)), num_classes=int(g("NUM_CLASSES", 4)),
                                max_objects=int(g("MAX_OBJECTS", 3)), fast_fraction=float(g("FAST_FRACTION", 0.3)),
-                               split=split, load=False)
+                               degraded_fraction=float(g("DEGRADED_FRACTION", 0.0)), split=split, load=False)
     return load_synthetic(root, split, image_set=g("IMAGE_SET"), **check, strict=common["strict"])

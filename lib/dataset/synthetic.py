@@ -6,8 +6,11 @@ their direction of motion, some entering or leaving through the image border; an
 crossing the frame; objects also occlude each other (later objects in front). A box is the extent of
 the object's shape inside the image (occluders do not shrink it, as annotators box hidden parts they
 can infer; motion blur spreads a few pixels beyond it); an object less than ``min_visible`` visible (occluded or outside) gets
-no box in that frame. Everything is drawn from ``numpy.random.default_rng([seed, video])``, so the
-same arguments give the same files.
+no box in that frame. Optionally a fraction of the frames are "degraded" (a failed exposure: contrast
+cut to ``DEGRADED_CONTRAST`` and sensor noise added) with their boxes kept: a single-frame detector can
+hardly see the objects there, a detector with memory can carry them over from the frames before.
+Everything is drawn from ``numpy.random.default_rng([seed, video])``, so the same arguments give the same
+files (the degraded frames from their own generator, so the other frames do not change).
 """
 import json
 import os
@@ -20,6 +23,10 @@ from .record import Record
 from .vid import load_vid, vid_frame_path, write_image_set_4, write_vid_frame
 
 SYNTHETIC_CLASSES = ["disc", "square", "triangle", "diamond"]
+DEGRADED_CONTRAST = 0.15  # of a degraded frame, around its mean
+DEGRADED_NOISE = 24.0  # std of the Gaussian sensor noise added to a degraded frame (8-bit levels)
+DEGRADED_LIST = "degraded_frames.txt"  # "<video> <frame>" per degraded frame, in the dataset root
+INTACT_LIST = "intact_frames.txt"  # the other frames, same format
 
 
 def _shape_mask(shape, size):
@@ -103,13 +110,27 @@ def _make_objects(rng, n, width, height, num_frames, num_classes, fast_fraction,
     return objects
 
 
+def degraded_frame_indices(seed, video_index, num_frames, fraction):
+    """The frames of a video that are degraded (never the first one: memory has nothing to carry there)."""
+    if fraction <= 0:
+        return []
+    rng = np.random.default_rng([int(seed), int(video_index), 7])
+    return [t for t in range(1, num_frames) if rng.random() < fraction]
+
+
+def _degrade(frame, rng):
+    mean = frame.mean(axis=(0, 1), keepdims=True)
+    return mean + (frame - mean) * DEGRADED_CONTRAST + rng.normal(0.0, DEGRADED_NOISE, frame.shape)
+
+
 def render_video(seed, video_index=0, num_frames=30, width=320, height=240, num_classes=4, max_objects=3,
                  fast_fraction=0.3, occluder=True, size_range=(24, 72), min_visible=0.15, min_box=4,
-                 draw_objects=True):
+                 draw_objects=True, degraded_fraction=0.0):
     """Render one video. Returns (frames: list of HxWx3 uint8 RGB, annotations: list per frame of
     (boxes (N,4) float32, labels (N,), track_ids (N,), visible (N,) fraction of the object seen)).
     draw_objects=False renders the same scene
-    without the objects (same annotations), e.g. to check boxes against what was drawn."""
+    without the objects (same annotations), e.g. to check boxes against what was drawn.
+    degraded_fraction: share of frames degraded (degraded_frame_indices), boxes unchanged."""
     rng = np.random.default_rng([int(seed), int(video_index)])
     shapes = [SYNTHETIC_CLASSES[k % len(SYNTHETIC_CLASSES)] for k in range(num_classes)]
     n = int(rng.integers(1, max_objects + 1))
@@ -122,6 +143,8 @@ def render_video(seed, video_index=0, num_frames=30, width=320, height=240, num_
     if occluder:
         pole = {"x": rng.uniform(-20, width), "v": rng.uniform(-3, 3), "w": int(rng.integers(10, 22)),
                 "color": rng.uniform(20, 90, 3)}
+    degraded = set(degraded_frame_indices(seed, video_index, num_frames, degraded_fraction))
+    noise_rng = np.random.default_rng([int(seed), int(video_index), 8])
     frames, annotations = [], []
     for t in range(num_frames):
         ox = int(np.clip(margin + pan[0] * t, 0, 2 * margin))
@@ -180,6 +203,8 @@ def render_video(seed, video_index=0, num_frames=30, width=320, height=240, num_
             out_labels.append(obj["cls"])
             out_tracks.append(obj["track"])
             out_visible.append(fraction)
+        if t in degraded:
+            frame = _degrade(frame, noise_rng)
         frames.append(np.clip(frame, 0, 255).astype(np.uint8))
         annotations.append((np.asarray(out_boxes, np.float32).reshape(-1, 4), np.asarray(out_labels, np.int64),
                             np.asarray(out_tracks, np.int64), np.asarray(out_visible, np.float32)))
@@ -188,21 +213,25 @@ def render_video(seed, video_index=0, num_frames=30, width=320, height=240, num_
 
 def generate_video_dataset(out_dir, seed=0, num_videos=4, num_frames=30, width=320, height=240, num_classes=4,
                            max_objects=3, fast_fraction=0.3, occluder=True, split="train", key_frames=15,
-                           jpeg_quality=90, load=True):
+                           jpeg_quality=90, load=True, degraded_fraction=0.0):
     """Write ``num_videos`` synthetic videos in ImageNet VID layout under out_dir:
     Data/VID/<split>/synth_<seed>_<k>/%06d.JPEG, Annotations/VID/... (XML with trackid),
     ImageSets/VID_<split>_videos.txt (every frame, 4 fields) and VID_<split>_<key_frames>frames.txt
-    (key frames spread evenly, FGFA's training list format), classes.txt, label_map.pbtxt and
-    synthetic.json (the arguments). Returns the loaded DetectionDataset (or out_dir with load=False)."""
+    (key frames spread evenly, FGFA's training list format), classes.txt, label_map.pbtxt,
+    synthetic.json (the arguments) and, with degraded_fraction > 0, degraded_frames.txt and
+    intact_frames.txt (lstm_ssd's TEST.SUBSETS format). Returns the loaded DetectionDataset (or out_dir with load=False)."""
     if not 1 <= num_classes <= len(SYNTHETIC_CLASSES):
         raise ValueError(f"num_classes must be in 1..{len(SYNTHETIC_CLASSES)}, got {num_classes}")
     classes = SYNTHETIC_CLASSES[:num_classes]
-    all_frames, key_entries = [], []
+    all_frames, key_entries, degraded_entries, intact_entries = [], [], [], []
     frame_id = 0
     for v in range(num_videos):
         snippet = f"synth_{seed:04d}_{v:04d}"
         frames, annotations = render_video(seed, v, num_frames, width, height, num_classes, max_objects,
-                                           fast_fraction, occluder)
+                                           fast_fraction, occluder, degraded_fraction=degraded_fraction)
+        degraded = degraded_frame_indices(seed, v, num_frames, degraded_fraction)
+        degraded_entries += [f"{split}/{snippet} {t}\n" for t in degraded]
+        intact_entries += [f"{split}/{snippet} {t}\n" for t in range(num_frames) if t not in degraded]
         for t, (img, (boxes, labels, tracks, visible)) in enumerate(zip(frames, annotations)):
             path = vid_frame_path(out_dir, split, snippet, t)
             os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -219,10 +248,15 @@ def generate_video_dataset(out_dir, seed=0, num_videos=4, num_frames=30, width=3
     with open(os.path.join(out_dir, "classes.txt"), "w", encoding="utf-8") as f:
         f.write("".join(c + "\n" for c in classes))
     write_label_map(os.path.join(out_dir, "label_map.pbtxt"), classes)
+    if degraded_fraction > 0:
+        for name, entries in ((DEGRADED_LIST, degraded_entries), (INTACT_LIST, intact_entries)):
+            with open(os.path.join(out_dir, name), "w", encoding="utf-8") as f:
+                f.write("".join(entries))
     with open(os.path.join(out_dir, "synthetic.json"), "w", encoding="utf-8") as f:
         json.dump({"seed": seed, "num_videos": num_videos, "num_frames": num_frames, "width": width,
                    "height": height, "num_classes": num_classes, "max_objects": max_objects,
-                   "fast_fraction": fast_fraction, "occluder": occluder, "split": split}, f, indent=1)
+                   "fast_fraction": fast_fraction, "occluder": occluder, "split": split,
+                   "degraded_fraction": degraded_fraction}, f, indent=1)
     if not load:
         return out_dir
     return load_synthetic(out_dir, split)
