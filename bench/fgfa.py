@@ -56,6 +56,10 @@ SETTINGS = {
     # int8 backbone + feature conv (calibrated on the benchmark's random frames: timing only)
     "paper_int8_chained": ("resnet_v1_101_flownet_imagenet_vid_rfcn_end2end_ohem.yaml",
                            ["TEST.FLOW_MODE=chained", "TEST.QUANTIZE=int8"], 30, (600, 1000)),
+    # the light chained FGFA with TEST.QUANTIZE=int8: backbone, head, embedding and FlowNet in int8
+    "paper_light_int8_chained": ("resnet_v1_101_flownet_imagenet_vid_rfcn_end2end_ohem.yaml",
+                                 ["NETWORK.FLOW_WIDTH=0.5", "NETWORK.EMBED_CHANNELS=[256,256,512]",
+                                  "TEST.FLOW_MODE=chained", "TEST.QUANTIZE=int8"], 30, (600, 1000)),
     "cpu": ("fgfa_rfcn_speedtrap_cpu.yaml", [], 1, (720, 1280)),
     "cpu_chained": ("fgfa_rfcn_speedtrap_cpu.yaml", ["TEST.FLOW_MODE=chained"], 1, (720, 1280)),
     "quick": ("fgfa_rfcn_tiny.yaml", ["TEST.K=2"], 2, (120, 160)),
@@ -119,7 +123,7 @@ def time_parts(cfg, model, frame, repeats):
     if model.aggregate and cfg.TEST.FLOW_MODE == "chained":
         # per output frame: the two one-step flows of the newest frame, then 2K - 2 compositions
         pair = mx.nd.concat(data, data, dim=0)
-        parts["flows_2"], one_step = clock(lambda: model.flownet(pair, pair))
+        parts["flows_2"], one_step = clock(lambda: model.flow(pair, pair))
         step = one_step[:1]
 
         def compose():
@@ -131,7 +135,7 @@ def time_parts(cfg, model, frame, repeats):
         flows = mx.nd.concat(*[step] * two_k, dim=0)
     elif model.aggregate:
         refs = mx.nd.concat(*[data] * two_k, dim=0)
-        parts["flows_2K"], flows = clock(lambda: model.flownet(refs, refs))
+        parts["flows_2K"], flows = clock(lambda: model.flow(refs, refs))
     if model.aggregate:
         caches = [cache] * (two_k + 1)
         flows = [flows[j:j + 1] for j in range(two_k)] + [mx.nd.zeros_like(flows[:1])]

@@ -21,7 +21,7 @@ from lib.nms import multiclass_nms
 from .aggregation import FlowAggregator
 from .backbone import ResNetV1Backbone
 from .embedding import EmbedNet
-from .flownet import FlowNetSimple
+from .flownet import FlowNetSimple, FlowPair
 from .operators import multi_proposal
 from .rfcn_head import RFCNHead, rfcn_vote
 from .rpn import RPN, denormalize_rpn_deltas, rpn_cls_prob, rpn_flatten
@@ -132,7 +132,7 @@ class FGFADetector(gluon.Block):
         # inference-only blocks (not children: they share parameters with the ones above)
         self._infer = types.SimpleNamespace(
             head=InferenceHead(self.rpn, self.rfcn, cfg, builtin_ops, prefix="head_"), aggregators={},
-            hybridized_ctx=None, int8_features=None, int8_maps=None)
+            hybridized_ctx=None, int8_features=None, int8_maps=None, int8_embed=None, int8_flow=None)
 
     # ------------------------------------------------------------------ setup
     def init_weights(self, ctx=None):
@@ -188,10 +188,14 @@ class FGFADetector(gluon.Block):
 
     def quantize_int8(self, calib_images, calib_mode="naive"):
         """int8 CPU inference (MXNet's MKLDNN quantization) of the backbone + feature conv and of the
-        head's convolutions (HeadMaps); the proposal and PSROIPooling operators stay in float.
+        head's convolutions (HeadMaps); with aggregation also of the embedding network and the
+        FlowNet's encoder and deconvolutions. The proposal, PSROIPooling, warp and aggregation operators
+        and the FlowNet's flow predictors (2-channel regressions that need sub-pixel precision and
+        cost little) stay in float.
 
         ``calib_images``: pre-processed frames (B,3,H,W) at the inference size, to calibrate the int8
-        ranges on (the head is calibrated on their int8 feature maps). Afterwards ``frame_cache`` and
+        ranges on (the head and embedding on their int8 feature maps, the FlowNet on pairs of
+        consecutive calibration frames). Afterwards ``frame_cache``, ``flow`` and
         ``detect_from_feature`` outside training run the quantized graphs; the float parameters
         (saving, training) are untouched. Returns (quantized features, quantized head maps).
         """
@@ -203,7 +207,20 @@ class FGFADetector(gluon.Block):
         feats = mx.nd.concat(*[features(calib[i:i + 1]) for i in range(len(calib))], dim=0)
         maps = quantize_block(self.head.maps, feats, calib_mode)
         self._infer.int8_features, self._infer.int8_maps = features, maps
+        if self.aggregate:
+            self._infer.int8_embed = quantize_block(self.embed, feats, calib_mode)
+            pairs = mx.nd.concat(calib, mx.nd.concat(calib[1:], calib[:1], dim=0), dim=1)
+            predictors = [conv.name + "_fwd" for conv in self.flownet.flow_preds]
+            self._infer.int8_flow = quantize_block(FlowPair(self.flownet), pairs, calib_mode,
+                                                   exclude_layers=predictors)
         return features, maps
+
+    def flow(self, cur, ref):
+        """FlowNet flows (B,2,h,w) from frames ``cur`` to ``ref`` (B,3,H,W each), int8 after quantize_int8."""
+        int8 = self._infer.int8_flow
+        if int8 is not None and not autograd.is_training():
+            return int8(mx.nd.concat(cur, ref, dim=1))
+        return self.flownet(cur, ref)
 
     # ------------------------------------------------------------------ per-frame pieces
     def frame_cache(self, image):
@@ -212,7 +229,8 @@ class FGFADetector(gluon.Block):
         feat = int8(image) if int8 is not None and not autograd.is_training() else self.features(image)
         if not self.aggregate:
             return feat
-        return mx.nd.concat(feat, self.embed(feat), dim=1)
+        embed = self._infer.int8_embed if int8 is not None and not autograd.is_training() else self.embed
+        return mx.nd.concat(feat, embed(feat), dim=1)
 
     def detect_from_feature(self, feat, im_info):
         """Aggregated feature (1,C,h,w) + im_info (1,3) -> (rois (R,5), probs (R,C+1), deltas (R,8))."""
@@ -414,7 +432,7 @@ class VideoDetector:
         if self.model.aggregate and self.flow_mode == "chained" and self.K > 0 and index > 0:
             before = self.frames[index - 1].data
             # both one-step flows in one FlowNet batch: (i-1 -> i) and (i -> i-1)
-            flows = self.model.flownet(mx.nd.concat(before, data, dim=0), mx.nd.concat(data, before, dim=0))
+            flows = self.model.flow(mx.nd.concat(before, data, dim=0), mx.nd.concat(data, before, dim=0))
             self.next_flow[index - 1], self.prev_flow[index] = flows[0:1], flows[1:2]
         self.frames[index] = frame
         self.next_index += 1
@@ -427,7 +445,7 @@ class VideoDetector:
         if self.flow_mode == "direct":
             key = self.frames[t].data
             refs = mx.nd.concat(*[self.frames[i].data for i in others], dim=0)
-            flows = self.model.flownet(mx.nd.broadcast_to(key, shape=refs.shape), refs)
+            flows = self.model.flow(mx.nd.broadcast_to(key, shape=refs.shape), refs)
             return {i: flows[j:j + 1] for j, i in enumerate(others)}
         # chained: flow(t -> i +- 1) = flow(t -> i) + one-step flow of i sampled where flow(t -> i) lands
         from .operators import flow_warp
@@ -512,7 +530,7 @@ class VideoDetector:
             stacked = mx.nd.concat(*[data[i] for i in idx], dim=0)
             caches = model.frame_cache(stacked)
             cur = mx.nd.broadcast_to(data[t], shape=stacked.shape)
-            flows = model.flownet(cur, stacked)
+            flows = model.flow(cur, stacked)
             is_key = mx.nd.array([0.0 if i == t else 1.0 for i in idx], ctx=self.ctx).reshape((-1, 1, 1, 1))
             flows = flows * is_key
             key_cache = model.frame_cache(data[t])

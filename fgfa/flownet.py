@@ -62,3 +62,17 @@ class FlowNetSimple(nn.HybridBlock):
             flow = self.flow_preds[level + 1](x)
         flow = F.Pooling(flow, kernel=(2, 2), stride=(2, 2), pool_type="avg")
         return flow * self.scale
+
+
+class FlowPair(nn.HybridBlock):
+    """The FlowNet on one input, the two frames stacked on channels (B,6,H,W): the single-input form
+    MXNet's quantization takes. Shares the FlowNet's parameters."""
+
+    def __init__(self, flownet, **kwargs):
+        super().__init__(prefix=flownet.prefix + "pair_", **kwargs)
+        self.flownet = flownet
+
+    def hybrid_forward(self, F, pair):
+        cur = F.slice_axis(pair, axis=1, begin=0, end=3)
+        ref = F.slice_axis(pair, axis=1, begin=3, end=6)
+        return self.flownet(cur, ref)

@@ -379,6 +379,27 @@ def test_int8_features_and_head_follow_the_float_ones_and_training_stays_float()
     np.testing.assert_array_equal(trained.asnumpy()[:, model.feat_channels:], float_train.asnumpy())
 
 
+def test_int8_flownet_follows_the_float_one():
+    """quantize_int8 with aggregation also quantizes the FlowNet (flow predictors kept in float)."""
+    cfg, model = _tiny_model(True, k=1)
+    rng = np.random.RandomState(4)
+    for conv in model.flownet.flow_preds:   # they start at zero (identity warp): give them weights
+        conv.weight.set_data(mx.nd.array(rng.normal(0, 0.05, conv.weight.shape)))
+    preprocess = make_preprocess(cfg)
+    images = [cv2_blur(rng.randint(0, 255, (120, 160, 3)).astype(np.uint8)) for _ in range(6)]
+    data = mx.nd.array(np.stack([preprocess(im)[0] for im in images]))
+    cur, ref = data[4:5], data[5:6]
+    reference = model.flow(cur, ref).asnumpy()
+    np.testing.assert_array_equal(reference, model.flownet(cur, ref).asnumpy())
+    model.quantize_int8(data[:4].asnumpy())
+    assert model._infer.int8_flow is not None and model._infer.int8_embed is not None
+    int8 = model.flow(cur, ref).asnumpy()
+    assert int8.shape == reference.shape and np.abs(reference).mean() > 0
+    assert np.corrcoef(int8.ravel(), reference.ravel())[0, 1] > 0.95
+    both = model.flow(data[4:6], data[4:6][::-1])   # another batch size re-binds the int8 graph
+    np.testing.assert_allclose(both.asnumpy()[:1], int8, rtol=1e-4, atol=1e-5)
+
+
 def cv2_blur(image):
     import cv2
     return cv2.GaussianBlur(image, (9, 9), 0)
