@@ -112,8 +112,8 @@ DEFAULTS = {
         "SEQ_NMS_SUPPRESS_IOU": 0.3,
         "SEQ_NMS_RESCORE": "avg",
         "CHECKPOINT": "",              # empty: the last checkpoint of OUTPUT_DIR
-        "QUANTIZE": "",                # int8: backbone, feature conv and head convs in int8 on CPU (MKLDNN), calibrated
-        "CALIB_FRAMES": 8,             #   on this many training frames; reports go to test_int8/
+        "QUANTIZE": "",                # int8: backbone, feature conv, head convs (+ embedding, FlowNet) in int8
+        "CALIB_FRAMES": 8,             #   on CPU (MKLDNN), calibrated on this many training frames; -> test_int8/
         "HYBRIDIZE": True,
         "EVAL_METRIC": "auto",         # auto (vid when tracks exist, else voc) | vid | voc
         # split: the window sees the test split's frames only; video: whole videos of DATASET.TEST
