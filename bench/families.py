@@ -9,8 +9,8 @@ Families with a single-frame artifact (ssdlite, m2det, rfcn) are exported with l
 timed through lib.tools.infer's runner (pre-processing, network, decoding and NMS, as on a device);
 int8 = lib.tools.quantize of that artifact, calibrated on a few frames, both written by a process of
 their own before the timing children start (see prepare_artifacts). The video families run in
-process: lstm_ssd streams (memory carried), fgfa streams its window (int8: backbone + feature conv,
-fgfa's TEST.QUANTIZE). Frames are the speedtrap frames when ../shared/data/speedtrap is there, else
+process: lstm_ssd streams (memory carried), fgfa streams its window (int8: everything
+fgfa's TEST.QUANTIZE quantizes). Frames are the speedtrap frames when ../shared/data/speedtrap is there, else
 seeded random images. With random weights the number of boxes reaching NMS differs from a trained
 model's, so pass --run for the figures of a trained detector. Each 1-thread figure comes from a
 child process started with OMP_NUM_THREADS=1.
@@ -121,8 +121,8 @@ def time_family(family, run, quick, count, workdir=None):
     from fgfa.data import make_preprocess
     model.net.quantize_int8(np.stack([make_preprocess(model.cfg)(f)[0] for f in rgb[:4]]))
     result["int8"] = stream_ms(model, rgb)
-    result["note"] = (f"in process, window K={model.cfg.TEST.K} (int8: backbone, feature conv and head convs, quantized "
-                      f"in the timing process)")
+    result["note"] = (f"in process, window K={model.cfg.TEST.K} (int8: backbone, feature conv, head convs, "
+                      f"embedding and FlowNet, quantized in the timing process)")
     mx.nd.waitall()
     return result
 
