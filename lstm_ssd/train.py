@@ -12,7 +12,6 @@ batch x unroll frames and normalised by the matched anchors. The loop is lib.tra
 Evaluation streams each test video frame by frame (state reset at every video start), with the
 configured interleaving policy, and reports VOC mAP@0.5 and the frames per second of the stream.
 """
-import functools
 import os
 import time
 
@@ -240,7 +239,8 @@ def evaluate(cfg, net, dataset=None, policy=None, print_dir=None, policy_net=Non
     result = voc_ap(records, detections, dataset.classes)
     subsets = {}
     for name, path in (cfg.TEST.SUBSETS or {}).items():
-        keep = [k for k, rec in enumerate(records) if (rec.video, rec.frame) in read_frame_list(path)]
+        wanted = read_frame_list(path)
+        keep = [k for k, rec in enumerate(records) if (rec.video, rec.frame) in wanted]
         sub = voc_ap([records[k] for k in keep], [detections[k] for k in keep], dataset.classes)
         subsets[name] = {"mAP": sub["mAP"] if sub["mAP"] is not None else 0.0, "frames": len(keep)}
     return {"mAP": result["mAP"] if result["mAP"] is not None else 0.0, "fps": len(records) / max(seconds, 1e-9),
@@ -248,7 +248,6 @@ def evaluate(cfg, net, dataset=None, policy=None, print_dir=None, policy_net=Non
             "policy": policy, "subsets": subsets}
 
 
-@functools.lru_cache(maxsize=8)
 def read_frame_list(path):
     """{(video, frame)} of a file of "<video> <frame>" lines (TEST.SUBSETS); errors name the line."""
     if not os.path.isfile(path):
