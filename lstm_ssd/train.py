@@ -242,8 +242,8 @@ def evaluate(cfg, net, dataset=None, policy=None, print_dir=None, policy_net=Non
         wanted = read_frame_list(path)
         keep = [k for k, rec in enumerate(records) if (rec.video, rec.frame) in wanted]
         sub = voc_ap([records[k] for k in keep], [detections[k] for k in keep], dataset.classes)
-        subsets[name] = {"mAP": sub["mAP"] if sub["mAP"] is not None else 0.0, "frames": len(keep)}
-    return {"mAP": result["mAP"] if result["mAP"] is not None else 0.0, "fps": len(records) / max(seconds, 1e-9),
+        subsets[name] = {"mAP": sub["mAP"] or 0.0, "frames": len(keep)}
+    return {"mAP": result["mAP"] or 0.0, "fps": len(records) / max(seconds, 1e-9),
             "frames": len(records), "large_share": large / max(len(records), 1), "per_class": result["per_class"],
             "policy": policy, "subsets": subsets}
 
