@@ -3,10 +3,19 @@
 MXNet's OpenMP defaults to ONE thread on small machines; two threads on two cores are ~1.8x faster
 (docs/DESIGN.md). ``configure_threads`` runs when ``lib`` is imported, before MXNet creates its
 engine, and never overrides a thread count the user chose.
+
+It also keeps MXNet's copies between numpy and NDArrays on one thread (MXNET_CPU_PARALLEL_SIZE):
+a large ``asnumpy()`` or ``nd.array()`` in the Python thread otherwise starts a second OpenMP team
+there, whose spinning threads then compete with the engine's team for the same cores. Measured on
+2 cores: every training epoch after the first checkpoint (which reads the optimizer state) ran
+1.5-1.7x slower, and with the copies kept serial it does not (docs/DESIGN.md).
 """
 import os
 
 _THREAD_VARS = ("OMP_NUM_THREADS", "MXNET_OMP_MAX_THREADS")
+# MXNet copies arrays of more elements than this with OpenMP in the calling thread (its default is
+# 200000); ours is past any array size, so host copies stay serial (a 15 MB copy: ~3 ms).
+SERIAL_COPY_SIZE = str(2 ** 31 - 1)
 
 
 def cpu_count():
@@ -22,6 +31,8 @@ def configure_threads():
 
     Returns (threads, source) where source is 'user' or 'default'.
     """
+    # read by MXNet at its first copy, so this works after ``import mxnet`` too
+    os.environ.setdefault("MXNET_CPU_PARALLEL_SIZE", SERIAL_COPY_SIZE)
     for var in _THREAD_VARS:
         if os.environ.get(var):
             return int(os.environ[var]), "user"

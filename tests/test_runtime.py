@@ -39,3 +39,36 @@ def test_hybridize_for_inference_keeps_outputs():
     hybridize_for_inference(net, get_context("cpu"))
     np.testing.assert_allclose(net(x).asnumpy(), ref, rtol=1e-4, atol=1e-5)
     assert get_context("gpu:1") == mx.gpu(1)
+
+
+THREAD_COUNT_CODE = """
+import os
+import lib, mxnet as mx
+def threads(): return len(os.listdir("/proc/self/task"))
+(mx.nd.ones((64, 64)) * 2).asnumpy()            # the engine and its OpenMP team are up
+before = threads()
+big = mx.nd.ones((4_000_000,))
+mx.nd.array(big.asnumpy()).wait_to_read()       # large host copies, as a checkpoint makes
+print(before, threads(), os.environ.get("MXNET_CPU_PARALLEL_SIZE"))
+"""
+
+
+def host_copy_threads(env_updates):
+    env = {k: v for k, v in os.environ.items() if k != "MXNET_CPU_PARALLEL_SIZE"}
+    env.update(env_updates)
+    out = subprocess.run([sys.executable, "-c", THREAD_COUNT_CODE], env=env, capture_output=True,
+                         text=True, check=True)
+    before, after, size = out.stdout.split()
+    return int(before), int(after), size
+
+
+def test_large_host_copies_start_no_second_openmp_team():
+    # the oracle: MXNet's own default (parallel copies) starts a team of threads in the Python thread
+    if not os.path.isdir("/proc/self/task"):
+        import pytest
+        pytest.skip("counting threads needs /proc (Linux)")
+    from lib.runtime import SERIAL_COPY_SIZE
+    before, after, size = host_copy_threads({"OMP_NUM_THREADS": "2"})
+    assert (after, size) == (before, SERIAL_COPY_SIZE)
+    before, after, size = host_copy_threads({"OMP_NUM_THREADS": "2", "MXNET_CPU_PARALLEL_SIZE": "200000"})
+    assert after > before and size == "200000"   # the user's choice is kept

@@ -299,6 +299,21 @@ def test_checkpoint_errors_name_the_file(tmp_path):
         manager.load(task.net, checkpoint=manager.paths(1)["json"])
 
 
+def test_unreadable_optimizer_state_names_the_file(tmp_path):
+    task = TinyTask()
+    trainer = gluon.Trainer(task.net.collect_params(), "sgd", {"learning_rate": 0.01, "momentum": 0.9},
+                            update_on_kvstore=False)
+    with autograd.record():
+        loss, _ = task.loss((X[:8], Y[:8]))
+    loss.backward()
+    trainer.step(1)
+    manager = CheckpointManager(str(tmp_path))
+    manager.save(1, task.net, trainer)
+    open(manager.paths(1)["states"], "wb").close()   # e.g. a disk that filled up
+    with pytest.raises(CheckpointError, match=r"ckpt-0001\.states: not a readable optimizer state file"):
+        manager.load(task.net, trainer)
+
+
 def test_checkpoint_restores_params_optimizer_and_rng(tmp_path):
     task = TinyTask()
     trainer = gluon.Trainer(task.net.collect_params(), "adam", {"learning_rate": 0.01},

@@ -16,6 +16,7 @@ import json
 import os
 import random
 import re
+import zipfile
 
 import mxnet as mx
 import numpy as np
@@ -126,8 +127,11 @@ def load_trainer_states(trainer, path, names_by_id):
     """Restore what ``save_trainer_states`` wrote into ``trainer`` (matching by parameter name)."""
     if not os.path.isfile(path):
         raise CheckpointError(f"optimizer state file not found: {path}")
-    with np.load(path, allow_pickle=False) as data:
-        arrays = {k: data[k] for k in data.files}
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as err:
+        raise CheckpointError(f"{path}: not a readable optimizer state file (npz): {err}") from None
     if "__meta__" not in arrays:
         raise CheckpointError(f"{path}: not an optimizer state file (no __meta__ entry)")
     meta = json.loads(str(arrays.pop("__meta__")))
