@@ -4,11 +4,12 @@ gluoncv's ``BottleneckV1`` puts the stride on the first 1x1 conv, as the Caffe-s
 reference does. We take its stem and four stages, then turn res5 into stride 1 / dilation 2 by
 editing the convolution attributes before the first forward pass. Parameter names are those of a
 gluoncv ``resnet{18,34,50,101}_v1`` saved with ``save_parameters`` (``features.N...``), so user
-weights in gluoncv format load by name.
+weights in gluoncv format load by name. ``width`` < 1 thins every stage (as MobileNet's multiplier
+does) for models trained from scratch on a CPU; gluoncv's ImageNet weights then no longer fit.
 """
 
 import mxnet as mx
-from gluoncv.model_zoo.resnet import get_resnet
+from gluoncv.model_zoo.resnet import BasicBlockV1, BottleneckV1, ResNetV1, resnet_spec
 from mxnet.gluon import nn
 
 
@@ -37,19 +38,27 @@ def _dilate_conv(conv, dilation, stride=None):
         conv._kwargs["pad"] = (pad, pad)
 
 
+def scaled_channels(channels, width):
+    """A stage width times the multiplier, kept a multiple of 8 (bottlenecks divide it by 4)."""
+    return max(8, int(round(channels * width / 8.0)) * 8)
+
+
 class ResNetV1Backbone(nn.HybridBlock):
     """conv1 ... res5 of ResNet v1 with res5 at stride 1 and the given dilation (stride 16 out)."""
 
-    def __init__(self, depth=101, norm="frozen", groups=32, res5_dilation=2, **kwargs):
+    def __init__(self, depth=101, norm="frozen", groups=32, res5_dilation=2, width=1.0, **kwargs):
         super().__init__(**kwargs)
         norm_layer, norm_kwargs = _norm_layer(norm, groups)
-        self.depth, self.norm = depth, norm
+        self.depth, self.norm, self.width = depth, norm, width
+        block_type, layers, channels = resnet_spec[depth]
+        block = BasicBlockV1 if block_type == "basic_block" else BottleneckV1
+        channels = [scaled_channels(c, width) for c in channels]
         with self.name_scope():
-            net = get_resnet(1, depth, pretrained=False, norm_layer=norm_layer, norm_kwargs=norm_kwargs)
+            net = ResNetV1(block, layers, channels, norm_layer=norm_layer, norm_kwargs=norm_kwargs)
             self.features = nn.HybridSequential(prefix="")
             for idx in range(8):  # stem (conv, norm, relu, pool) + 4 stages; drop avgpool and fc
                 self.features.add(net.features[idx])
-        self.out_channels = 512 if depth < 50 else 2048
+        self.out_channels = channels[-1]
         res5 = self.features[7]
         for bidx, block in enumerate(res5):
             first = bidx == 0
@@ -106,8 +115,9 @@ class ResNetV1Backbone(nn.HybridBlock):
                 problems.append(f"{len(mismatched)} with a different shape ({'; '.join(mismatched[:4])})")
             if extra:
                 problems.append(f"{len(extra)} not in the model (e.g. {', '.join(extra[:4])}: a deeper ResNet?)")
+            thinned = f" at width {self.width:g}" if self.width != 1 else ""
             raise BackboneWeightsError(
-                f"{path} does not fit a ResNet-{self.depth} v1 backbone: " + ", ".join(problems)
+                f"{path} does not fit a ResNet-{self.depth} v1 backbone{thinned}: " + ", ".join(problems)
                 + ". Expected a gluoncv resnet{d}_v1 file saved with save_parameters.".format(d=self.depth))
         ctx = ctx or mx.cpu()
         for name, param in own.items():

@@ -35,6 +35,7 @@ DEFAULTS = {
     },
     "NETWORK": {
         "DEPTH": 101,                  # ResNet v1 depth: 18, 34, 50, 101
+        "WIDTH": 1.0,                  # channel multiplier of every ResNet stage (< 1: thin, from scratch)
         "NORM": "frozen",              # frozen (global stats, needs pretrained) | trainable | group
         "GROUPS": 32,                  # GroupNorm groups
         "FROZEN_STAGES": 2,            # 0 none, 1 conv1, 2 conv1+res2 (with pretrained weights)
@@ -141,6 +142,11 @@ def validate(cfg):
     net, img = cfg.NETWORK, cfg.IMAGE
     if net.DEPTH not in _DEPTHS:
         raise ConfigError(f"{src}: NETWORK.DEPTH must be one of {_DEPTHS}, got {net.DEPTH}")
+    if not 0 < net.WIDTH <= 4:
+        raise ConfigError(f"{src}: NETWORK.WIDTH must be in (0, 4], got {net.WIDTH}")
+    if net.WIDTH != 1 and net.PRETRAINED:
+        raise ConfigError(f"{src}: NETWORK.PRETRAINED is an ImageNet ResNet of full width; "
+                          f"it does not fit NETWORK.WIDTH {net.WIDTH}")
     if net.NORM not in _NORMS:
         raise ConfigError(f"{src}: NETWORK.NORM must be one of {_NORMS}, got {net.NORM!r}")
     if net.FEAT_CHANNELS % 2:

@@ -38,7 +38,23 @@ def sidecar(model_path):
     return os.path.splitext(model_path)[0] + ".json"
 
 
-def train_default_model(model_path, cfg_path=DEMO_CFG):
+def network_of(cfg_path):
+    """The NETWORK section of a config as plain JSON data (what the default model is checked against)."""
+    from fgfa.config import get_config
+    return json.loads(json.dumps(get_config(_abs(cfg_path)).NETWORK))
+
+
+def default_model_is_current(model_path, cfg_path=DEMO_CFG):
+    """False when the default model was trained for another NETWORK than the demo config has now
+    (an older checkout's model, e.g. before the demo model became a half-width ResNet-18)."""
+    meta_path = sidecar(model_path)
+    if not os.path.isfile(meta_path):
+        return False
+    with open(meta_path, "r", encoding="utf-8") as f:
+        return json.load(f).get("network") == network_of(cfg_path)
+
+
+def train_default_model(model_path, cfg_path=DEMO_CFG, reason="not found"):
     """Train the demo model with the project's training command and copy it to ``model_path``."""
     from fgfa.config import get_config
     from fgfa.train import CLASSES_FILE, output_dir
@@ -46,7 +62,7 @@ def train_default_model(model_path, cfg_path=DEMO_CFG):
     cfg_path = _abs(cfg_path)
     command = [sys.executable, os.path.join(PROJECT_ROOT, "experiments", "fgfa_rfcn", "train_test.py"),
                "--cfg", cfg_path, "--skip-test"]
-    print(f"default model {model_path} not found: training it with\n  {' '.join(command)}", flush=True)
+    print(f"default model {model_path} {reason}: training it with\n  {' '.join(command)}", flush=True)
     start = time.time()
     subprocess.run(command, check=True, cwd=PROJECT_ROOT)
     cfg = get_config(cfg_path)
@@ -59,6 +75,7 @@ def train_default_model(model_path, cfg_path=DEMO_CFG):
         classes = json.load(f)["classes"]
     with open(sidecar(model_path), "w", encoding="utf-8") as f:
         json.dump({"classes": classes, "config": os.path.relpath(cfg_path, PROJECT_ROOT),
+                   "network": network_of(cfg_path),
                    "command": " ".join(["python"] + [os.path.relpath(c, PROJECT_ROOT) if c.startswith(PROJECT_ROOT)
                                                      else c for c in command[1:]]),
                    "train_seconds": round(time.time() - start, 1)}, f, indent=1)
@@ -107,6 +124,9 @@ def run(input_path=None, cfg_path=None, model_path=None, output=None, thresh=Non
     model_path = _abs(model_path or DEMO_MODEL)
     if using_default and not os.path.isfile(model_path):
         train_default_model(model_path)
+    elif using_default and not default_model_is_current(model_path):
+        train_default_model(model_path, reason="was trained for another network than "
+                                               f"{DEMO_CFG} now describes")
     if not os.path.isfile(model_path):
         raise CheckpointError(f"model file not found: {model_path}")
     meta_path = sidecar(model_path)

@@ -34,7 +34,7 @@ class FeatureNet(nn.HybridBlock):
         super().__init__(**kwargs)
         with self.name_scope():
             self.backbone = ResNetV1Backbone(net_cfg.DEPTH, net_cfg.NORM, net_cfg.GROUPS,
-                                             net_cfg.RES5_DILATION, prefix="resnet_")
+                                             net_cfg.RES5_DILATION, width=net_cfg.WIDTH, prefix="resnet_")
             dil = net_cfg.FEAT_DILATION
             self.feat_conv = nn.Conv2D(net_cfg.FEAT_CHANNELS, 3, padding=dil, dilation=dil,
                                        weight_initializer=mx.init.Normal(0.01))

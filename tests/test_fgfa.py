@@ -49,6 +49,12 @@ def test_bad_config_key_names_key_and_file(tmp_path):
     bad.write_text(f"_BASE_: {TINY}\nNETWORK:\n  DEPTH: 19\n")
     with pytest.raises(ConfigError, match="NETWORK.DEPTH must be one of"):
         get_config(str(bad))
+    bad.write_text(f"_BASE_: {TINY}\nNETWORK:\n  WIDTH: 0\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: NETWORK.WIDTH must be in"):
+        get_config(str(bad))
+    bad.write_text(f"_BASE_: {TINY}\nNETWORK:\n  WIDTH: 0.5\n  PRETRAINED: model/resnet18_v1.params\n")
+    with pytest.raises(ConfigError, match="PRETRAINED is an ImageNet ResNet of full width"):
+        get_config(str(bad))
     bad.write_text(f"_BASE_: {TINY}\nTEST:\n  K: two\n")
     with pytest.raises(ConfigError, match="TEST.K"):
         get_config(str(bad))
@@ -79,6 +85,34 @@ def test_backbone_stride16_and_gluoncv_weights(tmp_path, depth):
     np.testing.assert_allclose(got.asnumpy(), expect.asnumpy(), rtol=1e-4, atol=1e-5)
     # res5 is dilated: the same weights give a different (denser) map than gluoncv's stride 32
     assert reference.features[7](expect).shape[2:] == (2, 3)
+
+
+@pytest.mark.parametrize("depth,channels", [(18, [32, 32, 64, 128, 256]), (50, [32, 128, 256, 512, 1024])])
+def test_half_width_backbone_is_gluoncv_resnet_with_halved_stages(tmp_path, depth, channels):
+    # the oracle: gluoncv's ResNetV1 built with the halved stage widths written out by hand
+    from gluoncv.model_zoo.resnet import BasicBlockV1, BottleneckV1, ResNetV1
+    block = BasicBlockV1 if depth < 50 else BottleneckV1
+    reference = ResNetV1(block, [2, 2, 2, 2] if depth < 50 else [3, 4, 6, 3], channels)
+    reference.initialize(mx.init.Xavier())
+    x = mx.nd.random.uniform(-1, 1, shape=(1, 3, 64, 96))
+    reference(x)
+    path = str(tmp_path / f"resnet{depth}_half.params")
+    reference.save_parameters(path)
+    net = ResNetV1Backbone(depth, "frozen", width=0.5)
+    net.initialize()
+    net.load_gluoncv(path)
+    assert net.out_channels == channels[-1] and net(x).shape == (1, channels[-1], 4, 6)
+    with mx.autograd.predict_mode():
+        expect, got = x, x
+        for idx in range(7):
+            expect, got = reference.features[idx](expect), net.features[idx](got)
+    np.testing.assert_allclose(got.asnumpy(), expect.asnumpy(), rtol=1e-4, atol=1e-5)
+    full = get_resnet(1, depth)
+    full.initialize()
+    full(x)
+    full.save_parameters(str(tmp_path / "full.params"))
+    with pytest.raises(BackboneWeightsError, match=f"ResNet-{depth} v1 backbone at width 0.5: .*different shape"):
+        net.load_gluoncv(str(tmp_path / "full.params"))
 
 
 def test_backbone_weight_file_errors(tmp_path):

@@ -152,6 +152,18 @@ def test_demo_on_short_synthetic_clip(tmp_path):
     mx.nd.waitall()
 
 
+def test_default_model_of_an_older_demo_config_is_retrained(tmp_path):
+    from fgfa import demo
+    model_path = str(tmp_path / "fgfa_rfcn_demo.params")
+    assert not demo.default_model_is_current(model_path)          # no sidecar: unknown network
+    current = demo.network_of(demo.DEMO_CFG)
+    assert current["WIDTH"] == 0.5 and current["DEPTH"] == 18
+    for network, expected in ((current, True), (dict(current, WIDTH=1.0), False)):
+        with open(demo.sidecar(model_path), "w") as f:
+            json.dump({"classes": ["disc", "square"], "network": network}, f)
+        assert demo.default_model_is_current(model_path) is expected
+
+
 def test_unreadable_frames_are_reported_and_skipped(synthetic_root, tmp_path, caplog):
     import logging
 
