@@ -122,11 +122,9 @@ def run(input_path=None, cfg_path=None, model_path=None, output=None, thresh=Non
 
     using_default = model_path is None
     model_path = _abs(model_path or DEMO_MODEL)
-    if using_default and not os.path.isfile(model_path):
-        train_default_model(model_path)
-    elif using_default and not default_model_is_current(model_path):
-        train_default_model(model_path, reason="was trained for another network than "
-                                               f"{DEMO_CFG} now describes")
+    if using_default and not (os.path.isfile(model_path) and default_model_is_current(model_path)):
+        train_default_model(model_path, reason="not found" if not os.path.isfile(model_path) else
+                            f"was trained for another network than {DEMO_CFG} now describes")
     if not os.path.isfile(model_path):
         raise CheckpointError(f"model file not found: {model_path}")
     meta_path = sidecar(model_path)

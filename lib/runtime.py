@@ -31,7 +31,7 @@ def configure_threads():
 
     Returns (threads, source) where source is 'user' or 'default'.
     """
-    # read by MXNet at its first copy, so this works after ``import mxnet`` too
+    # MXNet reads it once, at its first host copy: after ``import mxnet`` is still in time
     os.environ.setdefault("MXNET_CPU_PARALLEL_SIZE", SERIAL_COPY_SIZE)
     for var in _THREAD_VARS:
         if os.environ.get(var):
