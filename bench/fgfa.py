@@ -34,6 +34,7 @@ from fgfa.data import make_preprocess
 from fgfa.detector import FGFADetector, VideoDetector
 from fgfa.operators import flow_warp
 from fgfa.train import materialize
+from lib.flops import conv_macs
 from lib.config import PROJECT_ROOT
 from lib.runtime import threads
 
@@ -157,13 +158,24 @@ def run_setting(name, frames_count, repeats, hybridize):
         if cfg.TEST.QUANTIZE == "int8":
             model.quantize_int8(np.stack([make_preprocess(cfg)(f)[0] for f in frames[:4]]))
         key = "fgfa" if aggregate else "baseline"
+        input_hw = [int(v) for v in make_preprocess(cfg)(frames[0])[1][:2]]
         results[key] = {
             "ms_per_frame": 1000 * time_stream(cfg, model, frames),
             "parts_ms": time_parts(cfg, model, frames[0], repeats),
-            "K": k, "depth": cfg.NETWORK.DEPTH, "input": [int(v) for v in make_preprocess(cfg)(frames[0])[1][:2]],
+            "K": k, "depth": cfg.NETWORK.DEPTH, "input": input_hw,
         }
+        rate = ""
+        if not aggregate:
+            # the work behind the features stage (backbone + feature conv), counted on an
+            # un-hybridized copy: GMAC/s near the machine's rate means the stage is MAC-bound
+            del model
+            _, plain = build(cfg_name, overrides, num_classes, False, False)
+            gmacs = conv_macs(plain.features, mx.nd.zeros((1, 3) + tuple(input_hw))) / 1e9
+            del plain
+            results[key]["features_gmacs"] = gmacs
+            rate = f", features {gmacs:.1f} GMACs at {gmacs / results[key]['parts_ms']['features'] * 1000:.0f} GMAC/s"
         print(f"[{name}] {key}: {results[key]['ms_per_frame']:.1f} ms/frame "
-              f"(K={k}, parts {json.dumps({p: round(v, 1) for p, v in results[key]['parts_ms'].items()})})",
+              f"(K={k}, parts {json.dumps({p: round(v, 1) for p, v in results[key]['parts_ms'].items()})}{rate})",
               flush=True)
     results["ratio"] = results["fgfa"]["ms_per_frame"] / results["baseline"]["ms_per_frame"]
     return results

@@ -26,6 +26,7 @@ import time
 import mxnet as mx
 import numpy as np
 
+from lib.flops import conv_macs
 from lib.runtime import hybridize_for_inference, threads
 from m2det import engine
 from m2det.detector import M2DetInference, postprocess
@@ -62,28 +63,6 @@ def gluoncv_ssd(name, hybridize=True):
     if hybridize:
         hybridize_for_inference(net)
     return net
-
-
-def conv_gmacs(net, size):
-    """Multiply-accumulates (G) of every nn.Conv2D in one imperative forward at batch 1."""
-    from mxnet.gluon import nn
-    total, handles = [0], []
-
-    def hook(block, inputs, output):
-        _, channels, height, width = (output[0] if isinstance(output, (list, tuple)) else output).shape
-        kh, kw = block._kwargs["kernel"]
-        total[0] += height * width * channels * (inputs[0].shape[1] // block._kwargs["num_group"]) * kh * kw
-
-    def walk(block):
-        if isinstance(block, nn.Conv2D):
-            handles.append(block.register_forward_hook(hook))
-        for child in block._children.values():
-            walk(child)
-    walk(net)
-    net(mx.nd.zeros((1, 3, size, size)))
-    for h in handles:
-        h.detach()
-    return total[0] / 1e9
 
 
 def run_forward(block, size):
@@ -134,7 +113,8 @@ def main(argv=None):
         results["latency_ms"][name] = timed(run_forward(block, size), warmup, repeats)
         del block
         plain = build(hybridize=False)   # forward hooks only fire imperatively
-        results["gmacs"][name] = conv_gmacs(plain[1] if isinstance(plain, tuple) else plain, size)
+        plain = plain[1] if isinstance(plain, tuple) else plain
+        results["gmacs"][name] = conv_macs(plain, mx.nd.zeros((1, 3, size, size))) / 1e9
         del plain
         print(f"{name:32s} {results['latency_ms'][name]:9.1f} ms  {results['gmacs'][name]:7.2f} GMACs "
               f"({results['gmacs'][name] / results['latency_ms'][name] * 1000:.0f} GMAC/s)", flush=True)

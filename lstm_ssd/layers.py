@@ -8,6 +8,8 @@ inputs and outputs together, because each output channel reads exactly one input
 import mxnet as mx
 from mxnet import gluon, init as mx_init
 
+from lib.layers import relu6
+
 ACTIVATIONS = ("relu6", "relu", "none")
 BN_EPS = 1e-3          # TF-OD / slim batch norm defaults used by the reference configs
 BN_MOMENTUM = 0.997
@@ -24,7 +26,7 @@ def make_divisible(value, divisor=8, min_value=None):
 
 def apply_activation(F, x, act):
     if act == "relu6":
-        return F.clip(x, 0.0, 6.0)
+        return relu6(F, x)
     if act == "relu":
         return F.relu(x)
     return x

@@ -16,6 +16,8 @@ Parameters of the G per-group separable convs are stored stacked (as one depthwi
 """
 from mxnet import gluon, init as mx_init
 
+from lib.layers import relu6
+
 
 class SepConv(gluon.HybridBlock):
     """G independent separable convs (3x3 depthwise without bias -> 1x1 with bias), no activation.
@@ -76,7 +78,7 @@ class Projection(gluon.HybridBlock):
     def hybrid_forward(self, F, x, h):
         parts = _group_slices(F, h, self.groups, self.units // self.groups)
         outs = _as_list(self.conv(*[F.concat(x, hk, dim=1) for hk in parts]))
-        outs = [F.clip(b, 0.0, 6.0) for b in outs]
+        outs = [relu6(F, b) for b in outs]
         return outs[0] if self.groups == 1 else F.concat(*outs, dim=1)
 
 
@@ -96,11 +98,11 @@ class Gates(gluon.HybridBlock):
         for g, ck in zip(gates, _group_slices(F, c, self.groups, n)):
             # each group's 4n gate channels are [i, j, f, o]
             i, j, f, o = (F.slice_axis(g, axis=1, begin=q * n, end=(q + 1) * n) for q in range(4))
-            c_new = ck * F.sigmoid(f + self.forget_bias) + F.sigmoid(i) * F.clip(j, 0.0, 6.0)
+            c_new = ck * F.sigmoid(f + self.forget_bias) + F.sigmoid(i) * relu6(F, j)
             if self.clip > 0:
                 c_new = F.clip(c_new, -self.clip, self.clip)
             cs.append(c_new)
-            hs.append(F.clip(c_new, 0.0, 6.0) * F.sigmoid(o))
+            hs.append(relu6(F, c_new) * F.sigmoid(o))
         if self.groups == 1:
             return cs[0], hs[0]
         return F.concat(*cs, dim=1), F.concat(*hs, dim=1)

@@ -14,6 +14,8 @@ from gluoncv.model_zoo.mobilenet import MobileNetV2
 from gluoncv.model_zoo.resnetv1b import BottleneckV1b, ResNetV1b
 from mxnet.gluon import nn
 
+from lib.layers import replace_relu6
+
 BACKBONES = ("vgg16", "vgg16_bn", "resnet50", "resnet101", "mobilenetv2")
 
 # VGG16 conv stages up to conv5_3; 'M' = 2x2/2 max pool (floor), 'C' = 2x2/2 max pool (ceil),
@@ -101,6 +103,7 @@ class MobileNetV2Taps(nn.HybridBlock):
             self.features = nn.HybridSequential(prefix="")
             for i in range(self._DEEP_END):
                 self.features.add(full.features[i])
+        replace_relu6(self.features)   # gluoncv's clip-based ReLU6 is slow to train (lib.layers)
 
     def hybrid_forward(self, F, x):
         for i in range(self._SHALLOW_END):

@@ -24,7 +24,8 @@ def run_bench(args, tmp_path):
     (["bench/nms.py", "--quick"], "box_nms/ours"),
     (["bench/ops.py", "--quick"], "speed-up"),
     (["-m", "bench.lstm_ssd", "--quick"], "interleaved"),
-], ids=["nms", "ops", "lstm_ssd"])
+    (["-m", "bench.train_step", "--quick"], "lib.layers.relu6"),
+], ids=["nms", "ops", "lstm_ssd", "train_step"])
 def test_bench_quick_runs(args, expected, tmp_path):
     assert expected in run_bench(args, tmp_path)
 
@@ -36,6 +37,7 @@ def test_bench_fgfa_quick_writes_json(tmp_path):
     direct, chained, int8 = json.loads(out.read_text())["results"]
     for row in (direct, chained, int8):
         assert row["ratio"] > 0 and row["fgfa"]["K"] > 0 and len(row["fgfa"]["input"]) == 2
+        assert row["baseline"]["features_gmacs"] > 0
     assert "flows_2K" in direct["fgfa"]["parts_ms"] and "flows_2" in chained["fgfa"]["parts_ms"]
 
 
