@@ -217,7 +217,32 @@ def int8_ablation(setting, repeats):
     print(f"\n[{setting}] int8 ablation, frame baseline {height}x{width}, ms per frame:")
     for name, ms in rows.items():
         print(f"| {name} | {ms:.1f} | {rows['float'] / ms:.2f}x |")
+    print(f"int8 rate of one large 3x3 conv (2048 -> 1024 at the stride-16 map), the machine's "
+          f"practical ceiling for the backbone: {int8_conv_rate(feat_hw(cfg, data)):.0f} GMAC/s")
     return rows
+
+
+def feat_hw(cfg, data):
+    """Spatial size of the stride-16 feature map for a preprocessed (1,3,H,W) batch."""
+    return tuple(-(-int(v) // 16) for v in data.shape[2:])
+
+
+def int8_conv_rate(hw, repeats=10):
+    """GMAC/s of one int8 (MKLDNN) 3x3 conv 2048 -> 1024 on a (1, 2048, h, w) input: a dense,
+    well-shaped layer, against which the int8 backbone's GMAC/s can be read."""
+    from mxnet.gluon import nn
+    from lib.runtime import quantize_block
+    conv = nn.HybridSequential()
+    conv.add(nn.Conv2D(1024, 3, padding=1, in_channels=2048), nn.Activation("relu"))
+    conv.initialize(mx.init.Xavier())
+    x = mx.nd.array(np.random.RandomState(0).rand(2, 2048, *hw).astype(np.float32))
+    quantized = quantize_block(conv, x, "naive")
+    quantized(x[:1]).wait_to_read()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        quantized(x[:1]).wait_to_read()
+    seconds = (time.perf_counter() - start) / repeats
+    return hw[0] * hw[1] * 2048 * 1024 * 9 / 1e9 / seconds
 
 
 def main(argv=None):
