@@ -52,6 +52,18 @@ def compare(build, warmup, repeats, rounds):
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def sgd_step(net, task, batch):
+    """One training step of ``task`` (forward, loss, backward, SGD update) as a closure."""
+    trainer = mx.gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": 1e-4, "momentum": 0.9})
+
+    def step():
+        with mx.autograd.record():
+            total, _ = task.loss(batch)
+        total.backward()
+        trainer.step(1)
+    return step
+
+
 def m2det_step(quick):
     from m2det.engine import M2DetTask, build_config, build_model
     overrides = ["TRAIN.BATCH_SIZE=1", "MODEL.NUM_LEVELS=2"] if quick else []
@@ -65,14 +77,7 @@ def m2det_step(quick):
     data = (mx.nd.array(rng.normal(0, 1, (batch, 3, size, size))),
             mx.nd.array((rng.rand(batch, priors) < 0.002).astype(np.float32)),
             mx.nd.array(rng.normal(0, 0.5, (batch, priors, 4))))
-    trainer = mx.gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": 1e-4, "momentum": 0.9})
-
-    def step():
-        with mx.autograd.record():
-            total, _ = task.loss(data)
-        total.backward()
-        trainer.step(1)
-    return step
+    return sgd_step(net, task, data)
 
 
 def lstm_ssd_step(config, quick):
@@ -93,14 +98,7 @@ def lstm_ssd_step(config, quick):
              "cls": (rng.rand(b, t, priors) < 0.002).astype(np.float32),
              "box": rng.normal(0, 0.5, (b, t, priors, 4)).astype(np.float32),
              "continues": np.zeros(b, bool), "schedule": ["large"] * t}
-    trainer = mx.gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": 1e-4, "momentum": 0.9})
-
-    def step():
-        with mx.autograd.record():
-            total, _ = task.loss(batch)
-        total.backward()
-        trainer.step(1)
-    return step
+    return sgd_step(net, task, batch)
 
 
 CASES = {
