@@ -34,8 +34,8 @@ from fgfa.data import make_preprocess
 from fgfa.detector import FGFADetector, VideoDetector
 from fgfa.operators import flow_warp
 from fgfa.train import materialize
-from lib.flops import conv_macs
 from lib.config import PROJECT_ROOT
+from lib.flops import conv_macs
 from lib.runtime import threads
 
 CFG_DIR = os.path.join(PROJECT_ROOT, "experiments", "fgfa_rfcn", "cfgs")
@@ -218,11 +218,11 @@ def int8_ablation(setting, repeats):
     for name, ms in rows.items():
         print(f"| {name} | {ms:.1f} | {rows['float'] / ms:.2f}x |")
     print(f"int8 rate of one large 3x3 conv (2048 -> 1024 at the stride-16 map), the machine's "
-          f"practical ceiling for the backbone: {int8_conv_rate(feat_hw(cfg, data)):.0f} GMAC/s")
+          f"practical ceiling for the backbone: {int8_conv_rate(stride16_hw(data)):.0f} GMAC/s")
     return rows
 
 
-def feat_hw(cfg, data):
+def stride16_hw(data):
     """Spatial size of the stride-16 feature map for a preprocessed (1,3,H,W) batch."""
     return tuple(-(-int(v) // 16) for v in data.shape[2:])
 

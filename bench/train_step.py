@@ -111,7 +111,7 @@ CASES = {
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("--repeats", type=int, default=None, help="timed steps per round and form (default 3)")
-    parser.add_argument("--quick", action="store_true", help="tiny inputs, 2 steps (smoke run)")
+    parser.add_argument("--quick", action="store_true", help="small batches, 1 timed step (smoke run)")
     parser.add_argument("--cases", default=",".join(CASES), help="comma list of: " + ", ".join(CASES))
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)

@@ -14,18 +14,19 @@ import contextlib
 from mxnet import autograd
 from mxnet.gluon import nn
 
-_FAST_TRAINING_FORM = [True]
+_fast_training_form = True
 
 
 @contextlib.contextmanager
 def clip_relu6():
     """Within this context, networks built or traced use ``clip`` in training too (the reference
     form: benchmarks and tests compare the two)."""
-    _FAST_TRAINING_FORM[0] = False
+    global _fast_training_form
+    _fast_training_form = False
     try:
         yield
     finally:
-        _FAST_TRAINING_FORM[0] = True
+        _fast_training_form = True
 
 
 def relu6(F, x):
@@ -34,7 +35,7 @@ def relu6(F, x):
     The form is chosen when the graph is traced, so a block hybridized in training and then called for
     inference keeps the training form: same values, only without the fusion.
     """
-    if _FAST_TRAINING_FORM[0] and autograd.is_training():
+    if _fast_training_form and autograd.is_training():
         return F.minimum(F.maximum(x, 0.0), 6.0)
     return F.clip(x, 0.0, 6.0)
 
