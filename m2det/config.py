@@ -96,7 +96,7 @@ DEFAULTS = {
         "AUGMENTATIONS": ["PhotometricDistort", "Expand", {"name": "SSDRandomCrop", "iou_mode": "all"},
                           {"name": "RandomFlip", "p": 0.5}],
         "EXPAND_MAX_RATIO": 4.0,
-        "WORKERS": 0,
+        "WORKERS": 0,                  # loader threads preparing batches (0: in the training thread)
     },
     "OUTPUT_DIR": "output/m2det",
     "CONTEXT": "cpu",                  # cpu | gpu:N | comma-separated list for data-parallel training

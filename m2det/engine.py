@@ -153,17 +153,19 @@ class TrainSample:
         self.variances = tuple(cfg.MODEL.PRIORS.VARIANCES)
         self.augment = augment
 
-    def load(self, record):
-        """Image and boxes (with labels as a 5th column) after augmentation, before resizing."""
+    def load(self, record, augment=None):
+        """Image and boxes (with labels as a 5th column) after augmentation (``augment``, else the
+        sample's own), before resizing."""
         image = read_image(record.image)
         boxes = np.concatenate([record.boxes, record.labels[:, None].astype(np.float32)], axis=1)
-        if self.augment is not None:
-            frames, box_lists = self.augment([image], [boxes])
+        augment = augment or self.augment
+        if augment is not None:
+            frames, box_lists = augment([image], [boxes])
             image, boxes = frames[0], np.asarray(box_lists[0], np.float32).reshape(-1, boxes.shape[1])
         return image, boxes
 
-    def __call__(self, record):
-        image, boxes = self.load(record)
+    def __call__(self, record, augment=None):
+        image, boxes = self.load(record, augment)
         h, w = image.shape[:2]
         data = normalize(image, self.size, self.mean, self.std)
         gt = boxes[:, :4] / np.array([w, h, w, h], np.float32)
@@ -174,7 +176,7 @@ class TrainSample:
 
 class _RecordDataset(gluon.data.Dataset):
     """Training samples; with augmentation, each (epoch, index) gets its own RandomState so that
-    forked DataLoader workers do not repeat each other and a resumed run augments identically."""
+    loader threads do not share a generator and a resumed run augments identically."""
 
     def __init__(self, records, sample, cfg=None):
         self.records, self.sample, self.cfg = list(records), sample, cfg
@@ -184,10 +186,12 @@ class _RecordDataset(gluon.data.Dataset):
         return len(self.records)
 
     def __getitem__(self, idx):
+        augment = None
         if self.cfg is not None:
+            # a pipeline per call (not stored on the shared sample): loader threads run concurrently
             rng = np.random.RandomState((self.epoch_seed * 1_000_003 + idx) % (2 ** 31 - 1))
-            self.sample.augment = build_augmentation(self.cfg, rng=rng)
-        return self.sample(self.records[idx])
+            augment = build_augmentation(self.cfg, rng=rng)
+        return self.sample(self.records[idx], augment)
 
 
 def train_batches(dataset, cfg, priors):
@@ -202,8 +206,11 @@ def train_batches(dataset, cfg, priors):
     def batches(epoch):
         # lib.train.fit reseeds numpy from (SEED, epoch) before this call.
         data.epoch_seed = int(np.random.randint(0, 2 ** 31 - 1))
+        # Worker threads, not processes: each epoch's new process pool forks the training process,
+        # and every fork left it ~1.7 GB larger (speedtrap M2Det, also at 2 batches per epoch) until
+        # the OOM killer ended the run. The sample work (cv2, numpy) releases the GIL.
         loader = gluon.data.DataLoader(data, batch_size=batch_size, shuffle=True, last_batch="rollover",
-                                       num_workers=int(cfg.TRAIN.WORKERS))
+                                       num_workers=int(cfg.TRAIN.WORKERS), thread_pool=True)
         if cap <= 0:
             return loader
         return _Capped(loader, cap)

@@ -325,3 +325,22 @@ def test_train_test_entry_point(csv_data, tmp_path, capsys):
     assert main(["--cfg", TINY, "--set", f"DATASET.VAL={spec}", "--set", f"OUTPUT_DIR={tmp_path}",
                  "--test-only"]) == 0
     assert json.load(open(tmp_path / "results.json"))["mAP@0.5"] == results["mAP@0.5"]
+
+
+def test_loader_threads_give_the_batches_of_the_single_threaded_loader(csv_data):
+    """TRAIN.WORKERS only changes who prepares the batches: with loader threads running samples
+    concurrently, every augmented batch equals the one prepared in the training thread."""
+    from m2det.detector import M2Det
+    dataset = load_csv(csv_data[0], classes=csv_data[1])
+    epochs = {}
+    for workers in (0, 3):
+        cfg = engine.build_config(TINY, ["TRAIN.RANDOM_TRANSFORM=true", f"TRAIN.WORKERS={workers}",
+                                         "TRAIN.BATCH_SIZE=2"])
+        batches = engine.train_batches(dataset, cfg, M2Det(cfg.MODEL, 2).priors)
+        np.random.seed(7)   # lib.train.fit seeds numpy per epoch before asking for its batches
+        mx.random.seed(7)   # the loader's shuffling
+        epochs[workers] = [[part.asnumpy() for part in batch] for batch in batches(0)]
+    assert len(epochs[0]) == len(epochs[3]) == 2   # 5 images, rollover
+    for single, threaded in zip(epochs[0], epochs[3]):
+        for a, b in zip(single, threaded):
+            np.testing.assert_array_equal(a, b)
