@@ -158,7 +158,7 @@ class TrainSample:
         sample's own), before resizing."""
         image = read_image(record.image)
         boxes = np.concatenate([record.boxes, record.labels[:, None].astype(np.float32)], axis=1)
-        augment = augment or self.augment
+        augment = self.augment if augment is None else augment
         if augment is not None:
             frames, box_lists = augment([image], [boxes])
             image, boxes = frames[0], np.asarray(box_lists[0], np.float32).reshape(-1, boxes.shape[1])
