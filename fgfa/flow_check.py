@@ -1,0 +1,273 @@
+"""Does the FlowNet follow the motion of your footage? A check against OpenCV's Farneback flow.
+
+FGFA's gain depends on the warp: neighbour features moved by a wrong flow blur the key frame's
+objects instead of sharpening them. No ground-truth flow exists for real video, so this compares the
+FlowNet with a classical estimate on real consecutive frames: for frame pairs ``offset`` frames apart
+in the same snippet, both flows are taken at the feature stride (feature pixels) and the end-point
+error (EPE) of the FlowNet against Farneback is set beside that of zero flow (the identity warp an
+untrained FlowNet gives). Only cells where Farneback's forward and backward flows agree are scored
+(its flow is unreliable in textureless or occluded regions); object cells (inside the key frame's
+ground-truth boxes) are scored separately, since they are what aggregation must get right.
+
+    python -m fgfa.flow_check --cfg experiments/fgfa_rfcn/cfgs/fgfa_rfcn_speedtrap_cpu.yaml \
+        [--model CKPT | --flownet PARAMS] [--pretrain] [--offsets 1,2,3] [--pairs 30] [--out DIR]
+
+Weights: a detector checkpoint (``--model``), FlowNet parameters (``--flownet``), else
+OUTPUT_DIR/flownet_pretrained.params (written by training's FlowNet pre-training; ``--pretrain`` runs
+that pre-training first when it is missing, and training reuses the result). Writes flow_check.json
+and flow_check.png (key frame, FlowNet flow, Farneback flow, colour-coded) to ``--out``.
+"""
+import argparse
+import json
+import os
+import sys
+
+import cv2
+import numpy as np
+
+from lib.config import ConfigError
+from lib.dataset import whole_videos_spec
+from lib.dataset.io import DatasetError, read_image
+
+# Farneback settings for dashcam-size motion: a 5-level pyramid follows shifts of tens of pixels
+FARNEBACK = dict(pyr_scale=0.5, levels=5, winsize=21, iterations=3, poly_n=7, poly_sigma=1.5, flags=0)
+
+
+def farneback_flow(first, second):
+    """(H,W,2) pixel flow, FGFA's convention: the content at (x, y) of ``first`` is at
+    (x + dx, y + dy) in ``second`` (cv2's prev -> next)."""
+    gray = [cv2.cvtColor(im, cv2.COLOR_RGB2GRAY) for im in (first, second)]
+    return cv2.calcOpticalFlowFarneback(gray[0], gray[1], None, **FARNEBACK)
+
+
+def consistent_mask(forward, backward, tolerance):
+    """Pixels whose forward flow, followed by the backward flow at its end point, returns within
+    ``tolerance`` pixels (and stays inside the frame)."""
+    height, width = forward.shape[:2]
+    xs, ys = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
+    end_x, end_y = xs + forward[..., 0], ys + forward[..., 1]
+    back = cv2.remap(backward, end_x, end_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=np.nan)
+    error = np.linalg.norm(forward + back, axis=2)
+    inside = (end_x >= 0) & (end_x <= width - 1) & (end_y >= 0) & (end_y <= height - 1)
+    return inside & (error < tolerance)
+
+
+def to_cells(array, stride):
+    """Mean over stride x stride cells of the top-left whole cells of an (H,W,...) array."""
+    h, w = (array.shape[0] // stride) * stride, (array.shape[1] // stride) * stride
+    cropped = array[:h, :w].astype(np.float32)
+    return cropped.reshape(h // stride, stride, w // stride, stride, *array.shape[2:]).mean(axis=(1, 3))
+
+
+def box_cells(boxes, scale, shape, stride):
+    """(h, w) bool: cells whose centre lies inside a box (boxes in original pixels, ``scale`` to the
+    network input)."""
+    rows, cols = shape
+    cy = (np.arange(rows) + 0.5) * stride
+    cx = (np.arange(cols) + 0.5) * stride
+    mask = np.zeros(shape, bool)
+    for x1, y1, x2, y2 in np.asarray(boxes, np.float32) * scale:
+        mask[np.ix_((cy >= y1) & (cy < y2), (cx >= x1) & (cx < x2))] = True
+    return mask
+
+
+def compare_pair(first, second, predict, stride, boxes=(), scale=1.0):
+    """One pair of RGB uint8 frames -> per-cell arrays (Farneback flow, predicted flow, valid mask,
+    object mask), flows in feature pixels. ``predict(first, second)`` returns (h, w, 2) feature-pixel
+    flow on the stride grid (cells beyond the whole ones are cropped)."""
+    forward = farneback_flow(first, second)
+    backward = farneback_flow(second, first)
+    valid = to_cells(consistent_mask(forward, backward, 0.5 * stride).astype(np.float32), stride) > 0.5
+    reference = to_cells(forward, stride) / stride
+    predicted = np.asarray(predict(first, second), np.float32)
+    rows, cols = reference.shape[:2]
+    if predicted.shape[0] < rows or predicted.shape[1] < cols or predicted.shape[2] != 2:
+        raise ValueError(f"predicted flow of shape {predicted.shape} does not cover the {rows}x{cols} grid")
+    predicted = predicted[:rows, :cols]
+    return reference, predicted, valid, box_cells(boxes, scale, (rows, cols), stride)
+
+
+def summarize(pairs):
+    """[(reference, predicted, valid, objects)] -> EPE of the prediction and of zero flow (feature px)
+    on the valid cells and on the valid object cells, with Farneback's mean motion."""
+    out = {}
+    for region in ("all", "objects"):
+        ref, pred = [], []
+        for reference, predicted, valid, objects in pairs:
+            keep = valid & objects if region == "objects" else valid
+            ref.append(reference[keep])
+            pred.append(predicted[keep])
+        ref = np.concatenate(ref) if ref else np.zeros((0, 2), np.float32)
+        pred = np.concatenate(pred) if pred else np.zeros((0, 2), np.float32)
+        if not len(ref):
+            out[region] = {"cells": 0}
+            continue
+        epe = float(np.linalg.norm(pred - ref, axis=1).mean())
+        zero = float(np.linalg.norm(ref, axis=1).mean())
+        out[region] = {"cells": int(len(ref)), "farneback_motion": zero, "epe_flownet": epe, "epe_zero_flow": zero,
+                       "error_removed": (1.0 - epe / zero) if zero > 0 else None}
+    total = sum(p[2].size for p in pairs)
+    out["valid_fraction"] = float(sum(p[2].sum() for p in pairs) / total) if total else 0.0
+    return out
+
+
+def flow_color(flow, max_norm):
+    """(h,w,2) flow -> RGB uint8, hue = direction, value = speed (saturating at ``max_norm``)."""
+    magnitude, angle = cv2.cartToPolar(np.ascontiguousarray(flow[..., 0]), np.ascontiguousarray(flow[..., 1]))
+    hsv = np.zeros(flow.shape[:2] + (3,), np.uint8)
+    hsv[..., 0] = (angle * 90 / np.pi).astype(np.uint8)
+    hsv[..., 1] = 255
+    hsv[..., 2] = np.clip(magnitude / max(max_norm, 1e-6) * 255, 0, 255).astype(np.uint8)
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+
+
+def sample_pairs(dataset, offsets, count, rng):
+    """{offset: [(first record, second record)]}: up to ``count`` pairs per offset, drawn evenly over
+    the snippets' frames (both frames from the same snippet)."""
+    snippets = [recs for recs in dataset.snippets().values() if len(recs) > 1]
+    if not snippets:
+        raise DatasetError(f"{dataset.name}: no snippet with two or more frames to take pairs from")
+    chosen = {}
+    for offset in offsets:
+        candidates = [(recs[i], recs[i + offset]) for recs in snippets for i in range(len(recs) - offset)]
+        if not candidates:
+            continue
+        picks = rng.choice(len(candidates), size=min(count, len(candidates)), replace=False)
+        chosen[offset] = [candidates[i] for i in sorted(picks)]
+    return chosen
+
+
+def load_flownet(cfg, model_path, flownet_path, pretrain, ctx):
+    """The FlowNet to check, from a detector checkpoint, FlowNet params, or the run's pre-training."""
+    from .flownet import FlowNetSimple
+    from .train import output_dir, resolve_path
+    if model_path:
+        from .test import load_model
+        model, _ = load_model(cfg, checkpoint=model_path, ctx=ctx)
+        return model.flownet, resolve_path(model_path)
+    flownet = FlowNetSimple(cfg.NETWORK.FLOW_WIDTH, cfg.NETWORK.FLOW_SCALE, prefix="flownet_")
+    from .flow_pretrain import PRETRAINED_FILE, pretrain_flownet
+    path = resolve_path(flownet_path) if flownet_path else os.path.join(output_dir(cfg), PRETRAINED_FILE)
+    if not os.path.isfile(path):
+        if flownet_path or not pretrain:
+            raise FileNotFoundError(f"FlowNet weights not found: {path} (give --model or --flownet, or "
+                                    f"--pretrain to run the config's FlowNet pre-training)")
+        from lib.train import setup_logger
+        from .train import load_train_set
+        flownet.initialize(ctx=ctx)
+
+        class Holder:  # pretrain_flownet trains ``model.flownet``
+            pass
+        holder = Holder()
+        holder.flownet = flownet
+        pretrain_flownet(holder, cfg, load_train_set(cfg), output_dir(cfg), ctx,
+                         setup_logger(output_dir(cfg), "flow_check"), progress=cfg.TRAIN.PROGRESS)
+        return flownet, path
+    flownet.load_parameters(path, ctx=ctx)
+    return flownet, path
+
+
+def run(cfg, model_path="", flownet_path="", pretrain=False, offsets=(1, 2, 3), count=30, out_dir=None,
+        seed=0, progress=True):
+    import mxnet as mx
+    from lib.runtime import get_context
+    from .data import normalize_pad, resize_image
+    from .train import load_split, output_dir
+    ctx = get_context(cfg.CONTEXT)
+    source = cfg.get("CONFIG_FILE") or "config"
+    spec = whole_videos_spec(cfg.DATASET.TEST) or cfg.DATASET.TEST
+    dataset = load_split(spec, source)
+    flownet, weights = load_flownet(cfg, model_path, flownet_path, pretrain, ctx)
+    flownet.hybridize()
+    short, max_long = cfg.IMAGE.TEST_SCALE
+    stride = int(cfg.NETWORK.FEAT_STRIDE)
+    img = cfg.IMAGE
+
+    def predict(first, second):
+        cur = mx.nd.array(normalize_pad(first, img.MEAN, img.STD, img.PAD_STRIDE)[None], ctx=ctx)
+        ref = mx.nd.array(normalize_pad(second, img.MEAN, img.STD, img.PAD_STRIDE)[None], ctx=ctx)
+        return flownet(cur, ref)[0].asnumpy().transpose(1, 2, 0)
+
+    chosen = sample_pairs(dataset, offsets, count, np.random.RandomState(seed))
+    import tqdm
+    result = {"config": source, "weights": weights, "dataset": dataset.name, "farneback": FARNEBACK,
+              "stride": stride, "test_scale": [short, max_long], "offsets": {}}
+    example = None
+    for offset, pairs in chosen.items():
+        scored = []
+        for first_rec, second_rec in tqdm.tqdm(pairs, desc=f"offset {offset}", disable=not progress, leave=False):
+            try:
+                first, scale = resize_image(read_image(first_rec.image), short, max_long)
+                second, _ = resize_image(read_image(second_rec.image), short, max_long)
+            except DatasetError as err:
+                print(f"skipped pair: {err}", file=sys.stderr)
+                continue
+            scored.append(compare_pair(first, second, predict, stride, first_rec.boxes, scale))
+            if example is None or (offset == max(chosen) and len(first_rec.boxes) and example[0] != offset):
+                example = (offset, first, scored[-1], first_rec.image, second_rec.image)
+        result["offsets"][str(offset)] = dict(summarize(scored), pairs=len(scored))
+    out_dir = out_dir or os.path.join(output_dir(cfg), "flow_check")
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "flow_check.json"), "w", encoding="utf-8") as f:
+        json.dump(result, f, indent=1)
+    if example is not None:
+        offset, frame, (reference, predicted, valid, _), first_path, second_path = example
+        size = (frame.shape[1] // 2, frame.shape[0] // 2)
+        norm = float(np.percentile(np.linalg.norm(reference, axis=2), 95)) or 1.0
+        panels = [cv2.resize(frame, size)]
+        for flow in (predicted, reference):
+            colored = flow_color(flow, norm)
+            colored[~valid] //= 3      # dim the cells the check does not score
+            panels.append(cv2.resize(colored, size, interpolation=cv2.INTER_NEAREST))
+        canvas = np.concatenate(panels, axis=1)
+        for i, text in enumerate(("key frame", "FlowNet", f"Farneback (offset {offset})")):
+            cv2.putText(canvas, text, (i * size[0] + 8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (255, 255, 255), 2)
+        from lib.viz import save_image
+        save_image(os.path.join(out_dir, "flow_check.png"), canvas)
+        result["example"] = [first_path, second_path]
+    return result, out_dir
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cfg", required=True, help="FGFA yaml config")
+    parser.add_argument("--model", default="", help="detector checkpoint (.params or checkpoint .json)")
+    parser.add_argument("--flownet", default="", help="FlowNet parameters (e.g. OUTPUT_DIR/flownet_pretrained.params)")
+    parser.add_argument("--pretrain", action="store_true",
+                        help="run the config's FlowNet pre-training when its result is missing")
+    parser.add_argument("--offsets", default="1,2,3", help="frame distances to test, comma-separated")
+    parser.add_argument("--pairs", type=int, default=30, help="pairs per offset")
+    parser.add_argument("--out", default=None, help="output folder (default OUTPUT_DIR/flow_check)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
+    args = parser.parse_args(argv)
+    from lib.runtime import configure_threads
+    configure_threads()
+    from .config import get_config
+    try:
+        offsets = [int(v) for v in args.offsets.split(",") if v.strip()]
+    except ValueError:
+        parser.error(f"--offsets must be comma-separated integers, got {args.offsets!r}")
+    if not offsets or min(offsets) < 1:
+        parser.error("--offsets must be positive frame distances")
+    try:
+        cfg = get_config(args.cfg, args.set)
+        result, out_dir = run(cfg, args.model, args.flownet, args.pretrain, offsets, args.pairs, args.out, args.seed)
+    except (ConfigError, DatasetError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"FlowNet vs Farneback (EPE in feature pixels, stride {result['stride']}; {result['weights']})")
+    print("offset  pairs  scored cells  motion  EPE FlowNet  EPE zero flow  | objects: motion  EPE FlowNet  EPE zero")
+    for offset, r in result["offsets"].items():
+        a, o = r["all"], r["objects"]
+        obj = (f"{o['farneback_motion']:7.2f}  {o['epe_flownet']:11.2f}  {o['epe_zero_flow']:8.2f}"
+               if o.get("cells") else "      -")
+        if a.get("cells"):
+            print(f"{offset:>6}  {r['pairs']:5d}  {a['cells']:12d}  {a['farneback_motion']:6.2f}  "
+                  f"{a['epe_flownet']:11.2f}  {a['epe_zero_flow']:13.2f}  | {obj}")
+    print(f"written: {out_dir}/flow_check.json, flow_check.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
