@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import sys
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -89,7 +90,7 @@ def compare_pair(first, second, predict, stride, boxes=(), scale=1.0):
 
 def summarize(pairs):
     """[(reference, predicted, valid, objects)] -> EPE of the prediction and of zero flow (feature px)
-    on the valid cells and on the valid object cells, with Farneback's mean motion."""
+    on the valid cells and on the valid object cells (zero flow's EPE is Farneback's mean motion)."""
     out = {}
     for region in ("all", "objects"):
         ref, pred = [], []
@@ -104,7 +105,7 @@ def summarize(pairs):
             continue
         epe = float(np.linalg.norm(pred - ref, axis=1).mean())
         zero = float(np.linalg.norm(ref, axis=1).mean())
-        out[region] = {"cells": int(len(ref)), "farneback_motion": zero, "epe_flownet": epe, "epe_zero_flow": zero,
+        out[region] = {"cells": int(len(ref)), "epe_flownet": epe, "epe_zero_flow": zero,
                        "error_removed": (1.0 - epe / zero) if zero > 0 else None}
     total = sum(p[2].size for p in pairs)
     out["valid_fraction"] = float(sum(p[2].sum() for p in pairs) / total) if total else 0.0
@@ -155,12 +156,8 @@ def load_flownet(cfg, model_path, flownet_path, pretrain, ctx):
         from lib.train import setup_logger
         from .train import load_train_set
         flownet.initialize(ctx=ctx)
-
-        class Holder:  # pretrain_flownet trains ``model.flownet``
-            pass
-        holder = Holder()
-        holder.flownet = flownet
-        pretrain_flownet(holder, cfg, load_train_set(cfg), output_dir(cfg), ctx,
+        # pretrain_flownet trains ``model.flownet``
+        pretrain_flownet(SimpleNamespace(flownet=flownet), cfg, load_train_set(cfg), output_dir(cfg), ctx,
                          setup_logger(output_dir(cfg), "flow_check"), progress=cfg.TRAIN.PROGRESS)
         return flownet, path
     flownet.load_parameters(path, ctx=ctx)
@@ -203,15 +200,15 @@ def run(cfg, model_path="", flownet_path="", pretrain=False, offsets=(1, 2, 3), 
                 print(f"skipped pair: {err}", file=sys.stderr)
                 continue
             scored.append(compare_pair(first, second, predict, stride, first_rec.boxes, scale))
-            if example is None or (offset == max(chosen) and len(first_rec.boxes) and example[0] != offset):
-                example = (offset, first, scored[-1], first_rec.image, second_rec.image)
+            # the picture: the first pair with an object at the largest offset (else the very first pair)
+            rank = (offset == max(chosen), len(first_rec.boxes) > 0)
+            if example is None or rank > example[0]:
+                example = (rank, offset, first, scored[-1], first_rec.image, second_rec.image)
         result["offsets"][str(offset)] = dict(summarize(scored), pairs=len(scored))
     out_dir = out_dir or os.path.join(output_dir(cfg), "flow_check")
     os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "flow_check.json"), "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=1)
     if example is not None:
-        offset, frame, (reference, predicted, valid, _), first_path, second_path = example
+        _, offset, frame, (reference, predicted, valid, _), first_path, second_path = example
         size = (frame.shape[1] // 2, frame.shape[0] // 2)
         norm = float(np.percentile(np.linalg.norm(reference, axis=2), 95)) or 1.0
         panels = [cv2.resize(frame, size)]
@@ -225,6 +222,8 @@ def run(cfg, model_path="", flownet_path="", pretrain=False, offsets=(1, 2, 3), 
         from lib.viz import save_image
         save_image(os.path.join(out_dir, "flow_check.png"), canvas)
         result["example"] = [first_path, second_path]
+    with open(os.path.join(out_dir, "flow_check.json"), "w", encoding="utf-8") as f:
+        json.dump(result, f, indent=1)
     return result, out_dir
 
 
@@ -257,14 +256,14 @@ def main(argv=None):
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"FlowNet vs Farneback (EPE in feature pixels, stride {result['stride']}; {result['weights']})")
-    print("offset  pairs  scored cells  motion  EPE FlowNet  EPE zero flow  | objects: motion  EPE FlowNet  EPE zero")
+    print("offset  pairs  scored cells  EPE FlowNet  EPE zero flow  | object cells  EPE FlowNet  EPE zero flow")
     for offset, r in result["offsets"].items():
         a, o = r["all"], r["objects"]
-        obj = (f"{o['farneback_motion']:7.2f}  {o['epe_flownet']:11.2f}  {o['epe_zero_flow']:8.2f}"
-               if o.get("cells") else "      -")
+        obj = (f"{o['cells']:12d}  {o['epe_flownet']:11.2f}  {o['epe_zero_flow']:13.2f}"
+               if o.get("cells") else "           -")
         if a.get("cells"):
-            print(f"{offset:>6}  {r['pairs']:5d}  {a['cells']:12d}  {a['farneback_motion']:6.2f}  "
-                  f"{a['epe_flownet']:11.2f}  {a['epe_zero_flow']:13.2f}  | {obj}")
+            print(f"{offset:>6}  {r['pairs']:5d}  {a['cells']:12d}  {a['epe_flownet']:11.2f}  "
+                  f"{a['epe_zero_flow']:13.2f}  | {obj}")
     print(f"written: {out_dir}/flow_check.json, flow_check.png")
     return 0
 
