@@ -27,7 +27,7 @@ def main():
             problems.append(module)
     import mxnet as mx
     print(f"threads     {lib.THREADS} ({lib.THREADS_SOURCE}; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')})")
-    print(f"MKLDNN      {mx.runtime.Features().is_enabled('MKLDNN')}")
+    print(f"MKLDNN      {mx.runtime.Features().is_enabled('MKLDNN')} (Intel AMX: {lib.AMX})")
     print(f"GPUs        {mx.context.num_gpus()}")
     for ext in ("lib._cbbox", "lib._cnms"):
         status = _version(ext)

@@ -25,7 +25,8 @@ def run_bench(args, tmp_path):
     (["bench/ops.py", "--quick"], "speed-up"),
     (["-m", "bench.lstm_ssd", "--quick"], "interleaved"),
     (["-m", "bench.train_step", "--quick"], "lib.layers.relu6"),
-], ids=["nms", "ops", "lstm_ssd", "train_step"])
+    (["-m", "bench.amx", "--quick"], "VNNI / default"),
+], ids=["nms", "ops", "lstm_ssd", "train_step", "amx"])
 def test_bench_quick_runs(args, expected, tmp_path):
     assert expected in run_bench(args, tmp_path)
 
