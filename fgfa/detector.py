@@ -209,7 +209,7 @@ class FGFADetector(gluon.Block):
         self._infer.int8_features, self._infer.int8_maps = features, maps
         if self.aggregate:
             self._infer.int8_embed = quantize_block(self.embed, feats, calib_mode)
-            pairs = mx.nd.concat(calib, mx.nd.concat(calib[1:], calib[:1], dim=0), dim=1)
+            pairs = FlowPair.stack(calib, mx.nd.concat(calib[1:], calib[:1], dim=0))
             predictors = [conv.name + "_fwd" for conv in self.flownet.flow_preds]
             self._infer.int8_flow = quantize_block(FlowPair(self.flownet), pairs, calib_mode,
                                                    exclude_layers=predictors)
@@ -219,7 +219,7 @@ class FGFADetector(gluon.Block):
         """FlowNet flows (B,2,h,w) from frames ``cur`` to ``ref`` (B,3,H,W each), int8 after quantize_int8."""
         int8 = self._infer.int8_flow
         if int8 is not None and not autograd.is_training():
-            return int8(mx.nd.concat(cur, ref, dim=1))
+            return int8(FlowPair.stack(cur, ref))
         return self.flownet(cur, ref)
 
     # ------------------------------------------------------------------ per-frame pieces

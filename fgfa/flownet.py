@@ -47,7 +47,11 @@ class FlowNetSimple(nn.HybridBlock):
                 self.flow_preds.add(nn.Conv2D(2, 3, 1, 1, weight_initializer=zero))
 
     def hybrid_forward(self, F, cur, ref):
-        x = F.Pooling(F.concat(cur, ref, dim=1), kernel=(2, 2), stride=(2, 2), pool_type="avg")
+        # halving each frame before stacking them is the same average and moves a quarter of the data
+        return self.flow_from_half_pair(F, F.concat(half_size(F, cur), half_size(F, ref), dim=1))
+
+    def flow_from_half_pair(self, F, x):
+        """Flow from the two frames at half size stacked on channels (B,6,H/2,W/2)."""
         feats = []
         for block in self.encoder:
             x = block(x)
@@ -64,15 +68,24 @@ class FlowNetSimple(nn.HybridBlock):
         return flow * self.scale
 
 
+def half_size(F, frames):
+    """The FlowNet's input scale: 2x2 average pooling of (B,C,H,W) frames."""
+    return F.Pooling(frames, kernel=(2, 2), stride=(2, 2), pool_type="avg")
+
+
 class FlowPair(nn.HybridBlock):
-    """The FlowNet on one input, the two frames stacked on channels (B,6,H,W): the single-input form
-    MXNet's quantization takes. Shares the FlowNet's parameters."""
+    """The FlowNet on one input, the two frames at half size stacked on channels (B,6,H/2,W/2): the
+    single-input form MXNet's quantization takes. Shares the FlowNet's parameters."""
 
     def __init__(self, flownet, **kwargs):
         super().__init__(prefix=flownet.prefix + "pair_", **kwargs)
         self.flownet = flownet
 
-    def hybrid_forward(self, F, pair):
-        cur = F.slice_axis(pair, axis=1, begin=0, end=3)
-        ref = F.slice_axis(pair, axis=1, begin=3, end=6)
-        return self.flownet(cur, ref)
+    def hybrid_forward(self, F, half_pair):
+        return self.flownet.flow_from_half_pair(F, half_pair)
+
+    @staticmethod
+    def stack(cur, ref):
+        """The block's input from two batches of full-size frames (B,3,H,W) (NDArrays)."""
+        import mxnet as mx
+        return mx.nd.concat(half_size(mx.nd, cur), half_size(mx.nd, ref), dim=1)

@@ -221,6 +221,24 @@ def test_flownet_output_at_feature_stride():
         assert float(flow.abs().max().asscalar()) == 0.0      # zero-initialised predictors: identity warp
 
 
+def test_flow_pair_form_equals_the_two_frame_form():
+    # the single-input form int8 quantization takes: frames halved (2x2 mean, numpy) then stacked
+    from fgfa.flownet import FlowNetSimple, FlowPair
+    net = FlowNetSimple(width=0.125)
+    net.initialize(mx.init.Xavier())
+    cur, ref = mx.nd.random.uniform(shape=(2, 3, 98, 130)), mx.nd.random.uniform(shape=(2, 3, 98, 130))
+    net(cur, ref)
+    rng = np.random.RandomState(0)
+    for conv in net.flow_preds:   # they start at zero: give them weights for non-zero flows
+        conv.weight.set_data(mx.nd.array(rng.normal(0, 0.05, conv.weight.shape)))
+    stacked = FlowPair.stack(cur, ref).asnumpy()
+    halves = [x.asnumpy().reshape(2, 3, 49, 2, 65, 2).mean(axis=(3, 5)) for x in (cur, ref)]
+    np.testing.assert_allclose(stacked, np.concatenate(halves, axis=1), rtol=1e-6, atol=1e-6)
+    two_frame = net(cur, ref).asnumpy()
+    assert np.abs(two_frame).mean() > 0
+    np.testing.assert_allclose(FlowPair(net)(mx.nd.array(stacked)).asnumpy(), two_frame, rtol=1e-5, atol=1e-6)
+
+
 # ---------------------------------------------------------------------------------------- data
 def test_resize_pad_and_neighbours():
     assert target_size(720, 1280, 600, 1000) == pytest.approx(1000 / 1280)
