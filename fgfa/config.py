@@ -66,7 +66,8 @@ DEFAULTS = {
         "AGGREGATE_KEY": False,        # reference: softmax over the two neighbours only
         # FlowNet pre-training on pairs with known flow cut from the training images (fgfa.flow_pretrain):
         # the reference starts from Flying Chairs weights, which cannot be downloaded here. ITERS 0 = off.
-        "FLOW_PRETRAIN": {"ITERS": 0, "BATCH": 8, "LR": 0.001, "MAX_SHIFT": 32.0, "PATCHES": [1, 4],
+        # ZOOM: largest relative scale change of the background (camera moving forward: dashcams)
+        "FLOW_PRETRAIN": {"ITERS": 0, "BATCH": 8, "LR": 0.001, "MAX_SHIFT": 32.0, "ZOOM": 0.0, "PATCHES": [1, 4],
                           "SIZE": [320, 240], "IMAGES": 64},
         "RPN_PRE_NMS_TOP_N": 6000,
         "RPN_POST_NMS_TOP_N": 300,
@@ -186,7 +187,7 @@ def validate(cfg):
         raise ConfigError(f"{src}: TRAIN.FLOW_PRETRAIN.PATCHES must be [min, max] with 0 <= min <= max")
     for key, ok, what in (("ITERS", pre.ITERS >= 0, ">= 0"), ("BATCH", pre.BATCH >= 1, ">= 1"),
                           ("IMAGES", pre.IMAGES >= 1, ">= 1"), ("LR", pre.LR > 0, "> 0"),
-                          ("MAX_SHIFT", pre.MAX_SHIFT >= 0, ">= 0")):
+                          ("MAX_SHIFT", pre.MAX_SHIFT >= 0, ">= 0"), ("ZOOM", 0 <= pre.ZOOM < 1, "in [0, 1)")):
         if not ok:
             raise ConfigError(f"{src}: TRAIN.FLOW_PRETRAIN.{key} must be {what}, got {pre[key]}")
     if cfg.TEST.CALIB_FRAMES < 1:

@@ -3,8 +3,8 @@
 The reference starts from a FlowNet trained on Flying Chairs; no such weights can be downloaded here,
 and trained only through the detection loss the FlowNet does not learn motion (its flows barely
 change between neighbours 1 and 3 frames away). So before detection training (TRAIN.FLOW_PRETRAIN.ITERS
-> 0) the FlowNet learns flow on pairs cut from the training images themselves: a translated
-background plus pasted moving patches, supervised at the feature stride with the end-point error.
+> 0) the FlowNet learns flow on pairs cut from the training images themselves: a translated (and with
+``ZOOM`` > 0 scaled: forward camera motion) background plus pasted moving patches, supervised at the feature stride with the end-point error.
 
 The result is saved as OUTPUT_DIR/flownet_pretrained.params (atomically) with a JSON record of the
 settings it came from; it is reused only when they match (a changed FlowNet width, pre-training
@@ -60,7 +60,7 @@ def pair_batch(images, cfg, rng):
     firsts, seconds, flows = [], [], []
     for _ in range(int(pre.BATCH)):
         a, b, flow = make_flow_pair(images, (height, width), rng, max_shift=float(pre.MAX_SHIFT),
-                                    num_patches=tuple(pre.PATCHES))
+                                    num_patches=tuple(pre.PATCHES), max_zoom=float(pre.ZOOM))
         firsts.append(normalize_pad(a, img.MEAN, img.STD, stride))
         seconds.append(normalize_pad(b, img.MEAN, img.STD, stride))
         flows.append(downsample_flow(flow, stride).transpose(2, 0, 1))

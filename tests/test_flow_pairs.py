@@ -94,3 +94,25 @@ def test_flownet_pretraining_learns_flow_and_is_reused(tmp_path):
     for (_, a), (_, b) in zip(sorted(model.flownet.collect_params().items()),
                               sorted(fresh.flownet.collect_params().items())):
         np.testing.assert_array_equal(a.data().asnumpy(), b.data().asnumpy())
+
+
+def test_zoomed_pair_flow_is_radial_and_warps_back(textures):
+    import cv2
+    smooth = [cv2.GaussianBlur(t, (0, 0), 3) for t in textures]   # bilinear resampling twice: smooth texture
+    rng = np.random.RandomState(5)
+    first, second, flow = make_flow_pair(smooth, (96, 128), rng, max_shift=4, num_patches=(0, 0), max_zoom=0.15)
+    # a zoom about a focus point c plus a shift t: flow = (s - 1) (p - c) + t, so its divergence is
+    # uniform (d flow_x / dx = d flow_y / dy = s - 1) and it has no curl
+    gx, gy = np.gradient(flow[..., 0], axis=1), np.gradient(flow[..., 1], axis=0)
+    np.testing.assert_allclose(gx, gx[0, 0], atol=1e-4)
+    np.testing.assert_allclose(gy, gx[0, 0], atol=1e-4)
+    np.testing.assert_allclose(np.gradient(flow[..., 0], axis=0), 0, atol=1e-4)
+    assert abs(gx[0, 0]) > 0.005, "some zoom"
+    yy, xx = np.mgrid[0:96, 0:128]
+    inside = ((xx + flow[..., 0] >= 0) & (xx + flow[..., 0] <= 127) & (yy + flow[..., 1] >= 0)
+              & (yy + flow[..., 1] <= 95))
+    assert inside.mean() > 0.5
+    back = np.abs(warp(second, flow)[inside] - first[inside])
+    unwarped = np.abs(second.astype(np.float32)[inside] - first[inside])
+    assert back.mean() < 1.0 and back.mean() < 0.2 * unwarped.mean(), (back.mean(), unwarped.mean())
+

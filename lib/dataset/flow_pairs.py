@@ -5,6 +5,11 @@ loss does not learn motion. These pairs give it direct supervision: a background
 as a whole, with a few patches cut from other images pasted on top, each moving by its own
 translation. The flow of every pixel of the first frame is known exactly.
 
+With ``max_zoom`` the background is also scaled about a random focus point, the radial flow field a
+camera moving forward or backward sees (dashcam footage): a FlowNet pre-trained on translations alone
+predicts one global translation there, further from the true motion than no flow at all
+(``python -m fgfa.flow_check``).
+
 Flow convention (FGFA's): ``flow[y, x] = (dx, dy)`` means the content at (x, y) in the first frame is
 at (x + dx, y + dy) in the second, so ``flow_warp(second, flow)`` reproduces the first frame wherever
 that content is visible in both.
@@ -36,24 +41,31 @@ def _patch_mask(height, width, rng):
     return mask.astype(bool)
 
 
-def make_flow_pair(images, size, rng, max_shift=24.0, num_patches=(1, 4), patch_scale=(0.15, 0.45)):
+def make_flow_pair(images, size, rng, max_shift=24.0, num_patches=(1, 4), patch_scale=(0.15, 0.45),
+                   max_zoom=0.0):
     """One (first (H,W,3) uint8, second (H,W,3) uint8, flow (H,W,2) float32) pair.
 
     images: RGB uint8 images to cut the background and the patches from; size: (height, width);
     max_shift: largest translation (pixels) of the background and of each patch; num_patches:
-    (min, max) patches; patch_scale: patch side as a fraction of the frame's short side.
+    (min, max) patches; patch_scale: patch side as a fraction of the frame's short side; max_zoom:
+    largest relative scale change of the background (0.1: between 1/1.1 and 1.1, log-uniform), about a
+    focus point anywhere in the frame (0: translation only, integer and exact).
     """
     height, width = size
     if not images:
         raise ValueError("make_flow_pair needs at least one source image")
-    margin = int(np.ceil(max_shift)) + 1
+    # the second frame samples the canvas up to max_shift + max_zoom * (frame side + shift) past the first
+    margin = int(np.ceil(max_shift + max_zoom * (max(height, width) + max_shift))) + 1
     canvas = _random_crop(images[rng.randint(len(images))], height + 2 * margin, width + 2 * margin, rng)
     bg_dx, bg_dy = rng.randint(-int(max_shift), int(max_shift) + 1, size=2)
     first = canvas[margin:margin + height, margin:margin + width].copy()
-    second = canvas[margin + bg_dy:margin + bg_dy + height, margin + bg_dx:margin + bg_dx + width].copy()
-    # background content at p in the first frame is at p - (bg_dx, bg_dy) in the second
     flow = np.empty((height, width, 2), np.float32)
-    flow[..., 0], flow[..., 1] = -bg_dx, -bg_dy
+    if max_zoom > 0:
+        second, flow[...] = _zoomed_background(canvas, margin, (height, width), (-bg_dx, -bg_dy), max_zoom, rng)
+    else:
+        second = canvas[margin + bg_dy:margin + bg_dy + height, margin + bg_dx:margin + bg_dx + width].copy()
+        # background content at p in the first frame is at p - (bg_dx, bg_dy) in the second
+        flow[..., 0], flow[..., 1] = -bg_dx, -bg_dy
     short = min(height, width)
     for _ in range(int(rng.randint(num_patches[0], num_patches[1] + 1))):
         ph = max(4, int(short * rng.uniform(*patch_scale)))
@@ -75,6 +87,24 @@ def make_flow_pair(images, size, rng, max_shift=24.0, num_patches=(1, 4), patch_
             if with_flow:
                 flow[region][m] = (dx, dy)
     return first, second, flow
+
+
+def _zoomed_background(canvas, margin, size, shift, max_zoom, rng):
+    """The second frame and the flow when the first frame's content p moves to c + s (p - c) + shift.
+
+    The first frame is ``canvas[margin:margin + H, margin:margin + W]``; the second resamples the
+    canvas (bilinear) through the inverse map q -> c + (q - shift - c) / s."""
+    height, width = size
+    scale = float(np.exp(rng.uniform(-np.log1p(max_zoom), np.log1p(max_zoom))))
+    cx, cy = rng.uniform(0, width - 1), rng.uniform(0, height - 1)
+    tx, ty = shift
+    inverse = np.array([[1 / scale, 0, margin + cx - (tx + cx) / scale],
+                        [0, 1 / scale, margin + cy - (ty + cy) / scale]], np.float64)
+    second = cv2.warpAffine(canvas, inverse, (width, height), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                            borderMode=cv2.BORDER_REFLECT)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    flow = np.stack([(scale - 1) * (xx - cx) + tx, (scale - 1) * (yy - cy) + ty], axis=-1)
+    return second, flow
 
 
 def downsample_flow(flow, stride):
