@@ -66,9 +66,11 @@ DEFAULTS = {
         "AGGREGATE_KEY": False,        # reference: softmax over the two neighbours only
         # FlowNet pre-training on pairs with known flow cut from the training images (fgfa.flow_pretrain):
         # the reference starts from Flying Chairs weights, which cannot be downloaded here. ITERS 0 = off.
-        # ZOOM: largest relative scale change of the background (camera moving forward: dashcams)
-        "FLOW_PRETRAIN": {"ITERS": 0, "BATCH": 8, "LR": 0.001, "MAX_SHIFT": 32.0, "ZOOM": 0.0, "PATCHES": [1, 4],
-                          "SIZE": [320, 240], "IMAGES": 64},
+        # SOURCE: synthetic (pasted patches with known flow; ZOOM: largest relative scale change of the
+        # background, a camera moving forward) or video (training frames MIN..MAX_OFFSET apart with
+        # OpenCV's Farneback flow as the target; IMAGES = pairs)
+        "FLOW_PRETRAIN": {"ITERS": 0, "BATCH": 8, "LR": 0.001, "SOURCE": "synthetic", "MAX_SHIFT": 32.0,
+                          "ZOOM": 0.0, "PATCHES": [1, 4], "SIZE": [320, 240], "IMAGES": 64},
         "RPN_PRE_NMS_TOP_N": 6000,
         "RPN_POST_NMS_TOP_N": 300,
         "RPN_NMS": 0.7,
@@ -183,6 +185,8 @@ def validate(cfg):
     if len(pre.SIZE) != 2 or any(v <= 0 or v % net.FEAT_STRIDE for v in pre.SIZE):
         raise ConfigError(f"{src}: TRAIN.FLOW_PRETRAIN.SIZE must be [width, height], multiples of "
                           f"{net.FEAT_STRIDE}, got {pre.SIZE}")
+    if pre.SOURCE not in ("synthetic", "video"):
+        raise ConfigError(f"{src}: TRAIN.FLOW_PRETRAIN.SOURCE must be 'synthetic' or 'video', got {pre.SOURCE!r}")
     if len(pre.PATCHES) != 2 or not 0 <= pre.PATCHES[0] <= pre.PATCHES[1]:
         raise ConfigError(f"{src}: TRAIN.FLOW_PRETRAIN.PATCHES must be [min, max] with 0 <= min <= max")
     for key, ok, what in (("ITERS", pre.ITERS >= 0, ">= 0"), ("BATCH", pre.BATCH >= 1, ">= 1"),

@@ -10,7 +10,7 @@ untrained FlowNet gives). Only cells where Farneback's forward and backward flow
 ground-truth boxes) are scored separately, since they are what aggregation must get right.
 
     python -m fgfa.flow_check --cfg experiments/fgfa_rfcn/cfgs/fgfa_rfcn_speedtrap_cpu.yaml \
-        [--model CKPT | --flownet PARAMS] [--pretrain] [--offsets 1,2,3] [--pairs 30] [--out DIR]
+        [--model CKPT | --flownet PARAMS] [--pretrain] [--offsets 1,2,3] [--pairs 30] [--out DIR] [--split-only]
 
 Weights: a detector checkpoint (``--model``), FlowNet parameters (``--flownet``), else
 OUTPUT_DIR/flownet_pretrained.params (written by training's FlowNet pre-training; ``--pretrain`` runs
@@ -28,29 +28,8 @@ import numpy as np
 
 from lib.config import ConfigError
 from lib.dataset import whole_videos_spec
+from lib.dataset.flow_pairs import FARNEBACK, consistent_mask, farneback_flow
 from lib.dataset.io import DatasetError, read_image
-
-# Farneback settings for dashcam-size motion: a 5-level pyramid follows shifts of tens of pixels
-FARNEBACK = dict(pyr_scale=0.5, levels=5, winsize=21, iterations=3, poly_n=7, poly_sigma=1.5, flags=0)
-
-
-def farneback_flow(first, second):
-    """(H,W,2) pixel flow, FGFA's convention: the content at (x, y) of ``first`` is at
-    (x + dx, y + dy) in ``second`` (cv2's prev -> next)."""
-    gray = [cv2.cvtColor(im, cv2.COLOR_RGB2GRAY) for im in (first, second)]
-    return cv2.calcOpticalFlowFarneback(gray[0], gray[1], None, **FARNEBACK)
-
-
-def consistent_mask(forward, backward, tolerance):
-    """Pixels whose forward flow, followed by the backward flow at its end point, returns within
-    ``tolerance`` pixels (and stays inside the frame)."""
-    height, width = forward.shape[:2]
-    xs, ys = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
-    end_x, end_y = xs + forward[..., 0], ys + forward[..., 1]
-    back = cv2.remap(backward, end_x, end_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=np.nan)
-    error = np.linalg.norm(forward + back, axis=2)
-    inside = (end_x >= 0) & (end_x <= width - 1) & (end_y >= 0) & (end_y <= height - 1)
-    return inside & (error < tolerance)
 
 
 def to_cells(array, stride):
@@ -165,14 +144,16 @@ def load_flownet(cfg, model_path, flownet_path, pretrain, ctx):
 
 
 def run(cfg, model_path="", flownet_path="", pretrain=False, offsets=(1, 2, 3), count=30, out_dir=None,
-        seed=0, progress=True):
+        seed=0, progress=True, split_only=False):
     import mxnet as mx
     from lib.runtime import get_context
     from .data import normalize_pad, resize_image
     from .train import load_split, output_dir
     ctx = get_context(cfg.CONTEXT)
     source = cfg.get("CONFIG_FILE") or "config"
-    spec = whole_videos_spec(cfg.DATASET.TEST) or cfg.DATASET.TEST
+    # pairs need consecutive frames: the whole videos of a sparse (random) split's frames, unless the
+    # split holds whole snippets out (then only they are scored: frames the FlowNet never saw)
+    spec = cfg.DATASET.TEST if split_only else whole_videos_spec(cfg.DATASET.TEST) or cfg.DATASET.TEST
     dataset = load_split(spec, source)
     flownet, weights = load_flownet(cfg, model_path, flownet_path, pretrain, ctx)
     flownet.hybridize()
@@ -238,6 +219,8 @@ def main(argv=None):
     parser.add_argument("--pairs", type=int, default=30, help="pairs per offset")
     parser.add_argument("--out", default=None, help="output folder (default OUTPUT_DIR/flow_check)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--split-only", action="store_true",
+                        help="pairs from DATASET.TEST's frames only (a snippet hold-out), not its whole videos")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
     args = parser.parse_args(argv)
     from lib.runtime import configure_threads
@@ -251,7 +234,8 @@ def main(argv=None):
         parser.error("--offsets must be positive frame distances")
     try:
         cfg = get_config(args.cfg, args.set)
-        result, out_dir = run(cfg, args.model, args.flownet, args.pretrain, offsets, args.pairs, args.out, args.seed)
+        result, out_dir = run(cfg, args.model, args.flownet, args.pretrain, offsets, args.pairs, args.out, args.seed,
+                              split_only=args.split_only)
     except (ConfigError, DatasetError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

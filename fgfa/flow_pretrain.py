@@ -6,6 +6,10 @@ change between neighbours 1 and 3 frames away). So before detection training (TR
 > 0) the FlowNet learns flow on pairs cut from the training images themselves: a translated (and with
 ``ZOOM`` > 0 scaled: forward camera motion) background plus pasted moving patches, supervised at the feature stride with the end-point error.
 
+With ``SOURCE: video`` the pairs are instead real training frames MIN_OFFSET..MAX_OFFSET apart in one
+snippet, and the target is OpenCV's Farneback flow, scored only where its forward and backward flows
+agree: the motion of the user's own footage (a dashcam's radial flow) rather than translated patches.
+
 The result is saved as OUTPUT_DIR/flownet_pretrained.params (atomically) with a JSON record of the
 settings it came from; it is reused only when they match (a changed FlowNet width, pre-training
 setting, seed or training set retrains it). ``NETWORK.FLOW_WEIGHTS`` loads user-supplied FlowNet
@@ -18,7 +22,7 @@ import mxnet as mx
 import numpy as np
 from mxnet import autograd, gluon
 
-from lib.dataset.flow_pairs import downsample_flow, make_flow_pair
+from lib.dataset.flow_pairs import consistent_mask, downsample_flow, farneback_flow, make_flow_pair
 from lib.dataset.io import DatasetError, read_image
 
 from .data import normalize_pad, resize_image
@@ -52,7 +56,8 @@ def source_images(dataset, count, cfg, rng):
 
 
 def pair_batch(images, cfg, rng):
-    """(first (B,3,H,W), second (B,3,H,W), target flow (B,2,H/16,W/16) in feature pixels)."""
+    """(first (B,3,H,W), second (B,3,H,W), target flow (B,2,H/16,W/16) in feature pixels, mask
+    (B,H/16,W/16) of the cells scored: all of them)."""
     pre = cfg.TRAIN.FLOW_PRETRAIN
     width, height = (int(v) for v in pre.SIZE)
     img = cfg.IMAGE
@@ -64,12 +69,71 @@ def pair_batch(images, cfg, rng):
         firsts.append(normalize_pad(a, img.MEAN, img.STD, stride))
         seconds.append(normalize_pad(b, img.MEAN, img.STD, stride))
         flows.append(downsample_flow(flow, stride).transpose(2, 0, 1))
-    return np.stack(firsts), np.stack(seconds), np.stack(flows)
+    flows = np.stack(flows)
+    return np.stack(firsts), np.stack(seconds), flows, np.ones((len(flows),) + flows.shape[2:], np.float32)
 
 
-def end_point_error(pred, target):
-    """Mean Euclidean distance between two (B,2,h,w) flows."""
-    return mx.nd.sqrt(mx.nd.sum(mx.nd.square(pred - target), axis=1) + 1e-8).mean()
+def video_flow_pairs(dataset, cfg, rng):
+    """Up to FLOW_PRETRAIN.IMAGES pairs of training frames TRAIN.MIN_OFFSET..MAX_OFFSET apart in one
+    snippet (either order: FGFA warps neighbours on both sides), at the first training scale:
+    [(first, second, Farneback flow (H,W,2) in pixels, consistent pixels (H,W) bool)]."""
+    pre, train = cfg.TRAIN.FLOW_PRETRAIN, cfg.TRAIN
+    candidates = [(recs[i], recs[i + offset]) for recs in dataset.snippets().values()
+                  for offset in range(int(train.MIN_OFFSET), int(train.MAX_OFFSET) + 1)
+                  for i in range(len(recs) - offset)]
+    if not candidates:
+        raise DatasetError(f"flow pre-training (SOURCE: video): {dataset.name} has no snippet with frames "
+                           f"{train.MIN_OFFSET}..{train.MAX_OFFSET} apart")
+    short, max_long = cfg.IMAGE.SCALES[0]
+    tolerance = 0.5 * cfg.NETWORK.FEAT_STRIDE
+    pairs = []
+    for i in rng.choice(len(candidates), size=min(int(pre.IMAGES), len(candidates)), replace=False):
+        records = candidates[i][::-1] if rng.rand() < 0.5 else candidates[i]
+        try:
+            first, second = (resize_image(read_image(rec.image), short, max_long)[0] for rec in records)
+        except DatasetError:
+            continue   # unreadable images are reported by the detection training itself
+        forward, backward = farneback_flow(first, second), farneback_flow(second, first)
+        pairs.append((first, second, forward, consistent_mask(forward, backward, tolerance)))
+    if not pairs:
+        raise DatasetError("flow pre-training: none of the sampled training frame pairs could be read")
+    return pairs
+
+
+def video_pair_batch(pairs, cfg, rng):
+    """A pair_batch of SIZE crops (on the stride grid, flipped with IMAGE.FLIP) of ``video_flow_pairs``;
+    the mask keeps the cells whose pixels are mostly consistent."""
+    pre, img = cfg.TRAIN.FLOW_PRETRAIN, cfg.IMAGE
+    stride = cfg.NETWORK.FEAT_STRIDE
+    width, height = (int(v) for v in pre.SIZE)
+    firsts, seconds, flows, masks = [], [], [], []
+    for _ in range(int(pre.BATCH)):
+        first, second, flow, valid = pairs[rng.randint(len(pairs))]
+        rows, cols = first.shape[0] // stride, first.shape[1] // stride
+        if rows * stride < height or cols * stride < width:
+            raise ValueError(f"TRAIN.FLOW_PRETRAIN.SIZE {width}x{height} is larger than the training frames "
+                             f"({first.shape[1]}x{first.shape[0]})")
+        y0 = stride * rng.randint(0, rows - height // stride + 1)
+        x0 = stride * rng.randint(0, cols - width // stride + 1)
+        crop = (slice(y0, y0 + height), slice(x0, x0 + width))
+        first, second, flow, valid = first[crop], second[crop], flow[crop], valid[crop]
+        if img.FLIP and rng.rand() < 0.5:
+            first, second, valid = first[:, ::-1], second[:, ::-1], valid[:, ::-1]
+            flow = flow[:, ::-1] * np.array([-1, 1], np.float32)
+        firsts.append(normalize_pad(np.ascontiguousarray(first), img.MEAN, img.STD, stride))
+        seconds.append(normalize_pad(np.ascontiguousarray(second), img.MEAN, img.STD, stride))
+        flows.append(downsample_flow(np.ascontiguousarray(flow), stride).transpose(2, 0, 1))
+        cells = valid.reshape(height // stride, stride, width // stride, stride).mean(axis=(1, 3))
+        masks.append((cells > 0.5).astype(np.float32))
+    return np.stack(firsts), np.stack(seconds), np.stack(flows), np.stack(masks)
+
+
+def end_point_error(pred, target, mask=None):
+    """Mean Euclidean distance between two (B,2,h,w) flows (over the cells of a (B,h,w) mask)."""
+    error = mx.nd.sqrt(mx.nd.sum(mx.nd.square(pred - target), axis=1) + 1e-8)
+    if mask is None:
+        return error.mean()
+    return (error * mask).sum() / mx.nd.maximum(mask.sum(), 1.0)
 
 
 def pretrain_flownet(model, cfg, dataset, out_dir, ctx=None, logger=None, progress=True):
@@ -95,13 +159,28 @@ def pretrain_flownet(model, cfg, dataset, out_dir, ctx=None, logger=None, progre
             logger.warning("FlowNet: %s was pre-trained with other settings (%s): training it again", path,
                            record_path if saved is not None else "no record")
     rng = np.random.RandomState(int(cfg.TRAIN.SEED) + 7)
-    images = source_images(dataset, int(pre.IMAGES), cfg, rng)
-    held_out = [mx.nd.array(a, ctx=ctx) for a in pair_batch(images, cfg, np.random.RandomState(12345))]
+    if pre.SOURCE == "video":
+        pairs = video_flow_pairs(dataset, cfg, rng)
+        # an eighth of the pairs (at least one) only for the held-out EPE
+        held = max(1, len(pairs) // 8) if len(pairs) > 1 else 0
+        held_pairs, pairs = pairs[:held] or pairs, pairs[held:]
+        held_out = video_pair_batch(held_pairs, cfg, np.random.RandomState(12345))
+
+        def next_batch():
+            return video_pair_batch(pairs, cfg, rng)
+    else:
+        images = source_images(dataset, int(pre.IMAGES), cfg, rng)
+        held_out = pair_batch(images, cfg, np.random.RandomState(12345))
+
+        def next_batch():
+            return pair_batch(images, cfg, rng)
+    held_out = [mx.nd.array(a, ctx=ctx) for a in held_out]
 
     def held_out_epe():
-        return float(end_point_error(model.flownet(held_out[0], held_out[1]), held_out[2]).asscalar())
+        first, second, target, mask = held_out
+        return float(end_point_error(model.flownet(first, second), target, mask).asscalar())
 
-    result = {"zero_flow_epe": float(end_point_error(mx.nd.zeros_like(held_out[2]), held_out[2]).asscalar()),
+    result = {"zero_flow_epe": float(end_point_error(mx.nd.zeros_like(held_out[2]), *held_out[2:]).asscalar()),
               "epe_start": held_out_epe()}
     trainer = gluon.Trainer(model.flownet.collect_params(), "adam", {"learning_rate": float(pre.LR), "wd": 0.0})
     iters = int(pre.ITERS)
@@ -112,9 +191,9 @@ def pretrain_flownet(model, cfg, dataset, out_dir, ctx=None, logger=None, progre
     for step in range(iters):
         lr = float(pre.LR) * (0.1 if step >= int(0.8 * iters) else 1.0)
         trainer.set_learning_rate(lr)
-        first, second, target = (mx.nd.array(a, ctx=ctx) for a in pair_batch(images, cfg, rng))
+        first, second, target, mask = (mx.nd.array(a, ctx=ctx) for a in next_batch())
         with autograd.record():
-            loss = end_point_error(model.flownet(first, second), target)
+            loss = end_point_error(model.flownet(first, second), target, mask)
         loss.backward()
         trainer.step(1)
         if bar is not None:

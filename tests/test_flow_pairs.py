@@ -116,3 +116,74 @@ def test_zoomed_pair_flow_is_radial_and_warps_back(textures):
     unwarped = np.abs(second.astype(np.float32)[inside] - first[inside])
     assert back.mean() < 1.0 and back.mean() < 0.2 * unwarped.mean(), (back.mean(), unwarped.mean())
 
+
+
+def _translating_video(tmp_path, step=(4, -2), frames=6, height=120, width=160):
+    """A texture moving by ``step`` pixels per frame, as a one-snippet dataset of PNG frames."""
+    import cv2
+    from lib.dataset.record import DetectionDataset, Record
+    rng = np.random.RandomState(0)
+    margin = 40
+    big = np.zeros((height + 2 * margin, width + 2 * margin), np.float32)
+    for size in (4, 16, 48):
+        noise = rng.rand(big.shape[0] // size + 2, big.shape[1] // size + 2).astype(np.float32)
+        big += cv2.resize(noise, (big.shape[1] + 2 * size, big.shape[0] + 2 * size))[size:size + big.shape[0],
+                                                                                    size:size + big.shape[1]]
+    big = np.stack([(255 * (big - big.min()) / np.ptp(big)).astype(np.uint8)] * 3, axis=2)
+    records = []
+    for t in range(frames):
+        # content at (x, y) of frame t is at (x + step) in frame t + 1
+        y0, x0 = margin - t * step[1], margin - t * step[0]
+        path = str(tmp_path / f"frame{t:03d}.png")
+        cv2.imwrite(path, big[y0:y0 + height, x0:x0 + width])
+        records.append(Record(image=path, width=width, height=height, video="clip", frame=t))
+    return DetectionDataset(records, ["thing"], name="translating")
+
+
+def test_video_pairs_take_farneback_flow_of_snippet_frames(tmp_path):
+    from fgfa.config import get_config
+    from fgfa.flow_pretrain import video_flow_pairs, video_pair_batch
+    from lib.config import PROJECT_ROOT
+    from lib.dataset.flow_pairs import farneback_flow
+    tiny = os.path.join(PROJECT_ROOT, "experiments", "fgfa_rfcn", "cfgs", "fgfa_rfcn_tiny.yaml")
+    cfg = get_config(tiny, ["TRAIN.MIN_OFFSET=1", "TRAIN.MAX_OFFSET=2", "IMAGE.SCALES=[[120,160]]",
+                            "IMAGE.FLIP=true", "TRAIN.FLOW_PRETRAIN.SOURCE=video", "TRAIN.FLOW_PRETRAIN.IMAGES=8",
+                            "TRAIN.FLOW_PRETRAIN.BATCH=8", "TRAIN.FLOW_PRETRAIN.SIZE=[128,96]"])
+    dataset = _translating_video(tmp_path)
+    pairs = video_flow_pairs(dataset, cfg, np.random.RandomState(0))
+    assert len(pairs) == 8
+    for first, second, flow, valid in pairs:
+        # one or two frames apart, in either order: +-(4, -2) or +-(8, -4) pixels
+        dx, dy = np.median(flow[valid], axis=0)
+        assert abs(abs(dx) - 2 * abs(dy)) < 0.5 and round(abs(dy)) in (2, 4) and np.sign(dx) == -np.sign(dy)
+        assert valid.mean() > 0.5
+    first, second, target, mask = video_pair_batch(pairs, cfg, np.random.RandomState(1))
+    assert first.shape == (8, 3, 96, 128) and target.shape == (8, 2, 6, 8) and mask.shape == (8, 6, 8)
+    mean, std = np.array(cfg.IMAGE.MEAN)[:, None, None], np.array(cfg.IMAGE.STD)[:, None, None]
+    flipped = 0
+    for a, b, t, m in zip(first, second, target, mask):
+        # the oracle: Farneback on the crops the batch hands out (flips and crops must keep the flow true)
+        images = [np.clip(x * std + mean, 0, 255).astype(np.uint8).transpose(1, 2, 0) for x in (a, b)]
+        measured = np.median(farneback_flow(*images)[16:-16, 16:-16].reshape(-1, 2), axis=0) / 16
+        np.testing.assert_allclose(np.median(t[:, m > 0], axis=1), measured, atol=0.05)
+        # (4, -2) per frame: either order of the frames keeps dx * dy < 0, a horizontal flip makes it > 0
+        flipped += measured[0] * measured[1] > 0
+    assert 0 < flipped < 8
+
+
+def test_flownet_pretraining_on_video_learns_the_footage_motion(tmp_path):
+    import logging
+    from fgfa.config import get_config
+    from fgfa.flow_pretrain import pretrain_flownet
+    from fgfa.train import build_model
+    from lib.config import PROJECT_ROOT
+    tiny = os.path.join(PROJECT_ROOT, "experiments", "fgfa_rfcn", "cfgs", "fgfa_rfcn_tiny.yaml")
+    cfg = get_config(tiny, ["TRAIN.MIN_OFFSET=1", "TRAIN.MAX_OFFSET=2", "IMAGE.SCALES=[[120,160]]",
+                            "TRAIN.FLOW_PRETRAIN.SOURCE=video", "TRAIN.FLOW_PRETRAIN.IMAGES=9",
+                            "TRAIN.FLOW_PRETRAIN.ITERS=200", "TRAIN.FLOW_PRETRAIN.BATCH=4",
+                            "TRAIN.FLOW_PRETRAIN.SIZE=[128,96]"])
+    mx.random.seed(0)
+    result = pretrain_flownet(build_model(cfg, 2), cfg, _translating_video(tmp_path), str(tmp_path / "run"),
+                              progress=False, logger=logging.getLogger("flow"))
+    assert result["epe_start"] == pytest.approx(result["zero_flow_epe"], rel=1e-4)
+    assert result["epe_end"] < 0.5 * result["zero_flow_epe"], result

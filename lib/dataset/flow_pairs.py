@@ -10,6 +10,10 @@ camera moving forward or backward sees (dashcam footage): a FlowNet pre-trained 
 predicts one global translation there, further from the true motion than no flow at all
 (``python -m fgfa.flow_check``).
 
+For real footage there is no ground-truth flow; ``farneback_flow`` (OpenCV's classical estimate) with
+``consistent_mask`` (forward and backward flows agree) gives a proxy target on consecutive frames,
+which both the FlowNet check and its pre-training on the user's own videos use.
+
 Flow convention (FGFA's): ``flow[y, x] = (dx, dy)`` means the content at (x, y) in the first frame is
 at (x + dx, y + dy) in the second, so ``flow_warp(second, flow)`` reproduces the first frame wherever
 that content is visible in both.
@@ -105,6 +109,29 @@ def _zoomed_background(canvas, margin, size, shift, max_zoom, rng):
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     flow = np.stack([(scale - 1) * (xx - cx) + tx, (scale - 1) * (yy - cy) + ty], axis=-1)
     return second, flow
+
+
+# Farneback settings for dashcam-size motion: a 5-level pyramid follows shifts of tens of pixels
+FARNEBACK = dict(pyr_scale=0.5, levels=5, winsize=21, iterations=3, poly_n=7, poly_sigma=1.5, flags=0)
+
+
+def farneback_flow(first, second):
+    """(H,W,2) pixel flow, FGFA's convention: the content at (x, y) of ``first`` is at
+    (x + dx, y + dy) in ``second`` (cv2's prev -> next)."""
+    gray = [cv2.cvtColor(im, cv2.COLOR_RGB2GRAY) for im in (first, second)]
+    return cv2.calcOpticalFlowFarneback(gray[0], gray[1], None, **FARNEBACK)
+
+
+def consistent_mask(forward, backward, tolerance):
+    """Pixels whose forward flow, followed by the backward flow at its end point, returns within
+    ``tolerance`` pixels (and stays inside the frame)."""
+    height, width = forward.shape[:2]
+    xs, ys = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
+    end_x, end_y = xs + forward[..., 0], ys + forward[..., 1]
+    back = cv2.remap(backward, end_x, end_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=np.nan)
+    error = np.linalg.norm(forward + back, axis=2)
+    inside = (end_x >= 0) & (end_x <= width - 1) & (end_y >= 0) & (end_y <= height - 1)
+    return inside & (error < tolerance)
 
 
 def downsample_flow(flow, stride):
