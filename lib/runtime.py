@@ -88,7 +88,7 @@ def configure_amx():
     """Let this process's oneDNN use AMX when the CPU has it and the user set no ISA limit.
 
     Returns 'on', 'user' (the user's DNNL_MAX_CPU_ISA is kept), 'denied' (the kernel refused the
-    tiles) or 'absent'. The ISA variable is set only until oneDNN has read it (its first primitive,
+    tiles), 'absent' or 'no mxnet'. The ISA variable is set only until oneDNN has read it (its first primitive,
     made here): a child process that inherited it without asking the kernel for the tiles would die
     of an illegal instruction at its first int8 convolution.
     """
@@ -100,7 +100,10 @@ def configure_amx():
         return "user"
     if not granted:
         return "denied"
-    import mxnet as mx
+    try:
+        import mxnet as mx
+    except ImportError:   # an onnxruntime-only install of the inference tools
+        return "no mxnet"
     os.environ["DNNL_MAX_CPU_ISA"] = AMX_ISA
     try:
         # oneDNN reads the variable once, at the first primitive it creates
