@@ -3,8 +3,9 @@
 The reference starts from a FlowNet trained on Flying Chairs; no such weights can be downloaded here,
 and trained only through the detection loss the FlowNet does not learn motion (its flows barely
 change between neighbours 1 and 3 frames away). So before detection training (TRAIN.FLOW_PRETRAIN.ITERS
-> 0) the FlowNet learns flow on pairs cut from the training images themselves: a translated (and with
-``ZOOM`` > 0 scaled: forward camera motion) background plus pasted moving patches, supervised at the feature stride with the end-point error.
+> 0) the FlowNet learns flow on pairs cut from the training images themselves: a translated (with
+``ZOOM`` > 0 also scaled: forward camera motion) background plus pasted moving patches, supervised at
+the feature stride with the end-point error.
 
 With ``SOURCE: video`` the pairs are instead real training frames MIN_OFFSET..MAX_OFFSET apart in one
 snippet, and the target is OpenCV's Farneback flow, scored only where its forward and backward flows
@@ -128,11 +129,9 @@ def video_pair_batch(pairs, cfg, rng):
     return np.stack(firsts), np.stack(seconds), np.stack(flows), np.stack(masks)
 
 
-def end_point_error(pred, target, mask=None):
-    """Mean Euclidean distance between two (B,2,h,w) flows (over the cells of a (B,h,w) mask)."""
+def end_point_error(pred, target, mask):
+    """Mean Euclidean distance between two (B,2,h,w) flows over the cells of a (B,h,w) mask."""
     error = mx.nd.sqrt(mx.nd.sum(mx.nd.square(pred - target), axis=1) + 1e-8)
-    if mask is None:
-        return error.mean()
     return (error * mask).sum() / mx.nd.maximum(mask.sum(), 1.0)
 
 
@@ -177,8 +176,7 @@ def pretrain_flownet(model, cfg, dataset, out_dir, ctx=None, logger=None, progre
     held_out = [mx.nd.array(a, ctx=ctx) for a in held_out]
 
     def held_out_epe():
-        first, second, target, mask = held_out
-        return float(end_point_error(model.flownet(first, second), target, mask).asscalar())
+        return float(end_point_error(model.flownet(held_out[0], held_out[1]), *held_out[2:]).asscalar())
 
     result = {"zero_flow_epe": float(end_point_error(mx.nd.zeros_like(held_out[2]), *held_out[2:]).asscalar()),
               "epe_start": held_out_epe()}
