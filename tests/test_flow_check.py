@@ -97,3 +97,25 @@ def test_cli_missing_weights_is_a_clear_error(tmp_path, capsys):
     rc = flow_check.main(["--cfg", TINY, "--flownet", str(tmp_path / "nope.params")])
     assert rc == 2
     assert "nope.params" in capsys.readouterr().err
+
+
+def test_split_only_scores_the_split_frames_not_their_whole_videos(tmp_path):
+    # the tiny videos have 12 frames; the key-frame image set keeps frames 0-9 of each: pairs 9 frames
+    # apart are 3 per video in the whole videos and 1 per video within the set
+    import mxnet as mx
+    from fgfa.config import get_config
+    from fgfa.flownet import FlowNetSimple
+    cfg = get_config(TINY)
+    net = FlowNetSimple(cfg.NETWORK.FLOW_WIDTH, cfg.NETWORK.FLOW_SCALE, prefix="flownet_")
+    net.initialize(ctx=mx.cpu())
+    net(mx.nd.zeros((1, 3, 96, 128)), mx.nd.zeros((1, 3, 96, 128)))
+    params = str(tmp_path / "flownet.params")
+    net.save_parameters(params)
+    pairs = {}
+    for split_only in (False, True):
+        out = tmp_path / f"check_{split_only}"
+        args = ["--cfg", TINY, "--flownet", params, "--offsets", "9", "--pairs", "10", "--out", str(out),
+                "--set", "TRAIN.PROGRESS=False", "DATASET.TEST.IMAGE_SET=VID_train_15frames"]
+        assert flow_check.main(args + (["--split-only"] if split_only else [])) == 0
+        pairs[split_only] = json.loads((out / "flow_check.json").read_text())["offsets"]["9"]["pairs"]
+    assert pairs == {False: 6, True: 2}
