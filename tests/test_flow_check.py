@@ -68,9 +68,8 @@ def test_consistency_mask_rejects_contradicting_flows():
     assert not flow_check.consistent_mask(forward, forward, 0.5).any()
 
 
-def test_cli_on_the_tiny_synthetic_videos(tmp_path, capsys):
-    """A fresh FlowNet predicts zero flow (its predictors start at zero): its EPE must equal the
-    zero-flow EPE on every offset, and the JSON and picture are written."""
+def _fresh_flownet_params(tmp_path):
+    """A just-initialised FlowNet of the tiny config (zero flow), saved: the path."""
     import mxnet as mx
     from fgfa.config import get_config
     from fgfa.flownet import FlowNetSimple
@@ -80,6 +79,13 @@ def test_cli_on_the_tiny_synthetic_videos(tmp_path, capsys):
     net(mx.nd.zeros((1, 3, 96, 128)), mx.nd.zeros((1, 3, 96, 128)))
     params = str(tmp_path / "flownet.params")
     net.save_parameters(params)
+    return params
+
+
+def test_cli_on_the_tiny_synthetic_videos(tmp_path, capsys):
+    """A fresh FlowNet predicts zero flow (its predictors start at zero): its EPE must equal the
+    zero-flow EPE on every offset, and the JSON and picture are written."""
+    params = _fresh_flownet_params(tmp_path)
     out = tmp_path / "check"
     rc = flow_check.main(["--cfg", TINY, "--flownet", params, "--offsets", "1,2", "--pairs", "4",
                           "--out", str(out), "--set", "TRAIN.PROGRESS=False"])
@@ -102,15 +108,7 @@ def test_cli_missing_weights_is_a_clear_error(tmp_path, capsys):
 def test_split_only_scores_the_split_frames_not_their_whole_videos(tmp_path):
     # the tiny videos have 12 frames; the key-frame image set keeps frames 0-9 of each: pairs 9 frames
     # apart are 3 per video in the whole videos and 1 per video within the set
-    import mxnet as mx
-    from fgfa.config import get_config
-    from fgfa.flownet import FlowNetSimple
-    cfg = get_config(TINY)
-    net = FlowNetSimple(cfg.NETWORK.FLOW_WIDTH, cfg.NETWORK.FLOW_SCALE, prefix="flownet_")
-    net.initialize(ctx=mx.cpu())
-    net(mx.nd.zeros((1, 3, 96, 128)), mx.nd.zeros((1, 3, 96, 128)))
-    params = str(tmp_path / "flownet.params")
-    net.save_parameters(params)
+    params = _fresh_flownet_params(tmp_path)
     pairs = {}
     for split_only in (False, True):
         out = tmp_path / f"check_{split_only}"
