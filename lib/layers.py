@@ -1,6 +1,6 @@
-"""Small layers shared by the MobileNet-based detectors (M2Det's MobileNetV2, SSDLite, LSTM-SSD).
+"""Small layers shared by the detectors.
 
-ReLU6 = min(max(x, 0), 6). MXNet 1.9's CPU ``clip`` kernel, which gluoncv and the TF ports use for it,
+ReLU6 (M2Det's MobileNetV2, SSDLite, LSTM-SSD) = min(max(x, 0), 6). MXNet 1.9's CPU ``clip`` kernel, which gluoncv and the TF ports use for it,
 is slow: on (8, 16, 192, 192) forward + backward takes 58 ms against 21 ms for
 minimum(maximum(x, 0), 6), and it was a quarter of an M2Det MobileNetV2 training step
 (``python -m bench.train_step``). The two forms give the same values and the same gradients, also at
@@ -11,6 +11,7 @@ In inference graphs ``clip`` stays, because the MKLDNN backend fuses conv + Batc
 """
 import contextlib
 
+import numpy as np
 from mxnet import autograd
 from mxnet.gluon import nn
 
@@ -67,3 +68,68 @@ def replace_relu6(block):
         else:
             count += replace_relu6(child)
     return count
+
+
+class SubPixelUpsample(nn.HybridBlock):
+    """The inference form of a 4x4, stride-2, pad-1 transposed convolution (``nn.Conv2DTranspose(c, 4,
+    2, 1)``, the FlowNet decoder's upsampling): a 3x3 convolution to 4x the channels, one group per
+    output phase (row parity, column parity), then ``depth_to_space``. Same outputs, but a plain
+    convolution, which MXNet's MKLDNN quantization takes to int8; it has no int8 Deconvolution, and a
+    float deconvolution is several times slower than the int8 convolution on CPUs with VNNI/AMX
+    (``python -m bench.fgfa``). The 3x3 kernel carries 2x2 taps per phase (2.25x the MACs).
+
+    Why it is exact: output row 2m + a of the transposed convolution takes input rows m - 1 and m
+    through kernel rows 3 and 1 when a = 0, rows m and m + 1 through kernel rows 2 and 0 when a = 1;
+    the same for columns. The pixel shuffle is lib.ops.depth_to_space (MXNet's own kernel would cost
+    more than the convolution).
+    """
+
+    # PHASE_TAPS[a][dy + 1]: kernel row of the transposed convolution that input row m + dy feeds into
+    # output row 2m + a (-1: none)
+    PHASE_TAPS = ((3, 1, -1), (-1, 2, 0))
+
+    def __init__(self, channels, in_channels, use_bias=True, **kwargs):
+        super().__init__(**kwargs)
+        self.channels = channels
+        with self.name_scope():
+            self.conv = nn.Conv2D(4 * channels, 3, 1, 1, in_channels=in_channels, use_bias=use_bias)
+
+    def hybrid_forward(self, F, x):
+        from .ops import depth_to_space
+        return depth_to_space(self.conv(x), 2, F=F)
+
+    @classmethod
+    def from_transposed(cls, deconv, **kwargs):
+        """A block with the outputs of ``deconv`` (an initialised Conv2DTranspose(c, 4, 2, 1)),
+        holding a copy of its weights."""
+        in_channels, channels = deconv.weight.shape[:2]
+        block = cls(channels, in_channels, deconv.bias is not None, **kwargs)
+        block.initialize(ctx=deconv.weight.list_ctx())
+        return block.load_transposed(deconv)
+
+    def load_transposed(self, deconv):
+        """Copy the weights of ``deconv`` (an initialised Conv2DTranspose(c, 4, 2, 1) with this block's
+        channel counts and bias setting) into this (initialised) block; returns the block."""
+        kernel, strides, padding = (deconv._kwargs[k] for k in ("kernel", "stride", "pad"))
+        if tuple(kernel) != (4, 4) or tuple(strides) != (2, 2) or tuple(padding) != (1, 1):
+            raise ValueError(f"{deconv.name}: only 4x4 stride-2 pad-1 transposed convolutions have a "
+                             f"sub-pixel form here, got kernel {kernel}, stride {strides}, pad {padding}")
+        weight = deconv.weight.data().asnumpy()          # (in, out, 4, 4)
+        in_channels, channels = weight.shape[:2]
+        expected = (4 * channels, in_channels, 3, 3)
+        if self.conv.weight.shape != expected or (deconv.bias is None) != (self.conv.bias is None):
+            raise ValueError(f"{deconv.name} ({in_channels} -> {channels} channels, bias "
+                             f"{deconv.bias is not None}) does not fit {self.name} (weight "
+                             f"{self.conv.weight.shape}, bias {self.conv.bias is not None})")
+        conv_weight = np.zeros((2, 2, channels, in_channels, 3, 3), weight.dtype)
+        for a in range(2):
+            for b in range(2):
+                for ky_pos, ky in enumerate(self.PHASE_TAPS[a]):
+                    for kx_pos, kx in enumerate(self.PHASE_TAPS[b]):
+                        if ky >= 0 and kx >= 0:
+                            conv_weight[a, b, :, :, ky_pos, kx_pos] = weight[:, :, ky, kx].T
+        # depth_to_space takes channel (a * 2 + b) * channels + o to phase (a, b) of output channel o
+        self.conv.weight.set_data(conv_weight.reshape(expected))
+        if deconv.bias is not None:
+            self.conv.bias.set_data(np.tile(deconv.bias.data().asnumpy(), 4))
+        return self

@@ -1,12 +1,14 @@
 """lib.layers.relu6: the fast training form against numpy and against MXNet's clip; inference keeps
-clip so that the MKLDNN backend still fuses it into the convolution."""
+clip so that the MKLDNN backend still fuses it into the convolution. SubPixelUpsample against MXNet's
+transposed convolution."""
 import json
 
 import mxnet as mx
 import numpy as np
+import pytest
 from mxnet.gluon import nn
 
-from lib.layers import ReLU6, clip_relu6, relu6, replace_relu6
+from lib.layers import ReLU6, SubPixelUpsample, clip_relu6, relu6, replace_relu6
 
 
 def _values_and_grad(x, head):
@@ -94,3 +96,31 @@ def test_replace_relu6_swaps_gluoncv_blocks_and_keeps_parameter_names():
     with mx.autograd.record():   # training mode: our fast form against gluoncv's clip
         a, b = reference(x), ours(x)
     np.testing.assert_allclose(a.asnumpy(), b.asnumpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_subpixel_upsample_equals_the_transposed_convolution(use_bias):
+    deconv = nn.Conv2DTranspose(5, 4, 2, 1, use_bias=use_bias, in_channels=3)
+    deconv.initialize(mx.init.Normal(1.0))
+    if use_bias:
+        deconv.bias.set_data(mx.nd.random.normal(shape=(5,)))
+    x = mx.nd.random.normal(shape=(2, 3, 7, 9))     # odd sizes: every border phase is exercised
+    block = SubPixelUpsample.from_transposed(deconv)
+    expected = deconv(x).asnumpy()
+    assert expected.shape == (2, 5, 14, 18)
+    np.testing.assert_allclose(block(x).asnumpy(), expected, rtol=1e-5, atol=1e-5)
+    block.hybridize()
+    np.testing.assert_allclose(block(x).asnumpy(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_subpixel_upsample_rejects_other_transposed_convolutions():
+    deconv = nn.Conv2DTranspose(4, 2, 2, 0, in_channels=3, prefix="up_")
+    deconv.initialize()
+    with pytest.raises(ValueError, match="up: only 4x4 stride-2 pad-1"):
+        SubPixelUpsample.from_transposed(deconv)
+    fits_not = SubPixelUpsample(4, 8)
+    fits_not.initialize()
+    good = nn.Conv2DTranspose(4, 4, 2, 1, in_channels=3)
+    good.initialize()
+    with pytest.raises(ValueError, match="does not fit"):
+        fits_not.load_transposed(good)

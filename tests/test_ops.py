@@ -1,5 +1,5 @@
 """lib.ops: the compiled operators against MXNet's own built-ins (1.9.1 has CPU kernels for
-MultiProposal, PSROIPooling, BilinearSampler and GridGenerator), a numpy reference of PSROIPooling,
+MultiProposal, PSROIPooling, BilinearSampler, GridGenerator and depth_to_space), a numpy reference of PSROIPooling,
 finite differences and hand-computed cases; plus hybridize / export / fork / error behaviour."""
 import json
 import os
@@ -418,6 +418,27 @@ def raises(fn, *fragments):
     return message
 
 
+# ------------------------------------------------------------------------------ depth_to_space
+
+@pytest.mark.parametrize("shape,block,dtype", [
+    ((2, 8, 5, 7), 2, np.float32), ((1, 36, 3, 4), 3, np.float64), ((3, 4, 1, 1), 2, np.float32),
+    ((1, 5, 2, 3), 1, np.float32),
+])
+def test_depth_to_space_matches_builtin(shape, block, dtype):
+    rng = np.random.RandomState(sum(shape))
+    data = rng.randn(*shape).astype(dtype)
+    out_shape = (shape[0], shape[1] // block ** 2, shape[2] * block, shape[3] * block)
+    head = rng.randn(*out_shape).astype(dtype)
+    out, (grad,) = fwd_bwd(lambda x: ops.depth_to_space(x, block), [data], head)
+    ref, (ref_grad,) = fwd_bwd(lambda x: mx.nd.depth_to_space(x, block_size=block), [data], head)
+    assert out.shape == out_shape and out.dtype == dtype
+    np.testing.assert_array_equal(out, ref)          # a permutation: exact
+    np.testing.assert_array_equal(grad, ref_grad)
+    # hand-checked element: output (n, c, y b + i, x b + j) = data (n, (i b + j) C' + c, y, x)
+    n, c, y, x, i, j = shape[0] - 1, 0, shape[2] - 1, shape[3] - 1, block - 1, 0
+    assert out[n, c, y * block + i, x * block + j] == data[n, (i * block + j) * (shape[1] // block ** 2) + c, y, x]
+
+
 def test_bad_inputs_raise_clear_errors():
     nd = mx.nd
     data = nd.zeros((1, 18, 5, 5))
@@ -449,6 +470,9 @@ def test_bad_inputs_raise_clear_errors():
            "float16", "float32")
     raises(lambda: nd.detops_psroi_pooling(data, rois, spatial_scale=0.5, output_dim=2, pooled_size=3,
                                            pooled_szie=3), "unknown attribute 'pooled_szie'")
+    raises(lambda: ops.depth_to_space(nd.zeros((1, 6, 2, 2)), 2), "6 channels", "block_size^2 = 4")
+    raises(lambda: ops.depth_to_space(nd.zeros((6, 2, 2)), 2), "must be 4-D", "(6, 2, 2)")
+    raises(lambda: ops.depth_to_space(nd.zeros((1, 4, 2, 2)), 0), "block_size must be >= 1")
 
 
 def test_error_messages_do_not_accumulate():
