@@ -21,7 +21,7 @@ from lib.nms import multiclass_nms
 from .aggregation import FlowAggregator
 from .backbone import ResNetV1Backbone
 from .embedding import EmbedNet
-from .flownet import FlowNetSimple, FlowPair
+from .flownet import FlowNetSimple, FlowPair, half_size_image
 from .operators import multi_proposal
 from .rfcn_head import RFCNHead, rfcn_vote
 from .rpn import RPN, denormalize_rpn_deltas, rpn_cls_prob, rpn_flatten
@@ -132,6 +132,7 @@ class FGFADetector(gluon.Block):
         # inference-only blocks (not children: they share parameters with the ones above)
         self._infer = types.SimpleNamespace(
             head=InferenceHead(self.rpn, self.rfcn, cfg, builtin_ops, prefix="head_"), aggregators={},
+            flow_pair=FlowPair(self.flownet) if self.aggregate else None,
             hybridized_ctx=None, int8_features=None, int8_maps=None, int8_embed=None, int8_flow=None)
 
     # ------------------------------------------------------------------ setup
@@ -179,7 +180,7 @@ class FGFADetector(gluon.Block):
         from lib.runtime import hybridize_for_inference
         blocks = [self.features, self.head]
         if self.aggregate:
-            blocks += [self.embed, self.flownet]
+            blocks += [self.embed, self.flownet, self._infer.flow_pair]
         blocks += list(self._infer.aggregators.values())
         for block in blocks:
             hybridize_for_inference(block, ctx)
@@ -189,9 +190,10 @@ class FGFADetector(gluon.Block):
     def quantize_int8(self, calib_images, calib_mode="naive"):
         """int8 CPU inference (MXNet's MKLDNN quantization) of the backbone + feature conv and of the
         head's convolutions (HeadMaps); with aggregation also of the embedding network and the
-        FlowNet's encoder and deconvolutions. The proposal, PSROIPooling, warp and aggregation operators
-        and the FlowNet's flow predictors (2-channel regressions that need sub-pixel precision and
-        cost little) stay in float.
+        FlowNet's encoder and decoder (its transposed convolutions in their sub-pixel convolution form,
+        which quantizes: FlowNetSimple.subpixel_copy). The proposal, PSROIPooling, warp and aggregation
+        operators and the FlowNet's flow predictors and flow upsamplings (2-channel maps that need
+        sub-pixel precision and cost little) stay in float.
 
         ``calib_images``: pre-processed frames (B,3,H,W) at the inference size, to calibrate the int8
         ranges on (the head and embedding on their int8 feature maps, the FlowNet on pairs of
@@ -210,17 +212,25 @@ class FGFADetector(gluon.Block):
         if self.aggregate:
             self._infer.int8_embed = quantize_block(self.embed, feats, calib_mode)
             pairs = FlowPair.stack(calib, mx.nd.concat(calib[1:], calib[:1], dim=0))
-            predictors = [conv.name + "_fwd" for conv in self.flownet.flow_preds]
-            self._infer.int8_flow = quantize_block(FlowPair(self.flownet), pairs, calib_mode,
-                                                   exclude_layers=predictors)
+            flownet = self.flownet.subpixel_copy()
+            float_layers = [conv.name + "_fwd" for conv in flownet.flow_preds]
+            float_layers += [up.conv.name + "_fwd" for up in flownet.flow_ups]
+            self._infer.int8_flow = quantize_block(FlowPair(flownet), pairs, calib_mode,
+                                                   exclude_layers=float_layers)
         return features, maps
 
     def flow(self, cur, ref):
         """FlowNet flows (B,2,h,w) from frames ``cur`` to ``ref`` (B,3,H,W each), int8 after quantize_int8."""
-        int8 = self._infer.int8_flow
-        if int8 is not None and not autograd.is_training():
-            return int8(FlowPair.stack(cur, ref))
+        if self._infer.int8_flow is not None and not autograd.is_training():
+            return self._infer.int8_flow(FlowPair.stack(cur, ref))
         return self.flownet(cur, ref)
+
+    def flow_from_halves(self, cur_half, ref_half):
+        """``flow`` from the frames at half size (B,3,H/2,W/2 each; fgfa.flownet.half_size_image)."""
+        stacked = FlowPair.stack_halves(cur_half, ref_half)
+        if self._infer.int8_flow is not None:
+            return self._infer.int8_flow(stacked)
+        return self._infer.flow_pair(stacked)
 
     # ------------------------------------------------------------------ per-frame pieces
     def frame_cache(self, image):
@@ -388,7 +398,8 @@ class FGFADetector(gluon.Block):
 
 
 # ---------------------------------------------------------------------- streaming inference
-Frame = collections.namedtuple("Frame", "index data im_info cache")
+# half: the frame at the FlowNet's input size (aggregation only), computed once per frame
+Frame = collections.namedtuple("Frame", "index data im_info cache half")
 
 
 class VideoDetector:
@@ -423,16 +434,18 @@ class VideoDetector:
         self.next_output = 0                       # index of the next frame to emit
 
     def _add(self, image):
-        data, im_info = self.preprocess(image)
-        data = mx.nd.array(data[None], ctx=self.ctx)
+        image, im_info = self.preprocess(image)
+        data = mx.nd.array(image[None], ctx=self.ctx)
         im_info_nd = mx.nd.array(np.asarray(im_info, np.float32)[None], ctx=self.ctx)
         cache = self.model.frame_cache(data)
-        frame = Frame(self.next_index, data, im_info_nd, cache)
+        half = mx.nd.array(half_size_image(image)[None], ctx=self.ctx) if self.model.aggregate else None
+        frame = Frame(self.next_index, data, im_info_nd, cache, half)
         index = self.next_index
         if self.model.aggregate and self.flow_mode == "chained" and self.K > 0 and index > 0:
-            before = self.frames[index - 1].data
+            before = self.frames[index - 1].half
             # both one-step flows in one FlowNet batch: (i-1 -> i) and (i -> i-1)
-            flows = self.model.flow(mx.nd.concat(before, data, dim=0), mx.nd.concat(data, before, dim=0))
+            flows = self.model.flow_from_halves(mx.nd.concat(before, half, dim=0),
+                                                mx.nd.concat(half, before, dim=0))
             self.next_flow[index - 1], self.prev_flow[index] = flows[0:1], flows[1:2]
         self.frames[index] = frame
         self.next_index += 1
@@ -443,9 +456,9 @@ class VideoDetector:
         if not others:
             return {}
         if self.flow_mode == "direct":
-            key = self.frames[t].data
-            refs = mx.nd.concat(*[self.frames[i].data for i in others], dim=0)
-            flows = self.model.flow(mx.nd.broadcast_to(key, shape=refs.shape), refs)
+            key = self.frames[t].half
+            refs = mx.nd.concat(*[self.frames[i].half for i in others], dim=0)
+            flows = self.model.flow_from_halves(mx.nd.broadcast_to(key, shape=refs.shape), refs)
             return {i: flows[j:j + 1] for j, i in enumerate(others)}
         # chained: flow(t -> i +- 1) = flow(t -> i) + one-step flow of i sampled where flow(t -> i) lands
         from .operators import flow_warp

@@ -4,6 +4,7 @@ import os
 import mxnet as mx
 import numpy as np
 import pytest
+from mxnet.gluon import nn
 from gluoncv.model_zoo.resnet import get_resnet
 
 from fgfa.backbone import BackboneWeightsError, ResNetV1Backbone
@@ -221,6 +222,36 @@ def test_flownet_output_at_feature_stride():
         assert float(flow.abs().max().asscalar()) == 0.0      # zero-initialised predictors: identity warp
 
 
+def test_flownet_subpixel_copy_and_halved_frames_give_the_same_flows():
+    # the int8 inference path: transposed convolutions in sub-pixel form (a copy of the weights),
+    # frames halved once each with OpenCV instead of MXNet's pooling
+    from fgfa.flownet import FlowNetSimple, FlowPair, half_size, half_size_image
+    net = FlowNetSimple(width=0.125)
+    net.initialize(mx.init.Xavier())
+    cur, ref = mx.nd.random.uniform(shape=(2, 3, 98, 130)), mx.nd.random.uniform(shape=(2, 3, 98, 130))
+    net(cur, ref)
+    rng = np.random.RandomState(1)
+    for conv in net.flow_preds:   # they start at zero: give them weights for non-zero flows
+        conv.weight.set_data(mx.nd.array(rng.normal(0, 0.05, conv.weight.shape)))
+    expected = net(cur, ref).asnumpy()
+    assert np.abs(expected).mean() > 0
+    copy = net.subpixel_copy()
+    assert not any(isinstance(b, nn.Conv2DTranspose) for b in _all_blocks(copy))
+    np.testing.assert_allclose(copy(cur, ref).asnumpy(), expected, rtol=1e-5, atol=1e-6)
+    odd = rng.uniform(0, 1, (3, 99, 131)).astype(np.float32)
+    np.testing.assert_allclose(half_size_image(odd), half_size(mx.nd, mx.nd.array(odd[None])).asnumpy()[0],
+                               rtol=1e-6, atol=1e-6)
+    halves = [mx.nd.array(np.stack([half_size_image(x) for x in frames.asnumpy()])) for frames in (cur, ref)]
+    np.testing.assert_allclose(FlowPair(copy)(FlowPair.stack_halves(*halves)).asnumpy(), expected,
+                               rtol=1e-5, atol=1e-6)
+
+
+def _all_blocks(block):
+    yield block
+    for child in block._children.values():
+        yield from _all_blocks(child)
+
+
 def test_flow_pair_form_equals_the_two_frame_form():
     # the single-input form int8 quantization takes: frames halved (2x2 mean, numpy) then stacked
     from fgfa.flownet import FlowNetSimple, FlowPair
@@ -315,8 +346,8 @@ def test_window_padding_repeats_edges_and_streaming_lag():
 
 
 class _PairFlowNet:
-    """Stands in for the FlowNet: flow(cur -> ref) = (ref_id - cur_id) * STEP everywhere, where a
-    frame's id is its constant pixel value; counts the pairs it was asked for."""
+    """Stands in for the FlowNet (on frames at full or half size): flow(cur -> ref) = (ref_id - cur_id)
+    * STEP everywhere, where a frame's id is its constant pixel value; counts the pairs it was asked for."""
     STEP = np.array([0.75, -0.5], np.float32)
 
     def __init__(self, shape):
@@ -338,7 +369,7 @@ def test_chained_flows_compose_one_step_flows(monkeypatch):
     results = {}
     for mode in ("direct", "chained"):
         flownet = _PairFlowNet(shape)
-        monkeypatch.setattr(model.flownet, "forward", flownet)
+        monkeypatch.setattr(model, "flow_from_halves", flownet)
         detector = VideoDetector(model, preprocess=preprocess, flow_mode=mode)
         done = [t for image in frames[:5] for t, _ in detector.step(image)]
         # frame 2's window (2-3..2+3, clamped to 0..4) is all there: flows to 0, 1, 3, 4
