@@ -120,7 +120,8 @@ def time_parts(cfg, model, frame, repeats):
         return 1000 * (time.perf_counter() - start) / repeats, out
 
     parts = {}
-    parts["features"], cache = clock(lambda: model.frame_cache(data))
+    channels_last = model.fuses_aggregation(mx.cpu())    # the streaming detector's cache layout
+    parts["features"], cache = clock(lambda: model.frame_cache(data, channels_last=channels_last))
     feat = cache[:, :model.feat_channels]
     if model.aggregate:
         # the streaming detector halves each frame once for the FlowNet (part of its per-frame work)
@@ -144,7 +145,8 @@ def time_parts(cfg, model, frame, repeats):
     if model.aggregate:
         caches = [cache] * (two_k + 1)
         flows = [flows[j:j + 1] for j in range(two_k)] + [mx.nd.zeros_like(flows[:1])]
-        parts["aggregation"], feat = clock(lambda: model.aggregate_window(cache, caches, flows))
+        parts["aggregation"], feat = clock(lambda: model.aggregate_window(cache, caches, flows,
+                                                                          channels_last=channels_last))
     parts["head"], out = clock(lambda: model.detect_from_feature(feat, info))
     parts["postprocess"], _ = clock(lambda: model.postprocess(*out, im_info))
     return parts

@@ -2,14 +2,24 @@
 
 FGFA shapes (issue 3): features (N, 1024, 38, 63) for flow_warp; R-FCN score maps
 (N, 31 * 7 * 7, 38, 63) with 300 rois per image for psroi_pooling; RPN outputs (N, 18, 38, 63)
-for multi_proposal (pre 6000, post 300); N = 1 and 4. Prints the median time of repeated runs,
-forward and forward+backward, and the speed-up (built-in time / ours).
-multi_proposal has no backward (zero gradients), so only its forward is timed.
+for multi_proposal (pre 6000, post 300); N = 1 and 4. The FGFA inference pieces at N = 1:
+depth_to_space on the FlowNet decoder's largest map at 600x1000 (2, 128, 75, 125); the channels-last
+cache (feature 1024 + embedding 512 channels) against MXNet's transpose(concat); flow_aggregate over a
+K = 9 window (19 caches), planar and channels-last, against the composite graph of MXNet's built-ins
+(fgfa.aggregation.FlowAggregator). Prints the median time of repeated runs, forward and
+forward+backward, and the speed-up (built-in time / ours). multi_proposal has no backward (zero
+gradients), flow_aggregate none at all (inference kernel), so only their forward is timed.
 
-    python bench/ops.py --quick          # tiny shapes, 3 repeats: a smoke test
-    python bench/ops.py --threads 2      # full FGFA shapes (run on a quiet machine)
+    python -m bench.ops --quick          # tiny shapes, 3 repeats: a smoke test
+    python -m bench.ops --threads 2      # full FGFA shapes (run on a quiet machine)
+
+Run it as a module from the project root (the FGFA cases import the fgfa package, which
+bench/fgfa.py would shadow for a script run from bench/).
 """
-import argparse
+if __name__ == "__main__" and not __package__:
+    raise SystemExit("run from the project root as: python -m bench.ops [--quick]")
+
+import argparse  # noqa: E402
 import os
 import sys
 import time
@@ -39,7 +49,50 @@ def cases(quick, batches):
                     lambda rng, n=n: psroi_case(rng, n, classes, group, height, width, rois_per_image)))
         out.append(("multi_proposal", f"scores ({n},18,{height},{width}), pre {pre} post {post}",
                     lambda rng, n=n: proposal_case(rng, n, height, width, pre, post)))
+    d2s = (2, 16, 19, 31) if quick else (2, 128, 75, 125)
+    out.append(("depth_to_space", f"data {d2s}, block 2", lambda rng: depth_to_space_case(rng, d2s)))
+    embed, frames = (32, 5) if quick else (512, 19)
+    out.append(("channels_last", f"({channels}+{embed},{height},{width})",
+                lambda rng: channels_last_case(rng, channels, embed, height, width)))
+    for last in (False, True):
+        out.append((f"flow_aggregate{' NHWC' if last else ''}",
+                    f"{frames} x (1,{channels}+{embed},{height},{width})",
+                    lambda rng, last=last: aggregate_case(rng, channels, embed, height, width, frames, last)))
     return out
+
+
+def depth_to_space_case(rng, shape):
+    import mxnet as mx
+    from lib import ops
+    ours = lambda d: ops.depth_to_space(d, 2, builtin=False)  # noqa: E731
+    builtin = lambda d: ops.depth_to_space(d, 2, builtin=True)  # noqa: E731
+    return ours, builtin, [mx.nd.array(rng.randn(*shape))], True
+
+
+def channels_last_case(rng, channels, embed, h, w):
+    import mxnet as mx
+    from lib import ops
+    ours = lambda f, e: ops.channels_last([f, e], builtin=False)  # noqa: E731
+    builtin = lambda f, e: ops.channels_last([f, e], builtin=True)  # noqa: E731
+    return ours, builtin, [mx.nd.array(rng.randn(1, channels, h, w)), mx.nd.array(rng.randn(1, embed, h, w))], True
+
+
+def aggregate_case(rng, channels, embed, h, w, frames, channels_last):
+    import mxnet as mx
+    from fgfa.aggregation import FlowAggregator
+    from lib import ops
+    caches = [mx.nd.array(rng.randn(1, channels + embed, h, w)) for _ in range(frames)]
+    flows = [mx.nd.array(rng.randn(1, 2, h, w) * 3) for _ in range(frames)]
+    key = caches[frames // 2]
+    window = [ops.channels_last([c[:, :channels], c[:, channels:]]) for c in caches] if channels_last else caches
+
+    def ours(*_):
+        return ops.flow_aggregate(window[frames // 2], window, flows, channels, channels_last=channels_last)[0]
+    composite = FlowAggregator(channels, frames, builtin_ops=True)
+
+    def builtin(*_):
+        return composite(key[:, channels:], mx.nd.concat(*caches, dim=0), mx.nd.concat(*flows, dim=0))[0]
+    return ours, builtin, [key], False
 
 
 def flow_warp_case(rng, n, c, h, w):
@@ -120,7 +173,7 @@ def main(argv=None):
     rng = np.random.RandomState(0)
     rows = []
     print(f"threads {args.threads}, median of {repeat} runs{' (quick shapes)' if args.quick else ''}")
-    header = f"{'op':<15} {'shapes':<44} {'pass':<9} {'ours ms':>9} {'builtin ms':>11} {'speed-up':>9}"
+    header = f"{'op':<19} {'shapes':<44} {'pass':<9} {'ours ms':>9} {'builtin ms':>11} {'speed-up':>9}"
     print(header)
     print("-" * len(header))
     for op, description, make in cases(args.quick, batches):
@@ -130,7 +183,7 @@ def main(argv=None):
             t_ours = median_ms(ours, inputs, backward, repeat)
             t_builtin = median_ms(builtin, inputs, backward, repeat)
             rows.append((op, description, label, t_ours, t_builtin))
-            print(f"{op:<15} {description:<44} {label:<9} {t_ours:>9.2f} {t_builtin:>11.2f} "
+            print(f"{op:<19} {description:<44} {label:<9} {t_ours:>9.2f} {t_builtin:>11.2f} "
                   f"{t_builtin / t_ours:>8.1f}x", flush=True)
     return rows
 

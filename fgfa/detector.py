@@ -233,14 +233,25 @@ class FGFADetector(gluon.Block):
         return self._infer.flow_pair(stacked)
 
     # ------------------------------------------------------------------ per-frame pieces
-    def frame_cache(self, image):
-        """(B,3,H,W) -> cache (B, C[+E], h, w): feature map, plus its embedding with aggregation."""
+    def frame_cache(self, image, channels_last=False):
+        """(B,3,H,W) -> cache (B, C[+E], h, w): feature map, plus its embedding with aggregation.
+        ``channels_last`` (aggregation, compiled operators): the cache as (B, h, w, C+E), the layout of
+        the fastest fused aggregation (``aggregate_window(..., channels_last=True)``)."""
         int8 = self._infer.int8_features
         feat = int8(image) if int8 is not None and not autograd.is_training() else self.features(image)
         if not self.aggregate:
             return feat
         embed = self._infer.int8_embed if int8 is not None and not autograd.is_training() else self.embed
+        if channels_last:
+            from lib.ops import channels_last as to_channels_last
+            return to_channels_last([feat, embed(feat)])
         return mx.nd.concat(feat, embed(feat), dim=1)
+
+    def fuses_aggregation(self, ctx):
+        """Whether ``aggregate_window`` runs the fused compiled kernel for arrays on ``ctx`` (CPU with
+        the compiled operators), which can also take channels-last caches."""
+        from lib.ops import uses_builtin
+        return self.aggregate and not uses_builtin(mx.nd.zeros((1,), ctx=ctx), self.builtin_ops)
 
     def detect_from_feature(self, feat, im_info):
         """Aggregated feature (1,C,h,w) + im_info (1,3) -> (rois (R,5), probs (R,C+1), deltas (R,8))."""
@@ -249,18 +260,20 @@ class FGFADetector(gluon.Block):
             return self.head.decode(*int8(feat), im_info)
         return self.head(feat, im_info)
 
-    def aggregate_window(self, key_cache, caches, flows, fused=None):
+    def aggregate_window(self, key_cache, caches, flows, fused=None, channels_last=False):
         """Key cache (1,C+E,h,w), window caches [T x (1,C+E,h,w)], flows [T x (1,2,h,w)] -> (1,C,h,w).
 
         ``fused`` (default: on CPU with the compiled operators) runs lib.ops.flow_aggregate, one pass
         over the window without building the warped (T, C+E, h, w) stack; otherwise the composite
-        FlowAggregator graph (GPU, MXNet built-ins; the same numbers)."""
+        FlowAggregator graph (GPU, MXNet built-ins; the same numbers). ``channels_last``: the caches
+        are (1, h, w, C+E) (``frame_cache(..., channels_last=True)``), fused kernel only."""
         if fused is None:
-            from lib.ops import uses_builtin
-            fused = not uses_builtin(key_cache, self.builtin_ops)
+            fused = self.fuses_aggregation(key_cache.context)
+        if channels_last and not fused:
+            raise ValueError("channels-last caches need the fused aggregation (compiled CPU operators)")
         if fused:
             from lib.ops import flow_aggregate
-            out, _ = flow_aggregate(key_cache, caches, flows, self.feat_channels)
+            out, _ = flow_aggregate(key_cache, caches, flows, self.feat_channels, channels_last=channels_last)
             return out
         key_embed = key_cache[:, self.feat_channels:]
         out, _ = self.aggregator(len(caches))(key_embed, mx.nd.concat(*caches, dim=0),
@@ -427,6 +440,9 @@ class VideoDetector:
         self.reset()
 
     def reset(self):
+        # caches in the layout of the fastest aggregation kernel where it runs (CPU, compiled operators;
+        # decided per video: the operator choice can change between videos)
+        self.channels_last = self.model.fuses_aggregation(self.ctx)
         self.frames = collections.OrderedDict()   # index -> Frame (only what windows still need)
         # chained flow mode: one-step flows, next_flow[i] = flow i -> i+1, prev_flow[i] = i -> i-1
         self.next_flow, self.prev_flow = {}, {}
@@ -437,7 +453,7 @@ class VideoDetector:
         image, im_info = self.preprocess(image)
         data = mx.nd.array(image[None], ctx=self.ctx)
         im_info_nd = mx.nd.array(np.asarray(im_info, np.float32)[None], ctx=self.ctx)
-        cache = self.model.frame_cache(data)
+        cache = self.model.frame_cache(data, channels_last=self.channels_last)
         half = mx.nd.array(half_size_image(image)[None], ctx=self.ctx) if self.model.aggregate else None
         frame = Frame(self.next_index, data, im_info_nd, cache, half)
         index = self.next_index
@@ -487,10 +503,11 @@ class VideoDetector:
         else:
             idx = self.window_indices(t, last)
             flow_of = self._flows_from(t, sorted(set(i for i in idx if i != t)))
-            zero = mx.nd.zeros((1, 2) + key.cache.shape[2:], ctx=self.ctx)
+            map_size = key.cache.shape[1:3] if self.channels_last else key.cache.shape[2:]
+            zero = mx.nd.zeros((1, 2) + tuple(map_size), ctx=self.ctx)
             caches = [self.frames[i].cache for i in idx]
             flows = [flow_of.get(i, zero) if i != t else zero for i in idx]
-            feat = model.aggregate_window(key.cache, caches, flows)
+            feat = model.aggregate_window(key.cache, caches, flows, channels_last=self.channels_last)
             rois, probs, deltas = model.detect_from_feature(feat, key.im_info)
         result = model.postprocess(rois, probs, deltas, key.im_info.asnumpy()[0])
         # drop frames no later window needs (windows of t+1.. start at t+1-K)

@@ -9,6 +9,9 @@
 //   w_t      = softmax_t(cos_t)                                                    (per pixel)
 //   out      = sum_t w_t * warped_t[:C]
 // Outputs: out (N, C, h, w) and the weights (N, T, h, w).
+// With channels_last=1 the key and the window caches are (N, h, w, C+E) (lib.ops.channels_last builds
+// them once per frame): the kernel then reads each corner's channels as one contiguous vector instead
+// of gathering them plane by plane (aggregate_pixels); out stays (N, C, h, w).
 //
 // Why a fused kernel: the composite graph materialises the warped window (T x (C+E) channels, about
 // 560 MB at ImageNet VID size with K = 9) and several same-sized temporaries; this kernel reads every
@@ -34,10 +37,12 @@ constexpr double kEps = 1e-10;
 struct Params {
   int feat_channels;
   int num_frames;
+  bool channels_last;
 };
 
 bool parse_params(const Attrs& attrs, Params* p) {
-  if (!check_attr_names(attrs, kOp, {"feat_channels", "num_frames"})) return false;
+  if (!check_attr_names(attrs, kOp, {"feat_channels", "num_frames", "channels_last"})) return false;
+  if (!attr_bool(attrs, kOp, "channels_last", false, &p->channels_last)) return false;
   if (!attr_required_int(attrs, kOp, "feat_channels", &p->feat_channels)) return false;
   if (!attr_required_int(attrs, kOp, "num_frames", &p->num_frames)) return false;
   if (p->feat_channels < 1) {
@@ -170,6 +175,84 @@ DETOPS_CLONES void aggregate_planes(const T* key, const std::vector<const T*>& c
   }
 }
 
+// Channels-last caches (N, H, W, C+E): one pass over the output pixels, in parallel. Per pixel, the
+// cosine of each frame t from its 4 corner embeddings (contiguous E-vectors), the softmax, then the
+// weighted sum of the 4 corner feature vectors of every frame into a C-vector, written to the
+// (N, C, H, W) output. Each element of out is summed in the order of aggregate_planes (frames in
+// order, corners in order); the dot products' sums over E run in SIMD lanes (a different order).
+template <typename T>
+DETOPS_CLONES void aggregate_pixels(const T* key, const std::vector<const T*>& caches,
+                                    const std::vector<const T*>& flows, T* out, T* weights, int N, int C,
+                                    int E, int H, int W) {
+  const int Tn = static_cast<int>(caches.size());
+  const int HW = H * W;
+  const int CE = C + E;
+  const T half_w = half_extent<T>(W);
+  const T half_h = half_extent<T>(H);
+  const int threads = std::max(1, std::min(worth_threads(static_cast<double>(Tn) * CE * HW / 4), N * HW));
+#pragma omp parallel num_threads(threads)
+  {
+    std::vector<T> acc(C), emb(E), cosine(Tn);
+    std::vector<Taps<T>> taps(Tn);
+#pragma omp for schedule(static)
+    for (int idx = 0; idx < N * HW; ++idx) {
+      const int n = idx / HW, p = idx % HW;
+      const T* key_emb = key + static_cast<size_t>(idx) * CE + C;
+      T key_norm = 0;
+#pragma omp simd reduction(+ : key_norm)
+      for (int e = 0; e < E; ++e) key_norm += key_emb[e] * key_emb[e];
+      const T key_inv = static_cast<T>(1.0 / std::sqrt(key_norm + kEps));
+      T top = -std::numeric_limits<T>::infinity();
+      for (int t = 0; t < Tn; ++t) {
+        const T* fl = flows[t] + static_cast<size_t>(n) * 2 * HW;
+        Corner4<T> c;
+        make_corner<T>(fl[p], fl[HW + p], p % W, p / W, W, H, half_w, half_h, &c);
+        for (int k = 0; k < 4; ++k) {
+          taps[t].off[k] = c.off[k];
+          taps[t].w[k] = c.w[k];
+        }
+        const T* image = caches[t] + static_cast<size_t>(n) * HW * CE + C;
+        const T* e0 = image + static_cast<size_t>(c.off[0]) * CE;
+        const T* e1 = image + static_cast<size_t>(c.off[1]) * CE;
+        const T* e2 = image + static_cast<size_t>(c.off[2]) * CE;
+        const T* e3 = image + static_cast<size_t>(c.off[3]) * CE;
+        const T w0 = c.w[0], w1 = c.w[1], w2 = c.w[2], w3 = c.w[3];
+        T dot = 0, norm = 0;
+#pragma omp simd reduction(+ : dot, norm)
+        for (int e = 0; e < E; ++e) {
+          const T v = e0[e] * w0 + e1[e] * w1 + e2[e] * w2 + e3[e] * w3;
+          dot += v * key_emb[e];
+          norm += v * v;
+        }
+        cosine[t] = static_cast<T>(dot * key_inv / std::sqrt(norm + kEps));
+        top = std::max(top, cosine[t]);
+      }
+      T sum = 0;
+      for (int t = 0; t < Tn; ++t) {
+        cosine[t] = std::exp(cosine[t] - top);
+        sum += cosine[t];
+      }
+      T* w_out = weights + static_cast<size_t>(n) * Tn * HW + p;
+      std::fill(acc.begin(), acc.end(), static_cast<T>(0));
+      T* a = acc.data();
+      for (int t = 0; t < Tn; ++t) {
+        const T wt = cosine[t] / sum;
+        w_out[static_cast<size_t>(t) * HW] = wt;
+        const T* image = caches[t] + static_cast<size_t>(n) * HW * CE;
+        const T* f0 = image + static_cast<size_t>(taps[t].off[0]) * CE;
+        const T* f1 = image + static_cast<size_t>(taps[t].off[1]) * CE;
+        const T* f2 = image + static_cast<size_t>(taps[t].off[2]) * CE;
+        const T* f3 = image + static_cast<size_t>(taps[t].off[3]) * CE;
+        const T w0 = taps[t].w[0], w1 = taps[t].w[1], w2 = taps[t].w[2], w3 = taps[t].w[3];
+#pragma omp simd
+        for (int c = 0; c < C; ++c) a[c] += wt * (f0[c] * w0 + f1[c] * w1 + f2[c] * w2 + f3[c] * w3);
+      }
+      T* dst = out + static_cast<size_t>(n) * C * HW + p;
+      for (int c = 0; c < C; ++c) dst[static_cast<size_t>(c) * HW] = a[c];
+    }
+  }
+}
+
 MXReturnValue parse_attrs(const Attrs& attrs, int* num_in, int* num_out) {
   Params p;
   if (!parse_params(attrs, &p)) return MX_FAIL;
@@ -188,17 +271,31 @@ MXReturnValue infer_type(const Attrs& attrs, std::vector<int>* in_types,
   return infer_same_float_type(kOp, names, true, in_types, out_types) ? MX_SUCCESS : MX_FAIL;
 }
 
+// (channels, h, w) of a cache shape in the layout the attributes name.
+struct Dims {
+  unsigned int channels, h, w;
+};
+
+template <typename Shape>
+Dims cache_dims(const Params& p, const Shape& shape) {
+  const auto dim = [&shape](int i) { return static_cast<unsigned int>(shape[i]); };
+  return p.channels_last ? Dims{dim(3), dim(1), dim(2)} : Dims{dim(1), dim(2), dim(3)};
+}
+
 MXReturnValue infer_shape(const Attrs& attrs, Shapes* in_shapes, Shapes* out_shapes) {
   Params p;
   if (!parse_params(attrs, &p)) return MX_FAIL;
   const auto& key = (*in_shapes)[0];
+  const char* layout = p.channels_last ? "(N, h, w, C+E) (channels_last)" : "(N, C+E, h, w)";
   if (key.size() != 4) {
-    DETOPS_ERROR << kOp << ": key_cache must be 4-D (N, C+E, h, w), got shape " << shape_str(key);
+    DETOPS_ERROR << kOp << ": key_cache must be 4-D " << layout << ", got shape " << shape_str(key);
     return MX_FAIL;
   }
-  if (static_cast<int>(key[1]) <= p.feat_channels) {
-    DETOPS_ERROR << kOp << ": key_cache has " << key[1] << " channels, needs feat_channels ("
-                 << p.feat_channels << ") + at least one embedding channel";
+  const Dims dims = cache_dims(p, key);
+  if (static_cast<int>(dims.channels) <= p.feat_channels) {
+    DETOPS_ERROR << kOp << ": key_cache " << shape_str(key) << " has " << dims.channels << " channels "
+                 << layout << ", needs feat_channels (" << p.feat_channels
+                 << ") + at least one embedding channel";
     return MX_FAIL;
   }
   for (int t = 0; t < p.num_frames; ++t) {
@@ -209,30 +306,31 @@ MXReturnValue infer_shape(const Attrs& attrs, Shapes* in_shapes, Shapes* out_sha
       return MX_FAIL;
     }
     const auto& flow = (*in_shapes)[1 + p.num_frames + t];
-    if (flow.size() != 4 || flow[0] != key[0] || flow[1] != 2 || flow[2] != key[2] ||
-        flow[3] != key[3]) {
+    if (flow.size() != 4 || flow[0] != key[0] || flow[1] != 2 || flow[2] != dims.h || flow[3] != dims.w) {
       DETOPS_ERROR << kOp << ": flow_" << t << " has shape " << shape_str(flow) << ", needs (N, 2, h, w) = ("
-                   << key[0] << ", 2, " << key[2] << ", " << key[3] << ")";
+                   << key[0] << ", 2, " << dims.h << ", " << dims.w << ")";
       return MX_FAIL;
     }
   }
-  (*out_shapes)[0] = {key[0], static_cast<unsigned int>(p.feat_channels), key[2], key[3]};
-  (*out_shapes)[1] = {key[0], static_cast<unsigned int>(p.num_frames), key[2], key[3]};
+  (*out_shapes)[0] = {key[0], static_cast<unsigned int>(p.feat_channels), dims.h, dims.w};
+  (*out_shapes)[1] = {key[0], static_cast<unsigned int>(p.num_frames), dims.h, dims.w};
   return MX_SUCCESS;
 }
 
 template <typename T>
 void run_forward(const Params& p, std::vector<MXTensor>* inputs, std::vector<MXTensor>* outputs) {
   MXTensor& key = (*inputs)[0];
-  const int N = key.shape[0], CE = key.shape[1], H = key.shape[2], W = key.shape[3];
+  const Dims dims = cache_dims(p, key.shape);
+  const int N = key.shape[0], CE = dims.channels, H = dims.h, W = dims.w;
   if (static_cast<long long>(N) * H * W == 0) return;
   std::vector<const T*> caches, flows;
   for (int t = 0; t < p.num_frames; ++t) {
     caches.push_back((*inputs)[1 + t].data<T>());
     flows.push_back((*inputs)[1 + p.num_frames + t].data<T>());
   }
-  aggregate_planes<T>(key.data<T>(), caches, flows, (*outputs)[0].data<T>(), (*outputs)[1].data<T>(), N,
-                    p.feat_channels, CE - p.feat_channels, H, W);
+  auto kernel = p.channels_last ? aggregate_pixels<T> : aggregate_planes<T>;
+  kernel(key.data<T>(), caches, flows, (*outputs)[0].data<T>(), (*outputs)[1].data<T>(), N,
+         p.feat_channels, CE - p.feat_channels, H, W);
 }
 
 MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* inputs,

@@ -22,7 +22,7 @@ def run_bench(args, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("args,expected", [
     (["bench/nms.py", "--quick"], "box_nms/ours"),
-    (["bench/ops.py", "--quick"], "speed-up"),
+    (["-m", "bench.ops", "--quick"], "flow_aggregate NHWC"),
     (["-m", "bench.lstm_ssd", "--quick"], "interleaved"),
     (["-m", "bench.train_step", "--quick"], "lib.layers.relu6"),
     (["-m", "bench.amx", "--quick"], "VNNI / default"),

@@ -303,9 +303,9 @@ class _CountingCache:
         self.calls = 0
         self.inner = model.frame_cache
 
-    def __call__(self, image):
+    def __call__(self, image, **kwargs):
         self.calls += image.shape[0]
-        return self.inner(image)
+        return self.inner(image, **kwargs)
 
 
 @pytest.mark.parametrize("aggregate", [True, False])

@@ -178,19 +178,36 @@ def composite_aggregate(key_cache, caches, flows, feat_channels):
     (1, 5, 3, 6, 7, 4, 2.0, np.float64),
     (2, 40, 24, 13, 15, 5, 3.0, np.float32),  # large enough for the OpenMP paths (2 threads)
 ])
-def test_flow_aggregate_equals_composite_of_builtins(n, c, e, h, w, frames, flow_scale, dtype):
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_flow_aggregate_equals_composite_of_builtins(n, c, e, h, w, frames, flow_scale, dtype, channels_last):
     rng = np.random.RandomState(n * 100 + frames)
     key = rng.randn(n, c + e, h, w).astype(dtype)
     caches = [key] + [rng.randn(n, c + e, h, w).astype(dtype) for _ in range(frames - 1)]
     flows = [np.zeros((n, 2, h, w), dtype)] + [(rng.randn(n, 2, h, w) * flow_scale).astype(dtype)
                                               for _ in range(frames - 1)]
-    out, weights = ops.flow_aggregate(mx.nd.array(key, dtype=dtype), [mx.nd.array(x, dtype=dtype) for x in caches],
-                                      [mx.nd.array(x, dtype=dtype) for x in flows], feat_channels=c)
+    layout = (lambda x: x.transpose(0, 2, 3, 1).copy()) if channels_last else (lambda x: x)
+    out, weights = ops.flow_aggregate(mx.nd.array(layout(key), dtype=dtype),
+                                      [mx.nd.array(layout(x), dtype=dtype) for x in caches],
+                                      [mx.nd.array(x, dtype=dtype) for x in flows], feat_channels=c,
+                                      channels_last=channels_last)
     ref_out, ref_weights = composite_aggregate(key, caches, flows, c)
     assert out.shape == (n, c, h, w) and weights.shape == (n, frames, h, w) and out.dtype == dtype
     close(out.asnumpy(), ref_out)
     close(weights.asnumpy(), ref_weights)
     close(weights.asnumpy().sum(axis=1), np.ones((n, h, w)))
+
+
+def test_flow_aggregate_channels_last_sums_features_in_the_same_order():
+    # only the embedding dot products are summed in another order: with one frame (weight 1) the
+    # aggregated feature is the warped feature, bit for bit the planar kernel's
+    rng = np.random.RandomState(7)
+    cache = rng.randn(1, 40, 9, 11).astype(np.float32)
+    flow = (rng.randn(1, 2, 9, 11) * 3).astype(np.float32)
+    planar, _ = ops.flow_aggregate(mx.nd.array(cache), [mx.nd.array(cache)], [mx.nd.array(flow)], feat_channels=24)
+    last = ops.channels_last([mx.nd.array(cache[:, :24]), mx.nd.array(cache[:, 24:])])
+    pixels, _ = ops.flow_aggregate(last, [last], [mx.nd.array(flow)], feat_channels=24, channels_last=True)
+    np.testing.assert_array_equal(pixels.asnumpy(), planar.asnumpy())
+    close(pixels.asnumpy(), builtin_warp(mx.nd.array(cache[:, :24]), mx.nd.array(flow)).asnumpy())
 
 
 def test_flow_aggregate_hand_computed():
@@ -220,6 +237,11 @@ def test_flow_aggregate_errors():
     raises(lambda: ops.flow_aggregate(good, [good], [nd.zeros((1, 3, 4, 6))], feat_channels=3),
            "flow_0 has shape (1, 3, 4, 6), needs (N, 2, h, w)")
     raises(lambda: ops.flow_aggregate(good, [good], [flow], feat_channels=5), "needs feat_channels (5) + at least")
+    last = nd.zeros((1, 4, 6, 5))    # channels last: h = 4, w = 6, 5 channels
+    raises(lambda: ops.flow_aggregate(last, [last], [nd.zeros((1, 2, 6, 5))], feat_channels=3, channels_last=True),
+           "flow_0 has shape (1, 2, 6, 5), needs (N, 2, h, w) = (1, 2, 4, 6)")
+    raises(lambda: ops.flow_aggregate(last, [last], [flow], feat_channels=5, channels_last=True),
+           "5 channels (N, h, w, C+E) (channels_last)", "needs feat_channels (5)")
     with pytest.raises(ValueError, match="as many flows as caches"):
         ops.flow_aggregate(good, [good, good], [flow], feat_channels=3)
     key = good.copy()
@@ -437,6 +459,22 @@ def test_depth_to_space_matches_builtin(shape, block, dtype):
     # hand-checked element: output (n, c, y b + i, x b + j) = data (n, (i b + j) C' + c, y, x)
     n, c, y, x, i, j = shape[0] - 1, 0, shape[2] - 1, shape[3] - 1, block - 1, 0
     assert out[n, c, y * block + i, x * block + j] == data[n, (i * block + j) * (shape[1] // block ** 2) + c, y, x]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_channels_last_equals_transposed_concat(dtype):
+    rng = np.random.RandomState(5)
+    parts = [rng.randn(2, c, 5, 7).astype(dtype) for c in (3, 1, 6)]    # 35 pixels: 2 full tiles + a partial one
+    head = rng.randn(2, 5, 7, 10).astype(dtype)
+    out, grads = fwd_bwd(lambda *xs: ops.channels_last(xs), parts, head)
+    ref, ref_grads = fwd_bwd(lambda *xs: mx.nd.transpose(mx.nd.concat(*xs, dim=1), axes=(0, 2, 3, 1)), parts, head)
+    assert out.shape == (2, 5, 7, 10) and out.dtype == dtype
+    np.testing.assert_array_equal(out, ref)
+    for grad, ref_grad in zip(grads, ref_grads):
+        np.testing.assert_array_equal(grad, ref_grad)
+    assert out[1, 4, 6, 3] == parts[1][1, 0, 4, 6]      # channel 3 is the second input's first
+    raises(lambda: ops.channels_last([mx.nd.zeros((1, 2, 3, 4)), mx.nd.zeros((1, 2, 3, 5))]),
+           "x_1 has shape (1, 2, 3, 5)", "N, H, W of x_0 (1, 2, 3, 4)")
 
 
 def test_bad_inputs_raise_clear_errors():
