@@ -143,7 +143,8 @@ def time_parts(cfg, model, frame, repeats):
         refs = mx.nd.concat(*[half] * two_k, dim=0)
         parts["flows_2K"], flows = clock(lambda: model.flow_from_halves(refs, refs))
     if model.aggregate:
-        caches = [cache] * (two_k + 1)
+        # distinct copies: the window's caches are different arrays (one array 2K+1 times would stay in cache)
+        caches = [cache.copy() for _ in range(two_k + 1)]
         flows = [flows[j:j + 1] for j in range(two_k)] + [mx.nd.zeros_like(flows[:1])]
         parts["aggregation"], feat = clock(lambda: model.aggregate_window(cache, caches, flows,
                                                                           channels_last=channels_last))

@@ -118,6 +118,8 @@ DEFAULTS = {
         "CHECKPOINT": "",              # empty: the last checkpoint of OUTPUT_DIR
         "QUANTIZE": "",                # int8: backbone, feature conv, head convs (+ embedding, FlowNet) in int8
         "CALIB_FRAMES": 8,             #   on CPU (MKLDNN), calibrated on this many training frames; -> test_int8/
+        "CALIB_MODE": "naive",         #   int8 ranges: naive (min/max) | entropy (KL), for the detector's graphs
+        "FLOW_CALIB_MODE": "entropy",  #   and for the FlowNet (entropy: int8 flows ~half as far from float)
         "HYBRIDIZE": True,
         "EVAL_METRIC": "auto",         # auto (vid when tracks exist, else voc) | vid | voc
         # split: the window sees the test split's frames only; video: whole videos of DATASET.TEST
@@ -196,6 +198,9 @@ def validate(cfg):
             raise ConfigError(f"{src}: TRAIN.FLOW_PRETRAIN.{key} must be {what}, got {pre[key]}")
     if cfg.TEST.CALIB_FRAMES < 1:
         raise ConfigError(f"{src}: TEST.CALIB_FRAMES must be >= 1, got {cfg.TEST.CALIB_FRAMES}")
+    for key in ("CALIB_MODE", "FLOW_CALIB_MODE"):
+        if cfg.TEST[key] not in ("naive", "entropy"):
+            raise ConfigError(f"{src}: TEST.{key} must be 'naive' or 'entropy', got {cfg.TEST[key]!r}")
     if cfg.TEST.QUANTIZE not in ("", "int8"):
         raise ConfigError(f"{src}: TEST.QUANTIZE must be '' (float) or 'int8', got {cfg.TEST.QUANTIZE!r}")
     if cfg.TEST.FLOW_MODE not in ("direct", "chained"):

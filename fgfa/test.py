@@ -236,7 +236,7 @@ def run_test(cfg, model=None, classes=None, dataset=None, checkpoint=None, logge
         model.hybridize_for_inference(ctx)
     if cfg.TEST.QUANTIZE == "int8":
         calib = calibration_frames(cfg, cfg.TEST.CALIB_FRAMES)
-        model.quantize_int8(calib)
+        model.quantize_int8(calib, cfg.TEST.CALIB_MODE, cfg.TEST.FLOW_CALIB_MODE)
         logger.info("int8 backbone, feature conv and head convolutions, calibrated on %d training frames", len(calib))
     context = test_context(cfg, dataset)
     records, detections, spf = detect_dataset(model, dataset, cfg, ctx, progress, logger, context=context)

@@ -59,6 +59,9 @@ def test_bad_config_key_names_key_and_file(tmp_path):
     bad.write_text(f"_BASE_: {TINY}\nTEST:\n  K: two\n")
     with pytest.raises(ConfigError, match="TEST.K"):
         get_config(str(bad))
+    bad.write_text(f"_BASE_: {TINY}\nTEST:\n  FLOW_CALIB_MODE: kl\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: TEST.FLOW_CALIB_MODE must be 'naive' or 'entropy', got 'kl'"):
+        get_config(str(bad))
 
 
 # ---------------------------------------------------------------------------------------- backbone
