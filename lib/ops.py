@@ -15,7 +15,7 @@ registered name             equals (MXNet built-in)
 ``detops_flow_aggregate``   FGFA's warp + cosine weights + softmax + weighted sum, fused
                             (inference only; no MXNet equivalent, the composite graph is
                             its oracle)
-``detops_depth_to_space``   ``mx.nd.depth_to_space`` (~50x faster on CPU)
+``detops_depth_to_space``   ``mx.nd.depth_to_space`` (~25x faster on CPU)
 ``detops_channels_last``    ``transpose(concat(x_0, .., dim=1), axes=(0, 2, 3, 1))``
 ==========================  ===============================================================
 
@@ -291,7 +291,7 @@ def flow_aggregate(key_cache, caches, flows, feat_channels, channels_last=False,
 def depth_to_space(data, block_size, F=None, builtin=None, name=None):
     """``mx.nd.depth_to_space``: (N, C, H, W) -> (N, C / b^2, H b, W b), output (n, c, y b + i, x b + j)
     = data (n, (i b + j) C / b^2 + c, y, x). Same values and gradient; MXNet's CPU kernel is ~20x
-    slower than ours, ~50x on the FlowNet decoder's maps (operator_cxx/depth_to_space.cc)."""
+    slower than ours, ~25x on the FlowNet decoder's maps (operator_cxx/depth_to_space.cc)."""
     F = _namespace(F, data)
     if _use_builtin(F, data, builtin):
         return F.depth_to_space(data, block_size=int(block_size), **_named(name))
