@@ -16,8 +16,8 @@ def parse_args(argv=None, description=""):
                                      epilog="\n\n".join(description.strip().split("\n\n")[1:]),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cfg", required=True, help="yaml config file")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="config overrides, e.g. TRAIN.EPOCHS=1 TEST.K=4")
+    parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                        help="config overrides, e.g. TRAIN.EPOCHS=1 TEST.K=4 (repeatable)")
     parser.add_argument("--skip-train", action="store_true", help="only test (latest checkpoint)")
     parser.add_argument("--skip-test", action="store_true", help="only train")
     parser.add_argument("--checkpoint", default=None, help="checkpoint to test (.params or .json)")

@@ -221,7 +221,7 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--split-only", action="store_true",
                         help="pairs from DATASET.TEST's frames only (a snippet hold-out), not its whole videos")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
+    parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help="config overrides")
     args = parser.parse_args(argv)
     from lib.runtime import configure_threads
     configure_threads()

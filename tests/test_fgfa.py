@@ -519,3 +519,12 @@ def test_compiled_ops_equal_mxnet_builtin_ops_end_to_end():
         np.testing.assert_allclose(b0, b1, rtol=1e-4, atol=1e-3)
         np.testing.assert_allclose(s0, s1, rtol=1e-4, atol=1e-5)
         np.testing.assert_array_equal(l0, l1)
+
+
+def test_every_set_option_is_kept():
+    # `--set A --set B` kept only B before (argparse nargs="*" without extend)
+    from fgfa.experiment import parse_args
+    args = parse_args(["--cfg", TINY, "--set", "TEST.K=1", "TRAIN.EPOCHS=2", "--set", "TEST.QUANTIZE=int8"])
+    assert args.set == ["TEST.K=1", "TRAIN.EPOCHS=2", "TEST.QUANTIZE=int8"]
+    cfg = get_config(TINY, args.set)
+    assert (cfg.TEST.K, cfg.TRAIN.EPOCHS, cfg.TEST.QUANTIZE) == (1, 2, "int8")

@@ -197,7 +197,9 @@ def test_train_test_entry_point_trains_tests_and_appends_a_row(tiny_cfg, tmp_pat
     assert len(rows) == 1 and rows[0]["model"] == "lstm_ssd" and int(rows[0]["frames"]) == 4
     assert int(rows[0]["params"]) > 0 and int(rows[0]["macs_large"]) > 0
     assert "| lstm_ssd |" in (tmp_path / "results.md").read_text()
-    # test-only phase reloads the saved model
+    # test-only phase reloads the saved model; every --set is kept
+    assert module.parse_args(["--cfg", "x", "--set", "PHASE=[test]", "--set", "TRAIN.EPOCHS=2"]).set == \
+        ["PHASE=[test]", "TRAIN.EPOCHS=2"]
     module.main(["--cfg", str(cfg_path), "--set", "PHASE=[test]"])
     assert len(list(csv.DictReader(open(tmp_path / "results.csv")))) == 2
 

@@ -23,7 +23,7 @@ import mxnet as mx
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cfg", required=True, help="yaml config (experiments/lstm_ssd/cfgs/*.yaml)")
-    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
+    ap.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help="config overrides")
     ap.add_argument("--model", default=None, help="weights to test (default OUTPUT_DIR/model.params)")
     ap.add_argument("--print-images", action="store_true", help="save annotated test images")
     ap.add_argument("--policy", default=None, help="override INTERLEAVE.POLICY for the test")
