@@ -190,18 +190,19 @@ def _rescale_lr_steps(train, base_epochs, source, overridden):
     train["LR_STEPS"] = new
 
 
-def load_family_config(family, path):
+def load_family_config(family, path, overrides=None):
     """A family yaml through that family's own loader (defaults merged, keys checked): a BASE, or a run's
-    saved family.yaml (keys added since the run was saved get their defaults)."""
+    saved family.yaml (keys added since the run was saved get their defaults); ``overrides``: family
+    "KEY.SUB=value" strings on top."""
     if family == "m2det":
         from m2det import engine
-        return engine.build_config(path)
+        return engine.build_config(path, overrides)
     if family in ("ssdlite", "lstm_ssd"):
         from lstm_ssd import config as lstm_config
-        return lstm_config.load(path)
+        return lstm_config.load(path, overrides)
     if family in ("rfcn", "fgfa"):
         from fgfa.config import get_config
-        return get_config(path)
+        return get_config(path, overrides)
     raise ValueError(f"unknown detector family {family!r}; one of {', '.join(FAMILIES)}")
 
 
@@ -583,8 +584,17 @@ def resolve_run(path):
     return folder, checkpoint
 
 
-def read_run(path):
-    """-> (run folder, checkpoint or None, custom cfg, family cfg, classes)."""
+def family_overrides(overrides):
+    """The ``OVERRIDES.<family key>=value`` items of recipe command-line overrides, as family overrides
+    (``OVERRIDES.TEST.K=0`` -> ``TEST.K=0``): what a trained run's saved family config takes at test
+    time (the other recipe keys were turned into family keys when the run was trained)."""
+    prefix = "OVERRIDES."
+    return [item.strip()[len(prefix):] for item in overrides or [] if item.strip().upper().startswith(prefix)]
+
+
+def read_run(path, overrides=None):
+    """-> (run folder, checkpoint or None, custom cfg, family cfg, classes). ``overrides``: family
+    "KEY.SUB=value" strings applied to the run's saved family config."""
     from lib.config import read_yaml
     folder, checkpoint = resolve_run(path)
     with open(os.path.join(folder, RUN_META), "r", encoding="utf-8") as f:
@@ -592,7 +602,7 @@ def read_run(path):
     saved = read_yaml(os.path.join(folder, "custom.yaml"))
     cfg = EasyDict(merge(CUSTOM_DEFAULTS, saved, source=os.path.join(folder, "custom.yaml"), open_keys=OPEN_KEYS))
     cfg["CONFIG_FILE"] = os.path.join(folder, "custom.yaml")
-    fam = load_family_config(cfg.DETECTOR, os.path.join(folder, "family.yaml"))
+    fam = load_family_config(cfg.DETECTOR, os.path.join(folder, "family.yaml"), overrides)
     fam["CONFIG_FILE"] = os.path.join(folder, "family.yaml")
     fam["OUTPUT_DIR"] = folder
     if meta["detector"] != cfg.DETECTOR:
@@ -733,15 +743,16 @@ def train(cfg, train_set=None, val_set=None, progress=None):
     return {"out_dir": out_dir, "summary": summary, "classes": classes, "train_images": len(train_set)}
 
 
-def load_model(path, ctx=None):
-    """A run folder (latest checkpoint) or a checkpoint in it -> LoadedModel."""
+def load_model(path, ctx=None, overrides=None):
+    """A run folder (latest checkpoint) or a checkpoint in it -> LoadedModel. ``overrides``: family
+    "KEY.SUB=value" strings for this use of the model (e.g. ``TEST.K=0``, ``IMAGE.TEST_SCALE=[1080,1920]``)."""
     import mxnet as mx
-    folder, checkpoint, cfg, fam, classes = read_run(path)
+    folder, checkpoint, cfg, fam, classes = read_run(path, overrides)
     ctx = ctx or mx.cpu()
     family = cfg.DETECTOR
     if family == "m2det":
         from m2det import engine
-        net, fam, classes = engine.load_trained_model(checkpoint or folder, ctx)
+        net, fam, classes = engine.load_trained_model(checkpoint or folder, ctx, overrides)
     elif family in ("ssdlite", "lstm_ssd"):
         from lib.train import CheckpointManager
         net = build_model(family, fam, len(classes), ctx)

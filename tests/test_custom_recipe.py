@@ -164,6 +164,14 @@ OUTPUT_DIR: {run_dir}
         assert r["all"]["false_positives"] == r["with_objects"]["false_positives"] + r["background"]["false_positives"]
     dets = json.loads((root / "eval" / "detections.json").read_text())
     assert all(d["score"] >= 0.2 for d in dets)
+    # the run's family config changed for one evaluation: OVERRIDES.<family key> (here the score threshold)
+    assert _script("evaluate.py")["main"](["--model", str(run_dir), "--out", str(root / "eval_thresh"),
+                                           "--set", "OVERRIDES.TEST.SCORE_THRESH=0.5"]) == 0
+    strict = json.loads((root / "eval_thresh" / "metrics.json").read_text())
+    assert strict["family_overrides"] == ["TEST.SCORE_THRESH=0.5"]
+    strict_dets = json.loads((root / "eval_thresh" / "detections.json").read_text())
+    assert all(d["score"] >= 0.5 for d in strict_dets)
+    assert len(strict_dets) == sum(d["score"] >= 0.5 for d in dets)
 
     # 9. export (MXNet + ONNX, checked in onnxruntime against MXNet on frames of the video)
     artifact = root / "artifact"
@@ -173,6 +181,9 @@ OUTPUT_DIR: {run_dir}
     for name in ("model-symbol.json", "model-0000.params", "model.onnx", "meta.json"):
         assert (artifact / name).is_file()
     assert "ONNX check" in capsys.readouterr().out
+    assert _script("evaluate.py")["main"](["--model", str(artifact), "--cfg", str(cfg_path),
+                                           "--set", "OVERRIDES.TEST.SCORE_THRESH=0.5"]) == 2
+    assert "is an exported artifact: OVERRIDES.*" in capsys.readouterr().err
 
     # 10. run the artifact on the video: annotated MP4 + detections JSON
     out = root / "infer"

@@ -5,7 +5,9 @@
 
 --model is a training run folder (or a checkpoint in it: the model runs in this process, video
 families stream each snippet) or an exported artifact folder (meta.json: run through lib.tools.infer's
-runner, as on the device). --cfg gives the recipe config (default: the run's custom.yaml; needed for an
+runner, as on the device). ``--set OVERRIDES.<family key>=value`` changes the run's family config for
+this evaluation only, e.g. ``OVERRIDES.TEST.K=0`` (FGFA without aggregation) or
+``OVERRIDES.IMAGE.TEST_SCALE=[1080,1920]`` (R-FCN / FGFA tested on upscaled frames). --cfg gives the recipe config (default: the run's custom.yaml; needed for an
 exported artifact) for DATA.VAL, TILING.INFER and EVAL. With tiling, each frame is detected by sliding
 tiles merged with NMS (lib.tiling.detect_tiled).
 
@@ -68,11 +70,15 @@ def _snippet_table(rows):
     return "\n".join(lines) + "\n"
 
 
-def detect_all(model_path, cfg, dataset, tiling):
-    """Detections aligned with dataset.records, and the seconds spent in the detector."""
+def detect_all(model_path, cfg, dataset, tiling, overrides=None):
+    """Detections aligned with dataset.records, and the seconds spent in the detector. ``overrides``:
+    family "KEY.SUB=value" strings for a training run's model."""
     detections = [None] * len(dataset)
     seconds = 0.0
     if os.path.isfile(os.path.join(model_path, "meta.json")):
+        if overrides:
+            raise ConfigError(f"{model_path} is an exported artifact: OVERRIDES.* ({', '.join(overrides)}) "
+                              f"apply to a training run's model; export the run with them instead")
         import cv2
         from lib.tools.infer import ExportedDetector
         runner = ExportedDetector(model_path, "mxnet")
@@ -93,7 +99,7 @@ def detect_all(model_path, cfg, dataset, tiling):
                 detections[i] = detect_one(image)
             seconds += time.perf_counter() - start
         return detections, seconds
-    model = detectors.load_model(model_path)
+    model = detectors.load_model(model_path, overrides=overrides)
     warm = read_image(dataset.records[0].image)           # warm-up: not timed
     model.detect_tiled(warm, cfg.TILING.INFER) if tiling else model.detect([warm])
     if tiling:
@@ -130,19 +136,21 @@ def save_annotated(dataset, detections, out_dir, count, threshold):
     return paths
 
 
-def evaluate(model_path, cfg, tiling=None, out_dir=None, save_images=0, image_threshold=0.5):
-    """-> metrics dict (see the module docstring); writes the files when ``out_dir`` is given."""
+def evaluate(model_path, cfg, tiling=None, out_dir=None, save_images=0, image_threshold=0.5, overrides=None):
+    """-> metrics dict (see the module docstring); writes the files when ``out_dir`` is given.
+    ``overrides``: family "KEY.SUB=value" strings for a training run's model."""
     dataset = detectors.load_data(cfg, "VAL", cfg.CLASSES or None)
     if dataset is None or len(dataset) == 0:
         raise ConfigError(f"{cfg.CONFIG_FILE}: DATA.VAL gives no image to evaluate on")
     tiling = bool(cfg.TILING.INFER.ENABLED) if tiling is None else tiling
-    detections, seconds = detect_all(model_path, cfg, dataset, tiling)
+    detections, seconds = detect_all(model_path, cfg, dataset, tiling, overrides)
     voc = voc_ap(dataset.records, detections, dataset.classes)
     small = voc_ap(small_objects_only(dataset.records, float(cfg.EVAL.SMALL_HEIGHT)), detections,
                    dataset.classes)
     fp_results, fp_table = false_positive_table(dataset.records, detections, dataset.classes,
                                                 tuple(cfg.EVAL.THRESHOLDS))
-    metrics = {"model": os.path.abspath(model_path), "tiling": tiling, "images": len(dataset),
+    metrics = {"model": os.path.abspath(model_path), "family_overrides": list(overrides or []),
+               "tiling": tiling, "images": len(dataset),
                "background_images": int(sum(r.num_boxes == 0 for r in dataset.records)),
                "mAP@0.5": voc["mAP"], "AP@0.5 per class": {k: v["ap"] for k, v in voc["per_class"].items()},
                f"AP@0.5 small (<{cfg.EVAL.SMALL_HEIGHT:g} px high)": small["mAP"],
@@ -195,7 +203,8 @@ def main(argv=None):
         model_dir = args.model if os.path.isdir(args.model) else os.path.dirname(args.model)
         out = args.out or os.path.join(model_dir, "eval_tiled" if (tiling or (tiling is None and
                                                                                 cfg.TILING.INFER.ENABLED)) else "eval")
-        metrics = evaluate(args.model, cfg, tiling, out, args.save_images, args.image_thresh)
+        metrics = evaluate(args.model, cfg, tiling, out, args.save_images, args.image_thresh,
+                           detectors.family_overrides(args.overrides))
     except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
