@@ -17,6 +17,7 @@ from lib.anchors import rpn_base_anchors, shift_anchors
 from lib.bbox import clip_boxes, decode_boxes
 from lib.matching import rpn_targets, sample_rois
 from lib.nms import multiclass_nms
+from lib.ops import channels_last as to_channels_last, uses_builtin
 
 from .aggregation import FlowAggregator
 from .backbone import ResNetV1Backbone
@@ -247,14 +248,12 @@ class FGFADetector(gluon.Block):
             return feat
         embed = self._infer.int8_embed if int8 is not None and not autograd.is_training() else self.embed
         if channels_last:
-            from lib.ops import channels_last as to_channels_last
             return to_channels_last([feat, embed(feat)])
         return mx.nd.concat(feat, embed(feat), dim=1)
 
     def fuses_aggregation(self, ctx):
         """Whether ``aggregate_window`` runs the fused compiled kernel for arrays on ``ctx`` (CPU with
         the compiled operators), which can also take channels-last caches."""
-        from lib.ops import uses_builtin
         return self.aggregate and not uses_builtin(mx.nd.zeros((1,), ctx=ctx), self.builtin_ops)
 
     def detect_from_feature(self, feat, im_info):
@@ -276,7 +275,7 @@ class FGFADetector(gluon.Block):
         if channels_last and not fused:
             raise ValueError("channels-last caches need the fused aggregation (compiled CPU operators)")
         if fused:
-            from lib.ops import flow_aggregate
+            from lib.ops import flow_aggregate   # looked up per call: tests replace it to prove it is not used
             out, _ = flow_aggregate(key_cache, caches, flows, self.feat_channels, channels_last=channels_last)
             return out
         key_embed = key_cache[:, self.feat_channels:]

@@ -15,6 +15,8 @@ import numpy as np
 from mxnet import autograd
 from mxnet.gluon import nn
 
+from .ops import depth_to_space
+
 _fast_training_form = True
 
 
@@ -95,7 +97,6 @@ class SubPixelUpsample(nn.HybridBlock):
             self.conv = nn.Conv2D(4 * channels, 3, 1, 1, in_channels=in_channels, use_bias=use_bias)
 
     def hybrid_forward(self, F, x):
-        from .ops import depth_to_space
         return depth_to_space(self.conv(x), 2, F=F)
 
     @classmethod

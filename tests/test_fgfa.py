@@ -228,14 +228,9 @@ def test_flownet_output_at_feature_stride():
 def test_flownet_subpixel_copy_and_halved_frames_give_the_same_flows():
     # the int8 inference path: transposed convolutions in sub-pixel form (a copy of the weights),
     # frames halved once each with OpenCV instead of MXNet's pooling
-    from fgfa.flownet import FlowNetSimple, FlowPair, half_size, half_size_image
-    net = FlowNetSimple(width=0.125)
-    net.initialize(mx.init.Xavier())
-    cur, ref = mx.nd.random.uniform(shape=(2, 3, 98, 130)), mx.nd.random.uniform(shape=(2, 3, 98, 130))
-    net(cur, ref)
+    from fgfa.flownet import FlowPair, half_size, half_size_image
     rng = np.random.RandomState(1)
-    for conv in net.flow_preds:   # they start at zero: give them weights for non-zero flows
-        conv.weight.set_data(mx.nd.array(rng.normal(0, 0.05, conv.weight.shape)))
+    net, cur, ref = _small_flownet_and_frames(rng)
     expected = net(cur, ref).asnumpy()
     assert np.abs(expected).mean() > 0
     copy = net.subpixel_copy()
@@ -255,16 +250,23 @@ def _all_blocks(block):
         yield from _all_blocks(child)
 
 
-def test_flow_pair_form_equals_the_two_frame_form():
-    # the single-input form int8 quantization takes: frames halved (2x2 mean, numpy) then stacked
-    from fgfa.flownet import FlowNetSimple, FlowPair
+def _small_flownet_and_frames(rng):
+    """A width-0.125 FlowNet with non-zero flow predictors (they start at zero) and two (2,3,98,130)
+    frame batches."""
+    from fgfa.flownet import FlowNetSimple
     net = FlowNetSimple(width=0.125)
     net.initialize(mx.init.Xavier())
     cur, ref = mx.nd.random.uniform(shape=(2, 3, 98, 130)), mx.nd.random.uniform(shape=(2, 3, 98, 130))
     net(cur, ref)
-    rng = np.random.RandomState(0)
-    for conv in net.flow_preds:   # they start at zero: give them weights for non-zero flows
+    for conv in net.flow_preds:
         conv.weight.set_data(mx.nd.array(rng.normal(0, 0.05, conv.weight.shape)))
+    return net, cur, ref
+
+
+def test_flow_pair_form_equals_the_two_frame_form():
+    # the single-input form int8 quantization takes: frames halved (2x2 mean, numpy) then stacked
+    from fgfa.flownet import FlowPair
+    net, cur, ref = _small_flownet_and_frames(np.random.RandomState(0))
     stacked = FlowPair.stack(cur, ref).asnumpy()
     halves = [x.asnumpy().reshape(2, 3, 49, 2, 65, 2).mean(axis=(3, 5)) for x in (cur, ref)]
     np.testing.assert_allclose(stacked, np.concatenate(halves, axis=1), rtol=1e-6, atol=1e-6)
