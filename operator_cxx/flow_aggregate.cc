@@ -192,7 +192,7 @@ DETOPS_CLONES void aggregate_pixels(const T* key, const std::vector<const T*>& c
   const int threads = std::max(1, std::min(worth_threads(static_cast<double>(Tn) * CE * HW / 4), N * HW));
 #pragma omp parallel num_threads(threads)
   {
-    std::vector<T> acc(C), emb(E), cosine(Tn);
+    std::vector<T> acc(C), cosine(Tn);
     std::vector<Taps<T>> taps(Tn);
 #pragma omp for schedule(static)
     for (int idx = 0; idx < N * HW; ++idx) {
