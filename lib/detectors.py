@@ -51,7 +51,9 @@ CUSTOM_DEFAULTS = {
     "CLASSES": [],             # explicit class list (else the training data's)
     "BACKBONE": "",            # e.g. mobilenet_v2, resnet50 (TF OD names as ssd_mobilenet_v2 work too); "" = BASE's
     "WIDTH_MULTIPLIER": 0.0,   # MobileNet width (depth multiplier); 0 = BASE's
-    "INPUT": {"SIZE": [], "SHORT_SIDE": 0, "MAX_SIZE": 0},
+    # TRAIN_SCALES (rfcn, fgfa): training scales as factors of the input size, one drawn per sample,
+    # e.g. [0.4, 0.6, 0.8, 1.0]: factors < 1 turn the larger objects into small training examples
+    "INPUT": {"SIZE": [], "SHORT_SIDE": 0, "MAX_SIZE": 0, "TRAIN_SCALES": []},
     "TRAIN": {"BATCH_SIZE": 0, "EPOCHS": 0, "ITERATIONS": 0, "LR": 0.0, "OPTIMIZER": "", "AUGMENT": None,
               "BACKGROUND_IMAGES": True},   # false: drop training images without boxes (for comparisons)
     "DATA": {"TRAIN": None, "VAL": None},   # a lib.dataset spec, or a list of them (concatenated)
@@ -121,6 +123,10 @@ def load_custom_config(path=None, overrides=None):
     if augment is not None and not isinstance(augment, (list, bool)):
         raise ConfigError(f"{source}: TRAIN.AUGMENT must be a list of transform specs or true/false, "
                           f"got {augment!r}")
+    scales = list(cfg.INPUT.TRAIN_SCALES)
+    if scales and (cfg.DETECTOR not in ("rfcn", "fgfa") or any(not 0 < float(f) <= 4 for f in scales)):
+        raise ConfigError(f"{source}: INPUT.TRAIN_SCALES {scales}: factors in (0, 4] of the input size, for "
+                          f"rfcn/fgfa (the one-stage families zoom out with Expand in TRAIN.AUGMENT)")
     for key in ("TRAIN", "INFER"):
         tile = cfg.TILING[key].SIZE
         if len(tile) != 2 or min(tile) <= 0:
@@ -266,6 +272,10 @@ def family_config(cfg, classes=None, train_size=None, still_images=0):
             long_side = int(cfg.INPUT.MAX_SIZE) or int(fam.IMAGE.TEST_SCALE[1])
             image["SCALES"] = [[int(cfg.INPUT.SHORT_SIDE), long_side]]
             image["TEST_SCALE"] = [int(cfg.INPUT.SHORT_SIDE), long_side]
+        if cfg.INPUT.TRAIN_SCALES:
+            short, long_side = image.get("TEST_SCALE", fam.IMAGE.TEST_SCALE)
+            image["SCALES"] = [[int(round(short * float(f))), int(round(long_side * float(f)))]
+                               for f in cfg.INPUT.TRAIN_SCALES]
         if isinstance(cfg.TRAIN.AUGMENT, list):
             image["FLIP"] = any(str(s.get("name", s.get("type", "")) if isinstance(s, dict) else s).lower()
                                 in ("randomflip", "flip", "random_flip") for s in cfg.TRAIN.AUGMENT)

@@ -65,6 +65,11 @@ OUTPUT_DIR: {out}
         assert fam.NETWORK.AGGREGATE is (family == "fgfa")
         assert fam.IMAGE.SCALES == [[360, 640]] and fam.IMAGE.TEST_SCALE == [360, 640]
         assert fam.TRAIN.BATCH_IMAGES == 2 and fam.IMAGE.FLIP is False   # no flip in the augment list
+        # training scales as factors of the input size; testing stays at the input size
+        jitter = _cfg(tmp_path, f"DETECTOR: {family}\nINPUT: {{SHORT_SIDE: 360, MAX_SIZE: 640, "
+                                f"TRAIN_SCALES: [0.5, 0.75, 1.1]}}\nOUTPUT_DIR: {tmp_path}")
+        fam = detectors.family_config(jitter, ["a"])
+        assert fam.IMAGE.SCALES == [[180, 320], [270, 480], [396, 704]] and fam.IMAGE.TEST_SCALE == [360, 640]
 
 
 def test_lr_steps_follow_the_recipe_epochs(tmp_path):
@@ -152,6 +157,8 @@ def test_command_line_changes_one_key_of_the_data_specs(tmp_path):
     ("DETECTOR: yolo\n", "DETECTOR must be one of"),
     ("DETECTOR: m2det\nINPUT: {SIZE: [300, 400]}\n", "square input"),
     ("DETECTOR: ssdlite\nINPUT: {SHORT_SIDE: 600}\n", "INPUT.SHORT_SIDE"),
+    ("DETECTOR: m2det\nINPUT: {TRAIN_SCALES: [0.5, 1.0]}\n", "INPUT.TRAIN_SCALES .* Expand"),
+    ("DETECTOR: rfcn\nINPUT: {TRAIN_SCALES: [0, 1.0]}\n", "INPUT.TRAIN_SCALES"),
     ("DETECTOR: m2det\nOVERRIDES: {MODEL: {NOT_A_KEY: 1}}\n", "MODEL.NOT_A_KEY"),
     ("DETECTOR: m2det\nTRAIN: {LR: fast}\n", "TRAIN.LR"),
     ("DETECTOR: m2det\nTILING: {INFER: {SIZE: [512]}}\n", "TILING.INFER.SIZE"),
