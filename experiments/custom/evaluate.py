@@ -19,6 +19,8 @@ and with --save-images N annotated frames (OUT/images/):
 - false positives per image at each EVAL.THRESHOLDS score on all frames, on the frames with objects
   (without background images) and on the background frames (lib.eval.false_positives);
 - mAP@0.5 and small-object AP per snippet (video) with boxes;
+- why small objects are missed (lib.eval.misses): how many have a detection at IoU >= 0.5 at any
+  score, a loose one, or none, and how the scores of the found ones compare with detections on background;
 - milliseconds per frame of the detector (tiling included; after one untimed warm-up frame).
 """
 import argparse
@@ -35,6 +37,7 @@ from lib.train import CheckpointError
 from lib.dataset import read_image
 from lib.eval import small_objects_only, voc_ap, write_detections
 from lib.eval.false_positives import false_positive_table
+from lib.eval.misses import format_misses, miss_analysis
 
 
 def _groups(dataset):
@@ -156,6 +159,8 @@ def evaluate(model_path, cfg, tiling=None, out_dir=None, save_images=0, image_th
                f"AP@0.5 small (<{cfg.EVAL.SMALL_HEIGHT:g} px high)": small["mAP"],
                "small_gt": int(sum(v["num_gt"] for v in small["per_class"].values())),
                "per_snippet": per_snippet_ap(dataset, detections, float(cfg.EVAL.SMALL_HEIGHT)),
+               "small_misses": miss_analysis(dataset.records, detections, dataset.classes,
+                                             float(cfg.EVAL.SMALL_HEIGHT)),
                "ms_per_frame": 1000.0 * seconds / len(dataset),
                "false_positives": [{k: v for k, v in r.items() if k != "per_image"} for r in fp_results]}
     if out_dir:
@@ -172,7 +177,9 @@ def evaluate(model_path, cfg, tiling=None, out_dir=None, save_images=0, image_th
             f.write(f"model {metrics['model']} (tiling {'on' if tiling else 'off'}), {len(dataset)} images "
                     f"({metrics['background_images']} background)\n\n"
                     f"mAP@0.5 {_fmt(voc['mAP'])}, AP@0.5 small {_fmt(ap_small)} ({metrics['small_gt']} small boxes), "
-                    f"{metrics['ms_per_frame']:.1f} ms/frame\n\n{fp_table}\n{_snippet_table(metrics['per_snippet'])}")
+                    f"{metrics['ms_per_frame']:.1f} ms/frame\n\n"
+                    f"small objects: {format_misses(metrics['small_misses'], 'small boxes')}\n\n"
+                    f"{fp_table}\n{_snippet_table(metrics['per_snippet'])}")
     return metrics
 
 
