@@ -162,6 +162,9 @@ OUTPUT_DIR: {run_dir}
     assert [r["threshold"] for r in fp] == [0.2, 0.5]
     for r in fp:
         assert r["all"]["false_positives"] == r["with_objects"]["false_positives"] + r["background"]["false_positives"]
+    misses = metrics["small_misses"]   # the miss analysis counts the boxes the small-object AP counts
+    assert misses["boxes"] == metrics["small_gt"] == misses["localised"] + misses["loose"] + misses["missed"]
+    assert "small objects: " in (root / "eval" / "results.md").read_text()
     dets = json.loads((root / "eval" / "detections.json").read_text())
     assert all(d["score"] >= 0.2 for d in dets)
     # the run's family config changed for one evaluation: OVERRIDES.<family key> (here the score threshold)
