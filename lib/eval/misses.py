@@ -26,9 +26,7 @@ def miss_analysis(gt_records, detections, classes, max_height=None, iou=0.5, loo
     gt_records = list(gt_records)
     dets = check_detections(gt_records, detections, len(list(classes)))
     best_scores, best_ious, background = [], [], []
-    for rec, (boxes, scores, labels) in zip(gt_records, dets):
-        boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-        scores, labels = np.asarray(scores, np.float64).ravel(), np.asarray(labels).ravel()
+    for rec, (boxes, scores, labels) in zip(gt_records, dets):   # float64 (K,4), (K,), int64 (K,)
         gt_boxes = np.asarray(rec.boxes, np.float64).reshape(-1, 4)
         gt_labels = np.asarray(rec.labels).ravel()
         near_object = np.zeros(len(scores), bool)
