@@ -9,8 +9,9 @@ Families with a single-frame artifact (ssdlite, m2det, rfcn) are exported with l
 timed through lib.tools.infer's runner (pre-processing, network, decoding and NMS, as on a device);
 int8 = lib.tools.quantize of that artifact, calibrated on a few frames, both written by a process of
 their own before the timing children start (see prepare_artifacts). The video families run in
-process: lstm_ssd streams (memory carried), fgfa streams its window (int8: everything
-fgfa's TEST.QUANTIZE quantizes). Frames are the speedtrap frames when ../shared/data/speedtrap is there, else
+process and are quantized there (LoadedModel.quantize_int8): lstm_ssd streams (memory carried; int8:
+extractor and head), fgfa streams its window (int8: everything fgfa's TEST.QUANTIZE quantizes). Frames
+are the speedtrap frames when ../shared/data/speedtrap is there, else
 seeded random images. With random weights the number of boxes reaching NMS differs from a trained
 model's, so pass --run for the figures of a trained detector. Each 1-thread figure comes from a
 child process started with OMP_NUM_THREADS=1.
@@ -115,14 +116,14 @@ def time_family(family, run, quick, count, workdir=None):
                 "note": "exported artifact via lib.tools.infer"}
     model = loaded_model(family, run, quick)
     rgb = [cv2.cvtColor(f, cv2.COLOR_BGR2RGB) for f in bgr]
-    if family == "lstm_ssd":
-        return {"fp32": stream_ms(model, rgb), "int8": None, "note": "in process, streaming (no int8 path)"}
     result = {"fp32": stream_ms(model, rgb)}   # before the in-process quantization (see prepare_artifacts)
-    from fgfa.data import make_preprocess
-    model.net.quantize_int8(np.stack([make_preprocess(model.cfg)(f)[0] for f in rgb[:4]]))
+    model.quantize_int8(rgb[:4])
     result["int8"] = stream_ms(model, rgb)
-    result["note"] = (f"in process, window K={model.cfg.TEST.K} (int8: backbone, feature conv, head convs, "
-                      f"embedding and FlowNet, quantized in the timing process)")
+    if family == "lstm_ssd":
+        result["note"] = "in process, streaming (int8: extractor and head, the LSTM in float)"
+    else:
+        result["note"] = (f"in process, window K={model.cfg.TEST.K} (int8: backbone, feature conv, head convs, "
+                          f"embedding and FlowNet, quantized in the timing process)")
     mx.nd.waitall()
     return result
 

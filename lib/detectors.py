@@ -657,6 +657,31 @@ class LoadedModel:
             self._runner = VideoDetector(self.net, self.ctx, preprocess=make_preprocess(self.cfg))
         return self._runner
 
+    def quantize_int8(self, images):
+        """int8 CPU inference in this process (MXNet's MKLDNN quantization), calibrated on RGB uint8
+        ``images`` (a few training frames). What runs in int8 is the family's choice
+        (``lstm_ssd.detector.VideoDetector.quantize_int8``: extractors and head, the LSTM in float;
+        ``fgfa.detector.FGFA.quantize_int8``: backbone, head convolutions, embedding, FlowNet). M2Det is
+        quantized as an exported artifact (``lib.tools.quantize``), the form it is deployed in."""
+        images = list(images)
+        if not images:
+            raise ValueError("int8 calibration needs at least one frame")
+        if self.family in ("ssdlite", "lstm_ssd"):
+            from lstm_ssd.streaming import preprocess
+            self._streaming()        # hybridizes the float parts first, as at inference
+            self.net.quantize_int8(np.concatenate([preprocess(im, self.net.image_hw).asnumpy() for im in images]))
+        elif self.family in ("rfcn", "fgfa"):
+            from fgfa.data import make_preprocess
+            self._window()
+            preprocess = make_preprocess(self.cfg)
+            frames = [preprocess(im)[0] for im in images]
+            frames = [f for f in frames if f.shape == frames[0].shape]   # one input size for the graphs
+            self.net.quantize_int8(np.stack(frames), self.cfg.TEST.CALIB_MODE, self.cfg.TEST.FLOW_CALIB_MODE)
+        else:
+            raise ValueError(f"{self.family}: int8 runs on the exported artifact: python -m lib.tools.export ..., "
+                             f"then python -m lib.tools.quantize --model EXPORT_DIR --calib FRAMES --out DIR_INT8")
+        return self
+
     def detect_stream(self, images):
         images = list(images)
         if self.family == "m2det":

@@ -15,7 +15,7 @@ small step is the state before it).
 """
 import numpy as np
 import mxnet as mx
-from mxnet import gluon
+from mxnet import autograd, gluon
 
 from lib.config import size_hw
 
@@ -83,6 +83,7 @@ class VideoDetector(gluon.Block):
             self.num_anchors = anchors_per_level(len(depths) + 1, m.ANCHORS.ASPECT_RATIOS, m.ANCHORS.REDUCE_LOWEST)
             self.head = SSDLiteHead(level0, depths, self.num_anchors, self.num_classes, prefix="head_")
         self._anchors = None
+        self._int8 = {}    # part name -> int8 SymbolBlock (quantize_int8); not Gluon children
         for _, block in _named_blocks(self):
             if isinstance(block, ConvBN):
                 block.bn_momentum = float(m.BN_MOMENTUM)
@@ -118,7 +119,8 @@ class VideoDetector(gluon.Block):
             block.hybridize(**kwargs)
 
     def clear_cached_graphs(self):
-        """Forget hybridized graphs (after pruning changed parameter shapes)."""
+        """Forget hybridized graphs and int8 copies (after pruning changed parameter shapes)."""
+        self._int8.clear()
         for block in self.parts().values():
             block.hybridize(False)
             for child in _all_blocks(block):
@@ -146,14 +148,68 @@ class VideoDetector(gluon.Block):
         if tuple(frames.shape[-2:]) != self.image_hw:
             raise ValueError(f"frames of {tuple(frames.shape[-2:])} (H, W); this model takes MODEL.IMAGE_SIZE "
                              f"{list(self.image_hw)} (resize first, as StreamingDetector.step does)")
-        feats = self.extractor(extractor)(frames)
+        feats = self._part(f"extractor_{extractor}")(frames)
         if self.memory is None:
-            return (*self.head(self.project(feats)), None)
+            return (*self._part("head")(self._part("project")(feats)), None)
         c, h = state
         out, c_new, h_new = self.memory.steps[extractor](feats, c, h)
         new_state = (c_new, h_new) if self.writes_memory[extractor] else state
-        cls, box = self.head(out)
+        cls, box = self._part("head")(out)
         return cls, box, new_state
+
+    def _part(self, name):
+        """The int8 copy of a part outside training after quantize_int8, else the float part."""
+        int8 = self._int8.get(name)
+        if int8 is not None and not autograd.is_training():
+            return int8
+        return self.parts()[name]
+
+    @property
+    def quantized(self):
+        return bool(self._int8)
+
+    def quantize_int8(self, calib_frames, calib_mode="naive"):
+        """int8 CPU inference (MXNet's MKLDNN quantization) of the extractors, the frame baseline's
+        projection and the head; the Bottleneck-LSTM steps stay in float: the state is carried from frame
+        to frame, so int8 rounding in the gates would accumulate over a video, and the steps are a small
+        part of the cost (``python -m bench.families --families lstm_ssd``).
+
+        ``calib_frames``: (B,3,H,W) RGB 0..255 frames at MODEL.IMAGE_SIZE, consecutive frames of a video
+        preferably: the head is calibrated on the memory outputs of streaming them in order from a zero
+        state (after every large step, the small extractor's output from the same state too). Afterwards
+        ``step`` outside training runs the int8 graphs; the float parameters are untouched, so the int8
+        copies are a snapshot (quantize again after further training; pruning drops them).
+        """
+        if not mx.runtime.Features().is_enabled("MKLDNN"):
+            raise RuntimeError("int8 quantization needs an MXNet build with MKLDNN (oneDNN)")
+        from lib.runtime import quantize_block
+        calib = mx.nd.array(np.asarray(calib_frames, np.float32))
+        if calib.ndim != 4 or tuple(calib.shape[-2:]) != self.image_hw:
+            raise ValueError(f"calibration frames of shape {tuple(calib.shape)}; expected (B, 3) + "
+                             f"MODEL.IMAGE_SIZE {list(self.image_hw)}")
+        self._int8.clear()
+        int8 = {f"extractor_{e}": quantize_block(self.extractor(e), calib, calib_mode) for e in self.extractor_names}
+        level0 = []
+        state = self.zero_state(1)
+        for i in range(len(calib)):
+            for e in self.extractor_names:
+                feats = int8[f"extractor_{e}"](calib[i:i + 1])
+                if self.memory is None:
+                    level0.append(self.project(feats))
+                    continue
+                out, c_new, h_new = self.memory.steps[e](feats, *state)
+                level0.append(out)
+                if self.writes_memory[e]:
+                    next_state = (c_new, h_new)
+            if self.memory is not None:
+                state = next_state
+        level0 = mx.nd.concat(*level0, dim=0)
+        if self.memory is None:
+            int8["project"] = quantize_block(self.project, mx.nd.concat(
+                *[int8["extractor_large"](calib[i:i + 1]) for i in range(len(calib))], dim=0), calib_mode)
+        int8["head"] = quantize_block(self.head, level0, calib_mode)
+        self._int8.update(int8)
+        return self
 
     def forward(self, clip, state=None, schedule=None):
         """Unrolled graph. clip (B,T,3,H,W); schedule: extractor name per step (default all large).

@@ -65,9 +65,9 @@ def test_bench_m2det_quick_writes_json(tmp_path):
 @pytest.mark.slow
 def test_bench_families_quick_writes_json(tmp_path):
     out = tmp_path / "families.json"
-    text = run_bench(["-m", "bench.families", "--quick", "--families", "ssdlite,rfcn,fgfa", "--json", str(out)], tmp_path)
+    text = run_bench(["-m", "bench.families", "--quick", "--families", "ssdlite,rfcn,lstm_ssd,fgfa", "--json", str(out)], tmp_path)
     result = json.loads(out.read_text())["results"]
     assert "| rfcn | random |" in text
-    for family in ("ssdlite", "rfcn", "fgfa"):
+    for family in ("ssdlite", "rfcn", "lstm_ssd", "fgfa"):
         for threads in ("1", "2"):
             assert result[family][threads]["fp32"] > 0 and result[family][threads]["int8"] > 0

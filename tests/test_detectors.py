@@ -3,6 +3,7 @@ tiles), the exported artifacts of ssdlite and R-FCN against each package's own n
 and what cannot be exported."""
 import json
 import os
+import runpy
 
 import cv2
 import mxnet as mx
@@ -436,7 +437,7 @@ def test_lstm_ssd_run_streams_and_refuses_single_frame_export(tmp_path, capsys):
 DETECTOR: lstm_ssd
 BASE: experiments/lstm_ssd/cfgs/tiny_test.yaml
 TRAIN: {{BATCH_SIZE: 1, ITERATIONS: 1}}
-DATA: {{TRAIN: {{FORMAT: synthetic, ROOT: {tmp_path / 'synth'}}}}}
+DATA: {{TRAIN: {{FORMAT: synthetic, ROOT: {tmp_path / 'synth'}}}, VAL: {{FORMAT: synthetic, ROOT: {tmp_path / 'synth'}}}}}
 OUTPUT_DIR: {tmp_path / 'run'}
 """)
     result = detectors.train(cfg, progress=False)
@@ -451,6 +452,27 @@ OUTPUT_DIR: {tmp_path / 'run'}
     np.testing.assert_array_equal(again[2][1], stream[2][1])
     assert export_tool.main(["--model", str(tmp_path / "run"), "--format", "mxnet", "--out", str(tmp_path / "a")]) == 3
     assert "lstm_ssd.export" in capsys.readouterr().err
+    if not mx.runtime.Features().is_enabled("MKLDNN"):
+        return
+    # int8 in process instead (extractor and head; the memory in float): the same streaming results
+    # within int8 rounding
+    model.quantize_int8(frames[:2])
+    int8 = model.detect_stream(frames)
+    assert model.net.quantized and len(int8) == 4
+    for (f_boxes, f_scores, _), (q_boxes, q_scores, _) in zip(stream, int8):
+        assert abs(len(q_scores) - len(f_scores)) <= max(2, len(f_scores) // 5)
+        assert abs(float(q_scores.max()) - float(f_scores.max())) < 0.05
+    evaluate = runpy.run_path(os.path.join(detectors.PROJECT_ROOT, "experiments", "custom", "evaluate.py"),
+                              run_name="int8_test")
+    assert evaluate["main"](["--model", str(tmp_path / "run"), "--int8", "2", "--out", str(tmp_path / "ev")]) == 0
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert metrics["int8_calibration_frames"] == 2 and np.isfinite(metrics["ms_per_frame"])
+    assert "int8 calibrated on 2 training frames" in (tmp_path / "ev" / "results.md").read_text()
+    artifact = tmp_path / "artifact"
+    artifact.mkdir()
+    (artifact / "meta.json").write_text("{}")
+    assert evaluate["main"](["--model", str(artifact), "--cfg", str(tmp_path / "recipe.yaml"), "--int8", "2"]) == 2
+    assert "lib.tools.quantize" in capsys.readouterr().err
 
 
 def test_loading_errors(tmp_path):

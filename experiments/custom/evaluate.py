@@ -1,7 +1,7 @@
 """Evaluate a recipe model on DATA.VAL: mAP@0.5, AP of small objects, false positives per image.
 
     python experiments/custom/evaluate.py --model RUN_DIR_OR_EXPORT_DIR [--cfg CFG] [--tiling on|off]
-                                          [--out DIR] [--save-images N] [--image-thresh T]
+                                          [--out DIR] [--save-images N] [--image-thresh T] [--int8 N]
 
 --model is a training run folder (or a checkpoint in it: the model runs in this process, video
 families stream each snippet) or an exported artifact folder (meta.json: run through lib.tools.infer's
@@ -9,7 +9,10 @@ runner, as on the device). ``--set OVERRIDES.<family key>=value`` changes the ru
 this evaluation only, e.g. ``OVERRIDES.TEST.K=0`` (FGFA without aggregation) or
 ``OVERRIDES.IMAGE.TEST_SCALE=[1080,1920]`` (R-FCN / FGFA tested on upscaled frames). --cfg gives the recipe config (default: the run's custom.yaml; needed for an
 exported artifact) for DATA.VAL, TILING.INFER and EVAL. With tiling, each frame is detected by sliding
-tiles merged with NMS (lib.tiling.detect_tiled).
+tiles merged with NMS (lib.tiling.detect_tiled). ``--int8 N`` quantizes a training run's model in this
+process (LoadedModel.quantize_int8), calibrated on N frames spread over DATA.TRAIN: the int8 path of
+the families that are not exported as one artifact (lstm_ssd, fgfa; also ssdlite, rfcn); exported
+artifacts are quantized with lib.tools.quantize.
 
 Writes OUT/detections.json (COCO results), OUT/metrics.json, OUT/results.md, PR curves (OUT/pr_*.png)
 and with --save-images N annotated frames (OUT/images/):
@@ -73,15 +76,28 @@ def _snippet_table(rows):
     return "\n".join(lines) + "\n"
 
 
-def detect_all(model_path, cfg, dataset, tiling, overrides=None):
+def calibration_images(cfg, count):
+    """``count`` RGB frames spread over DATA.TRAIN (int8 calibration)."""
+    train = detectors.load_data(cfg, "TRAIN", cfg.CLASSES or None)
+    if train is None or len(train) == 0:
+        raise ConfigError(f"{cfg.CONFIG_FILE}: --int8 calibrates on DATA.TRAIN, which gives no image")
+    picks = np.unique(np.linspace(0, len(train) - 1, num=min(count, len(train))).round().astype(int))
+    return [read_image(train.records[int(i)].image) for i in picks]
+
+
+def detect_all(model_path, cfg, dataset, tiling, overrides=None, int8_calib=0):
     """Detections aligned with dataset.records, and the seconds spent in the detector. ``overrides``:
-    family "KEY.SUB=value" strings for a training run's model."""
+    family "KEY.SUB=value" strings for a training run's model; ``int8_calib`` > 0: quantize that model
+    in process, calibrated on so many training frames."""
     detections = [None] * len(dataset)
     seconds = 0.0
     if os.path.isfile(os.path.join(model_path, "meta.json")):
         if overrides:
             raise ConfigError(f"{model_path} is an exported artifact: OVERRIDES.* ({', '.join(overrides)}) "
                               f"apply to a training run's model; export the run with them instead")
+        if int8_calib:
+            raise ConfigError(f"{model_path} is an exported artifact: quantize it with python -m "
+                              f"lib.tools.quantize --model {model_path} --calib FRAMES --out DIR_INT8")
         import cv2
         from lib.tools.infer import ExportedDetector
         runner = ExportedDetector(model_path, "mxnet")
@@ -103,6 +119,8 @@ def detect_all(model_path, cfg, dataset, tiling, overrides=None):
             seconds += time.perf_counter() - start
         return detections, seconds
     model = detectors.load_model(model_path, overrides=overrides)
+    if int8_calib:
+        model.quantize_int8(calibration_images(cfg, int8_calib))
     warm = read_image(dataset.records[0].image)           # warm-up: not timed
     model.detect_tiled(warm, cfg.TILING.INFER) if tiling else model.detect([warm])
     if tiling:
@@ -139,21 +157,23 @@ def save_annotated(dataset, detections, out_dir, count, threshold):
     return paths
 
 
-def evaluate(model_path, cfg, tiling=None, out_dir=None, save_images=0, image_threshold=0.5, overrides=None):
+def evaluate(model_path, cfg, tiling=None, out_dir=None, save_images=0, image_threshold=0.5, overrides=None,
+             int8_calib=0):
     """-> metrics dict (see the module docstring); writes the files when ``out_dir`` is given.
-    ``overrides``: family "KEY.SUB=value" strings for a training run's model."""
+    ``overrides``: family "KEY.SUB=value" strings for a training run's model; ``int8_calib``: see
+    detect_all."""
     dataset = detectors.load_data(cfg, "VAL", cfg.CLASSES or None)
     if dataset is None or len(dataset) == 0:
         raise ConfigError(f"{cfg.CONFIG_FILE}: DATA.VAL gives no image to evaluate on")
     tiling = bool(cfg.TILING.INFER.ENABLED) if tiling is None else tiling
-    detections, seconds = detect_all(model_path, cfg, dataset, tiling, overrides)
+    detections, seconds = detect_all(model_path, cfg, dataset, tiling, overrides, int8_calib)
     voc = voc_ap(dataset.records, detections, dataset.classes)
     small = voc_ap(small_objects_only(dataset.records, float(cfg.EVAL.SMALL_HEIGHT)), detections,
                    dataset.classes)
     fp_results, fp_table = false_positive_table(dataset.records, detections, dataset.classes,
                                                 tuple(cfg.EVAL.THRESHOLDS))
     metrics = {"model": os.path.abspath(model_path), "family_overrides": list(overrides or []),
-               "tiling": tiling, "images": len(dataset),
+               "tiling": tiling, "int8_calibration_frames": int(int8_calib), "images": len(dataset),
                "background_images": int(sum(r.num_boxes == 0 for r in dataset.records)),
                "mAP@0.5": voc["mAP"], "AP@0.5 per class": {k: v["ap"] for k, v in voc["per_class"].items()},
                f"AP@0.5 small (<{cfg.EVAL.SMALL_HEIGHT:g} px high)": small["mAP"],
@@ -174,7 +194,8 @@ def evaluate(model_path, cfg, tiling=None, out_dir=None, save_images=0, image_th
             json.dump(metrics, f, indent=1)
         with open(os.path.join(out_dir, "results.md"), "w", encoding="utf-8") as f:
             ap_small = metrics[f"AP@0.5 small (<{cfg.EVAL.SMALL_HEIGHT:g} px high)"]
-            f.write(f"model {metrics['model']} (tiling {'on' if tiling else 'off'}), {len(dataset)} images "
+            int8 = f", int8 calibrated on {int8_calib} training frames" if int8_calib else ""
+            f.write(f"model {metrics['model']} (tiling {'on' if tiling else 'off'}{int8}), {len(dataset)} images "
                     f"({metrics['background_images']} background)\n\n"
                     f"mAP@0.5 {_fmt(voc['mAP'])}, AP@0.5 small {_fmt(ap_small)} ({metrics['small_gt']} small boxes), "
                     f"{metrics['ms_per_frame']:.1f} ms/frame\n\n"
@@ -193,11 +214,15 @@ def main(argv=None):
     parser.add_argument("--cfg", help="recipe yaml (default: the run's custom.yaml)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--tiling", choices=("on", "off", "config"), default="config")
-    parser.add_argument("--out", help="output folder (default: MODEL/eval[_tiled])")
+    parser.add_argument("--out", help="output folder (default: MODEL/eval[_tiled][_int8])")
     parser.add_argument("--save-images", type=int, default=0, metavar="N",
                         help="also draw N validation frames (spread over the set) into OUT/images")
     parser.add_argument("--image-thresh", type=float, default=0.5, help="score threshold of the drawn detections")
+    parser.add_argument("--int8", type=int, default=0, metavar="N",
+                        help="quantize a training run's model in process, calibrated on N training frames")
     args = parser.parse_args(argv)
+    if args.int8 < 0:
+        parser.error(f"--int8 takes a number of calibration frames, got {args.int8}")
     try:
         if args.cfg:
             cfg = detectors.load_custom_config(args.cfg, args.overrides)
@@ -208,10 +233,10 @@ def main(argv=None):
             cfg = detectors.load_custom_config(os.path.join(folder, "custom.yaml"), args.overrides)
         tiling = None if args.tiling == "config" else args.tiling == "on"
         model_dir = args.model if os.path.isdir(args.model) else os.path.dirname(args.model)
-        out = args.out or os.path.join(model_dir, "eval_tiled" if (tiling or (tiling is None and
-                                                                                cfg.TILING.INFER.ENABLED)) else "eval")
+        tiled = tiling or (tiling is None and cfg.TILING.INFER.ENABLED)
+        out = args.out or os.path.join(model_dir, ("eval_tiled" if tiled else "eval") + ("_int8" if args.int8 else ""))
         metrics = evaluate(args.model, cfg, tiling, out, args.save_images, args.image_thresh,
-                           detectors.family_overrides(args.overrides))
+                           detectors.family_overrides(args.overrides), args.int8)
     except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
