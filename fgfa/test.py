@@ -196,11 +196,10 @@ def calibration_frames(cfg, count):
     """``count`` training frames pre-processed for testing, spread over the training set, all at the
     first one's input size (int8 calibration)."""
     from .train import load_train_set
-    records = load_train_set(cfg).records
     preprocess = make_preprocess(cfg)
     frames, shape = [], None
-    for i in np.linspace(0, len(records) - 1, min(count, len(records))).round().astype(int):
-        data, _ = preprocess(read_image(records[i].image))
+    for rec in load_train_set(cfg).spread(count):
+        data, _ = preprocess(read_image(rec.image))
         if shape is None:
             shape = data.shape
         if data.shape == shape:

@@ -61,6 +61,8 @@ DEFAULTS = {
         "SUBSETS": {},             # name -> file of "<video> <frame>" lines: mAP of those frames too
                                    # (the whole videos are still streamed, so memory sees every frame)
         "RESULTS_TABLE": "experiments/lstm_ssd/results.md",
+        "QUANTIZE": "",            # int8: extractors and head in int8 on CPU (MKLDNN), the LSTM in float
+        "CALIB_FRAMES": 8,         #   calibrated on this many frames spread over DATASET.TRAIN
     },
     "DATASET": {"CLASSES": [], "TRAIN": {}, "TEST": {}},
 }

@@ -170,9 +170,8 @@ class VideoDetector(gluon.Block):
 
     def quantize_int8(self, calib_frames, calib_mode="naive"):
         """int8 CPU inference (MXNet's MKLDNN quantization) of the extractors, the frame baseline's
-        projection and the head; the Bottleneck-LSTM steps stay in float: the state is carried from frame
-        to frame, so int8 rounding in the gates would accumulate over a video, and the steps are a small
-        part of the cost (``python -m bench.families --families lstm_ssd``).
+        projection and the head; the Bottleneck-LSTM steps stay in float, so no int8 rounding enters the
+        state carried from frame to frame.
 
         ``calib_frames``: (B,3,H,W) RGB 0..255 frames at MODEL.IMAGE_SIZE, consecutive frames of a video
         preferably: the head is calibrated on the memory outputs of streaming them in order from a zero

@@ -18,7 +18,7 @@ import time
 import mxnet as mx
 import numpy as np
 
-from lib.config import size_hw
+from lib.config import ConfigError, size_hw
 from lib.dataset import ClipSampler, load_clip, load_dataset, read_image
 from lib.losses import MultiBoxLoss
 from lib.matching import ssd_targets
@@ -201,6 +201,16 @@ def _groups_in_order(dataset):
     return groups
 
 
+def calibration_frames(cfg, count):
+    """(count, 3, H, W) frames spread over DATASET.TRAIN at MODEL.IMAGE_SIZE (int8 calibration)."""
+    from .streaming import preprocess
+    if count < 1:
+        raise ConfigError(f"{cfg.get('CONFIG_FILE') or 'config'}: TEST.CALIB_FRAMES must be >= 1, got {count}")
+    size = size_hw(cfg.MODEL.IMAGE_SIZE, "MODEL.IMAGE_SIZE")
+    return np.concatenate([preprocess(read_image(rec.image), size).asnumpy()
+                           for rec in load_split(cfg, "TRAIN").spread(count)])
+
+
 def evaluate(cfg, net, dataset=None, policy=None, print_dir=None, policy_net=None, max_images=None, ctx=mx.cpu()):
     """Stream the test set; returns {"mAP", "fps", "frames", "large_share", "per_class"}.
 
@@ -214,6 +224,11 @@ def evaluate(cfg, net, dataset=None, policy=None, print_dir=None, policy_net=Non
         stream = AsyncStreamingDetector(net, cfg, ctx=ctx)
     else:
         stream = StreamingDetector(net, cfg, policy=policy, ctx=ctx, policy_net=policy_net)
+    if cfg.TEST.QUANTIZE == "int8":
+        net.quantize_int8(calibration_frames(cfg, cfg.TEST.CALIB_FRAMES))
+    elif cfg.TEST.QUANTIZE:
+        raise ConfigError(f"{cfg.get('CONFIG_FILE') or 'config'}: TEST.QUANTIZE must be '' (float) or 'int8', "
+                          f"got {cfg.TEST.QUANTIZE!r}")
     warm_up(net, ctx)
     limit = max_images if max_images is not None else cfg.TEST.MAX_IMAGES
     records, detections, seconds, large = [], [], 0.0, 0

@@ -411,3 +411,10 @@ def test_read_image_ignores_exif_rotation_like_the_header_size(tmp_path):
     assert D.read_image(path).shape == (20, 40, 3) and D.image_size(path) == (40, 20)
     with pytest.raises(D.ImageReadError, match="rot2.jpg: image file not found"):
         D.read_image(str(tmp_path / "rot2.jpg"))
+
+
+def test_spread_picks_evenly_first_and_last_included():
+    ds = DetectionDataset([Record(f"{i}.jpg", 64, 48) for i in range(10)], ["a"])
+    assert [r.image_id for r in ds.spread(4)] == ["0", "3", "6", "9"]   # linspace(0, 9, 4) = 0, 3, 6, 9
+    assert [r.image_id for r in ds.spread(3)] == ["0", "4", "9"]        # 4.5 rounds to even
+    assert len(ds.spread(25)) == 10 and ds.spread(0) == []

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from mxnet import autograd, gluon
 
-from lib.config import PROJECT_ROOT
+from lib.config import PROJECT_ROOT, ConfigError
 from lib.dataset import read_image
 from lstm_ssd import config as lstm_config
 from lstm_ssd.detector import build_detector, save_model
@@ -56,6 +56,21 @@ def test_tiny_model_overfits_a_short_synthetic_clip(tiny_cfg, tmp_path, wide):
     assert losses[-1] < 0.1 * losses[0]
     result = evaluate(cfg, net, ds)
     assert result["frames"] == 4 and result["mAP"] > 0.9
+    if mx.runtime.Features().is_enabled("MKLDNN"):
+        # TEST.QUANTIZE int8: extractor and head quantized on the training frames, the fit survives
+        cfg.TEST.QUANTIZE, cfg.TEST.CALIB_FRAMES = "int8", 4
+        try:
+            int8 = evaluate(cfg, net, ds)
+        finally:
+            cfg.TEST.QUANTIZE = ""
+        assert net.quantized and int8["frames"] == 4 and int8["mAP"] > 0.9
+        net.clear_cached_graphs()
+        cfg.TEST.QUANTIZE = "int4"
+        try:
+            with pytest.raises(ConfigError, match="TEST.QUANTIZE"):
+                evaluate(cfg, net, ds)
+        finally:
+            cfg.TEST.QUANTIZE = ""
     # TEST.SUBSETS: the mAP of listed frames only, while the whole video is still streamed
     from lib.eval import voc_ap
     subset = tmp_path / "two_frames.txt"

@@ -81,8 +81,7 @@ def calibration_images(cfg, count):
     train = detectors.load_data(cfg, "TRAIN", cfg.CLASSES or None)
     if train is None or len(train) == 0:
         raise ConfigError(f"{cfg.CONFIG_FILE}: --int8 calibrates on DATA.TRAIN, which gives no image")
-    picks = np.unique(np.linspace(0, len(train) - 1, num=min(count, len(train))).round().astype(int))
-    return [read_image(train.records[int(i)].image) for i in picks]
+    return [read_image(rec.image) for rec in train.spread(count)]
 
 
 def detect_all(model_path, cfg, dataset, tiling, overrides=None, int8_calib=0):
@@ -144,11 +143,10 @@ def save_annotated(dataset, detections, out_dir, count, threshold):
     """``count`` validation frames spread over the set, ground truth (green) and detections scoring
     >= ``threshold`` drawn, as OUT/images/<image id>.jpg; returns the paths."""
     from lib.viz import draw_detections, draw_ground_truth, save_image
-    picks = np.unique(np.linspace(0, len(dataset) - 1, num=min(count, len(dataset))).round().astype(int))
+    index_of = {id(r): i for i, r in enumerate(dataset.records)}
     paths = []
-    for i in picks:
-        rec = dataset.records[int(i)]
-        boxes, scores, labels = detections[int(i)]
+    for rec in dataset.spread(count):
+        boxes, scores, labels = detections[index_of[id(rec)]]
         canvas = draw_ground_truth(read_image(rec.image), rec.boxes, rec.labels, dataset.classes)
         canvas = draw_detections(canvas, boxes, scores, labels, dataset.classes, threshold=threshold)
         name = str(rec.image_id).replace("/", "__").replace("\\", "__") + ".jpg"

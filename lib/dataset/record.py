@@ -103,6 +103,14 @@ class DetectionDataset:
             recs.sort(key=lambda r: r.frame)
         return groups
 
+    def spread(self, count):
+        """At most ``count`` records evenly spread over the set, first and last included (int8
+        calibration frames, frames to draw)."""
+        if count <= 0 or not self.records:
+            return []
+        picks = np.unique(np.linspace(0, len(self.records) - 1, num=min(count, len(self.records))).round().astype(int))
+        return [self.records[int(i)] for i in picks]
+
     def subset(self, indices, name=None):
         out = DetectionDataset([self.records[i] for i in indices], self.classes, name or self.name)
         for key, value in self.__dict__.items():  # reader metadata (report, video_info, ...) carries over
