@@ -173,9 +173,10 @@ class VideoDetector(gluon.Block):
         projection and the head; the Bottleneck-LSTM steps stay in float, so no int8 rounding enters the
         state carried from frame to frame.
 
-        ``calib_frames``: (B,3,H,W) RGB 0..255 frames at MODEL.IMAGE_SIZE, consecutive frames of a video
-        preferably: the head is calibrated on the memory outputs of streaming them in order from a zero
-        state (after every large step, the small extractor's output from the same state too). Afterwards
+        ``calib_frames``: (B,3,H,W) RGB 0..255 frames at MODEL.IMAGE_SIZE (a few training frames; the
+        callers spread them over the training set for varied scenes). The head is calibrated on the
+        memory outputs of streaming them in order from a zero state (after every large step, also the
+        small extractor's output from the same state). Afterwards
         ``step`` outside training runs the int8 graphs; the float parameters are untouched, so the int8
         copies are a snapshot (quantize again after further training; pruning drops them).
         """
