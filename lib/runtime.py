@@ -16,6 +16,7 @@ kills a process that touches them without asking first (arch_prctl). Measured: a
 3.3x faster than with VNNI alone (``python -m bench.amx``).
 """
 import os
+import re
 
 _THREAD_VARS = ("OMP_NUM_THREADS", "MXNET_OMP_MAX_THREADS")
 # MXNet copies arrays of more elements than this with OpenMP in the calling thread (its default is
@@ -149,24 +150,91 @@ def hybridize_for_inference(block, ctx=None, static=True):
     return block
 
 
+ENTROPY_BINS = 8001   # MXNet's histogram size for entropy (KL) calibration
+# what MXNet's quantize_graph lists for calibration: the input and the outputs of operators
+_CALIBRATED_NAME = re.compile(r"^data$|_output\d*$")
+
+
+def rebin_histogram(hist, old_th, new_th, num_bins):
+    """Counts of a histogram over (-old_th, old_th) moved to ``num_bins`` bins over (-new_th, new_th)
+    (new_th >= old_th), each old bin's count to the new bin holding its centre. -> (hist, edges)."""
+    import numpy as np
+    edges = np.linspace(-old_th, old_th, len(hist) + 1)
+    return np.histogram((edges[:-1] + edges[1:]) / 2, bins=num_bins, range=(-new_th, new_th), weights=hist)
+
+
+class BoundedHistogramCollector:
+    """Entropy (KL) calibration whose histograms keep ``num_bins`` bins.
+
+    MXNet 1.9's collector keeps the bin width when a later calibration sample has a wider range, so
+    the histogram grows with the ratio of the ranges, and the KL threshold search is quadratic in its
+    bins: FGFA's FlowNet calibrated on 8 speedtrap frame pairs grew 24 histograms to 177k-230k bins and
+    the search ran for over 20 minutes. Here a wider range re-bins the histogram to the same bin count
+    instead (the earlier samples lose resolution, not the later ones). Used through quantize_net_v2's
+    ``customize`` mode: ``min_max_dict`` gives MXNet's own KL thresholds of these histograms.
+    """
+
+    def __init__(self, quantized_dtype="auto", num_bins=ENTROPY_BINS):
+        self.quantized_dtype, self.num_bins = quantized_dtype, int(num_bins)
+        self.hist_dict = {}       # layer output name -> (hist, edges, min, max, th), as MXNet's collector
+
+    def collect(self, name, arr):
+        """MXNet monitor callback: fold one layer output into its histogram."""
+        import ctypes
+        from mxnet.base import NDArrayHandle, py_str
+        from mxnet.ndarray import NDArray
+        name = py_str(name)
+        if _CALIBRATED_NAME.search(name):   # not weights and op inputs: MXNet calibrates the network
+            # input and the op outputs only
+            self.add(name, NDArray(ctypes.cast(arr, NDArrayHandle), writable=False).asnumpy())
+
+    def add(self, name, values):
+        """Fold the numpy array ``values`` into the histogram of layer output ``name``."""
+        import numpy as np
+        lo, hi = float(values.min()), float(values.max())
+        th = max(abs(lo), abs(hi))
+        if name in self.hist_dict:
+            hist, edges, old_lo, old_hi, old_th = self.hist_dict[name]
+            if th > old_th:
+                hist, edges = rebin_histogram(hist, old_th, th, self.num_bins)
+                old_th = th
+            hist = hist + np.histogram(values, bins=self.num_bins, range=(-old_th, old_th))[0]
+            self.hist_dict[name] = (hist, edges, min(lo, old_lo), max(hi, old_hi), old_th)
+        else:
+            hist, edges = np.histogram(values, bins=self.num_bins, range=(-th, th))
+            self.hist_dict[name] = (hist, edges, lo, hi, th)
+
+    @property
+    def min_max_dict(self):
+        """Layer output name -> (min, max) quantization range: MXNet's KL-optimal thresholds."""
+        from mxnet.contrib.quantization import _get_optimal_thresholds
+        return _get_optimal_thresholds(dict(self.hist_dict), self.quantized_dtype)
+
+
 def quantize_block(block, calib, calib_mode="naive", exclude_layers=(), exclude_operators=()):
     """int8 SymbolBlock of a float single-input Gluon block (MXNet's MKLDNN quantization, CPU),
     calibrated on ``calib`` (B, ...) one sample at a time and hybridized with static memory:
     quantize_net's block otherwise allocates its buffers on every call (``python -m bench.fgfa
-    --int8-ablation``: 1.3x slower on a ResNet-101)."""
+    --int8-ablation``: 1.3x slower on a ResNet-101). ``calib_mode``: 'naive' (min/max) or 'entropy'
+    (KL thresholds, with histograms of bounded size: BoundedHistogramCollector)."""
     import warnings
     import mxnet as mx
-    from mxnet.contrib.quantization import quantize_net
+    from mxnet.contrib.quantization import quantize_net_v2
+    if calib_mode not in ("naive", "entropy"):
+        raise ValueError(f"calibration mode must be 'naive' or 'entropy', got {calib_mode!r}")
     calib = calib if isinstance(calib, mx.nd.NDArray) else mx.nd.array(calib)
     block.hybridize(static_alloc=True, static_shape=True)
     block(calib[:1])
     # a DataIter (not a DataLoader): quantize_net then feeds `data` alone to the network
     data = mx.io.NDArrayIter(data=calib, batch_size=1, data_name="data")
+    collector = BoundedHistogramCollector("auto") if calib_mode == "entropy" else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")   # quantize_net's deprecation notice
-        quantized = quantize_net(block, quantized_dtype="auto", calib_data=data, calib_mode=calib_mode,
-                                 num_calib_examples=len(calib), exclude_layers=list(exclude_layers) or None,
-                                 exclude_operators=list(exclude_operators) or None, ctx=mx.cpu())
+        quantized = quantize_net_v2(block, quantized_dtype="auto", calib_data=data,
+                                    calib_mode="customize" if collector else calib_mode,
+                                    LayerOutputCollector=collector,
+                                    num_calib_examples=len(calib), exclude_layers=list(exclude_layers) or None,
+                                    exclude_operators=list(exclude_operators) or None, ctx=mx.cpu())
     quantized.hybridize(static_alloc=True, static_shape=True)
     quantized(calib[:1])   # materialises the quantized graph (needed before export)
     return quantized

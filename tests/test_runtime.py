@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 CODE = "import lib, os; print(lib.THREADS, lib.THREADS_SOURCE, os.environ.get('OMP_NUM_THREADS'))"
 
@@ -144,3 +145,81 @@ def test_child_of_a_lib_process_without_lib_does_not_crash(tmp_path):
     # its parent's oneDNN uses AMX; the child never asked the kernel for the tiles and must not try them
     _, _, status = run_int8_conv(tmp_path, "parent", {}, child=True)
     assert status[2:] == ["ISA_VAR", "None"]
+
+
+# ---------------------------------------------------------------- entropy calibration, bounded histograms
+def test_rebin_histogram_hand_computed():
+    from lib.runtime import rebin_histogram
+    # bins of (-1.5, 1.5) with centres -1, 0, 1 -> bins [-3, -1), [-1, 1), [1, 3] of (-3, 3)
+    hist, edges = rebin_histogram(np.array([1, 2, 3]), 1.5, 3.0, 3)
+    np.testing.assert_array_equal(hist, [0, 3, 3])
+    np.testing.assert_allclose(edges, [-3, -1, 1, 3])
+
+
+def _calibrated_ranges(qnet):
+    """{node name: (min_calib_range, max_calib_range)} of a quantized SymbolBlock's graph."""
+    import json
+    nodes = json.loads(qnet._cached_graph[1].tojson())["nodes"]
+    return {n["name"]: (float(n["attrs"]["min_calib_range"]), float(n["attrs"]["max_calib_range"]))
+            for n in nodes if "min_calib_range" in n.get("attrs", {})}
+
+
+def test_bounded_collector_equals_mxnet_entropy_calibration_when_no_range_grows():
+    """Oracle: MXNet's own entropy calibration. With the widest calibration sample first (a bias-free
+    ReLU net scales its outputs with the input) MXNet never widens a histogram, so both must agree."""
+    import warnings
+    import mxnet as mx
+    from mxnet.contrib.quantization import quantize_net_v2
+    from mxnet.gluon import nn
+    from lib.runtime import quantize_block
+    if not mx.runtime.Features().is_enabled("MKLDNN"):
+        pytest.skip("int8 needs MXNet with oneDNN")
+    mx.random.seed(0)
+    net = nn.HybridSequential()
+    net.add(nn.Conv2D(8, 3, padding=1, use_bias=False, activation="relu"), nn.Conv2D(4, 3, padding=1, use_bias=False))
+    net.initialize(mx.init.Xavier())
+    base = np.random.RandomState(1).uniform(0, 1, (3, 16, 16))
+    calib = mx.nd.array(np.stack([base * s for s in (3.0, 1.0, 0.5)]))
+    ours = _calibrated_ranges(quantize_block(net, calib, "entropy"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = quantize_net_v2(net, quantized_dtype="auto", calib_mode="entropy", num_calib_examples=3,
+                                 calib_data=mx.io.NDArrayIter(data=calib, batch_size=1, data_name="data"), ctx=mx.cpu())
+    theirs.hybridize(static_alloc=True, static_shape=True)
+    theirs(calib[:1])
+    assert ours and ours == _calibrated_ranges(theirs)
+
+
+def test_bounded_collector_keeps_its_bins_and_counts_when_ranges_grow():
+    from lib.runtime import ENTROPY_BINS, BoundedHistogramCollector
+    rng = np.random.RandomState(0)
+    # ranges growing 300x: MXNet's histogram would grow to ~2.4M bins; ours stays at ENTROPY_BINS, keeps
+    # every count, and the KL threshold still clips the one outlier
+    grow = BoundedHistogramCollector("int8")
+    arrays = [rng.normal(0, 1, 5000), rng.normal(0, 1, 5000) * 2, np.r_[rng.normal(0, 1, 5000), [300.0]]]
+    for a in arrays:
+        grow.add("x_output", a)
+    hist, edges, lo, hi, th = grow.hist_dict["x_output"]
+    assert len(hist) == ENTROPY_BINS and hist.sum() == sum(a.size for a in arrays)
+    assert th == pytest.approx(300.0) and hi == pytest.approx(300.0) and len(edges) == ENTROPY_BINS + 1
+    low, high = grow.min_max_dict["x_output"]
+    assert 2.0 < high < 50.0 and low == -high
+
+
+def test_entropy_quantize_block_with_growing_calibration_ranges():
+    import mxnet as mx
+    from mxnet.gluon import nn
+    from lib.runtime import quantize_block
+    if not mx.runtime.Features().is_enabled("MKLDNN"):
+        pytest.skip("int8 needs MXNet with oneDNN")
+    mx.random.seed(0)
+    net = nn.HybridSequential()
+    net.add(nn.Conv2D(8, 3, padding=1, activation="relu"), nn.Conv2D(4, 3, padding=1))
+    net.initialize(mx.init.Xavier())
+    rng = np.random.RandomState(1)
+    calib = mx.nd.array(np.stack([rng.uniform(0, 1, (3, 16, 16)) * s for s in (1, 10, 100, 1000)]))
+    q = quantize_block(net, calib, "entropy")
+    x = calib[3:4]
+    assert np.corrcoef(q(x).asnumpy().ravel(), net(x).asnumpy().ravel())[0, 1] > 0.99
+    with pytest.raises(ValueError, match="naive"):
+        quantize_block(net, calib, "minmax")
