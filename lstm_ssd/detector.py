@@ -170,8 +170,8 @@ class VideoDetector(gluon.Block):
 
     def quantize_int8(self, calib_frames, calib_mode="naive"):
         """int8 CPU inference (MXNet's MKLDNN quantization) of the extractors, the frame baseline's
-        projection and the head; the Bottleneck-LSTM steps stay in float, so no int8 rounding enters the
-        state carried from frame to frame.
+        projection and the head. The Bottleneck-LSTM steps stay in float: MXNet 1.9.1 crashes building
+        the quantized three-input step graph (lstm_ssd/README.md).
 
         ``calib_frames``: (B,3,H,W) RGB 0..255 frames at MODEL.IMAGE_SIZE (a few training frames; the
         callers spread them over the training set for varied scenes). The head is calibrated on the
