@@ -13,6 +13,8 @@ same blocks:
 Looking Fast and Slow: the small extractor reads the memory but never writes it (the state after a
 small step is the state before it).
 """
+import contextlib
+
 import numpy as np
 import mxnet as mx
 from mxnet import autograd, gluon
@@ -167,6 +169,15 @@ class VideoDetector(gluon.Block):
     @property
     def quantized(self):
         return bool(self._int8)
+
+    @contextlib.contextmanager
+    def float_parts(self):
+        """Inside, ``step`` runs the float parts even after quantize_int8 (MAC counting hooks them)."""
+        saved, self._int8 = self._int8, {}
+        try:
+            yield self
+        finally:
+            self._int8 = saved
 
     def quantize_int8(self, calib_frames, calib_mode="naive"):
         """int8 CPU inference (MXNet's MKLDNN quantization) of the extractors, the frame baseline's

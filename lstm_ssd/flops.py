@@ -58,7 +58,8 @@ def count_macs(detector, extractor="large", ctx=mx.cpu()):
         part.hybridize(False)
     try:
         frame = mx.nd.zeros((1, 3) + detector.image_hw, ctx=ctx)
-        detector.step(frame, detector.zero_state(1, ctx), extractor)
+        with detector.float_parts():     # the int8 copies (quantize_int8) have no hooks
+            detector.step(frame, detector.zero_state(1, ctx), extractor)
     finally:
         for h in handles:
             h.detach()

@@ -355,7 +355,9 @@ def test_int8_streaming_follows_the_float_model(over):
     frames = _smooth_frames(9, net.image_hw, seed=4)
     schedule = ["large", "small", "small", "large", "small"] if net.type == "fast_slow" else ["large"] * 5
     reference = _stream_outputs(net, frames[4:], schedule)
+    macs = count_macs(net)
     net.quantize_int8(frames[:4])
+    assert count_macs(net) == macs > 0        # counted on the float parts, whose hooks fire
     assert net.quantized and set(net._int8) == set(net.parts()) - {"lstm_step_large", "lstm_step_small"}
     int8 = _stream_outputs(net, frames[4:], schedule)
     assert not any(np.array_equal(q[0], f[0]) for q, f in zip(int8, reference))   # the int8 graphs ran
