@@ -200,12 +200,13 @@ class VideoDetector(gluon.Block):
                              f"MODEL.IMAGE_SIZE {list(self.image_hw)}")
         self._int8.clear()
         int8 = {f"extractor_{e}": quantize_block(self.extractor(e), calib, calib_mode) for e in self.extractor_names}
-        level0 = []
+        level0, features = [], []
         state = self.zero_state(1)
         for i in range(len(calib)):
             for e in self.extractor_names:
                 feats = int8[f"extractor_{e}"](calib[i:i + 1])
-                if self.memory is None:
+                if self.memory is None:       # frame baseline: no state, the projection feeds the head
+                    features.append(feats)
                     level0.append(self.project(feats))
                     continue
                 out, c_new, h_new = self.memory.steps[e](feats, *state)
@@ -216,8 +217,7 @@ class VideoDetector(gluon.Block):
                 state = next_state
         level0 = mx.nd.concat(*level0, dim=0)
         if self.memory is None:
-            int8["project"] = quantize_block(self.project, mx.nd.concat(
-                *[int8["extractor_large"](calib[i:i + 1]) for i in range(len(calib))], dim=0), calib_mode)
+            int8["project"] = quantize_block(self.project, mx.nd.concat(*features, dim=0), calib_mode)
         int8["head"] = quantize_block(self.head, level0, calib_mode)
         self._int8.update(int8)
         return self
