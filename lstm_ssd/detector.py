@@ -150,21 +150,21 @@ class VideoDetector(gluon.Block):
         if tuple(frames.shape[-2:]) != self.image_hw:
             raise ValueError(f"frames of {tuple(frames.shape[-2:])} (H, W); this model takes MODEL.IMAGE_SIZE "
                              f"{list(self.image_hw)} (resize first, as StreamingDetector.step does)")
-        feats = self._part(f"extractor_{extractor}")(frames)
+        feats = self._part(f"extractor_{extractor}", self.extractor(extractor))(frames)
         if self.memory is None:
-            return (*self._part("head")(self._part("project")(feats)), None)
+            return (*self._part("head", self.head)(self._part("project", self.project)(feats)), None)
         c, h = state
         out, c_new, h_new = self.memory.steps[extractor](feats, c, h)
         new_state = (c_new, h_new) if self.writes_memory[extractor] else state
-        cls, box = self._part("head")(out)
+        cls, box = self._part("head", self.head)(out)
         return cls, box, new_state
 
-    def _part(self, name):
-        """The int8 copy of a part outside training after quantize_int8, else the float part."""
+    def _part(self, name, float_block):
+        """The int8 copy of part ``name`` outside training after quantize_int8, else ``float_block``."""
         int8 = self._int8.get(name)
         if int8 is not None and not autograd.is_training():
             return int8
-        return self.parts()[name]
+        return float_block
 
     @property
     def quantized(self):
