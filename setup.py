@@ -43,16 +43,29 @@ setup(
     name="videodet",
     version="0.1.0",
     description="Video and still-image object detection on MXNet/Gluon: FGFA/R-FCN, LSTM-SSD, M2Det",
+    # experiments.custom holds the recipe (above the families); the other experiments folders are scripts
     packages=find_packages(include=["lib", "lib.*", "fgfa", "fgfa.*", "lstm_ssd", "lstm_ssd.*",
-                                    "m2det", "m2det.*"]),
+                                    "m2det", "m2det.*", "experiments", "experiments.custom"]),
     python_requires=">=3.9",
     ext_modules=extensions(),
     cmdclass={"build_ext": BuildExtAndOps},
     package_data={"lib": ["*.so"]},
-    entry_points={"console_scripts": [
-        "m2det-train=m2det.cli:train_main",
-        "m2det-evaluate=m2det.cli:evaluate_main",
-        "m2det-convert-model=m2det.cli:convert_main",
-        "m2det-debug=m2det.cli:debug_main",
-    ]},
+    entry_points={
+        # detector families: lib.family's registry imports these modules, which register themselves;
+        # another installed package can add a family the same way
+        "videodet.families": [
+            "rfcn = fgfa.family",
+            "fgfa = fgfa.family",
+            "ssdlite = lstm_ssd.family",
+            "lstm_ssd = lstm_ssd.family",
+            "fast_slow = lstm_ssd.family",
+            "m2det = m2det.family",
+        ],
+        "console_scripts": [
+            "m2det-train=m2det.cli:train_main",
+            "m2det-evaluate=m2det.cli:evaluate_main",
+            "m2det-convert-model=m2det.cli:convert_main",
+            "m2det-debug=m2det.cli:debug_main",
+        ],
+    },
 )

@@ -55,20 +55,21 @@ def frames(count, size):
 def loaded_model(family, run=None, quick=False):
     """A LoadedModel: the trained run, or the family's recipe template with random weights."""
     import mxnet as mx
-    from lib import detectors
+    from experiments.custom import recipe
+    from lib.family import LoadedModel, get_family, load_model
     if run:
-        return detectors.load_model(run)
+        return load_model(run)
     template = os.path.join(PROJECT_ROOT, "experiments", "custom", f"{family}.yaml")
     overrides = []
     if quick:
         overrides = {"ssdlite": ["INPUT.SIZE=[96]"], "m2det": ["INPUT.SIZE=[320]"], "lstm_ssd": ["INPUT.SIZE=[96]"],
                      "rfcn": ["INPUT.SHORT_SIDE=96", "INPUT.MAX_SIZE=160"],
                      "fgfa": ["INPUT.SHORT_SIDE=96", "INPUT.MAX_SIZE=160"]}[family]
-    cfg = detectors.load_custom_config(template, overrides)
-    fam = detectors.family_config(cfg, ["radar"], 100)
+    cfg = recipe.load_recipe_config(template, overrides)
+    fam = recipe.family_config(cfg, ["radar"], 100)
     mx.random.seed(0)
-    net = detectors.build_model(family, fam, 1)
-    return detectors.LoadedModel(family, net, fam, ["radar"], mx.cpu())
+    net = get_family(family).build(fam, 1, mx.cpu())
+    return LoadedModel(family, net, fam, ["radar"], mx.cpu())
 
 
 def median_ms(fn, inputs, warmup=2):
@@ -89,10 +90,9 @@ def prepare_artifacts(family, run, quick, workdir, count):
     4x slower with 2 threads (7 -> 28 ms for SSDLite here; an extra engine thread), so the timing
     children only load finished artifacts."""
     import cv2
-    from lib import detectors
     from lib.tools.quantize import quantize
     fp32_dir, int8_dir, calib = (os.path.join(workdir, d) for d in ("fp32", "int8", "calib"))
-    detectors.export(loaded_model(family, run, quick), fp32_dir)
+    loaded_model(family, run, quick).export(fp32_dir)
     os.makedirs(calib, exist_ok=True)
     for i, frame in enumerate(frames(min(count, 4), frame_size(quick))):
         cv2.imwrite(os.path.join(calib, f"{i:03d}.jpg"), frame)

@@ -9,7 +9,7 @@
 Run it as a module from the project root: as a script, this file's name would shadow the fgfa package.
 
 Both models are hybridized for inference (lib.runtime.hybridize_for_inference: MKLDNN backend on CPU)
-and run through fgfa.detector.VideoDetector, the same streaming code the test phase uses, on random
+and run through fgfa.window.WindowRunner, the same streaming code the test phase uses, on random
 frames (weights are random too: latency does not depend on them, except for the number of boxes
 reaching the final NMS). Steady state: the first window (and MKLDNN graph building) is excluded.
 FGFA costs one backbone per frame (features and embeddings are cached) plus 2K flows, the
@@ -31,7 +31,8 @@ import numpy as np
 
 from fgfa.config import get_config
 from fgfa.data import make_preprocess
-from fgfa.detector import FGFADetector, VideoDetector
+from fgfa.detector import FGFADetector
+from fgfa.window import WindowRunner
 from fgfa.flownet import half_size_image
 from fgfa.operators import flow_warp
 from fgfa.train import materialize
@@ -85,7 +86,7 @@ def build(cfg_name, overrides, num_classes, aggregate, hybridize):
 
 def time_stream(cfg, model, frames):
     """Seconds per frame in steady state: (total - first output latency) / (frames after the first)."""
-    detector = VideoDetector(model, preprocess=make_preprocess(cfg))
+    detector = WindowRunner(model, preprocess=make_preprocess(cfg))
     detector.reset()
     stamps = []
     for frame in frames:

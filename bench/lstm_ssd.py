@@ -40,11 +40,11 @@ FULL = {
     "gluoncv_size": 512,
 }
 QUICK = {
-    "lfs": ("imagenet_vid_fast_slow.yaml", ["MODEL.IMAGE_SIZE=96", "MODEL.SMALL.INPUT_SIZE=48",
+    "lfs": ("imagenet_vid_fast_slow.yaml", ["INPUT.SIZE=96", "MODEL.SMALL.INPUT_SIZE=48",
                                              "MODEL.LARGE.WIDTH=0.35", "MODEL.LSTM.UNITS=32"]),
-    "lstm_ssd": ("imagenet_vid_lstm_ssd_mobilenet_v1.yaml", ["MODEL.IMAGE_SIZE=96", "MODEL.LARGE.WIDTH=0.25",
+    "lstm_ssd": ("imagenet_vid_lstm_ssd_mobilenet_v1.yaml", ["INPUT.SIZE=96", "MODEL.LARGE.WIDTH=0.25",
                                                               "MODEL.LSTM.UNITS=32"]),
-    "ssdlite": ("imagenet_vid_ssdlite_mobilenet_v1.yaml", ["MODEL.IMAGE_SIZE=96", "MODEL.LARGE.WIDTH=0.25",
+    "ssdlite": ("imagenet_vid_ssdlite_mobilenet_v1.yaml", ["INPUT.SIZE=96", "MODEL.LARGE.WIDTH=0.25",
                                                             "MODEL.LSTM.UNITS=32"]),
     "gluoncv_size": 128,
 }
@@ -121,10 +121,10 @@ def main(argv=None):
     cfg, lfs = build(*settings["lfs"])
     post = None
     if args.with_postprocess:
-        post = lambda c, b: lfs.postprocess(c, b, [lfs.image_hw[1]], [lfs.image_hw[0]], cfg.POST_PROCESS)  # noqa: E731
+        post = lambda c, b: lfs.postprocess(c, b, [lfs.image_hw[1]], [lfs.image_hw[0]], cfg.TEST)  # noqa: E731
     params = count_params(lfs)
     macs = {e: count_macs(lfs, e) for e in lfs.extractor_names}
-    size = cfg.MODEL.IMAGE_SIZE
+    size = cfg.INPUT.SIZE
     add("lfs large only", time_stream(lfs, lambda t: "large", frames, warmup, post), params, macs["large"], size)
     add("lfs small only", time_stream(lfs, lambda t: "small", frames, warmup, post), params, macs["small"], size)
     every = args.tau + 1
@@ -136,9 +136,9 @@ def main(argv=None):
         cfg_k, net = build(*settings[key])
         post_k = None
         if args.with_postprocess:
-            post_k = lambda c, b, n=net, c_=cfg_k: n.postprocess(c, b, [n.image_hw[1]], [n.image_hw[0]], c_.POST_PROCESS)  # noqa: E731
+            post_k = lambda c, b, n=net, c_=cfg_k: n.postprocess(c, b, [n.image_hw[1]], [n.image_hw[0]], c_.TEST)  # noqa: E731
         add(label, time_stream(net, lambda t: "large", frames, warmup, post_k), count_params(net),
-            count_macs(net, "large"), cfg_k.MODEL.IMAGE_SIZE)
+            count_macs(net, "large"), cfg_k.INPUT.SIZE)
     g_size = settings["gluoncv_size"]
     seconds, params = bench_gluoncv(g_size, frames, warmup)
     add("gluoncv ssd_512_mobilenet1.0", seconds, params, 0, g_size, "MACs not counted; includes its NMS")

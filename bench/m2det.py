@@ -28,7 +28,8 @@ import numpy as np
 
 from lib.flops import conv_macs
 from lib.runtime import hybridize_for_inference, threads
-from m2det import engine
+from m2det.config import load as load_m2det_config
+from m2det.detector import build_model
 from m2det.detector import M2DetInference, postprocess
 
 CFG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments", "m2det", "cfgs")
@@ -47,8 +48,8 @@ def timed(fn, warmup, repeats):
 
 def m2det_block(cfg_name, num_classes, overrides=(), hybridize=True):
     """(inference block: network + decode + NMS, the network alone, config)."""
-    cfg = engine.build_config(os.path.join(CFG_DIR, cfg_name), list(overrides))
-    net = engine.build_model(cfg, num_classes)
+    cfg = load_m2det_config(os.path.join(CFG_DIR, cfg_name), list(overrides))
+    net = build_model(cfg, num_classes)
     block = M2DetInference(net, cfg.TEST)
     block.priors.initialize()
     if hybridize:

@@ -65,7 +65,9 @@ def sgd_step(net, task, batch):
 
 
 def m2det_step(quick):
-    from m2det.engine import M2DetTask, build_config, build_model
+    from m2det.config import load as build_config
+    from m2det.detector import build_model
+    from m2det.train import M2DetTask
     overrides = ["TRAIN.BATCH_SIZE=1", "MODEL.NUM_LEVELS=2"] if quick else []
     cfg = build_config(os.path.join(PROJECT_ROOT, "experiments", "m2det", "cfgs", "speedtrap_mobilenet.yaml"),
                        overrides)
@@ -73,7 +75,7 @@ def m2det_step(quick):
     net = build_model(cfg, 1)
     task = M2DetTask(net, cfg)
     rng = np.random.RandomState(0)
-    batch, size, priors = int(cfg.TRAIN.BATCH_SIZE), int(cfg.MODEL.INPUT_SIZE), net.priors.shape[0]
+    batch, size, priors = int(cfg.TRAIN.BATCH_SIZE), int(cfg.INPUT.SIZE), net.priors.shape[0]
     data = (mx.nd.array(rng.normal(0, 1, (batch, 3, size, size))),
             mx.nd.array((rng.rand(batch, priors) < 0.002).astype(np.float32)),
             mx.nd.array(rng.normal(0, 0.5, (batch, priors, 4))))
@@ -84,7 +86,7 @@ def lstm_ssd_step(config, quick):
     from lstm_ssd import config as lstm_config
     from lstm_ssd.detector import build_detector
     from lstm_ssd.train import ClipTask
-    overrides = ["MODEL.IMAGE_SIZE=[96,160]", "TRAIN.BATCH_SIZE=2", "TRAIN.UNROLL=2"] if quick else []
+    overrides = ["INPUT.SIZE=[96,160]", "TRAIN.BATCH_SIZE=2", "TRAIN.UNROLL=2"] if quick else []
     cfg = lstm_config.load(os.path.join(PROJECT_ROOT, "experiments", "lstm_ssd", "cfgs", config), overrides)
     mx.random.seed(0)
     net = build_detector(cfg)

@@ -12,6 +12,8 @@ import mxnet as mx
 from gluoncv.model_zoo.resnet import BasicBlockV1, BottleneckV1, ResNetV1, resnet_spec
 from mxnet.gluon import nn
 
+from lib.train.checkpoint import read_params_file
+
 
 class BackboneWeightsError(ValueError):
     """A weights file is missing or does not fit the backbone; the message says which and why."""
@@ -88,7 +90,6 @@ class ResNetV1Backbone(nn.HybridBlock):
 
         Raises BackboneWeightsError naming the file and every missing or mis-shaped parameter.
         """
-        from lib.train.checkpoint import read_params_file
         loaded = read_params_file(path, error=BackboneWeightsError)
         # files written by export()/save_params carry 'arg:'/'aux:' prefixes
         loaded = {k.split(":", 1)[-1]: v for k, v in loaded.items()}

@@ -4,31 +4,25 @@ Every number the model, training and testing use lives here (or in a yaml overri
 them from the config. The defaults follow the reference ImageNet VID setup (ResNet-101, 600x1000);
 the CPU configs under ``experiments/`` shrink them.
 """
-import copy
+import logging
 
-from lib.config import ConfigError, load_config
+from lib.config import SHARED_DEFAULTS, SPEC_LIST_KEYS, ConfigError, Schema, extend_schema, load_config
 
-from lib.train import TRAIN_DEFAULTS
-
-DEFAULTS = {
+DEFAULTS = extend_schema(SHARED_DEFAULTS, {
     "NAME": "fgfa_rfcn",
     "OUTPUT_DIR": "output/fgfa_rfcn",
     "CONTEXT": "cpu",                 # 'cpu', 'gpu', 'gpu:1'
     "DATASET": {
         # lib.dataset.load_dataset specs (free-form mappings: FORMAT plus that format's keys)
-        "TRAIN": [],                   # list of specs; their records are concatenated
-        "TEST": {},
-        "CLASSES": [],                 # optional explicit class list (else taken from the data)
+        # TRAIN / VAL: lists of specs (a single mapping is a list of one); their records are concatenated
         "FRAMES_PER_VIDEO": 0,         # >0: subsample each training video to this many key frames
         "TEST_MAX_FRAMES": 0,          # >0: only the first N frames of each test video (quick runs)
     },
+    # keep-ratio input: the shorter side to SHORT_SIDE unless the longer exceeds MAX_SIZE; training
+    # scales drawn per sample from TRAIN_SCALES ([] = the test scale)
+    "INPUT": {"SHORT_SIDE": 600, "MAX_SIZE": 1000, "MEAN": [123.15, 115.90, 103.06], "STD": [1.0, 1.0, 1.0]},
     "IMAGE": {
-        "SCALES": [[600, 1000]],       # [short side, max long side]; one drawn per training sample
-        "TEST_SCALE": [600, 1000],
-        "MEAN": [123.15, 115.90, 103.06],  # RGB, subtracted
-        "STD": [1.0, 1.0, 1.0],        # divide after the mean (reference: none)
         "PAD_STRIDE": 16,              # image padded to a multiple (features, flow align exactly)
-        "FLIP": True,
         # training crops [width, height] of the resized frames (0 = whole frames): around an object
         # with probability OBJECT_PROB, else anywhere; boxes kept when MIN_VISIBLE of them is inside
         "TRAIN_TILE": {"SIZE": [0, 0], "OBJECT_PROB": 0.7, "MIN_VISIBLE": 0.5},
@@ -60,7 +54,8 @@ DEFAULTS = {
         "INIT_WEIGHTS": "",
     },
     "TRAIN": {
-        "BATCH_IMAGES": 1,             # key frames per batch
+        "BATCH_SIZE": 1,               # key frames per batch
+        "AUGMENTATIONS": ["RandomFlip"],   # horizontal flip is the augmentation R-FCN / FGFA train with
         "MAX_OFFSET": 9,               # neighbours at distinct random offsets in [-MAX, MAX]
         "MIN_OFFSET": 1,
         "AGGREGATE_KEY": False,        # reference: softmax over the two neighbours only
@@ -109,7 +104,7 @@ DEFAULTS = {
         "RPN_NMS": 0.7,
         "RPN_MIN_SIZE": 0,
         "SCORE_THRESH": 0.001,
-        "NMS": 0.3,
+        "NMS_IOU": 0.3,
         "MAX_PER_IMAGE": 300,
         "SEQ_NMS": False,
         "SEQ_NMS_LINK_IOU": 0.5,
@@ -122,20 +117,63 @@ DEFAULTS = {
         "FLOW_CALIB_MODE": "entropy",  #   and for the FlowNet (entropy: int8 flows ~half as far from float)
         "HYBRIDIZE": True,
         "EVAL_METRIC": "auto",         # auto (vid when tracks exist, else voc) | vid | voc
-        # split: the window sees the test split's frames only; video: whole videos of DATASET.TEST
+        # split: the window sees the test split's frames only; video: whole videos of DATASET.VAL
         # without its SPLIT / IMAGE_SET are streamed (true neighbours when a random split leaves gaps)
         # and only the split's frames are reported (ignored without aggregation: same results)
         "CONTEXT": "split",
         "VIS_THRESH": 0.5,
     },
+})
+
+
+def _test_scale(value):
+    return {"INPUT.SHORT_SIDE": int(value[0]), "INPUT.MAX_SIZE": int(value[1])}
+
+
+def _flip(value):
+    return {"TRAIN.AUGMENTATIONS": ["RandomFlip"] if value else []}
+
+
+# keys of earlier releases -> their names in the shared schema (read with a warning)
+RENAMES = {
+    "TRAIN.BATCH_IMAGES": "TRAIN.BATCH_SIZE",
+    "DATASET.TEST": "DATASET.VAL",
+    "IMAGE.SCALES": "INPUT.TRAIN_SCALES",
+    "IMAGE.TEST_SCALE": _test_scale,
+    "IMAGE.MEAN": "INPUT.MEAN",
+    "IMAGE.STD": "INPUT.STD",
+    "IMAGE.FLIP": _flip,
+    "TEST.NMS": "TEST.NMS_IOU",
 }
+SCHEMA = Schema(DEFAULTS, renames=RENAMES, spec_list_keys=SPEC_LIST_KEYS)
+SUPPORTED_AUGMENTATIONS = ("randomflip", "flip", "random_flip")
+log = logging.getLogger("fgfa.config")
 
-# every lib.train.fit key is accepted under TRAIN, with the fit loop's defaults unless set above
-for _key, _value in TRAIN_DEFAULTS.items():
-    DEFAULTS["TRAIN"].setdefault(_key, copy.deepcopy(_value))
 
-# dataset specs are free-form mappings handed to lib.dataset.load_dataset
-OPEN_KEYS = ("DATASET.TEST",)
+def input_scale(cfg):
+    """(short side, max long side) of the test input."""
+    return int(cfg.INPUT.SHORT_SIDE), int(cfg.INPUT.MAX_SIZE)
+
+
+def training_scales(cfg):
+    """The training scales as [short, max long] pairs: INPUT.TRAIN_SCALES factors of the test scale or
+    pairs as given; none given = the test scale."""
+    short, long_side = input_scale(cfg)
+    scales = []
+    for value in cfg.INPUT.TRAIN_SCALES:
+        if isinstance(value, (list, tuple)):
+            scales.append([int(value[0]), int(value[1])])
+        else:
+            scales.append([int(round(short * float(value))), int(round(long_side * float(value)))])
+    return scales or [[short, long_side]]
+
+
+def flip_enabled(cfg):
+    """Whether training flips (TRAIN.AUGMENT and a RandomFlip among TRAIN.AUGMENTATIONS)."""
+    names = [str(s.get("name", s.get("type", "")) if isinstance(s, dict) else s).lower()
+             for s in cfg.TRAIN.AUGMENTATIONS]
+    return bool(cfg.TRAIN.AUGMENT) and any(n in SUPPORTED_AUGMENTATIONS for n in names)
+
 
 _NORMS = ("frozen", "trainable", "group")
 _DEPTHS = (18, 34, 50, 101)
@@ -144,7 +182,7 @@ _DEPTHS = (18, 34, 50, 101)
 def validate(cfg):
     """Cross-field checks that the type-level merge cannot express; errors name the key."""
     src = cfg.get("CONFIG_FILE") or "<config>"
-    net, img = cfg.NETWORK, cfg.IMAGE
+    net, img, inp = cfg.NETWORK, cfg.IMAGE, cfg.INPUT
     if net.DEPTH not in _DEPTHS:
         raise ConfigError(f"{src}: NETWORK.DEPTH must be one of {_DEPTHS}, got {net.DEPTH}")
     if not 0 < net.WIDTH <= 4:
@@ -166,10 +204,25 @@ def validate(cfg):
         if len(net[key]) != 4:
             raise ConfigError(f"{src}: NETWORK.{key} must have 4 numbers")
     for key in ("MEAN", "STD"):
-        if len(img[key]) != 3:
-            raise ConfigError(f"{src}: IMAGE.{key} must have 3 numbers (RGB)")
-    if not img.SCALES or any(len(s) != 2 for s in img.SCALES):
-        raise ConfigError(f"{src}: IMAGE.SCALES must be a list of [short, max_long] pairs")
+        if len(inp[key]) != 3:
+            raise ConfigError(f"{src}: INPUT.{key} must have 3 numbers (RGB)")
+    if inp.SIZE:
+        raise ConfigError(f"{src}: INPUT.SIZE: R-FCN / FGFA keep the aspect ratio; give INPUT.SHORT_SIDE and "
+                          f"INPUT.MAX_SIZE")
+    if inp.SHORT_SIDE < 1 or inp.MAX_SIZE < inp.SHORT_SIDE:
+        raise ConfigError(f"{src}: need 1 <= INPUT.SHORT_SIDE <= INPUT.MAX_SIZE, got {inp.SHORT_SIDE} and "
+                          f"{inp.MAX_SIZE}")
+    for value in inp.TRAIN_SCALES:
+        pair = isinstance(value, (list, tuple))
+        if (pair and (len(value) != 2 or min(value) < 1)) or (not pair and not (
+                isinstance(value, (int, float)) and 0 < float(value) <= 4)):
+            raise ConfigError(f"{src}: INPUT.TRAIN_SCALES: {value!r} is neither a factor in (0, 4] of the test "
+                              f"scale nor a [short, max_long] pair")
+    unknown = [s for s in cfg.TRAIN.AUGMENTATIONS
+               if str(s.get("name", s.get("type", "")) if isinstance(s, dict) else s).lower()
+               not in SUPPORTED_AUGMENTATIONS]
+    if unknown:
+        log.warning("%s: TRAIN.AUGMENTATIONS: R-FCN / FGFA train with RandomFlip only; %s not applied", src, unknown)
     tile = img.TRAIN_TILE
     if len(tile.SIZE) != 2 or min(tile.SIZE) < 0 or (min(tile.SIZE) == 0 < max(tile.SIZE)):
         raise ConfigError(f"{src}: IMAGE.TRAIN_TILE.SIZE must be [width, height] > 0, or [0, 0] (off), "
@@ -177,8 +230,6 @@ def validate(cfg):
     if not 0.0 <= tile.OBJECT_PROB <= 1.0 or not 0.0 < tile.MIN_VISIBLE <= 1.0:
         raise ConfigError(f"{src}: IMAGE.TRAIN_TILE needs OBJECT_PROB in [0, 1] and MIN_VISIBLE in (0, 1], "
                           f"got {tile.OBJECT_PROB} and {tile.MIN_VISIBLE}")
-    if len(img.TEST_SCALE) != 2:
-        raise ConfigError(f"{src}: IMAGE.TEST_SCALE must be [short, max_long]")
     if cfg.TEST.K < 0:
         raise ConfigError(f"{src}: TEST.K must be >= 0, got {cfg.TEST.K}")
     if not 1 <= cfg.TRAIN.MIN_OFFSET <= cfg.TRAIN.MAX_OFFSET:
@@ -209,12 +260,12 @@ def validate(cfg):
         raise ConfigError(f"{src}: TEST.SEQ_NMS_RESCORE must be 'avg' or 'max'")
     if cfg.TEST.EVAL_METRIC not in ("auto", "vid", "voc"):
         raise ConfigError(f"{src}: TEST.EVAL_METRIC must be auto, vid or voc")
-    if cfg.TRAIN.BATCH_IMAGES < 1:
-        raise ConfigError(f"{src}: TRAIN.BATCH_IMAGES must be >= 1")
+    if cfg.TRAIN.BATCH_SIZE < 1:
+        raise ConfigError(f"{src}: TRAIN.BATCH_SIZE must be >= 1")
     return cfg
 
 
 def get_config(path=None, overrides=None):
     """Load a yaml config (or the defaults when ``path`` is None) and validate it."""
-    cfg = load_config(path, copy.deepcopy(DEFAULTS), overrides=overrides, open_keys=OPEN_KEYS)
+    cfg = load_config(path, SCHEMA, overrides=overrides)
     return validate(cfg)

@@ -10,6 +10,8 @@ import numpy as np
 from lib.dataset.io import read_image
 from lib.transforms import RandomTile
 
+from .config import flip_enabled, input_scale, training_scales
+
 
 def target_size(height, width, short, max_long):
     """Scale so the short side is ``short`` unless the long side would exceed ``max_long``."""
@@ -49,8 +51,8 @@ def prepare_image(image, short, max_long, mean, std, pad_stride, flip=False):
 
 def make_preprocess(cfg):
     """The test-time image -> (tensor, im_info) function of a config."""
-    short, max_long = cfg.IMAGE.TEST_SCALE
-    mean, std, stride = cfg.IMAGE.MEAN, cfg.IMAGE.STD, cfg.IMAGE.PAD_STRIDE
+    short, max_long = input_scale(cfg)
+    mean, std, stride = cfg.INPUT.MEAN, cfg.INPUT.STD, cfg.IMAGE.PAD_STRIDE
 
     def preprocess(image):
         return prepare_image(image, short, max_long, mean, std, stride)
@@ -81,13 +83,14 @@ class TrainSamples:
             for pos, rec in enumerate(recs):
                 self.position[rec.image_id] = (vid, pos)
         self.keys = list(range(len(dataset)))
+        self.scales, self.flip = training_scales(cfg), flip_enabled(cfg)
         tile = cfg.IMAGE.TRAIN_TILE
         self.tiler = None
         if tile.SIZE and min(tile.SIZE) > 0:
             # crops of the resized frames: small objects at a high scale for a fraction of the cost
             # frames smaller than the tile are padded with the mean: 0 after normalisation, as at test
             self.tiler = RandomTile(size=list(tile.SIZE), object_prob=tile.OBJECT_PROB, min_visible=tile.MIN_VISIBLE,
-                                    fill=tuple(cfg.IMAGE.MEAN))
+                                    fill=tuple(cfg.INPUT.MEAN))
         per_video = cfg.DATASET.FRAMES_PER_VIDEO
         if per_video > 0:
             keep = set()
@@ -122,10 +125,9 @@ class TrainSamples:
         """-> (frames (F,3,Hp,Wp) float32, im_info [h, w, scale], gt boxes (G,4), labels (G,)).
 
         Every frame of a sample gets the same scale, flip and (IMAGE.TRAIN_TILE) tile."""
-        img_cfg = self.cfg.IMAGE
         key, paths = self.frames_of(index, rng)
-        short, max_long = img_cfg.SCALES[rng.randint(len(img_cfg.SCALES))]
-        flip = bool(img_cfg.FLIP and rng.rand() < 0.5)
+        short, max_long = self.scales[rng.randint(len(self.scales))]
+        flip = bool(self.flip and rng.rand() < 0.5)
         resized = {}
         for path in paths:
             if path not in resized:
@@ -146,7 +148,8 @@ class TrainSamples:
             boxes, labels = tiled[0][:, :4], tiled[0][:, 4].astype(np.int64)
             # a frame smaller than the tile is padded right/bottom: the RPN must not use that area
             content = (min(content[0], images[0].shape[0]), min(content[1], images[0].shape[1]))
-        frames = [normalize_pad(im, img_cfg.MEAN, img_cfg.STD, img_cfg.PAD_STRIDE) for im in images]
+        frames = [normalize_pad(im, self.cfg.INPUT.MEAN, self.cfg.INPUT.STD, self.cfg.IMAGE.PAD_STRIDE)
+                  for im in images]
         im_info = np.array(list(content) + [scale], np.float32)
         return np.stack(frames), im_info, boxes.reshape(-1, 4).astype(np.float32), labels
 

@@ -20,8 +20,23 @@ import subprocess
 import sys
 import time
 
+import mxnet as mx
 
-from lib.config import PROJECT_ROOT
+from fgfa.config import get_config
+from fgfa.data import make_preprocess
+from fgfa.detector import FGFADetector
+from fgfa.test import read_classes
+from fgfa.train import materialize, output_dir
+from fgfa.window import WindowRunner
+from lib.config import PROJECT_ROOT, ConfigError
+from lib.dataset import list_frames, read_image, video_frames, video_info
+from lib.dataset.synthetic import render_video
+from lib.nms import seq_nms as run_seq_nms
+from lib.runtime import get_context
+from lib.train import CheckpointManager
+from lib.train.checkpoint import CheckpointError, check_params_file
+from lib.train.run import RunFolder
+from lib.viz import VideoWriter, draw_detections, save_image
 
 DEMO_CFG = os.path.join("experiments", "fgfa_rfcn", "cfgs", "fgfa_rfcn_demo.yaml")
 DEMO_MODEL = os.path.join("model", "fgfa_rfcn_demo.params")
@@ -40,7 +55,6 @@ def sidecar(model_path):
 
 def network_of(cfg_path):
     """The NETWORK section of a config as plain JSON data (what the default model is checked against)."""
-    from fgfa.config import get_config
     return json.loads(json.dumps(get_config(_abs(cfg_path)).NETWORK))
 
 
@@ -56,9 +70,6 @@ def default_model_is_current(model_path, cfg_path=DEMO_CFG):
 
 def train_default_model(model_path, cfg_path=DEMO_CFG, reason="not found"):
     """Train the demo model with the project's training command and copy it to ``model_path``."""
-    from fgfa.config import get_config
-    from fgfa.train import CLASSES_FILE, output_dir
-    from lib.train import CheckpointManager
     cfg_path = _abs(cfg_path)
     command = [sys.executable, os.path.join(PROJECT_ROOT, "experiments", "fgfa_rfcn", "train_test.py"),
                "--cfg", cfg_path, "--skip-test"]
@@ -71,8 +82,7 @@ def train_default_model(model_path, cfg_path=DEMO_CFG, reason="not found"):
     os.makedirs(os.path.dirname(model_path), exist_ok=True)
     shutil.copyfile(os.path.join(out, record["params"]), model_path + ".tmp")
     os.replace(model_path + ".tmp", model_path)
-    with open(os.path.join(out, CLASSES_FILE), "r", encoding="utf-8") as f:
-        classes = json.load(f)["classes"]
+    classes = RunFolder.read(out).classes
     with open(sidecar(model_path), "w", encoding="utf-8") as f:
         json.dump({"classes": classes, "config": os.path.relpath(cfg_path, PROJECT_ROOT),
                    "network": network_of(cfg_path),
@@ -85,7 +95,6 @@ def train_default_model(model_path, cfg_path=DEMO_CFG, reason="not found"):
 
 def read_frames(path):
     """(names, iterator of RGB frames, fps) of a video file or a folder of frames (numeric order)."""
-    from lib.dataset import list_frames, read_image, video_frames, video_info
     if os.path.isdir(path):
         files = list_frames(path)
         if not files:
@@ -101,7 +110,6 @@ def read_frames(path):
 
 
 def default_clip():
-    from lib.dataset.synthetic import render_video
     frames, _ = render_video(**DEMO_CLIP)
     return [f"{i:06d}" for i in range(len(frames))], iter(frames), 25.0
 
@@ -109,16 +117,7 @@ def default_clip():
 def run(input_path=None, cfg_path=None, model_path=None, output=None, thresh=None, seq_nms=False,
         ctx_name=None):
     """Annotate every frame; returns (number of frames, frames per second of detection)."""
-    import mxnet as mx
 
-    from fgfa.config import get_config
-    from fgfa.data import make_preprocess
-    from fgfa.detector import FGFADetector, VideoDetector
-    from fgfa.train import materialize
-    from lib.nms import seq_nms as run_seq_nms
-    from lib.runtime import get_context
-    from lib.train.checkpoint import CheckpointError, check_params_file
-    from lib.viz import VideoWriter, draw_detections, save_image
 
     using_default = model_path is None
     model_path = _abs(model_path or DEMO_MODEL)
@@ -138,7 +137,6 @@ def run(input_path=None, cfg_path=None, model_path=None, output=None, thresh=Non
         cfg.CONTEXT = ctx_name
     classes = meta.get("classes")
     if not classes:
-        from fgfa.test import read_classes
         classes = read_classes(os.path.dirname(model_path))
     thresh = cfg.TEST.VIS_THRESH if thresh is None else thresh
     ctx = get_context(cfg.CONTEXT)
@@ -153,7 +151,7 @@ def run(input_path=None, cfg_path=None, model_path=None, output=None, thresh=Non
     names, frames, fps = read_frames(input_path) if input_path else default_clip()
     output = _abs(output or os.path.join("output", "demo"))
     os.makedirs(output, exist_ok=True)
-    detector = VideoDetector(model, ctx, preprocess=make_preprocess(cfg))
+    detector = WindowRunner(model, ctx, preprocess=make_preprocess(cfg))
     images, results = [], {}
     start = time.time()
     for image in frames:
@@ -168,7 +166,7 @@ def run(input_path=None, cfg_path=None, model_path=None, output=None, thresh=Non
     if seq_nms and len(per_frame) > 1:
         per_frame = run_seq_nms(per_frame, link_iou=cfg.TEST.SEQ_NMS_LINK_IOU,
                                 suppress_iou=cfg.TEST.SEQ_NMS_SUPPRESS_IOU, rescore=cfg.TEST.SEQ_NMS_RESCORE,
-                                nms_iou=cfg.TEST.NMS)
+                                nms_iou=cfg.TEST.NMS_IOU)
     video_path = os.path.join(output, "demo.mp4")
     with VideoWriter(video_path, fps) as writer:
         for name, image, (boxes, scores, labels) in zip(names, images, per_frame):
@@ -194,8 +192,6 @@ def main(argv=None):
     parser.add_argument("--seq-nms", action="store_true", help="Seq-NMS over the clip before drawing")
     parser.add_argument("--ctx", default=None, help="cpu, gpu, gpu:1 (default: CONTEXT of the config)")
     args = parser.parse_args(argv)
-    from lib.config import ConfigError
-    from lib.train.checkpoint import CheckpointError
     try:
         run(args.input, args.cfg, args.model, args.output, args.thresh, args.seq_nms, args.ctx)
     except (ConfigError, CheckpointError, FileNotFoundError) as err:

@@ -1,11 +1,10 @@
-"""FGFA / R-FCN detector assembled from config: training losses and streaming window inference.
+"""FGFA / R-FCN detector assembled from config: the network, its training losses, its inference parts.
 
 With ``NETWORK.AGGREGATE: false`` the same network is the R-FCN single-frame baseline (no flow, no
-embedding, no window). With aggregation, training sees a key frame and two neighbours; testing keeps
-per-frame features and embeddings in a window of 2K+1 frames (K = TEST.K) and computes only the
-2K flows from the centre frame per output frame (fewer when the window is padded at video edges).
+embedding, no window). With aggregation, training sees a key frame and two neighbours; testing
+(``fgfa.window.WindowRunner``) keeps per-frame features and embeddings in a window of 2K+1 frames.
+The RPN and the R-FCN head compute their own losses (``RPN.loss``, ``RFCNHead.loss``).
 """
-import collections
 import types
 
 import mxnet as mx
@@ -15,9 +14,11 @@ from mxnet.gluon import nn
 
 from lib.anchors import rpn_base_anchors, shift_anchors
 from lib.bbox import clip_boxes, decode_boxes
-from lib.matching import rpn_targets, sample_rois
 from lib.nms import multiclass_nms
-from lib.ops import channels_last as to_channels_last, uses_builtin
+from lib.ops import channels_last as to_channels_last
+from lib.ops import flow_aggregate  # looked up per call: tests replace it to prove it is not used
+from lib.ops import uses_builtin
+from lib.runtime import hybridize_for_inference, quantize_block
 
 from .aggregation import FlowAggregator
 from .backbone import ResNetV1Backbone
@@ -25,7 +26,7 @@ from .embedding import EmbedNet
 from .flownet import FlowNetSimple, FlowPair, half_size_image
 from .operators import multi_proposal
 from .rfcn_head import RFCNHead, rfcn_vote
-from .rpn import RPN, denormalize_rpn_deltas, rpn_cls_prob, rpn_flatten
+from .rpn import RPN, denormalize_rpn_deltas, rpn_cls_prob
 
 
 class FeatureNet(nn.HybridBlock):
@@ -105,10 +106,6 @@ class InferenceHead(nn.HybridBlock):
         return self.decode(*self.maps(feat), im_info)
 
 
-def _smooth_l1(x, sigma):
-    return mx.nd.smooth_l1(x, scalar=sigma)
-
-
 class FGFADetector(gluon.Block):
     """The whole model. ``num_classes`` counts foreground classes (background is added inside)."""
 
@@ -154,7 +151,6 @@ class FGFADetector(gluon.Block):
             aggs[num_frames] = FlowAggregator(self.feat_channels, num_frames, self.builtin_ops,
                                               prefix=f"agg{num_frames}_")
             if self._infer.hybridized_ctx is not None:
-                from lib.runtime import hybridize_for_inference
                 hybridize_for_inference(aggs[num_frames], self._infer.hybridized_ctx)
         return aggs[num_frames]
 
@@ -178,7 +174,6 @@ class FGFADetector(gluon.Block):
 
     def hybridize_for_inference(self, ctx=None):
         """MKLDNN-fused graphs for the per-frame parts (lib.runtime.hybridize_for_inference)."""
-        from lib.runtime import hybridize_for_inference
         blocks = [self.features, self.head]
         if self.aggregate:
             blocks += [self.embed, self.flownet, self._infer.flow_pair]
@@ -208,7 +203,6 @@ class FGFADetector(gluon.Block):
         """
         if not mx.runtime.Features().is_enabled("MKLDNN"):
             raise RuntimeError("int8 quantization needs an MXNet build with MKLDNN (oneDNN)")
-        from lib.runtime import quantize_block
         calib = mx.nd.array(np.asarray(calib_images, np.float32))
         features = quantize_block(self.features, calib, calib_mode)
         feats = mx.nd.concat(*[features(calib[i:i + 1]) for i in range(len(calib))], dim=0)
@@ -275,7 +269,6 @@ class FGFADetector(gluon.Block):
         if channels_last and not fused:
             raise ValueError("channels-last caches need the fused aggregation (compiled CPU operators)")
         if fused:
-            from lib.ops import flow_aggregate   # looked up per call: tests replace it to prove it is not used
             out, _ = flow_aggregate(key_cache, caches, flows, self.feat_channels, channels_last=channels_last)
             return out
         key_embed = key_cache[:, self.feat_channels:]
@@ -297,7 +290,7 @@ class FGFADetector(gluon.Block):
                              stds=tuple(net.RCNN_BBOX_STDS), means=(0, 0, 0, 0))
         boxes = clip_boxes(boxes, width, height) / scale
         boxes, scores, labels = multiclass_nms(
-            boxes.astype(np.float32), probs[:, 1:].astype(np.float32), test.SCORE_THRESH, test.NMS,
+            boxes.astype(np.float32), probs[:, 1:].astype(np.float32), test.SCORE_THRESH, test.NMS_IOU,
             test.MAX_PER_IMAGE, test.MAX_PER_IMAGE)
         return boxes, scores, labels
 
@@ -337,237 +330,23 @@ class FGFADetector(gluon.Block):
         half = self.feat_channels // 2
         rpn_feat, rfcn_feat = feat[:, :half], feat[:, half:]
         cls_score, box_pred = self.rpn(rpn_feat)
-        feat_h, feat_w = feat.shape[2], feat.shape[3]
-        anchors = shift_anchors(self.base_anchors, feat_h, feat_w, self.cfg.NETWORK.FEAT_STRIDE)
-        labels_all, targets_all, weights_all = [], [], []
-        for n in range(n_img):
-            hw = (float(im_info[n][0]), float(im_info[n][1]))
-            lab, tgt, wgt = rpn_targets(anchors, gt_boxes[n], hw, pos_iou=train.RPN_POS_IOU,
-                                        neg_iou=train.RPN_NEG_IOU, batch_size=train.RPN_BATCH_SIZE,
-                                        fg_fraction=train.RPN_FG_FRACTION,
-                                        allowed_border=train.RPN_ALLOWED_BORDER,
-                                        stds=tuple(cfg.NETWORK.RPN_BBOX_STDS), rng=rng, offset=1)
-            labels_all.append(lab)
-            targets_all.append(tgt)
-            weights_all.append(wgt)
-        rpn_labels = mx.nd.array(np.stack(labels_all), ctx=ctx)
-        rpn_targets_nd = mx.nd.array(np.stack(targets_all), ctx=ctx)
-        rpn_weights = mx.nd.array(np.stack(weights_all), ctx=ctx)
-        scores_flat, deltas_flat = rpn_flatten(mx.nd, cls_score, box_pred, self.num_anchors)
-        valid = rpn_labels >= 0
-        logp = mx.nd.log_softmax(scores_flat, axis=-1)
-        rpn_ce = -mx.nd.pick(logp, mx.nd.maximum(rpn_labels, 0), axis=-1) * valid
-        rpn_cls_loss = rpn_ce.sum() / mx.nd.maximum(valid.sum(), 1)
-        rpn_box_loss = (_smooth_l1(deltas_flat - rpn_targets_nd, train.RPN_SMOOTH_L1_SIGMA)
-                        * rpn_weights).sum() / (n_img * train.RPN_BATCH_SIZE)
-
+        net = cfg.NETWORK
+        anchors = shift_anchors(self.base_anchors, feat.shape[2], feat.shape[3], net.FEAT_STRIDE)
+        rpn_cls_loss, rpn_box_loss = self.rpn.loss(cls_score, box_pred, anchors, gt_boxes, im_info, train,
+                                                   net.RPN_BBOX_STDS, rng)
         # proposals (no gradient), then R-CNN targets on all proposals + gt boxes
         with autograd.pause():
             rois = multi_proposal(
                 mx.nd, rpn_cls_prob(mx.nd, cls_score.detach()),
-                denormalize_rpn_deltas(mx.nd, box_pred.detach(), self.cfg.NETWORK.RPN_BBOX_STDS,
-                                       self.num_anchors),
+                denormalize_rpn_deltas(mx.nd, box_pred.detach(), net.RPN_BBOX_STDS, self.num_anchors),
                 im_info_nd, builtin=self.builtin_ops,
                 rpn_pre_nms_top_n=train.RPN_PRE_NMS_TOP_N, rpn_post_nms_top_n=train.RPN_POST_NMS_TOP_N,
-                threshold=train.RPN_NMS, rpn_min_size=train.RPN_MIN_SIZE,
-                feature_stride=self.cfg.NETWORK.FEAT_STRIDE,
-                scales=tuple(float(s) for s in self.cfg.NETWORK.ANCHOR_SCALES),
-                ratios=tuple(float(r) for r in self.cfg.NETWORK.ANCHOR_RATIOS)).asnumpy()
-        roi_list, lab_list, tgt_list, wgt_list = [], [], [], []
-        for n in range(n_img):
-            # +1-inclusive proposals -> our corners; sample_rois appends the gt boxes itself
-            props = rois[rois[:, 0] == n, 1:5] + np.array([0, 0, 1, 1], np.float32)
-            r, lab, tgt, wgt = sample_rois(props, gt_boxes[n], gt_labels[n], batch_size=-1,
-                                           fg_iou=train.RCNN_FG_IOU, bg_iou=tuple(train.RCNN_BG_IOU),
-                                           stds=tuple(self.cfg.NETWORK.RCNN_BBOX_STDS), rng=rng)
-            r = np.asarray(r, np.float32) - np.array([0, 0, 1, 1], np.float32)   # back to +1 convention
-            roi_list.append(np.concatenate([np.full((len(r), 1), n, np.float32), r], axis=1))
-            lab_list.append(np.asarray(lab))
-            tgt_list.append(np.asarray(tgt, np.float32))
-            wgt_list.append(np.asarray(wgt, np.float32))
-        rois_nd = mx.nd.array(np.concatenate(roi_list), ctx=ctx)
-        roi_labels = np.concatenate(lab_list).astype(np.float32)
-        cls, box = self.rfcn(rfcn_feat, rois_nd)
-        labels_nd = mx.nd.array(roi_labels, ctx=ctx)
-        targets_nd = mx.nd.array(np.concatenate(tgt_list), ctx=ctx)
-        weights_nd = mx.nd.array(np.concatenate(wgt_list), ctx=ctx)
-        roi_ce = -mx.nd.pick(mx.nd.log_softmax(cls, axis=-1), labels_nd, axis=-1)
-        roi_l1 = (_smooth_l1(box[:, 4:8] - targets_nd, train.RCNN_SMOOTH_L1_SIGMA) * weights_nd).sum(axis=1)
-
-        # OHEM: per image keep the RoIs with the highest (cls + box) loss
-        per_roi = (roi_ce + roi_l1).asnumpy()
-        keep = np.zeros(len(per_roi), np.float32)
-        offset = 0
-        for n in range(n_img):
-            count = len(lab_list[n])
-            order = np.argsort(-per_roi[offset:offset + count], kind="stable")[:train.OHEM_ROIS]
-            keep[offset + order] = 1.0
-            offset += count
-        keep_nd = mx.nd.array(keep, ctx=ctx)
-        norm = float(max(keep.sum(), 1.0))
-        rcnn_cls_loss = (roi_ce * keep_nd).sum() / norm
-        rcnn_box_loss = (roi_l1 * keep_nd).sum() / norm
+                threshold=train.RPN_NMS, rpn_min_size=train.RPN_MIN_SIZE, feature_stride=net.FEAT_STRIDE,
+                scales=tuple(float(s) for s in net.ANCHOR_SCALES),
+                ratios=tuple(float(r) for r in net.ANCHOR_RATIOS)).asnumpy()
+        rcnn_cls_loss, rcnn_box_loss = self.rfcn.loss(rfcn_feat, rois, gt_boxes, gt_labels, train,
+                                                      net.RCNN_BBOX_STDS, rng)
         total = rpn_cls_loss + rpn_box_loss + rcnn_cls_loss + rcnn_box_loss
         parts = {"rpn_cls": rpn_cls_loss, "rpn_box": rpn_box_loss,
                  "rcnn_cls": rcnn_cls_loss, "rcnn_box": rcnn_box_loss}
         return total, {k: float(v.asscalar()) for k, v in parts.items()}
-
-
-# ---------------------------------------------------------------------- streaming inference
-# half: the frame at the FlowNet's input size (aggregation only), computed once per frame
-Frame = collections.namedtuple("Frame", "index data im_info cache half")
-
-
-class VideoDetector:
-    """Streaming FGFA inference over one video at a time; exactly one result per frame.
-
-    ``step(image)`` feeds the next frame and returns the results that became ready as a list of
-    ``(frame_index, (boxes, scores, labels))`` -- frame t is ready once frame t+K arrived (the
-    window is centred). ``flush()`` ends the video and returns the rest. Window positions before
-    the first / after the last frame repeat the first / last frame. Each frame's feature+embedding
-    cache is computed once; per output frame only the flows from it to the other distinct frames
-    of its window are computed (``flow_mode='direct'``, the reference), or, with
-    ``flow_mode='chained'`` (TEST.FLOW_MODE), only the two one-step flows of each new frame (to and
-    from its predecessor), the flow to a frame j steps away being composed from j one-step flows.
-    For the baseline (no aggregation) every step returns its frame.
-    """
-
-    def __init__(self, model, ctx=None, K=None, preprocess=None, flow_mode=None):
-        self.model = model
-        self.ctx = ctx or mx.cpu()
-        self.K = model.cfg.TEST.K if K is None else int(K)
-        self.flow_mode = flow_mode or model.cfg.TEST.FLOW_MODE
-        if self.flow_mode not in ("direct", "chained"):
-            raise ValueError(f"flow_mode must be 'direct' or 'chained', got {self.flow_mode!r}")
-        self.preprocess = preprocess
-        self.reset()
-
-    def reset(self):
-        # caches in the layout of the fastest aggregation kernel where it runs (CPU, compiled operators;
-        # decided per video: the operator choice can change between videos)
-        self.channels_last = self.model.fuses_aggregation(self.ctx)
-        self.frames = collections.OrderedDict()   # index -> Frame (only what windows still need)
-        # chained flow mode: one-step flows, next_flow[i] = flow i -> i+1, prev_flow[i] = i -> i-1
-        self.next_flow, self.prev_flow = {}, {}
-        self.next_index = 0                        # index of the next frame fed
-        self.next_output = 0                       # index of the next frame to emit
-
-    def _add(self, image):
-        image, im_info = self.preprocess(image)
-        data = mx.nd.array(image[None], ctx=self.ctx)
-        im_info_nd = mx.nd.array(np.asarray(im_info, np.float32)[None], ctx=self.ctx)
-        cache = self.model.frame_cache(data, channels_last=self.channels_last)
-        half = mx.nd.array(half_size_image(image)[None], ctx=self.ctx) if self.model.aggregate else None
-        frame = Frame(self.next_index, data, im_info_nd, cache, half)
-        index = self.next_index
-        if self.model.aggregate and self.flow_mode == "chained" and self.K > 0 and index > 0:
-            before = self.frames[index - 1].half
-            # both one-step flows in one FlowNet batch: (i-1 -> i) and (i -> i-1)
-            flows = self.model.flow_from_halves(mx.nd.concat(before, half, dim=0),
-                                                mx.nd.concat(half, before, dim=0))
-            self.next_flow[index - 1], self.prev_flow[index] = flows[0:1], flows[1:2]
-        self.frames[index] = frame
-        self.next_index += 1
-        return frame
-
-    def _flows_from(self, t, others):
-        """Flows from frame t to each frame of ``others`` (t excluded): {index: (1,2,h,w)}."""
-        if not others:
-            return {}
-        if self.flow_mode == "direct":
-            key = self.frames[t].half
-            refs = mx.nd.concat(*[self.frames[i].half for i in others], dim=0)
-            flows = self.model.flow_from_halves(mx.nd.broadcast_to(key, shape=refs.shape), refs)
-            return {i: flows[j:j + 1] for j, i in enumerate(others)}
-        # chained: flow(t -> i +- 1) = flow(t -> i) + one-step flow of i sampled where flow(t -> i) lands
-        from .operators import flow_warp
-        flow_of = {}
-        for step, one_step in ((1, self.next_flow), (-1, self.prev_flow)):
-            wanted = [i for i in others if (i - t) * step > 0]
-            if not wanted:
-                continue
-            farthest = max(wanted) if step > 0 else min(wanted)
-            flow = one_step[t]
-            flow_of[t + step] = flow
-            for i in range(t + step, farthest, step):
-                flow = flow + flow_warp(mx.nd, one_step[i], flow)
-                flow_of[i + step] = flow
-        return {i: flow_of[i] for i in others}
-
-    def window_indices(self, t, last):
-        """Frame indices of t's window: t-K..t+K clamped to [0, last] (edges repeat)."""
-        return [min(max(t + j, 0), last) for j in range(-self.K, self.K + 1)]
-
-    def _emit(self, t, last):
-        model = self.model
-        key = self.frames[t]
-        if not model.aggregate:
-            rois, probs, deltas = model.detect_from_feature(key.cache, key.im_info)
-        else:
-            idx = self.window_indices(t, last)
-            flow_of = self._flows_from(t, sorted(set(i for i in idx if i != t)))
-            map_size = key.cache.shape[1:3] if self.channels_last else key.cache.shape[2:]
-            zero = mx.nd.zeros((1, 2) + tuple(map_size), ctx=self.ctx)
-            caches = [self.frames[i].cache for i in idx]
-            flows = [flow_of.get(i, zero) if i != t else zero for i in idx]
-            feat = model.aggregate_window(key.cache, caches, flows, channels_last=self.channels_last)
-            rois, probs, deltas = model.detect_from_feature(feat, key.im_info)
-        result = model.postprocess(rois, probs, deltas, key.im_info.asnumpy()[0])
-        # drop frames no later window needs (windows of t+1.. start at t+1-K)
-        for i in [i for i in self.frames if i < t + 1 - self.K]:
-            del self.frames[i]
-            self.next_flow.pop(i, None)
-            self.prev_flow.pop(i, None)
-        return t, result
-
-    def step(self, image):
-        self._add(image)
-        ready = []
-        if not self.model.aggregate:
-            ready.append(self._emit(self.next_output, self.next_index - 1))
-            self.next_output += 1
-            return ready
-        # frame t is complete when t + K has arrived
-        while self.next_output + self.K <= self.next_index - 1:
-            ready.append(self._emit(self.next_output, self.next_index - 1))
-            self.next_output += 1
-        return ready
-
-    def flush(self):
-        ready = []
-        last = self.next_index - 1
-        while self.next_output <= last:
-            ready.append(self._emit(self.next_output, last))
-            self.next_output += 1
-        self.reset()
-        return ready
-
-    def detect_video(self, images):
-        """Iterate over (frame_index, (boxes, scores, labels)) for every frame of ``images``, in order."""
-        self.reset()
-        for image in images:
-            yield from self.step(image)
-        yield from self.flush()
-
-    def detect_uncached(self, images, t):
-        """Frame t of a whole clip computed from scratch (no cache): the reference for the window logic."""
-        model = self.model
-        last = len(images) - 1
-        idx = self.window_indices(t, last) if model.aggregate else [t]
-        prepared = {i: self.preprocess(images[i]) for i in set(idx)}
-        data = {i: mx.nd.array(p[0][None], ctx=self.ctx) for i, p in prepared.items()}
-        im_info = mx.nd.array(np.asarray(prepared[t][1], np.float32)[None], ctx=self.ctx)
-        if not model.aggregate:
-            rois, probs, deltas = model.detect_from_feature(model.frame_cache(data[t]), im_info)
-        else:
-            stacked = mx.nd.concat(*[data[i] for i in idx], dim=0)
-            caches = model.frame_cache(stacked)
-            cur = mx.nd.broadcast_to(data[t], shape=stacked.shape)
-            flows = model.flow(cur, stacked)
-            is_key = mx.nd.array([0.0 if i == t else 1.0 for i in idx], ctx=self.ctx).reshape((-1, 1, 1, 1))
-            flows = flows * is_key
-            key_cache = model.frame_cache(data[t])
-            feat = model.aggregate_window(key_cache, [caches[j:j + 1] for j in range(len(idx))],
-                                          [flows[j:j + 1] for j in range(len(idx))], fused=False)
-            rois, probs, deltas = model.detect_from_feature(feat, im_info)
-        return model.postprocess(rois, probs, deltas, im_info.asnumpy()[0])

@@ -24,12 +24,25 @@ import sys
 from types import SimpleNamespace
 
 import cv2
+import mxnet as mx
 import numpy as np
+import tqdm
 
-from lib.config import ConfigError
+from lib.config import ConfigError, project_path
 from lib.dataset import whole_videos_spec
 from lib.dataset.flow_pairs import FARNEBACK, consistent_mask, farneback_flow
 from lib.dataset.io import DatasetError, read_image
+from lib.dataset.specs import load_datasets
+from lib.runtime import configure_threads, get_context
+from lib.train import setup_logger
+from lib.viz import save_image
+
+from .config import get_config, input_scale
+from .data import normalize_pad, resize_image
+from .flow_pretrain import PRETRAINED_FILE, pretrain_flownet
+from .flownet import FlowNetSimple
+from .test import load_model
+from .train import load_train_set, output_dir
 
 
 def to_cells(array, stride):
@@ -119,21 +132,15 @@ def sample_pairs(dataset, offsets, count, rng):
 
 def load_flownet(cfg, model_path, flownet_path, pretrain, ctx):
     """The FlowNet to check, from a detector checkpoint, FlowNet params, or the run's pre-training."""
-    from .flownet import FlowNetSimple
-    from .train import output_dir, resolve_path
     if model_path:
-        from .test import load_model
         model, _ = load_model(cfg, checkpoint=model_path, ctx=ctx)
-        return model.flownet, resolve_path(model_path)
+        return model.flownet, project_path(model_path)
     flownet = FlowNetSimple(cfg.NETWORK.FLOW_WIDTH, cfg.NETWORK.FLOW_SCALE, prefix="flownet_")
-    from .flow_pretrain import PRETRAINED_FILE, pretrain_flownet
-    path = resolve_path(flownet_path) if flownet_path else os.path.join(output_dir(cfg), PRETRAINED_FILE)
+    path = project_path(flownet_path) if flownet_path else os.path.join(output_dir(cfg), PRETRAINED_FILE)
     if not os.path.isfile(path):
         if flownet_path or not pretrain:
             raise FileNotFoundError(f"FlowNet weights not found: {path} (give --model or --flownet, or "
                                     f"--pretrain to run the config's FlowNet pre-training)")
-        from lib.train import setup_logger
-        from .train import load_train_set
         flownet.initialize(ctx=ctx)
         # pretrain_flownet trains ``model.flownet``
         pretrain_flownet(SimpleNamespace(flownet=flownet), cfg, load_train_set(cfg), output_dir(cfg), ctx,
@@ -145,29 +152,24 @@ def load_flownet(cfg, model_path, flownet_path, pretrain, ctx):
 
 def run(cfg, model_path="", flownet_path="", pretrain=False, offsets=(1, 2, 3), count=30, out_dir=None,
         seed=0, progress=True, split_only=False):
-    import mxnet as mx
-    from lib.runtime import get_context
-    from .data import normalize_pad, resize_image
-    from .train import load_split, output_dir
     ctx = get_context(cfg.CONTEXT)
     source = cfg.get("CONFIG_FILE") or "config"
     # pairs need consecutive frames: the whole videos of a sparse (random) split's frames, unless the
     # split holds whole snippets out (then only they are scored: frames the FlowNet never saw)
-    spec = cfg.DATASET.TEST if split_only else whole_videos_spec(cfg.DATASET.TEST) or cfg.DATASET.TEST
-    dataset = load_split(spec, source)
+    specs = [spec if split_only else whole_videos_spec(spec) or spec for spec in cfg.DATASET.VAL]
+    dataset = load_datasets(specs, source=source, key="DATASET.VAL")
     flownet, weights = load_flownet(cfg, model_path, flownet_path, pretrain, ctx)
     flownet.hybridize()
-    short, max_long = cfg.IMAGE.TEST_SCALE
+    short, max_long = input_scale(cfg)
     stride = int(cfg.NETWORK.FEAT_STRIDE)
-    img = cfg.IMAGE
+    inp, pad = cfg.INPUT, cfg.IMAGE.PAD_STRIDE
 
     def predict(first, second):
-        cur = mx.nd.array(normalize_pad(first, img.MEAN, img.STD, img.PAD_STRIDE)[None], ctx=ctx)
-        ref = mx.nd.array(normalize_pad(second, img.MEAN, img.STD, img.PAD_STRIDE)[None], ctx=ctx)
+        cur = mx.nd.array(normalize_pad(first, inp.MEAN, inp.STD, pad)[None], ctx=ctx)
+        ref = mx.nd.array(normalize_pad(second, inp.MEAN, inp.STD, pad)[None], ctx=ctx)
         return flownet(cur, ref)[0].asnumpy().transpose(1, 2, 0)
 
     chosen = sample_pairs(dataset, offsets, count, np.random.RandomState(seed))
-    import tqdm
     result = {"config": source, "weights": weights, "dataset": dataset.name, "farneback": FARNEBACK,
               "stride": stride, "test_scale": [short, max_long], "offsets": {}}
     example = None
@@ -200,7 +202,6 @@ def run(cfg, model_path="", flownet_path="", pretrain=False, offsets=(1, 2, 3), 
         canvas = np.concatenate(panels, axis=1)
         for i, text in enumerate(("key frame", "FlowNet", f"Farneback (offset {offset})")):
             cv2.putText(canvas, text, (i * size[0] + 8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (255, 255, 255), 2)
-        from lib.viz import save_image
         save_image(os.path.join(out_dir, "flow_check.png"), canvas)
         result["example"] = [first_path, second_path]
     with open(os.path.join(out_dir, "flow_check.json"), "w", encoding="utf-8") as f:
@@ -220,12 +221,10 @@ def main(argv=None):
     parser.add_argument("--out", default=None, help="output folder (default OUTPUT_DIR/flow_check)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--split-only", action="store_true",
-                        help="pairs from DATASET.TEST's frames only (a snippet hold-out), not its whole videos")
+                        help="pairs from DATASET.VAL's frames only (a snippet hold-out), not its whole videos")
     parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help="config overrides")
     args = parser.parse_args(argv)
-    from lib.runtime import configure_threads
     configure_threads()
-    from .config import get_config
     try:
         offsets = [int(v) for v in args.offsets.split(",") if v.strip()]
     except ValueError:

@@ -21,11 +21,14 @@ import os
 
 import mxnet as mx
 import numpy as np
+import tqdm
 from mxnet import autograd, gluon
 
+from lib.config import to_plain
 from lib.dataset.flow_pairs import consistent_mask, downsample_flow, farneback_flow, make_flow_pair
 from lib.dataset.io import DatasetError, read_image
 
+from .config import flip_enabled, training_scales
 from .data import normalize_pad, resize_image
 
 PRETRAINED_FILE = "flownet_pretrained.params"
@@ -34,16 +37,15 @@ RECORD_FILE = "flownet_pretrained.json"
 
 def pretrain_settings(cfg, dataset):
     """What the pre-trained weights depend on (compared before they are reused)."""
-    from lib.config import to_plain
     return {"FLOW_PRETRAIN": to_plain(cfg.TRAIN.FLOW_PRETRAIN), "FLOW_WIDTH": float(cfg.NETWORK.FLOW_WIDTH),
             "FLOW_SCALE": float(cfg.NETWORK.FLOW_SCALE), "SEED": int(cfg.TRAIN.SEED),
-            "IMAGE": {"MEAN": list(cfg.IMAGE.MEAN), "STD": list(cfg.IMAGE.STD), "SCALE": list(cfg.IMAGE.SCALES[0])},
+            "IMAGE": {"MEAN": list(cfg.INPUT.MEAN), "STD": list(cfg.INPUT.STD), "SCALE": training_scales(cfg)[0]},
             "dataset": dataset.name, "images": len(dataset.records)}
 
 
 def source_images(dataset, count, cfg, rng):
     """Up to ``count`` training images (RGB, resized to the first training scale) to cut pairs from."""
-    short, max_long = cfg.IMAGE.SCALES[0]
+    short, max_long = training_scales(cfg)[0]
     picks = rng.choice(len(dataset.records), size=min(count, len(dataset.records)), replace=False)
     images = []
     for i in picks:
@@ -61,7 +63,7 @@ def pair_batch(images, cfg, rng):
     (B,H/16,W/16) of the cells scored: all of them)."""
     pre = cfg.TRAIN.FLOW_PRETRAIN
     width, height = (int(v) for v in pre.SIZE)
-    img = cfg.IMAGE
+    img = cfg.INPUT
     stride = cfg.NETWORK.FEAT_STRIDE
     firsts, seconds, flows = [], [], []
     for _ in range(int(pre.BATCH)):
@@ -85,7 +87,7 @@ def video_flow_pairs(dataset, cfg, rng):
     if not candidates:
         raise DatasetError(f"flow pre-training (SOURCE: video): {dataset.name} has no snippet with frames "
                            f"{train.MIN_OFFSET}..{train.MAX_OFFSET} apart")
-    short, max_long = cfg.IMAGE.SCALES[0]
+    short, max_long = training_scales(cfg)[0]
     tolerance = 0.5 * cfg.NETWORK.FEAT_STRIDE
     pairs = []
     for i in rng.choice(len(candidates), size=min(int(pre.IMAGES), len(candidates)), replace=False):
@@ -102,9 +104,10 @@ def video_flow_pairs(dataset, cfg, rng):
 
 
 def video_pair_batch(pairs, cfg, rng):
-    """A pair_batch of SIZE crops (on the stride grid, flipped with IMAGE.FLIP) of ``video_flow_pairs``;
+    """A pair_batch of SIZE crops (on the stride grid, flipped when training flips) of ``video_flow_pairs``;
     the mask keeps the cells whose pixels are mostly consistent."""
-    pre, img = cfg.TRAIN.FLOW_PRETRAIN, cfg.IMAGE
+    pre, img = cfg.TRAIN.FLOW_PRETRAIN, cfg.INPUT
+    flip = flip_enabled(cfg)
     stride = cfg.NETWORK.FEAT_STRIDE
     width, height = (int(v) for v in pre.SIZE)
     firsts, seconds, flows, masks = [], [], [], []
@@ -118,7 +121,7 @@ def video_pair_batch(pairs, cfg, rng):
         x0 = stride * rng.randint(0, cols - width // stride + 1)
         crop = (slice(y0, y0 + height), slice(x0, x0 + width))
         first, second, flow, valid = first[crop], second[crop], flow[crop], valid[crop]
-        if img.FLIP and rng.rand() < 0.5:
+        if flip and rng.rand() < 0.5:
             first, second, valid = first[:, ::-1], second[:, ::-1], valid[:, ::-1]
             flow = flow[:, ::-1] * np.array([-1, 1], np.float32)
         firsts.append(normalize_pad(np.ascontiguousarray(first), img.MEAN, img.STD, stride))
@@ -184,7 +187,6 @@ def pretrain_flownet(model, cfg, dataset, out_dir, ctx=None, logger=None, progre
     iters = int(pre.ITERS)
     bar = None
     if progress:
-        import tqdm
         bar = tqdm.tqdm(total=iters, desc="flow pre-training", dynamic_ncols=True, leave=False)
     for step in range(iters):
         lr = float(pre.LR) * (0.1 if step >= int(0.8 * iters) else 1.0)

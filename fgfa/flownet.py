@@ -13,6 +13,7 @@ For CPU inference, ``subpixel_copy`` gives the same network with every transpose
 sub-pixel convolution form (lib.layers.SubPixelUpsample): the form MXNet can quantize to int8.
 """
 import cv2
+import mxnet as mx
 import numpy as np
 from mxnet import init
 from mxnet.gluon import nn
@@ -128,11 +129,9 @@ class FlowPair(nn.HybridBlock):
     @staticmethod
     def stack(cur, ref):
         """The block's input from two batches of full-size frames (B,3,H,W) (NDArrays)."""
-        import mxnet as mx
         return mx.nd.concat(half_size(mx.nd, cur), half_size(mx.nd, ref), dim=1)
 
     @staticmethod
     def stack_halves(cur_half, ref_half):
         """The block's input from two batches of halved frames (B,3,H/2,W/2) (NDArrays)."""
-        import mxnet as mx
         return mx.nd.concat(cur_half, ref_half, dim=1)

@@ -3,8 +3,12 @@
 Channel layout is MXNet MultiProposal's: scores (N, 2A, H, W) with the A background scores first,
 deltas (N, 4A, H, W) with channel a*4+k; anchors enumerate (h, w, a) as lib.anchors.shift_anchors.
 """
+import mxnet as mx
+import numpy as np
 from mxnet import init
 from mxnet.gluon import nn
+
+from lib.matching import rpn_targets
 
 
 class RPN(nn.HybridBlock):
@@ -17,6 +21,38 @@ class RPN(nn.HybridBlock):
 
     def hybrid_forward(self, F, x):
         return self.cls(x), self.box(x)
+
+    def loss(self, cls_score, box_pred, anchors, gt_boxes, im_info, train, stds, rng):
+        """RPN losses of a batch (inside autograd.record): softmax cross-entropy over the sampled anchors
+        and smooth L1 on the positives' deltas (normalised by RPN_BATCH_SIZE per image).
+
+        ``anchors`` (H*W*A, 4) in MultiProposal's +1 convention; ``gt_boxes`` per image (G,4) resized
+        pixels; ``im_info`` (N,3); ``train``: the TRAIN config (RPN_* keys); ``stds``: RPN_BBOX_STDS.
+        Targets are drawn image by image with ``rng``. Returns (cls_loss, box_loss)."""
+        ctx = cls_score.context
+        n_img = cls_score.shape[0]
+        labels_all, targets_all, weights_all = [], [], []
+        for n in range(n_img):
+            hw = (float(im_info[n][0]), float(im_info[n][1]))
+            lab, tgt, wgt = rpn_targets(anchors, gt_boxes[n], hw, pos_iou=train.RPN_POS_IOU,
+                                        neg_iou=train.RPN_NEG_IOU, batch_size=train.RPN_BATCH_SIZE,
+                                        fg_fraction=train.RPN_FG_FRACTION,
+                                        allowed_border=train.RPN_ALLOWED_BORDER,
+                                        stds=tuple(stds), rng=rng, offset=1)
+            labels_all.append(lab)
+            targets_all.append(tgt)
+            weights_all.append(wgt)
+        labels = mx.nd.array(np.stack(labels_all), ctx=ctx)
+        targets = mx.nd.array(np.stack(targets_all), ctx=ctx)
+        weights = mx.nd.array(np.stack(weights_all), ctx=ctx)
+        scores_flat, deltas_flat = rpn_flatten(mx.nd, cls_score, box_pred, self.num_anchors)
+        valid = labels >= 0
+        logp = mx.nd.log_softmax(scores_flat, axis=-1)
+        ce = -mx.nd.pick(logp, mx.nd.maximum(labels, 0), axis=-1) * valid
+        cls_loss = ce.sum() / mx.nd.maximum(valid.sum(), 1)
+        box_loss = (mx.nd.smooth_l1(deltas_flat - targets, scalar=train.RPN_SMOOTH_L1_SIGMA)
+                    * weights).sum() / (n_img * train.RPN_BATCH_SIZE)
+        return cls_loss, box_loss
 
 
 def rpn_cls_prob(F, cls_score):

@@ -1,6 +1,6 @@
 """Testing of FGFA / the R-FCN baseline: window inference per video, Seq-NMS, evaluation, reports.
 
-Each video of the test set runs through ``VideoDetector`` (one result per frame, window padded at the
+Each video of the test set runs through ``fgfa.window.WindowRunner`` (one result per frame, window padded at the
 edges); still images are videos of one frame. Detections are evaluated with the ImageNet VID metric
 (motion and area breakdowns) when the test records carry track ids, VOC AP otherwise. The output
 folder (OUTPUT_DIR/test, or test_seqnms) gets detections.json (COCO results), metrics.json,
@@ -11,24 +11,30 @@ import os
 import time
 
 import numpy as np
+import tqdm
 
-from lib.config import ConfigError
+from lib.config import ConfigError, project_path
 from lib.dataset import whole_videos_spec
 from lib.dataset.io import DatasetError, read_image
+from lib.eval import detections_to_json, save_pr_curves, vid_ap, voc_ap, write_results_table
+from lib.nms import seq_nms
 from lib.runtime import get_context
 from lib.train import CheckpointError, CheckpointManager, setup_logger
+from lib.train.checkpoint import check_params_file
+from lib.train.run import RunFolder, RunFolderError
 
 from .data import make_preprocess
-from .detector import FGFADetector, VideoDetector
-from .train import CLASSES_FILE, load_split, materialize, output_dir, resolve_path
+from .detector import FGFADetector
+from .train import family_name, load_train_set, load_val_set, materialize, output_dir
+from .window import WindowRunner
 
 
-def read_classes(folder):
-    path = os.path.join(folder, CLASSES_FILE)
-    if not os.path.isfile(path):
-        raise CheckpointError(f"class list not found: {path} (written by training next to the checkpoints)")
-    with open(path, "r", encoding="utf-8") as f:
-        return json.load(f)["classes"]
+def read_classes(folder, cfg=None):
+    """The class list recorded in a run folder (lib.train.run); CheckpointError when there is none."""
+    try:
+        return RunFolder.read(folder, family=family_name(cfg) if cfg is not None else None).classes
+    except RunFolderError as err:
+        raise CheckpointError(f"class list not found: {err} (written by training next to the checkpoints)") from None
 
 
 def load_model(cfg, classes=None, checkpoint=None, ctx=None):
@@ -39,17 +45,16 @@ def load_model(cfg, classes=None, checkpoint=None, ctx=None):
     checkpoint = checkpoint if checkpoint not in (None, "") else (cfg.TEST.CHECKPOINT or None)
     folder = output_dir(cfg)
     if isinstance(checkpoint, str):
-        checkpoint = resolve_path(checkpoint)
+        checkpoint = project_path(checkpoint)
         folder = os.path.dirname(checkpoint)
         if not os.path.isfile(checkpoint):
             raise CheckpointError(f"checkpoint file not found: {checkpoint}")
-    classes = classes or read_classes(folder)
+    classes = classes or read_classes(folder, cfg)
     model = FGFADetector(cfg, len(classes))
     model.prepare_for_context(ctx)
     model.initialize(ctx=ctx)
     materialize(model, ctx)
     if isinstance(checkpoint, str) and checkpoint.endswith(".params"):
-        from lib.train.checkpoint import check_params_file
         check_params_file(model, checkpoint)
         model.load_parameters(checkpoint, ctx=ctx)
     else:
@@ -95,7 +100,7 @@ def detect_dataset(model, dataset, cfg, ctx=None, progress=True, logger=None, co
     ``context``: the dataset without its split (TEST.CONTEXT: video); its videos are streamed whole
     and the results of ``dataset``'s frames are returned."""
     ctx = ctx or get_context(cfg.CONTEXT)
-    detector = VideoDetector(model, ctx, preprocess=make_preprocess(cfg))
+    detector = WindowRunner(model, ctx, preprocess=make_preprocess(cfg))
     streams = [(dataset, group_videos(dataset, cfg.DATASET.TEST_MAX_FRAMES), None)]
     if context is not None:
         groups, report = context_groups(dataset, context, cfg.DATASET.TEST_MAX_FRAMES)
@@ -119,11 +124,9 @@ def detect_dataset(model, dataset, cfg, ctx=None, progress=True, logger=None, co
 def _detect_groups(detector, dataset, groups, report, cfg, progress, logger):
     """Stream each group; -> (records, detections, seconds, frames streamed). ``report``: None (every
     frame is reported as itself) or ({kept index: position in reported records}, reported records)."""
-    from lib.nms import seq_nms
     total = sum(len(idx) for _, idx in groups)
     bar = None
     if progress:
-        import tqdm
         bar = tqdm.tqdm(total=total, desc="test", dynamic_ncols=True, leave=False)
     records, detections = [], []
     seconds = 0.0
@@ -144,10 +147,16 @@ def _detect_groups(detector, dataset, groups, report, cfg, progress, logger):
 
         start = time.time()
         per_frame = [None] * len(idx)
-        for t, result in detector.detect_video(frames()):
-            per_frame[readable[t]] = result
-            if bar is not None:
-                bar.update(1)
+
+        def keep(ready):
+            for t, result in ready:
+                per_frame[readable[t]] = result
+                if bar is not None:
+                    bar.update(1)
+        detector.reset()
+        for image in frames():      # frames are read as the stream goes (lib.streaming contract)
+            keep(detector.step(image))
+        keep(detector.flush())
         for pos in set(range(len(idx))) - set(readable):
             per_frame[pos] = empty
         seconds += time.time() - start
@@ -156,7 +165,7 @@ def _detect_groups(detector, dataset, groups, report, cfg, progress, logger):
         if cfg.TEST.SEQ_NMS and len(idx) > 1:
             per_frame = seq_nms(per_frame, link_iou=cfg.TEST.SEQ_NMS_LINK_IOU,
                                 suppress_iou=cfg.TEST.SEQ_NMS_SUPPRESS_IOU,
-                                rescore=cfg.TEST.SEQ_NMS_RESCORE, nms_iou=cfg.TEST.NMS)
+                                rescore=cfg.TEST.SEQ_NMS_RESCORE, nms_iou=cfg.TEST.NMS_IOU)
         for i, result in zip(idx, per_frame):
             if report is None:
                 records.append(dataset.records[i])
@@ -171,7 +180,6 @@ def _detect_groups(detector, dataset, groups, report, cfg, progress, logger):
 
 def evaluate(records, detections, classes, metric="auto"):
     """VID metric (motion/area breakdown) when tracks exist, VOC AP otherwise."""
-    from lib.eval import vid_ap, voc_ap
     has_tracks = any((r.track_ids >= 0).any() for r in records if r.num_boxes)
     if metric == "vid" or (metric == "auto" and has_tracks):
         return vid_ap(records, detections, classes)
@@ -180,7 +188,6 @@ def evaluate(records, detections, classes, metric="auto"):
 
 def write_reports(out_dir, records, detections, classes, result, seconds_per_frame):
     """detections.json (COCO results), results.md + metrics.json (lib.eval tables), PR curve PNGs."""
-    from lib.eval import detections_to_json, save_pr_curves, write_results_table
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "detections.json"), "w", encoding="utf-8") as f:
         json.dump(detections_to_json(records, detections, classes), f)
@@ -195,7 +202,6 @@ def write_reports(out_dir, records, detections, classes, result, seconds_per_fra
 def calibration_frames(cfg, count):
     """``count`` training frames pre-processed for testing, spread over the training set, all at the
     first one's input size (int8 calibration)."""
-    from .train import load_train_set
     preprocess = make_preprocess(cfg)
     frames, shape = [], None
     for rec in load_train_set(cfg).spread(count):
@@ -208,16 +214,16 @@ def calibration_frames(cfg, count):
 
 
 def test_context(cfg, dataset):
-    """TEST.CONTEXT: video -> DATASET.TEST without its split (the whole videos), else None."""
+    """TEST.CONTEXT: video -> DATASET.VAL without its split (the whole videos), else None."""
     source = cfg.get("CONFIG_FILE") or "config"
     if cfg.TEST.CONTEXT not in ("split", "video"):
         raise ConfigError(f"{source}: TEST.CONTEXT must be 'split' or 'video', got {cfg.TEST.CONTEXT!r}")
     if cfg.TEST.CONTEXT == "split" or not cfg.NETWORK.AGGREGATE:
         return None     # a frame detector (R-FCN) gives the same results without the neighbours
-    spec = whole_videos_spec(cfg.DATASET.TEST)
-    if spec is None:
+    whole = [whole_videos_spec(spec) for spec in cfg.DATASET.VAL]
+    if all(spec is None for spec in whole):
         return None     # the test set is whole videos already
-    return load_split(spec, source)     # only its images are used: the split's records are reported
+    return load_val_set(cfg, [w or spec for w, spec in zip(whole, cfg.DATASET.VAL)])     # only its images are used: the split's records are reported
 
 
 def run_test(cfg, model=None, classes=None, dataset=None, checkpoint=None, logger=None, progress=True):
@@ -225,7 +231,7 @@ def run_test(cfg, model=None, classes=None, dataset=None, checkpoint=None, logge
     out_dir = output_dir(cfg)
     logger = logger or setup_logger(out_dir, "test")
     ctx = get_context(cfg.CONTEXT)
-    dataset = dataset if dataset is not None else load_split(cfg.DATASET.TEST, cfg.get("CONFIG_FILE") or "config")
+    dataset = dataset if dataset is not None else load_val_set(cfg)
     if model is None:
         model, classes = load_model(cfg, classes or None, checkpoint, ctx)
     classes = classes or dataset.classes

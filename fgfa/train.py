@@ -2,79 +2,62 @@
 
 ``train(cfg)`` loads the training sets of the config, builds the model (gluoncv backbone weights when
 NETWORK.PRETRAINED is set), and runs the fit loop: checkpoints every epoch (atomic, exact resume),
-tqdm, tensorboardX and a log file in OUTPUT_DIR. The class list is written to OUTPUT_DIR/classes.json
-so test and demo rebuild the same head.
+tqdm, tensorboardX and a log file in OUTPUT_DIR. The run folder record (lib.train.run: family, classes,
+config) lets test, demo and the shared tools rebuild the same network.
 """
-import json
 import logging
 import os
 
 import mxnet as mx
 import numpy as np
 
-from lib.config import PROJECT_ROOT, ConfigError
-from lib.dataset import DetectionDataset
+from lib.config import ConfigError, project_path
+from lib.dataset import DatasetError
+from lib.dataset.specs import load_datasets
 from lib.runtime import get_context
-from lib.train import CheckpointError, CheckpointManager, fit, load_matching_parameters, seed_everything, \
-    setup_logger
+from lib.train import (
+    CheckpointError,
+    CheckpointManager,
+    fit,
+    load_matching_parameters,
+    seed_everything,
+    setup_logger,
+)
+from lib.train.run import RunFolder
 
 from .data import TrainSamples, collate
 from .detector import FGFADetector
+from .flow_pretrain import pretrain_flownet
 
-CLASSES_FILE = "classes.json"
 
-
-def resolve_path(path):
-    """Config paths are relative to the project root (as in the reference repo)."""
-    return path if os.path.isabs(path) else os.path.normpath(os.path.join(PROJECT_ROOT, path))
+def family_name(cfg):
+    """The registered family a config trains: fgfa with aggregation, rfcn without."""
+    return "fgfa" if cfg.NETWORK.AGGREGATE else "rfcn"
 
 
 def output_dir(cfg):
-    return resolve_path(cfg.OUTPUT_DIR)
-
-
-_PATH_KEYS = ("ROOT", "ANNOTATIONS", "ANNOTATIONS_DIR", "IMAGES_DIR", "BASE_DIR", "PREFIX", "OUT_DIR")
-
-
-def load_split(spec, source="config"):
-    """One dataset spec (a lib.dataset.load_dataset mapping) -> DetectionDataset.
-
-    Path keys relative to the project root are resolved first, as every config path is.
-    """
-    from lib.dataset import DatasetError, load_dataset
-    if not spec:
-        raise ConfigError(f"{source}: empty dataset spec")
-    spec = {str(k).upper(): v for k, v in dict(spec).items()}
-    for key in _PATH_KEYS:
-        if isinstance(spec.get(key), str):
-            spec[key] = resolve_path(spec[key])
-    try:
-        return load_dataset(spec)
-    except DatasetError as err:
-        raise ConfigError(f"{source}: dataset {spec}: {err}") from None
+    return project_path(cfg.OUTPUT_DIR)
 
 
 def load_train_set(cfg):
     """Concatenate the DATASET.TRAIN specs (e.g. DET + VID image sets) into one dataset."""
     source = cfg.get("CONFIG_FILE") or "<config>"
-    specs = cfg.DATASET.TRAIN
-    if not specs:
+    dataset = load_datasets(cfg.DATASET.TRAIN, classes=cfg.DATASET.CLASSES, source=source, key="DATASET.TRAIN")
+    if dataset is None:
         raise ConfigError(f"{source}: DATASET.TRAIN lists no dataset")
-    sets = [load_split(spec, source) for spec in specs]
-    classes = list(cfg.DATASET.CLASSES) or sets[0].classes
-    records = []
-    for ds in sets:
-        if list(ds.classes) != classes:
-            raise ConfigError(f"{source}: dataset {ds.name} has classes {ds.classes}, expected {classes}")
-        records.extend(ds.records)
-    merged = DetectionDataset(records, classes, "+".join(ds.name for ds in sets))
-    video_info = {}
-    for ds in sets:
-        video_info.update(getattr(ds, "video_info", None) or {})
-    merged.video_info = video_info
-    if not records:
+    if not len(dataset):
         raise ConfigError(f"{source}: DATASET.TRAIN holds no image")
-    return merged
+    return dataset
+
+
+def load_val_set(cfg, specs=None):
+    """DATASET.VAL (or ``specs``) as one dataset; ConfigError when it is empty."""
+    source = cfg.get("CONFIG_FILE") or "<config>"
+    dataset = load_datasets(cfg.DATASET.VAL if specs is None else specs, classes=cfg.DATASET.CLASSES,
+                            source=source, key="DATASET.VAL")
+    if dataset is None:
+        raise ConfigError(f"{source}: DATASET.VAL lists no dataset")
+    return dataset
 
 
 def build_model(cfg, num_classes, ctx=None):
@@ -91,7 +74,7 @@ def load_init_weights(model, cfg, logger=None):
     """NETWORK.INIT_WEIGHTS: start from another detector of this project (e.g. FGFA from the R-FCN
     frame baseline): parameters of the same name and shape are loaded, the others (FlowNet and
     embedding then) keep their initialisation. Returns (loaded names, skipped names)."""
-    path = resolve_path(cfg.NETWORK.INIT_WEIGHTS)
+    path = project_path(cfg.NETWORK.INIT_WEIGHTS)
     try:
         loaded, skipped = load_matching_parameters(model, path)
     except CheckpointError as err:
@@ -130,12 +113,12 @@ class FGFATask:
         return self.net.train_loss(data, im_info, boxes, labels, rng=np.random)
 
 
-def make_batches(samples, batch_size, logger=None):
+def make_batches(samples, batch_size, logger=None, max_batches=0):
     """``epoch -> iterable of batches``; shuffling uses np.random, which fit reseeds per epoch.
+    ``max_batches`` > 0 (TRAIN.MAX_BATCHES): at most that many batches of each epoch's order.
 
     A sample whose image cannot be read (or whose frames differ in size) is reported and skipped.
     """
-    from lib.dataset import DatasetError
     logger = logger or logging.getLogger("train")
 
     def load(index):
@@ -150,10 +133,11 @@ def make_batches(samples, batch_size, logger=None):
             self.order = np.random.permutation(len(samples))
 
         def __len__(self):
-            return (len(self.order) + batch_size - 1) // batch_size
+            count = (len(self.order) + batch_size - 1) // batch_size
+            return min(count, max_batches) if max_batches > 0 else count
 
         def __iter__(self):
-            for start in range(0, len(self.order), batch_size):
+            for start in range(0, len(self) * batch_size, batch_size):
                 chunk = self.order[start:start + batch_size]
                 loaded = [s for s in (load(int(i)) for i in chunk) if s is not None]
                 if loaded:
@@ -162,16 +146,9 @@ def make_batches(samples, batch_size, logger=None):
     return lambda epoch: Epoch()
 
 
-def save_classes(out_dir, classes):
-    os.makedirs(out_dir, exist_ok=True)
-    tmp = os.path.join(out_dir, CLASSES_FILE + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump({"classes": list(classes)}, f)
-    os.replace(tmp, os.path.join(out_dir, CLASSES_FILE))
-
-
-def train(cfg, dataset=None, val_fn=None, logger=None):
-    """Train from the config; returns lib.train.fit's summary (plus the model and classes)."""
+def train(cfg, dataset=None, val_fn=None, logger=None, run=None):
+    """Train from the config; returns lib.train.fit's summary (plus the model and classes). ``run``: the
+    RunFolder already written by a caller (the recipe); else OUTPUT_DIR's record is written here."""
     out_dir = output_dir(cfg)
     os.makedirs(out_dir, exist_ok=True)
     logger = logger or setup_logger(out_dir, "train")
@@ -180,13 +157,14 @@ def train(cfg, dataset=None, val_fn=None, logger=None):
     samples = TrainSamples(dataset, cfg, num_neighbors=2 if cfg.NETWORK.AGGREGATE else 0)
     logger.info("training %s on %d key frames of %s (%d classes: %s)", cfg.NAME, len(samples),
                 dataset.name, dataset.num_classes, dataset.classes)
-    save_classes(out_dir, dataset.classes)
+    if run is None:
+        RunFolder(out_dir).write(family_name(cfg), dataset.classes, cfg)
     seed_everything(cfg.TRAIN.SEED, 0)  # the initial weights are a function of the seed (exact resume)
     model = build_model(cfg, dataset.num_classes, ctx)
     if cfg.NETWORK.INIT_WEIGHTS:
         load_init_weights(model, cfg, logger)
     if model.aggregate and cfg.NETWORK.FLOW_WEIGHTS:
-        path = resolve_path(cfg.NETWORK.FLOW_WEIGHTS)
+        path = project_path(cfg.NETWORK.FLOW_WEIGHTS)
         if not os.path.isfile(path):
             raise ConfigError(f"{cfg.get('CONFIG_FILE') or '<config>'}: NETWORK.FLOW_WEIGHTS: {path} not found")
         model.flownet.load_parameters(path, ctx=ctx)
@@ -194,7 +172,6 @@ def train(cfg, dataset=None, val_fn=None, logger=None):
     elif model.aggregate and cfg.TRAIN.FLOW_PRETRAIN.ITERS > 0 and not (
             cfg.TRAIN.RESUME and CheckpointManager(out_dir).latest()):
         # (a resumed run loads its FlowNet from the checkpoint)
-        from .flow_pretrain import pretrain_flownet
         pretrain_flownet(model, cfg, dataset, out_dir, ctx, logger, progress=cfg.TRAIN.PROGRESS)
     if cfg.TRAIN.HYBRIDIZE:
         blocks = [model.features, model.rpn, model.rfcn]
@@ -202,7 +179,7 @@ def train(cfg, dataset=None, val_fn=None, logger=None):
             blocks += [model.embed, model.flownet]
         for block in blocks:
             block.hybridize()
-    summary = fit(FGFATask(model, ctx), make_batches(samples, cfg.TRAIN.BATCH_IMAGES, logger), cfg.TRAIN, out_dir,
+    summary = fit(FGFATask(model, ctx), make_batches(samples, cfg.TRAIN.BATCH_SIZE, logger, cfg.TRAIN.MAX_BATCHES), cfg.TRAIN, out_dir,
                   ctx=ctx, val_fn=val_fn, resume=cfg.TRAIN.RESUME, logger=logger)
     summary["model"] = model
     summary["classes"] = dataset.classes

@@ -42,6 +42,11 @@ import os
 import runpy
 import threading
 
+import mxnet as mx
+from mxnet import gluon
+
+from . import runtime
+
 LIBRARY_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "libdetops.so")
 BUILD_SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                             "operator_cxx", "build.py")
@@ -106,12 +111,10 @@ def load(path=None):
             return _loaded_path
         path = os.path.abspath(path or LIBRARY_PATH)
         handle = _check_library(path)
-        import mxnet as mx
         if not hasattr(mx.nd, OP_NAMES["flow_warp"]):   # not yet registered (e.g. by lib.tools.infer)
             mx.library.load(path, False)
         _handle = handle
         _loaded_path = path
-        from . import runtime
         set_num_threads(runtime.threads())
     return _loaded_path
 
@@ -148,7 +151,6 @@ def builtin_default():
 
 
 def _namespace(F, x):
-    import mxnet as mx
     if F is not None:
         return F
     return mx.sym if isinstance(x, mx.sym.Symbol) else mx.nd
@@ -165,7 +167,6 @@ def _use_builtin(F, x, builtin):
         return bool(builtin)
     if _builtin_default:
         return True
-    import mxnet as mx
     if isinstance(x, mx.nd.NDArray) and x.context.device_type != "cpu":
         return True
     return False
@@ -301,5 +302,4 @@ def depth_to_space(data, block_size, F=None, builtin=None, name=None):
 def import_block(symbol_file, input_names, param_file=None, ctx=None):
     """``gluon.SymbolBlock.imports`` for exported models that contain these operators."""
     load()
-    from mxnet import gluon
     return gluon.SymbolBlock.imports(symbol_file, input_names, param_file, ctx)

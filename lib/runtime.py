@@ -123,17 +123,35 @@ def threads():
     return cpu_count()
 
 
+_CONTEXT = re.compile(r"^(cpu|gpu)(?::(\d+)|\((\d*)\))?$")
+
+
 def get_context(spec="cpu"):
-    """'cpu', 'gpu', 'gpu:1' or a list of those -> mx.Context or list of mx.Context."""
+    """'cpu', 'gpu', 'gpu:1', 'gpu(1)' or a list of those -> mx.Context or list of mx.Context."""
     import mxnet as mx
     if isinstance(spec, (list, tuple)):
         return [get_context(s) for s in spec]
     if isinstance(spec, mx.Context):
         return spec
-    name, _, idx = str(spec).partition(":")
-    if name not in ("cpu", "gpu"):
-        raise ValueError(f"context must be 'cpu' or 'gpu[:N]', got {spec!r}")
-    return mx.Context(name, int(idx or 0))
+    match = _CONTEXT.match(str(spec).strip().lower())
+    if not match:
+        raise ValueError(f"context must be 'cpu' or 'gpu' with an optional device number ('gpu:1', "
+                         f"'gpu(1)'), got {spec!r}")
+    return mx.Context(match.group(1), int(match.group(2) or match.group(3) or 0))
+
+
+def get_contexts(spec="cpu"):
+    """One context or several, as configs write them -> a list of mx.Context: 'cpu', 'gpu:1',
+    'gpu:0,gpu:1', '[gpu(0), gpu(1)]' or a list of names (data-parallel training over the list)."""
+    if isinstance(spec, (list, tuple)):
+        return [get_context(s) for s in spec]
+    text = str(spec).strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts:
+        raise ValueError(f"no context in {spec!r}")
+    return [get_context(p) for p in parts]
 
 
 def hybridize_for_inference(block, ctx=None, static=True):

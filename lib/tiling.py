@@ -4,8 +4,16 @@ Small objects vanish when a 1280x720 (or 1080p) frame is resized to a 320-512 px
 Tiling runs the detector on overlapping crops at (close to) native resolution, maps each tile's boxes
 back to frame coordinates, drops boxes cut by an inner tile border (their object is seen whole in a
 neighbouring tile thanks to the overlap), and merges everything with class-aware NMS.
+``tile_dataset`` cuts training tiles of big frames, for any detector family.
 """
+import os
+
+import cv2
 import numpy as np
+
+from lib.dataset import DetectionDataset, Record, read_image
+from lib.nms import batched_nms
+from lib.transforms import RandomTile
 
 
 def tile_origins(length, tile, overlap):
@@ -52,7 +60,6 @@ def detect_tiled(detect_fn, image, tile_size, overlap=64, nms_iou=0.5, border_ma
     the whole frame is detected too (large objects larger than a tile).
     Returns (boxes (K,4) float32, scores (K,), labels (K,)) in frame coordinates, best first.
     """
-    from lib.nms import batched_nms
     height, width = image.shape[:2]
     all_boxes, all_scores, all_labels = [], [], []
     tiles = tile_grid(width, height, tile_size, overlap)
@@ -77,3 +84,36 @@ def detect_tiled(detect_fn, image, tile_size, overlap=64, nms_iou=0.5, border_ma
         return boxes, scores, labels
     keep = np.asarray(batched_nms(boxes, scores, labels, nms_iou), np.int64)[:max_detections]
     return boxes[keep], scores[keep], labels[keep]
+
+
+def tile_dataset(dataset, out_dir, tile_cfg):
+    """Training tiles of big frames, written as JPEGs (lib.transforms.RandomTile, seeded).
+
+    Per frame TILES_PER_IMAGE tiles, each around an object with probability OBJECT_PROB (else a random,
+    mostly background tile); KEEP_FULL_FRAMES also keeps the whole frames. Works for every family since
+    it only produces a new dataset. Frames not larger than the tile are kept as they are.
+    """
+    width, height = (int(v) for v in tile_cfg.SIZE)
+    tiler = RandomTile(size=[width, height], object_prob=float(tile_cfg.OBJECT_PROB),
+                       min_visible=float(tile_cfg.MIN_VISIBLE), rng=np.random.RandomState(int(tile_cfg.SEED)))
+    os.makedirs(out_dir, exist_ok=True)
+    records = []
+    for index, rec in enumerate(dataset.records):
+        if tile_cfg.KEEP_FULL_FRAMES or (rec.width <= width and rec.height <= height):
+            records.append(rec)
+        if rec.width <= width and rec.height <= height:
+            continue
+        image = read_image(rec.image)
+        with_labels = np.concatenate([rec.boxes, rec.labels[:, None].astype(np.float32),
+                                      rec.difficult[:, None].astype(np.float32)], axis=1)
+        for t in range(int(tile_cfg.TILES_PER_IMAGE)):
+            frames, boxes = tiler([image], [with_labels])
+            tile, b = frames[0], np.asarray(boxes[0], np.float32).reshape(-1, 6)
+            name = f"{index:06d}_{t}"
+            path = os.path.join(out_dir, name + ".jpg")
+            cv2.imwrite(path, cv2.cvtColor(tile, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
+            records.append(Record(image=path, width=tile.shape[1], height=tile.shape[0], boxes=b[:, :4],
+                                  labels=b[:, 4].astype(np.int64), difficult=b[:, 5] > 0.5,
+                                  image_id=f"tiles/{name}"))
+    return DetectionDataset(records, dataset.classes, dataset.name + "+tiles")
+

@@ -179,3 +179,28 @@ class VideoWriter:
     def __exit__(self, *exc):
         self.close()
         return False
+
+
+# colours of lib.tools.draw / m2det-debug: a box with / without a matching anchor
+GREEN, RED = (0, 200, 0), (230, 0, 0)
+
+
+
+def _palette(k):
+    rng = np.random.default_rng(k * 7919 + 1)
+    return tuple(int(v) for v in rng.integers(60, 255, 3))
+
+
+
+def draw_record(image, rec, classes, matched=None, best=None):
+    canvas = np.ascontiguousarray(image.copy())
+    thick = max(1, int(round(min(rec.width, rec.height) / 400)))
+    for k, (b, l) in enumerate(zip(rec.boxes, rec.labels)):
+        color = _palette(int(l)) if matched is None else (GREEN if matched[k] else RED)
+        x1, y1, x2, y2 = (int(round(v)) for v in b)
+        cv2.rectangle(canvas, (x1, y1), (max(x1, x2 - 1), max(y1, y2 - 1)), color, thick)
+        text = classes[int(l)] + (f" {best[k]:.2f}" if best is not None else "")
+        cv2.putText(canvas, text, (x1, max(10, y1 - 3)), cv2.FONT_HERSHEY_SIMPLEX, 0.4 * thick, color, thick,
+                    cv2.LINE_AA)
+    return canvas
+

@@ -3,10 +3,9 @@
 Layout after the PyTorch LSTM-SSD port (MODEL / TRAIN / TEST / DATASET / PHASE), with every number
 of the reference configs in one place. ``load(path)`` = ``lib.config.load_config(path, DEFAULTS)``.
 """
-from lib.config import load_config
-from lib.train import TRAIN_DEFAULTS
+from lib.config import SHARED_DEFAULTS, SPEC_LIST_KEYS, Schema, extend_schema, load_config
 
-DEFAULTS = {
+DEFAULTS = extend_schema(SHARED_DEFAULTS, {
     "PHASE": ["train", "test"],
     "OUTPUT_DIR": "output/lstm_ssd/default",
     "CONTEXT": "cpu",
@@ -14,9 +13,8 @@ DEFAULTS = {
         # lstm_ssd (A) | ssdlite (frame baseline, no memory) | fast_slow (B, interleaved extractors)
         "TYPE": "lstm_ssd",
         "NUM_CLASSES": 30,
-        "IMAGE_SIZE": 256,         # network input: S (square) or [H, W] (e.g. [360, 640] for 16:9 video)
         "LARGE": {"NET": "mobilenet_v1", "WIDTH": 1.0, "NUM_BLOCKS": -1, "OUTPUT_STRIDE": 32,
-                  "MIN_DEPTH": 8, "INPUT_SIZE": 0},  # INPUT_SIZE: 0 = MODEL.IMAGE_SIZE, else S or [H, W]
+                  "MIN_DEPTH": 8, "INPUT_SIZE": 0},  # INPUT_SIZE: 0 = INPUT.SIZE, else S or [H, W]
         "SMALL": {"NET": "mobilenet_v2", "WIDTH": 0.35, "NUM_BLOCKS": -1, "OUTPUT_STRIDE": 16,
                   "MIN_DEPTH": 8, "INPUT_SIZE": 160},
         "LSTM": {"UNITS": 256, "GROUPS": 1, "CLIP": 0.0, "FORGET_BIAS": 1.0, "OUTPUT_BOTTLENECK": False,
@@ -30,8 +28,8 @@ DEFAULTS = {
     },
     "MATCHER": {"IOU": 0.5},
     "LOSS": {"CLS_WEIGHT": 1.0, "LOC_WEIGHT": 4.0, "NEG_RATIO": 3, "MAX_NEGATIVES": 3000},
-    "POST_PROCESS": {"SCORE_THRESHOLD": 0.01, "IOU_THRESHOLD": 0.5, "MAX_PER_CLASS": 100, "MAX_TOTAL": 100,
-                     "PRE_NMS_TOP_K": 400},   # per class, best candidates entering NMS (0 = all)
+    # network input: S (square) or [H, W] (e.g. [360, 640] for 16:9 video); scaling to [-1, 1] is in the graph
+    "INPUT": {"SIZE": 256},
     "INTERLEAVE": {
         "POLICY": "fixed",         # fixed | adaptive | large | small | async
         "TAU": 9,                  # fixed: large every TAU + 1 frames
@@ -41,7 +39,7 @@ DEFAULTS = {
                    "EPSILON_START": 1.0, "EPSILON_END": 0.05, "EPSILON_STEPS": 500, "REPLAY": 2000,
                    "BATCH": 32, "TARGET_UPDATE": 50, "STEPS": 200, "WEIGHTS": ""},
     # lib.train.fit keys (see lib/train/loop.py) with the reference's values, plus the clip keys
-    "TRAIN": dict(TRAIN_DEFAULTS, **{
+    "TRAIN": {
         "OPTIMIZER": "rmsprop", "LR": 0.002, "MOMENTUM": 0.9, "RMSPROP_DECAY": 0.9, "EPSILON": 1.0,
         "WD": 4e-5, "LR_SCHEDULE": "periodic", "LR_DECAY_PERIOD": 200000.0, "LR_STEP_UNIT": "iter",
         "LR_FACTOR": 0.95, "CLIP_GRAD_NORM": 10.0, "EPOCHS": 10, "PROGRESS": False, "LOG_EVERY": 10,
@@ -52,25 +50,36 @@ DEFAULTS = {
         "AUGMENT": True,           # AUGMENTATIONS below, drawn once per clip (same for all its frames)
         "AUGMENTATIONS": ["RandomFlip", "SSDRandomCrop"],   # lib.transforms specs (build_transforms)
         "STILL_IMAGES": "pseudo",  # pseudo (crop-and-shift pseudo-video) | repeat | skip
-        "MAX_BATCHES": 0,          # cap on batches per epoch (0 = all)
-    }),
+    },
     "TEST": {
-        "SCORE_THRESHOLD": 0.3,    # for drawn images
+        # post-processing: per class the PRE_NMS_TOP_K best candidates enter NMS (0 = all)
+        "SCORE_THRESH": 0.01, "NMS_IOU": 0.5, "MAX_PER_CLASS": 100, "MAX_PER_IMAGE": 100, "PRE_NMS_TOP_K": 400,
+        "DRAW_THRESH": 0.3,        # for drawn images
         "PRINT_IMAGES": False,     # save annotated test images (as the port's TEST.PRINT_IMAGES)
         "MAX_IMAGES": 0,           # 0 = all test records
         "SUBSETS": {},             # name -> file of "<video> <frame>" lines: mAP of those frames too
                                    # (the whole videos are still streamed, so memory sees every frame)
         "RESULTS_TABLE": "experiments/lstm_ssd/results.md",
         "QUANTIZE": "",            # int8: extractors and head in int8 on CPU (MKLDNN), the LSTM in float
-        "CALIB_FRAMES": 8,         #   calibrated on this many frames spread over DATASET.TRAIN
     },
-    "DATASET": {"CLASSES": [], "TRAIN": {}, "TEST": {}},
-}
+})
 
-OPEN_KEYS = ("DATASET.TRAIN", "DATASET.TEST", "TEST.SUBSETS")
-SIZE_KEYS = ("MODEL.IMAGE_SIZE", "MODEL.LARGE.INPUT_SIZE", "MODEL.SMALL.INPUT_SIZE")   # S or [H, W]
+OPEN_KEYS = ("TEST.SUBSETS",)
+SIZE_KEYS = ("INPUT.SIZE", "MODEL.LARGE.INPUT_SIZE", "MODEL.SMALL.INPUT_SIZE")   # S or [H, W]
+# keys of earlier releases -> their names in the shared schema (read with a warning)
+RENAMES = {
+    "MODEL.IMAGE_SIZE": "INPUT.SIZE",
+    "POST_PROCESS.SCORE_THRESHOLD": "TEST.SCORE_THRESH",
+    "POST_PROCESS.IOU_THRESHOLD": "TEST.NMS_IOU",
+    "POST_PROCESS.MAX_PER_CLASS": "TEST.MAX_PER_CLASS",
+    "POST_PROCESS.MAX_TOTAL": "TEST.MAX_PER_IMAGE",
+    "POST_PROCESS.PRE_NMS_TOP_K": "TEST.PRE_NMS_TOP_K",
+    "TEST.SCORE_THRESHOLD": "TEST.DRAW_THRESH",
+    "DATASET.TEST": "DATASET.VAL",
+}
+SCHEMA = Schema(DEFAULTS, open_keys=OPEN_KEYS, size_keys=SIZE_KEYS, renames=RENAMES, spec_list_keys=SPEC_LIST_KEYS)
 
 
 def load(path=None, overrides=None):
-    return load_config(path, DEFAULTS, overrides=overrides, open_keys=OPEN_KEYS, size_keys=SIZE_KEYS)
+    return load_config(path, SCHEMA, overrides=overrides)
 

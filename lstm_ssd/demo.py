@@ -18,18 +18,24 @@ import os
 import shutil
 import time
 
+from lib.config import PROJECT_ROOT
+from lib.dataset import list_frames, read_image, video_frames
+from lib.dataset.synthetic import SYNTHETIC_CLASSES, render_video
+from lib.viz import VideoWriter, draw_detections, save_image
+from lstm_ssd import config as lstm_config
+from lstm_ssd.detector import load_model
+from lstm_ssd.streaming import AsyncStreamingDetector, StreamingDetector
+
 DEFAULT_CFG = os.path.join("experiments", "lstm_ssd", "cfgs", "demo_synthetic_fast_slow.yaml")
 DEFAULT_MODEL = os.path.join("model", "lstm_ssd", "demo_synthetic_fast_slow.params")
 
 
 def _root():
-    from lib.config import PROJECT_ROOT
     return PROJECT_ROOT
 
 
 def frames_from(source):
     """Yield RGB frames from a video file or a folder of images (in frame-number order)."""
-    from lib.dataset import list_frames, read_image, video_frames
     if os.path.isdir(source):
         paths = list_frames(source)
         if not paths:
@@ -46,7 +52,6 @@ def frames_from(source):
 def synthetic_frames(seed=2, num_frames=48, width=160, height=120):
     # seed 2 = the synthetic configs' test videos (never seen in training, which uses seed 1)
     """A synthetic test clip (objects moving over a textured background), rendered in memory."""
-    from lib.dataset.synthetic import render_video
     frames, _ = render_video(seed, 0, num_frames, width, height, num_classes=4, max_objects=3)
     yield from frames
 
@@ -80,10 +85,6 @@ def main(argv=None):
     ap.add_argument("--fps", type=float, default=25.0, help="frame rate of the written MP4")
     args = ap.parse_args(argv)
 
-    from lib.viz import VideoWriter, draw_detections, save_image
-    from lstm_ssd import config as lstm_config
-    from lstm_ssd.detector import load_model
-    from lstm_ssd.streaming import AsyncStreamingDetector, StreamingDetector
 
     root = _root()
     cfg_path = args.cfg or os.path.join(root, DEFAULT_CFG)
@@ -97,11 +98,10 @@ def main(argv=None):
     net = load_model(cfg, model_path)
     classes = list(cfg.DATASET.CLASSES) or None
     if classes is None and cfg.DATASET.TRAIN.get("FORMAT") == "synthetic":
-        from lib.dataset.synthetic import SYNTHETIC_CLASSES
         classes = list(SYNTHETIC_CLASSES[:cfg.MODEL.NUM_CLASSES])
     policy = args.policy or cfg.INTERLEAVE.POLICY
     stream = AsyncStreamingDetector(net, cfg) if policy == "async" else StreamingDetector(net, cfg, policy=policy)
-    threshold = cfg.TEST.SCORE_THRESHOLD if args.threshold is None else args.threshold
+    threshold = cfg.TEST.DRAW_THRESH if args.threshold is None else args.threshold
     source = frames_from(args.input) if args.input else synthetic_frames()
     frame_dir = os.path.join(args.output, "frames")
     os.makedirs(frame_dir, exist_ok=True)
@@ -110,7 +110,7 @@ def main(argv=None):
         with VideoWriter(os.path.join(args.output, "demo.mp4"), fps=args.fps) as writer:
             for image in source:
                 t0 = time.perf_counter()
-                labels, scores, boxes = stream.step(image)
+                (_, (boxes, scores, labels)), = stream.step(image)
                 seconds += time.perf_counter() - t0
                 count += 1
                 large += stream.last_extractor == "large"

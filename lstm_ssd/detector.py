@@ -5,7 +5,7 @@ Python, so training (unrolled), streaming (one frame per call) and the exported 
 same blocks:
 
     extractor[e]  : frames (B,3,H,W) RGB 0..255 -> features (B,Ce,Fh,Fw)  (resize to its own input size
-                    and scaling to [-1, 1] happen inside the graph; MODEL.IMAGE_SIZE is S or [H, W])
+                    and scaling to [-1, 1] happen inside the graph; INPUT.SIZE is S or [H, W])
     memory.steps[e]: (features, c, h) -> (output, c_new, h_new)         (Bottleneck-LSTM, per extractor)
     project       : features -> level 0 (frame baseline only)
     head          : level 0 -> class logits (B,P,C+1), box deltas (B,P,4)
@@ -14,14 +14,22 @@ Looking Fast and Slow: the small extractor reads the memory but never writes it 
 small step is the state before it).
 """
 import contextlib
+import json
+import os
 
-import numpy as np
 import mxnet as mx
+import numpy as np
 from mxnet import autograd, gluon
 
+from lib.anchors import multiscale_anchors
+from lib.bbox import clip_boxes, decode_boxes
 from lib.config import size_hw
+from lib.nms import multiclass_nms
+from lib.runtime import quantize_block
 
-from .layers import ConvBN, PruneGroup
+from .layers import ConvBN
+from .layers import ConvBN as _ConvBN
+from .layers import PruneGroup
 from .lstm_cell import BottleneckLSTM
 from .mobilenet import MobileNet
 from .ssdlite import SSDLiteHead, anchors_per_level, pyramid_sizes
@@ -47,8 +55,10 @@ class Extractor(gluon.HybridBlock):
         return self.backbone(x / 127.5 - 1.0)
 
 
-class VideoDetector(gluon.Block):
-    def __init__(self, model_cfg, **kwargs):
+class LSTMSSD(gluon.Block):
+    """SSDLite, LSTM-SSD or Looking Fast and Slow (MODEL.TYPE) at input ``image_size`` (S or [H, W])."""
+
+    def __init__(self, model_cfg, image_size, **kwargs):
         super().__init__(**kwargs)
         m = model_cfg
         if m.TYPE not in MODEL_TYPES:
@@ -56,7 +66,7 @@ class VideoDetector(gluon.Block):
         self.cfg = m
         self.type = m.TYPE
         self.num_classes = int(m.NUM_CLASSES)
-        self.image_hw = size_hw(m.IMAGE_SIZE, "MODEL.IMAGE_SIZE")
+        self.image_hw = size_hw(image_size, "INPUT.SIZE")
         self.extractor_names = ["large", "small"] if m.TYPE == "fast_slow" else ["large"]
         # the small net reads the memory but does not write it
         self.writes_memory = {"large": True, "small": False}
@@ -132,7 +142,6 @@ class VideoDetector(gluon.Block):
     def anchors(self):
         """Normalised corner anchors (P,4) in the head's (level, y, x, anchor) order."""
         if self._anchors is None:
-            from lib.anchors import multiscale_anchors
             a = self.cfg.ANCHORS
             anchors = np.asarray(multiscale_anchors(self.level_sizes, min_scale=a.MIN_SCALE, max_scale=a.MAX_SCALE,
                                                     aspect_ratios=tuple(a.ASPECT_RATIOS),
@@ -193,7 +202,6 @@ class VideoDetector(gluon.Block):
         """
         if not mx.runtime.Features().is_enabled("MKLDNN"):
             raise RuntimeError("int8 quantization needs an MXNet build with MKLDNN (oneDNN)")
-        from lib.runtime import quantize_block
         calib = mx.nd.array(np.asarray(calib_frames, np.float32))
         if calib.ndim != 4 or tuple(calib.shape[-2:]) != self.image_hw:
             raise ValueError(f"calibration frames of shape {tuple(calib.shape)}; expected (B, 3) + "
@@ -244,11 +252,8 @@ class VideoDetector(gluon.Block):
     def postprocess(self, cls, box, widths, heights, post):
         """Raw outputs of one step -> per image (boxes (K,4) pixels, scores (K,), labels (K,) 0-based).
 
-        ``post``: POST_PROCESS config (SCORE_THRESHOLD, IOU_THRESHOLD, MAX_PER_CLASS, MAX_TOTAL,
-        PRE_NMS_TOP_K).
+        ``post``: the TEST config (SCORE_THRESH, NMS_IOU, MAX_PER_CLASS, MAX_PER_IMAGE, PRE_NMS_TOP_K).
         """
-        from lib.bbox import clip_boxes, decode_boxes
-        from lib.nms import multiclass_nms
         anchors = self.anchors()
         cls = cls.asnumpy() if isinstance(cls, mx.nd.NDArray) else cls
         box = box.asnumpy() if isinstance(box, mx.nd.NDArray) else box
@@ -258,8 +263,8 @@ class VideoDetector(gluon.Block):
             boxes = decode_boxes(box[i], anchors, stds=tuple(self.cfg.BOX_STDS))
             boxes = boxes * np.array([widths[i], heights[i], widths[i], heights[i]], dtype=np.float32)
             boxes = clip_boxes(boxes, widths[i], heights[i])
-            b, s, l = multiclass_nms(boxes, scores_all[i], post.SCORE_THRESHOLD, post.IOU_THRESHOLD,
-                                     post.MAX_PER_CLASS, post.MAX_TOTAL,
+            b, s, l = multiclass_nms(boxes, scores_all[i], post.SCORE_THRESH, post.NMS_IOU,
+                                     post.MAX_PER_CLASS, post.MAX_PER_IMAGE,
                                      pre_nms_top_k=int(post.PRE_NMS_TOP_K))
             out.append((np.asarray(b, np.float32).reshape(-1, 4), np.asarray(s, np.float32).reshape(-1),
                         np.asarray(l, np.int64).reshape(-1)))
@@ -283,7 +288,6 @@ class VideoDetector(gluon.Block):
 
     def channel_state(self):
         """Structural name -> (in, out, groups) of every ConvBN: enough to rebuild a pruned model."""
-        from .layers import ConvBN as _ConvBN
         out = {}
         for name, block in _named_blocks(self):
             if isinstance(block, _ConvBN):
@@ -335,9 +339,9 @@ def _name_of(by_name, block):
 
 
 def build_detector(cfg, ctx=mx.cpu(), initialize=True):
-    """cfg: full config (uses cfg.MODEL). Returns an initialised VideoDetector."""
+    """cfg: full config (cfg.MODEL, cfg.INPUT.SIZE). Returns an initialised LSTMSSD."""
     try:
-        net = VideoDetector(cfg.MODEL)
+        net = LSTMSSD(cfg.MODEL, cfg.INPUT.SIZE)
     except ValueError as err:   # name the yaml file the bad MODEL value came from
         raise ValueError(f"{cfg.get('CONFIG_FILE') or '<defaults>'}: {err}") from None
     if initialize:
@@ -347,8 +351,6 @@ def build_detector(cfg, ctx=mx.cpu(), initialize=True):
 
 def save_model(net, path):
     """Write ``path`` (.params) and ``path`` minus .params + .channels.json (shapes after pruning)."""
-    import json
-    import os
     base = path[:-len(".params")] if path.endswith(".params") else path
     os.makedirs(os.path.dirname(os.path.abspath(base)), exist_ok=True)
     tmp = base + ".params.tmp"
@@ -362,8 +364,6 @@ def save_model(net, path):
 
 def load_model(cfg, path, ctx=mx.cpu()):
     """Build from cfg, shrink to the saved channel counts if the model was pruned, load the params."""
-    import json
-    import os
     if not os.path.isfile(path):
         raise FileNotFoundError(f"model file not found: {path}")
     net = build_detector(cfg, ctx)

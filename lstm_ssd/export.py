@@ -10,12 +10,74 @@ run the two extractors independently (which the reference's single frozen graph 
     cls_logits, box_deltas = head(out)                       # decode with the anchors in parts.json
 
     python -m lstm_ssd.export --cfg CFG.yaml --model MODEL.params --output PREFIX
+
+The frame baseline (ssdlite) also exports as the project's standard single-frame artifact
+(docs/DESIGN.md, ``export_ssdlite``): decoding, clipping and per-class NMS inside one graph.
 """
 import argparse
 import json
 import os
 
 import mxnet as mx
+from mxnet import gluon
+
+import lib.anchors  # noqa: F401
+from lib.bbox import decode_boxes_F
+from lib.export import add_onnx, export_block, graph_multiclass_nms, write_meta
+
+from . import config as lstm_config
+from .detector import load_model
+
+
+class SSDLiteInference(gluon.HybridBlock):
+    """(1,3,H,W) RGB 0..255 -> ids, scores, boxes (input pixels) of an SSDLite, decode + NMS inside."""
+
+    def __init__(self, net, post, **kwargs):
+        super().__init__(**kwargs)
+        self.extractor, self.project, self.head = net.large, net.project, net.head
+        self.num_classes = net.num_classes
+        self.height, self.width = (float(s) for s in net.image_hw)
+        self.stds = tuple(float(s) for s in net.cfg.BOX_STDS)
+        self.score_thresh = float(post.SCORE_THRESH)
+        self.nms_iou = float(post.NMS_IOU)
+        # box_nms keeps the anchor count: at most that many rows per class
+        self.max_per_class = min(int(post.MAX_PER_CLASS), int(net.anchors().shape[0]))
+        self.max_total = int(post.MAX_PER_IMAGE)
+        top_k = int(post.PRE_NMS_TOP_K)
+        self.pre_nms_top_k = top_k if 0 < top_k < int(net.anchors().shape[0]) else 0
+        with self.name_scope():
+            self.anchors = self.params.get_constant("anchors", mx.nd.array(net.anchors()[None]))
+
+    def hybrid_forward(self, F, x, anchors):
+        cls, box = self.head(self.project(self.extractor(x)))
+        scores = F.sigmoid(F.slice_axis(cls, axis=-1, begin=1, end=None))  # column 0: background logit
+        boxes = decode_boxes_F(F, box, anchors, stds=self.stds)
+        # normalised corners -> input pixels, each coordinate scaled and clipped by its own axis
+        x1, y1, x2, y2 = F.split(boxes, num_outputs=4, axis=-1)
+        boxes = F.concat(F.clip(x1 * self.width, 0.0, self.width), F.clip(y1 * self.height, 0.0, self.height),
+                         F.clip(x2 * self.width, 0.0, self.width), F.clip(y2 * self.height, 0.0, self.height),
+                         dim=-1)
+        return graph_multiclass_nms(F, scores, boxes, self.num_classes, self.score_thresh, self.nms_iou,
+                                    self.max_per_class, self.max_total, self.pre_nms_top_k)
+
+
+def export_ssdlite(net, cfg, classes, out_dir, onnx=False, ctx=None):
+    """The single-frame artifact of a frame-baseline (ssdlite) model; returns a dict of paths."""
+    ctx = ctx or mx.cpu()
+    block = SSDLiteInference(net, cfg.TEST, prefix="ssdlite_inference_")
+    block.anchors.initialize(ctx=ctx)
+    height, width = net.image_hw
+    paths = export_block(block, out_dir, (height, width), ctx)
+    post = cfg.TEST
+    meta = {"detector": "ssdlite", "classes": list(classes),
+            "input": {"resize": "fixed", "size": [height, width], "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]},
+            "ops_library": False, "nms": "hard", "score_threshold": float(post.SCORE_THRESH),
+            "nms_iou": float(post.NMS_IOU), "max_per_class": int(post.MAX_PER_CLASS),
+            "max_per_image": int(post.MAX_PER_IMAGE)}
+    if onnx:
+        add_onnx(paths, meta, (height, width), out_dir)
+    paths["meta"] = write_meta(out_dir, meta)
+    return paths
 
 
 def export_parts(net, prefix, ctx=mx.cpu()):
@@ -65,7 +127,6 @@ def export_parts(net, prefix, ctx=mx.cpu()):
 
 def _has_anchors():
     try:
-        import lib.anchors  # noqa: F401
         return True
     except ImportError:
         return False
@@ -87,8 +148,6 @@ def load_parts(prefix, ctx=mx.cpu()):
 
 
 def main(argv=None):
-    from . import config as lstm_config
-    from .detector import load_model
     ap = argparse.ArgumentParser(description="Export each extractor, LSTM step and head separately")
     ap.add_argument("--cfg", required=True)
     ap.add_argument("--model", required=True)

@@ -6,6 +6,9 @@ channels are all reflected. Element-wise ops (BatchNorm at inference folds into 
 activations) are not counted, as in the papers' MAC figures.
 """
 import mxnet as mx
+import numpy as np
+
+from lib.runtime import hybridize_for_inference
 
 from .layers import ConvBN
 from .lstm_cell import SepConv
@@ -79,9 +82,7 @@ def measure_step_latency(detector, extractor="large", repeats=20, warmup=3, ctx=
     """Median seconds of one hybridized streaming step (batch 1) with ``extractor``."""
     import time
 
-    import numpy as np
 
-    from lib.runtime import hybridize_for_inference
     for part in detector.parts().values():
         hybridize_for_inference(part, ctx)
     frame = mx.nd.random.uniform(0, 255, (1, 3) + detector.image_hw, ctx=ctx)

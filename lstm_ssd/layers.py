@@ -6,7 +6,8 @@ replace each parameter by a physically smaller one. Depthwise units (groups == c
 inputs and outputs together, because each output channel reads exactly one input channel.
 """
 import mxnet as mx
-from mxnet import gluon, init as mx_init
+from mxnet import gluon
+from mxnet import init as mx_init
 
 from lib.layers import relu6
 

@@ -14,7 +14,8 @@ concat(h_t, b) (2N channels) with ``output_bottleneck`` (the skip connection of 
 Parameters of the G per-group separable convs are stored stacked (as one depthwise conv over
 [x ; h_1 ; x ; h_2 ; ...] followed by a grouped 1x1 conv would hold them).
 """
-from mxnet import gluon, init as mx_init
+from mxnet import gluon
+from mxnet import init as mx_init
 
 from lib.layers import relu6
 

@@ -14,7 +14,10 @@ import os
 
 import numpy as np
 
+from . import config as lstm_config
+from .detector import load_model, save_model
 from .flops import count_macs, count_params, measure_step_latency
+from .train import evaluate, train
 
 
 def filter_l1(conv):
@@ -86,8 +89,6 @@ def measure(net, repeats=10):
 
 
 def main(argv=None):
-    from . import config as lstm_config
-    from .detector import load_model, save_model
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cfg", required=True, help="yaml config the model was trained with")
     ap.add_argument("--model", required=True, help="trained .params file")
@@ -103,7 +104,6 @@ def main(argv=None):
     before = measure(net, args.repeats)
     map_unpruned = None
     if args.finetune_epochs > 0:
-        from .train import evaluate
         map_unpruned = evaluate(cfg, net)["mAP"]
     changes = prune_detector(net, args.ratio, args.mode)
     after = measure(net, args.repeats)
@@ -111,7 +111,6 @@ def main(argv=None):
     report = {"ratio": args.ratio, "mode": args.mode, "before": before, "after": after,
               "groups": {k: list(v) for k, v in changes.items()}}
     if args.finetune_epochs > 0:
-        from .train import evaluate, train
         report["map_unpruned"] = map_unpruned
         report["map_before_finetune"] = evaluate(cfg, net)["mAP"]
         # a fresh folder: the original run's checkpoints hold the unpruned shapes

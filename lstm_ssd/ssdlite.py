@@ -7,7 +7,8 @@ all BatchNorm + ReLU6, as in the TF-OD SSDLite extra layers. Predictions are lai
 """
 import math
 
-from mxnet import gluon, init as mx_init
+from mxnet import gluon
+from mxnet import init as mx_init
 
 from .layers import ConvBN, PruneGroup
 

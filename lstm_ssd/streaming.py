@@ -1,4 +1,5 @@
-"""Streaming inference: ``reset()``, then ``step(frame) -> (ids, scores, boxes)`` once per frame.
+"""Streaming inference (the lib.streaming contract): ``reset()``, then once per frame
+``step(frame) -> [(frame_index, (boxes, scores, labels))]``: the memory detector answers each frame at once.
 
 Extractor choice per frame (INTERLEAVE.POLICY): ``large`` / ``small`` only, ``fixed`` (large every
 TAU + 1 frames, small otherwise), ``adaptive`` (the Double-DQN policy network of policy.py reads the
@@ -7,12 +8,16 @@ every frame while the large one refreshes the memory in a second thread). The me
 saved and restored (``get_state``/``set_state``, ``save_state``/``load_state`` as npz).
 """
 import threading
+import time
 
 import cv2
 import mxnet as mx
 import numpy as np
 
 from lib.runtime import hybridize_for_inference
+from lib.streaming import StreamRunner, as_detections
+
+from .policy import ACTIONS
 
 POLICIES = ("large", "small", "fixed", "adaptive", "async")
 
@@ -26,7 +31,7 @@ def preprocess(frame, size_hw, ctx=mx.cpu()):
     return mx.nd.array(resized.transpose(2, 0, 1)[None], ctx=ctx, dtype="float32")
 
 
-class StreamingDetector:
+class StreamingDetector(StreamRunner):
     def __init__(self, net, cfg, policy=None, tau=None, ctx=mx.cpu(), hybridize=True, policy_net=None):
         self.net, self.cfg, self.ctx = net, cfg, ctx
         self.policy = policy or cfg.INTERLEAVE.POLICY
@@ -83,12 +88,10 @@ class StreamingDetector:
             return self.policy
         if self.policy == "fixed":
             return "large" if self.frame_index % (self.tau + 1) == 0 else "small"
-        from .policy import ACTIONS
         return ACTIONS[self.policy_net.act(self.state, self.prev_state, self.history)]
 
     def step_raw(self, x, extractor=None):
         """x (1,3,S,S) NDArray -> raw (cls, box) of this frame; advances the state."""
-        from .policy import ACTIONS
         extractor = extractor or self.choose()
         cls, box, new_state = self.net.step(x, self.state, extractor)
         if new_state is not self.state:
@@ -100,11 +103,11 @@ class StreamingDetector:
         return cls, box
 
     def step(self, frame):
-        """HxWx3 uint8 RGB frame -> (ids (K,), scores (K,), boxes (K,4) in frame pixels)."""
+        """HxWx3 uint8 RGB frame -> [(frame index, (boxes (K,4) frame pixels, scores (K,), labels (K,)))]."""
         h, w = frame.shape[:2]
+        t = self.frame_index
         cls, box = self.step_raw(preprocess(frame, self.net.image_hw, self.ctx))
-        boxes, scores, labels = self.net.postprocess(cls, box, [w], [h], self.cfg.POST_PROCESS)[0]
-        return labels, scores, boxes
+        return [(t, as_detections(*self.net.postprocess(cls, box, [w], [h], self.cfg.TEST)[0]))]
 
 
 class AsyncStreamingDetector(StreamingDetector):
@@ -157,14 +160,15 @@ class AsyncStreamingDetector(StreamingDetector):
         return cls, box
 
     def flush(self):
-        """Wait until the worker has consumed the pending frame (used at the end of a video and in tests)."""
-        import time
+        """Wait until the worker has consumed the pending frame (end of a video); every frame was
+        answered by its step, so nothing is pending for the caller."""
         while True:
             with self._lock:
                 if self._pending is None and not self._busy:
                     break
             time.sleep(0.001)
         mx.nd.waitall()
+        return []
 
     def close(self):
         with self._wake:

@@ -18,18 +18,27 @@ import time
 import mxnet as mx
 import numpy as np
 
-from lib.config import ConfigError, size_hw
-from lib.dataset import ClipSampler, load_clip, load_dataset, read_image
+from lib.config import ConfigError, merge, project_path, size_hw
+from lib.dataset import ClipSampler, load_clip, read_image
+from lib.dataset.specs import load_datasets
+from lib.eval import voc_ap
 from lib.losses import MultiBoxLoss
 from lib.matching import ssd_targets
+from lib.train import fit, load_matching_parameters, seed_everything
+from lib.train.run import RunFolder
 from lib.transforms import Compose, ResizeTo, build_transforms
+from lib.viz import draw_detections, save_image
 
-from .policy import ACTIONS
+from .detector import build_detector, save_model
+from .policy import ACTIONS, train_policy
+from .streaming import AsyncStreamingDetector, StreamingDetector, preprocess
+
+MODEL_FILE = "model.params"
 
 
 def clip_transform(cfg, train=True):
-    """Training: TRAIN.AUGMENTATIONS (when TRAIN.AUGMENT) then the resize to MODEL.IMAGE_SIZE; test: the resize."""
-    height, width = size_hw(cfg.MODEL.IMAGE_SIZE, "MODEL.IMAGE_SIZE")
+    """Training: TRAIN.AUGMENTATIONS (when TRAIN.AUGMENT) then the resize to INPUT.SIZE; test: the resize."""
+    height, width = size_hw(cfg.INPUT.SIZE, "INPUT.SIZE")
     steps = []
     if train and cfg.TRAIN.AUGMENT:
         source = f"{cfg.get('CONFIG_FILE') or '<config>'}: TRAIN.AUGMENTATIONS"
@@ -49,7 +58,7 @@ def clip_arrays(clip, transform, anchors, cfg):
     with_labels = [np.concatenate([b.reshape(-1, 4), l.reshape(-1, 1).astype(np.float32)], axis=1)
                    for b, l in zip(boxes, labels)]
     frames, with_labels = transform(frames, with_labels)
-    height, width = size_hw(cfg.MODEL.IMAGE_SIZE, "MODEL.IMAGE_SIZE")
+    height, width = size_hw(cfg.INPUT.SIZE, "INPUT.SIZE")
     scale = np.array([width, height, width, height], np.float32)
     cls_t, box_t = [], []
     for b in with_labels:
@@ -150,15 +159,11 @@ class ClipTask:
 
 
 def load_split(cfg, split):
-    spec = cfg.DATASET[split]
-    if not spec:
+    """DATASET.TRAIN or DATASET.VAL (``split``: TRAIN | VAL; TEST is read as VAL) as one dataset."""
+    split = "VAL" if split == "TEST" else split
+    ds = load_datasets(cfg.DATASET[split], source=cfg.get("CONFIG_FILE") or "<config>", key=f"DATASET.{split}")
+    if ds is None:
         raise ValueError(f"{cfg.CONFIG_FILE}: DATASET.{split} is empty; give a dataset spec (FORMAT: ...)")
-    spec = dict(spec)
-    for key in ("ROOT", "ANNOTATIONS", "IMAGES_DIR", "PREFIX"):
-        if key in spec and isinstance(spec[key], str) and not os.path.isabs(spec[key]):
-            from lib.config import PROJECT_ROOT
-            spec[key] = os.path.normpath(os.path.join(PROJECT_ROOT, spec[key]))
-    ds = load_dataset(spec)
     if cfg.DATASET.CLASSES and list(ds.classes) != list(cfg.DATASET.CLASSES):
         raise ValueError(f"{cfg.CONFIG_FILE}: DATASET.{split} has classes {list(ds.classes)}, "
                          f"DATASET.CLASSES says {list(cfg.DATASET.CLASSES)}")
@@ -172,8 +177,6 @@ def train(cfg, net, epochs=None, out_dir=None, dataset=None, ctx=mx.cpu(), val_f
           train_overrides=None):
     """Train ``net`` with lib.train.fit; returns fit's summary. ``train_overrides``: TRAIN keys to
     replace for this call (e.g. a constant rate for fine-tuning after pruning)."""
-    from lib.config import merge
-    from lib.train import fit
     dataset = dataset if dataset is not None else load_split(cfg, "TRAIN")
     tcfg = dict(cfg.TRAIN)
     if epochs is not None:
@@ -184,6 +187,37 @@ def train(cfg, net, epochs=None, out_dir=None, dataset=None, ctx=mx.cpu(), val_f
     net.hybridize_parts(static_alloc=True)   # static graphs per part: several times faster on CPU
     data = ClipData(dataset, cfg, net.anchors())
     return fit(ClipTask(net, cfg, ctx), data, tcfg, out_dir, ctx=ctx, val_fn=val_fn, resume=resume)
+
+
+def load_init_weights(net, path, log=print):
+    """Fine-tuning start (MODEL.WEIGHTS, e.g. the frame SSDLite model for LSTM-SSD): the parameters
+    whose names and shapes match are loaded, the rest reported."""
+    path = project_path(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"MODEL.WEIGHTS: {path} not found")
+    loaded, skipped = load_matching_parameters(net, path)
+    log(f"MODEL.WEIGHTS {path}: loaded {len(loaded)} tensors, {len(skipped)} left at their init "
+        f"(e.g. {skipped[:3]})")
+    return loaded, skipped
+
+
+def train_model(cfg, dataset=None, out_dir=None, ctx=mx.cpu(), run=None, log=print):
+    """The whole training phase: the run folder record, initial weights from the seed (exact resume),
+    MODEL.WEIGHTS, training, OUTPUT_DIR/model.params. Returns (net, fit's summary, seconds)."""
+    out_dir = out_dir or project_path(cfg.OUTPUT_DIR)
+    dataset = dataset if dataset is not None else load_split(cfg, "TRAIN")
+    if run is None:
+        RunFolder(out_dir).write(cfg.MODEL.TYPE, dataset.classes, cfg)
+    seed_everything(cfg.TRAIN.SEED, 0)  # the initial weights are a function of the seed
+    net = build_detector(cfg, ctx)
+    net(mx.nd.zeros((1, 1, 3) + net.image_hw, ctx=ctx))
+    if cfg.MODEL.WEIGHTS:
+        load_init_weights(net, cfg.MODEL.WEIGHTS, log)
+    start = time.time()
+    summary = train(cfg, net, out_dir=out_dir, dataset=dataset, ctx=ctx)
+    seconds = time.time() - start
+    save_model(net, os.path.join(out_dir, MODEL_FILE))
+    return net, summary, seconds
 
 
 def warm_up(net, ctx=mx.cpu(), steps=2):
@@ -202,11 +236,10 @@ def _groups_in_order(dataset):
 
 
 def calibration_frames(cfg, count):
-    """(count, 3, H, W) frames spread over DATASET.TRAIN at MODEL.IMAGE_SIZE (int8 calibration)."""
-    from .streaming import preprocess
+    """(count, 3, H, W) frames spread over DATASET.TRAIN at INPUT.SIZE (int8 calibration)."""
     if count < 1:
         raise ConfigError(f"{cfg.get('CONFIG_FILE') or 'config'}: TEST.CALIB_FRAMES must be >= 1, got {count}")
-    size = size_hw(cfg.MODEL.IMAGE_SIZE, "MODEL.IMAGE_SIZE")
+    size = size_hw(cfg.INPUT.SIZE, "INPUT.SIZE")
     return np.concatenate([preprocess(read_image(rec.image), size).asnumpy()
                            for rec in load_split(cfg, "TRAIN").spread(count)])
 
@@ -215,10 +248,7 @@ def evaluate(cfg, net, dataset=None, policy=None, print_dir=None, policy_net=Non
     """Stream the test set; returns {"mAP", "fps", "frames", "large_share", "per_class"}.
 
     print_dir: write annotated JPEGs there (TEST.PRINT_IMAGES)."""
-    from lib.eval import voc_ap
-    from lib.viz import draw_detections, save_image
-    from .streaming import AsyncStreamingDetector, StreamingDetector
-    dataset = dataset if dataset is not None else load_split(cfg, "TEST")
+    dataset = dataset if dataset is not None else load_split(cfg, "VAL")
     policy = policy or cfg.INTERLEAVE.POLICY
     if policy == "async":
         stream = AsyncStreamingDetector(net, cfg, ctx=ctx)
@@ -240,13 +270,13 @@ def evaluate(cfg, net, dataset=None, policy=None, print_dir=None, policy_net=Non
                     break
                 image = read_image(rec.image)
                 t0 = time.perf_counter()
-                labels, scores, boxes = stream.step(image)
+                (_, (boxes, scores, labels)), = stream.step(image)
                 seconds += time.perf_counter() - t0
                 large += stream.last_extractor == "large"
                 records.append(rec)
                 detections.append((boxes, scores, labels))
                 if print_dir:
-                    drawn = draw_detections(image, boxes, scores, labels, dataset.classes, cfg.TEST.SCORE_THRESHOLD)
+                    drawn = draw_detections(image, boxes, scores, labels, dataset.classes, cfg.TEST.DRAW_THRESH)
                     save_image(os.path.join(print_dir, rec.image_id.replace("/", "_") + ".jpg"), drawn)
     finally:
         if policy == "async":
@@ -302,7 +332,6 @@ def policy_clips(cfg, net, dataset, count):
 
 
 def train_adaptive_policy(cfg, net, dataset=None, log=print):
-    from .policy import train_policy
     dataset = dataset if dataset is not None else load_split(cfg, "TRAIN")
     n_clips = max(1, cfg.POLICY_NET.STEPS // cfg.TRAIN.UNROLL + 1)
     return train_policy(net, policy_clips(cfg, net, dataset, n_clips), frame_loss_fn(cfg, net), cfg, log)

@@ -13,12 +13,31 @@ import logging
 import os
 import sys
 
+import cv2
 import numpy as np
 
+from lib.anchor_coverage import anchor_match
 from lib.config import ConfigError
-from lib.dataset.io import DatasetError
+from lib.dataset import Record
+from lib.dataset.io import DatasetError, read_image
+from lib.tools.infer import ExportedDetector
+from lib.viz import draw_detections, draw_ground_truth, draw_record, save_image
 
+from .config import load as load_config
+from .data import TrainSample, build_augmentation
 from .datasets import add_dataset_subparsers, load_split
+from .detector import M2Det, prior_spec
+from .export import export_inference_model
+from .inference import (
+    Detector,
+    MultiScaleDetector,
+    detect_dataset,
+    evaluate_detections,
+    filter_detections,
+    load_trained_model,
+    per_class_values,
+)
+from .train import run_training
 
 logger = logging.getLogger("m2det")
 
@@ -87,76 +106,19 @@ def train_parser():
 
 
 def train(argv=None):
-    from . import engine
-
     args = train_parser().parse_args(argv)
     overrides = _overrides(args, {
-        "backbone": "MODEL.BACKBONE", "input_size": "MODEL.INPUT_SIZE", "batch_size": "TRAIN.BATCH_SIZE",
-        "epochs": "TRAIN.EPOCHS", "steps": "TRAIN.MAX_ITERS_PER_EPOCH", "lr": "TRAIN.LR",
+        "backbone": "MODEL.BACKBONE", "input_size": "INPUT.SIZE", "batch_size": "TRAIN.BATCH_SIZE",
+        "epochs": "TRAIN.EPOCHS", "steps": "TRAIN.MAX_BATCHES", "lr": "TRAIN.LR",
         "warmup_epochs": "TRAIN.WARMUP_EPOCHS", "lr_steps": "TRAIN.LR_STEPS",
-        "freeze_backbone": "TRAIN.FREEZE_BACKBONE", "random_transform": "TRAIN.RANDOM_TRANSFORM",
+        "freeze_backbone": "TRAIN.FREEZE_BACKBONE", "random_transform": "TRAIN.AUGMENT",
         "weights": "MODEL.BACKBONE_WEIGHTS", "snapshot_path": "OUTPUT_DIR", "workers": "TRAIN.WORKERS",
         "seed": "TRAIN.SEED", "loss": "LOSS.TYPE", "context": "CONTEXT"})
     if args.no_evaluation:
         overrides.append("TRAIN.EVALUATE=false")
-    cfg = engine.build_config(args.cfg, overrides)
+    cfg = load_config(args.cfg, overrides)
     return run_training(cfg, load_split(args, "train", args.strict), load_split(args, "val", args.strict),
                         snapshot=args.snapshot, tensorboard_dir=args.tensorboard_dir)
-
-
-def run_training(cfg, train_set, val_set=None, snapshot=None, tensorboard_dir=None):
-    """Train on ``train_set`` (DetectionDataset) with lib.train.fit; returns fit's summary."""
-    from lib.config import PROJECT_ROOT
-    from lib.train import fit, seed_everything
-    from . import engine
-
-    if train_set is None or len(train_set) == 0:
-        raise ValueError("the training set has no image")
-    out_dir = cfg.OUTPUT_DIR if os.path.isabs(cfg.OUTPUT_DIR) else os.path.join(PROJECT_ROOT, cfg.OUTPUT_DIR)
-    ctx = engine.get_context(cfg)
-    classes = train_set.classes
-    if val_set is not None and list(val_set.classes) != list(classes):
-        raise ValueError(f"validation classes {val_set.classes} differ from training classes {classes}")
-    engine.save_run_metadata(out_dir, cfg, classes)
-    seed_everything(cfg.TRAIN.SEED, 0)  # the initial weights are a function of the seed (exact resume)
-    net = engine.build_model(cfg, len(classes), ctx)
-    if snapshot:
-        _, params = engine.resolve_checkpoint(snapshot)
-        net.load_parameters(params, ctx=ctx)
-        logger.info("initialised from %s", params)
-    train_cfg = dict(cfg.TRAIN)
-    train_cfg["FREEZE_PATTERNS"] = list(cfg.TRAIN.FREEZE_PATTERNS) + (
-        [r"^backbone\."] if cfg.TRAIN.FREEZE_BACKBONE else [])
-    train_cfg["CONFIG_FILE"] = cfg.CONFIG_FILE
-    task = engine.M2DetTask(net, cfg, ctx)
-    batches = engine.train_batches(train_set, cfg, net.priors)
-    val_fn = None
-    if cfg.TRAIN.EVALUATE and val_set is not None and len(val_set):
-        def val_fn(_net, epoch):
-            detector = engine.Detector(net, cfg, ctx[0], hybridize=False)
-            detections = engine.detect_dataset(detector, val_set, batch_size=int(cfg.TRAIN.BATCH_SIZE))
-            result = engine.evaluate_detections(val_set, detections, coco=False)["voc"]
-            metrics = {"mAP": float(result["mAP"])}
-            for name, ap in zip(val_set.classes, _per_class_values(result, val_set.classes)):
-                if ap is not None:
-                    metrics[f"AP/{name}"] = float(ap)
-            return metrics
-    if tensorboard_dir:
-        os.makedirs(os.path.join(out_dir, "tb"), exist_ok=True)
-        if not os.path.exists(tensorboard_dir):
-            os.makedirs(os.path.dirname(os.path.abspath(tensorboard_dir)), exist_ok=True)
-            os.symlink(os.path.join(out_dir, "tb"), tensorboard_dir)
-    summary = fit(task, batches, train_cfg, out_dir, ctx=ctx, val_fn=val_fn)
-    print(json.dumps({k: v for k, v in summary.items() if k != "final_losses"}, default=str))
-    return summary
-
-
-def _per_class_values(result, classes):
-    per_class = result.get("per_class", {})
-    if isinstance(per_class, dict):
-        return [per_class.get(c) if not isinstance(per_class.get(c), dict) else per_class[c].get("ap")
-                for c in classes]
-    return list(per_class)
 
 
 def train_main(argv=None):
@@ -191,9 +153,6 @@ def evaluate_parser():
 
 
 def evaluate(argv=None):
-    from lib.dataset.io import read_image
-    from . import engine
-
     args = evaluate_parser().parse_args(argv)
     dataset = load_split(args, "val", args.strict)
     if dataset is None or len(dataset) == 0:
@@ -205,19 +164,19 @@ def evaluate(argv=None):
     else:
         overrides = list(args.overrides) + [f"TEST.SCORE_THRESH={min(args.score_threshold, 1.0)}",
                                             f"TEST.MAX_PER_IMAGE={args.max_detections}"]
-        net, cfg, classes = engine.load_trained_model(args.model, overrides=overrides)
+        net, cfg, classes = load_trained_model(args.model, overrides=overrides)
         if args.test_sizes:
-            detector = engine.MultiScaleDetector(net, cfg, args.test_sizes, nms=args.nms)
+            detector = MultiScaleDetector(net, cfg, args.test_sizes, nms=args.nms)
         else:
-            detector = engine.Detector(net, cfg, nms=args.nms)
-        detections = engine.detect_dataset(detector, dataset, batch_size=args.batch_size, progress=True)
+            detector = Detector(net, cfg, nms=args.nms)
+        detections = detect_dataset(detector, dataset, batch_size=args.batch_size, progress=True)
     if list(classes) != list(dataset.classes):
         raise ValueError(f"the model's classes {classes} differ from the dataset's {dataset.classes}")
-    detections = engine.filter_detections(detections, args.score_threshold, args.max_detections)
-    result = engine.evaluate_detections(dataset, detections, iou=args.iou_threshold, coco=not args.no_coco)
+    detections = filter_detections(detections, args.score_threshold, args.max_detections)
+    result = evaluate_detections(dataset, detections, iou=args.iou_threshold, coco=not args.no_coco)
     voc = result["voc"]
     counts = dataset.class_counts()
-    for name, ap in zip(dataset.classes, _per_class_values(voc, dataset.classes)):
+    for name, ap in zip(dataset.classes, per_class_values(voc, dataset.classes)):
         print(f"{counts.get(name, 0):6d} instances of class {name} with average precision: "
               f"{'n/a' if ap is None else f'{ap:.4f}'}")
     print(f"mAP@{args.iou_threshold:g}: {_fmt(voc['mAP'])}")
@@ -228,7 +187,7 @@ def evaluate(argv=None):
     if args.results:
         _write_results(args.results, dataset, detections)
     if args.save_path:
-        _save_annotated(args.save_path, dataset, detections, read_image)
+        _save_annotated(args.save_path, dataset, detections)
     return result
 
 
@@ -238,8 +197,6 @@ def _fmt(value):
 
 def _detect_exported(folder, dataset, batch_size):
     """Detections of a converted model through lib.tools.infer (no training code involved)."""
-    import cv2
-    from lib.tools.infer import ExportedDetector
     model = ExportedDetector(folder)
     out = []
     for record in dataset.records:
@@ -259,9 +216,8 @@ def _write_results(path, dataset, detections):
         json.dump(rows, f)
 
 
-def _save_annotated(folder, dataset, detections, read_image):
+def _save_annotated(folder, dataset, detections):
     """Ground truth and detections drawn with lib.viz, one JPEG per image."""
-    from lib.viz import draw_detections, draw_ground_truth, save_image
     os.makedirs(folder, exist_ok=True)
     for record, (boxes, scores, labels) in zip(dataset.records, detections):
         canvas = draw_ground_truth(read_image(record.image), record.boxes, record.labels, dataset.classes,
@@ -292,17 +248,16 @@ def convert_parser():
 
 
 def convert(argv=None):
-    from . import engine
     args = convert_parser().parse_args(argv)
     overrides = _overrides(args, {"score_threshold": "TEST.SCORE_THRESH", "nms_iou": "TEST.NMS_IOU",
                                   "max_detections": "TEST.MAX_PER_IMAGE",
                                   "max_per_class": "TEST.MAX_PER_CLASS"})
-    net, cfg, classes = engine.load_trained_model(args.model, overrides=overrides)
-    if cfg.TEST.NMS != "hard":
-        logger.warning("TEST.NMS is %r: the exported graph uses hard NMS (soft-NMS has no graph "
+    net, cfg, classes = load_trained_model(args.model, overrides=overrides)
+    if cfg.TEST.NMS_METHOD != "hard":
+        logger.warning("TEST.NMS_METHOD is %r: the exported graph uses hard NMS (soft-NMS has no graph "
                        "operator); use m2det-evaluate --nms %s on the checkpoint for soft-NMS",
-                       cfg.TEST.NMS, cfg.TEST.NMS)
-    paths = engine.export_inference_model(net, cfg, classes, args.output, onnx=args.onnx)
+                       cfg.TEST.NMS_METHOD, cfg.TEST.NMS_METHOD)
+    paths = export_inference_model(net, cfg, classes, args.output, onnx=args.onnx)
     print(json.dumps(paths))
     return paths
 
@@ -328,42 +283,18 @@ def debug_parser():
     return p
 
 
-def anchor_coverage(boxes_norm, priors):
-    """Best prior IoU of each normalised gt box (numpy reference: lib.bbox.box_iou)."""
-    from lib.bbox import box_iou
-    if len(boxes_norm) == 0:
-        return np.zeros(0, np.float64)
-    return box_iou(np.asarray(boxes_norm, np.float64), np.asarray(priors, np.float64)).max(axis=1)
-
-
-def anchor_spec(net):
-    """The model's priors as a lib.tools.draw anchor configuration (TYPE ssd)."""
-    from .detector import prior_settings
-    steps, min_sizes, max_sizes = prior_settings(net.cfg, net.feature_sizes)
-    return {"TYPE": "ssd", "IMAGE_SIZE": net.input_size, "FEATURE_SIZES": list(net.feature_sizes),
-            "STEPS": list(steps), "MIN_SIZES": min_sizes, "MAX_SIZES": max_sizes,
-            "ASPECT_RATIOS": [list(net.cfg.PRIORS.ASPECT_RATIOS)] * len(net.feature_sizes),
-            "CLIP": bool(net.cfg.PRIORS.CLIP)}
-
-
 def debug(argv=None):
-    import cv2
-    from lib.dataset import Record
-    from lib.tools.draw import anchor_match, draw_record
-    from . import engine
-    from .detector import M2Det
-
     args = debug_parser().parse_args(argv)
-    overrides = _overrides(args, {"input_size": "MODEL.INPUT_SIZE"})
-    cfg = engine.build_config(args.cfg, overrides)
+    overrides = _overrides(args, {"input_size": "INPUT.SIZE"})
+    cfg = load_config(args.cfg, overrides)
     dataset = load_split(args, "val", args.strict)
     if dataset is None or len(dataset) == 0:
         raise ValueError("the dataset has no image")
-    net = M2Det(cfg.MODEL, max(1, len(dataset.classes)))  # shape inference only, no weights
-    spec = anchor_spec(net)
+    net = M2Det(cfg.MODEL, max(1, len(dataset.classes)), cfg.INPUT.SIZE)  # shape inference only, no weights
+    spec = prior_spec(net)
     rng = np.random.RandomState(args.seed)
-    augment = engine.build_augmentation(cfg, rng=rng) if args.random_transform else None
-    sample = engine.TrainSample(cfg, net.priors, augment)
+    augment = build_augmentation(cfg, rng=rng) if args.random_transform else None
+    sample = TrainSample(cfg, net.priors, augment)
     threshold = float(cfg.LOSS.POS_IOU)
     covered_total, boxes_total, uncovered = 0, 0, []
     if args.output_dir:

@@ -3,6 +3,7 @@
 The defaults are the official M2Det 320 VGG16 settings (configs/m2det320_vgg.py of the paper's code).
 Other official input sizes: see ``OFFICIAL_PRIORS`` and experiments/m2det/cfgs/.
 """
+from lib.config import SHARED_DEFAULTS, SPEC_LIST_KEYS, Schema, extend_schema, load_config
 
 # Official anchor patterns per input size: (step_pattern, size_pattern).
 OFFICIAL_PRIORS = {
@@ -11,12 +12,11 @@ OFFICIAL_PRIORS = {
     800: ([8, 16, 32, 62, 115, 160], [0.04, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05]),
 }
 
-DEFAULTS = {
+DEFAULTS = extend_schema(SHARED_DEFAULTS, {
     "MODEL": {
         "BACKBONE": "vgg16",           # vgg16 | vgg16_bn | resnet50 | resnet101 | mobilenetv2
         "BACKBONE_WEIGHTS": "",        # optional .params for the backbone (e.g. gluoncv ImageNet)
         "MOBILENET_MULTIPLIER": 1.0,
-        "INPUT_SIZE": 320,             # square input; must give a valid pyramid
         "PLANES": 256,                 # TUM width; FFMv2 gives PLANES // 2
         "SHALLOW_CHANNELS": 256,       # FFMv1 3x3 conv on the stride-8 tap
         "DEEP_CHANNELS": 512,          # FFMv1 1x1 conv on the stride-16 tap
@@ -40,6 +40,7 @@ DEFAULTS = {
         },
     },
     "INPUT": {
+        "SIZE": 320,                   # square input S; must give a valid pyramid
         "MEAN": [123.0, 117.0, 104.0],  # RGB order of the official BGR means (104, 117, 123)
         "STD": [1.0, 1.0, 1.0],
     },
@@ -53,16 +54,16 @@ DEFAULTS = {
     },
     "TEST": {
         "SCORE_THRESH": 0.1,           # per-class threshold (paper: 0.05)
-        "NMS": "hard",                 # hard | linear | gaussian (soft-NMS)
+        "NMS_METHOD": "hard",          # hard | linear | gaussian (soft-NMS)
         "NMS_IOU": 0.45,
-        "PRE_NMS_TOPK": 400,           # per class, before NMS (bounds the O(k^2) box_nms); 0 = all
+        "PRE_NMS_TOP_K": 400,          # per class, before NMS (bounds the O(k^2) box_nms); 0 = all
         "SOFT_NMS_SIGMA": 0.5,
         "MAX_PER_CLASS": 50,
         "MAX_PER_IMAGE": 100,
     },
     "DATASET": {
-        "TRAIN": {"FORMAT": "csv"},    # free-form spec for lib.dataset.load_dataset
-        "VAL": {},
+        "TRAIN": None,                 # lib.dataset.load_dataset specs (a list, or one mapping)
+        "VAL": None,
         "CLASSES": [],                 # optional explicit class list
     },
     "TRAIN": {
@@ -70,7 +71,6 @@ DEFAULTS = {
         # lr 0.004 (from 1e-6), x0.1 steps at 90/110/130/150, 160 epochs, batch 16.
         "BATCH_SIZE": 16,
         "EPOCHS": 160,
-        "MAX_ITERS_PER_EPOCH": 0,      # > 0 caps the batches of an epoch (smoke runs, --steps)
         "OPTIMIZER": "sgd",
         "LR": 0.004,
         "MOMENTUM": 0.9,
@@ -91,7 +91,7 @@ DEFAULTS = {
         "FREEZE_PATTERNS": [],
         "NO_WD_PATTERNS": [],
         "PROGRESS": True,
-        "RANDOM_TRANSFORM": True,      # augment with AUGMENTATIONS
+        "AUGMENT": True,               # augment with AUGMENTATIONS
         # lib.transforms specs; the official SSD augmentation (ssd.pytorch / M2Det crop variant)
         "AUGMENTATIONS": ["PhotometricDistort", "Expand", {"name": "SSDRandomCrop", "iou_mode": "all"},
                           {"name": "RandomFlip", "p": 0.5}],
@@ -100,7 +100,20 @@ DEFAULTS = {
     },
     "OUTPUT_DIR": "output/m2det",
     "CONTEXT": "cpu",                  # cpu | gpu:N | comma-separated list for data-parallel training
-}
+})
 
-# Keys holding free-form mappings (dataset specs are passed to lib.dataset.load_dataset as they are).
-OPEN_KEYS = ("DATASET.TRAIN", "DATASET.VAL")
+SIZE_KEYS = ("INPUT.SIZE",)
+# keys of earlier releases -> their names in the shared schema (read with a warning)
+RENAMES = {
+    "MODEL.INPUT_SIZE": "INPUT.SIZE",
+    "TRAIN.MAX_ITERS_PER_EPOCH": "TRAIN.MAX_BATCHES",
+    "TRAIN.RANDOM_TRANSFORM": "TRAIN.AUGMENT",
+    "TEST.NMS": "TEST.NMS_METHOD",
+    "TEST.PRE_NMS_TOPK": "TEST.PRE_NMS_TOP_K",
+}
+SCHEMA = Schema(DEFAULTS, size_keys=SIZE_KEYS, renames=RENAMES, spec_list_keys=SPEC_LIST_KEYS)
+
+
+def load(path=None, overrides=None):
+    """DEFAULTS <- yaml ``path`` <- ``overrides`` ("A.B=value" strings) with strict key checks."""
+    return load_config(path, SCHEMA, overrides=overrides)

@@ -9,7 +9,13 @@
 import json
 import os
 
+from lib.dataset.coco import load_coco
+from lib.dataset.csv_format import load_csv
 from lib.dataset.io import DatasetError
+from lib.dataset.kitti import load_kitti
+from lib.dataset.labelmap import read_classes_csv
+from lib.dataset.oid import load_oid, read_oid_descriptions
+from lib.dataset.voc import load_voc
 
 FORMATS = ("csv", "pascal", "coco", "kitti", "oid")
 
@@ -59,7 +65,6 @@ def add_dataset_subparsers(parser, for_training=True):
 
 def oid_labels_under(hierarchy_path, descriptions, parent_display_name):
     """Display names of every class below ``parent_display_name`` in an OID hierarchy JSON."""
-    from lib.dataset.oid import read_oid_descriptions
     names = read_oid_descriptions(descriptions)
     by_name = {v: k for k, v in names.items()}
     if parent_display_name not in by_name:
@@ -106,8 +111,6 @@ def load_split(args, split, strict=False):
     arguments, or None when that split was not given (csv without --val-annotations)."""
     kind = args.dataset_type
     if kind == "csv":
-        from lib.dataset.csv_format import load_csv
-        from lib.dataset.labelmap import read_classes_csv
         classes = read_classes_csv(args.classes)
         if split == "train" or not args.for_training:
             path = args.annotations  # m2det-evaluate / m2det-debug: the one CSV given
@@ -117,24 +120,20 @@ def load_split(args, split, strict=False):
             return None
         return load_csv(path, classes=classes, strict=strict)
     if kind == "pascal":
-        from lib.dataset.voc import load_voc
         return load_voc(args.pascal_path, split=args.train_split if split == "train" else args.val_split,
                         classes=_classes(args.classes), strict=strict)
     if kind == "coco":
-        from lib.dataset.coco import load_coco
         name = args.train_set if split == "train" else args.val_set
         ann = os.path.join(args.coco_path, "annotations", f"instances_{name}.json")
         images = os.path.join(args.coco_path, "images", name)
         return load_coco(ann, images_dir=images if os.path.isdir(images) else None,
                          classes=_classes(args.classes), strict=strict)
     if kind == "kitti":
-        from lib.dataset.kitti import load_kitti
         list_file = args.train_split if split == "train" else args.val_split
         if split == "val" and not list_file and args.for_training:
             return None
         return load_kitti(args.kitti_path, split=list_file, classes=_classes(args.classes), strict=strict)
     if kind == "oid":
-        from lib.dataset.oid import load_oid
         root = os.path.join(args.main_dir, args.version) if os.path.isdir(
             os.path.join(args.main_dir, args.version)) else args.main_dir
         set_name = args.train_set if split == "train" else args.val_set

@@ -7,12 +7,13 @@ and returns gluoncv-style ids/scores/boxes in input pixels; it is what m2det-con
 ``postprocess`` is the same post-processing in numpy through lib.bbox / lib.nms, and also offers
 soft-NMS, which has no graph operator.
 """
-import numpy as np
 import mxnet as mx
+import numpy as np
 from mxnet.gluon import nn
 
 from lib.anchors import ssd_priors
 from lib.bbox import clip_boxes, decode_boxes, decode_boxes_F
+from lib.export import graph_multiclass_nms
 from lib.nms import multiclass_nms
 
 from .backbones import build_backbone, load_backbone_weights
@@ -38,9 +39,9 @@ def anchors_per_cell(aspect_ratios):
     return 2 + 2 * len(aspect_ratios)
 
 
-def prior_settings(model_cfg, feature_sizes):
+def prior_settings(model_cfg, feature_sizes, input_size):
     """Steps, min sizes and max sizes (pixels) as the official mk_anchors computes them."""
-    size = int(model_cfg.INPUT_SIZE)
+    size = int(input_size)
     n = len(feature_sizes)
     pattern = list(model_cfg.PRIORS.SIZE_PATTERN)
     if len(pattern) != n + 1:
@@ -77,18 +78,22 @@ class SSDPyramid(nn.HybridBlock):
 
 
 class M2Det(nn.HybridBlock):
-    """The training network. ``num_classes`` counts foreground classes."""
+    """The training network for square inputs of ``input_size`` (INPUT.SIZE); ``num_classes`` counts
+    foreground classes."""
 
-    def __init__(self, model_cfg, num_classes, **kwargs):
+    def __init__(self, model_cfg, num_classes, input_size, **kwargs):
         super().__init__(**kwargs)
         cfg = model_cfg
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.cfg = cfg
         self.num_classes = int(num_classes)
-        self.input_size = int(cfg.INPUT_SIZE)
+        size = list(input_size) if isinstance(input_size, (list, tuple)) else [input_size]
+        if len(set(int(v) for v in size)) != 1:
+            raise ValueError(f"INPUT.SIZE {input_size}: M2Det takes a square input S")
+        self.input_size = int(size[0])
         if self.input_size < 32:
-            raise ValueError(f"MODEL.INPUT_SIZE must be >= 32, got {self.input_size}")
+            raise ValueError(f"INPUT.SIZE must be >= 32, got {self.input_size}")
         self.num_levels, self.num_scales = int(cfg.NUM_LEVELS), int(cfg.NUM_SCALES)
         self.pyramid = cfg.PYRAMID
         if self.pyramid not in ("m2det", "ssd"):
@@ -102,7 +107,7 @@ class M2Det(nn.HybridBlock):
             try:
                 self.feature_sizes = tum_sizes(shallow, self.num_scales)
             except ValueError as err:
-                raise ValueError(f"MODEL.INPUT_SIZE {self.input_size} with backbone {cfg.BACKBONE} gives "
+                raise ValueError(f"INPUT.SIZE {self.input_size} with backbone {cfg.BACKBONE} gives "
                                  f"no valid pyramid: {err}") from None
             self.ffm1 = FFMv1((shallow, shallow), (deep, deep), int(cfg.SHALLOW_CHANNELS),
                               int(cfg.DEEP_CHANNELS))
@@ -122,7 +127,7 @@ class M2Det(nn.HybridBlock):
                                  reduction=int(cfg.SFAM_REDUCTION), shared=cfg.SHARED_WEIGHTS)
                 source_channels = [planes * self.num_levels] * self.num_scales
             self.source_norm = nn.BatchNorm(in_channels=source_channels[0]) if cfg.SOURCE_NORM else None
-            steps, min_sizes, max_sizes = prior_settings(cfg, self.feature_sizes)
+            steps, min_sizes, max_sizes = prior_settings(cfg, self.feature_sizes, self.input_size)
             ratios = [list(cfg.PRIORS.ASPECT_RATIOS)] * self.num_scales
             self.priors = np.asarray(ssd_priors(self.input_size, self.feature_sizes, steps, min_sizes,
                                                 max_sizes, ratios, clip=cfg.PRIORS.CLIP), np.float32)
@@ -195,7 +200,7 @@ class M2DetInference(nn.HybridBlock):
         self.nms_iou = float(test_cfg.NMS_IOU)
         self.max_per_class = int(test_cfg.MAX_PER_CLASS)
         self.max_per_image = int(test_cfg.MAX_PER_IMAGE)
-        self.pre_nms_topk = int(test_cfg.PRE_NMS_TOPK)
+        self.pre_nms_topk = int(test_cfg.PRE_NMS_TOP_K)
         self.num_classes = net.num_classes
         self.size = float(net.input_size)
         self.variances = net.variances
@@ -207,36 +212,16 @@ class M2DetInference(nn.HybridBlock):
         probs = F.softmax(cls_logits, axis=-1)
         boxes = decode_boxes_F(F, box_deltas, priors, stds=self.variances)
         boxes = F.clip(boxes, 0.0, 1.0) * self.size
-        per_class = []
-        for c in range(self.num_classes):
-            score = F.slice_axis(probs, axis=-1, begin=c + 1, end=c + 2)
-            cid = F.ones_like(score) * c
-            dets = F.concat(cid, score, boxes, dim=-1)
-            # box_nms keeps scores > valid_thresh, sorts, suppresses IoU > overlap_thresh
-            # within the class, and moves the suppressed rows (all -1) to the end.
-            dets = F.contrib.box_nms(dets, overlap_thresh=self.nms_iou, valid_thresh=self.score_thresh,
-                                     topk=self.pre_nms_topk if self.pre_nms_topk > 0 else -1, coord_start=2, score_index=1, id_index=-1,
-                                     force_suppress=True)
-            per_class.append(F.slice_axis(dets, axis=1, begin=0, end=self.max_per_class))
-        dets = F.concat(*per_class, dim=1) if len(per_class) > 1 else per_class[0]
-        if self.num_classes > 1:
-            # Sort all kept detections by score (no suppression: IoU is never > 1); the -1 padding
-            # rows fail valid_thresh and go to the end.
-            dets = F.contrib.box_nms(dets, overlap_thresh=1.0, valid_thresh=self.score_thresh, topk=-1,
-                                     coord_start=2, score_index=1, id_index=-1, force_suppress=True)
-        keep = min(self.max_per_image, self.num_classes * self.max_per_class)
-        dets = F.slice_axis(dets, axis=1, begin=0, end=keep)
-        ids = F.slice_axis(dets, axis=-1, begin=0, end=1)
-        scores = F.slice_axis(dets, axis=-1, begin=1, end=2)
-        boxes = F.slice_axis(dets, axis=-1, begin=2, end=6)
-        return ids, scores, boxes
+        scores = F.slice_axis(probs, axis=-1, begin=1, end=None)     # column 0: background
+        return graph_multiclass_nms(F, scores, boxes, self.num_classes, self.score_thresh, self.nms_iou,
+                                    self.max_per_class, self.max_per_image, self.pre_nms_topk)
 
 
 def postprocess(cls_logits, box_deltas, priors, input_size, test_cfg, variances=(0.1, 0.1, 0.2, 0.2),
                 method=None):
     """numpy post-processing of one image's raw outputs -> (boxes (K,4) input pixels, scores, labels).
 
-    Same steps as M2DetInference, through lib.bbox and lib.nms; ``method`` (default TEST.NMS) may
+    Same steps as M2DetInference, through lib.bbox and lib.nms; ``method`` (default TEST.NMS_METHOD) may
     also be soft-NMS ('linear' / 'gaussian').
     """
     logits = np.asarray(cls_logits, np.float64)
@@ -247,7 +232,7 @@ def postprocess(cls_logits, box_deltas, priors, input_size, test_cfg, variances=
     boxes = np.clip(boxes, 0.0, 1.0) * float(input_size)
     boxes = clip_boxes(boxes, input_size, input_size)
     scores = probs[:, 1:]
-    topk = int(test_cfg.PRE_NMS_TOPK)
+    topk = int(test_cfg.PRE_NMS_TOP_K)
     if 0 < topk < len(scores):
         # Only the top-k candidates of each class enter NMS (box_nms's topk in the graph).
         drop = np.argsort(-scores, axis=0, kind="stable")[topk:]
@@ -255,5 +240,32 @@ def postprocess(cls_logits, box_deltas, priors, input_size, test_cfg, variances=
         np.put_along_axis(scores, drop, -1.0, axis=0)
     return multiclass_nms(boxes, scores, score_threshold=float(test_cfg.SCORE_THRESH),
                           iou_threshold=float(test_cfg.NMS_IOU), max_per_class=int(test_cfg.MAX_PER_CLASS),
-                          max_total=int(test_cfg.MAX_PER_IMAGE), method=method or test_cfg.NMS,
+                          max_total=int(test_cfg.MAX_PER_IMAGE), method=method or test_cfg.NMS_METHOD,
                           sigma=float(test_cfg.SOFT_NMS_SIGMA))
+
+
+def first_context(ctx):
+    """The first of one context or a list (None: the CPU)."""
+    if ctx is None:
+        return mx.cpu()
+    return ctx[0] if isinstance(ctx, (list, tuple)) else ctx
+
+
+def build_model(cfg, num_classes, ctx=None):
+    """An initialised M2Det training network for ``num_classes`` foreground classes
+    (``ctx``: one context or a list, for data-parallel training)."""
+    net = M2Det(cfg.MODEL, num_classes, cfg.INPUT.SIZE)
+    net.initialize_weights(ctx=ctx or mx.cpu())
+    # One forward pass completes deferred shapes so that checkpoints can be loaded right away.
+    size = net.input_size
+    net(mx.nd.zeros((1, 3, size, size), ctx=first_context(ctx)))
+    return net
+
+
+def prior_spec(net):
+    """The network's priors as an anchor configuration of lib.anchor_coverage (TYPE ssd)."""
+    steps, min_sizes, max_sizes = prior_settings(net.cfg, net.feature_sizes, net.input_size)
+    return {"TYPE": "ssd", "IMAGE_SIZE": net.input_size, "FEATURE_SIZES": list(net.feature_sizes),
+            "STEPS": list(steps), "MIN_SIZES": min_sizes, "MAX_SIZES": max_sizes,
+            "ASPECT_RATIOS": [list(net.cfg.PRIORS.ASPECT_RATIOS)] * len(net.feature_sizes),
+            "CLIP": bool(net.cfg.PRIORS.CLIP)}

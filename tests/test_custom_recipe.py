@@ -126,9 +126,9 @@ EVAL: {{THRESHOLDS: [0.2, 0.5]}}
 OUTPUT_DIR: {run_dir}
 """)
     assert _script("train.py")["main"](["--cfg", str(cfg_path), "--no-progress"]) == 0
-    assert (run_dir / "detector.json").is_file() and list(run_dir.glob("ckpt-*.params"))
-    meta = json.loads((run_dir / "detector.json").read_text())
-    assert meta == {"detector": "m2det", "classes": ["disc"]}
+    assert (run_dir / "run.json").is_file() and list(run_dir.glob("ckpt-*.params"))
+    meta = json.loads((run_dir / "run.json").read_text())
+    assert (meta["family"], meta["classes"], meta["recipe"]) == ("m2det", ["disc"], "recipe.yaml")
     coverage = json.loads((run_dir / "anchor_coverage.json").read_text())
     assert coverage["boxes"] == sum(b["boxes"] for b in coverage["bands"]) == packed_boxes > 0
     # the debug drawing with the run's own anchors counts the same matches on the same boxes
@@ -197,7 +197,7 @@ OUTPUT_DIR: {run_dir}
     exported = json.loads((out / "detections.json").read_text())
 
     # the exported model gives the in-process model's detections on the same decoded frames
-    from lib.detectors import load_model
+    from lib.family import load_model
     model = load_model(str(run_dir))
     cap = cv2.VideoCapture(video)
     frames = []

@@ -8,9 +8,10 @@ from mxnet.gluon import nn
 from gluoncv.model_zoo.resnet import get_resnet
 
 from fgfa.backbone import BackboneWeightsError, ResNetV1Backbone
-from fgfa.config import get_config
+from fgfa.config import get_config, training_scales
 from fgfa.data import make_preprocess, neighbor_indices, prepare_image, target_size
-from fgfa.detector import FGFADetector, VideoDetector
+from fgfa.detector import FGFADetector
+from fgfa.window import WindowRunner
 from fgfa.rpn import denormalize_rpn_deltas, rpn_cls_prob, rpn_flatten
 from fgfa.train import materialize
 from lib.anchors import rpn_base_anchors, shift_anchors
@@ -34,7 +35,7 @@ def test_paper_config_matches_reference():
     cfg = get_config(os.path.join(PROJECT_ROOT, "experiments", "fgfa_rfcn", "cfgs",
                                   "resnet_v1_101_flownet_imagenet_vid_rfcn_end2end_ohem.yaml"))
     assert cfg.NETWORK.DEPTH == 101 and cfg.NETWORK.NORM == "frozen"
-    assert cfg.IMAGE.SCALES == [[600, 1000]] and cfg.TEST.K == 9
+    assert training_scales(cfg) == [[600, 1000]] and cfg.TEST.K == 9
     assert [s["IMAGE_SET"] for s in cfg.DATASET.TRAIN] == ["DET_train_30classes", "VID_train_15frames"]
     assert cfg.NETWORK.ANCHOR_SCALES == [8, 16, 32] and cfg.TRAIN.OHEM_ROIS == 128
     base = get_config(os.path.join(PROJECT_ROOT, "experiments", "rfcn", "cfgs",
@@ -319,12 +320,12 @@ def test_window_one_result_per_frame_and_equals_uncached(aggregate):
     cfg, model = _tiny_model(aggregate, k=2)
     rng = np.random.RandomState(0)
     clip = [rng.randint(0, 255, (120, 160, 3)).astype(np.uint8) for _ in range(7)]
-    detector = VideoDetector(model, preprocess=make_preprocess(cfg))
+    detector = WindowRunner(model, preprocess=make_preprocess(cfg))
     for length in (1, 2, 3, 5, 7):  # shorter than, equal to and longer than the 2K+1 = 5 window
         counter = _CountingCache(model)
         model.frame_cache = counter
         try:
-            out = list(detector.detect_video(clip[:length]))
+            out = list(enumerate(detector.detect_video(clip[:length])))
         finally:
             del model.frame_cache
         assert [t for t, _ in out] == list(range(length))
@@ -339,7 +340,7 @@ def test_window_one_result_per_frame_and_equals_uncached(aggregate):
 
 def test_window_padding_repeats_edges_and_streaming_lag():
     cfg, model = _tiny_model(True, k=3)
-    detector = VideoDetector(model, preprocess=make_preprocess(cfg))
+    detector = WindowRunner(model, preprocess=make_preprocess(cfg))
     assert detector.window_indices(0, 10) == [0, 0, 0, 0, 1, 2, 3]
     assert detector.window_indices(9, 10) == [6, 7, 8, 9, 10, 10, 10]
     assert detector.window_indices(1, 1) == [0, 0, 0, 1, 1, 1, 1]
@@ -375,7 +376,7 @@ def test_chained_flows_compose_one_step_flows(monkeypatch):
     for mode in ("direct", "chained"):
         flownet = _PairFlowNet(shape)
         monkeypatch.setattr(model, "flow_from_halves", flownet)
-        detector = VideoDetector(model, preprocess=preprocess, flow_mode=mode)
+        detector = WindowRunner(model, preprocess=preprocess, flow_mode=mode)
         done = [t for image in frames[:5] for t, _ in detector.step(image)]
         # frame 2's window (2-3..2+3, clamped to 0..4) is all there: flows to 0, 1, 3, 4
         results[mode] = detector._flows_from(2, [0, 1, 3, 4])
@@ -400,14 +401,14 @@ def test_chained_and_direct_agree_for_zero_flow_nets():
             param.set_data(mx.nd.zeros(param.shape))
     rng = np.random.RandomState(5)
     clip = [rng.randint(0, 255, (120, 160, 3)).astype(np.uint8) for _ in range(6)]
-    out = {mode: list(VideoDetector(model, preprocess=make_preprocess(cfg), flow_mode=mode).detect_video(clip))
+    out = {mode: list(enumerate(WindowRunner(model, preprocess=make_preprocess(cfg), flow_mode=mode).detect_video(clip)))
            for mode in ("direct", "chained")}
     for (t0, (b0, s0, l0)), (t1, (b1, s1, l1)) in zip(out["direct"], out["chained"]):
         assert t0 == t1 and len(b0) == len(b1) > 0
         np.testing.assert_allclose(b0, b1, rtol=1e-5, atol=1e-4)
         np.testing.assert_allclose(s0, s1, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="flow_mode"):
-        VideoDetector(model, preprocess=make_preprocess(cfg), flow_mode="sideways")
+        WindowRunner(model, preprocess=make_preprocess(cfg), flow_mode="sideways")
 
 
 def test_chained_mode_with_k0_and_builtin_ops_path(monkeypatch):
@@ -415,18 +416,18 @@ def test_chained_mode_with_k0_and_builtin_ops_path(monkeypatch):
     cfg, model = _tiny_model(True, k=0)
     rng = np.random.RandomState(9)
     clip = [rng.randint(0, 255, (120, 160, 3)).astype(np.uint8) for _ in range(3)]
-    out = list(VideoDetector(model, preprocess=make_preprocess(cfg), flow_mode="chained").detect_video(clip))
+    out = list(enumerate(WindowRunner(model, preprocess=make_preprocess(cfg), flow_mode="chained").detect_video(clip)))
     assert [t for t, _ in out] == [0, 1, 2]
     # with MXNet's built-in operators requested, the window is aggregated by the composite graph
     cfg, model = _tiny_model(True, k=1)
-    fused = [r for _, r in VideoDetector(model, preprocess=make_preprocess(cfg)).detect_video(clip)]
+    fused = WindowRunner(model, preprocess=make_preprocess(cfg)).detect_video(clip)
 
     def no_fused(*args, **kwargs):
         raise AssertionError("the fused CPU kernel ran although built-in operators were requested")
     monkeypatch.setattr(ops, "flow_aggregate", no_fused)
     ops.set_builtin_default(True)
     try:
-        composite = [r for _, r in VideoDetector(model, preprocess=make_preprocess(cfg)).detect_video(clip)]
+        composite = WindowRunner(model, preprocess=make_preprocess(cfg)).detect_video(clip)
     finally:
         ops.set_builtin_default(False)
     for (b0, s0, _), (b1, s1, _) in zip(fused, composite):
@@ -497,10 +498,10 @@ def test_hybridized_inference_equals_imperative():
     cfg, model = _tiny_model(True, k=1)
     rng = np.random.RandomState(2)
     clip = [rng.randint(0, 255, (120, 160, 3)).astype(np.uint8) for _ in range(3)]
-    detector = VideoDetector(model, preprocess=make_preprocess(cfg))
-    before = [r for _, r in detector.detect_video(clip)]
+    detector = WindowRunner(model, preprocess=make_preprocess(cfg))
+    before = detector.detect_video(clip)
     model.hybridize_for_inference()
-    after = [r for _, r in detector.detect_video(clip)]
+    after = detector.detect_video(clip)
     for (b0, s0, l0), (b1, s1, l1) in zip(before, after):
         assert len(b0) == len(b1)
         np.testing.assert_allclose(b0, b1, rtol=1e-3, atol=1e-2)
@@ -512,10 +513,10 @@ def test_compiled_ops_equal_mxnet_builtin_ops_end_to_end():
     cfg, model = _tiny_model(True, k=1)
     rng = np.random.RandomState(3)
     clip = [rng.randint(0, 255, (120, 160, 3)).astype(np.uint8) for _ in range(3)]
-    detector = VideoDetector(model, preprocess=make_preprocess(cfg))
-    compiled = [r for _, r in detector.detect_video(clip)]
+    detector = WindowRunner(model, preprocess=make_preprocess(cfg))
+    compiled = detector.detect_video(clip)
     model.use_builtin_ops(True)
-    builtin = [r for _, r in detector.detect_video(clip)]
+    builtin = detector.detect_video(clip)
     for (b0, s0, l0), (b1, s1, l1) in zip(compiled, builtin):
         assert len(b0) == len(b1) > 0
         np.testing.assert_allclose(b0, b1, rtol=1e-4, atol=1e-3)

@@ -159,7 +159,7 @@ def test_video_pairs_take_farneback_flow_of_snippet_frames(tmp_path):
         assert valid.mean() > 0.5
     first, second, target, mask = video_pair_batch(pairs, cfg, np.random.RandomState(1))
     assert first.shape == (8, 3, 96, 128) and target.shape == (8, 2, 6, 8) and mask.shape == (8, 6, 8)
-    mean, std = np.array(cfg.IMAGE.MEAN)[:, None, None], np.array(cfg.IMAGE.STD)[:, None, None]
+    mean, std = np.array(cfg.INPUT.MEAN)[:, None, None], np.array(cfg.INPUT.STD)[:, None, None]
     flipped = 0
     for a, b, t, m in zip(first, second, target, mask):
         # the oracle: Farneback on the crops the batch hands out (flips and crops must keep the flow true)

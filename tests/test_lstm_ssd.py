@@ -200,7 +200,8 @@ def test_rectangular_input_state_anchors_and_streaming():
     np.testing.assert_allclose(np.stack(outs, 1), cls_ref.asnumpy(), rtol=1e-3, atol=3e-3)
     # a full-size frame is resized per axis; boxes come back inside that frame
     stream.reset()
-    labels, scores, boxes = stream.step(rng.randint(0, 255, (96, 160, 3)).astype(np.uint8))
+    (t, (boxes, scores, labels)), = stream.step(rng.randint(0, 255, (96, 160, 3)).astype(np.uint8))
+    assert t == 0                                           # the contract: (frame index, detections)
     assert len(scores) and np.all(boxes >= 0) and np.all(boxes[:, [0, 2]] <= 160) and np.all(boxes[:, [1, 3]] <= 96)
 
 
@@ -234,7 +235,7 @@ def test_async_mode_updates_memory_in_background():
     stream = AsyncStreamingDetector(net, cfg, hybridize=False)
     try:
         frame = np.random.RandomState(0).randint(0, 255, (48, 80, 3)).astype(np.uint8)
-        ids, scores, boxes = stream.step(frame)
+        (_, (boxes, scores, ids)), = stream.step(frame)
         stream.flush()
         assert stream.large_updates == 1
         assert float(stream.state[1].abs().sum().asscalar()) > 0

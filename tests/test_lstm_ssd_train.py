@@ -20,21 +20,21 @@ TINY_CFG = os.path.join(PROJECT_ROOT, "experiments", "lstm_ssd", "cfgs", "tiny_t
 def tiny_cfg(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("synthetic_tiny"))
     cfg = lstm_config.load(TINY_CFG)
-    cfg.DATASET.TRAIN.ROOT = cfg.DATASET.TEST.ROOT = root
+    cfg.DATASET.TRAIN[0].ROOT = cfg.DATASET.VAL[0].ROOT = root
     return cfg
 
 
 @pytest.mark.parametrize("wide", [False, True])
 def test_tiny_model_overfits_a_short_synthetic_clip(tiny_cfg, tmp_path, wide):
-    """Square input, and a 2:1 input on 2:1 video (MODEL.IMAGE_SIZE [H, W]): box targets are scaled
+    """Square input, and a 2:1 input on 2:1 video (INPUT.SIZE [H, W]): box targets are scaled
     per axis, so a wrong axis would keep mAP low."""
     from lstm_ssd.train import ClipData, ClipTask, evaluate, load_split
     cfg = tiny_cfg
     if wide:
-        cfg = lstm_config.load(TINY_CFG, ["MODEL.IMAGE_SIZE=[64, 128]"])
-        cfg.DATASET.TRAIN.ROOT = cfg.DATASET.TEST.ROOT = str(tmp_path / "wide")
-        cfg.DATASET.TRAIN.WIDTH = cfg.DATASET.TEST.WIDTH = 256
-        cfg.DATASET.TRAIN.HEIGHT = cfg.DATASET.TEST.HEIGHT = 128
+        cfg = lstm_config.load(TINY_CFG, ["INPUT.SIZE=[64, 128]"])
+        cfg.DATASET.TRAIN[0].ROOT = cfg.DATASET.VAL[0].ROOT = str(tmp_path / "wide")
+        cfg.DATASET.TRAIN[0].WIDTH = cfg.DATASET.VAL[0].WIDTH = 256
+        cfg.DATASET.TRAIN[0].HEIGHT = cfg.DATASET.VAL[0].HEIGHT = 128
     mx.random.seed(0)
     np.random.seed(0)
     net = build_detector(cfg)
@@ -88,7 +88,7 @@ def test_tiny_model_overfits_a_short_synthetic_clip(tiny_cfg, tmp_path, wide):
     stream.reset()
     assert [r.frame for r in records] == sorted(r.frame for r in records)  # one video, in order
     for rec in records:
-        labels, scores, boxes = stream.step(read_image(rec.image))
+        (_, (boxes, scores, labels)), = stream.step(read_image(rec.image))
         dets.append((boxes, scores, labels))
     expected = voc_ap([records[1], records[3]], [dets[1], dets[3]], ds.classes)["mAP"]
     assert result["subsets"]["two"]["mAP"] == pytest.approx(expected)
@@ -182,8 +182,8 @@ def test_bad_config_values_name_the_file_and_key(tmp_path):
     bad.write_text(f"_BASE_: {TINY_CFG}\nMODEL:\n  LSTM: {{UNITZ: 3}}\n")
     with pytest.raises(ConfigError, match=r"bad\.yaml.*MODEL\.LSTM\.UNITZ"):
         lstm_config.load(str(bad))
-    bad.write_text(f"_BASE_: {TINY_CFG}\nMODEL:\n  IMAGE_SIZE: [64]\n")
-    with pytest.raises(ValueError, match=r"bad\.yaml.*MODEL\.IMAGE_SIZE.*S or a list \[H, W\]"):
+    bad.write_text(f"_BASE_: {TINY_CFG}\nINPUT:\n  SIZE: [64]\n")
+    with pytest.raises(ValueError, match=r"bad\.yaml.*INPUT\.SIZE.*S or a list \[H, W\]"):
         build_detector(lstm_config.load(str(bad)))
     bad.write_text(f"_BASE_: {TINY_CFG}\nMODEL:\n  TYPE: fast_slow\n  SMALL: {{INPUT_SIZE: [32, 0]}}\n")
     with pytest.raises(ValueError, match=r"bad\.yaml.*MODEL\.SMALL\.INPUT_SIZE"):
@@ -204,7 +204,8 @@ def test_train_test_entry_point_trains_tests_and_appends_a_row(tiny_cfg, tmp_pat
     cfg_path = tmp_path / "tiny.yaml"
     cfg_path.write_text(yaml.safe_dump({
         "_BASE_": TINY_CFG, "OUTPUT_DIR": str(tmp_path / "run"), "TEST": {"RESULTS_TABLE": str(tmp_path / "results.md")},
-        "DATASET": {"TRAIN": dict(tiny_cfg.DATASET.TRAIN), "TEST": dict(tiny_cfg.DATASET.TEST)}}))
+        "DATASET": {"TRAIN": [dict(s) for s in tiny_cfg.DATASET.TRAIN],
+                    "VAL": [dict(s) for s in tiny_cfg.DATASET.VAL]}}))
     module.main(["--cfg", str(cfg_path), "--print-images", "--set", "TRAIN.EPOCHS=2"])
     assert os.path.isfile(tmp_path / "run" / "model.params")
     assert len(os.listdir(tmp_path / "run" / "test_images")) == 4

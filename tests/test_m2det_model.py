@@ -8,7 +8,11 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from m2det import engine
+from m2det import config as m2det_config
+from m2det import data as m2det_data
+from m2det import inference
+from m2det.detector import build_model
+from m2det.export import export_inference_model
 from m2det.detector import M2Det, M2DetInference, postprocess
 from m2det.layers import NearestResize
 from m2det.sfam import SFAM
@@ -55,9 +59,9 @@ def official_priors(size, feature_sizes, steps, pattern):
     (800, [100, 50, 25, 13, 7, 5], 80208, "m2det800_vgg.yaml"),
 ])
 def test_official_pyramid_and_priors(size, expected_sizes, expected_priors, cfg_file):
-    cfg = engine.build_config(os.path.join(os.path.dirname(TINY), cfg_file))
-    assert cfg.MODEL.INPUT_SIZE == size and cfg.MODEL.BACKBONE == "vgg16" and cfg.MODEL.NUM_LEVELS == 8
-    net = M2Det(cfg.MODEL, 80)  # shapes only: no weights are allocated
+    cfg = m2det_config.load(os.path.join(os.path.dirname(TINY), cfg_file))
+    assert cfg.INPUT.SIZE == size and cfg.MODEL.BACKBONE == "vgg16" and cfg.MODEL.NUM_LEVELS == 8
+    net = M2Det(cfg.MODEL, 80, cfg.INPUT.SIZE)  # shapes only: no weights are allocated
     assert net.feature_sizes == expected_sizes == official_feature_sizes(size)
     assert net.num_priors == expected_priors
     reference = official_priors(size, expected_sizes, cfg.MODEL.PRIORS.STEPS, cfg.MODEL.PRIORS.SIZE_PATTERN)
@@ -70,13 +74,13 @@ def test_official_pyramid_and_priors(size, expected_sizes, expected_priors, cfg_
 
 
 def test_invalid_input_size_is_a_clear_error():
-    cfg = engine.build_config(None, ["MODEL.INPUT_SIZE=96"])
-    with pytest.raises(ValueError, match="MODEL.INPUT_SIZE 96 with backbone vgg16 gives no valid pyramid"):
-        M2Det(cfg.MODEL, 3)
-    cfg = engine.build_config(None, ["MODEL.INPUT_SIZE=512"])  # 320 size pattern has 7 entries: ok
+    cfg = m2det_config.load(None, ["INPUT.SIZE=96"])
+    with pytest.raises(ValueError, match="INPUT.SIZE 96 with backbone vgg16 gives no valid pyramid"):
+        M2Det(cfg.MODEL, 3, cfg.INPUT.SIZE)
+    cfg = m2det_config.load(None, ["INPUT.SIZE=512"])  # 320 size pattern has 7 entries: ok
     cfg.MODEL.PRIORS.SIZE_PATTERN = [0.1, 0.2]
     with pytest.raises(ValueError, match="SIZE_PATTERN needs NUM_SCALES"):
-        M2Det(cfg.MODEL, 3)
+        M2Det(cfg.MODEL, 3, cfg.INPUT.SIZE)
 
 
 @pytest.mark.parametrize("src,dst", [(3, 5), (7, 13), (1, 3), (5, 10), (13, 25)])
@@ -113,19 +117,19 @@ def test_sfam_separate_and_shared_weights():
 
 def test_shared_weights_option_counts_parameters():
     base = ["MODEL.BACKBONE=mobilenetv2", "MODEL.MOBILENET_MULTIPLIER=0.25", "MODEL.SFAM=true"]
-    cfg_tiny = engine.build_config(TINY, base)
-    cfg_shared = engine.build_config(TINY, base + ["MODEL.SHARED_WEIGHTS=true"])
-    separate, shared = M2Det(cfg_tiny.MODEL, 2), M2Det(cfg_shared.MODEL, 2)
+    cfg_tiny = m2det_config.load(TINY, base)
+    cfg_shared = m2det_config.load(TINY, base + ["MODEL.SHARED_WEIGHTS=true"])
+    separate, shared = M2Det(cfg_tiny.MODEL, 2, cfg_tiny.INPUT.SIZE), M2Det(cfg_shared.MODEL, 2, cfg_shared.INPUT.SIZE)
     assert len(separate.ffm2) == 2 and len(shared.ffm2) == 1
     assert len(separate.sfam.se) == 5 and len(shared.sfam.se) == 1
 
 
 @pytest.fixture(scope="module")
 def tiny_net():
-    cfg = engine.build_config(TINY, ["TEST.SCORE_THRESH=0.02", "TEST.MAX_PER_CLASS=20",
+    cfg = m2det_config.load(TINY, ["TEST.SCORE_THRESH=0.02", "TEST.MAX_PER_CLASS=20",
                                      "TEST.MAX_PER_IMAGE=30"])
     mx.random.seed(3)
-    net = engine.build_model(cfg, 3)
+    net = build_model(cfg, 3)
     # Larger head weights than the training init, so that many priors pass the threshold.
     for param in net.head.collect_params().values():
         param.set_data(mx.nd.random.normal(0, 0.2, shape=param.shape))
@@ -156,7 +160,7 @@ def test_inference_graph_equals_numpy_postprocessing(tiny_net, tmp_path):
 
 def test_exported_model_and_onnx_match(tiny_net, tmp_path):
     net, cfg = tiny_net
-    paths = engine.export_inference_model(net, cfg, ["a", "b", "c"], str(tmp_path), onnx=True)
+    paths = export_inference_model(net, cfg, ["a", "b", "c"], str(tmp_path), onnx=True)
     x = np.random.RandomState(5).randn(1, 3, 160, 160).astype(np.float32)
     block = M2DetInference(net, cfg.TEST)
     block.priors.initialize()
@@ -177,12 +181,12 @@ def test_exported_model_and_onnx_match(tiny_net, tmp_path):
 
 
 def test_user_backbone_weights_are_loaded(tmp_path):
-    cfg = engine.build_config(TINY)
-    donor = engine.build_model(cfg, 2)
+    cfg = m2det_config.load(TINY)
+    donor = build_model(cfg, 2)
     path = str(tmp_path / "backbone.params")
     donor.backbone.save_parameters(path)
     cfg.MODEL.BACKBONE_WEIGHTS = path
-    net = engine.build_model(cfg, 2)
+    net = build_model(cfg, 2)
     for (name, a), (_, b) in zip(sorted(donor.backbone._collect_params_with_prefix().items()),
                                  sorted(net.backbone._collect_params_with_prefix().items())):
         np.testing.assert_array_equal(a.data().asnumpy(), b.data().asnumpy(), err_msg=name)
@@ -190,9 +194,9 @@ def test_user_backbone_weights_are_loaded(tmp_path):
 
 @pytest.mark.parametrize("backbone", ["resnet50", "resnet101", "mobilenetv2", "vgg16_bn"])
 def test_other_backbones_give_the_official_320_pyramid(backbone):
-    cfg = engine.build_config(os.path.join(os.path.dirname(TINY), "m2det320_vgg.yaml"),
+    cfg = m2det_config.load(os.path.join(os.path.dirname(TINY), "m2det320_vgg.yaml"),
                               [f"MODEL.BACKBONE={backbone}", "MODEL.NUM_LEVELS=2"])
-    net = M2Det(cfg.MODEL, 20)
+    net = M2Det(cfg.MODEL, 20, cfg.INPUT.SIZE)
     assert net.feature_sizes == [40, 20, 10, 5, 3, 1] and net.num_priors == 12810
     taps = net.backbone(mx.sym.var("data"))
     strides = [320 // t.infer_shape(data=(1, 3, 320, 320))[1][0][2] for t in taps]
@@ -200,8 +204,8 @@ def test_other_backbones_give_the_official_320_pyramid(backbone):
 
 
 def test_ssd_pyramid_ablation_has_the_same_priors():
-    m2 = engine.build_model(engine.build_config(TINY), 2)
-    ssd = engine.build_model(engine.build_config(TINY, ["MODEL.PYRAMID=ssd"]), 2)
+    m2 = build_model(m2det_config.load(TINY), 2)
+    ssd = build_model(m2det_config.load(TINY, ["MODEL.PYRAMID=ssd"]), 2)
     assert ssd.feature_sizes == m2.feature_sizes
     np.testing.assert_array_equal(ssd.priors, m2.priors)
     cls, box = ssd(mx.nd.zeros((1, 3, 160, 160)))

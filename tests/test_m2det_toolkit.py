@@ -10,7 +10,13 @@ import pytest
 
 from lib.dataset import DetectionDataset
 from lib.dataset.csv_format import load_csv
-from m2det import cli, engine
+from lib.anchor_coverage import best_prior_iou
+from m2det import cli
+from m2det import config as m2det_config
+from m2det import data as m2det_data
+from m2det import inference
+from m2det.detector import build_model, prior_spec
+from m2det.train import M2DetTask
 
 TINY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                     "experiments", "m2det", "cfgs", "tiny.yaml")
@@ -116,10 +122,10 @@ def test_toolkit_commands_end_to_end(csv_data, tmp_path, capsys):
     assert len(coverage["unmatched"]) == summary["uncovered"]
 
     # the converted model (loaded without training code) gives the training model's detections
-    net, cfg, names = engine.load_trained_model(run)
+    net, cfg, names = inference.load_trained_model(run)
     dataset = load_csv(annotations, classes=classes)
     cfg.TEST.SCORE_THRESH = 0.0
-    detector = engine.Detector(net, cfg, hybridize=False)
+    detector = inference.Detector(net, cfg, hybridize=False)
     from lib.tools.infer import ExportedDetector
     exported = ExportedDetector(str(tmp_path / "exported"))
     for record in dataset.records[:3]:
@@ -134,13 +140,13 @@ def test_toolkit_commands_end_to_end(csv_data, tmp_path, capsys):
 
 
 def test_model_at_other_size_shares_the_weights():
-    cfg = engine.build_config(TINY)
-    net = engine.build_model(cfg, 2)
-    same, _ = engine.model_at_size(net, cfg, 160)
+    cfg = m2det_config.load(TINY)
+    net = build_model(cfg, 2)
+    same, _ = inference.model_at_size(net, cfg, 160)
     x = mx.nd.random.normal(shape=(1, 3, 160, 160))
     for a, b in zip(net(x), same(x)):
         np.testing.assert_array_equal(a.asnumpy(), b.asnumpy())
-    bigger, big_cfg = engine.model_at_size(net, cfg, 192)
+    bigger, big_cfg = inference.model_at_size(net, cfg, 192)
     assert bigger.feature_sizes == [24, 12, 6, 3, 1] and big_cfg.MODEL.PRIORS.STEPS == []
     np.testing.assert_array_equal(bigger.head.loc[0].weight.data().asnumpy(),
                                   net.head.loc[0].weight.data().asnumpy())
@@ -151,26 +157,27 @@ def test_debug_anchor_coverage_oracle():
     priors = np.array([[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0]])
     boxes = np.array([[0.0, 0.0, 0.5, 0.25],      # IoU 0.5 with prior 0
                       [0.6, 0.6, 0.7, 0.7]])      # IoU 0.04 with prior 1
-    np.testing.assert_allclose(cli.anchor_coverage(boxes, priors), [0.5, 0.04])
+    np.testing.assert_allclose(best_prior_iou(boxes, priors), [0.5, 0.04])
 
 
 def test_debug_uses_the_model_priors_in_the_shared_draw_tool(csv_data):
-    from lib.tools.draw import anchor_match, build_anchors
+    from lib.anchor_coverage import anchor_match, build_anchors
     from m2det.detector import M2Det
-    net = M2Det(engine.build_config(TINY).MODEL, 2)
-    spec = cli.anchor_spec(net)
+    cfg = m2det_config.load(TINY)
+    net = M2Det(cfg.MODEL, 2, cfg.INPUT.SIZE)
+    spec = prior_spec(net)
     np.testing.assert_allclose(build_anchors(spec, 160, 160) / 160.0, net.priors, atol=1e-6)
     record = load_csv(csv_data[0], classes=csv_data[1]).records[0]
     best, _ = anchor_match(spec, record.boxes, record.width, record.height)
     norm = record.boxes / np.array([record.width, record.height] * 2, np.float32)
-    np.testing.assert_allclose(best, cli.anchor_coverage(norm, net.priors), atol=1e-4)
+    np.testing.assert_allclose(best, best_prior_iou(norm, net.priors), atol=1e-4)
 
 
 def test_tiny_model_overfits_two_images(csv_data, tmp_path):
     dataset = load_csv(csv_data[0], classes=csv_data[1])
     few = dataset.subset([0, 1])
     train = DetectionDataset(few.records * 10, few.classes)
-    cfg = engine.build_config(TINY, [f"OUTPUT_DIR={tmp_path / 'overfit'}", "TRAIN.OPTIMIZER=adam",
+    cfg = m2det_config.load(TINY, [f"OUTPUT_DIR={tmp_path / 'overfit'}", "TRAIN.OPTIMIZER=adam",
                                      "TRAIN.LR=0.003", "TRAIN.EPOCHS=8", "TRAIN.EVAL_EVERY=0",
                                      "TRAIN.CHECKPOINT_EVERY=100", "TRAIN.LOG_EVERY=5",
                                      "MODEL.BN_MOMENTUM=0.8"])
@@ -213,15 +220,15 @@ def test_training_samples_reproducible_and_targets_decode_to_the_boxes(csv_data)
     from lib.bbox import decode_boxes
     from m2det.detector import M2Det
     dataset = load_csv(csv_data[0], classes=csv_data[1])
-    cfg = engine.build_config(TINY, ["TRAIN.RANDOM_TRANSFORM=true"])
-    priors = M2Det(cfg.MODEL, 2).priors
-    augmented = engine._RecordDataset(dataset.records, engine.TrainSample(cfg, priors), cfg)
+    cfg = m2det_config.load(TINY, ["TRAIN.AUGMENT=true"])
+    priors = M2Det(cfg.MODEL, 2, cfg.INPUT.SIZE).priors
+    augmented = m2det_data._RecordDataset(dataset.records, m2det_data.TrainSample(cfg, priors), cfg)
     augmented.epoch_seed = 5
     first, again = augmented[0], augmented[0]
     for a, b in zip(first, again):
         np.testing.assert_array_equal(a, b)
     assert first[0].shape == (3, 160, 160)
-    plain = engine.TrainSample(cfg, priors)  # no augmentation: exact targets
+    plain = m2det_data.TrainSample(cfg, priors)  # no augmentation: exact targets
     data, cls_t, box_t = plain(dataset.records[0])
     positive = cls_t > 0
     assert set(np.unique(cls_t[positive]).astype(int)) == {1, 2}  # red -> 1, blue -> 2 (0 = background)
@@ -241,17 +248,17 @@ def test_data_parallel_loss_equals_single_device(csv_data):
     from mxnet import autograd
     from m2det.detector import M2Det
     dataset = load_csv(csv_data[0], classes=csv_data[1])
-    cfg = engine.build_config(TINY, ["TRAIN.RANDOM_TRANSFORM=false"])
-    priors = M2Det(cfg.MODEL, 2).priors
-    sample = engine.TrainSample(cfg, priors)
+    cfg = m2det_config.load(TINY, ["TRAIN.AUGMENT=false"])
+    priors = M2Det(cfg.MODEL, 2, cfg.INPUT.SIZE).priors
+    sample = m2det_data.TrainSample(cfg, priors)
     items = [sample(r) for r in dataset.records[:4]]
     batch = [mx.nd.array(np.stack([it[k] for it in items])) for k in range(3)]
     devices = [mx.cpu(0), mx.cpu(1)]
     mx.random.seed(1)
-    net = engine.build_model(cfg, 2, devices)
+    net = build_model(cfg, 2, devices)
     results = []
     for ctx in ([mx.cpu(0)], devices):
-        task = engine.M2DetTask(net, cfg, ctx)
+        task = M2DetTask(net, cfg, ctx)
         with autograd.record(train_mode=False):
             loss, parts = task.loss(batch)
         losses = loss if isinstance(loss, list) else [loss]
@@ -279,7 +286,7 @@ def test_every_dataset_format_evaluates_alike(csv_data, tmp_path, capsys):
     dataset.records = [r for r in dataset.records if r.num_boxes]  # KITTI / COCO keep only labelled
     run = str(tmp_path / "run")
     # The overfitting recipe below, so that the model finds objects whatever the machine's float rounding.
-    cfg = engine.build_config(TINY, [f"OUTPUT_DIR={run}", "TRAIN.OPTIMIZER=adam", "TRAIN.LR=0.003",
+    cfg = m2det_config.load(TINY, [f"OUTPUT_DIR={run}", "TRAIN.OPTIMIZER=adam", "TRAIN.LR=0.003",
                                      "TRAIN.EPOCHS=8", "TRAIN.EVAL_EVERY=0", "MODEL.BN_MOMENTUM=0.8",
                                      "TRAIN.SEED=0"])
     cli.run_training(cfg, DetectionDataset(dataset.records * 10, dataset.classes))
@@ -334,9 +341,9 @@ def test_loader_threads_give_the_batches_of_the_single_threaded_loader(csv_data)
     dataset = load_csv(csv_data[0], classes=csv_data[1])
     epochs = {}
     for workers in (0, 3):
-        cfg = engine.build_config(TINY, ["TRAIN.RANDOM_TRANSFORM=true", f"TRAIN.WORKERS={workers}",
+        cfg = m2det_config.load(TINY, ["TRAIN.AUGMENT=true", f"TRAIN.WORKERS={workers}",
                                          "TRAIN.BATCH_SIZE=2"])
-        batches = engine.train_batches(dataset, cfg, M2Det(cfg.MODEL, 2).priors)
+        batches = m2det_data.train_batches(dataset, cfg, M2Det(cfg.MODEL, 2, cfg.INPUT.SIZE).priors)
         np.random.seed(7)   # lib.train.fit seeds numpy per epoch before asking for its batches
         mx.random.seed(7)   # the loader's shuffling
         epochs[workers] = [[part.asnumpy() for part in batch] for batch in batches(0)]

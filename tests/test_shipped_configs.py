@@ -33,11 +33,11 @@ def test_lstm_ssd_configs_load_and_build_their_augmentation(path):
 
 @pytest.mark.parametrize("path", _configs("m2det/cfgs/*.yaml"))
 def test_m2det_configs_load(path):
-    from m2det.engine import build_config
-    build_config(path)
+    from m2det.config import load
+    load(path)
 
 
 @pytest.mark.parametrize("path", _configs("custom/*.yaml"))
 def test_recipe_templates_load(path):
-    from lib.detectors import load_custom_config
-    load_custom_config(path)
+    from experiments.custom.recipe import load_recipe_config
+    load_recipe_config(path)

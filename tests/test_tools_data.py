@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import lib.dataset as D
+from lib import anchor_coverage, viz
 from lib.dataset.synthetic import generate_video_dataset
 from lib.tools import check_dataset, convert, draw, extract_frames, pack_records, split
 
@@ -155,21 +156,21 @@ def test_draw_colours_by_anchor_coverage(tmp_path):
     assert cov["boxes"] == 2 and cov["matched"] == 1
     assert [u["box"] for u in cov["unmatched"]] == [[200, 200, 206, 206]]
     png = cv2.cvtColor(cv2.imread(str(out / "img__a.png")), cv2.COLOR_BGR2RGB)
-    assert tuple(int(v) for v in png[70, 8]) == draw.GREEN   # left edge of the anchor-sized box
-    assert tuple(int(v) for v in png[203, 200]) == draw.RED  # left edge of the small box
+    assert tuple(int(v) for v in png[70, 8]) == viz.GREEN   # left edge of the anchor-sized box
+    assert tuple(int(v) for v in png[203, 200]) == viz.RED  # left edge of the small box
     # with the image scaled to short side 600 the small box grows but still has no anchor
     cfg = {"TYPE": "rpn", "RESIZE": {"SHORT": 600, "MAX": 1000},
            "LEVELS": [{"STRIDE": 16, "BASE_SIZE": 16, "SCALES": [8, 16, 32], "RATIOS": [0.5, 1, 2]}]}
-    best, matched = draw.anchor_match(cfg, np.array([[200, 200, 206, 206]], np.float32), 256, 256)
+    best, matched = anchor_coverage.anchor_match(cfg, np.array([[200, 200, 206, 206]], np.float32), 256, 256)
     assert not matched[0] and best[0] < 0.1
     # SSD priors: a box equal to a prior (normalised corners * image size) matches with IoU 1
     cfg = {"TYPE": "ssd", "IMAGE_SIZE": 300, "FEATURE_SIZES": [3], "STEPS": [100], "MIN_SIZES": [100],
            "MAX_SIZES": [200], "ASPECT_RATIOS": [[2]]}
     prior = ssd_priors(300, [3], [100], [100], [200], [[2]])[4] * np.array([600, 450, 600, 450])
-    best, matched = draw.anchor_match(cfg, np.array([prior, [0, 0, 5, 5]], np.float32), 600, 450)
+    best, matched = anchor_coverage.anchor_match(cfg, np.array([prior, [0, 0, 5, 5]], np.float32), 600, 450)
     np.testing.assert_allclose(best[0], 1.0, atol=1e-5)
     assert matched.tolist() == [True, False]
     # retinanet-style levels: anchors centred at (k + 0.5) * stride as keras-retinanet shifts them
     cfg = {"TYPE": "retinanet", "SIZES": [32], "STRIDES": [8], "RATIOS": [1], "SCALES": [1.0]}
-    best, matched = draw.anchor_match(cfg, np.array([[4, 4, 36, 36], [8, 8, 40, 40]], np.float32), 64, 64)
+    best, matched = anchor_coverage.anchor_match(cfg, np.array([[4, 4, 36, 36], [8, 8, 40, 40]], np.float32), 64, 64)
     np.testing.assert_allclose(best, [1.0, 28 * 28 / (2 * 32 * 32 - 28 * 28)], atol=1e-5)

@@ -18,10 +18,13 @@ import time
 
 import cv2
 
+from experiments.custom.recipe import load_recipe_config
+from lib.config import ConfigError
+from lib.tiling import detect_tiled
+from lib.tools.infer import ExportedDetector, draw, iterate_frames
+
 
 def run(model_dir, cfg, source, output, thresh=0.5, tiling=None, fps=25.0):
-    from lib.tiling import detect_tiled
-    from lib.tools.infer import ExportedDetector, draw, iterate_frames
     detector = ExportedDetector(model_dir, "mxnet")
     tile_cfg = cfg.TILING.INFER
     tiling = bool(tile_cfg.ENABLED) if tiling is None else tiling
@@ -60,8 +63,6 @@ def run(model_dir, cfg, source, output, thresh=0.5, tiling=None, fps=25.0):
 
 
 def main(argv=None):
-    from lib import detectors
-    from lib.config import ConfigError
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="exported artifact folder (meta.json inside)")
     parser.add_argument("--cfg", required=True, help="recipe yaml (TILING.INFER)")
@@ -73,7 +74,7 @@ def main(argv=None):
     parser.add_argument("--fps", type=float, default=25.0)
     args = parser.parse_args(argv)
     try:
-        cfg = detectors.load_custom_config(args.cfg, args.overrides)
+        cfg = load_recipe_config(args.cfg, args.overrides)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

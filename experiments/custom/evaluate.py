@@ -7,7 +7,7 @@
 families stream each snippet) or an exported artifact folder (meta.json: run through lib.tools.infer's
 runner, as on the device). ``--set OVERRIDES.<family key>=value`` changes the run's family config for
 this evaluation only, e.g. ``OVERRIDES.TEST.K=0`` (FGFA without aggregation) or
-``OVERRIDES.IMAGE.TEST_SCALE=[1080,1920]`` (R-FCN / FGFA tested on upscaled frames). --cfg gives the recipe config (default: the run's custom.yaml; needed for an
+``OVERRIDES.INPUT.SHORT_SIDE=1080`` (R-FCN / FGFA tested on upscaled frames). --cfg gives the recipe config (default: the run's recipe.yaml; needed for an
 exported artifact) for DATA.VAL, TILING.INFER and EVAL. With tiling, each frame is detected by sliding
 tiles merged with NMS (lib.tiling.detect_tiled). ``--int8 N`` quantizes a training run's model in this
 process (LoadedModel.quantize_int8), calibrated on N frames spread over DATA.TRAIN: the int8 path of
@@ -32,15 +32,21 @@ import os
 import sys
 import time
 
+import cv2
 import numpy as np
 
-from lib import detectors
+from experiments.custom import recipe
 from lib.config import ConfigError
-from lib.train import CheckpointError
 from lib.dataset import read_image
 from lib.eval import small_objects_only, voc_ap, write_detections
 from lib.eval.false_positives import false_positive_table
 from lib.eval.misses import format_misses, miss_analysis
+from lib.eval.plots import save_pr_curves
+from lib.family import load_model
+from lib.tiling import detect_tiled
+from lib.tools.infer import ExportedDetector
+from lib.train import CheckpointError
+from lib.viz import draw_detections, draw_ground_truth, save_image
 
 
 def _groups(dataset):
@@ -78,7 +84,7 @@ def _snippet_table(rows):
 
 def calibration_images(cfg, count):
     """``count`` RGB frames spread over DATA.TRAIN (int8 calibration)."""
-    train = detectors.load_data(cfg, "TRAIN", cfg.CLASSES or None)
+    train = recipe.load_data(cfg, "TRAIN", cfg.CLASSES or None)
     if train is None or len(train) == 0:
         raise ConfigError(f"{cfg.CONFIG_FILE}: --int8 calibrates on DATA.TRAIN, which gives no image")
     return [read_image(rec.image) for rec in train.spread(count)]
@@ -97,8 +103,6 @@ def detect_all(model_path, cfg, dataset, tiling, overrides=None, int8_calib=0):
         if int8_calib:
             raise ConfigError(f"{model_path} is an exported artifact: quantize it with python -m "
                               f"lib.tools.quantize --model {model_path} --calib FRAMES --out DIR_INT8")
-        import cv2
-        from lib.tools.infer import ExportedDetector
         runner = ExportedDetector(model_path, "mxnet")
 
         def detect_one(image_rgb):
@@ -108,7 +112,6 @@ def detect_all(model_path, cfg, dataset, tiling, overrides=None, int8_calib=0):
             image = read_image(rec.image)
             start = time.perf_counter()
             if tiling:
-                from lib.tiling import detect_tiled
                 t = cfg.TILING.INFER
                 detections[i] = detect_tiled(detect_one, image, tuple(int(v) for v in t.SIZE), int(t.OVERLAP),
                                              float(t.NMS_IOU), include_full_frame=bool(t.INCLUDE_FULL_FRAME),
@@ -117,7 +120,7 @@ def detect_all(model_path, cfg, dataset, tiling, overrides=None, int8_calib=0):
                 detections[i] = detect_one(image)
             seconds += time.perf_counter() - start
         return detections, seconds
-    model = detectors.load_model(model_path, overrides=overrides)
+    model = load_model(model_path, overrides=overrides)
     if int8_calib:
         model.quantize_int8(calibration_images(cfg, int8_calib))
     warm = read_image(dataset.records[0].image)           # warm-up: not timed
@@ -132,7 +135,7 @@ def detect_all(model_path, cfg, dataset, tiling, overrides=None, int8_calib=0):
     for group in _groups(dataset):
         images = [read_image(dataset.records[i].image) for i in group]
         start = time.perf_counter()
-        results = model.detect_stream(images) if model.family in detectors.VIDEO_FAMILIES else model.detect(images)
+        results = model.detect_stream(images) if model.video else model.detect(images)
         seconds += time.perf_counter() - start
         for i, result in zip(group, results):
             detections[i] = result
@@ -142,7 +145,6 @@ def detect_all(model_path, cfg, dataset, tiling, overrides=None, int8_calib=0):
 def save_annotated(dataset, detections, out_dir, count, threshold):
     """``count`` validation frames spread over the set, ground truth (green) and detections scoring
     >= ``threshold`` drawn, as OUT/images/<image id>.jpg; returns the paths."""
-    from lib.viz import draw_detections, draw_ground_truth, save_image
     index_of = {id(r): i for i, r in enumerate(dataset.records)}
     paths = []
     for rec in dataset.spread(count):
@@ -160,9 +162,9 @@ def evaluate(model_path, cfg, tiling=None, out_dir=None, save_images=0, image_th
     """-> metrics dict (see the module docstring); writes the files when ``out_dir`` is given.
     ``overrides``: family "KEY.SUB=value" strings for a training run's model; ``int8_calib``: see
     detect_all."""
-    dataset = detectors.load_data(cfg, "VAL", cfg.CLASSES or None)
+    dataset = recipe.load_data(cfg, "VAL", cfg.CLASSES or None)
     if dataset is None or len(dataset) == 0:
-        raise ConfigError(f"{cfg.CONFIG_FILE}: DATA.VAL gives no image to evaluate on")
+        raise ConfigError(f"{cfg.CONFIG_FILE}: DATASET.VAL gives no image to evaluate on")
     tiling = bool(cfg.TILING.INFER.ENABLED) if tiling is None else tiling
     detections, seconds = detect_all(model_path, cfg, dataset, tiling, overrides, int8_calib)
     voc = voc_ap(dataset.records, detections, dataset.classes)
@@ -184,7 +186,6 @@ def evaluate(model_path, cfg, tiling=None, out_dir=None, save_images=0, image_th
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
         write_detections(os.path.join(out_dir, "detections.json"), dataset, detections)
-        from lib.eval.plots import save_pr_curves
         save_pr_curves(voc, out_dir, title=f"{os.path.basename(os.path.abspath(model_path))} mAP@0.5")
         if save_images:
             save_annotated(dataset, detections, out_dir, save_images, image_threshold)
@@ -209,7 +210,7 @@ def _fmt(value):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="run folder, checkpoint, or exported artifact folder")
-    parser.add_argument("--cfg", help="recipe yaml (default: the run's custom.yaml)")
+    parser.add_argument("--cfg", help="recipe yaml (default: the run's recipe.yaml)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--tiling", choices=("on", "off", "config"), default="config")
     parser.add_argument("--out", help="output folder (default: MODEL/eval[_tiled][_int8])")
@@ -223,18 +224,17 @@ def main(argv=None):
         parser.error(f"--int8 takes a number of calibration frames, got {args.int8}")
     try:
         if args.cfg:
-            cfg = detectors.load_custom_config(args.cfg, args.overrides)
+            cfg = recipe.load_recipe_config(args.cfg, args.overrides)
         elif os.path.isfile(os.path.join(args.model, "meta.json")):
             raise ConfigError("an exported artifact has no dataset: give the recipe config with --cfg")
         else:
-            folder = detectors.resolve_run(args.model)[0]
-            cfg = detectors.load_custom_config(os.path.join(folder, "custom.yaml"), args.overrides)
+            cfg = recipe.run_recipe(args.model, args.overrides)
         tiling = None if args.tiling == "config" else args.tiling == "on"
         model_dir = args.model if os.path.isdir(args.model) else os.path.dirname(args.model)
         tiled = tiling or (tiling is None and cfg.TILING.INFER.ENABLED)
         out = args.out or os.path.join(model_dir, ("eval_tiled" if tiled else "eval") + ("_int8" if args.int8 else ""))
         metrics = evaluate(args.model, cfg, tiling, out, args.save_images, args.image_thresh,
-                           detectors.family_overrides(args.overrides), args.int8)
+                           recipe.family_overrides(args.overrides), args.int8)
     except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -4,16 +4,16 @@
 
 Loads DATA.TRAIN (one dataset spec or a list, e.g. your labelled frames plus a folder of background
 images), optionally cuts training tiles (TILING.TRAIN), maps the recipe keys onto the family's own
-config (lib.detectors.family_config) and runs that family's training. OUTPUT_DIR then holds
-detector.json, custom.yaml, family.yaml and the checkpoints that lib.tools.export and
-experiments/custom/evaluate.py read.
+config (experiments.custom.recipe.family_config) and runs that family's training (lib.family). OUTPUT_DIR
+then holds run.json, config.yaml (the family config), recipe.yaml and the checkpoints that
+lib.tools.export and experiments/custom/evaluate.py read.
 """
 import argparse
 import json
 import logging
 import sys
 
-from lib import detectors
+from experiments.custom import recipe
 from lib.config import ConfigError
 from lib.train import CheckpointError
 
@@ -27,8 +27,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        cfg = detectors.load_custom_config(args.cfg, args.overrides)
-        result = detectors.train(cfg, progress=False if args.no_progress else None)
+        cfg = recipe.load_recipe_config(args.cfg, args.overrides)
+        result = recipe.train(cfg, progress=False if args.no_progress else None)
     except (ConfigError, CheckpointError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -36,7 +36,7 @@ def main(argv=None):
     print(json.dumps({"detector": cfg.DETECTOR, "out_dir": result["out_dir"], "classes": result["classes"],
                       "train_images": result["train_images"], "checkpoint": summary.get("checkpoint"),
                       "wall_time": summary.get("wall_time")}, indent=1, default=str))
-    # the run folder keeps its config (custom.yaml, with any --set applied): export needs no --cfg
+    # the run folder keeps its config (recipe.yaml, with any --set applied): export needs no --cfg
     print(f"next: python -m lib.tools.export --model {result['out_dir']} --format mxnet "
           f"--out {result['out_dir']}/export")
     return 0

@@ -19,6 +19,14 @@ import time
 
 import mxnet as mx
 
+from lib.config import PROJECT_ROOT, dump_config
+from lstm_ssd import config as lstm_config
+from lstm_ssd.detector import load_model
+from lstm_ssd.flops import model_summary
+from lstm_ssd.policy import PolicyAgent, policy_features
+from lstm_ssd.results import append_result
+from lstm_ssd.train import MODEL_FILE, evaluate, train_adaptive_policy, train_model
+
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -31,28 +39,7 @@ def parse_args(argv=None):
     return ap.parse_args(argv)
 
 
-def load_init_weights(net, path):
-    """Fine-tuning start (e.g. the frame SSDLite model for LSTM-SSD): the parameters whose names and
-    shapes match are loaded, the rest reported."""
-    from lib.config import PROJECT_ROOT
-    from lib.train import load_matching_parameters
-    path = path if os.path.isabs(path) else os.path.join(PROJECT_ROOT, path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"MODEL.WEIGHTS: {path} not found")
-    loaded, skipped = load_matching_parameters(net, path)
-    print(f"MODEL.WEIGHTS {path}: loaded {len(loaded)} tensors, {len(skipped)} left at their init "
-          f"(e.g. {skipped[:3]})")
-
-
 def main(argv=None):
-    from lib.config import PROJECT_ROOT, dump_config
-    from lib.train import seed_everything
-    from lstm_ssd import config as lstm_config
-    from lstm_ssd.detector import build_detector, load_model, save_model
-    from lstm_ssd.flops import model_summary
-    from lstm_ssd.policy import PolicyAgent, policy_features
-    from lstm_ssd.results import append_result
-    from lstm_ssd.train import evaluate, train, train_adaptive_policy
 
     args = parse_args(argv)
     cfg = lstm_config.load(args.cfg, args.set)
@@ -63,21 +50,14 @@ def main(argv=None):
     os.makedirs(out_dir, exist_ok=True)
     # the resolved config, loadable again with --cfg (CONFIG_FILE is set by the loader, not a key)
     dump_config({k: v for k, v in cfg.items() if k != "CONFIG_FILE"}, os.path.join(out_dir, "config.yaml"))
-    model_path = args.model or os.path.join(out_dir, "model.params")
+    model_path = args.model or os.path.join(out_dir, MODEL_FILE)
     policy_path = os.path.join(out_dir, "policy.params")
     train_info = {}
     net = None
     if "train" in cfg.PHASE:
-        seed_everything(cfg.TRAIN.SEED, 0)  # the initial weights are a function of the seed
-        net = build_detector(cfg)
-        net(mx.nd.zeros((1, 1, 3) + net.image_hw))
-        if cfg.MODEL.WEIGHTS:
-            load_init_weights(net, cfg.MODEL.WEIGHTS)
-        t0 = time.time()
-        summary = train(cfg, net, out_dir=out_dir)
-        train_info = {"train_iters": summary["iterations"], "train_seconds": round(time.time() - t0, 1)}
-        save_model(net, model_path)
-        print(f"saved {model_path}")
+        net, summary, seconds = train_model(cfg, out_dir=out_dir)
+        train_info = {"train_iters": summary["iterations"], "train_seconds": round(seconds, 1)}
+        print(f"saved {os.path.join(out_dir, MODEL_FILE)}")
     if "policy" in cfg.PHASE or ("train" in cfg.PHASE and cfg.INTERLEAVE.POLICY == "adaptive"):
         if net is None:
             net = load_model(cfg, model_path)
@@ -100,7 +80,7 @@ def main(argv=None):
         row = {"date": datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M"),
                "config": os.path.relpath(os.path.abspath(args.cfg), PROJECT_ROOT) + (" " + " ".join(args.set) if args.set else ""),
                "model": cfg.MODEL.TYPE, "policy": result["policy"],
-               "dataset": cfg.DATASET.TEST.get("ROOT", cfg.DATASET.TEST.get("FORMAT", "")),
+               "dataset": ", ".join(str(s.get("ROOT", s.get("FORMAT", ""))) for s in cfg.DATASET.VAL),
                "frames": result["frames"], "mAP": float(result["mAP"]), "fps": float(result["fps"]),
                "params": sizes["params"], "macs_large": sizes.get("macs_large", ""),
                "macs_small": sizes.get("macs_small", ""), "large_share": float(result["large_share"]),

@@ -12,24 +12,11 @@ import logging
 import os
 import time
 
-from lib.config import PROJECT_ROOT
-from lib.dataset import load_dataset
-from m2det import engine
-from m2det.cli import run_training
-
-PATH_KEYS = ("ROOT", "ANNOTATIONS", "CLASSES", "IMAGES_DIR", "DESCRIPTIONS", "BASE_DIR", "PREFIX",
-             "ANNOTATIONS_DIR", "LABELS_DIR")
-
-
-def resolve_spec(spec):
-    """Dataset spec with relative paths made absolute from the project root."""
-    out = dict(spec)
-    for key in PATH_KEYS:
-        value = out.get(key)
-        if isinstance(value, str) and value and not os.path.isabs(value):
-            out[key] = os.path.normpath(os.path.join(PROJECT_ROOT, value))
-    return out
-
+from lib.config import project_path
+from lib.dataset.specs import load_datasets
+from m2det.config import load as load_config
+from m2det.inference import Detector, detect_dataset, evaluate_detections, load_trained_model
+from m2det.train import run_training
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -38,11 +25,12 @@ def main(argv=None):
     parser.add_argument("--test-only", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cfg = engine.build_config(args.cfg, args.overrides)
-    out_dir = cfg.OUTPUT_DIR if os.path.isabs(cfg.OUTPUT_DIR) else os.path.join(PROJECT_ROOT, cfg.OUTPUT_DIR)
+    cfg = load_config(args.cfg, args.overrides)
+    out_dir = project_path(cfg.OUTPUT_DIR)
     cfg.OUTPUT_DIR = out_dir
-    train_set = load_dataset(resolve_spec(cfg.DATASET.TRAIN)) if not args.test_only else None
-    val_set = load_dataset(resolve_spec(cfg.DATASET.VAL)) if cfg.DATASET.VAL else None
+    source = cfg.CONFIG_FILE
+    train_set = None if args.test_only else load_datasets(cfg.DATASET.TRAIN, source=source, key="DATASET.TRAIN")
+    val_set = load_datasets(cfg.DATASET.VAL, source=source, key="DATASET.VAL")
     wall = None
     if not args.test_only:
         started = time.time()
@@ -50,12 +38,12 @@ def main(argv=None):
         wall = time.time() - started
     if val_set is None:
         return 0
-    net, run_cfg, classes = engine.load_trained_model(out_dir)
-    detector = engine.Detector(net, run_cfg)
+    net, run_cfg, classes = load_trained_model(out_dir)
+    detector = Detector(net, run_cfg)
     started = time.time()
-    detections = engine.detect_dataset(detector, val_set, batch_size=int(run_cfg.TRAIN.BATCH_SIZE))
+    detections = detect_dataset(detector, val_set, batch_size=int(run_cfg.TRAIN.BATCH_SIZE))
     detect_seconds = time.time() - started
-    result = engine.evaluate_detections(val_set, detections)
+    result = evaluate_detections(val_set, detections)
     summary = {"config": os.path.abspath(args.cfg), "train_wall_seconds": wall,
                "val_images": len(val_set), "detect_seconds_per_image": detect_seconds / max(1, len(val_set)),
                "mAP@0.5": result["voc"]["mAP"],

@@ -4,31 +4,25 @@ A reader never crashes on one bad sample: it calls ``DatasetReport.warn`` (which
 naming the file, the line when there is one, and what is wrong) and skips the sample or the box.
 With ``strict=True`` the same call raises ``DatasetError`` instead.
 """
-import logging
+import atexit
 import os
-from collections import Counter
 
 import cv2
 import numpy as np
 
-logger = logging.getLogger("lib.dataset")
+from .errors import DatasetError, DatasetReport, ImageReadError
+from .labelmap import load_classes_file
+
+__all__ = ["DatasetError", "DatasetReport", "ImageReadError", "read_image", "decode_image_bytes", "image_size",
+           "check_image", "find_image", "validate_boxes", "resolve_classes", "read_record_image"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".JPEG", ".JPG", ".PNG", ".tif", ".tiff", ".webp")
-
-
-class DatasetError(ValueError):
-    """Bad dataset input (raised directly, or by a strict DatasetReport)."""
-
-
-class ImageReadError(DatasetError):
-    """An image file is missing, empty or cannot be decoded."""
 
 
 def read_image(path):
     """Read an image as RGB uint8 HxWx3 (OpenCV decode). Raises ImageReadError naming the file.
     ``<file>.rec#<index>`` reads the image stored in a RecordIO file (see lib.dataset.recordio)."""
     if ".rec#" in path and not os.path.isfile(path):
-        from .recordio import read_record_image
         return decode_image_bytes(read_record_image(path), path)
     if not os.path.isfile(path):
         raise ImageReadError(f"{path}: image file not found")
@@ -96,60 +90,6 @@ def find_image(directory, stem_or_name):
     return path
 
 
-class DatasetReport:
-    """Collects what was wrong while loading a dataset, and what was skipped.
-
-    ``issues`` holds dicts {file, line, message}; ``skipped_images`` and ``dropped_boxes`` count what
-    was left out; ``stats`` holds free counters (e.g. images without boxes).
-    """
-
-    def __init__(self, name="dataset", strict=False, log=True):
-        self.name = name
-        self.strict = strict
-        self.log = log
-        self.issues = []
-        self.skipped_images = 0
-        self.dropped_boxes = 0
-        self.clipped_boxes = 0
-        self.stats = Counter()
-
-    def warn(self, file, message, line=None, skip_image=False, drop_boxes=0, clipped=0):
-        where = f"{file}:{line}" if line is not None else f"{file}"
-        text = f"{where}: {message}"
-        if self.strict:
-            raise DatasetError(text)
-        self.issues.append({"file": str(file), "line": line, "message": message})
-        self.skipped_images += int(bool(skip_image))
-        self.dropped_boxes += int(drop_boxes)
-        self.clipped_boxes += int(clipped)
-        if self.log:
-            logger.warning("%s", text)
-
-    def count(self, key, n=1):
-        self.stats[key] += n
-
-    @property
-    def ok(self):
-        return not self.issues
-
-    def summary(self):
-        parts = [f"{self.name}: {len(self.issues)} problem(s)",
-                 f"{self.skipped_images} image(s) skipped",
-                 f"{self.dropped_boxes} box(es) dropped",
-                 f"{self.clipped_boxes} box(es) clipped"]
-        parts += [f"{k}: {v}" for k, v in sorted(self.stats.items())]
-        return ", ".join(parts)
-
-    def to_dict(self):
-        return {"name": self.name, "issues": list(self.issues), "skipped_images": self.skipped_images,
-                "dropped_boxes": self.dropped_boxes, "clipped_boxes": self.clipped_boxes,
-                "stats": dict(self.stats)}
-
-    def log_summary(self):
-        if self.log:
-            (logger.warning if self.issues else logger.info)("%s", self.summary())
-
-
 def validate_boxes(boxes, labels, width, height, report, file, lines=None, extras=()):
     """Drop invalid boxes (x2 <= x1, y2 <= y1, non-finite, entirely outside the image) and clip boxes
     that stick out of the image, warning for each with the file (and line). Returns (boxes, labels,
@@ -184,6 +124,36 @@ def resolve_classes(classes):
     if classes is None:
         return None
     if isinstance(classes, str):
-        from .labelmap import load_classes_file
         return load_classes_file(classes)
     return list(classes)
+
+
+_READERS = {}
+
+
+def _close_readers():
+    """Close cached readers before interpreter shutdown (MXNet's __del__ fails once modules are gone)."""
+    for key in [k for k in _READERS if k[0] == os.getpid()]:
+        _READERS.pop(key).close()
+    _READERS.clear()
+
+
+atexit.register(_close_readers)
+
+
+def read_record_image(path):
+    """Bytes of the image stored at '<file>.rec#<index>' (one open reader per process and file)."""
+    import mxnet as mx     # only here: reading images needs no MXNet otherwise
+    rec_path, idx = path.rsplit("#", 1)
+    key = (os.getpid(), rec_path)
+    if key not in _READERS:
+        idx_path = rec_path[:-4] + ".idx"
+        if not os.path.isfile(rec_path) or not os.path.isfile(idx_path):
+            raise ImageReadError(f"{path}: record file or its .idx not found")
+        _READERS[key] = mx.recordio.MXIndexedRecordIO(idx_path, rec_path, "r")
+    try:
+        _, data = mx.recordio.unpack(_READERS[key].read_idx(int(idx)))
+    except Exception as exc:  # noqa: BLE001
+        raise ImageReadError(f"{path}: cannot read record ({exc})") from None
+    return data
+

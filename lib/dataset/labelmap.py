@@ -8,7 +8,7 @@ import csv
 import os
 import re
 
-from .io import DatasetError
+from .errors import DatasetError
 
 _TOKEN = re.compile(r'\s*(?:(#[^\n]*)|([A-Za-z_][A-Za-z0-9_]*)|(\{)|(\})|(:)|'
                     r'("(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\')|(-?[0-9][0-9.eE+-]*))')

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .errors import DatasetReport
+
 
 def _as_array(value, dtype, shape_tail=()):
     arr = np.asarray(value if value is not None else [], dtype=dtype)
@@ -74,7 +76,6 @@ class DetectionDataset:
     ``category_ids`` / ``coco_image_ids`` (COCO), ``wnids`` (VID). ``subset`` keeps them."""
 
     def __init__(self, records, classes, name="dataset", report=None):
-        from .io import DatasetReport  # local: io does not import this module, but keep it lazy
         self.records = list(records)
         self.classes = list(classes)
         self.name = name

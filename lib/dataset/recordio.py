@@ -10,13 +10,13 @@ stored unchanged (no re-encoding). ``<prefix>.lst`` is the im2rec list (index, l
 
 A Record read back points at ``<prefix>.rec#<index>``; ``read_image`` understands that form.
 """
-import atexit
 import json
 import os
 
 import numpy as np
 
-from .io import DatasetError, DatasetReport, ImageReadError
+from .errors import DatasetError, DatasetReport
+from .io import decode_image_bytes, read_record_image  # noqa: F401 - read_record_image: its old home
 from .record import DetectionDataset, Record
 
 HEADER_LEN = 4
@@ -109,7 +109,6 @@ def load_recordio(prefix, classes=None, name=None, strict=False, report=None):
         if len(head) >= 4:
             width, height = int(head[2]), int(head[3])
         else:
-            from .io import decode_image_bytes
             img = decode_image_bytes(data, where)
             height, width = img.shape[:2]
         objs = objs[objs[:, 0] >= 0]
@@ -128,19 +127,6 @@ def load_recordio(prefix, classes=None, name=None, strict=False, report=None):
     report.log_summary()
     dataset.report = report
     return dataset
-
-
-_READERS = {}
-
-
-def _close_readers():
-    """Close cached readers before interpreter shutdown (MXNet's __del__ fails once modules are gone)."""
-    for key in [k for k in _READERS if k[0] == os.getpid()]:
-        _READERS.pop(key).close()
-    _READERS.clear()
-
-
-atexit.register(_close_readers)
 
 
 def read_record_image(path):

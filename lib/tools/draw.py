@@ -32,124 +32,25 @@ ANCHORS.yaml (keys upper case), one of:
 """
 import argparse
 import json
-import math
 import os
 import sys
 
 import cv2
 import numpy as np
 import yaml
+from tqdm import tqdm
 
+from lib.anchor_coverage import anchor_match
 from lib.dataset import DatasetError, ImageReadError, read_image
 from lib.dataset.cli import add_dataset_args, dataset_from_args
-
-GREEN, RED = (0, 200, 0), (230, 0, 0)
-
-
-def _palette(k):
-    rng = np.random.default_rng(k * 7919 + 1)
-    return tuple(int(v) for v in rng.integers(60, 255, 3))
-
-
-def _req(cfg, key, path):
-    if key not in cfg:
-        raise DatasetError(f"{path}: anchor config needs key {key}")
-    return cfg[key]
-
-
-def network_scale(cfg, width, height):
-    """(sx, sy): image pixels -> the pixels anchors live in."""
-    kind = cfg["TYPE"].lower()
-    if kind in ("ssd", "multiscale"):
-        size = cfg["IMAGE_SIZE"]
-        sh, sw = (size, size) if np.isscalar(size) else size
-        return sw / width, sh / height
-    resize = cfg.get("RESIZE")
-    if resize:
-        scale = resize["SHORT"] / min(width, height)
-        if "MAX" in resize and round(scale * max(width, height)) > resize["MAX"]:
-            scale = resize["MAX"] / max(width, height)
-        return scale, scale
-    return 1.0, 1.0
-
-
-def build_anchors(cfg, width, height, path="anchors"):
-    """Anchors (P,4) in our convention (x2 exclusive) for an image of width x height in the network's
-    pixel space (the space network_scale maps to)."""
-    from lib import anchors as A
-    kind = str(_req(cfg, "TYPE", path)).lower()
-    if kind in ("rpn", "retinanet"):
-        if kind == "retinanet":
-            levels = [{"STRIDE": st, "BASE_SIZE": sz, "SCALES": cfg.get("SCALES", [1.0]),
-                       "RATIOS": cfg.get("RATIOS", [0.5, 1, 2])}
-                      for sz, st in zip(_req(cfg, "SIZES", path), _req(cfg, "STRIDES", path))]
-        else:
-            levels = _req(cfg, "LEVELS", path)
-        out = []
-        for lv in levels:
-            stride = lv["STRIDE"]
-            base = A.rpn_base_anchors(lv.get("BASE_SIZE", stride), lv.get("SCALES", (8, 16, 32)),
-                                      lv.get("RATIOS", (0.5, 1, 2)))
-            if kind == "retinanet":  # centre the level's anchors in each stride cell
-                base = base + (stride - lv.get("BASE_SIZE", stride)) / 2.0
-            a = A.shift_anchors(base, int(math.ceil(height / stride)), int(math.ceil(width / stride)), stride)
-            a = a.copy()
-            a[:, 2:] += 1.0  # MultiProposal's inclusive x2/y2 -> our exclusive convention
-            out.append(a)
-        return np.concatenate(out)
-    if kind == "ssd":
-        size = _req(cfg, "IMAGE_SIZE", path)
-        pri = A.ssd_priors(size, _req(cfg, "FEATURE_SIZES", path), _req(cfg, "STEPS", path),
-                           _req(cfg, "MIN_SIZES", path), _req(cfg, "MAX_SIZES", path),
-                           _req(cfg, "ASPECT_RATIOS", path), clip=cfg.get("CLIP", True))
-    elif kind == "multiscale":
-        pri = A.multiscale_anchors(_req(cfg, "FEATURE_SIZES", path), min_scale=cfg.get("MIN_SCALE", 0.2),
-                                   max_scale=cfg.get("MAX_SCALE", 0.95),
-                                   aspect_ratios=tuple(cfg.get("ASPECT_RATIOS", (1.0, 2.0, 0.5, 3.0, 1.0 / 3))),
-                                   reduce_lowest=cfg.get("REDUCE_LOWEST", True),
-                                   image_size=_req(cfg, "IMAGE_SIZE", path))
-    else:
-        raise DatasetError(f"{path}: anchor TYPE must be rpn|retinanet|ssd|multiscale, got {kind!r}")
-    return pri * np.array([width, height, width, height], np.float32)
-
-
-def anchor_match(cfg, boxes, width, height, iou=0.5, path="anchors", cache=None):
-    """Best IoU of each box (image pixels) with the anchors; returns (best_iou (N,), matched (N,) bool)."""
-    from lib.bbox import box_iou
-    if not len(boxes):
-        return np.zeros(0), np.zeros(0, bool)
-    sx, sy = network_scale(cfg, width, height)
-    net_w, net_h = int(round(width * sx)), int(round(height * sy))
-    key = (net_w, net_h)
-    if cache is not None and key in cache:
-        anchors = cache[key]
-    else:
-        anchors = build_anchors(cfg, net_w, net_h, path).astype(np.float32)
-        if cache is not None:
-            cache[key] = anchors
-    scaled = (np.asarray(boxes, np.float32) * np.array([sx, sy, sx, sy], np.float32)).astype(np.float32)
-    best = box_iou(scaled, anchors).max(axis=1)
-    return best, best >= iou
+from lib.family import read_run
+from lib.viz import draw_record
 
 
 def run_anchor_spec(run_dir):
-    """The anchor configuration of a recipe run folder (its detector.json / family.yaml)."""
-    from lib.detectors import anchor_spec, read_run
-    _, _, cfg, fam, classes = read_run(run_dir)
-    return anchor_spec(cfg.DETECTOR, fam, len(classes))
-
-
-def draw_record(image, rec, classes, matched=None, best=None):
-    canvas = np.ascontiguousarray(image.copy())
-    thick = max(1, int(round(min(rec.width, rec.height) / 400)))
-    for k, (b, l) in enumerate(zip(rec.boxes, rec.labels)):
-        color = _palette(int(l)) if matched is None else (GREEN if matched[k] else RED)
-        x1, y1, x2, y2 = (int(round(v)) for v in b)
-        cv2.rectangle(canvas, (x1, y1), (max(x1, x2 - 1), max(y1, y2 - 1)), color, thick)
-        text = classes[int(l)] + (f" {best[k]:.2f}" if best is not None else "")
-        cv2.putText(canvas, text, (x1, max(10, y1 - 3)), cv2.FONT_HERSHEY_SIMPLEX, 0.4 * thick, color, thick,
-                    cv2.LINE_AA)
-    return canvas
+    """The anchor configuration of a training run folder, from its detector family (lib.family)."""
+    run, _, family, cfg = read_run(run_dir)
+    return family.anchor_spec(cfg, len(run.classes))
 
 
 def main(argv=None):
@@ -175,7 +76,6 @@ def main(argv=None):
         print(f"error: {exc}", file=sys.stderr)
         return 2
     os.makedirs(args.out, exist_ok=True)
-    from tqdm import tqdm
     records = ds.records[:args.limit] if args.limit else ds.records
     cache, coverage, written, total, matched_total = {}, [], 0, 0, 0
     for rec in tqdm(records, desc="draw", unit="img"):

@@ -16,8 +16,16 @@ import sys
 
 import yaml
 
-from lib.eval import METRICS, DetectionsFormatError, evaluate, read_detections, save_pr_curves, \
-    small_objects_only, write_results_table
+from lib.dataset import load_dataset
+from lib.eval import (
+    METRICS,
+    DetectionsFormatError,
+    evaluate,
+    read_detections,
+    save_pr_curves,
+    small_objects_only,
+    write_results_table,
+)
 
 FORMATS = ("voc", "coco", "csv", "vid", "kitti")
 
@@ -67,7 +75,6 @@ def build_spec(args):
 
 
 def load_ground_truth(spec):
-    from lib.dataset import load_dataset
     return load_dataset(spec)
 
 

@@ -3,8 +3,9 @@
     python -m lib.tools.export --model RUN_OR_CKPT [--cfg CFG] --format mxnet|onnx --out DIR
                                [--check-input VIDEO_OR_FOLDER] [--check-frames 4] [--builtin-ops]
 
-RUN_OR_CKPT is a training run of experiments/custom/train.py (its folder: latest checkpoint, or a
-ckpt-NNNN.json / .params inside it). DIR gets model-symbol.json + model-0000.params (decode, clipping
+RUN_OR_CKPT is a training run folder of any detector family (experiments/custom/train.py, a family's
+train_test.py, m2det-train: its folder for the latest checkpoint, or a ckpt-NNNN.json / .params inside
+it); the family (lib.family) writes the artifact. DIR gets model-symbol.json + model-0000.params (decode, clipping
 and NMS inside the graph) and meta.json; --format onnx adds model.onnx and checks it in onnxruntime
 against the MXNet graph (max difference of scores and boxes within --tolerance, default 1e-4) on a few
 frames of --check-input, or on seeded random images without it. DIR is then run by
@@ -14,18 +15,22 @@ use instead (exit code 3); rfcn exports for MXNet only (its proposal / PS-RoI op
 form), with this project's compiled operators or, with --builtin-ops, MXNet's own.
 """
 import argparse
+import json
 import os
 import sys
 
 import numpy as np
 
-from lib.tools.infer import FIXED_RESIZE
+from lib.config import ConfigError, read_yaml
+from lib.export import ExportNotSupported
+from lib.family import load_model
+from lib.tools.infer import FIXED_RESIZE, ExportedDetector, iterate_frames
+from lib.train import CheckpointError
 
 
 def _check_images(source, count, meta, seed=0):
     """BGR frames for the ONNX check: the first ``count`` frames of source, or seeded random images."""
     if source:
-        from lib.tools.infer import iterate_frames
         frames = []
         for _, frame in iterate_frames(source):
             frames.append(frame)
@@ -43,7 +48,6 @@ def compare_runtimes(folder, frames, tolerance=1e-4):
     Raises ValueError naming the frame when the detections differ (count, class, more than
     ``tolerance`` in a score, or more than ``tolerance`` x the frame's longer side in a box coordinate).
     """
-    from lib.tools.infer import ExportedDetector
     reference = ExportedDetector(folder, "mxnet")
     candidate = ExportedDetector(folder, "onnx")
     worst = {"scores": 0.0, "boxes": 0.0, "detections": 0}
@@ -68,15 +72,13 @@ def compare_runtimes(folder, frames, tolerance=1e-4):
 
 
 def export_run(model, out, fmt="mxnet", cfg_path=None, builtin_ops=False):
-    """Load a run and write its artifact; returns the paths dict of lib.detectors.export."""
-    from lib import detectors
-    from lib.config import ConfigError
-    model_obj = detectors.load_model(model)
+    """Load a run and write its artifact through its detector family; returns the written paths."""
+    loaded = load_model(model)
     if cfg_path:
-        cfg = detectors.load_custom_config(cfg_path)
-        if cfg.DETECTOR != model_obj.family:
-            raise ConfigError(f"{cfg_path}: DETECTOR is {cfg.DETECTOR} but {model} is a {model_obj.family} run")
-    return detectors.export(model_obj, out, onnx=(fmt == "onnx"), builtin_ops=builtin_ops)
+        detector = read_yaml(cfg_path).get("DETECTOR")
+        if detector is not None and detector != loaded.family:
+            raise ConfigError(f"{cfg_path}: DETECTOR is {detector} but {model} is a {loaded.family} run")
+    return loaded.export(out, onnx=(fmt == "onnx"), builtin_ops=builtin_ops)
 
 
 def main(argv=None):
@@ -92,9 +94,6 @@ def main(argv=None):
                         help="rfcn: MXNet's own MultiProposal/PSROIPooling, so the artifact runs without "
                              "lib/libdetops.so (portable, slower on CPU)")
     args = parser.parse_args(argv)
-    from lib.config import ConfigError
-    from lib.detectors import ExportNotSupported
-    from lib.train import CheckpointError
     try:
         paths = export_run(args.model, args.out, args.format, args.cfg, args.builtin_ops)
     except ExportNotSupported as err:
@@ -111,7 +110,6 @@ def main(argv=None):
         return 3
     print("wrote " + ", ".join(sorted(paths.values())))
     if args.format == "onnx":
-        import json
         with open(os.path.join(args.out, "meta.json"), "r", encoding="utf-8") as f:
             meta = json.load(f)
         try:

@@ -18,13 +18,17 @@ import shutil
 import sys
 import warnings
 
+import cv2
+import mxnet as mx
 import numpy as np
+
+from lib.bbox import box_iou_np
+from lib.runtime import quantize_block
+from lib.tools.infer import ExportedDetector, iterate_frames
 
 
 def calibration_batches(detector, source, num):
     """-> (pre-processed calibration inputs (num,3,H,W), all at the first frame's input shape; the frames)."""
-    import cv2
-    from lib.tools.infer import iterate_frames
     batches, shape, frames = [], None, []
     for _, frame in iterate_frames(source):
         frames.append(frame)
@@ -52,7 +56,6 @@ def agreement(fp32_outputs, int8_outputs, min_score=0.3, iou=0.5):
     """Share of the fp32 detections (score >= min_score; else each frame's top 5) that the int8 model
     finds again (same class, IoU >= iou), and the number of broken int8 boxes (non-finite, x2 < x1,
     y2 < y1). Outputs: per frame (boxes (N,4), scores (N,), class ids (N,))."""
-    from lib.bbox import box_iou_np
     wanted = found = broken = 0
     for (fb, fs, fi), (qb, qs, qi) in zip(fp32_outputs, int8_outputs):
         qb = np.asarray(qb, np.float64).reshape(-1, 4)
@@ -73,7 +76,6 @@ def agreement(fp32_outputs, int8_outputs, min_score=0.3, iou=0.5):
 
 def check_against_fp32(model_dir, out_dir, frames):
     """-> {agreement, broken_boxes, frames}: the int8 artifact against the fp32 one on ``frames``."""
-    from lib.tools.infer import ExportedDetector
     fp32, int8 = ExportedDetector(model_dir, "mxnet"), ExportedDetector(out_dir, "mxnet")
     share, broken = agreement([fp32(f) for f in frames], [int8(f) for f in frames])
     return {"agreement": round(float(share), 4), "broken_boxes": broken, "frames": len(frames)}
@@ -93,8 +95,6 @@ FALLBACK_FLOAT_OPERATORS = ("elemwise_add",)
 
 
 def _quantize_once(model_dir, calib, calib_mode, exclude, exclude_operators, out_dir):
-    import mxnet as mx
-    from lib.runtime import quantize_block
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         net = mx.gluon.SymbolBlock.imports(os.path.join(model_dir, "model-symbol.json"), ["data"],
@@ -115,8 +115,6 @@ def quantize(model_dir, calib_source, out_dir, num_calib=16, calib_mode="naive",
     frames: broken boxes or fewer than ``min_agreement`` of the fp32 detections found again -> retried
     once with FALLBACK_FLOAT_OPERATORS in float (when the caller chose no operators); broken boxes
     after that raise QuantizationCheckError, a low agreement alone is a warning (meta.json keeps it)."""
-    import mxnet as mx
-    from lib.tools.infer import ExportedDetector
     if not mx.runtime.Features().is_enabled("MKLDNN"):
         raise SystemExit("error: this mxnet build has no MKLDNN (oneDNN): int8 CPU quantization needs it")
     detector = ExportedDetector(model_dir, "mxnet")

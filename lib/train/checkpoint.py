@@ -21,6 +21,8 @@ import zipfile
 import mxnet as mx
 import numpy as np
 
+from lib.fileio import atomic_open, atomic_save, atomic_write_json
+
 FORMAT_VERSION = 1
 
 
@@ -28,18 +30,6 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, incomplete or does not match the network / trainer."""
 
 
-def _fsync_file(path):
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
-
-
-def atomic_write_json(path, data):
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def structured_param_names(net):
@@ -115,12 +105,8 @@ def save_trainer_states(trainer, path, names_by_id):
             "num_update": int(optimizer.num_update), "index_update_counts": counts,
             "states": states}
     arrays["__meta__"] = np.array(json.dumps(meta))
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a name
+    with atomic_open(path, "wb") as f:  # a file object: np.savez would append ".npz" to a name
         np.savez(f, **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def load_trainer_states(trainer, path, names_by_id):
@@ -269,20 +255,15 @@ class CheckpointManager:
     def save(self, epoch, net, trainer=None, extra=None, iteration=None, lr=None):
         """Write the checkpoint of ``epoch`` (number of finished epochs); returns the JSON path."""
         paths = self.paths(epoch)
-        tmp_params = f"{paths['params']}.tmp{os.getpid()}"
-        net.save_parameters(tmp_params)
-        _fsync_file(tmp_params)
-        os.replace(tmp_params, paths["params"])
+        atomic_save(paths["params"], net.save_parameters)
         names = structured_param_names(net)
         if trainer is not None:
             save_trainer_states(trainer, paths["states"], names)
         else:  # keep the three-file layout: an empty state file
-            tmp = f"{paths['states']}.tmp{os.getpid()}"
-            with open(tmp, "wb") as f:
+            with atomic_open(paths["states"], "wb") as f:
                 np.savez(f, __meta__=np.array(json.dumps({"format": FORMAT_VERSION, "optimizer": None,
                                                           "num_update": 0, "index_update_counts": {},
                                                           "states": {}})))
-            os.replace(tmp, paths["states"])
         record = {"format": FORMAT_VERSION, "epoch": int(epoch),
                   "iteration": None if iteration is None else int(iteration),
                   "lr": None if lr is None else float(lr),
@@ -315,6 +296,11 @@ class CheckpointManager:
                 raise CheckpointError(f"{path}: key '{key}' is missing")
         record["path"] = path
         return record
+
+    @staticmethod
+    def params_of(record):
+        """The .params path of a checkpoint record (``read``)."""
+        return os.path.join(os.path.dirname(record["path"]), record["params"])
 
     def _resolve(self, checkpoint):
         if checkpoint is None:
@@ -349,6 +335,26 @@ class CheckpointManager:
         if restore_rng and "rng" in record:
             set_rng_state(record["rng"])
         return record
+
+
+def params_path(path):
+    """A run folder (its newest checkpoint), a checkpoint JSON or a .params file -> the .params path."""
+    if os.path.isdir(path):
+        return CheckpointManager.params_of(CheckpointManager(path).read())
+    if path.endswith(".json"):
+        return CheckpointManager.params_of(CheckpointManager(os.path.dirname(os.path.abspath(path))).read(path))
+    if not os.path.isfile(path):
+        raise CheckpointError(f"parameter file not found: {path}")
+    return path
+
+
+def load_weights(net, path, ctx=None):
+    """Trained weights into ``net`` from a run folder, a checkpoint JSON or a .params file, checked first:
+    a missing, unreadable or other network's file is a CheckpointError naming the file and parameter."""
+    params = params_path(path)
+    check_params_file(net, params)
+    net.load_parameters(params, ctx=ctx if ctx is not None else _net_context(net))
+    return params
 
 
 def _net_context(net):

@@ -52,46 +52,13 @@ import time
 
 import mxnet as mx
 import numpy as np
+import tqdm
 from mxnet import autograd, gluon
 
-from ..config import ConfigError, dump_config, merge, to_plain
+from ..config import TRAIN_DEFAULTS, ConfigError, dump_config, merge, to_plain
 from .checkpoint import CheckpointManager, atomic_write_json, structured_param_names
 from .logger import setup_logger
 from .schedule import build_lr_schedule
-
-TRAIN_DEFAULTS = {
-    "OPTIMIZER": "sgd",
-    "LR": 0.01,
-    "MOMENTUM": 0.9,
-    "WD": 0.0005,
-    "ADAM_BETAS": [0.9, 0.999],
-    "RMSPROP_DECAY": 0.9,
-    "RMSPROP_CENTERED": False,
-    "EPSILON": 1e-8,
-    "EPOCHS": 10,
-    "ITERS_PER_EPOCH": 0,
-    "LR_SCHEDULE": "step",
-    "LR_STEPS": [],
-    "LR_STEP_UNIT": "epoch",
-    "LR_FACTOR": 0.1,
-    "LR_DECAY_PERIOD": 0.0,
-    "LR_MIN": 0.0,
-    "WARMUP_EPOCHS": 0.0,
-    "WARMUP_ITERS": 0,
-    "WARMUP_FACTOR": 0.1,
-    "CLIP_GRAD_NORM": 0.0,
-    "SEED": 0,
-    "CHECKPOINT_EVERY": 1,
-    "KEEP_LAST": 3,
-    "LOG_EVERY": 20,
-    "EVAL_EVERY": 1,
-    "BEST_METRIC": "",
-    "FREEZE_PATTERNS": [],
-    "TRAINABLE_PATTERNS": [],
-    "NO_WD_PATTERNS": [],
-    "KVSTORE": "device",
-    "PROGRESS": True,
-}
 
 OPTIMIZERS = ("sgd", "adam", "rmsprop")
 
@@ -299,6 +266,7 @@ def fit(task, data, cfg, out_dir, ctx=None, val_fn=None, resume=True, logger=Non
                 json.dumps(to_plain(cfg), sort_keys=True))
 
     from tensorboardX import SummaryWriter
+
     # purge_step drops events a crashed run logged after the checkpoint we resume from.
     writer = SummaryWriter(os.path.join(out_dir, "tb"), purge_step=iteration if start_epoch else None)
     schedule = None
@@ -324,7 +292,6 @@ def fit(task, data, cfg, out_dir, ctx=None, val_fn=None, resume=True, logger=Non
             epoch_start = time.time()
             progress = None
             if cfg["PROGRESS"]:
-                import tqdm
                 progress = tqdm.tqdm(total=num_batches, desc=f"epoch {epoch + 1}/{cfg['EPOCHS']}",
                                      dynamic_ncols=True, leave=False)
             for batch_index, batch in enumerate(batches):

@@ -1,6 +1,7 @@
-"""lib.detectors: recipe keys mapped onto each family's config, data specs (lists, background folders,
-tiles), the exported artifacts of ssdlite and R-FCN against each package's own numpy post-processing,
-and what cannot be exported."""
+"""The recipe (experiments.custom.recipe) over the family registry (lib.family): recipe keys mapped onto
+each family's config, data specs (lists, background folders, tiles), anchor coverage, the exported
+artifacts of ssdlite and R-FCN against each package's own numpy post-processing, and what cannot be
+exported."""
 import json
 import os
 import runpy
@@ -10,8 +11,14 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from lib import detectors
-from lib.config import ConfigError
+from experiments.custom import recipe
+from fgfa.config import flip_enabled, input_scale, training_scales
+from lib import anchor_coverage
+from lib.config import PROJECT_ROOT, ConfigError
+from lib.dataset.specs import resolve_spec
+from lib.export import ExportNotSupported
+from lib.family import LoadedModel, get_family, load_model
+from lib.tiling import tile_dataset
 from lib.dataset import DetectionDataset, Record
 from lib.dataset.voc import voc_xml_string
 
@@ -19,7 +26,7 @@ from lib.dataset.voc import voc_xml_string
 def _cfg(tmp_path, text, name="recipe.yaml", overrides=None):
     path = tmp_path / name
     path.write_text(text)
-    return detectors.load_custom_config(str(path), overrides)
+    return recipe.load_recipe_config(str(path), overrides)
 
 
 def _images(rng, shapes):
@@ -41,73 +48,73 @@ TRAIN: {{BATCH_SIZE: 3, LR: 0.02, OPTIMIZER: adam, EPOCHS: 7, AUGMENT: [{{name: 
 OUTPUT_DIR: {out}
 """
     cfg = _cfg(tmp_path, "DETECTOR: m2det\n" + common.format(size=320, out=tmp_path / "m"))
-    fam = detectors.family_config(cfg, ["a"])
-    assert (fam.MODEL.INPUT_SIZE, fam.TRAIN.BATCH_SIZE, fam.TRAIN.LR, fam.TRAIN.OPTIMIZER, fam.TRAIN.EPOCHS) == \
+    fam = recipe.family_config(cfg, ["a"])
+    assert (fam.INPUT.SIZE, fam.TRAIN.BATCH_SIZE, fam.TRAIN.LR, fam.TRAIN.OPTIMIZER, fam.TRAIN.EPOCHS) == \
         (320, 3, 0.02, "adam", 7)
-    assert fam.TRAIN.RANDOM_TRANSFORM is True and fam.OUTPUT_DIR == str(tmp_path / "m")
+    assert fam.TRAIN.AUGMENT is True and fam.OUTPUT_DIR == str(tmp_path / "m")
     assert fam.TRAIN.AUGMENTATIONS == [{"name": "RandomFlip"}]   # M2Det runs the listed transforms
     # the rest comes from the family's speedtrap config
     assert fam.MODEL.BACKBONE == "mobilenetv2"
 
     for family in ("ssdlite", "lstm_ssd"):
         cfg = _cfg(tmp_path, f"DETECTOR: {family}\n" + common.format(size=256, out=tmp_path / family))
-        fam = detectors.family_config(cfg, ["a", "b"])
-        assert (fam.MODEL.TYPE, fam.MODEL.IMAGE_SIZE, fam.MODEL.NUM_CLASSES) == (family, 256, 2)
+        fam = recipe.family_config(cfg, ["a", "b"])
+        assert (fam.MODEL.TYPE, fam.INPUT.SIZE, fam.MODEL.NUM_CLASSES) == (family, 256, 2)
         assert (fam.TRAIN.BATCH_SIZE, fam.TRAIN.LR, fam.TRAIN.EPOCHS, fam.TRAIN.AUGMENT) == (3, 0.02, 7, True)
         assert fam.TRAIN.AUGMENTATIONS == [{"name": "RandomFlip"}]
         assert fam.DATASET.CLASSES == ["a", "b"]
         wide = _cfg(tmp_path, f"DETECTOR: {family}\nINPUT: {{SIZE: [180, 320]}}\nOUTPUT_DIR: {tmp_path / family}\n")
-        assert detectors.family_config(wide, ["a"]).MODEL.IMAGE_SIZE == [180, 320]
+        assert recipe.family_config(wide, ["a"]).INPUT.SIZE == [180, 320]
 
     for family in ("rfcn", "fgfa"):
         cfg = _cfg(tmp_path, f"DETECTOR: {family}\nINPUT: {{SHORT_SIDE: 360, MAX_SIZE: 640}}\n"
                              f"TRAIN: {{BATCH_SIZE: 2, AUGMENT: [PhotometricDistort]}}\nOUTPUT_DIR: {tmp_path}")
-        fam = detectors.family_config(cfg, ["a"])
+        fam = recipe.family_config(cfg, ["a"])
         assert fam.NETWORK.AGGREGATE is (family == "fgfa")
-        assert fam.IMAGE.SCALES == [[360, 640]] and fam.IMAGE.TEST_SCALE == [360, 640]
-        assert fam.TRAIN.BATCH_IMAGES == 2 and fam.IMAGE.FLIP is False   # no flip in the augment list
+        assert training_scales(fam) == [[360, 640]] and input_scale(fam) == (360, 640)
+        assert fam.TRAIN.BATCH_SIZE == 2 and flip_enabled(fam) is False   # no flip in the augment list
         # training scales as factors of the input size; testing stays at the input size
         jitter = _cfg(tmp_path, f"DETECTOR: {family}\nINPUT: {{SHORT_SIDE: 360, MAX_SIZE: 640, "
                                 f"TRAIN_SCALES: [0.5, 0.75, 1.1]}}\nOUTPUT_DIR: {tmp_path}")
-        fam = detectors.family_config(jitter, ["a"])
-        assert fam.IMAGE.SCALES == [[180, 320], [270, 480], [396, 704]] and fam.IMAGE.TEST_SCALE == [360, 640]
+        fam = recipe.family_config(jitter, ["a"])
+        assert training_scales(fam) == [[180, 320], [270, 480], [396, 704]] and input_scale(fam) == (360, 640)
 
 
 def test_lr_steps_follow_the_recipe_epochs(tmp_path):
     # rfcn BASE (speedtrap): 30 epochs, LR drops at [22, 27]; 12 recipe epochs -> [8.8, 10.8] rounded
     cfg = _cfg(tmp_path, "DETECTOR: rfcn\nTRAIN: {EPOCHS: 12}\n")
-    fam = detectors.family_config(cfg, ["a"])
+    fam = recipe.family_config(cfg, ["a"])
     assert fam.TRAIN.EPOCHS == 12 and fam.TRAIN.LR_STEPS == [9, 11]
     # m2det BASE: 60 epochs, [40, 52]; ITERATIONS 30 of batch 8 over 80 images -> 3 epochs -> [2, 2.6] -> [2, 3]
     cfg = _cfg(tmp_path, "DETECTOR: m2det\nTRAIN: {BATCH_SIZE: 8, ITERATIONS: 30}\n")
-    fam = detectors.family_config(cfg, ["a"], train_size=80)
+    fam = recipe.family_config(cfg, ["a"], train_size=80)
     assert fam.TRAIN.EPOCHS == 3 and fam.TRAIN.LR_STEPS == [2, 3]
     # steps the user set in OVERRIDES are kept as written; same epochs as BASE: unchanged
     cfg = _cfg(tmp_path, "DETECTOR: rfcn\nTRAIN: {EPOCHS: 12}\nOVERRIDES: {TRAIN: {LR_STEPS: [5]}}\n")
-    assert detectors.family_config(cfg, ["a"]).TRAIN.LR_STEPS == [5]
+    assert recipe.family_config(cfg, ["a"]).TRAIN.LR_STEPS == [5]
     cfg = _cfg(tmp_path, "DETECTOR: rfcn\nTRAIN: {EPOCHS: 30}\n")
-    assert detectors.family_config(cfg, ["a"]).TRAIN.LR_STEPS == [22, 27]
+    assert recipe.family_config(cfg, ["a"]).TRAIN.LR_STEPS == [22, 27]
 
 
 def test_overrides_and_iterations(tmp_path):
     cfg = _cfg(tmp_path, "DETECTOR: m2det\nBASE: experiments/m2det/cfgs/tiny.yaml\n"
                          "TRAIN: {BATCH_SIZE: 4, ITERATIONS: 10}\nOVERRIDES: {TEST: {SCORE_THRESH: 0.3}}\n")
     # 10 iterations of batch 4 over 25 images: 7 per epoch -> 2 epochs
-    fam = detectors.family_config(cfg, ["a"], train_size=25)
-    assert fam.TEST.SCORE_THRESH == 0.3 and fam.TRAIN.EPOCHS == 2 and fam.MODEL.INPUT_SIZE == 160
+    fam = recipe.family_config(cfg, ["a"], train_size=25)
+    assert fam.TEST.SCORE_THRESH == 0.3 and fam.TRAIN.EPOCHS == 2 and fam.INPUT.SIZE == 160
     # fewer iterations than one epoch: one capped epoch
-    fam = detectors.family_config(cfg, ["a"], train_size=100)
-    assert fam.TRAIN.EPOCHS == 1 and fam.TRAIN.MAX_ITERS_PER_EPOCH == 10
+    fam = recipe.family_config(cfg, ["a"], train_size=100)
+    assert fam.TRAIN.EPOCHS == 1 and fam.TRAIN.MAX_BATCHES == 10
     cfg = _cfg(tmp_path, "DETECTOR: ssdlite\nBASE: experiments/lstm_ssd/cfgs/tiny_test.yaml\n"
                          "TRAIN: {BATCH_SIZE: 2, ITERATIONS: 3}\n")
-    fam = detectors.family_config(cfg, ["a"], train_size=80)   # 2 clips x 4 frames per batch: 10 per epoch
+    fam = recipe.family_config(cfg, ["a"], train_size=80)   # 2 clips x 4 frames per batch: 10 per epoch
     assert fam.TRAIN.EPOCHS == 1 and fam.TRAIN.MAX_BATCHES == 3
     # 40 video frames (10 clips of 4) + 40 still images (one pseudo-video clip each): 25 batches of 2 clips
     cfg = _cfg(tmp_path, "DETECTOR: lstm_ssd\nBASE: experiments/lstm_ssd/cfgs/tiny_test.yaml\n"
                          "TRAIN: {BATCH_SIZE: 2, ITERATIONS: 30}\n")
-    fam = detectors.family_config(cfg, ["a"], train_size=80, still_images=40)
+    fam = recipe.family_config(cfg, ["a"], train_size=80, still_images=40)
     assert fam.TRAIN.UNROLL == 4 and fam.TRAIN.EPOCHS == 2
-    fam = detectors.family_config(cfg, ["a"], train_size=80, still_images=0)   # 10 batches per epoch
+    fam = recipe.family_config(cfg, ["a"], train_size=80, still_images=0)   # 10 batches per epoch
     assert fam.TRAIN.EPOCHS == 3
 
 
@@ -119,7 +126,7 @@ def test_overrides_and_iterations(tmp_path):
     ("fgfa", "resnet_v1_50", "NETWORK.DEPTH", 50),
 ])
 def test_backbone_names_map_to_family_keys(tmp_path, family, backbone, key, value):
-    fam = detectors.family_config(_cfg(tmp_path, f"DETECTOR: {family}\nBACKBONE: {backbone}\n"), ["a"])
+    fam = recipe.family_config(_cfg(tmp_path, f"DETECTOR: {family}\nBACKBONE: {backbone}\n"), ["a"])
     node = fam
     for part in key.split("."):
         node = node[part]
@@ -127,18 +134,17 @@ def test_backbone_names_map_to_family_keys(tmp_path, family, backbone, key, valu
 
 
 def test_unknown_backbone_keeps_the_base_and_warns(tmp_path, caplog):
-    base = detectors.family_config(_cfg(tmp_path, "DETECTOR: rfcn\n"), ["a"])
+    base = recipe.family_config(_cfg(tmp_path, "DETECTOR: rfcn\n"), ["a"])
     with caplog.at_level("WARNING"):
-        fam = detectors.family_config(_cfg(tmp_path, "DETECTOR: rfcn\nBACKBONE: faster_rcnn_inception_v2\n"), ["a"])
+        fam = recipe.family_config(_cfg(tmp_path, "DETECTOR: rfcn\nBACKBONE: faster_rcnn_inception_v2\n"), ["a"])
     assert fam.NETWORK.DEPTH == base.NETWORK.DEPTH
     assert "faster_rcnn_inception_v2" in caplog.text and "OVERRIDES" in caplog.text
 
 
 @pytest.mark.parametrize("name", ["m2det", "ssdlite", "lstm_ssd", "rfcn", "fgfa", "tiny_m2det"])
 def test_templates_load(name):
-    from lib.config import PROJECT_ROOT
-    cfg = detectors.load_custom_config(os.path.join(PROJECT_ROOT, "experiments", "custom", name + ".yaml"))
-    fam = detectors.family_config(cfg, ["radar"], train_size=392)
+    cfg = recipe.load_recipe_config(os.path.join(PROJECT_ROOT, "experiments", "custom", name + ".yaml"))
+    fam = recipe.family_config(cfg, ["radar"], train_size=392)
     assert cfg.DETECTOR == name.replace("tiny_", "") and fam.OUTPUT_DIR.endswith(os.path.join("custom", name))
 
 
@@ -146,11 +152,12 @@ def test_command_line_changes_one_key_of_the_data_specs(tmp_path):
     path = tmp_path / "recipe.yaml"
     path.write_text("DATA:\n  TRAIN: [{FORMAT: voc, ROOT: x, SPLIT: train}, {FORMAT: background, IMAGES_DIR: y}]\n"
                     "  VAL: {FORMAT: voc, ROOT: x, SPLIT: test}\n")
-    cfg = detectors.load_custom_config(str(path), ["DATA.TRAIN.SPLIT=train_bg", "DATA.VAL.SNIPPETS={max_gap: 3}",
+    cfg = recipe.load_recipe_config(str(path), ["DATA.TRAIN.SPLIT=train_bg", "DATA.VAL.SNIPPETS={max_gap: 3}",
                                                    "TRAIN.LR=0.5"])
-    assert cfg.DATA.TRAIN == [{"FORMAT": "voc", "ROOT": "x", "SPLIT": "train_bg"},
-                              {"FORMAT": "background", "IMAGES_DIR": "y"}]
-    assert cfg.DATA.VAL == {"FORMAT": "voc", "ROOT": "x", "SPLIT": "test", "SNIPPETS": {"max_gap": 3}}
+    # DATA (the section's name before the shared schema) is read as DATASET, a single spec as a list of one
+    assert cfg.DATASET.TRAIN == [{"FORMAT": "voc", "ROOT": "x", "SPLIT": "train_bg"},
+                                 {"FORMAT": "background", "IMAGES_DIR": "y"}]
+    assert cfg.DATASET.VAL == [{"FORMAT": "voc", "ROOT": "x", "SPLIT": "test", "SNIPPETS": {"max_gap": 3}}]
     assert cfg.TRAIN.LR == 0.5
 
 
@@ -166,7 +173,7 @@ def test_command_line_changes_one_key_of_the_data_specs(tmp_path):
 ])
 def test_config_errors_name_the_key(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message) as err:
-        detectors.family_config(_cfg(tmp_path, text), ["a"])
+        recipe.family_config(_cfg(tmp_path, text), ["a"])
     assert "recipe.yaml" in str(err.value)
 
 
@@ -176,15 +183,15 @@ def test_tf_pipeline_import_feeds_the_recipe(tmp_path):
     out = tmp_path / "imported.yaml"
     sample = os.path.join(os.path.dirname(__file__), "data", "ssd_mobilenet_v2_pipeline.config")
     assert import_tf_pipeline.main([sample, "--out", str(out)]) == 0
-    cfg = detectors.load_custom_config(str(out), [f"OUTPUT_DIR={tmp_path / 'run'}"])
+    cfg = recipe.load_recipe_config(str(out), [f"OUTPUT_DIR={tmp_path / 'run'}"])
     assert cfg.DETECTOR == "ssdlite" and cfg.NUM_CLASSES == 1
-    fam = detectors.family_config(cfg, ["radar"], train_size=48)
-    assert fam.MODEL.IMAGE_SIZE == 300 and fam.TRAIN.BATCH_SIZE == 24 and fam.TRAIN.LR == pytest.approx(0.004)
+    fam = recipe.family_config(cfg, ["radar"], train_size=48)
+    assert fam.INPUT.SIZE == 300 and fam.TRAIN.BATCH_SIZE == 24 and fam.TRAIN.LR == pytest.approx(0.004)
     assert fam.TRAIN.OPTIMIZER == "rmsprop" and fam.TRAIN.AUGMENT is True
     assert fam.MODEL.LARGE.NET == "mobilenet_v2" and fam.MODEL.LARGE.WIDTH == 1.0   # ssd_mobilenet_v2, x1.0
     assert fam.MODEL.LARGE.NUM_BLOCKS == -1                                        # the whole network
     assert fam.TRAIN.EPOCHS == 10000   # 48 images in batches of 24 single frames: two batches per epoch
-    spec = detectors._resolve_spec(cfg.DATA.TRAIN, cfg)
+    spec = resolve_spec(cfg.DATASET.TRAIN[0], out_dir=str(tmp_path / "run"))
     assert spec["FORMAT"] == "tfrecord" and os.path.isabs(spec["PATHS"]) and spec["PATHS"].endswith("train.record")
     assert spec["OUT_DIR"] == os.path.join(str(tmp_path / "run"), "tfrecord_images")
 
@@ -209,7 +216,7 @@ def test_data_lists_and_background_folders(tmp_path):
         cv2.imwrite(str(bg / f"road{k}.jpg"), np.full((50, 70, 3), 90, np.uint8))
     cfg = _cfg(tmp_path, f"DATA:\n  TRAIN:\n    - {{FORMAT: voc, ROOT: {tmp_path / 'labelled'}}}\n"
                          f"    - {{FORMAT: background, IMAGES_DIR: {bg}}}\n")
-    ds = detectors.load_data(cfg)
+    ds = recipe.load_data(cfg)
     assert len(ds) == 5 and ds.classes == ["radar"]
     background = [r for r in ds if r.num_boxes == 0]
     assert len(background) == 3 and {(r.width, r.height) for r in background} == {(70, 50)}
@@ -217,11 +224,11 @@ def test_data_lists_and_background_folders(tmp_path):
     _voc_folder(tmp_path / "other", [[[1, 1, 9, 9]]], ["cone"])
     cfg = _cfg(tmp_path, f"DATA:\n  TRAIN:\n    - {{FORMAT: voc, ROOT: {tmp_path / 'labelled'}}}\n"
                          f"    - {{FORMAT: voc, ROOT: {tmp_path / 'other'}, CLASSES: [cone]}}\n")
-    with pytest.raises(ConfigError, match=r"DATA.TRAIN\[1\] has classes \['cone'\]"):
-        detectors.load_data(cfg)
+    with pytest.raises(ConfigError, match=r"DATASET.TRAIN\[1\] has classes \['cone'\]"):
+        recipe.load_data(cfg)
     cfg = _cfg(tmp_path, "NUM_CLASSES: 2\nDATA: {TRAIN: {FORMAT: voc, ROOT: %s}}\n" % (tmp_path / "labelled"))
     with pytest.raises(ConfigError, match="NUM_CLASSES is 2"):
-        detectors.load_data(cfg)
+        recipe.load_data(cfg)
 
 
 def test_training_tiles_cut_the_frame(tmp_path):
@@ -233,7 +240,7 @@ def test_training_tiles_cut_the_frame(tmp_path):
     ds = DetectionDataset([Record(image=path, width=400, height=300, boxes=box, labels=[0])], ["radar"])
     cfg = _cfg(tmp_path, "TILING: {TRAIN: {ENABLED: true, SIZE: [128, 96], TILES_PER_IMAGE: 3, OBJECT_PROB: 1.0,"
                          " KEEP_FULL_FRAMES: true}}\n")
-    tiles = detectors.tile_dataset(ds, str(tmp_path / "tiles"), cfg.TILING.TRAIN)
+    tiles = tile_dataset(ds, str(tmp_path / "tiles"), cfg.TILING.TRAIN)
     assert len(tiles) == 4 and tiles[0].image == path
     for rec in tiles.records[1:]:
         assert (rec.width, rec.height) == (128, 96) and rec.num_boxes == 1
@@ -245,22 +252,27 @@ def test_training_tiles_cut_the_frame(tmp_path):
         assert error < 5.0 and shifted > 2 * error     # JPEG noise only, and not some other crop
 
 
-def test_iterations_cap_rfcn_key_frames(tmp_path):
-    """fgfa.data.TrainSamples (what fgfa trains on) sees about ITERATIONS x BATCH_IMAGES key frames."""
-    from fgfa.data import TrainSamples
-    records = [Record(image=f"/x/v{v}_{t}.jpg", width=64, height=48, video=f"v{v}", frame=t)
-               for v in range(3) for t in range(20)]
-    records += [Record(image=f"/x/still{k}.jpg", width=64, height=48) for k in range(10)]
-    ds = DetectionDataset(records, ["a"])
-    cfg = _cfg(tmp_path, "DETECTOR: fgfa\nTRAIN: {BATCH_SIZE: 2}\n")
-    fam = detectors.family_config(cfg, ["a"])
-    capped, capped_fam = detectors.cap_key_frames(ds, fam, 13)          # 26 key frames wanted
-    samples = TrainSamples(capped, capped_fam, num_neighbors=2)
-    assert len(samples) == 10 + 3 * 5                                  # all stills + 5 per video
-    assert len(capped.snippets()["v1"]) == 20                          # neighbours stay reachable
-    capped, capped_fam = detectors.cap_key_frames(ds, fam, 3)           # fewer than the stills
-    assert len(TrainSamples(capped, capped_fam, num_neighbors=0)) == 6 and not capped.snippets()
-    assert detectors.cap_key_frames(ds, fam, 100)[0] is ds              # a whole epoch: unchanged
+def test_iterations_cap_rfcn_batches(tmp_path):
+    """rfcn / fgfa honour the shared TRAIN.MAX_BATCHES, which TRAIN.ITERATIONS shorter than an epoch sets."""
+    from fgfa.train import make_batches
+    cfg = _cfg(tmp_path, "DETECTOR: fgfa\nTRAIN: {BATCH_SIZE: 2, ITERATIONS: 13}\n")
+    fam = recipe.family_config(cfg, ["a"], train_size=70)          # 35 batches of 2 per epoch
+    assert fam.TRAIN.EPOCHS == 1 and fam.TRAIN.MAX_BATCHES == 13
+
+    class Samples:                                                # 70 one-frame samples of 32x32
+        def __len__(self):
+            return 70
+
+        def load(self, index, rng):
+            return (np.full((1, 3, 32, 32), index, np.float32), np.array([32, 32, 1], np.float32),
+                    np.zeros((0, 4), np.float32), np.zeros(0, np.int64))
+    np.random.seed(0)
+    epoch = make_batches(Samples(), 2, max_batches=fam.TRAIN.MAX_BATCHES)(0)
+    batches = list(epoch)
+    assert len(epoch) == len(batches) == 13 and all(b[0].shape[0] == 2 for b in batches)
+    seen = [int(v) for b in batches for v in b[0][:, 0, 0, 0, 0]]
+    assert len(set(seen)) == 26                                   # 26 distinct key frames of the epoch's order
+    assert len(list(make_batches(Samples(), 2)(0))) == 35         # no cap: the whole epoch
 
 
 # ------------------------------------------------------------------------------------------ export
@@ -273,44 +285,44 @@ def test_anchor_coverage_counts_boxes_by_height_in_network_pixels():
     boxes = np.array([[0, 0, 100, 100], [0, 0, 50, 100], [0, 0, 10, 10], [0, 0, 100, 20]], np.float32)
     ds = DetectionDataset([Record(image="a.jpg", width=100, height=100, boxes=boxes, labels=[0] * 4),
                            Record(image="b.jpg", width=100, height=100)], ["x"])
-    cov = detectors.anchor_coverage(ds, spec)
+    cov = anchor_coverage.anchor_coverage(ds, spec)
     assert (cov["boxes"], cov["matched"]) == (4, 2)
     assert [(b["min_height"], b["boxes"], b["matched"]) for b in cov["bands"]] == \
         [(0, 1, 0), (16, 1, 0), (32, 0, 0), (64, 2, 2)]
-    warnings = detectors.coverage_warnings(cov, min_boxes=1)
+    warnings = anchor_coverage.coverage_warnings(cov, min_boxes=1)
     assert len(warnings) == 2 and "0 of the 1 training boxes 0-16 px" in warnings[0]
-    assert detectors.coverage_warnings(cov) == []          # bands under 10 boxes are not judged
+    assert anchor_coverage.coverage_warnings(cov) == []          # bands under 10 boxes are not judged
     # the network sees a 200x200 frame at half size: heights halve, IoUs stay (anchor in that frame)
     big = DetectionDataset([Record(image="c.jpg", width=200, height=200, boxes=boxes * 2, labels=[0] * 4)], ["x"])
-    cov = detectors.anchor_coverage(big, dict(spec, RESIZE={"SHORT": 100}))
+    cov = anchor_coverage.anchor_coverage(big, dict(spec, RESIZE={"SHORT": 100}))
     assert [(b["boxes"], b["matched"]) for b in cov["bands"]] == [(1, 0), (1, 0), (0, 0), (2, 2)]
 
 
 def test_anchor_spec_gives_each_family_its_own_anchors(tmp_path):
-    from lib.tools.draw import build_anchors
+    from lib.anchor_coverage import build_anchors
     ssd = _untrained(tmp_path, "ssdlite", "experiments/lstm_ssd/cfgs/tiny_test.yaml", ["a", "b"])
-    size = int(ssd.cfg.MODEL.IMAGE_SIZE)
-    spec = detectors.anchor_spec("ssdlite", ssd.cfg, 2)
+    size = int(ssd.cfg.INPUT.SIZE)
+    spec = get_family("ssdlite").anchor_spec(ssd.cfg, 2)
     np.testing.assert_allclose(build_anchors(spec, size, size), ssd.net.anchors() * size, atol=1e-4)
     wide = _untrained(tmp_path, "ssdlite", "experiments/lstm_ssd/cfgs/tiny_test.yaml", ["a", "b"],
                       "INPUT: {SIZE: [48, 80]}\n")
-    spec = detectors.anchor_spec("ssdlite", wide.cfg, 2)
+    spec = get_family("ssdlite").anchor_spec(wide.cfg, 2)
     np.testing.assert_allclose(build_anchors(spec, 80, 48), wide.net.anchors() * [80, 48, 80, 48], atol=1e-4)
     rfcn = _untrained(tmp_path, "rfcn", "experiments/rfcn/cfgs/rfcn_tiny.yaml", ["a", "b"])
-    spec = detectors.anchor_spec("rfcn", rfcn.cfg, 2)
+    spec = get_family("rfcn").anchor_spec(rfcn.cfg, 2)
     stride = rfcn.cfg.NETWORK.FEAT_STRIDE
     one_cell = build_anchors(spec, stride, stride)             # the first cell's anchors = the base anchors
     np.testing.assert_allclose(one_cell, rfcn.net.base_anchors + [0, 0, 1, 1])   # MultiProposal's inclusive x2
-    assert spec["RESIZE"] == {"SHORT": rfcn.cfg.IMAGE.TEST_SCALE[0], "MAX": rfcn.cfg.IMAGE.TEST_SCALE[1]}
+    assert spec["RESIZE"] == {"SHORT": rfcn.cfg.INPUT.SHORT_SIDE, "MAX": rfcn.cfg.INPUT.MAX_SIZE}
 
 
 def _untrained(tmp_path, family, base, classes, extra=""):
     cfg = _cfg(tmp_path, f"DETECTOR: {family}\nBASE: {base}\nOUTPUT_DIR: {tmp_path / 'run'}\n{extra}")
-    fam = detectors.family_config(cfg, classes)
+    fam = recipe.family_config(cfg, classes)
     mx.random.seed(4)
     np.random.seed(4)
-    net = detectors.build_model(family, fam, len(classes))
-    return detectors.LoadedModel(family, net, fam, classes, mx.cpu())
+    net = get_family(family).build(fam, len(classes), mx.cpu())
+    return LoadedModel(family, net, fam, classes, mx.cpu())
 
 
 def _spread_scores(net, seed=3):
@@ -332,7 +344,7 @@ def test_ssdlite_artifact_equals_numpy_postprocessing(tmp_path, size):
     model = _untrained(tmp_path, "ssdlite", "experiments/lstm_ssd/cfgs/tiny_test.yaml", ["a", "b"], extra)
     assert model.net.image_hw == tuple(size or (64, 64))
     _spread_scores(model.net)
-    paths = detectors.export(model, str(tmp_path / "art"), onnx=True)
+    paths = model.export(str(tmp_path / "art"), onnx=True)
     meta = json.loads(open(paths["meta"]).read())
     assert meta["detector"] == "ssdlite" and meta["input"] == {"resize": "fixed", "size": size or [64, 64],
                                                                "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
@@ -370,13 +382,13 @@ def test_ssdlite_artifact_equals_numpy_postprocessing(tmp_path, size):
 
 
 def test_ssdlite_artifact_pre_nms_top_k_equals_numpy(tmp_path):
-    """POST_PROCESS.PRE_NMS_TOP_K: box_nms's topk in the graph == multiclass_nms(pre_nms_top_k) in numpy."""
+    """TEST.PRE_NMS_TOP_K: box_nms's topk in the graph == multiclass_nms(pre_nms_top_k) in numpy."""
     from lib.tools.infer import ExportedDetector
     model = _untrained(tmp_path, "ssdlite", "experiments/lstm_ssd/cfgs/tiny_test.yaml", ["a", "b"])
     images = _images(np.random.default_rng(5), [(48, 80), (90, 70)])
     unlimited = [model.detect([image])[0] for image in images]
-    model.cfg.POST_PROCESS.PRE_NMS_TOP_K = 3
-    detectors.export(model, str(tmp_path / "art"))
+    model.cfg.TEST.PRE_NMS_TOP_K = 3
+    model.export(str(tmp_path / "art"))
     runner = ExportedDetector(str(tmp_path / "art"))
     for image, full in zip(images, unlimited):
         h, w = image.shape[:2]
@@ -389,17 +401,17 @@ def test_ssdlite_artifact_pre_nms_top_k_equals_numpy(tmp_path):
 
 
 def test_rfcn_artifact_equals_in_process_detector(tmp_path):
-    """Padding, im_info, proposals, decode and NMS in the exported graph == fgfa's VideoDetector + numpy."""
+    """Padding, im_info, proposals, decode and NMS in the exported graph == fgfa's WindowRunner + numpy."""
     from lib.tools.infer import ExportedDetector
     model = _untrained(tmp_path, "rfcn", "experiments/rfcn/cfgs/rfcn_tiny.yaml", ["a", "b"])
-    with pytest.raises(detectors.ExportNotSupported, match="no ONNX mapping"):
-        detectors.export(model, str(tmp_path / "art"), onnx=True)
+    with pytest.raises(ExportNotSupported, match="no ONNX mapping"):
+        model.export(str(tmp_path / "art"), onnx=True)
     meta = json.loads((tmp_path / "art" / "meta.json").read_text())   # the MXNet artifact is complete
     assert meta["ops_library"] is True and meta["input"]["resize"] == "keep_ratio"
     runner = ExportedDetector(str(tmp_path / "art"))
     # sizes whose resized sides are not multiples of 16 exercise the in-graph padding
     from fgfa.data import target_size
-    short, long_side = model.cfg.IMAGE.TEST_SCALE
+    short, long_side = input_scale(model.cfg)
     for image in _images(np.random.default_rng(6), [(90, 150), (120, 160), (70, 75)]):
         h, w = image.shape[:2]
         boxes, scores, labels = model.detect([image])[0]
@@ -415,7 +427,7 @@ def test_rfcn_artifact_equals_in_process_detector(tmp_path):
         np.testing.assert_allclose(got[0], expected[0], atol=1e-3)
         np.testing.assert_array_equal(got[2], expected[2])
     # MXNet's own operators instead of the compiled ones: a stock-mxnet artifact, same detections
-    detectors.export(model, str(tmp_path / "art_builtin"), builtin_ops=True)
+    model.export(str(tmp_path / "art_builtin"), builtin_ops=True)
     assert json.loads((tmp_path / "art_builtin" / "meta.json").read_text())["ops_library"] is False
     assert "detops" not in (tmp_path / "art_builtin" / "model-symbol.json").read_text()
     assert model.net.builtin_ops is None                      # the model is left as it was
@@ -437,13 +449,13 @@ def test_lstm_ssd_run_streams_and_refuses_single_frame_export(tmp_path, capsys):
 DETECTOR: lstm_ssd
 BASE: experiments/lstm_ssd/cfgs/tiny_test.yaml
 TRAIN: {{BATCH_SIZE: 1, ITERATIONS: 1}}
-DATA: {{TRAIN: {{FORMAT: synthetic, ROOT: {tmp_path / 'synth'}}}, VAL: {{FORMAT: synthetic, ROOT: {tmp_path / 'synth'}}}}}
+DATASET: {{TRAIN: {{FORMAT: synthetic, ROOT: {tmp_path / 'synth'}}}, VAL: {{FORMAT: synthetic, ROOT: {tmp_path / 'synth'}}}}}
 OUTPUT_DIR: {tmp_path / 'run'}
 """)
-    result = detectors.train(cfg, progress=False)
+    result = recipe.train(cfg, progress=False)
     assert result["summary"]["iterations"] == 1 and result["classes"] == ["disc"]
-    model = detectors.load_model(str(tmp_path / "run"))
-    frames = [cv2.cvtColor(cv2.imread(r.image), cv2.COLOR_BGR2RGB) for r in detectors.load_data(cfg).records]
+    model = load_model(str(tmp_path / "run"))
+    frames = [cv2.cvtColor(cv2.imread(r.image), cv2.COLOR_BGR2RGB) for r in recipe.load_data(cfg).records]
     stream = model.detect_stream(frames)
     # the memory changes the outputs: frame 2 alone differs from frame 2 after frames 0 and 1
     alone = model.detect([frames[2]])[0]
@@ -462,7 +474,7 @@ OUTPUT_DIR: {tmp_path / 'run'}
     for (f_boxes, f_scores, _), (q_boxes, q_scores, _) in zip(stream, int8):
         assert abs(len(q_scores) - len(f_scores)) <= max(2, len(f_scores) // 5)
         assert abs(float(q_scores.max()) - float(f_scores.max())) < 0.05
-    evaluate = runpy.run_path(os.path.join(detectors.PROJECT_ROOT, "experiments", "custom", "evaluate.py"),
+    evaluate = runpy.run_path(os.path.join(PROJECT_ROOT, "experiments", "custom", "evaluate.py"),
                               run_name="int8_test")
     assert evaluate["main"](["--model", str(tmp_path / "run"), "--int8", "2", "--out", str(tmp_path / "ev")]) == 0
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
@@ -477,6 +489,6 @@ OUTPUT_DIR: {tmp_path / 'run'}
 
 def test_loading_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="model not found"):
-        detectors.load_model(str(tmp_path / "nothing"))
-    with pytest.raises(FileNotFoundError, match="detector.json"):
-        detectors.load_model(str(tmp_path))
+        load_model(str(tmp_path / "nothing"))
+    with pytest.raises(FileNotFoundError, match="run.json"):
+        load_model(str(tmp_path))

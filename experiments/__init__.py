@@ -1,0 +1,1 @@
+"""Experiment configs and entry scripts; ``experiments.custom`` is the recipe package."""

@@ -1,0 +1,1 @@
+"""The custom-class recipe: one config for every detector family (train.py, evaluate.py, recipe.py)."""

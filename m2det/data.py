@@ -1,0 +1,124 @@
+"""M2Det training data: records -> normalised square images with SSD targets for its priors.
+
+``train_batches(dataset, cfg, priors)`` gives lib.train.fit its ``epoch -> batches``; the augmentation
+(TRAIN.AUGMENTATIONS, when TRAIN.AUGMENT) draws from a RandomState per (epoch, sample), so loader threads
+do not share a generator and a resumed run augments identically.
+"""
+import cv2
+import numpy as np
+from mxnet import gluon
+
+from lib.dataset.io import read_image
+from lib.matching import ssd_targets
+from lib.transforms import build_transforms
+
+
+def normalize(image_rgb, size, mean, std):
+    """RGB uint8 HxWx3 -> normalised float32 (3,S,S): bilinear square resize, (x - mean) / std.
+
+    The same steps as lib.tools.infer applies to exported models.
+    """
+    resized = cv2.resize(image_rgb, (size, size), interpolation=cv2.INTER_LINEAR).astype(np.float32)
+    out = (resized - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return np.ascontiguousarray(out.transpose(2, 0, 1))
+
+def build_augmentation(cfg, rng=None):
+    """lib.transforms pipeline of TRAIN.AUGMENTATIONS (default: the official SSD augmentation,
+    photometric, expand, crop, flip); an Expand without its own max_ratio / fill takes
+    TRAIN.EXPAND_MAX_RATIO and INPUT.MEAN. ``rng``: a np.random.RandomState (default: numpy's global
+    generator)."""
+    specs = []
+    for spec in cfg.TRAIN.AUGMENTATIONS:
+        spec = {"name": spec} if isinstance(spec, str) else dict(spec)
+        if str(spec.get("name", spec.get("type", ""))).lower() == "expand":
+            spec.setdefault("max_ratio", float(cfg.TRAIN.EXPAND_MAX_RATIO))
+            spec.setdefault("fill", list(cfg.INPUT.MEAN))
+        specs.append(spec)
+    source = f"{cfg.get('CONFIG_FILE') or 'm2det config'}: TRAIN.AUGMENTATIONS"
+    return build_transforms(specs, rng=rng, source=source)
+
+class TrainSample:
+    """Record -> (image (3,S,S) float32, class targets (P,) int32, box targets (P,4) float32)."""
+
+    def __init__(self, cfg, priors, augment=None):
+        self.size = int(cfg.INPUT.SIZE)
+        self.mean, self.std = cfg.INPUT.MEAN, cfg.INPUT.STD
+        self.priors = priors
+        self.pos_iou = float(cfg.LOSS.POS_IOU)
+        self.variances = tuple(cfg.MODEL.PRIORS.VARIANCES)
+        self.augment = augment
+
+    def load(self, record, augment=None):
+        """Image and boxes (with labels as a 5th column) after augmentation (``augment``, else the
+        sample's own), before resizing."""
+        image = read_image(record.image)
+        boxes = np.concatenate([record.boxes, record.labels[:, None].astype(np.float32)], axis=1)
+        augment = self.augment if augment is None else augment
+        if augment is not None:
+            frames, box_lists = augment([image], [boxes])
+            image, boxes = frames[0], np.asarray(box_lists[0], np.float32).reshape(-1, boxes.shape[1])
+        return image, boxes
+
+    def __call__(self, record, augment=None):
+        image, boxes = self.load(record, augment)
+        h, w = image.shape[:2]
+        data = normalize(image, self.size, self.mean, self.std)
+        gt = boxes[:, :4] / np.array([w, h, w, h], np.float32)
+        labels = boxes[:, 4].astype(np.int64)
+        cls_t, box_t = ssd_targets(gt, labels, self.priors, pos_iou=self.pos_iou, stds=self.variances)
+        return data, np.asarray(cls_t, np.float32), np.asarray(box_t, np.float32)
+
+class _RecordDataset(gluon.data.Dataset):
+    """Training samples; with augmentation, each (epoch, index) gets its own RandomState so that
+    loader threads do not share a generator and a resumed run augments identically."""
+
+    def __init__(self, records, sample, cfg=None):
+        self.records, self.sample, self.cfg = list(records), sample, cfg
+        self.epoch_seed = 0
+
+    def __len__(self):
+        return len(self.records)
+
+    def __getitem__(self, idx):
+        augment = None
+        if self.cfg is not None:
+            # a pipeline per call (not stored on the shared sample): loader threads run concurrently
+            rng = np.random.RandomState((self.epoch_seed * 1_000_003 + idx) % (2 ** 31 - 1))
+            augment = build_augmentation(self.cfg, rng=rng)
+        return self.sample(self.records[idx], augment)
+
+def train_batches(dataset, cfg, priors):
+    """``epoch -> DataLoader`` for lib.train.fit (shuffling is seeded by fit per epoch)."""
+    sample = TrainSample(cfg, priors)
+    data = _RecordDataset(dataset.records, sample, cfg if cfg.TRAIN.AUGMENT else None)
+    batch_size = min(int(cfg.TRAIN.BATCH_SIZE), len(data))
+    if batch_size < 1:
+        raise ValueError("the training set is empty")
+    cap = int(cfg.TRAIN.MAX_BATCHES)
+
+    def batches(epoch):
+        # lib.train.fit reseeds numpy from (SEED, epoch) before this call.
+        data.epoch_seed = int(np.random.randint(0, 2 ** 31 - 1))
+        # Worker threads, not processes: each epoch's new process pool forks the training process,
+        # and every fork left it ~1.7 GB larger (speedtrap M2Det, also at 2 batches per epoch) until
+        # the OOM killer ended the run. The sample work (cv2, numpy) releases the GIL.
+        loader = gluon.data.DataLoader(data, batch_size=batch_size, shuffle=True, last_batch="rollover",
+                                       num_workers=int(cfg.TRAIN.WORKERS), thread_pool=True)
+        if cap <= 0:
+            return loader
+        return _Capped(loader, cap)
+
+    return batches
+
+class _Capped:
+    def __init__(self, loader, cap):
+        self.loader, self.cap = loader, cap
+
+    def __len__(self):
+        return min(len(self.loader), self.cap)
+
+    def __iter__(self):
+        for i, batch in enumerate(self.loader):
+            if i >= self.cap:
+                break
+            yield batch

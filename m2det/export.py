@@ -1,0 +1,27 @@
+"""The M2Det inference artifact (docs/DESIGN.md): the network with softmax, decoding, clipping and
+per-class NMS in one graph, meta.json, optionally ONNX."""
+import mxnet as mx
+
+from lib.export import add_onnx, export_block, write_meta
+
+from .detector import M2DetInference
+
+
+def export_inference_model(net, cfg, classes, out_dir, onnx=False, ctx=None):
+    """Write the inference artifact (docs/DESIGN.md): model-symbol.json + model-0000.params with
+    decode, clip and NMS inside, meta.json, and optionally model.onnx. Returns a dict of paths."""
+    ctx = ctx or mx.cpu()
+    block = M2DetInference(net, cfg.TEST)
+    block.priors.initialize(ctx=ctx)
+    size = net.input_size
+    paths = export_block(block, out_dir, (size, size), ctx)
+    meta = {"detector": "m2det", "classes": list(classes),
+            "input": {"resize": "fixed", "size": [size, size], "mean": list(cfg.INPUT.MEAN),
+                      "std": list(cfg.INPUT.STD)},
+            "ops_library": False, "nms": "hard", "score_threshold": float(cfg.TEST.SCORE_THRESH),
+            "nms_iou": float(cfg.TEST.NMS_IOU), "max_per_class": int(cfg.TEST.MAX_PER_CLASS),
+            "max_per_image": int(cfg.TEST.MAX_PER_IMAGE), "backbone": cfg.MODEL.BACKBONE}
+    if onnx:
+        add_onnx(paths, meta, size, out_dir)
+    paths["meta"] = write_meta(out_dir, meta)
+    return paths

@@ -1,0 +1,181 @@
+"""Running a trained M2Det: a run folder's model, detection on images of any size (one or several
+input sizes), evaluation of the detections.
+
+Hard NMS runs inside the hybridized inference graph (MKLDNN on CPU); soft-NMS ('linear' / 'gaussian')
+runs lib.nms on the raw outputs.
+"""
+import copy
+import os
+
+import mxnet as mx
+import numpy as np
+import tqdm
+
+from lib.dataset.io import read_image
+from lib.eval import coco_ap, voc_ap
+from lib.nms import batched_nms
+from lib.runtime import hybridize_for_inference
+from lib.train.checkpoint import CheckpointError, load_weights, params_path
+from lib.train.run import RunFolder, RunFolderError
+
+from .config import OFFICIAL_PRIORS
+from .config import load as load_config
+from .data import normalize
+from .detector import M2Det, M2DetInference, build_model, first_context, postprocess
+
+
+def resolve_checkpoint(path):
+    """A run folder, a checkpoint JSON or a .params file -> (run folder, params path)."""
+    try:
+        params = params_path(path)
+    except CheckpointError as err:
+        raise FileNotFoundError(str(err)) from None
+    folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    return os.path.abspath(folder), params
+
+
+def load_trained_model(path, ctx=None, overrides=None):
+    """Rebuild the training network of a run and load its weights -> (net, cfg, classes)."""
+    folder, params = resolve_checkpoint(path)
+    try:
+        run = RunFolder.read(folder, family="m2det")
+    except RunFolderError as err:
+        raise FileNotFoundError(f"{err}: {folder} is not an m2det-train run folder") from None
+    cfg = load_config(run.config_path, overrides)
+    cfg.MODEL.BACKBONE_WEIGHTS = ""  # the checkpoint holds them
+    net = build_model(cfg, len(run.classes), ctx)
+    load_weights(net, params, ctx=first_context(ctx))
+    return net, cfg, run.classes
+
+
+class Detector:
+    """Runs a trained M2Det on images of any size -> detections in image pixels.
+
+    Hard NMS runs inside the hybridized inference graph (MKLDNN on CPU); soft-NMS ('linear' /
+    'gaussian') runs lib.nms on the raw outputs.
+    """
+
+    def __init__(self, net, cfg, ctx=None, nms=None, hybridize=True):
+        self.net, self.cfg, self.ctx = net, cfg, first_context(ctx)
+        self.method = nms or cfg.TEST.NMS_METHOD
+        self.size = net.input_size
+        if self.method == "hard":
+            self.block = M2DetInference(net, cfg.TEST)
+            self.block.priors.initialize(ctx=self.ctx)
+        else:
+            self.block = net
+        if hybridize:
+            hybridize_for_inference(self.block, self.ctx)
+
+    def detect_normalized(self, batch):
+        """(N,3,S,S) normalised -> list of (boxes (K,4) in input pixels, scores, labels)."""
+        x = mx.nd.array(batch, ctx=self.ctx)
+        results = []
+        if self.method == "hard":
+            ids, scores, boxes = (o.asnumpy() for o in self.block(x))
+            for i in range(len(batch)):
+                valid = ids[i, :, 0] >= 0
+                results.append((boxes[i][valid], scores[i, valid, 0], ids[i, valid, 0].astype(np.int64)))
+        else:
+            cls_logits, box_deltas = (o.asnumpy() for o in self.block(x))
+            for i in range(len(batch)):
+                results.append(postprocess(cls_logits[i], box_deltas[i], self.net.priors, self.size,
+                                           self.cfg.TEST, self.net.variances, method=self.method))
+        return results
+
+    def detect(self, images_rgb):
+        """List of RGB uint8 images -> list of (boxes in image pixels, scores, labels)."""
+        batch = np.stack([normalize(im, self.size, self.cfg.INPUT.MEAN, self.cfg.INPUT.STD)
+                          for im in images_rgb])
+        out = []
+        for image, (boxes, scores, labels) in zip(images_rgb, self.detect_normalized(batch)):
+            h, w = image.shape[:2]
+            scale = np.array([w / self.size, h / self.size] * 2, np.float32)
+            out.append((np.asarray(boxes, np.float32) * scale, np.asarray(scores, np.float32), labels))
+        return out
+
+def model_at_size(net, cfg, size, ctx=None):
+    """The same weights at another input size (multi-scale testing): every parameter of M2Det is
+    independent of the input size; only the static resize sizes and the priors change. Official
+    step patterns are used for 320/512/800, input_size / feature_size otherwise."""
+    cfg = copy.deepcopy(cfg)
+    cfg.INPUT.SIZE = int(size)
+    if int(size) in OFFICIAL_PRIORS and len(cfg.MODEL.PRIORS.SIZE_PATTERN) == 7 \
+            and int(cfg.MODEL.NUM_SCALES) == 6:
+        cfg.MODEL.PRIORS.STEPS = list(OFFICIAL_PRIORS[int(size)][0])
+    else:
+        cfg.MODEL.PRIORS.STEPS = []
+    cfg.MODEL.BACKBONE_WEIGHTS = ""
+    other = M2Det(cfg.MODEL, net.num_classes, cfg.INPUT.SIZE)
+    other.initialize(ctx=first_context(ctx))
+    other(mx.nd.zeros((1, 3, int(size), int(size)), ctx=first_context(ctx)))
+    for (name, src), (_, dst) in zip(sorted(net._collect_params_with_prefix().items()),
+                                     sorted(other._collect_params_with_prefix().items())):
+        dst.set_data(src.data())
+    return other, cfg
+
+class MultiScaleDetector:
+    """Runs the model at several input sizes and merges the detections with class-aware hard NMS
+    (lib.nms.batched_nms), keeping TEST.MAX_PER_CLASS per class and TEST.MAX_PER_IMAGE in all."""
+
+    def __init__(self, net, cfg, sizes, ctx=None, nms=None, hybridize=True):
+        self.cfg = cfg
+        self.detectors = []
+        for size in sizes:
+            scaled, scaled_cfg = (net, cfg) if int(size) == net.input_size else model_at_size(net, cfg, size, ctx)
+            self.detectors.append(Detector(scaled, scaled_cfg, ctx, nms=nms, hybridize=hybridize))
+
+    def detect(self, images_rgb):
+        per_scale = [d.detect(images_rgb) for d in self.detectors]
+        merged = []
+        for i in range(len(images_rgb)):
+            boxes = np.concatenate([s[i][0] for s in per_scale]).reshape(-1, 4)
+            scores = np.concatenate([s[i][1] for s in per_scale])
+            labels = np.concatenate([s[i][2] for s in per_scale]).astype(np.int64)
+            keep = batched_nms(boxes, scores, labels, float(self.cfg.TEST.NMS_IOU),
+                                     max_output=int(self.cfg.TEST.MAX_PER_CLASS))
+            keep = keep[:int(self.cfg.TEST.MAX_PER_IMAGE)]
+            merged.append((boxes[keep], scores[keep], labels[keep]))
+        return merged
+
+def detect_dataset(detector, dataset, batch_size=4, progress=False):
+    """Detections for every record, aligned with ``dataset.records``."""
+    results = []
+    records = dataset.records
+    iterator = range(0, len(records), batch_size)
+    if progress:
+        iterator = tqdm.tqdm(iterator, desc="detect", leave=False)
+    for start in iterator:
+        chunk = records[start:start + batch_size]
+        results.extend(detector.detect([read_image(r.image) for r in chunk]))
+    return results
+
+def filter_detections(detections, score_threshold=0.0, max_detections=None):
+    out = []
+    for boxes, scores, labels in detections:
+        keep = np.flatnonzero(scores >= score_threshold)
+        if max_detections:
+            keep = keep[np.argsort(-scores[keep], kind="stable")[:max_detections]]
+        out.append((boxes[keep], scores[keep], labels[keep]))
+    return out
+
+def evaluate_detections(dataset, detections, iou=0.5, coco=True):
+    """VOC-style AP per class at ``iou`` (lib.eval.voc_ap) and, if asked, COCO AP via pycocotools.
+
+    ``result["voc"]["weighted_mAP"]``: the APs averaged with the number of instances as weights
+    (keras-retinanet's --weighted-average)."""
+    result = {"voc": voc_ap(dataset.records, detections, dataset.classes, iou=iou)}
+    pairs = [(v["ap"], v["num_gt"]) for v in result["voc"]["per_class"].values() if v["ap"] is not None]
+    total = sum(n for _, n in pairs)
+    result["voc"]["weighted_mAP"] = sum(ap * n for ap, n in pairs) / total if total else None
+    if coco:
+        result["coco"] = coco_ap(dataset.records, detections, dataset.classes)
+    return result
+
+
+def per_class_values(result, classes):
+    per_class = result.get("per_class", {})
+    if isinstance(per_class, dict):
+        return [per_class.get(c) if not isinstance(per_class.get(c), dict) else per_class[c].get("ap")
+                for c in classes]
+    return list(per_class)

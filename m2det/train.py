@@ -1,0 +1,106 @@
+"""M2Det training through lib.train.fit: the model, the loss task, the run.
+
+``run_training(cfg, train_set, val_set)`` writes the run folder (lib.train.run), builds the network
+(backbone weights from MODEL.BACKBONE_WEIGHTS), and trains with checkpoints, TensorBoard, the log file
+and, with TRAIN.EVALUATE, the validation mAP every EVAL_EVERY epochs.
+"""
+import json
+import logging
+import os
+
+import mxnet as mx
+from mxnet import gluon
+
+from lib.config import ConfigError, project_path
+from lib.losses import MultiBoxLoss
+from lib.runtime import get_contexts
+from lib.train import fit, seed_everything
+from lib.train.run import RunFolder
+
+from .data import train_batches
+from .detector import build_model
+from .inference import Detector, detect_dataset, evaluate_detections, per_class_values, resolve_checkpoint
+
+logger = logging.getLogger("m2det")
+
+
+class M2DetTask:
+    """lib.train task: ``net`` and ``loss(batch)`` (multibox loss with hard negative mining / focal).
+
+    With several contexts the batch is split across them (data parallel); each device's loss is
+    rescaled from its own positives to the positives of the whole batch, so the summed gradient is
+    the single-device one (up to BatchNorm, whose batch statistics stay per device).
+    """
+
+    def __init__(self, net, cfg, ctx=None):
+        self.net = net
+        self.ctx = list(ctx) if isinstance(ctx, (list, tuple)) else [ctx or mx.cpu()]
+        if cfg.LOSS.TYPE not in ("softmax", "focal"):
+            raise ConfigError(f"LOSS.TYPE must be 'softmax' or 'focal', got {cfg.LOSS.TYPE!r}")
+        self.loss_fn = MultiBoxLoss(cls_loss=cfg.LOSS.TYPE, negative_ratio=float(cfg.LOSS.NEGATIVE_RATIO),
+                                    loc_weight=float(cfg.LOSS.LOC_WEIGHT),
+                                    focal_alpha=float(cfg.LOSS.FOCAL_ALPHA),
+                                    focal_gamma=float(cfg.LOSS.FOCAL_GAMMA))
+
+    def loss(self, batch):
+        if len(self.ctx) == 1:
+            images, cls_t, box_t = (b.as_in_context(self.ctx[0]) for b in batch)
+            cls_pred, box_pred = self.net(images)
+            total, cls_loss, box_loss = self.loss_fn(cls_pred, box_pred, cls_t, box_t)
+            return total, {"cls_loss": cls_loss.asscalar(), "box_loss": box_loss.asscalar()}
+        splits = [gluon.utils.split_and_load(b, self.ctx, even_split=False) for b in batch]
+        total_pos = max(1.0, float((batch[1] > 0).sum().asscalar()))
+        losses, parts = [], {"cls_loss": 0.0, "box_loss": 0.0}
+        for images, cls_t, box_t in zip(*splits):
+            cls_pred, box_pred = self.net(images)
+            _, cls_loss, box_loss = self.loss_fn(cls_pred, box_pred, cls_t, box_t)
+            scale = max(1.0, float((cls_t > 0).sum().asscalar())) / total_pos
+            losses.append((cls_loss + box_loss) * scale)
+            parts["cls_loss"] += float(cls_loss.asscalar()) * scale
+            parts["box_loss"] += float(box_loss.asscalar()) * scale
+        return losses, parts
+
+
+def run_training(cfg, train_set, val_set=None, snapshot=None, tensorboard_dir=None, run=None):
+    """Train on ``train_set`` (DetectionDataset) with lib.train.fit; returns fit's summary. ``run``: the
+    RunFolder already written by a caller (the recipe); else OUTPUT_DIR's record is written here."""
+    if train_set is None or len(train_set) == 0:
+        raise ValueError("the training set has no image")
+    out_dir = project_path(cfg.OUTPUT_DIR)
+    ctx = get_contexts(cfg.CONTEXT)
+    classes = train_set.classes
+    if val_set is not None and list(val_set.classes) != list(classes):
+        raise ValueError(f"validation classes {val_set.classes} differ from training classes {classes}")
+    if run is None:
+        RunFolder(out_dir).write("m2det", classes, cfg)
+    seed_everything(cfg.TRAIN.SEED, 0)  # the initial weights are a function of the seed (exact resume)
+    net = build_model(cfg, len(classes), ctx)
+    if snapshot:
+        _, params = resolve_checkpoint(snapshot)
+        net.load_parameters(params, ctx=ctx)
+        logger.info("initialised from %s", params)
+    train_cfg = dict(cfg.TRAIN)
+    train_cfg["FREEZE_PATTERNS"] = list(cfg.TRAIN.FREEZE_PATTERNS) + (
+        [r"^backbone\."] if cfg.TRAIN.FREEZE_BACKBONE else [])
+    train_cfg["CONFIG_FILE"] = cfg.CONFIG_FILE
+    task = M2DetTask(net, cfg, ctx)
+    batches = train_batches(train_set, cfg, net.priors)
+    val_fn = None
+    if cfg.TRAIN.EVALUATE and val_set is not None and len(val_set):
+        def val_fn(_net, epoch):
+            detector = Detector(net, cfg, ctx[0], hybridize=False)
+            detections = detect_dataset(detector, val_set, batch_size=int(cfg.TRAIN.BATCH_SIZE))
+            result = evaluate_detections(val_set, detections, coco=False)["voc"]
+            metrics = {"mAP": float(result["mAP"])}
+            for name, ap in zip(val_set.classes, per_class_values(result, val_set.classes)):
+                if ap is not None:
+                    metrics[f"AP/{name}"] = float(ap)
+            return metrics
+    if tensorboard_dir:
+        os.makedirs(os.path.join(out_dir, "tb"), exist_ok=True)
+        if not os.path.exists(tensorboard_dir):
+            os.makedirs(os.path.dirname(os.path.abspath(tensorboard_dir)), exist_ok=True)
+            os.symlink(os.path.join(out_dir, "tb"), tensorboard_dir)
+    summary = fit(task, batches, train_cfg, out_dir, ctx=ctx, val_fn=val_fn)
+    print(json.dumps({k: v for k, v in summary.items() if k != "final_losses"}, default=str))
+    return summary
