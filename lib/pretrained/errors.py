@@ -1,0 +1,5 @@
+"""The one error type of weight loading: user-facing, one line, names the file / source / parameter."""
+
+
+class PretrainedError(ValueError):
+    """A pretrained-weights source or file that cannot be used (missing, altered, unsafe, mismatched)."""
