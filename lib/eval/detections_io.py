@@ -143,7 +143,7 @@ def detections_from_json(entries, records, classes, category_ids=None, coco_imag
 def read_detections(path, dataset, category_ids=None):
     """Read a COCO results JSON file onto ``dataset`` (a DetectionDataset) -> aligned detections."""
     try:
-        with open(path, "r", encoding="utf-8") as f:
+        with open(path, "r", encoding="utf-8-sig") as f:
             entries = json.load(f)
     except json.JSONDecodeError as err:
         raise DetectionsFormatError(f"{path}: not valid JSON (line {err.lineno}, column {err.colno}): {err.msg}")

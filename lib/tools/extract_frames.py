@@ -26,7 +26,8 @@ def main(argv=None):
                     help="number files by the frame index in the video (source) or 0..K-1 (output)")
     args = ap.parse_args(argv)
     if args.every < 1:
-        ap.error("--every must be >= 1")
+        print(f"error: --every {args.every}: must be >= 1", file=sys.stderr)
+        return 2
     try:
         info = video_info(args.video)
         paths = extract_frames(args.video, args.out_dir, every=args.every, start=args.start, end=args.end,

@@ -251,7 +251,7 @@ def main(argv=None):
     parser.add_argument("pipeline", help="TF Object Detection API pipeline.config")
     parser.add_argument("--out", help="write the mapped yaml here (default: print it)")
     args = parser.parse_args(argv)
-    with open(args.pipeline, "r", encoding="utf-8") as f:
+    with open(args.pipeline, "r", encoding="utf-8-sig") as f:
         config = parse_text_proto(f.read(), args.pipeline)
     mapped, unmapped = map_pipeline(config)
     text = yaml.safe_dump(mapped, sort_keys=False)

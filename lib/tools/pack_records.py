@@ -21,11 +21,18 @@ def main(argv=None):
     args = ap.parse_args(argv)
     try:
         ds = dataset_from_args(args)
+        if not len(ds):
+            raise DatasetError(f"--data {args.data}: nothing to pack, the dataset has no images"
+                               + (f" ({ds.report.summary()})" if ds.report.issues else ""))
         n = pack_records(ds, args.out, progress=True)
     except DatasetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"packed {n} records ({sum(r.num_boxes for r in ds)} boxes, {ds.num_classes} classes) into {args.out}.rec")
+    if n < len(ds):
+        first = ds.report.issues[n - len(ds)]
+        print(f"warning: {len(ds) - n} image(s) not packed because they fail to decode (first: {first['file']}: "
+              f"{first['message']})", file=sys.stderr)
     if ds.report.issues:
         print(ds.report.summary())
     if args.inspect:
