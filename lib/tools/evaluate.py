@@ -125,10 +125,19 @@ def run(args):
                         + (f": {note}" if note else ": the annotations list no images"))
     if note:
         print(f"warning: {note}", file=sys.stderr)
+    # detections on ground-truth images that were left out cannot be scored: counted, not an error
+    unscored = [] if dataset.report.skipped_images else None
     try:
-        detections = read_detections(args.dets, dataset)
+        detections = read_detections(args.dets, dataset, unknown_images=unscored)
     except (DetectionsFormatError, FileNotFoundError) as err:
         raise UserError(f"--dets: {err}") from None
+    if unscored:
+        scored = int(sum(len(d[1]) for d in detections))
+        if not scored:
+            raise UserError(f"--dets: none of its detections is on an image of the ground truth that can be "
+                            f"evaluated (e.g. {unscored[0]})")
+        print(f"warning: {len(unscored)} detection(s) on images left out of the ground truth are not scored",
+              file=sys.stderr)
     kwargs = {}
     if args.iou is not None:
         kwargs["iou"] = args.iou
@@ -147,7 +156,8 @@ def run(args):
         results["max_height"] = args.max_height
     results["gt"] = {"spec": spec, "images": len(dataset), "classes": list(dataset.classes),
                      "skipped_images": dataset.report.skipped_images}
-    results["dets"] = {"path": os.path.abspath(args.dets), "count": int(sum(len(d[1]) for d in detections))}
+    results["dets"] = {"path": os.path.abspath(args.dets), "count": int(sum(len(d[1]) for d in detections)),
+                       "unscored": len(unscored or [])}
     text = write_results_table(results, md_path=args.md, json_path=args.out)
     print(text)
     if args.plots:

@@ -284,8 +284,8 @@ def run(model, source, output, thresh=0.5, runtime="mxnet", fps=None, save_frame
                                 "score": float(score)})
             annotated = draw(frame.copy(), boxes, scores, labels, detector.classes)
             writer.write(annotated)
-            if notes and writer.resized_frames == 1:
-                print(f"note: {notes[0]}", file=sys.stderr)
+            while notes:  # the writer says it once, when the first frame of another size comes
+                print(f"note: {notes.pop()}", file=sys.stderr)
             if save_frames:
                 cv2.imwrite(os.path.join(output, "frames", f"{name}.jpg"), annotated)
             frames += 1
