@@ -564,6 +564,21 @@ def test_verify_images_caches_what_passed(tmp_path, monkeypatch):
     assert sorted(json.load(open(cache))) == sorted([dataset[0].image, dataset[2].image])
 
 
+def test_a_neighbour_frame_that_cannot_be_read_is_replaced_by_the_key_frame_and_reported_once(tmp_path):
+    key = str(tmp_path / "000010.jpg")
+    write_jpeg(key, seed=3)
+    neighbour = str(tmp_path / "000011.jpg")
+    with open(neighbour, "wb") as f:
+        f.write(b"\xff\xd8\xff" + b"\0" * 97)                     # 100 bytes: OpenCV cannot decode it
+    report = D.DatasetReport("train", log=False)
+    for _ in range(3):                                              # three epochs
+        np.testing.assert_array_equal(D.read_image_or_fallback(neighbour, key, report), D.read_image(key))
+    assert len(report.issues) == 1 and report.issues[0]["file"] == neighbour
+    assert report.issues[0]["message"].endswith(f"{key} used instead")
+    with pytest.raises(D.ImageReadError, match="000011.jpg"):       # a failing fallback is an error
+        D.read_image_or_fallback(str(tmp_path / "missing.jpg"), neighbour)
+
+
 # ------------------------------------------------------- 10. evaluation needs no image files
 
 def _coco_case(folder, sizes=True):

@@ -27,7 +27,8 @@ import os
 from .coco import coco_dict, load_coco, write_coco
 from .csv_format import load_csv, write_csv
 from .io import (CHECK_MODES, DEFAULT_CHECK, DatasetError, DatasetReport, ImageReadError, check_image,
-                 decode_image_bytes, image_is_complete, image_size, read_image, verify_images)
+                 decode_image_bytes, image_is_complete, image_size, read_image, read_image_or_fallback,
+                 verify_images)
 from .kitti import load_kitti, write_kitti
 from .labelmap import (load_classes_file, read_classes_csv, read_label_map, write_classes_csv,
                        write_label_map)

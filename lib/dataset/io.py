@@ -36,6 +36,28 @@ def read_image(path):
     return decode_image_bytes(data, path)
 
 
+_REPORTED_UNREADABLE = set()
+
+
+def read_image_or_fallback(path, fallback, report=None):
+    """read_image(path), or read_image(fallback) when ``path`` cannot be read: for frames a training
+    loop reaches outside the dataset's records (FGFA's neighbours through a video's file pattern),
+    which no load-time check has seen. The first failure of each file is reported (a warning naming
+    it, and ``report.warn`` when a DatasetReport is given); the epoch goes on with the fallback (e.g.
+    the key frame, as a still image's neighbours are). A failing fallback raises ImageReadError."""
+    try:
+        return read_image(path)
+    except ImageReadError as exc:
+        if path not in _REPORTED_UNREADABLE:
+            _REPORTED_UNREADABLE.add(path)
+            message = f"{str(exc).split(': ', 1)[-1]}; {fallback} used instead"
+            if report is not None:
+                report.warn(path, message)
+            else:
+                logger.warning("%s: %s", path, message)
+        return read_image(fallback)
+
+
 def decode_image_bytes(data, where="<bytes>"):
     """Decode encoded image bytes (JPEG, PNG, ...) to RGB uint8; errors name ``where``."""
     data = np.frombuffer(data, np.uint8) if isinstance(data, (bytes, bytearray, memoryview)) else data

@@ -1,14 +1,19 @@
 """Evaluate detections (COCO results JSON) against a dataset's ground truth.
 
     python -m lib.tools.evaluate --gt PATH [--format voc|coco|csv|vid|kitti] --dets DETS.json \\
-        --metric voc07|voc|vid|coco [--max-height H] [--out RESULT.json] [--plots DIR] [--md TABLE.md]
+        --metric voc07|voc|vid|coco [--iou T] [--max-height H] [--motion-iou MAT] [--out RESULT.json]
+        [--plots DIR] [--md TABLE.md]
 
 DETS.json is a list of {"image_id" or "file_name", "category_id" or "category", "bbox": [x, y, w, h],
 "score"} (what lib.tools.infer writes). Prints a per-class table (markdown) and writes a JSON whose
 headline number is under "mAP", with the per-class APs and the metric's breakdowns (VID: motion
 slow/medium/fast and area small/medium/large; COCO: the 12 pycocotools numbers). --max-height H scores
 the small objects only: boxes at least H px high are ignored like VOC "difficult" ones (voc metrics).
-Ground truth is loaded with lib.dataset.load_dataset; --set KEY=VALUE adds keys to its spec.
+Ground truth is loaded with lib.dataset.load_dataset; --set KEY=VALUE adds keys to its spec. Image files
+are not needed (only the annotations; an image whose size they lack is left out, and the run says how
+many and why). --motion-iou reads the official imagenet_vid_groundtruth_motion_iou.mat of the FGFA
+release (with --split VID_val_frames: the paper's exact slow/medium/fast breakdown). A user error is one
+'error:' line naming the option or file, exit status 2.
 """
 import argparse
 import os
