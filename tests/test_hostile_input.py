@@ -409,6 +409,21 @@ def test_quantize_refuses_zero_calibration_frames_and_a_foreign_out_folder(artif
     assert (mine / "notes.txt").read_text() == "keep me"      # before: the folder was deleted first
 
 
+@pytest.mark.parametrize("tool, args, named", [
+    ("check_dataset", ["--data", "{voc}", "--out", "{file}"], "{file}: is a file, and a folder is needed here"),
+    ("split", ["--data", "{voc}", "--out", "{file}"], "{file}: is a file, and a folder is needed here"),
+    ("convert", ["--data", "{voc}", "--to", "voc", "--out", "{file}"], "a part of this path is a file, not a folder"),
+    ("extract_frames", ["{video}", "/proc/frames"], "/proc/frames: No such file or directory"),
+    ("pack_records", ["--data", "{voc}", "--out", "/proc/x/train"], "/proc/x: No such file or directory"),
+    ("import_tf_pipeline", ["{missing}"], "{missing}: No such file or directory"),
+    ("import_tf_pipeline", ["{file}"], "{file}:1: expected a field name"),
+])
+def test_unusable_paths_are_one_clear_error(tmp_path, short_video, tool, args, named):
+    names = {"voc": make_voc(str(tmp_path / "voc")), "file": _write(tmp_path / "notes.txt", "{x", False),
+             "video": short_video, "missing": str(tmp_path / "missing.config")}
+    assert_user_error(run_tool(tool, *[a.format(**names) for a in args]), named.format(**names))
+
+
 # ---------------------------------------------------------------- 8. empty input is not a pass
 
 def _empty_sets(tmp_path):

@@ -19,6 +19,7 @@ import numpy as np
 from lib.dataset import DatasetError, detect_snippets, frame_number, load_dataset
 from lib.dataset.cli import add_dataset_args, dataset_spec, empty_dataset_error
 from lib.dataset.io import IMAGE_EXTENSIONS
+from lib.tools import os_errors_are_user_errors
 
 
 def unannotated_images(dataset, spec):
@@ -104,6 +105,7 @@ def check(spec):
     return ds, result, w, h
 
 
+@os_errors_are_user_errors
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m lib.tools.check_dataset", description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -23,6 +23,7 @@ import yaml
 
 from lib.eval import METRICS, DetectionsFormatError, evaluate, read_detections, save_pr_curves, \
     small_objects_only, write_results_table
+from lib.tools import os_errors_are_user_errors
 
 FORMATS = ("voc", "coco", "csv", "vid", "kitti")
 
@@ -173,6 +174,7 @@ def run(args):
     return results
 
 
+@os_errors_are_user_errors
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m lib.tools.evaluate", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,

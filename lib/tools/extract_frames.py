@@ -10,8 +10,10 @@ import argparse
 import sys
 
 from lib.dataset import DatasetError, extract_frames, video_info
+from lib.tools import os_errors_are_user_errors
 
 
+@os_errors_are_user_errors
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m lib.tools.extract_frames", description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)

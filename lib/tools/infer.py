@@ -20,6 +20,8 @@ import time
 import cv2
 import numpy as np
 
+from lib.tools import os_errors_are_user_errors
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 # meta.json input.resize values that resize to input.size [H, W] ignoring the aspect ("square": older artifacts)
 FIXED_RESIZE = ("fixed", "square")
@@ -301,6 +303,7 @@ def run(model, source, output, thresh=0.5, runtime="mxnet", fps=None, save_frame
     return summary
 
 
+@os_errors_are_user_errors
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Run an exported detector on a video or frame folder.")
     parser.add_argument("--model", required=True, help="exported artifact folder (meta.json inside)")

@@ -10,8 +10,10 @@ import sys
 
 from lib.dataset import DatasetError, load_recordio, pack_records
 from lib.dataset.cli import add_dataset_args, dataset_from_args
+from lib.tools import os_errors_are_user_errors
 
 
+@os_errors_are_user_errors
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m lib.tools.pack_records", description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)

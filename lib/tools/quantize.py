@@ -20,6 +20,8 @@ import warnings
 
 import numpy as np
 
+from lib.tools import os_errors_are_user_errors
+
 
 def calibration_batches(detector, source, num):
     """-> (pre-processed calibration inputs (num,3,H,W), all at the first frame's input shape; the frames)."""
@@ -149,6 +151,7 @@ def quantize(model_dir, calib_source, out_dir, num_calib=16, calib_mode="naive",
     return out_dir
 
 
+@os_errors_are_user_errors
 def main(argv=None):
     parser = argparse.ArgumentParser(description="int8-quantize an exported detector (CPU, MKLDNN).")
     parser.add_argument("--model", required=True, help="exported fp32 artifact folder")

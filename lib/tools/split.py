@@ -17,6 +17,7 @@ import numpy as np
 
 from lib.dataset import DatasetError, load_dataset
 from lib.dataset.cli import add_dataset_args, dataset_spec, empty_dataset_error
+from lib.tools import os_errors_are_user_errors
 
 
 def split_dataset(dataset, by="random", test_fraction=0.2, seed=0):
@@ -50,6 +51,7 @@ def _list_id(rec):
     return os.path.splitext(os.path.basename(rec.image_id))[0]
 
 
+@os_errors_are_user_errors
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m lib.tools.split", description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
