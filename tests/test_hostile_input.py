@@ -565,6 +565,18 @@ def test_truncated_images_are_reported_and_skipped_at_load_not_mid_epoch(tmp_pat
         D.load_dataset({"FORMAT": "voc", "ROOT": root, "CHECK_IMAGES": "full"})
 
 
+def test_the_truncation_check_holds_after_gluoncv_made_pillow_tolerant(tmp_path):
+    import gluoncv.data  # noqa: F401 - sets PIL.ImageFile.LOAD_TRUNCATED_IMAGES = True for the whole process
+    from PIL import ImageFile
+    assert ImageFile.LOAD_TRUNCATED_IMAGES
+    path = str(tmp_path / "cut.jpg")
+    write_jpeg(path)
+    _truncate(path, 0)
+    with pytest.raises(D.ImageReadError, match="truncated or corrupt JPEG"):
+        D.check_image(path, "intact")
+    assert ImageFile.LOAD_TRUNCATED_IMAGES          # left as gluoncv set it
+
+
 def test_verify_images_caches_what_passed(tmp_path, monkeypatch):
     root = make_voc(str(tmp_path / "voc"))
     cache = str(tmp_path / "cache" / "image_checks.json")

@@ -110,12 +110,17 @@ def image_is_complete(path):
         return
     if marker in tail:
         return
-    from PIL import Image
+    from PIL import Image, ImageFile
+    # gluoncv.data sets Pillow's process-wide LOAD_TRUNCATED_IMAGES on import, which would make a cut-off
+    # file load without an error: this check needs it off
+    tolerant, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
     try:
         with Image.open(path) as im:
             im.load()
     except Exception as exc:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, ValueError... on bad data
         raise ImageReadError(f"{path}: truncated or corrupt {kind} ({size} bytes, no end marker; {exc})") from None
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = tolerant
 
 
 def check_image(path, mode=DEFAULT_CHECK):
