@@ -122,8 +122,8 @@ def test_bom_in_every_text_input_loads_the_same_dataset(tmp_path, kind):
             root = make_voc(folder)
             spec = {"FORMAT": "voc", "ROOT": root}
             if kind == "label_map":
-                spec["CLASSES"] = _write(os.path.join(folder, "label_map.pbtxt"), "item {\n  id: 1\n  name: 'radar'\n}\n",
-                                         bom)
+                spec["CLASSES"] = _write(os.path.join(folder, "label_map.pbtxt"),
+                                         "item {\n  id: 1\n  name: 'radar'\n}\n", bom)
             elif kind == "class_lines":
                 spec["CLASSES"] = _write(os.path.join(folder, "classes.txt"), "radar\n", bom)
             elif kind == "voc_split":
@@ -160,7 +160,8 @@ def test_bom_in_every_text_input_loads_the_same_dataset(tmp_path, kind):
     plain = D.load_dataset(build(tmp_path / "plain", bom=False))
     with_bom = D.load_dataset(build(tmp_path / "bom", bom=True))
     assert not with_bom.report.issues, with_bom.report.issues
-    assert with_bom.classes == plain.classes and sum(r.num_boxes for r in with_bom) == sum(r.num_boxes for r in plain) > 0
+    assert with_bom.classes == plain.classes
+    assert sum(r.num_boxes for r in with_bom) == sum(r.num_boxes for r in plain) > 0
     for a, b in zip(plain, with_bom):
         np.testing.assert_array_equal(a.boxes, b.boxes)
         np.testing.assert_array_equal(a.labels, b.labels)
@@ -169,7 +170,8 @@ def test_bom_in_every_text_input_loads_the_same_dataset(tmp_path, kind):
 def test_bom_in_a_detections_file_gives_the_same_map(tmp_path):
     root = make_voc(str(tmp_path / "voc"), images=False)
     dets = [{"image_id": f"frame{k}", "category": "radar", "score": 0.9 - 0.1 * k,
-             "bbox": [x1 - 1, y1 - 1, x2 - x1 + 1, y2 - y1 + 1]} for k, b in RADAR_BOXES.items() for x1, y1, x2, y2 in b]
+             "bbox": [x1 - 1, y1 - 1, x2 - x1 + 1, y2 - y1 + 1]}
+            for k, b in RADAR_BOXES.items() for x1, y1, x2, y2 in b]
     dets.append({"image_id": "frame0", "category": "radar", "score": 0.95, "bbox": [40, 30, 10, 10]})
     results = {}
     for bom in (False, True):
@@ -481,7 +483,8 @@ def test_convert_to_recordio_reports_and_skips_a_truncated_jpeg(tmp_path):
     assert "frame1.jpg" in proc.stderr and "truncated or corrupt JPEG" in proc.stderr   # said at load time
     assert "1 image(s) skipped" in proc.stdout and _rec_count(prefix) == 2
     # without the load-time check, the packer's own decode check catches it (and says how many)
-    proc = run_tool("convert", "--data", root, "--to", "recordio", "--out", prefix + "2", "--set", "CHECK_IMAGES=exists")
+    proc = run_tool("convert", "--data", root, "--to", "recordio", "--out", prefix + "2",
+                    "--set", "CHECK_IMAGES=exists")
     assert proc.returncode == 0, proc.stderr
     assert "1 image(s) left out because they fail to decode (first: " in proc.stderr and "frame1.jpg" in proc.stderr
     assert _rec_count(prefix + "2") == 2
@@ -674,7 +677,8 @@ def test_evaluate_says_how_many_images_it_could_not_use_and_why(tmp_path):
 def test_evaluate_voc_folder_without_images(tmp_path):
     root = make_voc(str(tmp_path / "voc"), images=False)
     dets = [{"image_id": f"frame{k}", "category": "radar", "score": 0.5,
-             "bbox": [x1 - 1, y1 - 1, x2 - x1 + 1, y2 - y1 + 1]} for k, b in RADAR_BOXES.items() for x1, y1, x2, y2 in b]
+             "bbox": [x1 - 1, y1 - 1, x2 - x1 + 1, y2 - y1 + 1]}
+            for k, b in RADAR_BOXES.items() for x1, y1, x2, y2 in b]
     out = tmp_path / "r.json"
     proc = run_tool("evaluate", "--gt", root, "--dets", _write(tmp_path / "d.json", json.dumps(dets), False),
                     "--metric", "voc07", "--out", out)

@@ -7,8 +7,8 @@ DIR is an artifact written by ``lib.tools.export`` or ``m2det-convert-model`` (d
 Writes OUT/annotated.mp4 (every frame: at the input video's frame rate, 25 fps for a folder of frames,
 or --fps; frames of another size than the first are scaled into it, aspect kept, and the run says so),
 OUT/frames/*.jpg (with --save-frames) and OUT/detections.json (COCO results format, one image_id per
-frame), and prints frames per second. A user error is one 'error:' line and exit status 2. Only mxnet or onnxruntime, numpy and
-OpenCV are needed: none of the training code is imported.
+frame), and prints frames per second. A user error is one 'error:' line and exit status 2. Only mxnet
+or onnxruntime, numpy and OpenCV are needed: none of the training code is imported.
 """
 import argparse
 import json
