@@ -426,6 +426,48 @@ def test_unusable_paths_are_one_clear_error(tmp_path, short_video, tool, args, n
     assert_user_error(run_tool(tool, *[a.format(**names) for a in args]), named.format(**names))
 
 
+MORE_BAD_INPUTS = [  # (tool, arguments, what the one error line names); before: 8 tracebacks, 13 exit 1
+    ("check_dataset", ["--data", "{t}/nope"], "{t}/nope: no such file or folder"),
+    ("check_dataset", ["--data", "{list}"], "expected a COCO instances JSON object"),
+    ("check_dataset", ["--data", "{garbage}"], "{garbage}:1: malformed JSON"),
+    ("check_dataset", ["--data", "{notes}"], "cannot tell the dataset format of this file; pass --format"),
+    ("check_dataset", ["--data", "{badvoc}", "--fail-on-problems"], "a.xml: malformed XML"),
+    ("check_dataset", ["--data", "{voc}", "--snippets", "a,b,c"], "--snippets 'a,b,c': not numbers"),
+    ("check_dataset", ["--data", "{voc}", "--set", "NOPE=1"], "unknown key(s) ['NOPE'] for FORMAT voc"),
+    ("check_dataset", ["--data", "{voc}", "--set", "CHECK_IMAGES=full"], "CHECK_IMAGES must be one of"),
+    ("check_dataset", ["--data", "{voc}", "--classes", "{t}/nope.txt"], "nope.txt: classes file not found"),
+    ("check_dataset", ["--data", "{voc}", "--split", "nosuch"], "split 'nosuch' not found"),
+    ("pack_records", ["--data", "{t}/nope", "--out", "{t}/p"], "no such file or folder"),
+    ("evaluate", ["--gt", "{voc}", "--dets", "{garbage}", "--metric", "voc"], "--dets: {garbage}: not valid JSON"),
+    ("evaluate", ["--gt", "{voc}", "--dets", "{t}/nope.json", "--metric", "voc"], "--dets: [Errno 2]"),
+    ("evaluate", ["--gt", "{voc}", "--dets", "{list}", "--metric", "voc"], "entry 0: expected an object"),
+    ("evaluate", ["--gt", "{t}/nope", "--dets", "{list}", "--metric", "voc"], "--gt {t}/nope: no such file"),
+    ("evaluate", ["--gt", "{garbage}", "--dets", "{list}", "--metric", "coco"], "--gt: {garbage}:1: malformed JSON"),
+    ("evaluate", ["--gt", "{voc}", "--dets", "{list}", "--metric", "voc", "--max-height", "-3"], "--max-height -3"),
+    ("evaluate", ["--gt", "{voc}", "--dets", "{list}", "--metric", "coco", "--iou", "0.5"], "does not apply to"),
+    ("extract_frames", ["{t}/nope.mp4", "{t}/o"], "nope.mp4: video file not found"),
+    ("extract_frames", ["{notes}", "{t}/o"], "cannot open video"),
+    ("extract_frames", ["{video}", "{t}/o", "--end", "0"], "--end 0: must be after --start 0"),
+    ("extract_frames", ["{video}", "{t}/o", "--start", "inf"], "--start inf: not a finite number"),
+    ("extract_frames", ["{video}", "{t}/o", "--pattern", "%s"], "must end in an image extension"),
+    ("infer", ["--model", "{voc}", "--input", "{video}", "--output", "{t}/i"], "no meta.json"),
+    ("quantize", ["--model", "{voc}", "--calib", "{video}", "--out", "{t}/q"], "no meta.json"),
+]
+
+
+@pytest.mark.parametrize("tool, args, named", MORE_BAD_INPUTS,
+                         ids=[f"{case[0]}-{k}" for k, case in enumerate(MORE_BAD_INPUTS)])
+def test_more_bad_inputs_are_one_clear_error(tmp_path, short_video, tool, args, named):
+    badvoc = tmp_path / "badvoc" / "annotations"
+    badvoc.mkdir(parents=True)
+    (badvoc / "a.xml").write_text("<annotation><object>")
+    names = {"t": str(tmp_path), "voc": make_voc(str(tmp_path / "voc")), "video": short_video,
+             "badvoc": str(tmp_path / "badvoc"), "notes": _write(tmp_path / "notes.txt", "x", False),
+             "garbage": _write(tmp_path / "garbage.json", "{not json", False),
+             "list": _write(tmp_path / "list.json", "[1, 2, 3]", False)}
+    assert_user_error(run_tool(tool, *[a.format(**names) for a in args]), named.format(**names))
+
+
 # ---------------------------------------------------------------- 8. empty input is not a pass
 
 def _empty_sets(tmp_path):
