@@ -426,7 +426,7 @@ def test_unusable_paths_are_one_clear_error(tmp_path, short_video, tool, args, n
     assert_user_error(run_tool(tool, *[a.format(**names) for a in args]), named.format(**names))
 
 
-MORE_BAD_INPUTS = [  # (tool, arguments, what the one error line names); before: 8 tracebacks, 13 exit 1
+MORE_BAD_INPUTS = [  # (tool, arguments, what the error line names); before: 5 tracebacks, 13 exit status 1
     ("check_dataset", ["--data", "{t}/nope"], "{t}/nope: no such file or folder"),
     ("check_dataset", ["--data", "{list}"], "expected a COCO instances JSON object"),
     ("check_dataset", ["--data", "{garbage}"], "{garbage}:1: malformed JSON"),
