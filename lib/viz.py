@@ -135,27 +135,60 @@ def save_image(path, image):
     return path
 
 
-class VideoWriter:
-    """Write RGB frames to an MP4 file (OpenCV, 'mp4v' codec). The frame size is taken from the
-    first frame; every later frame must have the same size. Use as a context manager or call
-    ``close()``."""
+def letterbox(frame, size):
+    """``frame`` scaled to fit ``size`` (width, height) with its aspect kept, centred on black."""
+    width, height = size
+    h, w = frame.shape[:2]
+    scale = min(width / w, height / h)
+    new_w, new_h = max(1, int(round(w * scale))), max(1, int(round(h * scale)))
+    resized = cv2.resize(frame, (new_w, new_h), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    canvas = np.zeros((height, width) + frame.shape[2:], frame.dtype)
+    top, left = (height - new_h) // 2, (width - new_w) // 2
+    canvas[top:top + new_h, left:left + new_w] = resized
+    return canvas
 
-    def __init__(self, path, fps=25.0, fourcc="mp4v"):
-        if fps <= 0:
-            raise ValueError(f"VideoWriter {path}: fps must be > 0, got {fps}")
+
+class VideoWriter:
+    """Write frames to an MP4 file (OpenCV, 'mp4v' codec): the one video writer of the project.
+
+    The frame size is taken from the first frame. A later frame of another size is never dropped
+    (OpenCV's writer silently skips it): ``mismatch='error'`` raises ValueError naming the frame,
+    ``mismatch='resize'`` scales it into the first frame's size with its aspect kept
+    (``letterbox``) and calls ``warn`` once with a message saying so (``resized_frames`` counts
+    them). Frames are RGB (``color='bgr'`` for OpenCV images). The file is written under a
+    temporary name and moved into place by ``close()``; when the ``with`` block fails the temporary
+    file is removed and the path is left as it was. Use as a context manager or call ``close()``."""
+
+    def __init__(self, path, fps=25.0, fourcc="mp4v", mismatch="error", color="rgb", warn=None):
+        try:
+            fps = float(fps)
+        except (TypeError, ValueError):
+            raise ValueError(f"VideoWriter {path}: fps must be a number, got {fps!r}") from None
+        if not np.isfinite(fps) or fps <= 0:
+            raise ValueError(f"VideoWriter {path}: fps must be > 0, got {fps:g}")
+        if mismatch not in ("error", "resize"):
+            raise ValueError(f"VideoWriter: mismatch must be error|resize, got {mismatch!r}")
+        if color not in ("rgb", "bgr"):
+            raise ValueError(f"VideoWriter: color must be rgb|bgr, got {color!r}")
         self.path = path
-        self.fps = float(fps)
+        self.fps = fps
         self.fourcc = fourcc
+        self.mismatch = mismatch
+        self.color = color
+        self.warn = warn if warn is not None else _logger().warning
         self.size = None
         self.frames_written = 0
+        self.resized_frames = 0
         self._writer = None
+        stem, ext = os.path.splitext(os.path.abspath(path))
+        self._tmp = f"{stem}.tmp{os.getpid()}{ext}"  # same extension: OpenCV picks the container by it
 
     def write(self, frame):
         _check_image(frame)
         height, width = frame.shape[:2]
         if self._writer is None:
             os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-            self._writer = cv2.VideoWriter(self.path, cv2.VideoWriter_fourcc(*self.fourcc), self.fps,
+            self._writer = cv2.VideoWriter(self._tmp, cv2.VideoWriter_fourcc(*self.fourcc), self.fps,
                                            (width, height))
             if not self._writer.isOpened():
                 self._writer = None
@@ -163,21 +196,41 @@ class VideoWriter:
                               f"'{self.fourcc}' (check the folder and the extension)")
             self.size = (width, height)
         elif (width, height) != self.size:
-            raise ValueError(f"{self.path}: frame {self.frames_written} is {width}x{height}, "
-                             f"the video is {self.size[0]}x{self.size[1]}")
-        self._writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+            if self.mismatch == "error":
+                raise ValueError(f"{self.path}: frame {self.frames_written} is {width}x{height}, "
+                                 f"the video is {self.size[0]}x{self.size[1]}")
+            if not self.resized_frames:
+                self.warn(f"{self.path}: frame {self.frames_written} is {width}x{height}, the video "
+                          f"{self.size[0]}x{self.size[1]} (its first frame's size): frames of another size are "
+                          f"scaled into it with their aspect kept")
+            self.resized_frames += 1
+            frame = letterbox(frame, self.size)
+        self._writer.write(frame if self.color == "bgr" else cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
         self.frames_written += 1
 
     def close(self):
+        """Finish the file and move it into place."""
         if self._writer is not None:
             self._writer.release()
             self._writer = None
+            os.replace(self._tmp, self.path)
+
+    def discard(self):
+        """Stop writing and remove the temporary file (the path keeps what it held before)."""
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
+        if os.path.exists(self._tmp):
+            os.remove(self._tmp)
 
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.close()
+    def __exit__(self, exc_type, *exc):
+        if exc_type is None:
+            self.close()
+        else:
+            self.discard()
         return False
 
 
@@ -204,3 +257,7 @@ def draw_record(image, rec, classes, matched=None, best=None):
                     cv2.LINE_AA)
     return canvas
 
+
+def _logger():
+    import logging
+    return logging.getLogger("lib.viz")

@@ -69,7 +69,7 @@ def oid_labels_under(hierarchy_path, descriptions, parent_display_name):
     by_name = {v: k for k, v in names.items()}
     if parent_display_name not in by_name:
         raise DatasetError(f"{descriptions}: parent label {parent_display_name!r} is not a class name")
-    with open(hierarchy_path, "r", encoding="utf-8") as f:
+    with open(hierarchy_path, "r", encoding="utf-8-sig") as f:
         tree = json.load(f)
     target = by_name[parent_display_name]
 

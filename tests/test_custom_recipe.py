@@ -142,7 +142,9 @@ OUTPUT_DIR: {run_dir}
     assert _script("evaluate.py")["main"](["--model", str(run_dir), "--out", str(root / "eval"),
                                            "--save-images", "4", "--image-thresh", "2"]) == 0
     metrics = json.loads((root / "eval" / "metrics.json").read_text())
-    assert (root / "eval" / "pr_all.png").is_file() or metrics["mAP@0.5"] is None
+    # the held-out clip has labelled frames: an mAP (untrained model: any value in [0, 1]) and its PR plot
+    assert metrics["mAP@0.5"] is not None and 0 <= metrics["mAP@0.5"] <= 1
+    assert cv2.imread(str(root / "eval" / "pr_all.png")) is not None
     drawn_frames = sorted((root / "eval" / "images").glob("*.jpg"))
     assert len(drawn_frames) == 4
     labelled = [p for p in drawn_frames if p.stem.startswith("frame") and len(truth[int(p.stem[5:])][0])]

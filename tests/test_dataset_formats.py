@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 import lib.dataset as D
+from lib.config import PROJECT_ROOT
 from lib.dataset import DatasetError, Record, DetectionDataset
 
-SPEEDTRAP = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "speedtrap")
-SPEEDTRAP = os.path.abspath(SPEEDTRAP) if os.path.isdir(SPEEDTRAP) else "/work/shared/data/speedtrap"
+SPEEDTRAP = os.path.join(PROJECT_ROOT, "..", "shared", "data", "speedtrap")
 
 
 def _image(path, w=64, h=48, seed=0):

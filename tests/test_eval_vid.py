@@ -101,16 +101,18 @@ def test_motion_breakdown_hand_computed():
     assert res["motion"]["slow"]["mAP"] == pytest.approx(0.6)
 
 
-def test_frame_without_gt_uses_dataset_motion_fraction():
+def test_frame_without_gt_counts_as_one_pseudo_motion_iou_of_zero():
     gt_frame = _rec([[0, 0, 100, 100], [200, 0, 300, 100]], [0, 0], name="a")
     empty_frame = _rec([], [], name="b")
     motion = [np.array([0.95, 0.5]), np.zeros(0)]
     dets = [_det([[0, 0, 100, 100]], [0.9], [0]), _det([[10, 10, 50, 50]], [0.99], [0])]
     res = vid_ap([gt_frame, empty_frame], dets, ["a"], precomputed_motion_ious=motion, area=False)
-    # all: X FP 1 then A TP (npos 2) -> prec .5 at recall .5 -> AP .25
+    # all: X (on the empty frame) FP 1 then A TP (npos 2) -> prec .5 at recall .5 -> AP .25
     assert res["mAP"] == pytest.approx(0.25)
-    # slow: X FP 1/2 (half of all gts are slow), A TP -> prec 2/3 at recall 1
-    assert res["motion"]["slow"]["mAP"] == pytest.approx(2 / 3)
+    # the empty weight's population, as the official loader reads the .mat: 0.95, 0.5 and the empty
+    # frame's pseudo 0. slow [0.9, 1]: 1 of 3 -> X FP 1/3; A TP (npos 1) -> prec 1 / (1 + 1/3) = 3/4 at recall 1
+    assert res["motion"]["slow"]["mAP"] == pytest.approx(3 / 4)
+    # fast [0, 0.7]: X FP 2/3; A matched the slow gt (ignored); the fast gt is never found -> AP 0
     assert res["motion"]["fast"]["mAP"] == pytest.approx(0.0)
     assert res["motion"]["medium"]["mAP"] is None  # no medium gt at all
 
@@ -218,8 +220,10 @@ def _loop_iou(a, b):
 
 
 def _loop_reference(records, dets, motion, motion_range, area_range, num_classes):
-    """Per frame: detections by confidence, each compared with every gt in annotation order."""
-    all_motion = [m for ms in motion for m in ms]
+    """Per frame: detections by confidence, each compared with every gt in annotation order. A frame
+    without gts holds one motion IoU of 0 in the empty weight's population (the official loader
+    reads its empty .mat cell that way)."""
+    all_motion = [m for ms in motion for m in (ms if len(ms) else [0.0])]
     empty_weight = sum(motion_range[0] <= m <= motion_range[1] for m in all_motion) / len(all_motion)
     npos = [0] * num_classes
     flat = []  # (score, label, tp, fp) in frame order

@@ -142,11 +142,12 @@ def test_demo_on_short_synthetic_clip(tmp_path):
     for i, frame in enumerate(frames):  # names that sort wrongly as text: 0, 1, 10, 2, ...
         cv2.imwrite(str(folder / f"frame{i * 5}.jpg"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
     out = tmp_path / "out"
-    count, fps = demo.run(str(folder), None, model_path, str(out), 0.0)
-    assert count == 5 and fps > 0
+    count, _ = demo.run(str(folder), None, model_path, str(out), 0.0)   # (frames, speed: not asserted)
+    assert count == 5
     assert sorted(os.listdir(out)) == sorted([f"frame{i * 5}.jpg" for i in range(5)] + ["demo.mp4"])
     cap = cv2.VideoCapture(str(out / "demo.mp4"))
-    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 5
+    # every frame in the MP4, at the 25 fps the demo gives a folder of frames (they carry no rate)
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 5 and cap.get(cv2.CAP_PROP_FPS) == 25.0
     cap.release()
     assert demo.main(["--input", str(folder), "--model", str(tmp_path / "none.params")]) == 2
     mx.nd.waitall()

@@ -181,6 +181,41 @@ def test_soft_nms_hand_computed():
     np.testing.assert_array_equal(out[:, :4], dets[[0, 1], :4])
 
 
+@pytest.mark.parametrize("impl", [soft_nms, soft_nms_np])
+def test_soft_nms_decay_reorders_the_selection(impl):
+    # A [0,0,10,10] 0.9, B [1,0,11,10] 0.8, C [50,50,60,60] 0.5. IoU(A,B) = 90 / 110 = 9/11, C overlaps
+    # nothing. Linear (9/11 > 0.3): B -> 0.8 * (1 - 9/11) = 0.8 * 2/11 = 0.145454..., below C:
+    # selection A, C, B. Gaussian: B -> 0.8 * exp(-(81/121) / 0.5) = 0.8 * exp(-1.338843) = 0.8 * 0.262149
+    # = 0.209719, still below C.
+    dets = np.array([[0, 0, 10, 10, 0.9], [1, 0, 11, 10, 0.8], [50, 50, 60, 60, 0.5]])
+    out, kept = impl(dets, "linear", iou_threshold=0.3)
+    np.testing.assert_array_equal(kept, [0, 2, 1])
+    np.testing.assert_allclose(out[:, 4], [0.9, 0.5, 0.8 * 2 / 11])
+    out, kept = impl(dets, "gaussian", sigma=0.5)
+    np.testing.assert_array_equal(kept, [0, 2, 1])
+    np.testing.assert_allclose(out[:, 4], [0.9, 0.5, 0.8 * math.exp(-(81 / 121) / 0.5)])
+    assert out[2, 4] == pytest.approx(0.209719, abs=1e-6)
+
+
+@pytest.mark.parametrize("impl", [soft_nms, soft_nms_np])
+def test_soft_nms_decays_compound_over_selections(impl):
+    # A [0,0,10,10] 0.9 and B [20,0,30,10] 0.8 do not overlap; C [5,0,25,10] 0.7 overlaps each by
+    # 5x10 = 50 over a union of 100 + 200 - 50 = 250: IoU 0.2 with both.
+    dets = np.array([[0, 0, 10, 10, 0.9], [20, 0, 30, 10, 0.8], [5, 0, 25, 10, 0.7]])
+    # linear, threshold 0.1: after A, C = 0.7 * 0.8 = 0.56 (< B 0.8); after B, C = 0.56 * 0.8 = 0.448
+    out, kept = impl(dets, "linear", iou_threshold=0.1)
+    np.testing.assert_array_equal(kept, [0, 1, 2])
+    np.testing.assert_allclose(out[:, 4], [0.9, 0.8, 0.448])
+    # linear, threshold 0.3: IoU 0.2 is not above it, so nothing decays
+    out, kept = impl(dets, "linear", iou_threshold=0.3)
+    np.testing.assert_allclose(out[:, 4], [0.9, 0.8, 0.7])
+    # gaussian, sigma 0.5: C = 0.7 * exp(-0.04 / 0.5) ** 2 = 0.7 * exp(-0.16) = 0.596500...
+    out, kept = impl(dets, "gaussian", sigma=0.5)
+    np.testing.assert_array_equal(kept, [0, 1, 2])
+    np.testing.assert_allclose(out[:, 4], [0.9, 0.8, 0.7 * math.exp(-0.16)])
+    assert out[2, 4] == pytest.approx(0.596501, abs=1e-6)
+
+
 def test_soft_nms_empty_and_errors():
     out, kept = soft_nms(np.zeros((0, 5)), "gaussian")
     assert out.shape == (0, 5) and kept.shape == (0,)
@@ -309,6 +344,28 @@ def test_seq_nms_branching_and_classes(impl):
     assert d[2] == {(0, 1, 10, 11): (path, 0)}
     frame1 = impl(frames, suppress_iou=0.9, nms_iou=0.95)[1]
     assert dict(zip(frame1[2].tolist(), [round(float(v), 5) for v in frame1[1]])) == {0: path, 1: 0.95}
+
+
+@pytest.mark.parametrize("impl", [seq_nms, seq_nms_np])
+def test_seq_nms_max_sum_path_lifts_a_weak_box_then_the_next_path(impl):
+    # frame 0: P [0,0,10,10] 0.6
+    # frame 1: Q [1,0,11,10] 0.5 (IoU(P,Q) = 90/110 = 0.82: linked), R [40,0,50,10] 0.9 (no link back)
+    # frame 2: S [41,0,51,10] 0.2 (linked to R), T [2,0,12,10] 0.1 (linked to Q)
+    # Path sums: P-Q-T = 0.6 + 0.5 + 0.1 = 1.2 beats R-S = 0.9 + 0.2 = 1.1, although R is the best box.
+    # Path 1 (avg 1.2 / 3 = 0.4) suppresses nothing (R and S do not overlap it); path 2 is R-S
+    # (avg 0.55). rescore 'max': 0.6 and 0.9. Final per-frame NMS: Q and R, T and S do not overlap.
+    frames = [frame([box(0, 0)], [0.6]),
+              frame([box(1, 0), box(40, 0)], [0.5, 0.9]),
+              frame([box(41, 0), box(2, 0)], [0.2, 0.1])]
+    d = as_dict(impl(frames, link_iou=0.5, suppress_iou=0.3, rescore="avg"))
+    assert d[0] == {(0, 0, 10, 10): (0.4, 0)}
+    assert d[1] == {(1, 0, 11, 10): (0.4, 0), (40, 0, 50, 10): (0.55, 0)}
+    assert d[2] == {(2, 0, 12, 10): (0.4, 0), (41, 0, 51, 10): (0.55, 0)}
+    d = as_dict(impl(frames, link_iou=0.5, suppress_iou=0.3, rescore="max"))
+    assert d[2] == {(2, 0, 12, 10): (0.6, 0), (41, 0, 51, 10): (0.9, 0)}
+    # link_iou above 0.82 cuts every link: nothing is rescored
+    d = as_dict(impl(frames, link_iou=0.85))
+    assert d[1] == {(1, 0, 11, 10): (0.5, 0), (40, 0, 50, 10): (0.9, 0)}
 
 
 @pytest.mark.parametrize("impl", [seq_nms, seq_nms_np])

@@ -1,7 +1,6 @@
 """Synthetic VID-format videos: determinism, layout, and that the boxes cover what was drawn."""
 import filecmp
 import os
-import time
 
 import numpy as np
 
@@ -16,11 +15,8 @@ def _files(root):
     return sorted(out)
 
 
-def test_generation_is_fast_deterministic_and_in_vid_layout(tmp_path):
-    t0 = time.time()
+def test_generation_is_deterministic_and_in_vid_layout(tmp_path):
     ds = generate_video_dataset(str(tmp_path / "a"), seed=5, num_videos=4, num_frames=30)
-    elapsed = time.time() - t0
-    assert elapsed < 10, elapsed  # "a few seconds" on a shared 2-core machine
     assert len(ds) == 120 and ds.classes == SYNTHETIC_CLASSES and ds.report.ok
     assert os.path.isfile(tmp_path / "a" / "Data" / "VID" / "train" / "synth_0005_0000" / "000029.JPEG")
     assert os.path.isfile(tmp_path / "a" / "Annotations" / "VID" / "train" / "synth_0005_0003" / "000000.xml")

@@ -10,10 +10,11 @@ import pytest
 
 import lib.dataset as D
 from lib import anchor_coverage, viz
+from lib.config import PROJECT_ROOT
 from lib.dataset.synthetic import generate_video_dataset
 from lib.tools import check_dataset, convert, draw, extract_frames, pack_records, split
 
-SPEEDTRAP = "/work/shared/data/speedtrap"
+SPEEDTRAP = os.path.join(PROJECT_ROOT, "..", "shared", "data", "speedtrap")
 TOOLS = ["extract_frames", "check_dataset", "split", "convert", "draw", "pack_records"]
 
 

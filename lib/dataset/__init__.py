@@ -2,7 +2,8 @@
 
 ``load_dataset(spec)`` dispatches on ``spec["FORMAT"]``; keys (upper case, as in yaml configs; lower
 case accepted too). Common optional keys: CLASSES (list or label_map.pbtxt / classes file), STRICT
-(warnings become errors), CHECK_IMAGES (none|exists|header|decode), ALLOW_EMPTY, NAME.
+(warnings become errors), CHECK_IMAGES (none|exists|intact|header|decode; default intact: a missing,
+empty or truncated image file is reported and skipped), ALLOW_EMPTY, NAME.
 
 - voc:       ROOT, SPLIT (name, list file or list), ANNOTATIONS_DIR, IMAGES_DIR, KEEP_DIFFICULT,
              SNIPPETS (dict of detect_snippets arguments: max_gap, break_iou, min_background)
@@ -25,7 +26,9 @@ import os
 
 from .coco import coco_dict, load_coco, write_coco
 from .csv_format import load_csv, write_csv
-from .io import DatasetError, DatasetReport, ImageReadError, decode_image_bytes, image_size, read_image
+from .io import (CHECK_MODES, DEFAULT_CHECK, DatasetError, DatasetReport, ImageReadError, check_image,
+                 decode_image_bytes, image_is_complete, image_size, read_image, read_image_or_fallback,
+                 verify_images)
 from .kitti import load_kitti, write_kitti
 from .labelmap import (load_classes_file, read_classes_csv, read_label_map, write_classes_csv,
                        write_label_map)
@@ -90,8 +93,10 @@ def load_dataset(spec):
     if missing:
         raise DatasetError(f"FORMAT {fmt} needs key(s) {missing}")
     g = spec.get
+    if g("CHECK_IMAGES", DEFAULT_CHECK) not in CHECK_MODES:
+        raise DatasetError(f"dataset CHECK_IMAGES must be one of {'|'.join(CHECK_MODES)}, got {g('CHECK_IMAGES')!r}")
     common = {"strict": bool(g("STRICT", False)), "name": g("NAME")}
-    check = {"check_images": g("CHECK_IMAGES", "exists")}
+    check = {"check_images": g("CHECK_IMAGES", DEFAULT_CHECK)}
     empty = {"allow_empty": g("ALLOW_EMPTY", True)}
     if fmt == "voc":
         return load_voc(g("ROOT"), split=g("SPLIT"), classes=g("CLASSES"), annotations_dir=g("ANNOTATIONS_DIR"),
@@ -115,12 +120,17 @@ def load_dataset(spec):
         return import_tfrecord(g("PATHS"), g("OUT_DIR"), label_map=g("LABEL_MAP"), **common)
     if fmt == "recordio":
         return load_recordio(g("PREFIX"), classes=g("CLASSES"), **common)
-    from .synthetic import generate_video_dataset, load_synthetic
+    from .synthetic import ensure_synthetic, load_synthetic
     root, split = g("ROOT"), g("SPLIT", "train")
-    if not os.path.isfile(os.path.join(root, "classes.txt")):
-        generate_video_dataset(root, seed=int(g("SEED", 0)), num_videos=int(g("NUM_VIDEOS", 4)),
-                               num_frames=int(g("NUM_FRAMES", 30)), width=int(g("WIDTH", 320)),
-                               height=int(g("HEIGHT", 240)), num_classes=int(g("NUM_CLASSES", 4)),
-                               max_objects=int(g("MAX_OBJECTS", 3)), fast_fraction=float(g("FAST_FRACTION", 0.3)),
-                               degraded_fraction=float(g("DEGRADED_FRACTION", 0.0)), split=split, load=False)
+    try:
+        params = {"seed": int(g("SEED", 0)), "num_videos": int(g("NUM_VIDEOS", 4)),
+                  "num_frames": int(g("NUM_FRAMES", 30)), "width": int(g("WIDTH", 320)),
+                  "height": int(g("HEIGHT", 240)), "num_classes": int(g("NUM_CLASSES", 4)),
+                  "max_objects": int(g("MAX_OBJECTS", 3)), "fast_fraction": float(g("FAST_FRACTION", 0.3)),
+                  "degraded_fraction": float(g("DEGRADED_FRACTION", 0.0)), "split": str(split)}
+    except (TypeError, ValueError) as exc:
+        raise DatasetError(f"synthetic dataset {root}: a numeric key has a non-numeric value ({exc})") from None
+    given = {"SEED", "NUM_VIDEOS", "NUM_FRAMES", "WIDTH", "HEIGHT", "NUM_CLASSES", "MAX_OBJECTS", "FAST_FRACTION",
+             "DEGRADED_FRACTION", "SPLIT"} & set(spec)
+    ensure_synthetic(root, params, checked=[k.lower() for k in given])
     return load_synthetic(root, split, image_set=g("IMAGE_SET"), **check, strict=common["strict"])

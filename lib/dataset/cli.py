@@ -4,7 +4,7 @@ import os
 
 import yaml
 
-from . import FORMATS, load_dataset
+from . import FORMATS, DatasetError, load_dataset
 
 
 def add_dataset_args(parser, prefix="", required=True, help_name="dataset"):
@@ -39,9 +39,9 @@ def guess_format(path):
             return "csv"
         if lower.endswith((".record", ".tfrecord")) or ".tfrecord" in lower:
             return "tfrecord"
-        raise SystemExit(f"{path}: cannot tell the dataset format of this file; pass --format")
+        raise DatasetError(f"{path}: cannot tell the dataset format of this file; pass --format")
     if not os.path.isdir(path):
-        raise SystemExit(f"{path}: no such file or folder")
+        raise DatasetError(f"{path}: no such file or folder")
     names = set(os.listdir(path))
     if os.path.isfile(os.path.join(path, "synthetic.json")):
         return "synthetic"
@@ -57,12 +57,12 @@ def parse_snippets(text):
         return None
     parts = text.split(",")
     if len(parts) != 3:
-        raise SystemExit(f"--snippets {text!r}: expected MAX_GAP,BREAK_IOU,MIN_BACKGROUND (e.g. 3,0.05,5)")
+        raise DatasetError(f"--snippets {text!r}: expected MAX_GAP,BREAK_IOU,MIN_BACKGROUND (e.g. 3,0.05,5)")
     conv = [int, float, int]
     try:
         vals = [None if p.strip() in ("-", "") else c(p) for c, p in zip(conv, parts)]
     except ValueError:
-        raise SystemExit(f"--snippets {text!r}: not numbers") from None
+        raise DatasetError(f"--snippets {text!r}: not numbers") from None
     return {"max_gap": vals[0] or 1, "break_iou": vals[1], "min_background": vals[2]}
 
 
@@ -92,7 +92,7 @@ def dataset_spec(args, prefix=""):
         spec["STRICT"] = True
     for item in g("set"):
         if "=" not in item:
-            raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
+            raise DatasetError(f"--set {item!r}: expected KEY=VALUE")
         k, v = item.split("=", 1)
         spec[k.strip().upper()] = yaml.safe_load(v)
     return spec
@@ -100,3 +100,19 @@ def dataset_spec(args, prefix=""):
 
 def dataset_from_args(args, prefix=""):
     return load_dataset(dataset_spec(args, prefix))
+
+
+def empty_dataset_error(spec, dataset, what="--data"):
+    """DatasetError for a dataset without images: names the path and format and says why (what the
+    reader skipped, or that it found nothing to read)."""
+    path = spec.get("ROOT") or spec.get("ANNOTATIONS") or spec.get("PREFIX") or spec.get("PATHS")
+    report = getattr(dataset, "report", None)
+    if report is not None and report.issues:
+        first = report.issues[0]
+        where = f"{first['file']}:{first['line']}" if first.get("line") is not None else first["file"]
+        why = f"{report.skipped_images} image(s) skipped, e.g. {where}: {first['message']}"
+    else:
+        why = {"voc": "no .xml annotation file found (or the split lists none)",
+               "coco": "the file lists no images", "csv": "the file has no rows",
+               "kitti": "no label file found"}.get(spec.get("FORMAT"), "nothing found to read")
+    return DatasetError(f"{what} {path} ({spec.get('FORMAT')}): the dataset has no images: {why}")

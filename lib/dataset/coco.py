@@ -4,7 +4,7 @@ difficult back to iscrowd, and keeps track ids / video / frame as extra keys pyc
 import json
 import os
 
-from .io import DatasetError, DatasetReport, ImageReadError, check_image, image_size, resolve_classes, \
+from .io import DEFAULT_CHECK, DatasetError, DatasetReport, ImageReadError, check_image, image_size, resolve_classes, \
     validate_boxes
 from .record import DetectionDataset, Record
 
@@ -12,14 +12,28 @@ from .record import DetectionDataset, Record
 def _load_json(path):
     if not os.path.isfile(path):
         raise DatasetError(f"{path}: annotation file not found")
-    with open(path, "r", encoding="utf-8") as f:
+    with open(path, "r", encoding="utf-8-sig") as f:
         try:
             return json.load(f)
         except json.JSONDecodeError as exc:
             raise DatasetError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg}, column {exc.colno})") from None
 
 
-def load_coco(annotations, images_dir=None, classes=None, check_images="exists", strict=False,
+def _check_is_instances(data, path):
+    """A COCO instances file is a JSON object; say what the file is when it is something else (a
+    detections / results list is the usual mix-up)."""
+    if isinstance(data, dict):
+        return
+    if isinstance(data, list) and data and all(isinstance(e, dict) for e in data[:20]) and \
+            any("bbox" in e and "score" in e for e in data[:20]):
+        raise DatasetError(f"{path}: this is a COCO results (detections) list of {len(data)} entries, not a "
+                           f"dataset: give it as the detections (e.g. evaluate --dets), and the ground truth "
+                           f"(an instances JSON with 'images', 'annotations' and 'categories') as the dataset")
+    raise DatasetError(f"{path}: expected a COCO instances JSON object with 'images', 'annotations' and "
+                       f"'categories', got a JSON {type(data).__name__}")
+
+
+def load_coco(annotations, images_dir=None, classes=None, check_images=DEFAULT_CHECK, strict=False,
               allow_empty=True, name=None, report=None):
     """Load a COCO instances JSON.
 
@@ -29,12 +43,18 @@ def load_coco(annotations, images_dir=None, classes=None, check_images="exists",
     id of each class) and ``coco_image_ids`` (image_id -> COCO image id) and ``report``."""
     report = report or DatasetReport(name or os.path.basename(annotations), strict=strict)
     data = _load_json(annotations)
+    _check_is_instances(data, annotations)
     for key in ("images", "categories"):
         if not isinstance(data.get(key), list):
             raise DatasetError(f"{annotations}: missing or invalid {key!r} list")
     anns = data.get("annotations", [])
     if not isinstance(anns, list):
         raise DatasetError(f"{annotations}: 'annotations' is not a list")
+    for k, cat in enumerate(data["categories"]):
+        if not isinstance(cat, dict) or not isinstance(cat.get("id"), int) or isinstance(cat.get("id"), bool) \
+                or not isinstance(cat.get("name"), str):
+            raise DatasetError(f"{annotations}: categories[{k}] needs an integer 'id' and a string 'name', "
+                               f"got {cat!r}")
     cats = sorted(data["categories"], key=lambda c: c["id"])
     cat_name = {c["id"]: c["name"] for c in cats}
     wanted = resolve_classes(classes)
@@ -45,7 +65,7 @@ def load_coco(annotations, images_dir=None, classes=None, check_images="exists",
         base = os.path.dirname(os.path.abspath(annotations))
         images_dir = base
         if data["images"]:
-            first = data["images"][0].get("file_name", "")
+            first = str(data["images"][0].get("file_name", "")) if isinstance(data["images"][0], dict) else ""
             for cand in (base, os.path.join(base, "images"), os.path.join(os.path.dirname(base), "images")):
                 if os.path.isfile(os.path.join(cand, first)):
                     images_dir = cand
@@ -57,13 +77,13 @@ def load_coco(annotations, images_dir=None, classes=None, check_images="exists",
             by_image.setdefault(ann["image_id"], []).append(ann)
         except (KeyError, TypeError):
             report.warn(annotations, f"annotation #{k} has no image_id; skipped", drop_boxes=1)
-    image_ids = {img.get("id") for img in data["images"]}
+    image_ids = {img.get("id") for img in data["images"] if isinstance(img, dict)}
     for iid in set(by_image) - image_ids:
         report.warn(annotations, f"{len(by_image[iid])} annotation(s) refer to unknown image id {iid}; "
                                  f"dropped", drop_boxes=len(by_image[iid]))
     records, coco_ids = [], {}
     for k, img in enumerate(data["images"]):
-        if "file_name" not in img or "id" not in img:
+        if not isinstance(img, dict) or "file_name" not in img or "id" not in img:
             report.warn(annotations, f"images[{k}] has no file_name or id; skipped", skip_image=True)
             continue
         path = os.path.join(images_dir, img["file_name"])
@@ -92,7 +112,12 @@ def load_coco(annotations, images_dir=None, classes=None, check_images="exists",
                 report.warn(where, f"annotation {ann.get('id')} has no valid bbox [x, y, w, h]; box dropped",
                             drop_boxes=1)
                 continue
-            x, y, w, h = (float(v) for v in bbox)
+            try:
+                x, y, w, h = (float(v) for v in bbox)
+            except (TypeError, ValueError):
+                report.warn(where, f"annotation {ann.get('id')} has a non-numeric bbox {bbox!r}; box dropped",
+                            drop_boxes=1)
+                continue
             boxes.append([x, y, x + w, y + h])
             labels.append(class_index[cname])
             difficult.append(bool(ann.get("iscrowd", 0)) or bool(ann.get("ignore", 0)))

@@ -5,12 +5,12 @@ import csv
 import os
 from collections import OrderedDict
 
-from .io import DatasetError, DatasetReport, ImageReadError, check_image, image_size, validate_boxes
+from .io import DEFAULT_CHECK, DatasetError, DatasetReport, ImageReadError, check_image, image_size, validate_boxes
 from .labelmap import read_classes_csv, write_classes_csv
 from .record import DetectionDataset, Record
 
 
-def load_csv(annotations, classes=None, base_dir=None, check_images="exists", strict=False,
+def load_csv(annotations, classes=None, base_dir=None, check_images=DEFAULT_CHECK, strict=False,
              allow_empty=True, name=None, report=None):
     """Load a keras-retinanet CSV.
 
@@ -25,7 +25,7 @@ def load_csv(annotations, classes=None, base_dir=None, check_images="exists", st
         classes = read_classes_csv(classes) if classes.endswith(".csv") else _classes_any(classes)
     base_dir = os.path.abspath(base_dir or os.path.dirname(os.path.abspath(annotations)))
     rows = OrderedDict()
-    with open(annotations, "r", encoding="utf-8", newline="") as f:
+    with open(annotations, "r", encoding="utf-8-sig", newline="") as f:
         for line_no, row in enumerate(csv.reader(f), 1):
             if not row or all(not c.strip() for c in row):
                 continue

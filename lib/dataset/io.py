@@ -30,6 +30,28 @@ def read_image(path):
     return decode_image_bytes(data, path)
 
 
+_REPORTED_UNREADABLE = set()
+
+
+def read_image_or_fallback(path, fallback, report=None):
+    """read_image(path), or read_image(fallback) when ``path`` cannot be read: for frames a training
+    loop reaches outside the dataset's records (FGFA's neighbours through a video's file pattern),
+    which no load-time check has seen. The first failure of each file is reported (a warning naming
+    it, and ``report.warn`` when a DatasetReport is given); the epoch goes on with the fallback (e.g.
+    the key frame, as a still image's neighbours are). A failing fallback raises ImageReadError."""
+    try:
+        return read_image(path)
+    except ImageReadError as exc:
+        if path not in _REPORTED_UNREADABLE:
+            _REPORTED_UNREADABLE.add(path)
+            message = f"{str(exc).split(': ', 1)[-1]}; {fallback} used instead"
+            if report is not None:
+                report.warn(path, message)
+            else:
+                logger.warning("%s: %s", path, message)
+        return read_image(fallback)
+
+
 def decode_image_bytes(data, where="<bytes>"):
     """Decode encoded image bytes (JPEG, PNG, ...) to RGB uint8; errors name ``where``."""
     data = np.frombuffer(data, np.uint8) if isinstance(data, (bytes, bytearray, memoryview)) else data
@@ -58,23 +80,126 @@ def image_size(path):
         raise ImageReadError(f"{path}: cannot read image header ({exc})") from None
 
 
-def check_image(path, mode="exists"):
-    """Check an image file: 'none' (no check), 'exists', 'header' (size readable) or 'decode' (full read)."""
+CHECK_MODES = ("none", "exists", "intact", "header", "decode")
+DEFAULT_CHECK = "intact"
+_TAIL_BYTES = 4096  # where an image's end marker is looked for (JPEG EOI, PNG IEND), padding allowed
+
+
+def image_is_complete(path):
+    """Cheap truncation check: a JPEG must end with its end-of-image marker, a PNG with its IEND chunk
+    (looked for in the last few KB, so padding is allowed). When the marker is missing (a truncated
+    file, or data appended after the image as some phones do) the image is fully decoded by Pillow,
+    which stops at the end marker and raises on a truncated file. Raises ImageReadError naming the
+    file; other formats are left to the header check."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+        f.seek(max(0, size - _TAIL_BYTES))
+        tail = f.read()
+    if head[:3] == b"\xff\xd8\xff":
+        marker, kind = b"\xff\xd9", "JPEG"
+    elif head[:8] == b"\x89PNG\r\n\x1a\n":
+        marker, kind = b"IEND", "PNG"
+    else:
+        return
+    if marker in tail:
+        return
+    from PIL import Image, ImageFile
+    # gluoncv.data sets Pillow's process-wide LOAD_TRUNCATED_IMAGES on import, which would make a cut-off
+    # file load without an error: this check needs it off
+    tolerant, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
+    try:
+        with Image.open(path) as im:
+            im.load()
+    except Exception as exc:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, ValueError... on bad data
+        raise ImageReadError(f"{path}: truncated or corrupt {kind} ({size} bytes, no end marker; {exc})") from None
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = tolerant
+
+
+def check_image(path, mode=DEFAULT_CHECK):
+    """Check an image file, from cheapest to most thorough:
+    'none' (no check), 'exists' (a non-empty file), 'intact' (exists and not truncated:
+    image_is_complete, the default), 'header' (intact and its size readable), 'decode' (a full read
+    with OpenCV, as training reads it)."""
+    if mode not in CHECK_MODES:
+        raise DatasetError(f"CHECK_IMAGES must be one of {'|'.join(CHECK_MODES)}, got {mode!r}")
     if mode == "none":
         return
+    if ".rec#" in path and not os.path.isfile(path):
+        if mode == "decode":
+            read_image(path)
+        return  # inside a RecordIO file: checked when it was packed
+    if not os.path.isfile(path):
+        raise ImageReadError(f"{path}: image file not found")
+    if os.path.getsize(path) == 0:
+        raise ImageReadError(f"{path}: image file is empty")
     if mode == "exists":
-        if ".rec#" in path:
-            return
-        if not os.path.isfile(path):
-            raise ImageReadError(f"{path}: image file not found")
-        if os.path.getsize(path) == 0:
-            raise ImageReadError(f"{path}: image file is empty")
-    elif mode == "header":
+        return
+    image_is_complete(path)
+    if mode == "header":
         image_size(path)
     elif mode == "decode":
         read_image(path)
-    else:
-        raise ValueError(f"check_images must be one of none|exists|header|decode, got {mode!r}")
+
+
+def verify_images(dataset, mode="decode", cache_path=None, progress=True):
+    """Check every record's image (``check_image(path, mode)``) and return the dataset without the
+    records whose image failed, each reported in ``dataset.report`` (warning naming the file, counted
+    as a skipped image). For a trainer to call once before its first epoch: a bad file is then
+    reported and skipped instead of stopping training mid-epoch.
+
+    cache_path: optional JSON file remembering files that passed (keyed by path, size and
+    modification time, so an edited file is checked again); written atomically."""
+    import json
+    report = getattr(dataset, "report", None) or DatasetReport(dataset.name)
+    cache, key_of = {}, lambda st: [st.st_size, st.st_mtime_ns, mode]
+    if cache_path and os.path.isfile(cache_path):
+        try:
+            with open(cache_path, "r", encoding="utf-8-sig") as f:
+                cache = json.load(f)
+        except (OSError, ValueError):
+            cache = {}  # a broken cache is rebuilt, not trusted
+        if not isinstance(cache, dict):
+            cache = {}
+    checked = {}
+    keep = []
+    items = dataset.records
+    if progress:
+        from tqdm import tqdm
+        items = tqdm(items, desc=f"check images ({mode})", unit="img", leave=False)
+    for k, rec in enumerate(items):
+        path = rec.image
+        if path not in checked:
+            try:
+                stamp = key_of(os.stat(path)) if os.path.isfile(path) else None
+                if stamp is None or cache.get(path) != stamp:
+                    check_image(path, mode)
+                    if stamp is not None:
+                        cache[path] = stamp
+                checked[path] = None
+            except ImageReadError as exc:
+                checked[path] = str(exc)
+                cache.pop(path, None)
+        if checked[path] is None:
+            keep.append(k)
+        else:
+            report.warn(path, checked[path].split(": ", 1)[-1] + "; image skipped", skip_image=True)
+    if cache_path:
+        os.makedirs(os.path.dirname(os.path.abspath(cache_path)), exist_ok=True)
+        tmp = f"{cache_path}.tmp{os.getpid()}"
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(cache, f)
+            os.replace(tmp, cache_path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    if len(keep) == len(dataset.records):
+        return dataset
+    out = dataset.subset(keep)
+    out.report = report
+    return out
 
 
 def find_image(directory, stem_or_name):

@@ -3,7 +3,7 @@
 Boxes are 0-based pixel corners taken as they are. 'DontCare' regions are skipped."""
 import os
 
-from .io import DatasetError, DatasetReport, ImageReadError, check_image, find_image, image_size, \
+from .io import DEFAULT_CHECK, DatasetError, DatasetReport, ImageReadError, check_image, find_image, image_size, \
     resolve_classes, validate_boxes
 from .record import DetectionDataset, Record
 
@@ -22,7 +22,7 @@ def _kitti_layout(root, labels_dir, images_dir):
     return labels_dir, images_dir or labels_dir
 
 
-def load_kitti(root, classes=None, labels_dir=None, images_dir=None, split=None, check_images="exists",
+def load_kitti(root, classes=None, labels_dir=None, images_dir=None, split=None, check_images=DEFAULT_CHECK,
                strict=False, allow_empty=True, name=None, report=None):
     """Load KITTI labels. root holds label_2/ and image_2/ (or training/...). classes default to the 8
     KITTI classes; other types (except DontCare) are warned about and dropped. split: optional list
@@ -33,7 +33,7 @@ def load_kitti(root, classes=None, labels_dir=None, images_dir=None, split=None,
     classes = resolve_classes(classes) or list(KITTI_CLASSES)
     class_index = {c: i for i, c in enumerate(classes)}
     if split:
-        with open(split, "r", encoding="utf-8") as f:
+        with open(split, "r", encoding="utf-8-sig") as f:
             ids = [ln.split()[0] for ln in f if ln.strip()]
     else:
         ids = sorted(os.path.splitext(n)[0] for n in os.listdir(labels_dir) if n.endswith(".txt"))
@@ -51,7 +51,7 @@ def load_kitti(root, classes=None, labels_dir=None, images_dir=None, split=None,
             report.warn(label_path, f"{exc}; image skipped", skip_image=True)
             continue
         boxes, labels, lines = [], [], []
-        with open(label_path, "r", encoding="utf-8") as f:
+        with open(label_path, "r", encoding="utf-8-sig") as f:
             for line_no, line in enumerate(f, 1):
                 fields = line.split()
                 if not fields:

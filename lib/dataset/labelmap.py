@@ -79,7 +79,7 @@ def parse_label_map(text, path="<label_map>"):
 def read_label_map(path):
     """Read a TF OD label map. Returns [{"id": int, "name": str, "display_name": str}] sorted by id.
     Errors name the file and line: missing id/name, non-integer id, id < 1, duplicate id or name."""
-    with open(path, "r", encoding="utf-8") as f:
+    with open(path, "r", encoding="utf-8-sig") as f:
         items = parse_label_map(f.read(), path)
     out, seen_ids, seen_names = [], {}, {}
     for item in items:
@@ -127,7 +127,7 @@ def read_classes_csv(path):
     """keras-retinanet classes file: ``name,id`` per line, ids 0..C-1. Returns names ordered by id.
     Errors name the line: wrong field count, non-integer id, duplicate name or id, ids not 0..C-1."""
     by_id, names = {}, {}
-    with open(path, "r", encoding="utf-8", newline="") as f:
+    with open(path, "r", encoding="utf-8-sig", newline="") as f:
         for line_no, row in enumerate(csv.reader(f), 1):
             if not row or all(not c.strip() for c in row):
                 continue
@@ -159,11 +159,11 @@ def load_classes_file(path):
         raise DatasetError(f"{path}: classes file not found")
     if path.endswith(".pbtxt"):
         return label_map_classes(path)
-    with open(path, "r", encoding="utf-8") as f:
+    with open(path, "r", encoding="utf-8-sig") as f:
         first = next((ln for ln in f if ln.strip()), "")
     if "," in first:
         return read_classes_csv(path)
-    with open(path, "r", encoding="utf-8") as f:
+    with open(path, "r", encoding="utf-8-sig") as f:
         names = [ln.strip() for ln in f if ln.strip()]
     dup = {n for n in names if names.count(n) > 1}
     if dup:

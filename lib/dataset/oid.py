@@ -6,14 +6,14 @@ Group-of boxes are kept with difficult=True. ``labels_filter`` keeps only the na
 import csv
 import os
 
-from .io import DatasetError, DatasetReport, ImageReadError, check_image, find_image, image_size, \
+from .io import DEFAULT_CHECK, DatasetError, DatasetReport, ImageReadError, check_image, find_image, image_size, \
     validate_boxes
 from .record import DetectionDataset, Record
 
 
 def read_oid_descriptions(path):
     out = {}
-    with open(path, "r", encoding="utf-8", newline="") as f:
+    with open(path, "r", encoding="utf-8-sig", newline="") as f:
         for line_no, row in enumerate(csv.reader(f), 1):
             if not row:
                 continue
@@ -23,7 +23,7 @@ def read_oid_descriptions(path):
     return out
 
 
-def load_oid(annotations, descriptions, images_dir, labels_filter=None, check_images="exists",
+def load_oid(annotations, descriptions, images_dir, labels_filter=None, check_images=DEFAULT_CHECK,
              strict=False, name=None, report=None):
     """Load Open Images boxes (see module docstring). Classes are display names, sorted, or
     ``labels_filter`` in its order."""
@@ -38,7 +38,7 @@ def load_oid(annotations, descriptions, images_dir, labels_filter=None, check_im
         classes = sorted(set(desc.values()))
     class_index = {c: i for i, c in enumerate(classes)}
     per_image = {}
-    with open(annotations, "r", encoding="utf-8", newline="") as f:
+    with open(annotations, "r", encoding="utf-8-sig", newline="") as f:
         reader = csv.DictReader(f)
         need = {"ImageID", "LabelName", "XMin", "XMax", "YMin", "YMax"}
         if not reader.fieldnames or not need <= set(reader.fieldnames):

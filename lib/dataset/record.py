@@ -13,6 +13,11 @@ import numpy as np
 from .errors import DatasetReport
 
 
+def _reason(message):
+    """A report message without the box / line specifics, to group reasons ('unknown class 'x'; box dropped')."""
+    return message.split("; ")[0][:80]
+
+
 def _as_array(value, dtype, shape_tail=()):
     arr = np.asarray(value if value is not None else [], dtype=dtype)
     if arr.size == 0:
@@ -119,6 +124,30 @@ class DetectionDataset:
                 setattr(out, key, value)
         return out
 
+    def require_boxes(self, what="training data", allow_background_only=False):
+        """Raise DatasetError unless at least one box survived loading (call before training).
+
+        A set whose every box was dropped (unknown class names, a classes file that did not match,
+        invalid coordinates) would otherwise train on background only at loss 0 and exit 0. The
+        message names ``what`` (e.g. the config key), the dataset, its image count and what the
+        reader dropped. ``allow_background_only=True`` accepts a set of only background frames
+        (it must be asked for). Returns the number of boxes."""
+        from .io import DatasetError
+        boxes = int(sum(rec.num_boxes for rec in self.records))
+        if boxes or allow_background_only:
+            return boxes
+        if not self.records:
+            detail = "it has no images"
+        else:
+            detail = f"none of its {len(self.records)} images has a box"
+        report = getattr(self, "report", None)
+        dropped = getattr(report, "dropped_boxes", 0) or 0
+        if dropped:
+            reasons = list(dict.fromkeys(_reason(issue["message"]) for issue in report.issues
+                                         if "dropped" in issue["message"] or "skipped" in issue["message"]))
+            detail += f" ({dropped} box(es) dropped while loading: {'; '.join(reasons[:3])})"
+        raise DatasetError(f"{what}: dataset {self.name!r}: {detail}; nothing to learn from")
+
     def class_counts(self):
         counts = np.zeros(len(self.classes), np.int64)
         for rec in self.records:
@@ -135,6 +164,6 @@ class DetectionDataset:
 
     @classmethod
     def from_json(cls, path):
-        with open(path, "r", encoding="utf-8") as f:
+        with open(path, "r", encoding="utf-8-sig") as f:
             data = json.load(f)
         return cls([Record.from_dict(r) for r in data["records"]], data["classes"], data.get("name", "dataset"))

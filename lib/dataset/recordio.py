@@ -15,8 +15,8 @@ import os
 
 import numpy as np
 
-from .errors import DatasetError, DatasetReport
-from .io import decode_image_bytes, read_record_image  # noqa: F401 - read_record_image: its old home
+from .errors import DatasetError, DatasetReport, ImageReadError
+from .io import check_image, decode_image_bytes, read_record_image  # noqa: F401 - read_record_image: its old home
 from .record import DetectionDataset, Record
 
 HEADER_LEN = 4
@@ -35,9 +35,22 @@ def detection_label(rec):
     return np.concatenate([[HEADER_LEN, LABEL_WIDTH, w, h], objs.ravel()]).astype(np.float32)
 
 
+def packable_image_bytes(path):
+    """The encoded bytes of an image file after a full decode check (check_image 'decode': OpenCV
+    decodes a truncated JPEG without an error, so the end-marker check runs first). Raises
+    ImageReadError naming the file: a packed file must be one training can read."""
+    check_image(path, "decode")
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise ImageReadError(f"{path}: cannot read image ({exc})") from None
+
+
 def pack_records(dataset, prefix, progress=False):
     """Write dataset -> <prefix>.rec, .idx, .lst, .json. Returns the number of records written.
-    Images whose file cannot be read are reported and skipped (dataset.report if present)."""
+    Every image is decode-checked first (packable_image_bytes); one that fails is reported and
+    skipped (in dataset.report if present)."""
     import mxnet as mx
     report = getattr(dataset, "report", None) or DatasetReport(dataset.name)
     os.makedirs(os.path.dirname(os.path.abspath(prefix)) or ".", exist_ok=True)
@@ -50,12 +63,9 @@ def pack_records(dataset, prefix, progress=False):
     with open(prefix + ".lst", "w", encoding="utf-8") as lst:
         for rec in items:
             try:
-                with open(rec.image, "rb") as f:
-                    data = f.read()
-                if not data:
-                    raise OSError("empty file")
-            except OSError as exc:
-                report.warn(rec.image, f"cannot read image ({exc}); not packed", skip_image=True)
+                data = packable_image_bytes(rec.image)
+            except ImageReadError as exc:
+                report.warn(rec.image, f"{str(exc).split(': ', 1)[-1]}; not packed", skip_image=True)
                 continue
             label = detection_label(rec)
             header = mx.recordio.IRHeader(0, label, count, 0)
@@ -93,7 +103,7 @@ def load_recordio(prefix, classes=None, name=None, strict=False, report=None):
     report = report or DatasetReport(name or os.path.basename(prefix), strict=strict)
     meta = {}
     if os.path.isfile(prefix + ".json"):
-        with open(prefix + ".json", "r", encoding="utf-8") as f:
+        with open(prefix + ".json", "r", encoding="utf-8-sig") as f:
             meta = json.load(f)
     reader = mx.recordio.MXIndexedRecordIO(idx_path, rec_path, "r")
     records, max_cls = [], -1

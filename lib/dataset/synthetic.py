@@ -18,6 +18,7 @@ import os
 import cv2
 import numpy as np
 
+from .io import DatasetError
 from .labelmap import write_label_map
 from .record import Record
 from .vid import load_vid, vid_frame_path, write_image_set_4, write_vid_frame
@@ -262,9 +263,69 @@ def generate_video_dataset(out_dir, seed=0, num_videos=4, num_frames=30, width=3
     return load_synthetic(out_dir, split)
 
 
+STAMP = "synthetic.json"  # the generation arguments, written last: a folder with it is complete
+
+
+def ensure_synthetic(root, params, checked=None):
+    """Generate the synthetic set ``params`` (generate_video_dataset keyword arguments) into ``root``
+    unless it is there already with the same arguments (``checked``: the keys to compare, default
+    all; a spec that only points at an existing folder leaves the others to it).
+
+    Safe with several processes (test workers, parallel runs): generation holds a lock file next to
+    the folder and writes into a temporary folder that is renamed into place when complete, so a
+    reader never sees half a dataset. A folder generated with other arguments is an error naming
+    the first differing key (regenerating it under another process would pull files from under it)."""
+    import shutil
+    try:
+        import fcntl
+    except ImportError:  # not on Windows (the project runs there inside WSL): no lock, still atomic
+        fcntl = None
+    root = os.path.abspath(root)
+    parent = os.path.dirname(root)
+    os.makedirs(parent, exist_ok=True)
+    with open(root + ".lock", "a+") as lock:
+        if fcntl is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+        stamp_path = os.path.join(root, STAMP)
+        if os.path.isfile(stamp_path):
+            _check_stamp(root, stamp_path, {k: v for k, v in params.items() if checked is None or k in checked})
+            return root
+        if os.path.isdir(root) and os.listdir(root):
+            raise DatasetError(f"{root}: exists but holds no {STAMP} (an incomplete or foreign folder): delete it "
+                               f"or give the synthetic dataset another ROOT")
+        tmp = f"{root}.tmp{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            generate_video_dataset(tmp, load=False, **params)
+            if os.path.isdir(root):
+                os.rmdir(root)  # empty (checked above)
+            os.rename(tmp, root)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return root
+
+
+def _check_stamp(root, stamp_path, params):
+    try:
+        with open(stamp_path, "r", encoding="utf-8-sig") as f:
+            stamp = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"{stamp_path}: unreadable ({exc}); delete {root} to regenerate it") from None
+    for key, wanted in params.items():
+        have = stamp.get(key, _GENERATION_DEFAULTS.get(key))
+        if have != wanted and not (isinstance(wanted, float) and isinstance(have, (int, float))
+                                   and abs(have - wanted) < 1e-12):
+            raise DatasetError(f"{root}: generated with {key.upper()} {have!r}, this spec asks for {wanted!r}; "
+                               f"delete the folder to regenerate it, or give this spec another ROOT")
+
+
+# generate_video_dataset's defaults for stamps written before a key existed
+_GENERATION_DEFAULTS = {"degraded_fraction": 0.0, "occluder": True}
+
+
 def load_synthetic(out_dir, split="train", image_set=None, **kwargs):
     """Load a generated synthetic dataset (every frame, or an image set of it)."""
-    with open(os.path.join(out_dir, "classes.txt"), "r", encoding="utf-8") as f:
+    with open(os.path.join(out_dir, "classes.txt"), "r", encoding="utf-8-sig") as f:
         classes = [ln.strip() for ln in f if ln.strip()]
     return load_vid(out_dir, image_set=image_set, split=split, classes=classes, kind="vid",
                     name=f"synthetic_{split}", **kwargs)

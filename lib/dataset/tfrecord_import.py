@@ -14,6 +14,7 @@ import numpy as np
 from .io import DatasetError, DatasetReport, ImageReadError, decode_image_bytes, validate_boxes
 from .labelmap import read_label_map
 from .record import DetectionDataset, Record
+from .recordio import packable_image_bytes
 
 
 def _scalar(example, key, default=None):
@@ -157,15 +158,22 @@ def import_tfrecord(paths, out_dir, label_map=None, strict=False, name=None, rep
 
 
 def export_tfrecord(dataset, path, label_ids=None):
-    """Write a dataset as TF OD API TFRecord (ids from 1 unless label_ids gives each class its id)."""
+    """Write a dataset as TF OD API TFRecord (ids from 1 unless label_ids gives each class its id).
+    Every image is decode-checked first; one that fails is reported (dataset.report) and skipped.
+    Returns the number of records written."""
     from tfrecord.writer import TFRecordWriter
+    report = getattr(dataset, "report", None) or DatasetReport(dataset.name)
     label_ids = label_ids or list(range(1, dataset.num_classes + 1))
+    count = 0
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     writer = TFRecordWriter(path)
     try:
         for rec in dataset:
-            with open(rec.image, "rb") as f:
-                data = f.read()
+            try:
+                data = packable_image_bytes(rec.image)
+            except ImageReadError as exc:
+                report.warn(rec.image, f"{str(exc).split(': ', 1)[-1]}; not written", skip_image=True)
+                continue
             w, h = float(rec.width), float(rec.height)
             ext = os.path.splitext(rec.image)[1].lower().lstrip(".") or "jpeg"
             writer.write({
@@ -182,6 +190,7 @@ def export_tfrecord(dataset, path, label_ids=None):
                 "image/object/class/text": ([dataset.classes[int(l)].encode() for l in rec.labels], "byte"),
                 "image/object/difficult": (rec.difficult.astype(int).tolist(), "int"),
             })
+            count += 1
     finally:
         writer.close()
-    return path
+    return count

@@ -14,7 +14,7 @@ x1 = xmin, x2 = xmax + 1, so widths equal the devkit's. Writers invert.
 import os
 from collections import OrderedDict
 
-from .io import DatasetError, DatasetReport, resolve_classes
+from .io import DEFAULT_CHECK, DatasetError, DatasetReport, resolve_classes
 from .record import DetectionDataset
 from .voc import _voc_record, parse_voc_xml, voc_xml_string
 
@@ -35,7 +35,7 @@ def read_image_set(path):
     if not os.path.isfile(path):
         raise DatasetError(f"{path}: image set file not found")
     out, width = [], None
-    with open(path, "r", encoding="utf-8") as f:
+    with open(path, "r", encoding="utf-8-sig") as f:
         for line_no, line in enumerate(f, 1):
             parts = line.split()
             if not parts:
@@ -77,7 +77,7 @@ def _video_length(ann_dir, video, cache):
     return cache[video]
 
 
-def load_vid(root, image_set=None, split="train", classes=None, wnids=None, kind="auto", check_images="exists",
+def load_vid(root, image_set=None, split="train", classes=None, wnids=None, kind="auto", check_images=DEFAULT_CHECK,
              strict=False, allow_empty=True, name=None, report=None):
     """Load ImageNet VID (or DET mapped to the VID classes).
 

@@ -69,6 +69,7 @@ def video_frames(path, every=1, start=None, end=None, rgb=True):
     import cv2
     if every < 1:
         raise ValueError(f"every must be >= 1, got {every}")
+    check_time_range(start, end)
     cap = _open_video(path)
     fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
     if fps <= 0 and (start is not None or end is not None):
@@ -98,11 +99,49 @@ def video_frames(path, every=1, start=None, end=None, rgb=True):
         raise DatasetError(f"{path}: no frame could be decoded")
 
 
+def check_time_range(start, end):
+    """start / end seconds of a frame selection: finite, start >= 0, end > start (None = open)."""
+    for name, value in (("start", start), ("end", end)):
+        if value is not None and not np.isfinite(value):
+            raise DatasetError(f"--{name} {value}: not a finite number of seconds")
+    if start is not None and start < 0:
+        raise DatasetError(f"--start {start:g}: must be >= 0 seconds")
+    if end is not None and end <= (start or 0):
+        raise DatasetError(f"--end {end:g}: must be after --start {start or 0:g} (seconds)")
+
+
+def check_frame_pattern(pattern):
+    """A file name pattern with exactly one integer field (``%06d.jpg``) and an image extension
+    (what cv2.imwrite writes and list_frames reads back). Raises DatasetError naming the pattern."""
+    try:
+        first, second = pattern % 1, pattern % 2
+    except (TypeError, ValueError) as exc:
+        raise DatasetError(f"--pattern {pattern!r}: needs exactly one integer field such as %06d ({exc})") from None
+    if first == second:
+        raise DatasetError(f"--pattern {pattern!r}: needs exactly one integer field such as %06d")
+    if not first.lower().endswith(tuple(e.lower() for e in IMAGE_EXTENSIONS)):
+        raise DatasetError(f"--pattern {pattern!r}: the name must end in an image extension "
+                           f"({', '.join(sorted({e.lower() for e in IMAGE_EXTENSIONS}))})")
+
+
 def extract_frames(video, out_dir, every=1, start=None, end=None, pattern="%06d.jpg", quality=95,
                    number_by="source", progress=False):
     """Write frames of ``video`` as JPEGs into ``out_dir``; returns the written paths.
-    number_by='source' names files by the frame index in the video, 'output' by 0..K-1."""
+    number_by='source' names files by the frame index in the video, 'output' by 0..K-1.
+    Bad arguments (pattern, quality outside 0..100, an empty or reversed time range, a range past the
+    end of the video) raise DatasetError naming the option; nothing is written then."""
     import cv2
+    check_frame_pattern(pattern)
+    if not 0 <= int(quality) <= 100:
+        raise DatasetError(f"--quality {quality}: JPEG quality must be in 0..100")
+    if number_by not in ("source", "output"):
+        raise ValueError(f"number_by must be source|output, got {number_by!r}")
+    check_time_range(start, end)
+    if start:
+        info = video_info(video)
+        if info["fps"] > 0 and info["frame_count"] > 0 and start * info["fps"] >= info["frame_count"]:
+            raise DatasetError(f"--start {start:g}: the video is only {info['frame_count'] / info['fps']:.2f} s long "
+                               f"({info['frame_count']} frames at {info['fps']:.2f} fps)")
     os.makedirs(out_dir, exist_ok=True)
     frames = video_frames(video, every=every, start=start, end=end, rgb=False)
     if progress:
@@ -114,6 +153,9 @@ def extract_frames(video, out_dir, every=1, start=None, end=None, pattern="%06d.
         if not cv2.imwrite(path, img, [cv2.IMWRITE_JPEG_QUALITY, int(quality)]):
             raise DatasetError(f"{path}: cannot write frame")
         paths.append(path)
+    if not paths:  # frame counts in headers can be wrong: the decoded frames decide
+        raise DatasetError(f"{video}: no frame in the selected range (--start {start or 0:g}"
+                           f"{'' if end is None else f', --end {end:g}'} seconds); nothing written")
     return paths
 
 

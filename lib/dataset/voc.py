@@ -6,7 +6,7 @@ import shutil
 import xml.etree.ElementTree as ET
 
 
-from .io import DatasetError, DatasetReport, ImageReadError, check_image, find_image, image_size, \
+from .io import DEFAULT_CHECK, DatasetError, DatasetReport, ImageReadError, check_image, find_image, image_size, \
     resolve_classes, validate_boxes
 from .record import DetectionDataset, Record
 
@@ -59,7 +59,7 @@ def parse_voc_xml(path):
 
 def _read_id_list(path):
     ids = []
-    with open(path, "r", encoding="utf-8") as f:
+    with open(path, "r", encoding="utf-8-sig") as f:
         for line in f:
             parts = line.split()
             if parts:
@@ -102,7 +102,7 @@ def _split_ids(root, split):
                        f"root for {split}.txt)")
 
 
-def load_voc(root, split=None, classes=None, annotations_dir=None, images_dir=None, check_images="exists",
+def load_voc(root, split=None, classes=None, annotations_dir=None, images_dir=None, check_images=DEFAULT_CHECK,
              strict=False, allow_empty=True, keep_difficult=True, snippets=None, name=None, report=None):
     """Load a Pascal VOC dataset.
 
@@ -113,7 +113,8 @@ def load_voc(root, split=None, classes=None, annotations_dir=None, images_dir=No
     split: None (every XML), a split name looked up in ImageSets/Main/, splits/ or root, a path to a
       list file (first token per line = image id), or a list of those.
     classes: list, or a label_map.pbtxt / classes file; None = sorted names found in the XMLs.
-    check_images: none|exists|header|decode (what is checked of each image at load time).
+    check_images: none|exists|intact|header|decode (what is checked of each image at load time;
+      lib.dataset.io.check_image).
     allow_empty: keep images with no object (negatives); False skips them with a warning.
     snippets: None, or a dict of detect_snippets arguments (max_gap, break_iou, min_background) to group
       numbered frames into videos (sets Record.video / Record.frame).
@@ -181,7 +182,7 @@ def _voc_record(image_key, xml_path, ann, classes, img_dir, root, check_images, 
         width, height = ann["width"], ann["height"]
         if width <= 0 or height <= 0:
             width, height = image_size(image)
-        elif check_images in ("header", "decode"):
+        elif check_images in ("header", "decode"):  # "intact" stays cheap: no header parse
             real = image_size(image)
             if real != (width, height):
                 report.warn(xml_path, f"<size> says {width}x{height} but {image} is {real[0]}x{real[1]}; "

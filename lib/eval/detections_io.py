@@ -91,8 +91,13 @@ def _category_map(classes, category_ids):
     return {int(cid): c for c, cid in enumerate(ids)}, ids
 
 
-def detections_from_json(entries, records, classes, category_ids=None, coco_image_ids=None, source="detections"):
-    """Map a list of COCO-results entries onto records -> one (boxes, scores, labels) per record."""
+def detections_from_json(entries, records, classes, category_ids=None, coco_image_ids=None, source="detections",
+                         unknown_images=None):
+    """Map a list of COCO-results entries onto records -> one (boxes, scores, labels) per record.
+
+    An entry whose image is not among the records is an error, unless ``unknown_images`` is a list:
+    then the entry's message is appended to it and the entry left out (for ground truth that had to
+    skip images: their detections cannot be scored, and the caller says how many were left out)."""
     if not isinstance(entries, list):
         raise DetectionsFormatError(f"{source}: expected a JSON list of detections, got {type(entries).__name__}")
     records = list(records)
@@ -105,7 +110,13 @@ def detections_from_json(entries, records, classes, category_ids=None, coco_imag
         where = f"{source}: entry {n}"
         if not isinstance(entry, dict):
             raise DetectionsFormatError(f"{where}: expected an object, got {entry!r}")
-        img = index.find(entry, where)
+        try:
+            img = index.find(entry, where)
+        except DetectionsFormatError as err:
+            if unknown_images is None or "is not in the dataset" not in str(err):
+                raise
+            unknown_images.append(str(err))
+            continue
         name = entry.get("category", entry.get("category_name"))
         if name is not None:
             if name not in by_name:
@@ -140,17 +151,19 @@ def detections_from_json(entries, records, classes, category_ids=None, coco_imag
     return out
 
 
-def read_detections(path, dataset, category_ids=None):
-    """Read a COCO results JSON file onto ``dataset`` (a DetectionDataset) -> aligned detections."""
+def read_detections(path, dataset, category_ids=None, unknown_images=None):
+    """Read a COCO results JSON file onto ``dataset`` (a DetectionDataset) -> aligned detections
+    (``unknown_images``: see detections_from_json)."""
     try:
-        with open(path, "r", encoding="utf-8") as f:
+        with open(path, "r", encoding="utf-8-sig") as f:
             entries = json.load(f)
     except json.JSONDecodeError as err:
         raise DetectionsFormatError(f"{path}: not valid JSON (line {err.lineno}, column {err.colno}): {err.msg}")
     if category_ids is None:
         category_ids = getattr(dataset, "category_ids", None)
     return detections_from_json(entries, dataset.records, dataset.classes, category_ids,
-                                getattr(dataset, "coco_image_ids", None), source=str(path))
+                                getattr(dataset, "coco_image_ids", None), source=str(path),
+                                unknown_images=unknown_images)
 
 
 def detections_to_json(records, detections, classes, category_ids=None):

@@ -17,7 +17,12 @@ Scoring within a (motion range, area range) pair
   - any other unmatched detection compares its best IoU with motion-ignored gts (any class) and with
     the other gts (any class): FP = 1 when the non-ignored overlap is larger, 0 when the ignored one is,
     and on a tie (e.g. overlapping nothing) the fraction of the frame's gts that are motion-ignored, or,
-    in a frame without gts, the fraction of all gts of the dataset whose motion IoU is in the range.
+    in a frame without gts, the "empty weight": the fraction of the motion IoUs in the range, counted
+    over every gt of the dataset plus ONE pseudo motion IoU of 0 per frame without gts. (The official
+    ``.mat`` holds an empty (1,0) cell for such a frame, which the official loader reads as a single
+    0; the pseudo values enter nothing but this fraction. So a gt-less frame raises the weight of a
+    false positive on gt-less frames in the "fast" range, whose lower bound is 0, and lowers it in
+    "slow" and "medium".)
   Ignored gts do not count in the number of positives. With the full ranges nothing is ignored and this
   is the plain ImageNet VID AP (every unmatched detection is a FP).
 AP per class
@@ -34,7 +39,9 @@ Motion IoU (``motion_ious``)
   annotated (the reading used by the public re-implementations that regenerate the file).
   ``endpoints_only=True`` uses only the frames t-10 and t+10. A gt with no such neighbour (single-frame
   track, still image, track id -1) gets motion IoU 0.0, as the reference loader does for empty entries:
-  it then counts as "fast". Precomputed values (e.g. read from the official .mat) can be passed instead.
+  it then counts as "fast". Precomputed values can be passed instead: ``read_motion_iou_mat`` reads
+  the official ``imagenet_vid_groundtruth_motion_iou.mat`` (one cell per frame of VID_val_frames.txt,
+  one value per gt in XML object order), which gives the paper's exact breakdown.
   When no gt of the dataset has a track id (e.g. VOC frames), the motion breakdown is skipped and the
   result says so under "motion_skipped".
 Breakdowns reported: each motion range with the full area range, each area range with the full motion
@@ -90,6 +97,44 @@ def motion_ious(gt_records, window=10, endpoints_only=False):
         mean = np.where(count > 0, iou_sum / np.maximum(count, 1), 0.0)
         for (_, i, k), value in zip(items, mean):
             out[i][k] = value
+    return out
+
+
+def read_motion_iou_mat(path, gt_records):
+    """Per-gt motion IoUs from the official ``imagenet_vid_groundtruth_motion_iou.mat`` (FGFA release).
+
+    The file holds a cell array ``motion_iou`` with one cell per frame of the evaluated image set
+    (VID_val_frames.txt order), each a column of one value per gt box in the XML's object order, or
+    an empty (1,0) cell for a frame without gts. ``gt_records`` must be those frames in that order
+    (load_vid with that IMAGE_SET). Returns one float64 array per record for
+    ``vid_ap(precomputed_motion_ious=...)``. Errors name the file and the first frame that does not fit."""
+    import scipy.io
+    try:
+        mat = scipy.io.loadmat(path)
+    except FileNotFoundError:
+        raise ValueError(f"{path}: motion IoU file not found") from None
+    except Exception as exc:  # noqa: BLE001 - scipy raises ValueError, TypeError, MatReadError... on bad files
+        raise ValueError(f"{path}: not a readable MATLAB .mat file ({exc})") from None
+    if "motion_iou" not in mat:
+        raise ValueError(f"{path}: no 'motion_iou' variable (has {sorted(k for k in mat if not k.startswith('__'))})")
+    cells = np.asarray(mat["motion_iou"])
+    if cells.dtype != object:
+        raise ValueError(f"{path}: 'motion_iou' must be a cell array (one cell per frame), got a "
+                         f"{cells.dtype} array of shape {cells.shape}")
+    cells = cells.reshape(-1)
+    gt_records = list(gt_records)
+    if len(cells) != len(gt_records):
+        raise ValueError(f"{path}: {len(cells)} frames, but the ground truth has {len(gt_records)}: the file "
+                         f"belongs to another image set (the official one to VID_val_frames.txt, 176126 frames)")
+    out = []
+    for k, (cell, rec) in enumerate(zip(cells, gt_records)):
+        values = np.asarray(cell, np.float64).reshape(-1)  # uint8 cells (value 1) exist in the official file
+        if len(values) != rec.num_boxes:
+            raise ValueError(f"{path}: frame {k} ({rec.image_id}) has {len(values)} motion IoU value(s) for "
+                             f"{rec.num_boxes} gt box(es): boxes dropped while loading, or another image set")
+        if len(values) and (not np.all(np.isfinite(values)) or values.min() < 0 or values.max() > 1):
+            raise ValueError(f"{path}: frame {k} ({rec.image_id}) has motion IoUs outside [0, 1]: {values}")
+        out.append(values)
     return out
 
 
@@ -230,10 +275,12 @@ def vid_ap(gt_records, detections, classes, motion=True, area=True, iou=0.5, pix
     else:
         mious = [np.ones(r.num_boxes) for r in gt_records]  # unused: every range below is MOTION_ALL
     all_motion = np.concatenate(mious) if mious else np.zeros(0)
+    # the empty weight's population: every gt, plus one pseudo motion IoU of 0 per frame without gts
+    weight_population = np.concatenate([all_motion, np.zeros(sum(r.num_boxes == 0 for r in gt_records))])
 
     def evaluate_range(motion_range, area_range, with_curves=False):
-        in_range = (all_motion >= motion_range[0]) & (all_motion <= motion_range[1])
-        empty_weight = float(np.mean(in_range)) if len(all_motion) else 1.0
+        in_range = (weight_population >= motion_range[0]) & (weight_population <= motion_range[1])
+        empty_weight = float(np.mean(in_range)) if len(weight_population) else 1.0
         tp, fp, counted = matched.score_range(all_motion, motion_range, area_range, empty_weight)
         return matched.class_aps(tp, fp, counted, len(classes), with_curves)
 

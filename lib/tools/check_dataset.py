@@ -17,8 +17,9 @@ import sys
 import numpy as np
 
 from lib.dataset import DatasetError, detect_snippets, frame_number, load_dataset
-from lib.dataset.cli import add_dataset_args, dataset_spec
+from lib.dataset.cli import add_dataset_args, dataset_spec, empty_dataset_error
 from lib.dataset.io import IMAGE_EXTENSIONS
+from lib.tools import os_errors_are_user_errors
 
 
 def unannotated_images(dataset, spec):
@@ -104,22 +105,26 @@ def check(spec):
     return ds, result, w, h
 
 
+@os_errors_are_user_errors
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m lib.tools.check_dataset", description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataset_args(ap)
     ap.add_argument("--out", default=None, help="folder for check.json and box_sizes.png")
-    ap.add_argument("--check-images", choices=("exists", "header", "decode"), default="header",
-                    help="how much of each image to read (decode finds truncated files; slower)")
+    ap.add_argument("--check-images", choices=("exists", "intact", "header", "decode"), default="header",
+                    help="how much of each image to read: intact finds truncated files, header also reads the "
+                         "size (default), decode reads every pixel as training does (slower)")
     ap.add_argument("--compare-split", default=None, metavar="SPLIT",
                     help="another split of the same data: report snippets (near-duplicate frames) found in both")
     ap.add_argument("--fail-on-problems", action="store_true", help="exit 1 when a problem was found")
     args = ap.parse_args(argv)
-    spec = dataset_spec(args)
-    if spec["FORMAT"] not in ("recordio", "tfrecord"):
-        spec.setdefault("CHECK_IMAGES", args.check_images)
     try:
+        spec = dataset_spec(args)
+        if spec["FORMAT"] not in ("recordio", "tfrecord"):
+            spec.setdefault("CHECK_IMAGES", args.check_images)
         ds, result, w, h = check(spec)
+        if not len(ds):  # nothing checked is not a pass
+            raise empty_dataset_error(spec, ds)
     except DatasetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -135,6 +140,11 @@ def main(argv=None):
         print(f"{len(result['images_without_annotations'])} image(s) without annotations:")
         for p in result["images_without_annotations"][:20]:
             print(f"  {p}")
+    if not result["box_sizes"]["boxes"]:
+        result["problems"].append({"file": result["dataset"], "line": None,
+                                   "message": f"none of the {result['images']} images has a box: a detector "
+                                              f"cannot learn from it (class names not matching the classes "
+                                              f"file?)"})
     print(f"{len(result['problems'])} problem(s):")
     for i in result["problems"][:50]:
         where = f"{i['file']}:{i['line']}" if i["line"] is not None else i["file"]

@@ -14,11 +14,18 @@ import sys
 from lib.dataset import (DatasetError, export_tfrecord, pack_records, write_coco, write_csv, write_kitti,
                          write_label_map, write_voc)
 from lib.dataset.cli import add_dataset_args, dataset_from_args
+from lib.tools import os_errors_are_user_errors
 
 TARGETS = ("voc", "coco", "csv", "kitti", "recordio", "tfrecord")
 
 
 def convert(ds, to, out, images="copy", split_name="all"):
+    """Write ``ds`` in format ``to``. Returns the number of images written (recordio and tfrecord
+    decode-check every image and leave out the ones that fail, reported in ds.report)."""
+    if to == "recordio":
+        return pack_records(ds, out, progress=True)
+    if to == "tfrecord":
+        return export_tfrecord(ds, out)
     if to == "voc":
         write_voc(ds, out, split=split_name, images=images)
     elif to == "coco":
@@ -27,14 +34,12 @@ def convert(ds, to, out, images="copy", split_name="all"):
         write_csv(ds, out, classes_path=os.path.splitext(out)[0] + "_classes.csv")
     elif to == "kitti":
         write_kitti(ds, os.path.join(out, "label_2"))
-    elif to == "recordio":
-        pack_records(ds, out, progress=True)
-    elif to == "tfrecord":
-        export_tfrecord(ds, out)
     else:
         raise ValueError(f"unknown target format {to!r}")
+    return len(ds)
 
 
+@os_errors_are_user_errors
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m lib.tools.convert", description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -47,16 +52,23 @@ def main(argv=None):
     args = ap.parse_args(argv)
     try:
         ds = dataset_from_args(args)
-        if not len(ds) and ds.report.issues:
-            raise DatasetError(f"nothing to convert: every sample was skipped ({ds.report.summary()})")
-        convert(ds, args.to, args.out, images=args.images,
-                split_name=os.path.splitext(os.path.basename(args.split))[0] if args.split else "all")
+        if not len(ds):
+            raise DatasetError(f"--data {args.data}: nothing to convert, the dataset has no images"
+                               + (f" ({ds.report.summary()})" if ds.report.issues else ""))
+        skipped_before = ds.report.skipped_images
+        written = convert(ds, args.to, args.out, images=args.images,
+                          split_name=os.path.splitext(os.path.basename(args.split))[0] if args.split else "all")
         if args.label_map:
             write_label_map(args.label_map, ds.classes)
     except DatasetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"{len(ds)} images, {sum(r.num_boxes for r in ds)} boxes, classes {ds.classes} -> {args.to} {args.out}")
+    left_out = ds.report.skipped_images - skipped_before
+    print(f"{written} images, {sum(r.num_boxes for r in ds)} boxes, classes {ds.classes} -> {args.to} {args.out}")
+    if left_out:
+        first = ds.report.issues[-left_out]
+        print(f"warning: {left_out} image(s) left out because they fail to decode (first: {first['file']}: "
+              f"{first['message']})", file=sys.stderr)
     if ds.report.issues:
         print(ds.report.summary())
     return 0

@@ -10,8 +10,10 @@ import argparse
 import sys
 
 from lib.dataset import DatasetError, extract_frames, video_info
+from lib.tools import os_errors_are_user_errors
 
 
+@os_errors_are_user_errors
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m lib.tools.extract_frames", description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -26,7 +28,8 @@ def main(argv=None):
                     help="number files by the frame index in the video (source) or 0..K-1 (output)")
     args = ap.parse_args(argv)
     if args.every < 1:
-        ap.error("--every must be >= 1")
+        print(f"error: --every {args.every}: must be >= 1", file=sys.stderr)
+        return 2
     try:
         info = video_info(args.video)
         paths = extract_frames(args.video, args.out_dir, every=args.every, start=args.start, end=args.end,

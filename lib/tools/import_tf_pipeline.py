@@ -12,6 +12,8 @@ import sys
 
 import yaml
 
+from lib.tools import os_errors_are_user_errors
+
 _TOKEN = re.compile(r'\s*(?:(#[^\n]*)|("(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\')|([{}:\[\],;<>])|([^\s{}:\[\],;<>"\']+))')
 
 
@@ -246,14 +248,19 @@ def map_pipeline(config):
     return out, unmapped
 
 
+@os_errors_are_user_errors
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("pipeline", help="TF Object Detection API pipeline.config")
     parser.add_argument("--out", help="write the mapped yaml here (default: print it)")
     args = parser.parse_args(argv)
-    with open(args.pipeline, "r", encoding="utf-8") as f:
-        config = parse_text_proto(f.read(), args.pipeline)
-    mapped, unmapped = map_pipeline(config)
+    try:
+        with open(args.pipeline, "r", encoding="utf-8-sig") as f:
+            config = parse_text_proto(f.read(), args.pipeline)
+        mapped, unmapped = map_pipeline(config)
+    except PipelineParseError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     text = yaml.safe_dump(mapped, sort_keys=False)
     if args.out:
         with open(args.out, "w", encoding="utf-8") as f:

@@ -4,9 +4,11 @@
                               [--runtime mxnet|onnx]
 
 DIR is an artifact written by ``lib.tools.export`` or ``m2det-convert-model`` (docs/DESIGN.md).
-Writes OUT/annotated.mp4, OUT/frames/*.jpg (with --save-frames) and OUT/detections.json (COCO results
-format, one image_id per frame), and prints frames per second. Only mxnet or onnxruntime, numpy and
-OpenCV are needed: none of the training code is imported.
+Writes OUT/annotated.mp4 (every frame: at the input video's frame rate, 25 fps for a folder of frames,
+or --fps; frames of another size than the first are scaled into it, aspect kept, and the run says so),
+OUT/frames/*.jpg (with --save-frames) and OUT/detections.json (COCO results format, one image_id per
+frame), and prints frames per second. A user error is one 'error:' line and exit status 2. Only mxnet
+or onnxruntime, numpy and OpenCV are needed: none of the training code is imported.
 """
 import argparse
 import json
@@ -17,6 +19,8 @@ import time
 
 import cv2
 import numpy as np
+
+from lib.tools import os_errors_are_user_errors
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 # meta.json input.resize values that resize to input.size [H, W] ignoring the aspect ("square": older artifacts)
@@ -35,6 +39,22 @@ def load_ops_library():
 def _numeric_key(path):
     # frame10 after frame9: sort by the numbers in the name
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", os.path.basename(path))]
+
+
+DEFAULT_FPS = 25.0  # frame rate of the MP4 made from a folder of frames or an image (no rate of its own)
+
+
+def source_fps(source):
+    """The frame rate of a video file (OpenCV), or None for a folder, an image, or a video whose rate
+    is unknown or implausible (0, NaN, above 1000)."""
+    if os.path.isdir(source) or source.lower().endswith(IMAGE_EXTENSIONS) or not os.path.isfile(source):
+        return None
+    capture = cv2.VideoCapture(source)
+    try:
+        fps = float(capture.get(cv2.CAP_PROP_FPS) or 0.0) if capture.isOpened() else 0.0
+    finally:
+        capture.release()
+    return fps if np.isfinite(fps) and 0 < fps <= 1000 else None
 
 
 def iterate_frames(source):
@@ -74,6 +94,52 @@ def iterate_frames(source):
         raise SystemExit(f"error: {source}: the video has no readable frames")
 
 
+def read_meta(path):
+    """meta.json of an exported artifact (docs/DESIGN.md), checked: every error names the file and the
+    key (raised as SystemExit with an 'error:' line, what the tools print)."""
+    try:
+        with open(path, "r", encoding="utf-8-sig") as f:
+            meta = json.load(f)
+    except json.JSONDecodeError as err:
+        raise SystemExit(f"error: {path}: not valid JSON (line {err.lineno}, column {err.colno}: {err.msg}); "
+                         f"export the model again") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise SystemExit(f"error: {path}: cannot read ({err})") from None
+
+    def bad(key, what):
+        return SystemExit(f"error: {path}: {key} {what}")
+    if not isinstance(meta, dict):
+        raise bad("the file", f"must hold a JSON object, got {type(meta).__name__}")
+    classes = meta.get("classes")
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        raise bad('"classes"', f"must be a non-empty list of names, got {classes!r}")
+    spec = meta.get("input")
+    if not isinstance(spec, dict):
+        raise bad('"input"', f"must be an object (resize, size or short_side/max_size, mean, std), got {spec!r}")
+
+    def number_list(key, n, positive=False):
+        value = spec.get(key)
+        if not isinstance(value, list) or len(value) != n or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) and (v > 0 or not positive)
+                for v in value):
+            raise bad(f'"input.{key}"', f"must be {n} {'positive ' if positive else ''}numbers, got {value!r}")
+    if spec.get("resize") in FIXED_RESIZE:
+        number_list("size", 2, positive=True)
+    elif spec.get("resize") == "keep_ratio":
+        for key in ("short_side", "max_size"):
+            value = spec.get(key)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+                raise bad(f'"input.{key}"', f"must be a positive number, got {value!r}")
+    else:
+        raise bad('"input.resize"', f"must be one of {', '.join(FIXED_RESIZE + ('keep_ratio',))}, "
+                                    f"got {spec.get('resize')!r}")
+    if "mean" in spec:
+        number_list("mean", 3)
+    if "std" in spec:
+        number_list("std", 3, positive=True)
+    return meta
+
+
 class ExportedDetector:
     """An exported artifact (symbol+params or ONNX) with its pre- and post-processing."""
 
@@ -81,8 +147,7 @@ class ExportedDetector:
         meta_path = os.path.join(folder, "meta.json")
         if not os.path.isfile(meta_path):
             raise SystemExit(f"error: {folder}: no meta.json; export a model with python -m lib.tools.export")
-        with open(meta_path, "r", encoding="utf-8") as f:
-            self.meta = json.load(f)
+        self.meta = read_meta(meta_path)
         self.classes = self.meta["classes"]
         spec = self.meta["input"]
         self.mean = np.array(spec.get("mean", [0, 0, 0]), np.float32)
@@ -124,7 +189,7 @@ class ExportedDetector:
         names = [o.name for o in self.session.get_outputs()]
         symbol = os.path.join(folder, "model-symbol.json")
         if os.path.isfile(symbol):
-            with open(symbol, "r", encoding="utf-8") as f:
+            with open(symbol, "r", encoding="utf-8-sig") as f:
                 graph = json.load(f)
             heads = [graph["nodes"][h[0]]["name"] for h in graph["heads"]]
             if sorted(heads) == sorted(names):
@@ -177,59 +242,99 @@ def draw(frame_bgr, boxes, scores, labels, classes):
     return frame_bgr
 
 
-def run(model, source, output, thresh=0.5, runtime="mxnet", fps=25.0, save_frames=False, progress=True):
-    """Detect on every frame; returns a summary dict (frames, fps, detections, paths)."""
+def check_fps(fps, flag="--fps"):
+    """A frame rate to write at: a finite number > 0 (SystemExit with the flag named otherwise)."""
+    if fps is None or not np.isfinite(fps) or fps <= 0:
+        raise SystemExit(f"error: {flag} {fps:g}: the frame rate of the MP4 must be > 0")
+    return float(fps)
+
+
+def run(model, source, output, thresh=0.5, runtime="mxnet", fps=None, save_frames=False, progress=True):
+    """Detect on every frame; returns a summary dict (frames, fps, detections, paths, and how the
+    MP4's frame rate was chosen: ``video_fps`` and ``fps_from`` = "--fps", "video" (the source's
+    own rate) or "default" (DEFAULT_FPS for frames without a rate); ``resized_frames``: frames of
+    another size than the first, scaled into the video (lib.viz.VideoWriter))."""
+    from lib.viz import VideoWriter
+    if fps is not None:
+        fps, fps_from = check_fps(fps), "--fps"
+    else:
+        fps = source_fps(source)
+        fps_from = "video" if fps else "default"
+        fps = fps or DEFAULT_FPS
     detector = ExportedDetector(model, runtime)
-    os.makedirs(output, exist_ok=True)
-    if save_frames:
-        os.makedirs(os.path.join(output, "frames"), exist_ok=True)
-    results, writer, frames, elapsed = [], None, 0, 0.0
-    video_path = os.path.join(output, "annotated.mp4")
-    for name, frame in iterate_frames(source):
-        start = time.perf_counter()
-        boxes, scores, labels = detector(frame)
-        elapsed += time.perf_counter() - start
-        keep = scores >= thresh
-        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-        for box, score, label in zip(boxes, scores, labels):
-            results.append({"image_id": name, "category_id": int(label),
-                            "category": detector.classes[label] if label < len(detector.classes) else str(label),
-                            "bbox": [float(box[0]), float(box[1]), float(box[2] - box[0]), float(box[3] - box[1])],
-                            "score": float(score)})
-        annotated = draw(frame.copy(), boxes, scores, labels, detector.classes)
-        if writer is None:
-            h, w = annotated.shape[:2]
-            writer = cv2.VideoWriter(video_path, cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
-        writer.write(annotated)
+    try:
+        os.makedirs(output, exist_ok=True)
         if save_frames:
-            cv2.imwrite(os.path.join(output, "frames", f"{name}.jpg"), annotated)
-        frames += 1
-        if progress and frames % 25 == 0:
-            print(f"{frames} frames, {frames / elapsed:.1f} fps", file=sys.stderr)
-    if writer is not None:
-        writer.release()
+            os.makedirs(os.path.join(output, "frames"), exist_ok=True)
+    except OSError as err:
+        raise SystemExit(f"error: --output {output}: cannot create the folder ({err.strerror})") from None
+    results, frames, elapsed = [], 0, 0.0
+    video_path = os.path.join(output, "annotated.mp4")
+    notes = []
+    with VideoWriter(video_path, fps, mismatch="resize", color="bgr", warn=notes.append) as writer:
+        for name, frame in iterate_frames(source):
+            start = time.perf_counter()
+            boxes, scores, labels = detector(frame)
+            elapsed += time.perf_counter() - start
+            keep = scores >= thresh
+            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+            for box, score, label in zip(boxes, scores, labels):
+                results.append({"image_id": name, "category_id": int(label),
+                                "category": detector.classes[label] if label < len(detector.classes) else str(label),
+                                "bbox": [float(box[0]), float(box[1]), float(box[2] - box[0]),
+                                         float(box[3] - box[1])],
+                                "score": float(score)})
+            annotated = draw(frame.copy(), boxes, scores, labels, detector.classes)
+            writer.write(annotated)
+            while notes:  # the writer says it once, when the first frame of another size comes
+                print(f"note: {notes.pop()}", file=sys.stderr)
+            if save_frames:
+                cv2.imwrite(os.path.join(output, "frames", f"{name}.jpg"), annotated)
+            frames += 1
+            if progress and frames % 25 == 0:
+                print(f"{frames} frames, {frames / elapsed:.1f} fps", file=sys.stderr)
     json_path = os.path.join(output, "detections.json")
     with open(json_path + ".tmp", "w", encoding="utf-8") as f:
         json.dump(results, f)
     os.replace(json_path + ".tmp", json_path)
     summary = {"frames": frames, "fps": frames / elapsed if elapsed else 0.0, "detections": len(results),
-               "video": video_path, "json": json_path}
+               "video": video_path, "json": json_path, "video_fps": fps, "fps_from": fps_from,
+               "video_frames": writer.frames_written, "resized_frames": writer.resized_frames}
     return summary
 
 
+@os_errors_are_user_errors
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Run an exported detector on a video or frame folder.")
     parser.add_argument("--model", required=True, help="exported artifact folder (meta.json inside)")
     parser.add_argument("--input", required=True, help="video file, image, or folder of numbered frames")
     parser.add_argument("--output", required=True, help="output folder")
-    parser.add_argument("--thresh", type=float, default=0.5, help="score threshold for drawing and JSON")
+    parser.add_argument("--thresh", type=float, default=0.5, help="score threshold for drawing and JSON (0..1)")
     parser.add_argument("--runtime", choices=["mxnet", "onnx"], default="mxnet")
-    parser.add_argument("--fps", type=float, default=25.0, help="frame rate of the written MP4")
+    parser.add_argument("--fps", type=float, default=None,
+                        help=f"frame rate of the written MP4 (default: the input video's own; {DEFAULT_FPS:g} for "
+                             f"a folder of frames)")
     parser.add_argument("--save-frames", action="store_true", help="also write annotated JPEGs")
     args = parser.parse_args(argv)
-    summary = run(args.model, args.input, args.output, args.thresh, args.runtime, args.fps, args.save_frames)
+    try:
+        if not 0 <= args.thresh <= 1:
+            raise SystemExit(f"error: --thresh {args.thresh:g}: a score threshold must be in [0, 1]")
+        if args.fps is not None:
+            check_fps(args.fps)
+        summary = run(args.model, args.input, args.output, args.thresh, args.runtime, args.fps, args.save_frames)
+    except SystemExit as exc:  # user errors are raised as SystemExit("error: ..."): one line, status 2
+        if not isinstance(exc.code, str):
+            raise
+        print(exc.code if exc.code.startswith("error:") else f"error: {exc.code}", file=sys.stderr)
+        return 2
+    rate = {"--fps": "--fps", "video": "the input video's rate",
+            "default": f"default for frames without a rate; --fps sets it"}[summary["fps_from"]]
     print(f"{summary['frames']} frames at {summary['fps']:.1f} fps (model only); "
-          f"{summary['detections']} detections >= {args.thresh}; wrote {summary['video']} and {summary['json']}")
+          f"{summary['detections']} detections >= {args.thresh}; wrote {summary['video']} "
+          f"({summary['video_frames']} frames at {summary['video_fps']:g} fps: {rate}) and {summary['json']}")
+    if summary["resized_frames"]:
+        print(f"note: {summary['resized_frames']} frame(s) of another size than the first were scaled into the "
+              f"video (aspect kept); detections.json holds their boxes in their own pixels")
     return 0
 
 

@@ -10,8 +10,10 @@ import sys
 
 from lib.dataset import DatasetError, load_recordio, pack_records
 from lib.dataset.cli import add_dataset_args, dataset_from_args
+from lib.tools import os_errors_are_user_errors
 
 
+@os_errors_are_user_errors
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m lib.tools.pack_records", description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -21,11 +23,18 @@ def main(argv=None):
     args = ap.parse_args(argv)
     try:
         ds = dataset_from_args(args)
+        if not len(ds):
+            raise DatasetError(f"--data {args.data}: nothing to pack, the dataset has no images"
+                               + (f" ({ds.report.summary()})" if ds.report.issues else ""))
         n = pack_records(ds, args.out, progress=True)
     except DatasetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"packed {n} records ({sum(r.num_boxes for r in ds)} boxes, {ds.num_classes} classes) into {args.out}.rec")
+    if n < len(ds):
+        first = ds.report.issues[n - len(ds)]
+        print(f"warning: {len(ds) - n} image(s) not packed because they fail to decode (first: {first['file']}: "
+              f"{first['message']})", file=sys.stderr)
     if ds.report.issues:
         print(ds.report.summary())
     if args.inspect:

@@ -25,6 +25,7 @@ import numpy as np
 from lib.bbox import box_iou_np
 from lib.runtime import quantize_block
 from lib.tools.infer import ExportedDetector, iterate_frames
+from lib.tools import os_errors_are_user_errors
 
 
 def calibration_batches(detector, source, num):
@@ -110,7 +111,7 @@ def _write_meta(out_dir, meta):
 
 
 def quantize(model_dir, calib_source, out_dir, num_calib=16, calib_mode="naive", exclude=(), check=True,
-             exclude_operators=(), min_agreement=0.5):
+             exclude_operators=(), min_agreement=0.5, name=None):
     """Write the int8 artifact and, with ``check``, compare it with the fp32 one on the calibration
     frames: broken boxes or fewer than ``min_agreement`` of the fp32 detections found again -> retried
     once with FALLBACK_FLOAT_OPERATORS in float (when the caller chose no operators); broken boxes
@@ -131,7 +132,7 @@ def quantize(model_dir, calib_source, out_dir, num_calib=16, calib_mode="naive",
         problem = None
         if check:
             meta["quantized"]["check"] = check_against_fp32(model_dir, out_dir, frames)
-            problem = _problem(meta["quantized"]["check"], model_dir, out_dir, min_agreement)
+            problem = _problem(meta["quantized"]["check"], model_dir, name or out_dir, min_agreement)
             _write_meta(out_dir, meta)
         if problem is None:
             break
@@ -147,6 +148,7 @@ def quantize(model_dir, calib_source, out_dir, num_calib=16, calib_mode="naive",
     return out_dir
 
 
+@os_errors_are_user_errors
 def main(argv=None):
     parser = argparse.ArgumentParser(description="int8-quantize an exported detector (CPU, MKLDNN).")
     parser.add_argument("--model", required=True, help="exported fp32 artifact folder")
@@ -160,17 +162,32 @@ def main(argv=None):
     parser.add_argument("--no-check", action="store_true",
                         help="keep the int8 artifact even when it does not reproduce the fp32 detections")
     args = parser.parse_args(argv)
-    if os.path.abspath(args.out) == os.path.abspath(args.model):
-        raise SystemExit("error: --out must differ from --model (the fp32 artifact is kept)")
-    if os.path.isdir(args.out):
-        shutil.rmtree(args.out)
+    out = os.path.abspath(args.out)
+    work = f"{out}.tmp{os.getpid()}"  # written here, moved into place when complete
     try:
-        quantize(args.model, args.calib, args.out, args.num_calib, args.calib_mode, args.exclude,
-                 check=not args.no_check, exclude_operators=args.exclude_ops)
+        if out == os.path.abspath(args.model):
+            raise SystemExit("error: --out must differ from --model (the fp32 artifact is kept)")
+        if args.num_calib < 1:
+            raise SystemExit(f"error: --num-calib {args.num_calib}: needs at least 1 calibration frame")
+        if os.path.exists(out) and not (os.path.isdir(out) and (not os.listdir(out) or
+                                                                os.path.isfile(os.path.join(out, "meta.json")))):
+            raise SystemExit(f"error: --out {args.out}: exists and is not an exported artifact (no meta.json): "
+                             f"refusing to replace it")
+        quantize(args.model, args.calib, work, args.num_calib, args.calib_mode, args.exclude,
+                 check=not args.no_check, exclude_operators=args.exclude_ops, name=args.out)
+        if os.path.isdir(out):
+            shutil.rmtree(out)  # an earlier artifact (or an empty folder), replaced only now
+        os.rename(work, out)
     except QuantizationCheckError as err:
-        shutil.rmtree(args.out, ignore_errors=True)
         print(f"error: {err} (nothing written; --no-check keeps it)", file=sys.stderr)
         return 5
+    except SystemExit as exc:  # user errors are raised as SystemExit("error: ..."): one line, status 2
+        if not isinstance(exc.code, str):
+            raise
+        print(exc.code if exc.code.startswith("error:") else f"error: {exc.code}", file=sys.stderr)
+        return 2
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     print(f"wrote int8 artifact {args.out}")
     return 0
 

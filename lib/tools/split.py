@@ -16,7 +16,8 @@ import sys
 import numpy as np
 
 from lib.dataset import DatasetError, load_dataset
-from lib.dataset.cli import add_dataset_args, dataset_spec
+from lib.dataset.cli import add_dataset_args, dataset_spec, empty_dataset_error
+from lib.tools import os_errors_are_user_errors
 
 
 def split_dataset(dataset, by="random", test_fraction=0.2, seed=0):
@@ -50,6 +51,7 @@ def _list_id(rec):
     return os.path.splitext(os.path.basename(rec.image_id))[0]
 
 
+@os_errors_are_user_errors
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m lib.tools.split", description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -60,15 +62,26 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--names", default="train,test", help="names of the two lists (default train,test)")
     args = ap.parse_args(argv)
-    names = args.names.split(",")
-    if len(names) != 2:
-        ap.error("--names needs two comma-separated names")
+    names = [n.strip() for n in args.names.split(",")]
+    if len(names) != 2 or not all(names) or names[0] == names[1]:
+        print(f"error: --names {args.names!r}: needs two different comma-separated names", file=sys.stderr)
+        return 2
+    if not 0 < args.test_fraction < 1:
+        print(f"error: --test-fraction {args.test_fraction:g}: must be between 0 and 1 (exclusive)", file=sys.stderr)
+        return 2
     try:
         spec = dataset_spec(args)
         ds = load_dataset(spec)
+        if not len(ds):
+            raise empty_dataset_error(spec, ds)
         if args.by == "snippet" and all(r.video is None for r in ds):
             raise DatasetError("--by snippet: no snippets in this dataset (give --snippets for numbered frames)")
         train, test = split_dataset(ds, args.by, args.test_fraction, args.seed)
+        for name, side in zip(names, (train, test)):
+            if not side:
+                raise DatasetError(f"--test-fraction {args.test_fraction:g} of {len(ds)} image(s)"
+                                   + (f" in {len({r.video for r in ds})} snippet(s)" if args.by == "snippet" else "")
+                                   + f" leaves the {name} list empty")
     except (DatasetError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
