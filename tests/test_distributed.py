@@ -372,7 +372,9 @@ def _oracle_parameters(record, union_steps):
     """One process, one context, no kvstore, the same SGD on the union of the workers' batches."""
     images, labels = dist_check.make_data(record["samples"], record["image_size"], record["seed"])
     net = dist_check.build_net(record["seed"], [mx.cpu()], record["width"], record["image_size"])  # rank 0's seed
-    trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": record["lr"], "momentum": 0.9, "wd": 1e-4})
+    trained = {n: p for n, p in net._collect_params_with_prefix().items() if p.grad_req != "null"}
+    assert sorted(trained) == ["1.bias", "1.weight", "3.bias", "3.weight"]   # the first conv is frozen
+    trainer = gluon.Trainer(trained, "sgd", {"learning_rate": record["lr"], "momentum": 0.9, "wd": 1e-4})
     loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
     for chosen in union_steps:
         with autograd.record():
@@ -427,6 +429,20 @@ def test_launcher_stops_the_job_when_a_worker_fails_and_names_its_error(tmp_path
     assert last.startswith("launch: worker ") and "failed (exit code 1)" in last
     assert last.endswith("RuntimeError: dist_check: simulated failure on rank 1 after step 1"), last
     assert not (tmp_path / "job" / "rank0.npz").exists()   # rank 0 was stopped, not finished
+
+
+def test_launcher_timeout_and_a_worker_that_never_joins_end_the_job(tmp_path):
+    sleeper = [sys.executable, "-c", "import time; time.sleep(120)"]
+    result, tag = _launch(["-n", "2", "-s", "1", "--"] + sleeper, tmp_path, timeout=3)
+    _assert_reaped(tag)
+    assert result.returncode == 124
+    assert "launch: the job ran longer than --timeout 3 s" in result.stderr
+    # worker 0 ends at once without joining the kvstore, worker 1 (as the scheduler) waits for it
+    one_quits = [sys.executable, "-c", "import os, time; os.environ['DMLC_WORKER_ID'] == '0' or time.sleep(120)"]
+    result, tag = _launch(["-n", "2", "-s", "1", "--"] + one_quits, tmp_path)   # --grace 5
+    _assert_reaped(tag)
+    assert result.returncode == 1
+    assert "launch: worker 0 exited 5 s ago but worker 1 still run(s)" in result.stderr
 
 
 def test_launcher_ctrl_c_stops_every_process(tmp_path):

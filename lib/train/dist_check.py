@@ -30,7 +30,9 @@ NUM_CLASSES = 3
 
 
 def build_net(seed, ctxs, width=4, image_size=8):
-    """A small conv net (no BatchNorm: its running statistics are per device and per worker)."""
+    """A small conv net (no BatchNorm: its running statistics are per device and per worker). Its
+    first convolution is frozen, as a detector's stem: the Trainer does not hold it, so a worker
+    gets rank 0's copy only from DistributedInfo.sync_start's broadcast of the other parameters."""
     net = nn.HybridSequential()
     net.add(nn.Conv2D(width, 3, padding=1, activation="relu"),
             nn.Conv2D(width, 3, strides=2, padding=1, activation="relu"),
@@ -38,8 +40,13 @@ def build_net(seed, ctxs, width=4, image_size=8):
             nn.Dense(NUM_CLASSES))
     mx.random.seed(seed)
     net.initialize(mx.init.Xavier(magnitude=2.0), ctx=ctxs)
+    net[0].collect_params().setattr("grad_req", "null")
     net(mx.nd.zeros((1, 3, image_size, image_size), ctx=ctxs[0]))  # shapes known before any broadcast
     return net
+
+
+def trained_parameters(net):
+    return {name: p for name, p in net._collect_params_with_prefix().items() if p.grad_req != "null"}
 
 
 def make_data(num_samples, image_size, seed):
@@ -51,7 +58,7 @@ def make_data(num_samples, image_size, seed):
 
 
 def make_trainer(net, kvstore, lr=0.1):
-    return gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": lr, "momentum": 0.9, "wd": 1e-4},
+    return gluon.Trainer(trained_parameters(net), "sgd", {"learning_rate": lr, "momentum": 0.9, "wd": 1e-4},
                          kvstore=kvstore, update_on_kvstore=False)
 
 
