@@ -192,8 +192,9 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--batch", type=int, default=4, help="samples per worker and step")
     parser.add_argument("--samples", type=int, default=24, help="size of the synthetic training set")
-    parser.add_argument("--image-size", type=int, default=8)
-    parser.add_argument("--width", type=int, default=4, help="channels of the conv layers")
+    parser.add_argument("--image-size", type=int, default=16)
+    parser.add_argument("--width", type=int, default=8,
+                        help="channels of the conv layers (8 at 16x16: oneDNN keeps the second conv's weights in its own layout)")
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--step-timeout", type=float, default=120.0,

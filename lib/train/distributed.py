@@ -353,12 +353,21 @@ class DistributedInfo:
            whose weights were the summed gradients.
         2. With ``block``: its parameters the Trainer does not hold (BatchNorm running statistics,
            frozen layers) are broadcast from rank 0 too (``broadcast_from_chief``).
+        3. (distributed only) every parameter is first copied into fresh arrays: after a forward pass
+           outside autograd (a model materialised with a tiny input, an evaluation) MXNet's CPU
+           convolution keeps its weights in oneDNN's blocked layout, which the dist kvstore cannot
+           send ("We can't generate TBlob for MKLDNN data"). The copies are exact.
         Deferred (not yet shaped) parameters are an error: run one forward pass first.
         """
         pending = [p.name for p in trainer._params if p._deferred_init]
         if pending:
             raise DistributedError(f"parameters without a shape yet ({', '.join(pending[:5])}): run one "
                                    f"forward pass before sync_start")
+        if self.distributed:
+            params = list(trainer._params)
+            if block is not None:
+                params += list(block._collect_params_with_prefix().values())
+            _fresh_default_layout(params)
         if not trainer._kv_initialized:
             trainer._init_kvstore()
         if trainer._params_to_init:
@@ -393,6 +402,21 @@ class DistributedInfo:
     def watchdog(self, timeout, what="training step"):
         """A started ``Watchdog`` naming this rank (see there)."""
         return Watchdog(timeout, what=what, label=f"rank {self.rank}" if self.distributed else "worker").start()
+
+
+def _fresh_default_layout(params):
+    """Copy each parameter's data into new arrays in MXNet's default layout (Parameter.reset_ctx
+    re-creates them from one copy; through a single context first, because with several it would
+    average the copies, which need not give back the same float)."""
+    seen = set()
+    for param in params:
+        if id(param) in seen or param._data is None:
+            continue
+        seen.add(id(param))
+        ctxs = param.list_ctx()
+        if len(ctxs) > 1:
+            param.reset_ctx(ctxs[0])
+        param.reset_ctx(ctxs)
 
 
 # ----------------------------------------------------------------------------------------------
