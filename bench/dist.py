@@ -4,7 +4,8 @@
     python -m bench.dist [--model tiny|resnet18_v1|...] [--workers 1,2] [--servers 1] [--batch 8]
                          [--image-size 64] [--steps 20] [--warmup 3] [--json OUT.json]
     python -m bench.dist --quick               # tiny sizes (a smoke run)
-    python -m bench.dist --param-bytes fgfa     # parameter bytes of the paper-size FGFA (docs/distributed.md)
+    python -m bench.dist --param-bytes fgfa [--macs]   # parameter bytes (and a training step's GMACs)
+                                                       # of the paper-size FGFA (docs/distributed.md)
 
 Rows: one process without a kvstore (the baseline), then for each worker count a dist_sync job
 started by lib.tools.launch (1 scheduler, --servers servers, W workers, each on its own shard of
@@ -188,8 +189,9 @@ def human_bytes(n):
         n /= 1000.0
 
 
-def fgfa_param_bytes(settings):
-    """Parameter counts of the FGFA configs (built with fgfa.train.build_model, random weights)."""
+def fgfa_param_bytes(settings, macs=False):
+    """Parameter counts of the FGFA configs (built with fgfa.train.build_model, random weights);
+    with ``macs`` also the convolution work of a training step (fgfa_forward_gmacs)."""
     from fgfa.config import get_config
     from fgfa.train import build_model
     cfg_dir = os.path.join(PROJECT_ROOT, "experiments", "fgfa_rfcn", "cfgs")
@@ -205,10 +207,36 @@ def fgfa_param_bytes(settings):
                 parts[part] = trained_bytes(block)[1]
         total = sum(int(np.prod(p.shape)) for p in model._collect_params_with_prefix().values())
         count, nbytes = trained_bytes(model)
-        rows.append({"setting": name, "config": cfg_name, "parameters": total, "trained_parameters": count,
-                     "trained_bytes": nbytes, "trained_bytes_by_part": parts})
+        row = {"setting": name, "config": cfg_name, "parameters": total, "trained_parameters": count,
+               "trained_bytes": nbytes, "trained_bytes_by_part": parts}
+        if macs:
+            row["forward_gmacs"] = fgfa_forward_gmacs(model, cfg)
+        rows.append(row)
         del model
     return rows
+
+
+def fgfa_forward_gmacs(model, cfg):
+    """Convolution GMACs of one training step's forward pass (lib.flops.conv_macs, one real forward
+    of each part on random input at the training scale): the features (+ embedding) of every frame
+    of the step, the flows of the key frame to each reference frame, the R-FCN head's convolutions
+    (the position-sensitive pooling is not a convolution). Backward costs about twice the forward."""
+    from lib.flops import conv_macs
+    height, width = cfg.IMAGE.SCALES[0]
+    image = mx.nd.random.uniform(shape=(1, 3, height, width))
+    frames = 3 if model.aggregate else 1           # the key frame and 2 reference frames (reference repo)
+    per_frame = conv_macs(model.features, image)
+    feat = model.features(image)
+    out = {"features_per_frame": per_frame / 1e9, "frames_per_step": frames}
+    if model.aggregate:
+        out["embed_per_frame"] = conv_macs(model.embed, feat) / 1e9
+        out["flow_per_pair"] = conv_macs(model.flownet, image, image) / 1e9
+    half = model.feat_channels // 2
+    rois = mx.nd.array([[0, 0, 0, 15, 15]])
+    out["head"] = (conv_macs(model.rpn, feat[:, :half]) + conv_macs(model.rfcn, feat[:, half:], rois)) / 1e9
+    out["step_forward"] = (frames * (out["features_per_frame"] + out.get("embed_per_frame", 0.0))
+                           + (frames - 1) * out.get("flow_per_pair", 0.0) + out["head"])
+    return out
 
 
 FGFA_SETTINGS = {
@@ -235,6 +263,9 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="tiny sizes, 2 timed steps (a smoke run)")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--param-bytes", choices=("fgfa",), help="print the FGFA parameter bytes and exit")
+    parser.add_argument("--macs", action="store_true",
+                        help="with --param-bytes: also count a training step's convolution GMACs (one "
+                             "forward pass of each part at the training scale: seconds on a CPU)")
     # worker mode (started by lib.tools.launch)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--kvstore", default="dist_sync", help=argparse.SUPPRESS)
@@ -244,11 +275,14 @@ def main(argv=None):
         run_worker(args)
         return 0
     if args.param_bytes:
-        rows = fgfa_param_bytes(FGFA_SETTINGS)
+        rows = fgfa_param_bytes(FGFA_SETTINGS, macs=args.macs)
         for row in rows:
             parts = ", ".join(f"{k} {human_bytes(v)}" for k, v in row["trained_bytes_by_part"].items())
             print(f"{row['setting']}: {row['parameters'] / 1e6:.2f} M parameters, {row['trained_parameters'] / 1e6:.2f} M "
                   f"trained = {human_bytes(row['trained_bytes'])} float32 ({parts})")
+            if "forward_gmacs" in row:
+                print("  forward GMACs of a training step: " + ", ".join(
+                    f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}" for k, v in row["forward_gmacs"].items()))
         if args.json:
             with open(args.json, "w", encoding="utf-8") as f:
                 json.dump(rows, f, indent=1)
