@@ -335,13 +335,13 @@ def _job_processes(tag):
     return found
 
 
-def _launch(args, tmp_path, extra_env=None, timeout=JOB_TIMEOUT):
+def _launch(args, tmp_path, extra_env=None, timeout=JOB_TIMEOUT, grace=5):
     """Run the launcher as a user would; returns (CompletedProcess, tag). Bounded twice: the
     launcher's --timeout, and on our side SIGTERM (the launcher then stops its job) then SIGKILL."""
     tag = f"VIDEODET_TEST_JOB={uuid.uuid4().hex}"
     env = dict(os.environ, PYTHONPATH=PROJECT_ROOT, **(extra_env or {}))
     env[tag.split("=")[0]] = tag.split("=")[1]
-    cmd = [sys.executable, "-m", "lib.tools.launch", "--timeout", str(timeout), "--grace", "5"] + args
+    cmd = [sys.executable, "-m", "lib.tools.launch", "--timeout", str(timeout), "--grace", str(grace)] + args
     proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         out, err = proc.communicate(timeout=timeout + 30)
@@ -431,18 +431,30 @@ def test_launcher_stops_the_job_when_a_worker_fails_and_names_its_error(tmp_path
     assert not (tmp_path / "job" / "rank0.npz").exists()   # rank 0 was stopped, not finished
 
 
+def test_workers_started_with_different_settings_stop_with_a_clear_message(tmp_path):
+    """check_same_on_all in a real job: each worker gets --seed = its launch index."""
+    script = f"exec {shlex.quote(sys.executable)} -m lib.train.dist_check --out {shlex.quote(str(tmp_path / 'job'))} " \
+             f"--seed $DMLC_WORKER_ID"
+    result, tag = _launch(["-n", "2", "-s", "1", "--", "sh", "-c", script], tmp_path)
+    _assert_reaped(tag)
+    assert result.returncode == 2, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert "dist_check: rank 1: --steps --batch --samples --seed --width --image-size is" in last, last
+    assert "on rank 0" in last
+
+
 def test_launcher_timeout_and_a_worker_that_never_joins_end_the_job(tmp_path):
     sleeper = [sys.executable, "-c", "import time; time.sleep(120)"]
-    result, tag = _launch(["-n", "2", "-s", "1", "--"] + sleeper, tmp_path, timeout=3)
+    result, tag = _launch(["-n", "2", "-s", "1", "--"] + sleeper, tmp_path, timeout=2, grace=2)
     _assert_reaped(tag)
     assert result.returncode == 124
-    assert "launch: the job ran longer than --timeout 3 s" in result.stderr
+    assert "launch: the job ran longer than --timeout 2 s" in result.stderr
     # worker 0 ends at once without joining the kvstore, worker 1 (as the scheduler) waits for it
     one_quits = [sys.executable, "-c", "import os, time; os.environ['DMLC_WORKER_ID'] == '0' or time.sleep(120)"]
-    result, tag = _launch(["-n", "2", "-s", "1", "--"] + one_quits, tmp_path)   # --grace 5
+    result, tag = _launch(["-n", "2", "-s", "1", "--"] + one_quits, tmp_path, grace=2)
     _assert_reaped(tag)
     assert result.returncode == 1
-    assert "launch: worker 0 exited 5 s ago but worker 1 still run(s)" in result.stderr
+    assert "launch: worker 0 exited 2 s ago but worker 1 still run(s)" in result.stderr
 
 
 def test_launcher_ctrl_c_stops_every_process(tmp_path):

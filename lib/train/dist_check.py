@@ -13,6 +13,7 @@ parameters and that they equal one single-process run, on one context, over the 
 workers' batches of each step (prints the largest difference; exit 1 if above --tolerance).
 On a cluster, DIR must be on a filesystem every host writes to (or copy the files together).
 ``--fail-rank R`` makes rank R raise after its first step (to see how a job ends when a worker dies).
+Workers started with different settings stop at once (DistributedInfo.check_same_on_all).
 """
 import argparse
 import json
@@ -24,7 +25,7 @@ import numpy as np
 from mxnet import autograd, gluon
 from mxnet.gluon import nn
 
-from .distributed import DistributedInfo, create_kvstore, mark_finished, parse_contexts, shard, split_batch
+from .distributed import DistributedError, DistributedInfo, create_kvstore, mark_finished, parse_contexts, shard, split_batch
 
 NUM_CLASSES = 3
 
@@ -92,6 +93,8 @@ def run_worker(args):
     kvstore = create_kvstore(args.kvstore, key="--kvstore")
     info = DistributedInfo(kvstore, ctxs)
     print(f"dist_check: {info.describe()}", flush=True)
+    info.check_same_on_all([args.steps, args.batch, args.samples, args.seed, args.width, args.image_size],
+                           "--steps --batch --samples --seed --width --image-size")
     watchdog = info.watchdog(args.step_timeout, what="broadcast of rank 0's parameters")
     images, labels = make_data(args.samples, args.image_size, args.seed)
     net = build_net(args.seed + 1000 * info.rank, ctxs, args.width, args.image_size)
@@ -209,7 +212,7 @@ def main(argv=None):
     from ..config import ConfigError
     try:
         return run_worker(args)
-    except ConfigError as err:
+    except (ConfigError, DistributedError) as err:   # settings that differ between workers, too
         print(f"dist_check: {err}", file=sys.stderr)
         return 2
 

@@ -390,8 +390,9 @@ class DistributedInfo:
         self.broadcast_from_chief([chief])
         chief = chief.asnumpy()
         if not np.array_equal(chief, mine):
-            raise DistributedError(f"rank {self.rank}: {what} is {mine.tolist()} here but {chief.tolist()} "
-                                   f"on rank 0")
+            def show(values):
+                return "[" + ", ".join(f"{v:g}" for v in values) + "]"
+            raise DistributedError(f"rank {self.rank}: {what} is {show(mine)} here but {show(chief)} on rank 0")
         return chief.tolist()
 
     def barrier(self):
