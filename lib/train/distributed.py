@@ -9,8 +9,9 @@ module holds the pieces around it:
 - ``split_batch``: one batch over several contexts (arrays, per-sample lists, tuples of both).
 - ``create_kvstore`` + ``DistributedInfo``: the kvstore of the job and this worker's rank in it,
   ``is_chief`` (rank 0: the only one that writes checkpoints, logs, TensorBoard, evaluation),
-  ``broadcast_from_chief`` (rank 0's arrays to every worker: initial weights, auxiliary states),
-  ``check_same_on_all`` (e.g. every rank resumed from rank 0's checkpoint).
+  ``sync_start`` (every worker starts from rank 0's parameters; call before the first step),
+  ``broadcast_from_chief`` (rank 0's arrays to every worker), ``check_same_on_all`` (e.g. every
+  rank resumed from rank 0's checkpoint); ``mark_finished`` at the normal end of a worker.
 - ``shard``: each worker's part of the training set, reshuffled every epoch from the seed.
 - ``effective_batch_size`` / ``scale_learning_rate``: the batch the optimizer sees and the LR rule.
 - ``Watchdog``: bounds every wait of a worker, so a dead peer ends the job with a message instead of
@@ -339,8 +340,9 @@ class DistributedInfo:
             if param._deferred_init:
                 raise DistributedError(f"parameter {name} has no shape yet: run one forward pass before "
                                        f"broadcasting")
-            groups.append(param.list_data())
-        self.broadcast_from_chief(groups)
+            groups.append(param)
+        _fresh_default_layout(groups)   # the dist kvstore cannot send oneDNN-layout weights (sync_start)
+        self.broadcast_from_chief([param.list_data() for param in groups])
 
     def sync_start(self, trainer, block=None):
         """Make every worker start from rank 0's state; call after building (or resuming) the
