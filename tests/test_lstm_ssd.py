@@ -381,7 +381,7 @@ def test_int8_streaming_follows_the_float_model(over):
 
 def test_int8_calibration_checks_shape_and_pruning_drops_the_copies():
     _, net = _tiny(TINY_A, seed=5)
-    with pytest.raises(ValueError, match="MODEL.IMAGE_SIZE"):
+    with pytest.raises(ValueError, match="INPUT.SIZE"):
         net.quantize_int8(np.zeros((2, 3, 32, 32), np.float32))
     if not mx.runtime.Features().is_enabled("MKLDNN"):
         pytest.skip("the shape check passed; int8 calibration needs an MKLDNN (oneDNN) build of MXNet")

@@ -10,7 +10,7 @@ import os
 import cv2
 import numpy as np
 
-from .errors import DatasetError, DatasetReport, ImageReadError
+from .errors import DatasetError, DatasetReport, ImageReadError, logger
 from .labelmap import load_classes_file
 
 __all__ = ["DatasetError", "DatasetReport", "ImageReadError", "read_image", "decode_image_bytes", "image_size",

@@ -137,20 +137,3 @@ def load_recordio(prefix, classes=None, name=None, strict=False, report=None):
     report.log_summary()
     dataset.report = report
     return dataset
-
-
-def read_record_image(path):
-    """Bytes of the image stored at '<file>.rec#<index>' (one open reader per process and file)."""
-    import mxnet as mx
-    rec_path, idx = path.rsplit("#", 1)
-    key = (os.getpid(), rec_path)
-    if key not in _READERS:
-        idx_path = rec_path[:-4] + ".idx"
-        if not os.path.isfile(rec_path) or not os.path.isfile(idx_path):
-            raise ImageReadError(f"{path}: record file or its .idx not found")
-        _READERS[key] = mx.recordio.MXIndexedRecordIO(idx_path, rec_path, "r")
-    try:
-        _, data = mx.recordio.unpack(_READERS[key].read_idx(int(idx)))
-    except Exception as exc:  # noqa: BLE001
-        raise ImageReadError(f"{path}: cannot read record ({exc})") from None
-    return data

@@ -6,6 +6,7 @@
 - convert: between dataset formats
 - draw: annotations into PNGs, green/red by anchor coverage
 - pack_records: dataset -> MXNet RecordIO (.rec/.idx/.lst)
+- launch: a distributed training job on MXNet's parameter server (scheduler, servers, workers)
 - evaluate, infer, quantize, import_tf_pipeline: see their own --help
 
 A user error is one 'error:' line naming the option, file or key, and exit status 2.
