@@ -157,7 +157,7 @@ class LSTMSSD(gluon.Block):
     def step(self, frames, state, extractor="large"):
         """One frame per sequence: frames (B,3,H,W) -> (cls (B,P,C+1), box (B,P,4), new_state)."""
         if tuple(frames.shape[-2:]) != self.image_hw:
-            raise ValueError(f"frames of {tuple(frames.shape[-2:])} (H, W); this model takes MODEL.IMAGE_SIZE "
+            raise ValueError(f"frames of {tuple(frames.shape[-2:])} (H, W); this model takes INPUT.SIZE "
                              f"{list(self.image_hw)} (resize first, as StreamingDetector.step does)")
         feats = self._part(f"extractor_{extractor}", self.extractor(extractor))(frames)
         if self.memory is None:
@@ -193,7 +193,7 @@ class LSTMSSD(gluon.Block):
         projection and the head. The Bottleneck-LSTM steps stay in float: MXNet 1.9.1 crashes building
         the quantized three-input step graph (lstm_ssd/README.md).
 
-        ``calib_frames``: (B,3,H,W) RGB 0..255 frames at MODEL.IMAGE_SIZE (a few training frames; the
+        ``calib_frames``: (B,3,H,W) RGB 0..255 frames at INPUT.SIZE (a few training frames; the
         callers spread them over the training set for varied scenes). The head is calibrated on the
         memory outputs of streaming them in order from a zero state (after every large step, also the
         small extractor's output from the same state). Afterwards
@@ -205,7 +205,7 @@ class LSTMSSD(gluon.Block):
         calib = mx.nd.array(np.asarray(calib_frames, np.float32))
         if calib.ndim != 4 or tuple(calib.shape[-2:]) != self.image_hw:
             raise ValueError(f"calibration frames of shape {tuple(calib.shape)}; expected (B, 3) + "
-                             f"MODEL.IMAGE_SIZE {list(self.image_hw)}")
+                             f"INPUT.SIZE {list(self.image_hw)}")
         self._int8.clear()
         int8 = {f"extractor_{e}": quantize_block(self.extractor(e), calib, calib_mode) for e in self.extractor_names}
         level0, features = [], []

@@ -1,4 +1,4 @@
-"""Evaluate a recipe model on DATA.VAL: mAP@0.5, AP of small objects, false positives per image.
+"""Evaluate a recipe model on DATASET.VAL: mAP@0.5, AP of small objects, false positives per image.
 
     python experiments/custom/evaluate.py --model RUN_DIR_OR_EXPORT_DIR [--cfg CFG] [--tiling on|off]
                                           [--out DIR] [--save-images N] [--image-thresh T] [--int8 N]
@@ -8,9 +8,9 @@ families stream each snippet) or an exported artifact folder (meta.json: run thr
 runner, as on the device). ``--set OVERRIDES.<family key>=value`` changes the run's family config for
 this evaluation only, e.g. ``OVERRIDES.TEST.K=0`` (FGFA without aggregation) or
 ``OVERRIDES.INPUT.SHORT_SIDE=1080`` (R-FCN / FGFA tested on upscaled frames). --cfg gives the recipe config (default: the run's recipe.yaml; needed for an
-exported artifact) for DATA.VAL, TILING.INFER and EVAL. With tiling, each frame is detected by sliding
+exported artifact) for DATASET.VAL, TILING.INFER and EVAL. With tiling, each frame is detected by sliding
 tiles merged with NMS (lib.tiling.detect_tiled). ``--int8 N`` quantizes a training run's model in this
-process (LoadedModel.quantize_int8), calibrated on N frames spread over DATA.TRAIN: the int8 path of
+process (LoadedModel.quantize_int8), calibrated on N frames spread over DATASET.TRAIN: the int8 path of
 the families that are not exported as one artifact (lstm_ssd, fgfa; also ssdlite, rfcn); exported
 artifacts are quantized with lib.tools.quantize.
 
@@ -83,10 +83,10 @@ def _snippet_table(rows):
 
 
 def calibration_images(cfg, count):
-    """``count`` RGB frames spread over DATA.TRAIN (int8 calibration)."""
+    """``count`` RGB frames spread over DATASET.TRAIN (int8 calibration)."""
     train = recipe.load_data(cfg, "TRAIN", cfg.CLASSES or None)
     if train is None or len(train) == 0:
-        raise ConfigError(f"{cfg.CONFIG_FILE}: --int8 calibrates on DATA.TRAIN, which gives no image")
+        raise ConfigError(f"{cfg.CONFIG_FILE}: --int8 calibrates on DATASET.TRAIN, which gives no image")
     return [read_image(rec.image) for rec in train.spread(count)]
 
 

@@ -2,7 +2,7 @@
 
     python experiments/custom/train.py --cfg experiments/custom/m2det.yaml [--set TRAIN.ITERATIONS=200]
 
-Loads DATA.TRAIN (one dataset spec or a list, e.g. your labelled frames plus a folder of background
+Loads DATASET.TRAIN (one dataset spec or a list, e.g. your labelled frames plus a folder of background
 images), optionally cuts training tiles (TILING.TRAIN), maps the recipe keys onto the family's own
 config (experiments.custom.recipe.family_config) and runs that family's training (lib.family). OUTPUT_DIR
 then holds run.json, config.yaml (the family config), recipe.yaml and the checkpoints that
