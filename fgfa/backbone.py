@@ -12,6 +12,7 @@ import mxnet as mx
 from gluoncv.model_zoo.resnet import BasicBlockV1, BottleneckV1, ResNetV1, resnet_spec
 from mxnet.gluon import nn
 
+from lib.pretrained import LoadReport
 from lib.train.checkpoint import read_params_file
 
 
@@ -86,7 +87,8 @@ class ResNetV1Backbone(nn.HybridBlock):
         return self.features(x)
 
     def load_gluoncv(self, path, ctx=None):
-        """Load a gluoncv ResNet v1 ``.params`` file (classifier weights ignored).
+        """Load a gluoncv ResNet v1 ``.params`` file (classifier weights ignored) -> lib.pretrained's
+        LoadReport.
 
         Raises BackboneWeightsError naming the file and every missing or mis-shaped parameter.
         """
@@ -124,4 +126,5 @@ class ResNetV1Backbone(nn.HybridBlock):
         for name, param in own.items():
             if name in loaded:
                 param._load_init(loaded[name], ctx)
-        return self
+        skipped = sorted(k for k in all_own if k not in own)     # GroupNorm's own affine parameters
+        return LoadReport(path, path, sorted(own), skipped, sorted(k for k in loaded if k not in all_own))

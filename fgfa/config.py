@@ -28,12 +28,16 @@ DEFAULTS = extend_schema(SHARED_DEFAULTS, {
         "TRAIN_TILE": {"SIZE": [0, 0], "OBJECT_PROB": 0.7, "MIN_VISIBLE": 0.5},
     },
     "NETWORK": {
+        # resnet (v1, res5 dilated; gluoncv:resnet<D>_v1 weights) | efficientnet_lite0 (stride-32 stage at
+        # stride 1, dilation 2: 320 channels at stride 16; efficientnet_lite0:imagenet weights)
+        "BACKBONE": "resnet",
         "DEPTH": 101,                  # ResNet v1 depth: 18, 34, 50, 101
-        "WIDTH": 1.0,                  # channel multiplier of every ResNet stage (< 1: thin, from scratch)
-        "NORM": "frozen",              # frozen (global stats, needs pretrained) | trainable | group
+        "WIDTH": 1.0,                  # channel multiplier of every backbone stage (< 1: thin, from scratch)
+        "NORM": "frozen",              # frozen (global stats, needs pretrained) | trainable | group (resnet)
         "GROUPS": 32,                  # GroupNorm groups
-        "FROZEN_STAGES": 2,            # 0 none, 1 conv1, 2 conv1+res2 (with pretrained weights)
-        "PRETRAINED": "",              # gluoncv-format ResNet params (.params) for the backbone
+        # not trained: 0 none, 1 the stem, 2 the stem + the stride-4 stage (ResNet conv1 + res2,
+        # EfficientNet-Lite stem + blocks 0-2), as the reference does with pretrained weights
+        "FROZEN_STAGES": 2,
         "FEAT_CHANNELS": 1024,         # 3x3 dilated feature conv after res5
         "FEAT_DILATION": 6,
         "RES5_DILATION": 2,
@@ -64,7 +68,11 @@ DEFAULTS = extend_schema(SHARED_DEFAULTS, {
         # SOURCE: synthetic (pasted patches with known flow; ZOOM: largest relative scale change of the
         # background, a camera moving forward) or video (training frames MIN..MAX_OFFSET apart with
         # OpenCV's Farneback flow as the target; IMAGES = pairs)
+        # dis (OpenCV DIS flow of training frame pairs as the teacher, lib.dataset.teacher_flow: DIS_PRESET
+        # ultrafast | fast | medium; IMAGES = pairs at most); PHOTOMETRIC / SMOOTHNESS: weights of the
+        # unsupervised terms of lib.flow_losses added to the EPE (0 = off)
         "FLOW_PRETRAIN": {"ITERS": 0, "BATCH": 8, "LR": 0.001, "SOURCE": "synthetic", "MAX_SHIFT": 32.0,
+                          "DIS_PRESET": "medium", "PHOTOMETRIC": 0.0, "SMOOTHNESS": 0.0,
                           "ZOOM": 0.0, "PATCHES": [1, 4], "SIZE": [320, 240], "IMAGES": 64},
         "RPN_PRE_NMS_TOP_N": 6000,
         "RPN_POST_NMS_TOP_N": 300,
@@ -144,6 +152,7 @@ RENAMES = {
     "IMAGE.STD": "INPUT.STD",
     "IMAGE.FLIP": _flip,
     "TEST.NMS": "TEST.NMS_IOU",
+    "NETWORK.PRETRAINED": "PRETRAINED",
 }
 SCHEMA = Schema(DEFAULTS, renames=RENAMES, spec_list_keys=SPEC_LIST_KEYS)
 SUPPORTED_AUGMENTATIONS = ("randomflip", "flip", "random_flip")
@@ -177,18 +186,24 @@ def flip_enabled(cfg):
 
 _NORMS = ("frozen", "trainable", "group")
 _DEPTHS = (18, 34, 50, 101)
+BACKBONES = ("resnet", "efficientnet_lite0")
 
 
 def validate(cfg):
     """Cross-field checks that the type-level merge cannot express; errors name the key."""
     src = cfg.get("CONFIG_FILE") or "<config>"
     net, img, inp = cfg.NETWORK, cfg.IMAGE, cfg.INPUT
+    if net.BACKBONE not in BACKBONES:
+        raise ConfigError(f"{src}: NETWORK.BACKBONE must be one of {BACKBONES}, got {net.BACKBONE!r}")
     if net.DEPTH not in _DEPTHS:
         raise ConfigError(f"{src}: NETWORK.DEPTH must be one of {_DEPTHS}, got {net.DEPTH}")
+    if net.BACKBONE != "resnet" and net.NORM == "group":
+        raise ConfigError(f"{src}: NETWORK.NORM group is for the resnet backbone; {net.BACKBONE} has "
+                          f"BatchNorm (frozen | trainable)")
     if not 0 < net.WIDTH <= 4:
         raise ConfigError(f"{src}: NETWORK.WIDTH must be in (0, 4], got {net.WIDTH}")
-    if net.WIDTH != 1 and net.PRETRAINED:
-        raise ConfigError(f"{src}: NETWORK.PRETRAINED is an ImageNet ResNet of full width; "
+    if net.WIDTH != 1 and cfg.PRETRAINED:
+        raise ConfigError(f"{src}: PRETRAINED holds ImageNet weights of a full-width backbone; "
                           f"it does not fit NETWORK.WIDTH {net.WIDTH}")
     if net.NORM not in _NORMS:
         raise ConfigError(f"{src}: NETWORK.NORM must be one of {_NORMS}, got {net.NORM!r}")
@@ -238,8 +253,13 @@ def validate(cfg):
     if len(pre.SIZE) != 2 or any(v <= 0 or v % net.FEAT_STRIDE for v in pre.SIZE):
         raise ConfigError(f"{src}: TRAIN.FLOW_PRETRAIN.SIZE must be [width, height], multiples of "
                           f"{net.FEAT_STRIDE}, got {pre.SIZE}")
-    if pre.SOURCE not in ("synthetic", "video"):
-        raise ConfigError(f"{src}: TRAIN.FLOW_PRETRAIN.SOURCE must be 'synthetic' or 'video', got {pre.SOURCE!r}")
+    if pre.SOURCE not in ("synthetic", "video", "dis"):
+        raise ConfigError(f"{src}: TRAIN.FLOW_PRETRAIN.SOURCE must be synthetic, video or dis, got {pre.SOURCE!r}")
+    if pre.DIS_PRESET not in ("ultrafast", "fast", "medium"):
+        raise ConfigError(f"{src}: TRAIN.FLOW_PRETRAIN.DIS_PRESET must be ultrafast, fast or medium, "
+                          f"got {pre.DIS_PRESET!r}")
+    if pre.PHOTOMETRIC < 0 or pre.SMOOTHNESS < 0:
+        raise ConfigError(f"{src}: TRAIN.FLOW_PRETRAIN.PHOTOMETRIC / SMOOTHNESS must be >= 0")
     if len(pre.PATCHES) != 2 or not 0 <= pre.PATCHES[0] <= pre.PATCHES[1]:
         raise ConfigError(f"{src}: TRAIN.FLOW_PRETRAIN.PATCHES must be [min, max] with 0 <= min <= max")
     for key, ok, what in (("ITERS", pre.ITERS >= 0, ">= 0"), ("BATCH", pre.BATCH >= 1, ">= 1"),

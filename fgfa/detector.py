@@ -12,7 +12,9 @@ import numpy as np
 from mxnet import autograd, gluon
 from mxnet.gluon import nn
 
+from lib import pretrained
 from lib.anchors import rpn_base_anchors, shift_anchors
+from lib.backbones import EfficientNetLite
 from lib.bbox import clip_boxes, decode_boxes
 from lib.nms import multiclass_nms
 from lib.ops import channels_last as to_channels_last
@@ -23,20 +25,27 @@ from lib.runtime import hybridize_for_inference, quantize_block
 from .aggregation import FlowAggregator
 from .backbone import ResNetV1Backbone
 from .embedding import EmbedNet
-from .flownet import FlowNetSimple, FlowPair, half_size_image
+from .flownet import FlowNetSimple, FlowPair
 from .operators import multi_proposal
 from .rfcn_head import RFCNHead, rfcn_vote
 from .rpn import RPN, denormalize_rpn_deltas, rpn_cls_prob
 
 
 class FeatureNet(nn.HybridBlock):
-    """Backbone + the 3x3 dilated feature conv (ReLU): the map that is warped and aggregated."""
+    """Backbone + the 3x3 dilated feature conv (ReLU): the map that is warped and aggregated.
+
+    The backbone (NETWORK.BACKBONE) ends at stride 16: ResNet v1 with res5 dilated, or EfficientNet-
+    Lite0 (lib.backbones) with its stride-32 stage at stride 1 and dilation 2 (``s32`` tap, 320 ch)."""
 
     def __init__(self, net_cfg, **kwargs):
         super().__init__(**kwargs)
         with self.name_scope():
-            self.backbone = ResNetV1Backbone(net_cfg.DEPTH, net_cfg.NORM, net_cfg.GROUPS,
-                                             net_cfg.RES5_DILATION, width=net_cfg.WIDTH, prefix="resnet_")
+            if net_cfg.BACKBONE == "efficientnet_lite0":
+                self.backbone = EfficientNetLite(net_cfg.WIDTH, taps=("s32",), dilate_last=True,
+                                                 frozen_bn=net_cfg.NORM == "frozen", prefix="lite0_")
+            else:
+                self.backbone = ResNetV1Backbone(net_cfg.DEPTH, net_cfg.NORM, net_cfg.GROUPS,
+                                                 net_cfg.RES5_DILATION, width=net_cfg.WIDTH, prefix="resnet_")
             dil = net_cfg.FEAT_DILATION
             self.feat_conv = nn.Conv2D(net_cfg.FEAT_CHANNELS, 3, padding=dil, dilation=dil,
                                        weight_initializer=mx.init.Normal(0.01))
@@ -135,15 +144,23 @@ class FGFADetector(gluon.Block):
 
     # ------------------------------------------------------------------ setup
     def init_weights(self, ctx=None):
-        """Initialise everything; load gluoncv backbone weights when NETWORK.PRETRAINED is set."""
+        """Initialise everything; the backbone's weights from PRETRAINED (a lib.pretrained spec) when
+        set. Returns the load report (None without PRETRAINED): which backbone parameters stay random."""
         ctx = ctx or mx.cpu()
         self.initialize(mx.init.Xavier(factor_type="in", magnitude=2.0), ctx=ctx)
-        net = self.cfg.NETWORK
-        if net.PRETRAINED:
-            self.features.backbone.load_gluoncv(net.PRETRAINED, ctx)
+        net, report = self.cfg.NETWORK, None
+        backbone = self.features.backbone
+        if self.cfg.PRETRAINED:
+            if net.BACKBONE == "resnet":      # gluoncv's ResNet v1 names (lib.pretrained finds the file)
+                report = backbone.load_gluoncv(pretrained.resolve(self.cfg.PRETRAINED), ctx)
+            else:
+                report = pretrained.load_into(backbone, self.cfg.PRETRAINED, arch="efficientnet_lite0", ctx=ctx)
         if net.FROZEN_STAGES:
-            self.features.backbone.freeze_stages(net.FROZEN_STAGES)
-        return self
+            if net.BACKBONE == "resnet":
+                backbone.freeze_stages(net.FROZEN_STAGES)
+            else:   # 1: the stem; 2: the stem and blocks 0-2 (the stride-4 stage, as ResNet's conv1 + res2)
+                backbone.freeze(-1 if net.FROZEN_STAGES == 1 else 2)
+        return report
 
     def aggregator(self, num_frames):
         aggs = self._infer.aggregators

@@ -4,7 +4,6 @@ FGFA itself aggregates a window of frames and has no single-frame form; its fram
 to the stride, im_info, features, RPN + proposals + R-FCN (the compiled operators, or MXNet's own with
 ``builtin_ops``), box decoding, clipping and per-class NMS, all in one graph.
 """
-import mxnet as mx
 from mxnet import gluon
 
 from lib.bbox import decode_boxes_F

@@ -1,7 +1,7 @@
 """Training of FGFA / the R-FCN baseline through lib.train.fit.
 
 ``train(cfg)`` loads the training sets of the config, builds the model (gluoncv backbone weights when
-NETWORK.PRETRAINED is set), and runs the fit loop: checkpoints every epoch (atomic, exact resume),
+PRETRAINED is set), and runs the fit loop: checkpoints every epoch (atomic, exact resume),
 tqdm, tensorboardX and a log file in OUTPUT_DIR. The run folder record (lib.train.run: family, classes,
 config) lets test, demo and the shared tools rebuild the same network.
 """
@@ -23,8 +23,11 @@ from lib.train import (
     seed_everything,
     setup_logger,
 )
+from lib.pretrained import PretrainedError
+from lib.train.distributed import config_contexts, deal_batches, split_batch
 from lib.train.run import RunFolder
 
+from .backbone import BackboneWeightsError
 from .data import TrainSamples, collate
 from .detector import FGFADetector
 from .flow_pretrain import pretrain_flownet
@@ -60,13 +63,21 @@ def load_val_set(cfg, specs=None):
     return dataset
 
 
-def build_model(cfg, num_classes, ctx=None):
-    """A fully initialised detector (shapes materialised by one tiny forward pass)."""
+def build_model(cfg, num_classes, ctx=None, logger=None):
+    """A fully initialised detector (shapes materialised by one tiny forward pass); ``ctx``: one
+    context or the list a training splits its batches over. PRETRAINED weights go into the backbone
+    (a bad or missing file is a ConfigError naming the key); the log says what stayed random."""
     ctx = ctx or get_context(cfg.CONTEXT)
+    contexts = ctx if isinstance(ctx, (list, tuple)) else [ctx]
     model = FGFADetector(cfg, num_classes)
-    model.prepare_for_context(ctx)
-    model.init_weights(ctx)
-    materialize(model, ctx)
+    model.prepare_for_context(contexts[0])
+    try:
+        report = model.init_weights(list(contexts) if len(contexts) > 1 else contexts[0])
+    except (PretrainedError, BackboneWeightsError) as err:
+        raise ConfigError(f"{cfg.get('CONFIG_FILE') or '<config>'}: PRETRAINED: {err}") from None
+    if report is not None:
+        (logger or logging.getLogger("train")).info("backbone weights %s", report.summary())
+    materialize(model, contexts[0])
     return model
 
 
@@ -100,17 +111,29 @@ def materialize(model, ctx):
 
 
 class FGFATask:
-    """The object lib.train.fit trains: ``net`` and ``loss(batch)``."""
+    """The object lib.train.fit trains: ``net`` and ``loss(batch)``. With several contexts the batch is
+    split over them (lib.train.distributed.split_batch); each part's loss is weighted by its share of
+    the images, so the losses sum to the batch's mean."""
 
     def __init__(self, model, ctx):
         self.net = model
-        self.ctx = ctx
+        self.contexts = list(ctx) if isinstance(ctx, (list, tuple)) else [ctx]
 
     def loss(self, batch):
-        data, im_info, boxes, labels = batch
-        data = mx.nd.array(data, ctx=self.ctx)
         # np.random is reseeded by fit from (SEED, epoch): anchor/RoI sampling resumes exactly
-        return self.net.train_loss(data, im_info, boxes, labels, rng=np.random)
+        if len(self.contexts) == 1:
+            data, im_info, boxes, labels = batch
+            return self.net.train_loss(mx.nd.array(data, ctx=self.contexts[0]), im_info, boxes, labels, rng=np.random)
+        total = len(batch[0])
+        losses, parts = [], {}
+        for ctx, (data, im_info, boxes, labels) in zip(self.contexts, split_batch(batch, self.contexts,
+                                                                                   even_split=False)):
+            share = len(data) / total
+            loss, values = self.net.train_loss(mx.nd.array(data, ctx=ctx), im_info, boxes, labels, rng=np.random)
+            losses.append(loss * share)
+            for key, value in values.items():
+                parts[key] = parts.get(key, 0.0) + value * share
+        return losses, parts
 
 
 def make_batches(samples, batch_size, logger=None, max_batches=0):
@@ -129,16 +152,23 @@ def make_batches(samples, batch_size, logger=None, max_batches=0):
             return None
 
     class Epoch:
-        def __init__(self):
-            self.order = np.random.permutation(len(samples))
+        """One epoch's batches of key-frame indices (a shuffled order cut into batches)."""
+
+        def __init__(self, chunks=None):
+            if chunks is None:
+                order = np.random.permutation(len(samples))
+                chunks = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+            self.chunks = chunks[:max_batches] if max_batches > 0 else chunks
+
+        def shard(self, rank, num_workers):
+            """This worker's batches of a distributed job (lib.train.distributed.deal_batches)."""
+            return Epoch(deal_batches(np.concatenate(self.chunks), batch_size, rank, num_workers))
 
         def __len__(self):
-            count = (len(self.order) + batch_size - 1) // batch_size
-            return min(count, max_batches) if max_batches > 0 else count
+            return len(self.chunks)
 
         def __iter__(self):
-            for start in range(0, len(self) * batch_size, batch_size):
-                chunk = self.order[start:start + batch_size]
+            for chunk in self.chunks:
                 loaded = [s for s in (load(int(i)) for i in chunk) if s is not None]
                 if loaded:
                     yield collate(loaded)
@@ -152,7 +182,7 @@ def train(cfg, dataset=None, val_fn=None, logger=None, run=None):
     out_dir = output_dir(cfg)
     os.makedirs(out_dir, exist_ok=True)
     logger = logger or setup_logger(out_dir, "train")
-    ctx = get_context(cfg.CONTEXT)
+    contexts = config_contexts(cfg)
     dataset = dataset if dataset is not None else load_train_set(cfg)
     samples = TrainSamples(dataset, cfg, num_neighbors=2 if cfg.NETWORK.AGGREGATE else 0)
     logger.info("training %s on %d key frames of %s (%d classes: %s)", cfg.NAME, len(samples),
@@ -160,27 +190,27 @@ def train(cfg, dataset=None, val_fn=None, logger=None, run=None):
     if run is None:
         RunFolder(out_dir).write(family_name(cfg), dataset.classes, cfg)
     seed_everything(cfg.TRAIN.SEED, 0)  # the initial weights are a function of the seed (exact resume)
-    model = build_model(cfg, dataset.num_classes, ctx)
+    model = build_model(cfg, dataset.num_classes, contexts, logger)
     if cfg.NETWORK.INIT_WEIGHTS:
         load_init_weights(model, cfg, logger)
     if model.aggregate and cfg.NETWORK.FLOW_WEIGHTS:
         path = project_path(cfg.NETWORK.FLOW_WEIGHTS)
         if not os.path.isfile(path):
             raise ConfigError(f"{cfg.get('CONFIG_FILE') or '<config>'}: NETWORK.FLOW_WEIGHTS: {path} not found")
-        model.flownet.load_parameters(path, ctx=ctx)
+        model.flownet.load_parameters(path, ctx=contexts)
         logger.info("FlowNet weights loaded from %s", path)
     elif model.aggregate and cfg.TRAIN.FLOW_PRETRAIN.ITERS > 0 and not (
             cfg.TRAIN.RESUME and CheckpointManager(out_dir).latest()):
         # (a resumed run loads its FlowNet from the checkpoint)
-        pretrain_flownet(model, cfg, dataset, out_dir, ctx, logger, progress=cfg.TRAIN.PROGRESS)
+        pretrain_flownet(model, cfg, dataset, out_dir, contexts, logger, progress=cfg.TRAIN.PROGRESS)
     if cfg.TRAIN.HYBRIDIZE:
         blocks = [model.features, model.rpn, model.rfcn]
         if model.aggregate:
             blocks += [model.embed, model.flownet]
         for block in blocks:
             block.hybridize()
-    summary = fit(FGFATask(model, ctx), make_batches(samples, cfg.TRAIN.BATCH_SIZE, logger, cfg.TRAIN.MAX_BATCHES), cfg.TRAIN, out_dir,
-                  ctx=ctx, val_fn=val_fn, resume=cfg.TRAIN.RESUME, logger=logger)
+    summary = fit(FGFATask(model, contexts), make_batches(samples, cfg.TRAIN.BATCH_SIZE, logger, cfg.TRAIN.MAX_BATCHES),
+                  cfg.TRAIN, out_dir, ctx=contexts, val_fn=val_fn, resume=cfg.TRAIN.RESUME, logger=logger)
     summary["model"] = model
     summary["classes"] = dataset.classes
     return summary

@@ -71,7 +71,10 @@ TRAIN_DEFAULTS = {
     "FREEZE_PATTERNS": [],
     "TRAINABLE_PATTERNS": [],
     "NO_WD_PATTERNS": [],
+    "LR_MULT_PATTERNS": {},
     "KVSTORE": "device",
+    "BATCH_SIZE": 1,
+    "LR_SCALING": "none",
     "PROGRESS": True,
 }
 
@@ -79,6 +82,11 @@ TRAIN_DEFAULTS = {
 SHARED_DEFAULTS = {
     "OUTPUT_DIR": "output/run",
     "CONTEXT": "cpu",                  # cpu | gpu | gpu:N
+    # several devices in one process: e.g. [gpu(0), gpu(1)] (each batch split over them); [] = CONTEXT
+    "CONTEXTS": [],
+    # backbone weights to start from: a lib.pretrained spec (efficientnet_lite0:imagenet, vgg16_hed:bsds500,
+    # gluoncv:<model name>, a .params / .pth file); "" = the family's initialisation
+    "PRETRAINED": "",
     "INPUT": {
         "SIZE": 0,                     # fixed-size families: network input S or [H, W] (0 = the family's)
         "SHORT_SIDE": 0,               # keep-ratio families: the shorter side is resized to this ...
@@ -90,7 +98,7 @@ SHARED_DEFAULTS = {
         "STD": [1.0, 1.0, 1.0],        # ... then divided by this
     },
     "TRAIN": dict(TRAIN_DEFAULTS, **{
-        "BATCH_SIZE": 1,               # samples per batch (images; clips for the memory detectors)
+        "BATCH_SIZE": 1,               # samples per batch of one process (images; clips for the memory detectors)
         "ITERATIONS": 0,               # > 0: train about this many batches (sets EPOCHS from the data)
         "MAX_BATCHES": 0,              # > 0: at most this many batches per epoch
         "AUGMENT": True,               # apply AUGMENTATIONS
@@ -112,6 +120,8 @@ SHARED_DEFAULTS = {
     },
 }
 
+# mappings with free keys in every family's config
+SHARED_OPEN_KEYS = ("TRAIN.LR_MULT_PATTERNS",)
 # dataset spec lists: a single mapping is accepted (a list of one); --set DATASET.TRAIN.KEY=value
 # sets KEY in every spec of the list
 SPEC_LIST_KEYS = ("DATASET.TRAIN", "DATASET.VAL")
@@ -281,7 +291,7 @@ class Schema:
 
     def __init__(self, defaults, open_keys=(), size_keys=(), renames=None, spec_list_keys=()):
         self.defaults = defaults
-        self.open_keys = tuple(open_keys) + tuple(spec_list_keys)
+        self.open_keys = tuple(open_keys) + tuple(spec_list_keys) + SHARED_OPEN_KEYS
         self.size_keys = tuple(size_keys)
         self.renames = dict(renames or {})
         self.spec_list_keys = tuple(spec_list_keys)

@@ -140,19 +140,6 @@ def get_context(spec="cpu"):
     return mx.Context(match.group(1), int(match.group(2) or match.group(3) or 0))
 
 
-def get_contexts(spec="cpu"):
-    """One context or several, as configs write them -> a list of mx.Context: 'cpu', 'gpu:1',
-    'gpu:0,gpu:1', '[gpu(0), gpu(1)]' or a list of names (data-parallel training over the list)."""
-    if isinstance(spec, (list, tuple)):
-        return [get_context(s) for s in spec]
-    text = str(spec).strip()
-    if text.startswith("[") and text.endswith("]"):
-        text = text[1:-1]
-    parts = [p.strip() for p in text.split(",") if p.strip()]
-    if not parts:
-        raise ValueError(f"no context in {spec!r}")
-    return [get_context(p) for p in parts]
-
 
 def hybridize_for_inference(block, ctx=None, static=True):
     """Hybridize a Gluon block for inference: fused MKLDNN (oneDNN) graph on CPU.

@@ -25,11 +25,11 @@ from lib.anchors import multiscale_anchors
 from lib.bbox import clip_boxes, decode_boxes
 from lib.config import size_hw
 from lib.nms import multiclass_nms
+from lib import pretrained
+from lib.backbones import IMAGENET_MEAN, IMAGENET_STD, EfficientNetLite
 from lib.runtime import quantize_block
 
-from .layers import ConvBN
-from .layers import ConvBN as _ConvBN
-from .layers import PruneGroup
+from .layers import ConvBN, PruneGroup
 from .lstm_cell import BottleneckLSTM
 from .mobilenet import MobileNet
 from .ssdlite import SSDLiteHead, anchors_per_level, pyramid_sizes
@@ -37,21 +37,52 @@ from .ssdlite import SSDLiteHead, anchors_per_level, pyramid_sizes
 MODEL_TYPES = ("lstm_ssd", "ssdlite", "fast_slow")
 
 
+class LiteBackbone(gluon.HybridBlock):
+    """EfficientNet-Lite0 (lib.backbones) as an extractor's backbone: the ``s32`` tap (320 channels) at
+    OUTPUT_STRIDE 32, ``s16`` (112) at 16; its ImageNet normalisation inside (RGB 0..255 in)."""
+
+    def __init__(self, width=1.0, output_stride=32, **kwargs):
+        super().__init__(**kwargs)
+        taps = {32: "s32", 16: "s16"}
+        if output_stride not in taps:
+            raise ValueError(f"OUTPUT_STRIDE of efficientnet_lite0 must be 16 or 32, got {output_stride}")
+        with self.name_scope():
+            self.net = EfficientNetLite(width, taps=(taps[output_stride],), prefix="")
+            self.mean = self.params.get_constant("mean", mx.nd.array(IMAGENET_MEAN).reshape((1, 3, 1, 1)))
+            self.std = self.params.get_constant("std", mx.nd.array(IMAGENET_STD).reshape((1, 3, 1, 1)))
+        self.out_channels = self.net.tap_channels[taps[output_stride]]
+        self.stride = output_stride
+
+    def hybrid_forward(self, F, x, mean, std):
+        return self.net(F.broadcast_div(F.broadcast_sub(x, mean), std))
+
+    def prune_groups(self, prefix="backbone"):
+        raise ValueError("filter pruning supports the MobileNet extractors (NET mobilenet_v1 / mobilenet_v2), "
+                         "not efficientnet_lite0")
+
+
 class Extractor(gluon.HybridBlock):
-    """Resize (if needed) + scale to [-1, 1] + MobileNet backbone."""
+    """Resize (if needed) + backbone: MobileNet on [-1, 1] inputs (TF-OD's scaling), or EfficientNet-Lite0
+    with its ImageNet normalisation (``NET: efficientnet_lite0``, ImageNet weights with PRETRAINED)."""
 
     def __init__(self, spec, image_hw, key="MODEL", **kwargs):
         super().__init__(**kwargs)
         self.image_hw = tuple(image_hw)
         self.input_hw = size_hw(spec.INPUT_SIZE, f"{key}.INPUT_SIZE") if spec.INPUT_SIZE else self.image_hw
+        self.net_name = spec.NET
         with self.name_scope():
-            self.backbone = MobileNet(spec.NET, spec.WIDTH, spec.NUM_BLOCKS, spec.OUTPUT_STRIDE, spec.MIN_DEPTH)
+            if spec.NET == "efficientnet_lite0":
+                self.backbone = LiteBackbone(spec.WIDTH, spec.OUTPUT_STRIDE, prefix="lite0_")
+            else:
+                self.backbone = MobileNet(spec.NET, spec.WIDTH, spec.NUM_BLOCKS, spec.OUTPUT_STRIDE, spec.MIN_DEPTH)
         self.out_channels = self.backbone.out_channels
         self.feature_hw = tuple(int(np.ceil(s / self.backbone.stride)) for s in self.input_hw)
 
     def hybrid_forward(self, F, x):
         if self.input_hw != self.image_hw:
             x = F.contrib.BilinearResize2D(x, height=self.input_hw[0], width=self.input_hw[1])
+        if self.net_name == "efficientnet_lite0":
+            return self.backbone(x)
         return self.backbone(x / 127.5 - 1.0)
 
 
@@ -290,7 +321,7 @@ class LSTMSSD(gluon.Block):
         """Structural name -> (in, out, groups) of every ConvBN: enough to rebuild a pruned model."""
         out = {}
         for name, block in _named_blocks(self):
-            if isinstance(block, _ConvBN):
+            if isinstance(block, ConvBN):
                 out[name] = block.channel_state()
         return out
 
@@ -377,3 +408,22 @@ def load_model(cfg, path, ctx=mx.cpu()):
     except (AssertionError, mx.base.MXNetError) as err:
         raise ValueError(f"{path}: parameters do not fit the model of config {cfg.get('CONFIG_FILE')}: {err}") from None
     return net
+
+
+def load_pretrained(net, spec, ctx=None):
+    """Backbone weights from a lib.pretrained ``spec`` (PRETRAINED) into every extractor that is an
+    EfficientNet-Lite0 of full width (Looking Fast and Slow: the large one; a small one of another width
+    stays random) -> [LoadReport]. Raises PretrainedError naming the file."""
+    reports = []
+    for name in net.extractor_names:
+        extractor = net.extractor(name)
+        spec_cfg = net.cfg.LARGE if name == "large" else net.cfg.SMALL
+        if extractor.net_name != "efficientnet_lite0" or float(spec_cfg.WIDTH) != 1.0:
+            if name == "large":
+                raise pretrained.PretrainedError(
+                    f"PRETRAINED {spec}: the ImageNet weights fit MODEL.LARGE.NET efficientnet_lite0 at WIDTH 1.0, "
+                    f"not {spec_cfg.NET} at {spec_cfg.WIDTH}")
+            continue
+        reports.append(pretrained.load_into(extractor.backbone, spec, arch="efficientnet_lite0", prefix="net.",
+                                            ctx=ctx))
+    return reports

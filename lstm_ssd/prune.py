@@ -10,7 +10,6 @@ depthwise convs that follow those channels and the input channels of the next de
 """
 import argparse
 import json
-import os
 
 import numpy as np
 

@@ -25,11 +25,13 @@ from lib.eval import voc_ap
 from lib.losses import MultiBoxLoss
 from lib.matching import ssd_targets
 from lib.train import fit, load_matching_parameters, seed_everything
+from lib.pretrained import PretrainedError
+from lib.train.distributed import config_contexts, deal_batches, split_batch
 from lib.train.run import RunFolder
 from lib.transforms import Compose, ResizeTo, build_transforms
 from lib.viz import draw_detections, save_image
 
-from .detector import build_detector, save_model
+from .detector import build_detector, load_pretrained, save_model
 from .policy import ACTIONS, train_policy
 from .streaming import AsyncStreamingDetector, StreamingDetector, preprocess
 
@@ -115,11 +117,20 @@ class EpochBatches:
     """One epoch of batches: the clip plan is fixed up front (so len() is known for lr schedules);
     images are read and augmented lazily while iterating."""
 
-    def __init__(self, data, epoch):
+    def __init__(self, data, epoch, lanes=None):
         self.data, self.epoch = data, epoch
-        lanes = [l for l in data._lanes(epoch) if any(c is not None for c in l)]
-        cap = data.cfg.TRAIN.MAX_BATCHES
-        self.lanes = lanes[:cap] if cap else lanes
+        if lanes is None:
+            lanes = [l for l in data._lanes(epoch) if any(c is not None for c in l)]
+            cap = data.cfg.TRAIN.MAX_BATCHES
+            lanes = lanes[:cap] if cap else lanes
+        self.lanes = lanes
+
+    def shard(self, rank, num_workers):
+        """This worker's batches of a distributed job: the epoch's batches dealt out in turn
+        (lib.train.distributed.deal_batches; a carried lane state then continues across a worker's
+        own batches)."""
+        picks = deal_batches(np.arange(len(self.lanes)), 1, rank, num_workers)
+        return EpochBatches(self.data, self.epoch, [self.lanes[int(i[0])] for i in picks])
 
     def __len__(self):
         return len(self.lanes)
@@ -129,33 +140,56 @@ class EpochBatches:
 
 
 class ClipTask:
-    """task for lib.train.fit: loss over all batch x unroll frames, lane states carried between batches."""
+    """task for lib.train.fit: loss over all batch x unroll frames, lane states carried between batches.
+    With several contexts the lanes are split over them (each keeps its lanes' states); each part's
+    loss is weighted by its share of the lanes."""
 
-    def __init__(self, net, cfg, ctx=mx.cpu()):
-        self.net, self.cfg, self.ctx = net, cfg, ctx
+    def __init__(self, net, cfg, ctx=None):
+        self.net, self.cfg = net, cfg
+        self.contexts = list(ctx) if isinstance(ctx, (list, tuple)) else [ctx or mx.cpu()]
         self.loss_fn = build_loss(cfg)
-        self.lane_state = None
+        self.lane_state = [None] * len(self.contexts)
 
-    def initial_state(self, continues, batch):
-        zero = self.net.zero_state(batch, self.ctx)
-        if zero is None or self.lane_state is None or not self.cfg.TRAIN.CARRY_STATE \
-                or self.lane_state[0].shape[0] != batch:
+    @property
+    def ctx(self):
+        return self.contexts[0]
+
+    def initial_state(self, continues, batch, part=0):
+        ctx = self.contexts[part]
+        zero = self.net.zero_state(batch, ctx)
+        carried = self.lane_state[part]
+        if zero is None or carried is None or not self.cfg.TRAIN.CARRY_STATE or carried[0].shape[0] != batch:
             return zero
-        keep = mx.nd.array(continues.astype(np.float32), ctx=self.ctx).reshape((-1, 1, 1, 1))
-        return tuple(mx.nd.broadcast_mul(s, keep) for s in self.lane_state)
+        keep = mx.nd.array(continues.astype(np.float32), ctx=ctx).reshape((-1, 1, 1, 1))
+        return tuple(mx.nd.broadcast_mul(s, keep) for s in carried)
+
+    def _part_loss(self, part, frames, cls_t, box_t, continues, schedule):
+        ctx = self.contexts[part]
+        frames = mx.nd.array(frames, ctx=ctx)
+        b, t = frames.shape[:2]
+        state = self.initial_state(continues, b, part)
+        cls, box, state = self.net(frames, state, schedule)
+        if state is not None:
+            self.lane_state[part] = tuple(s.detach() for s in state)   # truncated BPTT
+        p = cls.shape[2]
+        return self.loss_fn(cls.reshape((b * t, p, -1)), box.reshape((b * t, p, 4)),
+                            mx.nd.array(cls_t.reshape(b * t, p), ctx=ctx),
+                            mx.nd.array(box_t.reshape(b * t, p, 4), ctx=ctx))
 
     def loss(self, batch):
-        frames = mx.nd.array(batch["frames"], ctx=self.ctx)
-        b, t = frames.shape[:2]
-        state = self.initial_state(batch["continues"], b)
-        cls, box, state = self.net(frames, state, batch["schedule"])
-        if state is not None:
-            self.lane_state = tuple(s.detach() for s in state)   # truncated BPTT
-        p = cls.shape[2]
-        total, cls_loss, box_loss = self.loss_fn(cls.reshape((b * t, p, -1)), box.reshape((b * t, p, 4)),
-                                                 mx.nd.array(batch["cls"].reshape(b * t, p), ctx=self.ctx),
-                                                 mx.nd.array(batch["box"].reshape(b * t, p, 4), ctx=self.ctx))
-        return total, {"cls": cls_loss, "box": box_loss}
+        fields = (batch["frames"], batch["cls"], batch["box"], batch["continues"])
+        if len(self.contexts) == 1:
+            total, cls_loss, box_loss = self._part_loss(0, *fields, batch["schedule"])
+            return total, {"cls": cls_loss, "box": box_loss}
+        lanes = len(batch["frames"])
+        losses, parts = [], {"cls": 0.0, "box": 0.0}
+        for part, pieces in enumerate(split_batch(fields, self.contexts, even_split=False)):
+            share = len(pieces[0]) / lanes
+            total, cls_loss, box_loss = self._part_loss(part, *pieces, batch["schedule"])
+            losses.append(total * share)
+            parts["cls"] += float(cls_loss.asscalar()) * share
+            parts["box"] += float(box_loss.asscalar()) * share
+        return losses, parts
 
 
 def load_split(cfg, split):
@@ -173,7 +207,7 @@ def load_split(cfg, split):
     return ds
 
 
-def train(cfg, net, epochs=None, out_dir=None, dataset=None, ctx=mx.cpu(), val_fn=None, resume=True,
+def train(cfg, net, epochs=None, out_dir=None, dataset=None, ctx=None, val_fn=None, resume=True,
           train_overrides=None):
     """Train ``net`` with lib.train.fit; returns fit's summary. ``train_overrides``: TRAIN keys to
     replace for this call (e.g. a constant rate for fine-tuning after pruning)."""
@@ -201,20 +235,27 @@ def load_init_weights(net, path, log=print):
     return loaded, skipped
 
 
-def train_model(cfg, dataset=None, out_dir=None, ctx=mx.cpu(), run=None, log=print):
+def train_model(cfg, dataset=None, out_dir=None, ctx=None, run=None, log=print):
     """The whole training phase: the run folder record, initial weights from the seed (exact resume),
     MODEL.WEIGHTS, training, OUTPUT_DIR/model.params. Returns (net, fit's summary, seconds)."""
     out_dir = out_dir or project_path(cfg.OUTPUT_DIR)
     dataset = dataset if dataset is not None else load_split(cfg, "TRAIN")
     if run is None:
         RunFolder(out_dir).write(cfg.MODEL.TYPE, dataset.classes, cfg)
+    contexts = config_contexts(cfg) if ctx is None else (list(ctx) if isinstance(ctx, (list, tuple)) else [ctx])
     seed_everything(cfg.TRAIN.SEED, 0)  # the initial weights are a function of the seed
-    net = build_detector(cfg, ctx)
-    net(mx.nd.zeros((1, 1, 3) + net.image_hw, ctx=ctx))
+    net = build_detector(cfg, contexts)
+    net(mx.nd.zeros((1, 1, 3) + net.image_hw, ctx=contexts[0]))
+    if cfg.PRETRAINED:
+        try:
+            for report in load_pretrained(net, cfg.PRETRAINED, ctx=contexts):
+                log(f"backbone weights {report.summary()}")
+        except PretrainedError as err:
+            raise ConfigError(f"{cfg.get('CONFIG_FILE') or '<config>'}: PRETRAINED: {err}") from None
     if cfg.MODEL.WEIGHTS:
         load_init_weights(net, cfg.MODEL.WEIGHTS, log)
     start = time.time()
-    summary = train(cfg, net, out_dir=out_dir, dataset=dataset, ctx=ctx)
+    summary = train(cfg, net, out_dir=out_dir, dataset=dataset, ctx=contexts)
     seconds = time.time() - start
     save_model(net, os.path.join(out_dir, MODEL_FILE))
     return net, summary, seconds

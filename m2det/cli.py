@@ -112,7 +112,7 @@ def train(argv=None):
         "epochs": "TRAIN.EPOCHS", "steps": "TRAIN.MAX_BATCHES", "lr": "TRAIN.LR",
         "warmup_epochs": "TRAIN.WARMUP_EPOCHS", "lr_steps": "TRAIN.LR_STEPS",
         "freeze_backbone": "TRAIN.FREEZE_BACKBONE", "random_transform": "TRAIN.AUGMENT",
-        "weights": "MODEL.BACKBONE_WEIGHTS", "snapshot_path": "OUTPUT_DIR", "workers": "TRAIN.WORKERS",
+        "weights": "PRETRAINED", "snapshot_path": "OUTPUT_DIR", "workers": "TRAIN.WORKERS",
         "seed": "TRAIN.SEED", "loss": "LOSS.TYPE", "context": "CONTEXT"})
     if args.no_evaluation:
         overrides.append("TRAIN.EVALUATE=false")

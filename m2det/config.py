@@ -14,9 +14,10 @@ OFFICIAL_PRIORS = {
 
 DEFAULTS = extend_schema(SHARED_DEFAULTS, {
     "MODEL": {
-        "BACKBONE": "vgg16",           # vgg16 | vgg16_bn | resnet50 | resnet101 | mobilenetv2
-        "BACKBONE_WEIGHTS": "",        # optional .params for the backbone (e.g. gluoncv ImageNet)
-        "MOBILENET_MULTIPLIER": 1.0,
+        # vgg16 | vgg16_bn | resnet50 | resnet101 | mobilenetv2 | efficientnet_lite0; PRETRAINED (top level)
+        # gives its weights: vgg16_hed:bsds500, efficientnet_lite0:imagenet, gluoncv:<name>, a .params
+        "BACKBONE": "vgg16",
+        "BACKBONE_WIDTH": 1.0,         # channel multiplier of mobilenetv2 / efficientnet_lite0
         "PLANES": 256,                 # TUM width; FFMv2 gives PLANES // 2
         "SHALLOW_CHANNELS": 256,       # FFMv1 3x3 conv on the stride-8 tap
         "DEEP_CHANNELS": 512,          # FFMv1 1x1 conv on the stride-16 tap
@@ -110,6 +111,8 @@ RENAMES = {
     "TRAIN.RANDOM_TRANSFORM": "TRAIN.AUGMENT",
     "TEST.NMS": "TEST.NMS_METHOD",
     "TEST.PRE_NMS_TOPK": "TEST.PRE_NMS_TOP_K",
+    "MODEL.BACKBONE_WEIGHTS": "PRETRAINED",
+    "MODEL.MOBILENET_MULTIPLIER": "MODEL.BACKBONE_WIDTH",
 }
 SCHEMA = Schema(DEFAULTS, size_keys=SIZE_KEYS, renames=RENAMES, spec_list_keys=SPEC_LIST_KEYS)
 

@@ -10,6 +10,7 @@ from mxnet import gluon
 
 from lib.dataset.io import read_image
 from lib.matching import ssd_targets
+from lib.train.distributed import deal_batches
 from lib.transforms import build_transforms
 
 
@@ -88,37 +89,43 @@ class _RecordDataset(gluon.data.Dataset):
         return self.sample(self.records[idx], augment)
 
 def train_batches(dataset, cfg, priors):
-    """``epoch -> DataLoader`` for lib.train.fit (shuffling is seeded by fit per epoch)."""
+    """``epoch -> batches`` for lib.train's Trainer (shuffling is seeded by the trainer per epoch)."""
     sample = TrainSample(cfg, priors)
     data = _RecordDataset(dataset.records, sample, cfg if cfg.TRAIN.AUGMENT else None)
     batch_size = min(int(cfg.TRAIN.BATCH_SIZE), len(data))
     if batch_size < 1:
         raise ValueError("the training set is empty")
-    cap = int(cfg.TRAIN.MAX_BATCHES)
 
     def batches(epoch):
-        # lib.train.fit reseeds numpy from (SEED, epoch) before this call.
+        # the trainer reseeds numpy from (SEED, epoch) before this call
         data.epoch_seed = int(np.random.randint(0, 2 ** 31 - 1))
-        # Worker threads, not processes: each epoch's new process pool forks the training process,
-        # and every fork left it ~1.7 GB larger (speedtrap M2Det, also at 2 batches per epoch) until
-        # the OOM killer ended the run. The sample work (cv2, numpy) releases the GIL.
-        loader = gluon.data.DataLoader(data, batch_size=batch_size, shuffle=True, last_batch="rollover",
-                                       num_workers=int(cfg.TRAIN.WORKERS), thread_pool=True)
-        if cap <= 0:
-            return loader
-        return _Capped(loader, cap)
+        order = np.arange(len(data))
+        np.random.shuffle(order)       # as gluon's RandomSampler; a short last batch is left out
+        chunks = [order[start:start + batch_size] for start in range(0, len(order) - batch_size + 1, batch_size)]
+        return Epoch(data, chunks, batch_size, int(cfg.TRAIN.MAX_BATCHES), int(cfg.TRAIN.WORKERS))
 
     return batches
 
-class _Capped:
-    def __init__(self, loader, cap):
-        self.loader, self.cap = loader, cap
+
+class Epoch:
+    """One epoch's batches of sample indices, loaded by a DataLoader as they are consumed."""
+
+    def __init__(self, data, chunks, batch_size, cap=0, workers=0):
+        self.data, self.batch_size, self.cap, self.workers = data, batch_size, cap, workers
+        self.chunks = chunks[:cap] if cap > 0 else chunks
+
+    def shard(self, rank, num_workers):
+        """This worker's batches of a distributed job (lib.train.distributed.deal_batches)."""
+        return Epoch(self.data, deal_batches(np.concatenate(self.chunks), self.batch_size, rank, num_workers),
+                     self.batch_size, self.cap, self.workers)
 
     def __len__(self):
-        return min(len(self.loader), self.cap)
+        return len(self.chunks)
 
     def __iter__(self):
-        for i, batch in enumerate(self.loader):
-            if i >= self.cap:
-                break
-            yield batch
+        # Worker threads, not processes: each epoch's new process pool forks the training process,
+        # and every fork left it ~1.7 GB larger (speedtrap M2Det, also at 2 batches per epoch) until
+        # the OOM killer ended the run. The sample work (cv2, numpy) releases the GIL.
+        loader = gluon.data.DataLoader(self.data, batch_sampler=[list(map(int, c)) for c in self.chunks],
+                                       num_workers=self.workers, thread_pool=True)
+        return iter(loader)

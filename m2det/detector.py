@@ -7,16 +7,20 @@ and returns gluoncv-style ids/scores/boxes in input pixels; it is what m2det-con
 ``postprocess`` is the same post-processing in numpy through lib.bbox / lib.nms, and also offers
 soft-NMS, which has no graph operator.
 """
+import logging
+
 import mxnet as mx
 import numpy as np
 from mxnet.gluon import nn
 
 from lib.anchors import ssd_priors
+from lib.config import ConfigError
+from lib.pretrained import PretrainedError
 from lib.bbox import clip_boxes, decode_boxes, decode_boxes_F
 from lib.export import graph_multiclass_nms
 from lib.nms import multiclass_nms
 
-from .backbones import build_backbone, load_backbone_weights
+from .backbones import build_backbone, load_pretrained
 from .ffm import FFMv1, FFMv2
 from .head import MultiBoxHead
 from .layers import BasicConv
@@ -102,7 +106,7 @@ class M2Det(nn.HybridBlock):
             raise ValueError(f"MODEL.NUM_LEVELS must be >= 1, got {self.num_levels}")
         planes = int(cfg.PLANES)
         with self.name_scope():
-            self.backbone = build_backbone(cfg.BACKBONE, cfg.MOBILENET_MULTIPLIER)
+            self.backbone = build_backbone(cfg.BACKBONE, cfg.BACKBONE_WIDTH)
             shallow, deep = backbone_tap_sizes(self.backbone, self.input_size)
             try:
                 self.feature_sizes = tum_sizes(shallow, self.num_scales)
@@ -149,9 +153,9 @@ class M2Det(nn.HybridBlock):
     def num_priors(self):
         return len(self.priors)
 
-    def initialize_weights(self, ctx=None):
+    def initialize_weights(self, ctx=None, pretrained_spec="", input_norm=None):
         """Official init: He normal (fan_out) convs, BN gamma 1 / beta 0, zero biases; then the
-        user's backbone weights if MODEL.BACKBONE_WEIGHTS is set."""
+        backbone's weights from a lib.pretrained spec (PRETRAINED) -> its LoadReport (or None)."""
         he_normal = mx.init.Xavier(rnd_type="gaussian", factor_type="out", magnitude=2)
         # Small head weights start every prior near the uniform class distribution, which trains
         # from scratch much faster than He init on the heads (keras-retinanet uses 0.01 too).
@@ -159,8 +163,9 @@ class M2Det(nn.HybridBlock):
         head_params = set(self.head.collect_params().keys())
         for name, param in self.collect_params().items():
             param.initialize(ctx=ctx, default_init=head_init if name in head_params else he_normal)
-        if self.cfg.BACKBONE_WEIGHTS:
-            load_backbone_weights(self.backbone, self.cfg.BACKBONE_WEIGHTS, ctx=ctx)
+        if pretrained_spec:
+            return load_pretrained(self.backbone, self.cfg.BACKBONE, pretrained_spec, input_norm, ctx)
+        return None
 
     def backbone_params(self):
         return self.backbone.collect_params()
@@ -251,11 +256,19 @@ def first_context(ctx):
     return ctx[0] if isinstance(ctx, (list, tuple)) else ctx
 
 
-def build_model(cfg, num_classes, ctx=None):
-    """An initialised M2Det training network for ``num_classes`` foreground classes
-    (``ctx``: one context or a list, for data-parallel training)."""
+def build_model(cfg, num_classes, ctx=None, pretrained_weights=True, logger=None):
+    """An initialised M2Det training network for ``num_classes`` foreground classes (``ctx``: one
+    context or a list, for data-parallel training), the backbone from PRETRAINED (unless
+    ``pretrained_weights`` is False: a checkpoint will hold them); a bad source is a ConfigError."""
     net = M2Det(cfg.MODEL, num_classes, cfg.INPUT.SIZE)
-    net.initialize_weights(ctx=ctx or mx.cpu())
+    spec = cfg.get("PRETRAINED", "") if pretrained_weights else ""
+    try:
+        report = net.initialize_weights(ctx=ctx or mx.cpu(), pretrained_spec=spec,
+                                        input_norm=(list(cfg.INPUT.MEAN), list(cfg.INPUT.STD)))
+    except PretrainedError as err:
+        raise ConfigError(f"{cfg.get('CONFIG_FILE') or '<config>'}: PRETRAINED: {err}") from None
+    if report is not None:
+        (logger or logging.getLogger("m2det")).info("backbone weights %s", report.summary())
     # One forward pass completes deferred shapes so that checkpoints can be loaded right away.
     size = net.input_size
     net(mx.nd.zeros((1, 3, size, size), ctx=first_context(ctx)))

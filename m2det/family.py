@@ -1,6 +1,5 @@
 """M2Det as a detector family of the shared registry (lib.family): a frame detector with a square
 input, exported as the standard single-frame artifact (m2det.export)."""
-import copy
 import re
 
 from lib.config import ConfigError
@@ -41,7 +40,7 @@ class M2DetFamily(DetectorFamily):
         if mobilenet and mobilenet.group(1) == "2":
             model = {"BACKBONE": "mobilenetv2"}
             if width:
-                model["MOBILENET_MULTIPLIER"] = float(width)
+                model["BACKBONE_WIDTH"] = float(width)
             return {"MODEL": model}
         if depth and depth.group(1) in ("50", "101"):
             return {"MODEL": {"BACKBONE": f"resnet{depth.group(1)}"}}
@@ -56,9 +55,7 @@ class M2DetFamily(DetectorFamily):
         return run_training(cfg, train_set, val_set, run=run)
 
     def load(self, cfg, classes, checkpoint=None, folder=None, ctx=None):
-        cfg = copy.deepcopy(cfg)
-        cfg.MODEL.BACKBONE_WEIGHTS = ""     # the checkpoint holds them
-        net = build_model(cfg, len(classes), ctx)
+        net = build_model(cfg, len(classes), ctx, pretrained_weights=False)     # the checkpoint holds them
         load_weights(net, checkpoint or folder, ctx=first_context(ctx))
         return net
 

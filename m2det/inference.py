@@ -42,8 +42,7 @@ def load_trained_model(path, ctx=None, overrides=None):
     except RunFolderError as err:
         raise FileNotFoundError(f"{err}: {folder} is not an m2det-train run folder") from None
     cfg = load_config(run.config_path, overrides)
-    cfg.MODEL.BACKBONE_WEIGHTS = ""  # the checkpoint holds them
-    net = build_model(cfg, len(run.classes), ctx)
+    net = build_model(cfg, len(run.classes), ctx, pretrained_weights=False)   # the checkpoint holds them
     load_weights(net, params, ctx=first_context(ctx))
     return net, cfg, run.classes
 
@@ -105,7 +104,6 @@ def model_at_size(net, cfg, size, ctx=None):
         cfg.MODEL.PRIORS.STEPS = list(OFFICIAL_PRIORS[int(size)][0])
     else:
         cfg.MODEL.PRIORS.STEPS = []
-    cfg.MODEL.BACKBONE_WEIGHTS = ""
     other = M2Det(cfg.MODEL, net.num_classes, cfg.INPUT.SIZE)
     other.initialize(ctx=first_context(ctx))
     other(mx.nd.zeros((1, 3, int(size), int(size)), ctx=first_context(ctx)))

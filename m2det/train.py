@@ -1,7 +1,7 @@
 """M2Det training through lib.train.fit: the model, the loss task, the run.
 
 ``run_training(cfg, train_set, val_set)`` writes the run folder (lib.train.run), builds the network
-(backbone weights from MODEL.BACKBONE_WEIGHTS), and trains with checkpoints, TensorBoard, the log file
+(backbone weights from PRETRAINED), and trains with checkpoints, TensorBoard, the log file
 and, with TRAIN.EVALUATE, the validation mAP every EVAL_EVERY epochs.
 """
 import json
@@ -13,7 +13,7 @@ from mxnet import gluon
 
 from lib.config import ConfigError, project_path
 from lib.losses import MultiBoxLoss
-from lib.runtime import get_contexts
+from lib.train.distributed import config_contexts
 from lib.train import fit, seed_everything
 from lib.train.run import RunFolder
 
@@ -29,11 +29,17 @@ class M2DetTask:
 
     With several contexts the batch is split across them (data parallel); each device's loss is
     rescaled from its own positives to the positives of the whole batch, so the summed gradient is
-    the single-device one (up to BatchNorm, whose batch statistics stay per device).
+    the single-device one (up to BatchNorm, whose batch statistics stay per device). In a distributed
+    job the positives are counted over every worker (lib.train.distributed's allreduce_sum), so the
+    job's summed gradient is that of one process with the whole job's batch
+    (``global_normalization``).
     """
+
+    global_normalization = True
 
     def __init__(self, net, cfg, ctx=None):
         self.net = net
+        self.dist = None
         self.ctx = list(ctx) if isinstance(ctx, (list, tuple)) else [ctx or mx.cpu()]
         if cfg.LOSS.TYPE not in ("softmax", "focal"):
             raise ConfigError(f"LOSS.TYPE must be 'softmax' or 'focal', got {cfg.LOSS.TYPE!r}")
@@ -42,14 +48,21 @@ class M2DetTask:
                                     focal_alpha=float(cfg.LOSS.FOCAL_ALPHA),
                                     focal_gamma=float(cfg.LOSS.FOCAL_GAMMA))
 
+    def set_distributed(self, dist):
+        self.dist = dist
+
     def loss(self, batch):
-        if len(self.ctx) == 1:
+        distributed = self.dist is not None and self.dist.distributed
+        if len(self.ctx) == 1 and not distributed:
             images, cls_t, box_t = (b.as_in_context(self.ctx[0]) for b in batch)
             cls_pred, box_pred = self.net(images)
             total, cls_loss, box_loss = self.loss_fn(cls_pred, box_pred, cls_t, box_t)
             return total, {"cls_loss": cls_loss.asscalar(), "box_loss": box_loss.asscalar()}
         splits = [gluon.utils.split_and_load(b, self.ctx, even_split=False) for b in batch]
-        total_pos = max(1.0, float((batch[1] > 0).sum().asscalar()))
+        total_pos = float((batch[1] > 0).sum().asscalar())
+        if distributed:
+            total_pos = float(self.dist.allreduce_sum("m2det_positives", [total_pos])[0])
+        total_pos = max(1.0, total_pos)
         losses, parts = [], {"cls_loss": 0.0, "box_loss": 0.0}
         for images, cls_t, box_t in zip(*splits):
             cls_pred, box_pred = self.net(images)
@@ -67,7 +80,7 @@ def run_training(cfg, train_set, val_set=None, snapshot=None, tensorboard_dir=No
     if train_set is None or len(train_set) == 0:
         raise ValueError("the training set has no image")
     out_dir = project_path(cfg.OUTPUT_DIR)
-    ctx = get_contexts(cfg.CONTEXT)
+    ctx = config_contexts(cfg)
     classes = train_set.classes
     if val_set is not None and list(val_set.classes) != list(classes):
         raise ValueError(f"validation classes {val_set.classes} differ from training classes {classes}")

@@ -5,7 +5,6 @@ Oracles: gluon's own split_and_load, one context / one process trained on the sa
 Every job started here is bounded (launcher --timeout, subprocess timeouts) and the tests check
 that no process of the job is left behind (a tag in its environment).
 """
-import json
 import os
 import shlex
 import signal
@@ -24,7 +23,7 @@ from mxnet.gluon import nn
 from lib.config import PROJECT_ROOT, ConfigError
 from lib.tools import launch
 from lib.train import dist_check
-from lib.train.distributed import (DistributedInfo, Watchdog, create_kvstore, describe_scaling,
+from lib.train.distributed import (DistributedInfo, create_kvstore, describe_scaling,
                                    effective_batch_size, parse_contexts, scale_learning_rate, shard,
                                    split_batch)
 

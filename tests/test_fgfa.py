@@ -55,7 +55,7 @@ def test_bad_config_key_names_key_and_file(tmp_path):
     with pytest.raises(ConfigError, match=r"bad\.yaml: NETWORK.WIDTH must be in"):
         get_config(str(bad))
     bad.write_text(f"_BASE_: {TINY}\nNETWORK:\n  WIDTH: 0.5\n  PRETRAINED: model/resnet18_v1.params\n")
-    with pytest.raises(ConfigError, match="PRETRAINED is an ImageNet ResNet of full width"):
+    with pytest.raises(ConfigError, match="PRETRAINED holds ImageNet weights of a full-width backbone"):
         get_config(str(bad))
     bad.write_text(f"_BASE_: {TINY}\nTEST:\n  K: two\n")
     with pytest.raises(ConfigError, match="TEST.K"):

@@ -10,7 +10,7 @@ import pytest
 from fgfa.config import get_config
 from fgfa.test import load_model, run_test
 from fgfa.train import build_model, load_train_set, train
-from lib.config import PROJECT_ROOT
+from lib.config import PROJECT_ROOT, ConfigError
 from lib.dataset import DetectionDataset
 from lib.train import CheckpointError
 
@@ -120,9 +120,8 @@ def test_missing_checkpoint_and_bad_paths_give_clear_errors(tmp_path):
         load_model(cfg, classes=["a", "b"], checkpoint=str(tmp_path / "nope.params"))
     from fgfa.experiment import main
     assert main(["--cfg", str(tmp_path / "missing.yaml")]) == 2
-    bad = get_config(TINY, [f"OUTPUT_DIR={tmp_path / 'x'}", "NETWORK.PRETRAINED=model/does_not_exist.params"])
-    from fgfa.backbone import BackboneWeightsError
-    with pytest.raises(BackboneWeightsError, match="does_not_exist.params"):
+    bad = get_config(TINY, [f"OUTPUT_DIR={tmp_path / 'x'}", "PRETRAINED=model/does_not_exist.params"])
+    with pytest.raises(ConfigError, match="PRETRAINED: .*does_not_exist.params"):
         build_model(bad, 2)
 
 

@@ -100,7 +100,7 @@ def test_carried_state_is_masked_per_lane(tiny_cfg):
     net = build_detector(tiny_cfg)
     task = ClipTask(net, tiny_cfg)
     shape = (2,) + net.state_shape
-    task.lane_state = (mx.nd.ones(shape), mx.nd.ones(shape) * 2)
+    task.lane_state = [(mx.nd.ones(shape), mx.nd.ones(shape) * 2)]    # the lanes of the one context
     c, h = task.initial_state(np.array([True, False]), 2)
     assert float(c[0].min().asscalar()) == 1 and float(h[0].min().asscalar()) == 2
     assert float(c[1].abs().max().asscalar()) == 0 and float(h[1].abs().max().asscalar()) == 0

@@ -9,8 +9,6 @@ import numpy as np
 import pytest
 
 from m2det import config as m2det_config
-from m2det import data as m2det_data
-from m2det import inference
 from m2det.detector import build_model
 from m2det.export import export_inference_model
 from m2det.detector import M2Det, M2DetInference, postprocess
@@ -116,7 +114,7 @@ def test_sfam_separate_and_shared_weights():
 
 
 def test_shared_weights_option_counts_parameters():
-    base = ["MODEL.BACKBONE=mobilenetv2", "MODEL.MOBILENET_MULTIPLIER=0.25", "MODEL.SFAM=true"]
+    base = ["MODEL.BACKBONE=mobilenetv2", "MODEL.BACKBONE_WIDTH=0.25", "MODEL.SFAM=true"]
     cfg_tiny = m2det_config.load(TINY, base)
     cfg_shared = m2det_config.load(TINY, base + ["MODEL.SHARED_WEIGHTS=true"])
     separate, shared = M2Det(cfg_tiny.MODEL, 2, cfg_tiny.INPUT.SIZE), M2Det(cfg_shared.MODEL, 2, cfg_shared.INPUT.SIZE)
@@ -185,7 +183,7 @@ def test_user_backbone_weights_are_loaded(tmp_path):
     donor = build_model(cfg, 2)
     path = str(tmp_path / "backbone.params")
     donor.backbone.save_parameters(path)
-    cfg.MODEL.BACKBONE_WEIGHTS = path
+    cfg.PRETRAINED = path
     net = build_model(cfg, 2)
     for (name, a), (_, b) in zip(sorted(donor.backbone._collect_params_with_prefix().items()),
                                  sorted(net.backbone._collect_params_with_prefix().items())):

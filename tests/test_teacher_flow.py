@@ -12,7 +12,7 @@ from lib import ops
 from lib.config import PROJECT_ROOT
 from lib.dataset import load_dataset, read_image
 from lib.dataset.flow_pairs import make_flow_pair
-from lib.dataset.synthetic import generate_video_dataset, render_video
+from lib.dataset.synthetic import generate_video_dataset
 from lib.dataset.teacher_flow import FLOAT16_TOLERANCE, TeacherFlowCache, TeacherFlowPairs, teacher_pairs
 from lib.flow import DIS_PRESETS, DISFlow, dis_flow, flow_to_grid, mask_to_grid
 

@@ -15,9 +15,7 @@ import argparse
 import datetime
 import json
 import os
-import time
 
-import mxnet as mx
 
 from lib.config import PROJECT_ROOT, dump_config
 from lstm_ssd import config as lstm_config

