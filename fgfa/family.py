@@ -41,8 +41,11 @@ class _RFCNBase(DetectorFamily):
         return keys
 
     def backbone_keys(self, name, width):
-        depth = re.search(r"resnet_?v?1?_?(18|34|50|101)", (name or "").lower())
-        return {"NETWORK": {"DEPTH": int(depth.group(1))}} if depth else None
+        name = (name or "").lower()
+        if "efficientnet_lite0" in name:
+            return {"NETWORK": {"BACKBONE": "efficientnet_lite0", "WIDTH": float(width or 1.0)}}
+        depth = re.search(r"resnet_?v?1?_?(18|34|50|101)", name)
+        return {"NETWORK": {"BACKBONE": "resnet", "DEPTH": int(depth.group(1))}} if depth else None
 
     def build(self, cfg, num_classes, ctx=None):
         return build_model(cfg, num_classes, ctx)

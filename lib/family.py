@@ -21,6 +21,7 @@ import os
 
 import mxnet as mx
 
+from lib import pretrained
 from lib.config import ConfigError
 from lib.export import ExportNotSupported
 from lib.registry import Registry
@@ -70,6 +71,18 @@ class DetectorFamily:
         """{section: {key: value}} a config of this family needs for these classes (the recipe merges
         them): by default the class list."""
         return {"DATASET": {"CLASSES": list(classes)}} if classes is not None else {}
+
+    normalizes_input = True   # INPUT.MEAN / STD normalise its input (False: the network does it inside)
+
+    def pretrained_keys(self, spec):
+        """{section: {key: value}} for starting from the backbone weights of a lib.pretrained ``spec``:
+        PRETRAINED itself and, where INPUT.MEAN / STD normalise the input, what the weights expect (the
+        VGG16 conversion folds the family's own normalisation into its first layer instead)."""
+        keys = {"PRETRAINED": spec}
+        norm = pretrained.input_normalization(spec)
+        if self.normalizes_input and norm and not str(spec).startswith("vgg16"):
+            keys["INPUT"] = {"MEAN": [float(v) for v in norm["mean"]], "STD": [float(v) for v in norm["std"]]}
+        return keys
 
     def backbone_keys(self, name, width):
         """A recipe's BACKBONE / WIDTH_MULTIPLIER (TF-OD names such as ssd_mobilenet_v2 work too) ->

@@ -39,13 +39,14 @@ MODEL_TYPES = ("lstm_ssd", "ssdlite", "fast_slow")
 
 class LiteBackbone(gluon.HybridBlock):
     """EfficientNet-Lite0 (lib.backbones) as an extractor's backbone: the ``s32`` tap (320 channels) at
-    OUTPUT_STRIDE 32, ``s16`` (112) at 16; its ImageNet normalisation inside (RGB 0..255 in)."""
+    OUTPUT_STRIDE 32, ``s16`` (112) at 16, ``s8`` (40) at 8; its ImageNet normalisation inside (RGB
+    0..255 in)."""
 
     def __init__(self, width=1.0, output_stride=32, **kwargs):
         super().__init__(**kwargs)
-        taps = {32: "s32", 16: "s16"}
+        taps = {32: "s32", 16: "s16", 8: "s8"}
         if output_stride not in taps:
-            raise ValueError(f"OUTPUT_STRIDE of efficientnet_lite0 must be 16 or 32, got {output_stride}")
+            raise ValueError(f"OUTPUT_STRIDE of efficientnet_lite0 must be 8, 16 or 32, got {output_stride}")
         with self.name_scope():
             self.net = EfficientNetLite(width, taps=(taps[output_stride],), prefix="")
             self.mean = self.params.get_constant("mean", mx.nd.array(IMAGENET_MEAN).reshape((1, 3, 1, 1)))

@@ -24,6 +24,7 @@ from .train import train_model
 
 class _LSTMSSDBase(DetectorFamily):
     schema = lstm_config.SCHEMA
+    normalizes_input = False      # the extractors scale / normalise inside the graph
 
     def load_config(self, path=None, overrides=None):
         return lstm_config.load(path, overrides)
@@ -42,6 +43,8 @@ class _LSTMSSDBase(DetectorFamily):
         return keys
 
     def backbone_keys(self, name, width):
+        if "efficientnet_lite0" in (name or "").lower():
+            return {"MODEL": {"LARGE": {"NET": "efficientnet_lite0", "WIDTH": float(width or 1.0), "NUM_BLOCKS": -1}}}
         mobilenet = re.search(r"mobilenet_?v?([12])", (name or "").lower())
         if not mobilenet:
             return None

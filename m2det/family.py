@@ -35,6 +35,8 @@ class M2DetFamily(DetectorFamily):
 
     def backbone_keys(self, name, width):
         name = (name or "").lower()
+        if "efficientnet_lite0" in name:
+            return {"MODEL": {"BACKBONE": "efficientnet_lite0", "BACKBONE_WIDTH": float(width or 1.0)}}
         mobilenet = re.search(r"mobilenet_?v?([12])", name)
         depth = re.search(r"resnet_?v?1?_?(18|34|50|101)", name)
         if mobilenet and mobilenet.group(1) == "2":

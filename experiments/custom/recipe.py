@@ -39,6 +39,9 @@ RECIPE_DEFAULTS = {
     "CLASSES": [],             # explicit class list (else the training data's)
     "BACKBONE": "",            # e.g. mobilenet_v2, resnet50 (TF OD names as ssd_mobilenet_v2 work too); "" = BASE's
     "WIDTH_MULTIPLIER": 0.0,   # MobileNet width (depth multiplier); 0 = BASE's
+    # backbone weights (lib.pretrained: efficientnet_lite0:imagenet, vgg16_hed:bsds500, gluoncv:<name>, a
+    # .params); with it the input normalisation the weights expect; "" = BASE's (random init)
+    "PRETRAINED": "",
     # the shared INPUT keys (lib.config.SHARED_DEFAULTS): SIZE for fixed-size families, SHORT_SIDE /
     # MAX_SIZE / TRAIN_SCALES (factors of the input size, one drawn per sample) for rfcn / fgfa
     "INPUT": {"SIZE": [], "SHORT_SIDE": 0, "MAX_SIZE": 0, "TRAIN_SCALES": []},
@@ -169,6 +172,12 @@ def family_config(cfg, classes=None, train_size=None, still_images=0):
                     source, cfg.BACKBONE, family.name, cfg.BASE or family.default_config)
     for section, keys in (backbone or {}).items():
         mapped.setdefault(section, {}).update(keys)
+    if cfg.PRETRAINED:
+        for section, keys in family.pretrained_keys(cfg.PRETRAINED).items():
+            if isinstance(keys, dict):
+                mapped.setdefault(section, {}).update(keys)
+            else:
+                mapped[section] = keys
     plain = merge(plain, mapped, source=f"{source} (recipe keys)", open_keys=schema.open_keys,
                   size_keys=schema.size_keys)
     if cfg.TRAIN.ITERATIONS and train_size:

@@ -13,16 +13,15 @@ or onnxruntime, numpy and OpenCV are needed: none of the training code is import
 import argparse
 import json
 import os
-import re
 import sys
 import time
 
 import cv2
 import numpy as np
 
+from lib.frames import DEFAULT_FPS, IMAGE_EXTENSIONS, FrameSourceError, read_frames, source_fps  # noqa: F401
 from lib.tools import os_errors_are_user_errors
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 # meta.json input.resize values that resize to input.size [H, W] ignoring the aspect ("square": older artifacts)
 FIXED_RESIZE = ("fixed", "square")
 
@@ -36,62 +35,13 @@ def load_ops_library():
         mx.library.load(lib_path, verbose=False)
 
 
-def _numeric_key(path):
-    # frame10 after frame9: sort by the numbers in the name
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", os.path.basename(path))]
-
-
-DEFAULT_FPS = 25.0  # frame rate of the MP4 made from a folder of frames or an image (no rate of its own)
-
-
-def source_fps(source):
-    """The frame rate of a video file (OpenCV), or None for a folder, an image, or a video whose rate
-    is unknown or implausible (0, NaN, above 1000)."""
-    if os.path.isdir(source) or source.lower().endswith(IMAGE_EXTENSIONS) or not os.path.isfile(source):
-        return None
-    capture = cv2.VideoCapture(source)
-    try:
-        fps = float(capture.get(cv2.CAP_PROP_FPS) or 0.0) if capture.isOpened() else 0.0
-    finally:
-        capture.release()
-    return fps if np.isfinite(fps) and 0 < fps <= 1000 else None
-
-
 def iterate_frames(source):
-    """Yield (name, BGR frame) from a video file, an image, or a folder of images in numeric order."""
-    if os.path.isdir(source):
-        files = sorted((os.path.join(source, f) for f in os.listdir(source)
-                        if f.lower().endswith(IMAGE_EXTENSIONS)), key=_numeric_key)
-        if not files:
-            raise SystemExit(f"error: {source}: no images ({', '.join(IMAGE_EXTENSIONS)}) in this folder")
-        for path in files:
-            frame = cv2.imread(path, cv2.IMREAD_COLOR)
-            if frame is None:
-                print(f"warning: {path}: unreadable image, skipped", file=sys.stderr)
-                continue
-            yield os.path.splitext(os.path.basename(path))[0], frame
-        return
-    if not os.path.exists(source):
-        raise SystemExit(f"error: {source}: no such file or folder")
-    if source.lower().endswith(IMAGE_EXTENSIONS):
-        frame = cv2.imread(source, cv2.IMREAD_COLOR)
-        if frame is None:
-            raise SystemExit(f"error: {source}: unreadable image")
-        yield os.path.splitext(os.path.basename(source))[0], frame
-        return
-    capture = cv2.VideoCapture(source)
-    if not capture.isOpened():
-        raise SystemExit(f"error: {source}: OpenCV cannot open this video")
-    index = 0
-    while True:
-        ok, frame = capture.read()
-        if not ok:
-            break
-        yield f"{index:06d}", frame
-        index += 1
-    capture.release()
-    if index == 0:
-        raise SystemExit(f"error: {source}: the video has no readable frames")
+    """Yield (name, BGR frame) of a video, an image or a folder of images (lib.frames), a source that
+    cannot be read being the tools' one-line user error."""
+    try:
+        yield from read_frames(source, "bgr")
+    except FrameSourceError as err:
+        raise SystemExit(f"error: {err}") from None
 
 
 def read_meta(path):
