@@ -18,7 +18,10 @@ DEFAULTS = extend_schema(SHARED_DEFAULTS, {
         "SMALL": {"NET": "mobilenet_v2", "WIDTH": 0.35, "NUM_BLOCKS": -1, "OUTPUT_STRIDE": 16,
                   "MIN_DEPTH": 8, "INPUT_SIZE": 160},
         "LSTM": {"UNITS": 256, "GROUPS": 1, "CLIP": 0.0, "FORGET_BIAS": 1.0, "OUTPUT_BOTTLENECK": False,
-                 "KERNEL": 3},
+                 "KERNEL": 3,
+                 # level 0 = frame projection + zero-initialised 1x1 of the memory output: starts as the
+                 # frame baseline (warm start from an SSDLite checkpoint); False = the paper's cell
+                 "RESIDUAL": False},
         "PYRAMID": {"DEPTHS": [512, 256, 256, 128]},   # levels after level 0 (the memory output)
         "ANCHORS": {"MIN_SCALE": 0.2, "MAX_SCALE": 0.95, "ASPECT_RATIOS": [1.0, 2.0, 0.5, 3.0, 0.3333],
                     "REDUCE_LOWEST": True},
