@@ -60,14 +60,11 @@ DEFAULTS = extend_schema(SHARED_DEFAULTS, {
         "DRAW_THRESH": 0.3,        # for drawn images
         "PRINT_IMAGES": False,     # save annotated test images (as the port's TEST.PRINT_IMAGES)
         "MAX_IMAGES": 0,           # 0 = all test records
-        "SUBSETS": {},             # name -> file of "<video> <frame>" lines: mAP of those frames too
-                                   # (the whole videos are still streamed, so memory sees every frame)
         "RESULTS_TABLE": "experiments/lstm_ssd/results.md",
         "QUANTIZE": "",            # int8: extractors and head in int8 on CPU (MKLDNN), the LSTM in float
     },
 })
 
-OPEN_KEYS = ("TEST.SUBSETS",)
 SIZE_KEYS = ("INPUT.SIZE", "MODEL.LARGE.INPUT_SIZE", "MODEL.SMALL.INPUT_SIZE")   # S or [H, W]
 # keys of earlier releases -> their names in the shared schema (read with a warning)
 RENAMES = {
@@ -80,7 +77,7 @@ RENAMES = {
     "TEST.SCORE_THRESHOLD": "TEST.DRAW_THRESH",
     "DATASET.TEST": "DATASET.VAL",
 }
-SCHEMA = Schema(DEFAULTS, open_keys=OPEN_KEYS, size_keys=SIZE_KEYS, renames=RENAMES, spec_list_keys=SPEC_LIST_KEYS)
+SCHEMA = Schema(DEFAULTS, size_keys=SIZE_KEYS, renames=RENAMES, spec_list_keys=SPEC_LIST_KEYS)
 
 
 def load(path=None, overrides=None):

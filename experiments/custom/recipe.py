@@ -57,11 +57,13 @@ RECIPE_DEFAULTS = {
         "INFER": {"ENABLED": False, "SIZE": [512, 512], "OVERLAP": 64, "NMS_IOU": 0.5,
                   "INCLUDE_FULL_FRAME": True, "MAX_DETECTIONS": 100},
     },
-    "EVAL": {"THRESHOLDS": [0.2, 0.5, 0.8], "SMALL_HEIGHT": 32.0},
+    # SUBSETS: name -> frame list (lib.eval.subsets, the families' TEST.SUBSETS), e.g. lib.tools.degrade's
+    # degraded_frames.txt / intact_frames.txt: evaluate also reports the mAP of those frames
+    "EVAL": {"THRESHOLDS": [0.2, 0.5, 0.8], "SMALL_HEIGHT": 32.0, "SUBSETS": {}},
     "OUTPUT_DIR": "output/custom/run",
     "CONTEXT": "cpu",
 }
-OPEN_KEYS = ("OVERRIDES",)
+OPEN_KEYS = ("OVERRIDES", "EVAL.SUBSETS")
 SPEC_LIST_KEYS = ("DATASET.TRAIN", "DATASET.VAL")
 RENAMES = {"DATA": "DATASET"}      # the recipe's name of the dataset section before the shared schema
 
