@@ -22,12 +22,13 @@ import mxnet as mx
 import numpy as np
 from mxnet import autograd, gluon
 
+from lib import pretrained
 from lib.anchors import multiscale_anchors
+from lib.backbones import IMAGENET_MEAN, IMAGENET_STD, EfficientNetLite
 from lib.bbox import clip_boxes, decode_boxes
 from lib.config import size_hw
+from lib.fileio import atomic_save, atomic_write_json
 from lib.nms import multiclass_nms
-from lib import pretrained
-from lib.backbones import IMAGENET_MEAN, IMAGENET_STD, EfficientNetLite
 from lib.runtime import quantize_block
 
 from .layers import ConvBN, PruneGroup
@@ -421,12 +422,8 @@ def save_model(net, path):
     """Write ``path`` (.params) and ``path`` minus .params + .channels.json (shapes after pruning)."""
     base = path[:-len(".params")] if path.endswith(".params") else path
     os.makedirs(os.path.dirname(os.path.abspath(base)), exist_ok=True)
-    tmp = base + ".params.tmp"
-    net.save_parameters(tmp)
-    os.replace(tmp, base + ".params")
-    with open(base + ".channels.json.tmp", "w", encoding="utf-8") as f:
-        json.dump(net.channel_state(), f, indent=1, sort_keys=True)
-    os.replace(base + ".channels.json.tmp", base + ".channels.json")
+    atomic_save(base + ".params", net.save_parameters)
+    atomic_write_json(base + ".channels.json", net.channel_state())
     return base + ".params"
 
 

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from lib.fileio import atomic_open
+
 from .errors import DatasetReport
 
 
@@ -156,11 +158,9 @@ class DetectionDataset:
 
     def to_json(self, path):
         """Cache as JSON (written atomically)."""
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
+        with atomic_open(path) as f:
             json.dump({"name": self.name, "classes": self.classes,
                        "records": [r.to_dict() for r in self.records]}, f)
-        os.replace(tmp, path)
 
     @classmethod
     def from_json(cls, path):

@@ -10,6 +10,7 @@ import os
 
 from lib.dataset.io import DatasetError
 from lib.eval.voc import voc_ap
+from lib.fileio import atomic_write_text
 
 
 def frame_key(record):
@@ -34,15 +35,7 @@ def write_frame_list(path, records):
     """Write the frame list of ``records`` to ``path`` (atomically)."""
     text = frame_list_text(records)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return atomic_write_text(path, text)
 
 
 def read_frame_list(path):

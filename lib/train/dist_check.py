@@ -25,7 +25,17 @@ import numpy as np
 from mxnet import autograd, gluon
 from mxnet.gluon import nn
 
-from .distributed import DistributedError, DistributedInfo, create_kvstore, mark_finished, parse_contexts, shard, split_batch
+from lib.fileio import atomic_save
+
+from .distributed import (
+    DistributedError,
+    DistributedInfo,
+    create_kvstore,
+    mark_finished,
+    parse_contexts,
+    shard,
+    split_batch,
+)
 
 NUM_CLASSES = 3
 
@@ -79,13 +89,7 @@ def parameters_numpy(net):
 
 
 def _atomic_write(path, write):
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_save(path, write)
 
 
 def run_worker(args):
