@@ -25,7 +25,6 @@ that pre-training first when it is missing, and training reuses the result). Wri
 and flow_check.png (key frame, FlowNet flow, Farneback flow, colour-coded) to ``--out``.
 """
 import argparse
-import json
 import os
 import sys
 from types import SimpleNamespace
@@ -36,6 +35,7 @@ import numpy as np
 import tqdm
 
 from lib.config import ConfigError, project_path
+from lib.fileio import atomic_write_json
 from lib.dataset import whole_videos_spec
 from lib.dataset.flow_pairs import FARNEBACK, consistent_mask, farneback_flow
 from lib.dataset.io import DatasetError, read_image
@@ -252,8 +252,7 @@ def run(cfg, model_path="", flownet_path="", pretrain=False, offsets=(1, 2, 3), 
             cv2.putText(canvas, text, (i * size[0] + 8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (255, 255, 255), 2)
         save_image(os.path.join(out_dir, "flow_check.png"), canvas)
         result["example"] = [first_path, second_path]
-    with open(os.path.join(out_dir, "flow_check.json"), "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=1)
+    atomic_write_json(os.path.join(out_dir, "flow_check.json"), result, sort_keys=False)
     return result, out_dir
 
 

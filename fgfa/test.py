@@ -17,6 +17,7 @@ from lib.config import ConfigError, project_path
 from lib.dataset import whole_videos_spec
 from lib.dataset.io import DatasetError, read_image
 from lib.eval.subsets import subset_scores
+from lib.fileio import atomic_open
 from lib.eval import detections_to_json, save_pr_curves, vid_ap, voc_ap, write_results_table
 from lib.nms import seq_nms
 from lib.runtime import get_context
@@ -190,7 +191,7 @@ def evaluate(records, detections, classes, metric="auto"):
 def write_reports(out_dir, records, detections, classes, result, seconds_per_frame):
     """detections.json (COCO results), results.md + metrics.json (lib.eval tables), PR curve PNGs."""
     os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "detections.json"), "w", encoding="utf-8") as f:
+    with atomic_open(os.path.join(out_dir, "detections.json")) as f:
         json.dump(detections_to_json(records, detections, classes), f)
     text = write_results_table(result, os.path.join(out_dir, "results.md"),
                                os.path.join(out_dir, "metrics.json"))

@@ -24,6 +24,7 @@ from mxnet import gluon
 import lib.anchors  # noqa: F401
 from lib.bbox import decode_boxes_F
 from lib.export import add_onnx, export_block, graph_multiclass_nms, write_meta
+from lib.fileio import atomic_write_json
 
 from . import config as lstm_config
 from .detector import load_model
@@ -120,8 +121,7 @@ def export_parts(net, prefix, ctx=mx.cpu()):
             "input": "RGB 0..255 float32, NCHW, resized to image_size [H, W] (the backbone's input scaling is in the graph)",
             "anchors": net.anchors().tolist(),
             "parts": described}
-    with open(f"{prefix}-parts.json", "w", encoding="utf-8") as f:
-        json.dump(meta, f, indent=1)
+    atomic_write_json(f"{prefix}-parts.json", meta, sort_keys=False)
     return files
 
 
