@@ -5,10 +5,13 @@ naming the file, the line when there is one, and what is wrong) and skips the sa
 With ``strict=True`` the same call raises ``DatasetError`` instead.
 """
 import atexit
+import json
 import os
 
 import cv2
+import mxnet as mx
 import numpy as np
+from tqdm import tqdm
 
 from lib.fileio import atomic_open
 
@@ -154,7 +157,6 @@ def verify_images(dataset, mode="decode", cache_path=None, progress=True):
 
     cache_path: optional JSON file remembering files that passed (keyed by path, size and
     modification time, so an edited file is checked again); written atomically."""
-    import json
     report = getattr(dataset, "report", None) or DatasetReport(dataset.name)
     cache, key_of = {}, lambda st: [st.st_size, st.st_mtime_ns, mode]
     if cache_path and os.path.isfile(cache_path):
@@ -169,7 +171,6 @@ def verify_images(dataset, mode="decode", cache_path=None, progress=True):
     keep = []
     items = dataset.records
     if progress:
-        from tqdm import tqdm
         items = tqdm(items, desc=f"check images ({mode})", unit="img", leave=False)
     for k, rec in enumerate(items):
         path = rec.image
@@ -265,7 +266,6 @@ atexit.register(_close_readers)
 
 def read_record_image(path):
     """Bytes of the image stored at '<file>.rec#<index>' (one open reader per process and file)."""
-    import mxnet as mx  # only here: reading images needs no MXNet otherwise
     rec_path, idx = path.rsplit("#", 1)
     key = (os.getpid(), rec_path)
     if key not in _READERS:

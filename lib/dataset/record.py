@@ -13,6 +13,7 @@ import numpy as np
 from lib.fileio import atomic_open
 
 from .errors import DatasetReport
+from .io import DatasetError
 
 
 def _reason(message):
@@ -134,7 +135,6 @@ class DetectionDataset:
         message names ``what`` (e.g. the config key), the dataset, its image count and what the
         reader dropped. ``allow_background_only=True`` accepts a set of only background frames
         (it must be asked for). Returns the number of boxes."""
-        from .io import DatasetError
         boxes = int(sum(rec.num_boxes for rec in self.records))
         if boxes or allow_background_only:
             return boxes

@@ -26,6 +26,7 @@ import json
 import os
 
 import numpy as np
+from tqdm import tqdm
 
 from lib.fileio import atomic_open
 from lib.flow import DISFlow, flow_to_grid, mask_to_grid
@@ -160,7 +161,6 @@ class TeacherFlowPairs:
 
     def precompute(self, progress=True):
         """Fill the cache for every pair (tqdm progress); returns the number of flows computed."""
-        from tqdm import tqdm
         before = self.cache.misses
         for index in tqdm(range(len(self)), desc="DIS teacher flow", unit="pair", disable=not progress,
                           dynamic_ncols=True):

@@ -23,8 +23,16 @@ import yaml
 
 from lib.dataset import DatasetError, load_dataset
 from lib.dataset.cli import guess_format
-from lib.eval import METRICS, DetectionsFormatError, evaluate, read_detections, save_pr_curves, \
-    small_objects_only, write_results_table
+from lib.eval import (
+    METRICS,
+    DetectionsFormatError,
+    evaluate,
+    read_detections,
+    save_pr_curves,
+    small_objects_only,
+    write_results_table,
+)
+from lib.eval.vid import read_motion_iou_mat
 from lib.tools import os_errors_are_user_errors
 
 FORMATS = ("voc", "coco", "csv", "vid", "kitti")
@@ -134,7 +142,6 @@ def run(args):
     if args.metric == "vid" and args.no_motion:
         kwargs["motion"] = False
     if args.motion_iou is not None:
-        from lib.eval.vid import read_motion_iou_mat
         try:
             kwargs["precomputed_motion_ious"] = read_motion_iou_mat(args.motion_iou, dataset.records)
         except ValueError as err:

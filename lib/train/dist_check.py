@@ -27,6 +27,7 @@ from mxnet.gluon import nn
 
 from lib.fileio import atomic_save
 
+from ..config import ConfigError
 from .distributed import (
     DistributedError,
     DistributedInfo,
@@ -213,7 +214,6 @@ def main(argv=None):
         return verify(args.verify, args.tolerance)
     if not args.out:
         parser.error("--out DIR (worker mode) or --verify DIR")
-    from ..config import ConfigError
     try:
         return run_worker(args)
     except (ConfigError, DistributedError) as err:   # settings that differ between workers, too
