@@ -12,6 +12,7 @@ threads on the same weights and data); with equal thread counts the runs agree b
 Every job is bounded (the launcher's --timeout; ours) and the test checks that none of its processes
 is left behind.
 """
+import json
 import os
 import re
 import subprocess
@@ -211,7 +212,7 @@ def test_m2det_two_workers_equal_one_process_over_both_batches_and_resume_from_r
     assert _worker_lines(result, f"resumed from {job / 'ckpt-0001.json'} (epoch 1, iteration 3)") == \
         ["worker 0", "worker 1"]
     _assert_same_parameters(_params(job / "ckpt-0002.params"), _params(reference / "ckpt-0002.params"), "epoch 2")
-    history = yaml.safe_load((job / "history.json").read_text())
+    history = json.loads((job / "history.json").read_text())
     assert [e["epoch"] for e in history["epochs"]] == [1, 2]
 
 
