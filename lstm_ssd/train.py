@@ -27,7 +27,7 @@ from lib.losses import MultiBoxLoss
 from lib.matching import ssd_targets
 from lib.train import fit, load_matching_parameters, seed_everything
 from lib.pretrained import PretrainedError
-from lib.train.distributed import config_contexts, deal_batches, split_batch
+from lib.train.distributed import config_contexts, deal_batches, join_job, split_batch
 from lib.train.run import RunFolder
 from lib.transforms import Compose, ResizeTo, build_transforms
 from lib.viz import draw_detections, save_image
@@ -238,12 +238,14 @@ def load_init_weights(net, path, log=print):
 
 def train_model(cfg, dataset=None, out_dir=None, ctx=None, run=None, log=print):
     """The whole training phase: the run folder record, initial weights from the seed (exact resume),
-    MODEL.WEIGHTS, training, OUTPUT_DIR/model.params. Returns (net, fit's summary, seconds)."""
+    MODEL.WEIGHTS, training, OUTPUT_DIR/model.params (written by rank 0 alone in a distributed job,
+    TRAIN.KVSTORE dist_sync). Returns (net, fit's summary, seconds)."""
     out_dir = out_dir or project_path(cfg.OUTPUT_DIR)
-    dataset = dataset if dataset is not None else load_split(cfg, "TRAIN")
-    if run is None:
-        RunFolder(out_dir).write(cfg.MODEL.TYPE, dataset.classes, cfg)
     contexts = config_contexts(cfg) if ctx is None else (list(ctx) if isinstance(ctx, (list, tuple)) else [ctx])
+    job = join_job(cfg.TRAIN.KVSTORE, contexts)
+    dataset = dataset if dataset is not None else load_split(cfg, "TRAIN")
+    if run is None and job.is_chief:
+        RunFolder(out_dir).write(cfg.MODEL.TYPE, dataset.classes, cfg)
     seed_everything(cfg.TRAIN.SEED, 0)  # the initial weights are a function of the seed
     net = build_detector(cfg, contexts)
     net(mx.nd.zeros((1, 1, 3) + net.image_hw, ctx=contexts[0]))
@@ -258,7 +260,8 @@ def train_model(cfg, dataset=None, out_dir=None, ctx=None, run=None, log=print):
     start = time.time()
     summary = train(cfg, net, out_dir=out_dir, dataset=dataset, ctx=contexts)
     seconds = time.time() - start
-    save_model(net, os.path.join(out_dir, MODEL_FILE))
+    if job.is_chief:
+        save_model(net, os.path.join(out_dir, MODEL_FILE))
     return net, summary, seconds
 
 

@@ -21,6 +21,7 @@ from lib.config import ConfigError
 from lib.dataset import Record
 from lib.dataset.io import DatasetError, read_image
 from lib.tools.infer import ExportedDetector
+from lib.train.distributed import DistributedError
 from lib.viz import draw_detections, draw_ground_truth, draw_record, save_image
 
 from .config import load as load_config
@@ -70,7 +71,7 @@ def _run(fn, argv):
     try:
         fn(argv)
         return 0
-    except (ConfigError, DatasetError, FileNotFoundError, ValueError) as err:
+    except (ConfigError, DatasetError, DistributedError, FileNotFoundError, ValueError) as err:
         _fail(str(err))
 
 
@@ -100,7 +101,8 @@ def train_parser():
     p.add_argument("--workers", type=int, help="data loading worker processes")
     p.add_argument("--seed", type=int)
     p.add_argument("--loss", choices=("softmax", "focal"))
-    p.add_argument("--context", help="cpu | gpu | gpu:N | gpu:0,gpu:1 (data parallel)")
+    p.add_argument("--context", help="cpu | gpu | gpu:N | gpu:0,gpu:1 (data parallel); several hosts: "
+                                     "--set TRAIN.KVSTORE=dist_sync under python -m lib.tools.launch")
     add_dataset_subparsers(p, for_training=True)
     return p
 

@@ -9,15 +9,20 @@ OUTPUT_DIR/model.params (+ .channels.json) and the lib.train logs/checkpoints (r
 streams the TEST set with INTERLEAVE.POLICY, writes OUTPUT_DIR/test_results.json, annotated images to
 OUTPUT_DIR/test_images when TEST.PRINT_IMAGES (or --print-images), and appends a row (config, mAP,
 fps, params, MACs) to TEST.RESULTS_TABLE. For POLICY adaptive, training also trains the Double-DQN
-policy (OUTPUT_DIR/policy.params).
+policy (OUTPUT_DIR/policy.params). Under ``python -m lib.tools.launch`` with ``--set TRAIN.KVSTORE=dist_sync``
+every worker trains; rank 0 alone writes OUTPUT_DIR, trains the policy and tests. A mistake in the config
+or the data: one line ``error: ...`` and exit code 2.
 """
 import argparse
 import datetime
 import json
 import os
+import sys
 
-
-from lib.config import PROJECT_ROOT, dump_config
+from lib.config import PROJECT_ROOT, ConfigError, dump_config
+from lib.dataset import DatasetError
+from lib.train import CheckpointError
+from lib.train.distributed import DistributedError, config_contexts, join_job
 from lstm_ssd import config as lstm_config
 from lstm_ssd.detector import load_model
 from lstm_ssd.flops import model_summary
@@ -38,13 +43,26 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-
     args = parse_args(argv)
-    cfg = lstm_config.load(args.cfg, args.set)
+    try:
+        try:
+            cfg = lstm_config.load(args.cfg, args.set)
+        except ValueError as err:     # lstm_ssd.config's checks of the values (ConfigError is one too)
+            raise ConfigError(str(err)) from None
+        return train_test(args, cfg)
+    except (ConfigError, DatasetError, CheckpointError, DistributedError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def train_test(args, cfg):
     for phase in cfg.PHASE:
         if phase not in ("train", "policy", "test"):
-            raise ValueError(f"{args.cfg}: PHASE entries must be train, policy or test, got {phase!r}")
+            raise ConfigError(f"{args.cfg}: PHASE entries must be train, policy or test, got {phase!r}")
     out_dir = cfg.OUTPUT_DIR if os.path.isabs(cfg.OUTPUT_DIR) else os.path.join(PROJECT_ROOT, cfg.OUTPUT_DIR)
+    if "train" in cfg.PHASE and not join_job(cfg.TRAIN.KVSTORE, config_contexts(cfg)).is_chief:
+        train_model(cfg, out_dir=out_dir)      # another worker of a distributed job: rank 0 does the rest
+        return 0
     os.makedirs(out_dir, exist_ok=True)
     # the resolved config, loadable again with --cfg (CONFIG_FILE is set by the loader, not a key)
     dump_config({k: v for k, v in cfg.items() if k != "CONFIG_FILE"}, os.path.join(out_dir, "config.yaml"))
@@ -93,7 +111,8 @@ def main(argv=None):
         print(json.dumps(row, indent=1))
         if print_dir:
             print(f"annotated test images in {print_dir}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
