@@ -64,8 +64,10 @@ def train_test(args, cfg):
         train_model(cfg, out_dir=out_dir)      # another worker of a distributed job: rank 0 does the rest
         return 0
     os.makedirs(out_dir, exist_ok=True)
-    # the resolved config, loadable again with --cfg (CONFIG_FILE is set by the loader, not a key)
-    dump_config({k: v for k, v in cfg.items() if k != "CONFIG_FILE"}, os.path.join(out_dir, "config.yaml"))
+    if "train" in cfg.PHASE:
+        # the resolved config, loadable again with --cfg (CONFIG_FILE is set by the loader, not a key);
+        # a test-only run (e.g. on other data) leaves the trained run's record as it was
+        dump_config({k: v for k, v in cfg.items() if k != "CONFIG_FILE"}, os.path.join(out_dir, "config.yaml"))
     model_path = args.model or os.path.join(out_dir, MODEL_FILE)
     policy_path = os.path.join(out_dir, "policy.params")
     train_info = {}
