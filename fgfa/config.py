@@ -49,8 +49,9 @@ DEFAULTS = extend_schema(SHARED_DEFAULTS, {
         "RCNN_BBOX_STDS": [0.1, 0.1, 0.2, 0.2],
         "PS_GROUP": 7,                 # position-sensitive grid (group = pooled size)
         "AGGREGATE": True,             # False: the R-FCN single-frame baseline
-        # the flow of the test-time window: flownet (the network's) | dis (OpenCV DIS on the CPU, TEST.DIS_*;
-        # training always trains the FlowNet)
+        # the flow the aggregation warps with: flownet (the network's) | dis (OpenCV DIS on the CPU,
+        # TEST.DIS_*). Set for training, it trains with DIS flow (the FlowNet is not trained); set at test
+        # only (--set NETWORK.FLOW=dis), a FlowNet-trained model runs its window with DIS
         "FLOW": "flownet",
         "FLOW_WIDTH": 1.0,             # FlowNetSimple channel multiplier (CPU configs: < 1)
         "FLOW_SCALE": 2.5,             # 20 (FlowNet's flow/20) / 8 (flow at 1/8 of a half image)

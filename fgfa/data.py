@@ -43,6 +43,15 @@ def normalize_pad(image, mean, std, pad_stride):
     return padded
 
 
+def denormalize(image, mean, std, height=None, width=None):
+    """normalize_pad's inverse: float32 3xHpxWp -> RGB uint8 HxWx3 (the top-left height x width, the
+    unpadded image, when given): the frame DIS flow runs on."""
+    height, width = height or image.shape[1], width or image.shape[2]
+    pixels = (image[:, :height, :width] * np.asarray(std, np.float32).reshape(3, 1, 1)
+              + np.asarray(mean, np.float32).reshape(3, 1, 1))
+    return np.clip(np.rint(pixels), 0, 255).astype(np.uint8).transpose(1, 2, 0)
+
+
 def prepare_image(image, short, max_long, mean, std, pad_stride, flip=False):
     """RGB uint8 HxWx3 -> (float32 3xHpxWp normalised and zero-padded, [h, w, scale])."""
     resized, scale = resize_image(image, short, max_long, flip)

@@ -16,6 +16,7 @@ from lib import pretrained
 from lib.anchors import rpn_base_anchors, shift_anchors
 from lib.backbones import EfficientNetLite
 from lib.bbox import clip_boxes, decode_boxes
+from lib.flow import DISFlow
 from lib.nms import multiclass_nms
 from lib.ops import channels_last as to_channels_last
 from lib.ops import flow_aggregate  # looked up per call: tests replace it to prove it is not used
@@ -24,6 +25,7 @@ from lib.runtime import hybridize_for_inference, quantize_block
 
 from .aggregation import FlowAggregator
 from .backbone import ResNetV1Backbone
+from .data import denormalize
 from .embedding import EmbedNet
 from .flownet import FlowNetSimple, FlowPair
 from .operators import multi_proposal
@@ -127,6 +129,9 @@ class FGFADetector(gluon.Block):
         self.feat_channels = net.FEAT_CHANNELS
         self.num_anchors = len(net.ANCHOR_SCALES) * len(net.ANCHOR_RATIOS)
         self.builtin_ops = builtin_ops
+        # the flow the aggregation warps with: the FlowNet, or OpenCV's DIS on the CPU (NETWORK.FLOW)
+        self.flow_source = net.FLOW
+        self._dis = None
         with self.name_scope():
             self.features = FeatureNet(net, prefix="features_")
             if self.aggregate:
@@ -312,6 +317,21 @@ class FGFADetector(gluon.Block):
         return boxes, scores, labels
 
     # ------------------------------------------------------------------ training
+    def dis_flows(self, data, grid_shape):
+        """NETWORK.FLOW dis in training: OpenCV DIS from each key frame (data[:, 0]) to its neighbours
+        (data[:, 1:]) on the RGB frames recovered from the normalised batch, on the feature grid ->
+        (N*(F-1), 2, h, w), no gradient (the FlowNet is not used)."""
+        if self._dis is None:
+            self._dis = DISFlow(self.cfg.TEST.DIS_PRESET, self.cfg.TEST.DIS_SCALE)
+        mean, std, stride = self.cfg.INPUT.MEAN, self.cfg.INPUT.STD, int(self.cfg.NETWORK.FEAT_STRIDE)
+        frames = data.asnumpy()
+        grids = []
+        for clip in frames:
+            key = denormalize(clip[0], mean, std)
+            grids += [self._dis.grid(key, denormalize(ref, mean, std), stride, grid_shape).transpose(2, 0, 1)
+                      for ref in clip[1:]]
+        return mx.nd.array(np.stack(grids), ctx=data.context)
+
     def train_loss(self, data, im_info, gt_boxes, gt_labels, rng):
         """Losses of one batch (call inside autograd.record).
 
@@ -334,8 +354,11 @@ class FGFADetector(gluon.Block):
             sel = mx.nd.stack(*[caches5[:, i] for i in chosen], axis=1).reshape((-3, -2))
             key_img = data[:, 0]
             ref_imgs = [data[:, i] for i in range(1, n_frames)]
-            flows_nb = self.flownet(mx.nd.stack(*[key_img] * len(ref_imgs), axis=1).reshape((-3, -2)),
-                                    mx.nd.stack(*ref_imgs, axis=1).reshape((-3, -2)))  # (N*(F-1),2,h,w)
+            if self.flow_source == "dis":
+                flows_nb = self.dis_flows(data, tuple(caches.shape[-2:]))
+            else:
+                flows_nb = self.flownet(mx.nd.stack(*[key_img] * len(ref_imgs), axis=1).reshape((-3, -2)),
+                                        mx.nd.stack(*ref_imgs, axis=1).reshape((-3, -2)))  # (N*(F-1),2,h,w)
             flows_nb = flows_nb.reshape((-4, n_img, len(ref_imgs), -2))
             parts = []
             for i in chosen:

@@ -196,7 +196,12 @@ def train(cfg, dataset=None, val_fn=None, logger=None, run=None):
     model = build_model(cfg, dataset.num_classes, contexts, logger)
     if cfg.NETWORK.INIT_WEIGHTS:
         load_init_weights(model, cfg, logger)
-    if model.aggregate and cfg.NETWORK.FLOW_WEIGHTS:
+    if model.aggregate and cfg.NETWORK.FLOW == "dis":
+        # the aggregation warps with DIS flow: the FlowNet is neither pre-trained nor trained
+        model.flownet.collect_params().setattr("grad_req", "null")
+        logger.info("NETWORK.FLOW dis: the window warps with OpenCV DIS flow (TEST.DIS_PRESET %s); FlowNet unused",
+                    cfg.TEST.DIS_PRESET)
+    elif model.aggregate and cfg.NETWORK.FLOW_WEIGHTS:
         path = project_path(cfg.NETWORK.FLOW_WEIGHTS)
         if not os.path.isfile(path):
             raise ConfigError(f"{cfg.get('CONFIG_FILE') or '<config>'}: NETWORK.FLOW_WEIGHTS: {path} not found")
@@ -215,7 +220,7 @@ def train(cfg, dataset=None, val_fn=None, logger=None, run=None):
     if cfg.TRAIN.HYBRIDIZE:
         blocks = [model.features, model.rpn, model.rfcn]
         if model.aggregate:
-            blocks += [model.embed, model.flownet]
+            blocks += [model.embed] + ([model.flownet] if cfg.NETWORK.FLOW != "dis" else [])
         for block in blocks:
             block.hybridize()
     summary = fit(FGFATask(model, contexts), make_batches(samples, cfg.TRAIN.BATCH_SIZE, logger, cfg.TRAIN.MAX_BATCHES),

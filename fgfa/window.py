@@ -13,6 +13,7 @@ import numpy as np
 from lib.flow import DISFlow
 from lib.streaming import StreamRunner
 
+from .data import denormalize
 from .flownet import half_size_image
 from .operators import flow_warp
 
@@ -50,8 +51,7 @@ class WindowRunner(StreamRunner):
         if self.flow not in ("flownet", "dis"):
             raise ValueError(f"flow must be 'flownet' or 'dis', got {self.flow!r}")
         self.dis = DISFlow(cfg.TEST.DIS_PRESET, cfg.TEST.DIS_SCALE) if self.flow == "dis" else None
-        self.mean = np.asarray(cfg.INPUT.MEAN, np.float32).reshape(3, 1, 1)
-        self.std = np.asarray(cfg.INPUT.STD, np.float32).reshape(3, 1, 1)
+        self.mean, self.std = cfg.INPUT.MEAN, cfg.INPUT.STD
         self.stride = int(cfg.NETWORK.FEAT_STRIDE)
         self.preprocess = preprocess
         self.reset()
@@ -86,9 +86,7 @@ class WindowRunner(StreamRunner):
 
     def _rgb(self, image, im_info):
         """The resized RGB uint8 frame back from the normalised, padded network input (DIS's input)."""
-        height, width = int(im_info[0]), int(im_info[1])
-        pixels = image[:, :height, :width] * self.std + self.mean
-        return np.clip(np.rint(pixels), 0, 255).astype(np.uint8).transpose(1, 2, 0)
+        return denormalize(image, self.mean, self.std, int(im_info[0]), int(im_info[1]))
 
     def _map_size(self, index):
         cache = self.frames[index].cache

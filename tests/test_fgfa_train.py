@@ -26,7 +26,7 @@ def synthetic_root(tmp_path_factory):
 def _cfg(path, root, out_dir, *overrides):
     spec = (f"{{FORMAT: synthetic, ROOT: {root}, SEED: 3, NUM_VIDEOS: 2, NUM_FRAMES: 12, WIDTH: 160, "
             f"HEIGHT: 120, NUM_CLASSES: 2, MAX_OBJECTS: 2, SPLIT: train}}")
-    return get_config(path, [f"DATASET.TRAIN=[{spec}]", f"DATASET.TEST={spec}", f"OUTPUT_DIR={out_dir}",
+    return get_config(path, [f"DATASET.TRAIN=[{spec}]", f"DATASET.VAL={spec}", f"OUTPUT_DIR={out_dir}",
                              "TRAIN.PROGRESS=false"] + list(overrides))
 
 
@@ -315,3 +315,41 @@ def test_flownet_pretraining_on_dis_teacher_flow(synthetic_root, tmp_path, monke
     with pytest.raises(ConfigError, match=r"TRAIN.FLOW_PRETRAIN.SIZE \[160, 160\].*larger than the training "
                                           r"frames at the test scale \(128x96\)"):
         pretrain_flownet(build_model(big, 2), big, load_train_set(big), str(tmp_path / "big"), progress=False)
+
+
+def test_training_with_dis_flow(synthetic_root, tmp_path, monkeypatch):
+    """NETWORK.FLOW dis in training: the aggregation warps with DIS flows of the batch's own frames (a
+    texture 16 px = 1 cell further right in the neighbour gives +1 cell), the FlowNet is neither
+    pre-trained nor changed, and the loss falls."""
+    from fgfa.data import normalize_pad
+    from lib.flow import DISFlow
+    calls = []
+    grid = DISFlow.grid
+    monkeypatch.setattr(DISFlow, "grid", lambda self, *a, **k: calls.append(1) or grid(self, *a, **k))
+    cfg = _cfg(TINY, synthetic_root, str(tmp_path / "dis"), "NETWORK.FLOW=dis", "TRAIN.FLOW_PRETRAIN.ITERS=500",
+               "TRAIN.EPOCHS=3", "TRAIN.LR=0.01", "TRAIN.LR_STEPS=[]", "TRAIN.WARMUP_EPOCHS=0.0")
+    model = build_model(cfg, 2)
+    rng = np.random.RandomState(7)
+    big = cv2.resize(rng.randint(0, 255, (30, 40, 3)).astype(np.uint8), (640, 480), interpolation=cv2.INTER_CUBIC)
+    key, moved = big[100:196, 200:328], big[100:196, 216:344]          # the neighbour: content 16 px left
+    data = mx.nd.array(np.stack([normalize_pad(f, cfg.INPUT.MEAN, cfg.INPUT.STD, 16) for f in (key, moved, key)])[None])
+    flows = model.dis_flows(data, (6, 8)).asnumpy()
+    assert flows.shape == (2, 2, 6, 8)
+    # content at x in the key frame is at x - 16 px in the neighbour: flow -1 cell; itself: 0
+    np.testing.assert_allclose(np.median(flows[0][:, 1:-1, 1:-1].reshape(2, -1), axis=1), [-1.0, 0.0], atol=0.15)
+    np.testing.assert_allclose(flows[1], 0.0, atol=0.05)
+
+    train_set, _ = _few_frames(cfg, 3)
+    calls.clear()
+    from lib.train import seed_everything
+    seed_everything(cfg.TRAIN.SEED, 0)        # as train() does before building: the same initial weights
+    before = {n: p.data().asnumpy().copy() for n, p in build_model(cfg, 2).flownet._collect_params_with_prefix().items()}
+    summary = train(cfg, dataset=train_set)
+    assert calls, "training did not use DIS"
+    assert not os.path.exists(os.path.join(str(tmp_path / "dis"), "flownet_pretrained.params"))
+    after = summary["model"].flownet._collect_params_with_prefix()
+    for name, value in before.items():       # same seed, same init: the FlowNet stayed as initialised
+        np.testing.assert_array_equal(after[name].data().asnumpy(), value, err_msg=name)
+    history = json.load(open(os.path.join(str(tmp_path / "dis"), "history.json")))
+    losses = [e["losses"]["loss"] for e in history["epochs"]]
+    assert losses[-1] < losses[0], losses
