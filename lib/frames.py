@@ -17,11 +17,13 @@ import sys
 import cv2
 import numpy as np
 
+from lib.errors import UserError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 DEFAULT_FPS = 25.0   # the rate given to a folder of frames or an image (they have none of their own)
 
 
-class FrameSourceError(ValueError):
+class FrameSourceError(UserError, ValueError):
     """The input cannot be read as frames (the message names it and says why)."""
 
 
