@@ -19,7 +19,7 @@ import mxnet as mx
 import numpy as np
 
 from lib.config import ConfigError, merge, project_path, size_hw
-from lib.dataset import ClipSampler, load_clip, read_image
+from lib.dataset import ClipSampler, DatasetError, load_clip, read_image
 from lib.dataset.specs import load_datasets
 from lib.eval import voc_ap
 from lib.losses import MultiBoxLoss
@@ -197,12 +197,12 @@ def load_split(cfg, split):
     split = "VAL" if split == "TEST" else split
     ds = load_datasets(cfg.DATASET[split], source=cfg.get("CONFIG_FILE") or "<config>", key=f"DATASET.{split}")
     if ds is None:
-        raise ValueError(f"{cfg.CONFIG_FILE}: DATASET.{split} is empty; give a dataset spec (FORMAT: ...)")
+        raise ConfigError(f"{cfg.CONFIG_FILE}: DATASET.{split} is empty; give a dataset spec (FORMAT: ...)")
     if cfg.DATASET.CLASSES and list(ds.classes) != list(cfg.DATASET.CLASSES):
-        raise ValueError(f"{cfg.CONFIG_FILE}: DATASET.{split} has classes {list(ds.classes)}, "
+        raise ConfigError(f"{cfg.CONFIG_FILE}: DATASET.{split} has classes {list(ds.classes)}, "
                          f"DATASET.CLASSES says {list(cfg.DATASET.CLASSES)}")
     if len(ds.classes) != cfg.MODEL.NUM_CLASSES:
-        raise ValueError(f"{cfg.CONFIG_FILE}: MODEL.NUM_CLASSES is {cfg.MODEL.NUM_CLASSES} but DATASET.{split} "
+        raise ConfigError(f"{cfg.CONFIG_FILE}: MODEL.NUM_CLASSES is {cfg.MODEL.NUM_CLASSES} but DATASET.{split} "
                          f"has {len(ds.classes)} classes {list(ds.classes)}")
     return ds
 
@@ -240,6 +240,9 @@ def train_model(cfg, dataset=None, out_dir=None, ctx=None, run=None, log=print):
     MODEL.WEIGHTS, training, OUTPUT_DIR/model.params. Returns (net, fit's summary, seconds)."""
     out_dir = out_dir or project_path(cfg.OUTPUT_DIR)
     dataset = dataset if dataset is not None else load_split(cfg, "TRAIN")
+    # a set in which no box survived loading trains on background at loss 0: refused unless asked for
+    dataset.require_boxes(f"{cfg.get('CONFIG_FILE') or '<config>'}: DATASET.TRAIN",
+                          allow_background_only=cfg.DATASET.ALLOW_BACKGROUND_ONLY)
     if run is None:
         RunFolder(out_dir).write(cfg.MODEL.TYPE, dataset.classes, cfg)
     contexts = config_contexts(cfg) if ctx is None else (list(ctx) if isinstance(ctx, (list, tuple)) else [ctx])
@@ -345,7 +348,7 @@ def read_frame_list(path):
             if not fields:
                 continue
             if len(fields) != 2 or not fields[1].lstrip("-").isdigit():
-                raise ValueError(f"{path}:{number}: expected '<video> <frame number>', got {line.strip()!r}")
+                raise DatasetError(f"{path}:{number}: expected '<video> <frame number>', got {line.strip()!r}")
             frames.add((fields[0], int(fields[1])))
     return frozenset(frames)
 
