@@ -14,10 +14,10 @@ import logging
 import sys
 
 from experiments.custom import recipe
-from lib.config import ConfigError
-from lib.train import CheckpointError
+from lib.cli import user_errors_exit_2
 
 
+@user_errors_exit_2
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cfg", required=True, help="recipe yaml (experiments/custom/*.yaml)")
@@ -26,12 +26,8 @@ def main(argv=None):
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = recipe.load_recipe_config(args.cfg, args.overrides)
-        result = recipe.train(cfg, progress=False if args.no_progress else None)
-    except (ConfigError, CheckpointError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    cfg = recipe.load_recipe_config(args.cfg, args.overrides)
+    result = recipe.train(cfg, progress=False if args.no_progress else None)
     summary = result["summary"]
     print(json.dumps({"detector": cfg.DETECTOR, "out_dir": result["out_dir"], "classes": result["classes"],
                       "train_images": result["train_images"], "checkpoint": summary.get("checkpoint"),

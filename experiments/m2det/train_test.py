@@ -4,20 +4,26 @@
     python experiments/m2det/train_test.py --cfg ... --test-only          # evaluate the run's latest checkpoint
 
 Relative dataset paths are resolved against the project root. Writes OUTPUT_DIR/results.json with
-VOC mAP@0.5 (per class), COCO AP and the training wall time.
+VOC mAP@0.5 (per class), COCO AP and the training wall time. A config, data or checkpoint error is one
+'error:' line (exit status 2).
 """
 import argparse
 import json
 import logging
 import os
+import sys
 import time
 
+from lib.cli import user_errors_exit_2
 from lib.config import project_path
+from lib.fileio import atomic_write_json
 from lib.dataset.specs import load_datasets
 from m2det.config import load as load_config
 from m2det.inference import Detector, detect_dataset, evaluate_detections, load_trained_model
 from m2det.train import run_training
 
+
+@user_errors_exit_2
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cfg", required=True)
@@ -49,11 +55,10 @@ def main(argv=None):
                "mAP@0.5": result["voc"]["mAP"],
                "AP@0.5 per class": {k: v["ap"] for k, v in result["voc"]["per_class"].items()},
                "coco": {k: v for k, v in result["coco"].items() if isinstance(v, (int, float))}}
-    with open(os.path.join(out_dir, "results.json"), "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=1)
+    atomic_write_json(os.path.join(out_dir, "results.json"), summary, sort_keys=False)
     print(json.dumps(summary, indent=1))
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())
