@@ -59,7 +59,9 @@ DEFAULTS = extend_schema(SHARED_DEFAULTS, {
         "MAX_IMAGES": 0,           # 0 = all test records
         "SUBSETS": {},             # name -> file of "<video> <frame>" lines: mAP of those frames too
                                    # (the whole videos are still streamed, so memory sees every frame)
-        "RESULTS_TABLE": "experiments/lstm_ssd/results.md",
+        # results table a test appends its row to ("" = OUTPUT_DIR/results.md + .csv); another .md path
+        # (relative to the project root) collects the rows of several runs in one table
+        "RESULTS_TABLE": "",
         "QUANTIZE": "",            # int8: extractors and head in int8 on CPU (MKLDNN), the LSTM in float
     },
 })

@@ -8,16 +8,19 @@ the adaptive interleaving policy (Double DQN) of a trained fast_slow model. Trai
 OUTPUT_DIR/model.params (+ .channels.json) and the lib.train logs/checkpoints (resumable); testing
 streams the TEST set with INTERLEAVE.POLICY, writes OUTPUT_DIR/test_results.json, annotated images to
 OUTPUT_DIR/test_images when TEST.PRINT_IMAGES (or --print-images), and appends a row (config, mAP,
-fps, params, MACs) to TEST.RESULTS_TABLE. For POLICY adaptive, training also trains the Double-DQN
-policy (OUTPUT_DIR/policy.params).
+fps, params, MACs) to the run's results table, OUTPUT_DIR/results.{csv,md} (TEST.RESULTS_TABLE names
+another .md, e.g. one table shared by several runs). For POLICY adaptive, training also trains the
+Double-DQN policy (OUTPUT_DIR/policy.params). A config, data or model error is one 'error:' line
+(exit status 2).
 """
 import argparse
 import datetime
 import json
 import os
+import sys
 
-
-from lib.config import PROJECT_ROOT, dump_config
+from lib.cli import user_errors_exit_2
+from lib.config import PROJECT_ROOT, ConfigError, dump_config, project_path
 from lstm_ssd import config as lstm_config
 from lstm_ssd.detector import load_model
 from lstm_ssd.flops import model_summary
@@ -37,14 +40,21 @@ def parse_args(argv=None):
     return ap.parse_args(argv)
 
 
-def main(argv=None):
+def results_table(cfg, out_dir):
+    """The results table of a run: TEST.RESULTS_TABLE (relative to the project root), or by default
+    OUTPUT_DIR/results.md (+ .csv): a run never writes into the tracked experiments/ folder."""
+    return project_path(cfg.TEST.RESULTS_TABLE) if cfg.TEST.RESULTS_TABLE else os.path.join(out_dir, "results.md")
 
+
+@user_errors_exit_2
+def main(argv=None):
     args = parse_args(argv)
     cfg = lstm_config.load(args.cfg, args.set)
     for phase in cfg.PHASE:
         if phase not in ("train", "policy", "test"):
-            raise ValueError(f"{args.cfg}: PHASE entries must be train, policy or test, got {phase!r}")
-    out_dir = cfg.OUTPUT_DIR if os.path.isabs(cfg.OUTPUT_DIR) else os.path.join(PROJECT_ROOT, cfg.OUTPUT_DIR)
+            raise ConfigError(f"{cfg.CONFIG_FILE or args.cfg}: PHASE entries must be train, policy or test, "
+                              f"got {phase!r}")
+    out_dir = project_path(cfg.OUTPUT_DIR)
     os.makedirs(out_dir, exist_ok=True)
     # the resolved config, loadable again with --cfg (CONFIG_FILE is set by the loader, not a key)
     dump_config({k: v for k, v in cfg.items() if k != "CONFIG_FILE"}, os.path.join(out_dir, "config.yaml"))
@@ -85,15 +95,16 @@ def main(argv=None):
                "subsets": " ".join(f"{name}={sub['mAP']:.4f}/{sub['frames']}fr"
                                    for name, sub in result["subsets"].items()),
                "note": args.note, **train_info}
-        table = cfg.TEST.RESULTS_TABLE if os.path.isabs(cfg.TEST.RESULTS_TABLE) else \
-            os.path.join(PROJECT_ROOT, cfg.TEST.RESULTS_TABLE)
+        table = results_table(cfg, out_dir)
         append_result(row, table)
         with open(os.path.join(out_dir, "test_results.json"), "w", encoding="utf-8") as f:
             json.dump({**row, "per_class": result["per_class"]}, f, indent=1, default=str)
         print(json.dumps(row, indent=1))
+        print(f"results table: {table}")
         if print_dir:
             print(f"annotated test images in {print_dir}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
