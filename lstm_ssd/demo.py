@@ -15,11 +15,12 @@ config, network). If that file is missing, or was trained for another network th
 describes, it is trained first (about 3.5 minutes on 2 cores) with
 
     python experiments/lstm_ssd/train_test.py --cfg experiments/lstm_ssd/cfgs/demo_synthetic_fast_slow.yaml \
-        --set OUTPUT_DIR=output/lstm_ssd/demo_default_model PHASE=[train]
+        --set OUTPUT_DIR=output/lstm_ssd/demo_default_model_<8 hex digits of the network> PHASE=[train]
 
-and copied to model/lstm_ssd/.
+and copied to model/lstm_ssd/ (the run folder is one per network: an interrupted first run resumes).
 """
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -84,10 +85,18 @@ def default_model_is_current(model_path, cfg_path=DEFAULT_CFG):
     return read_sidecar(model_path).get("network") == network_of(cfg_path)
 
 
+def default_run_dir(cfg_path=DEFAULT_CFG):
+    """The run folder the default model is trained in, one per network (DEFAULT_RUN + '_' + 8 hex digits of
+    its NETWORK): an interrupted first run resumes, and the checkpoints of an older network never meet a
+    newer one."""
+    digest = hashlib.sha1(json.dumps(network_of(cfg_path), sort_keys=True).encode()).hexdigest()[:8]
+    return project_path(f"{DEFAULT_RUN}_{digest}")
+
+
 def train_default_model(model_path, cfg_path=DEFAULT_CFG, reason="not found"):
     """Train the demo model with the project's training command and copy it (with its channel counts and
     a sidecar) to ``model_path``."""
-    run_dir = project_path(DEFAULT_RUN)
+    run_dir = default_run_dir(cfg_path)
     command = [sys.executable, os.path.join(PROJECT_ROOT, "experiments", "lstm_ssd", "train_test.py"),
                "--cfg", project_path(cfg_path), "--set", f"OUTPUT_DIR={run_dir}", "PHASE=[train]"]
     print(f"default model {model_path} {reason}: training it once (a few minutes on a CPU) with\n  "

@@ -1296,3 +1296,24 @@ def test_fgfa_neighbours_reached_through_the_file_pattern_fall_back_to_the_key_f
     reported = [issue["file"] for issue in keys.report.issues]
     assert reported and len(reported) == len(set(reported)) and set(reported) <= set(missing)   # once per file
     assert all(issue["message"].endswith(f"{keys[0].image} used instead") for issue in keys.report.issues)
+
+
+def test_lstm_ssd_default_model_has_a_sidecar_and_is_retrained_for_another_network(files, tmp_path, monkeypatch):
+    """The demo's first-run training through the project's command (here on the tiny config): the model, its
+    channel counts and a sidecar (classes, network) land in model/; a model of another network is stale."""
+    from lstm_ssd import demo
+    from lstm_ssd import config as lstm_config
+    from lstm_ssd.detector import load_model
+    monkeypatch.setattr(demo, "DEFAULT_RUN", str(tmp_path / "run"))
+    cfg_path = _write(tmp_path / "demo.yaml", f"_BASE_: {files['lstm_cfg']}\nPHASE: [train, test]\n", False)
+    model = str(tmp_path / "model" / "demo.params")
+    assert not demo.default_model_is_current(model, cfg_path)
+    demo.train_default_model(model, cfg_path)
+    meta = json.loads(open(demo.sidecar(model)).read())
+    assert meta["classes"] == ["disc", "square"] and meta["network"]["MODEL"]["LSTM"]["UNITS"] == 16
+    assert os.path.isfile(os.path.join(demo.default_run_dir(cfg_path), "model.params"))
+    assert demo.default_model_is_current(model, cfg_path)
+    load_model(lstm_config.load(cfg_path), model)               # it loads into the config's network
+    wider = _write(tmp_path / "wider.yaml", f"_BASE_: {cfg_path}\nMODEL:\n  LSTM: {{UNITS: 24}}\n", False)
+    assert not demo.default_model_is_current(model, wider)      # an older checkout's model: retrained
+    assert demo.default_run_dir(wider) != demo.default_run_dir(cfg_path)
