@@ -22,8 +22,15 @@ On 2 shared cores no speed-up is expected: workers compete for the same cores an
 memory copies. The numbers are for the scaling model in docs/distributed.md, not for a cluster.
 
 Models (``MODELS``): ``tiny`` (lib.train.dist_check's conv net, --width channels) or any gluoncv
-classification network by name (``resnet18_v1``, ...; random weights). The lead adds the R-FCN
-configs here.
+classification network by name (``resnet18_v1``, ...; random weights).
+
+R-FCN (``RFCN_CONFIGS``: ``rfcn_tiny``, ``rfcn_speedtrap_cpu``): the real training path, the entry
+point experiments/rfcn/train_test.py --skip-test (lib.train.Trainer), with TRAIN.BATCH_SIZE = --batch
+images per worker and step. Each run trains 2 epochs of --steps steps per worker (TRAIN.MAX_BATCHES =
+workers x steps: the epoch's batches are dealt out to the workers); epoch 1 is the warm-up, images per
+second = workers x batch x the steps of epoch 2 / its seconds (rank 0's history.json). The baseline
+is the same entry point in one process (kvstore device, one context). Bytes as above, from jobs of
+1 and 3 steps per worker. --image-size and --width do not apply (the config's input sizes).
 """
 if __name__ == "__main__" and not __package__:
     raise SystemExit("run from the project root as: python -m bench.dist [--quick]")
@@ -246,10 +253,100 @@ FGFA_SETTINGS = {
 }
 
 
+# ----------------------------------------------------------------------------------------------
+# R-FCN through its entry point
+
+RFCN_CONFIGS = {
+    "rfcn_tiny": os.path.join("experiments", "rfcn", "cfgs", "rfcn_tiny.yaml"),
+    "rfcn_speedtrap_cpu": os.path.join("experiments", "rfcn", "cfgs", "rfcn_speedtrap_cpu.yaml"),
+}
+
+
+def rfcn_config(name):
+    from fgfa.config import get_config
+    return get_config(os.path.join(PROJECT_ROOT, RFCN_CONFIGS[name]))
+
+
+def rfcn_trained_bytes(name, num_classes):
+    """(count, bytes) of the parameters the Trainer trains (FREEZE patterns, frozen stages applied)."""
+    from fgfa.train import build_model
+    from lib.train import training_config
+    from lib.train.loop import prepare_params
+    cfg = rfcn_config(name)
+    mx.random.seed(0)
+    model = build_model(cfg, num_classes, ctx=mx.cpu())
+    params = prepare_params(model, training_config(cfg.TRAIN)).values()
+    return (sum(int(np.prod(p.shape)) for p in params),
+            sum(int(np.prod(p.shape)) * np.dtype(p.dtype).itemsize for p in params))
+
+
+def rfcn_prepare_data(name):
+    """Load (and for synthetic sets generate) the training data once, before several workers read it;
+    returns (images, classes)."""
+    from fgfa.train import load_train_set
+    dataset = load_train_set(rfcn_config(name))
+    return len(dataset), dataset.num_classes
+
+
+def rfcn_command(args, out_dir, workers, steps, epochs, kvstore):
+    return [sys.executable, os.path.join("experiments", "rfcn", "train_test.py"), "--cfg",
+            RFCN_CONFIGS[args.model], "--skip-test", "--set", f"OUTPUT_DIR={out_dir}", f"TRAIN.EPOCHS={epochs}",
+            f"TRAIN.MAX_BATCHES={workers * steps}", f"TRAIN.BATCH_SIZE={args.batch}", f"TRAIN.KVSTORE={kvstore}",
+            "TRAIN.PROGRESS=false", "TRAIN.CHECKPOINT_EVERY=1000"]
+
+
+def rfcn_run(args, workers, steps, epochs=2, verbose=False):
+    """One R-FCN training run (``workers`` 0: one process without the launcher); returns (rank 0's
+    {images_per_second, seconds, steps, ...}, the launcher's output)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out_dir = os.path.join(tmp, "run")
+        if workers == 0:
+            cmd = rfcn_command(args, out_dir, 1, steps, epochs, "device")
+        else:
+            cmd = [sys.executable, "-m", "lib.tools.launch", "-n", str(workers), "-s", str(args.servers),
+                   "--timeout", str(args.timeout)] + (["--env", "PS_VERBOSE=2"] if verbose else []) + \
+                  ["--"] + rfcn_command(args, out_dir, workers, steps, epochs, "dist_sync")
+        proc = subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=args.timeout + 60)
+        if proc.returncode != 0:
+            raise SystemExit(f"bench.dist: the {workers or 'single'}-worker {args.model} run failed (exit "
+                             f"{proc.returncode}): {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ''}")
+        with open(os.path.join(out_dir, "history.json"), "r", encoding="utf-8") as f:
+            history = json.load(f)
+    ends = [0] + history["epoch_ends"]
+    last = history["epochs"][-1]
+    timed_steps = ends[-1] - ends[-2]
+    images = max(1, workers) * args.batch * timed_steps
+    return ({"num_workers": max(1, workers), "seconds": last["seconds"], "steps": timed_steps, "batch": args.batch,
+             "images_per_second": images / last["seconds"] if last["seconds"] > 0 else 0.0}, proc.stderr)
+
+
+def rfcn_measured_bytes_per_step(args, workers):
+    _, short = rfcn_run(args, workers, steps=1, epochs=1, verbose=True)
+    _, longer = rfcn_run(args, workers, steps=3, epochs=1, verbose=True)
+    r1, s1 = server_value_bytes(short)
+    r3, s3 = server_value_bytes(longer)
+    return (r3 - r1) / 2, (s3 - s1) / 2
+
+
+def rfcn_rows(args, counts):
+    samples, num_classes = rfcn_prepare_data(args.model)
+    count, nbytes = rfcn_trained_bytes(args.model, num_classes)
+    baseline, _ = rfcn_run(args, 0, args.steps)
+    base = {"trained_parameters": count, "trained_bytes": nbytes, "samples": samples}
+    rows = [{"workers": 1, "kvstore": "none", **baseline, **base, "measured_in": 0.0, "measured_out": 0.0}]
+    for workers in counts:
+        result, _ = rfcn_run(args, workers, args.steps)
+        received, sent = (None, None) if args.no_measure else rfcn_measured_bytes_per_step(args, workers)
+        rows.append({"workers": workers, "kvstore": "dist_sync", **result, **base, "measured_in": received,
+                     "measured_out": sent})
+    return rows
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m bench.dist", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="tiny", help="tiny or a gluoncv classification model name")
+    parser.add_argument("--model", default="tiny", help="tiny, rfcn_tiny, rfcn_speedtrap_cpu or a gluoncv "
+                                                         "classification model name")
     parser.add_argument("--workers", default="1,2", help="worker counts to run, e.g. 1,2")
     parser.add_argument("--servers", type=int, default=1)
     parser.add_argument("--batch", type=int, default=8, help="images per worker and step")
@@ -287,26 +384,37 @@ def main(argv=None):
             with open(args.json, "w", encoding="utf-8") as f:
                 json.dump(rows, f, indent=1)
         return 0
+    rfcn = args.model in RFCN_CONFIGS
     if args.quick:
         args.batch, args.image_size, args.width, args.steps, args.warmup = 2, 16, 8, 2, 1
+        if rfcn:
+            args.batch = 1
     try:
         counts = [int(w) for w in args.workers.split(",")]
     except ValueError:
         print(f"bench.dist: --workers {args.workers!r}: expected counts like 1,2", file=sys.stderr)
         return 2
-    rows = []
-    base_args = argparse.Namespace(**{**vars(args), "kvstore": "none", "result": None})
-    baseline = run_worker(base_args)
-    rows.append({"workers": 1, "kvstore": "none", **baseline, "measured_in": 0.0, "measured_out": 0.0})
-    for workers in counts:
-        result, _ = launch_job(args, workers, args.steps, args.warmup)
-        received, sent = (None, None) if args.no_measure else measured_bytes_per_step(args, workers)
-        rows.append({"workers": workers, "kvstore": "dist_sync", **result, "measured_in": received,
-                     "measured_out": sent})
+    if rfcn:
+        rows = rfcn_rows(args, counts)
+        baseline = rows[0]
+        shape = f"config {RFCN_CONFIGS[args.model]} ({baseline['samples']} training images)"
+        schedule = f"epoch 2 of {args.steps} steps per worker timed after epoch 1"
+    else:
+        rows = []
+        base_args = argparse.Namespace(**{**vars(args), "kvstore": "none", "result": None})
+        baseline = run_worker(base_args)
+        rows.append({"workers": 1, "kvstore": "none", **baseline, "measured_in": 0.0, "measured_out": 0.0})
+        for workers in counts:
+            result, _ = launch_job(args, workers, args.steps, args.warmup)
+            received, sent = (None, None) if args.no_measure else measured_bytes_per_step(args, workers)
+            rows.append({"workers": workers, "kvstore": "dist_sync", **result, "measured_in": received,
+                         "measured_out": sent})
+        shape = f"{args.image_size}x{args.image_size}"
+        schedule = f"{args.steps} timed steps after {args.warmup}"
     nbytes = baseline["trained_bytes"]
     print(f"bench.dist: model {args.model}, {baseline['trained_parameters']} trained parameters = "
-          f"{human_bytes(nbytes)} float32; batch {args.batch} per worker, {args.image_size}x{args.image_size}, "
-          f"{args.steps} timed steps after {args.warmup}; {args.servers} server(s); OMP threads {threads()}")
+          f"{human_bytes(nbytes)} float32; batch {args.batch} per worker, {shape}, "
+          f"{schedule}; {args.servers} server(s); OMP threads {threads()}")
     print(f"{'workers':>7} {'kvstore':>9} {'images/s':>9} {'s/step':>8} {'model: push+pull per worker':>28} "
           f"{'measured: servers in / out per step':>36}")
     for row in rows:

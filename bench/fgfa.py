@@ -3,6 +3,7 @@
     python -m bench.fgfa            # 600x1000 ResNet-101 (paper config, a light variant, chained
                                     # flows) and the small CPU config (speedtrap frames; + chained)
     python -m bench.fgfa --quick    # tiny sizes, few repeats (a smoke run)
+    python -m bench.fgfa --settings cpu_lite0,cpu_lite0_dis   # FlowNet vs DIS flow (NETWORK.FLOW) at 720x1280
     [--frames N] [--json OUT.json] [--settings paper,cpu] [--no-hybridize]
     python -m bench.fgfa --int8-ablation paper   # float vs int8 variants of one frame baseline
 
@@ -32,12 +33,13 @@ import numpy as np
 from fgfa.config import get_config
 from fgfa.data import make_preprocess
 from fgfa.detector import FGFADetector
-from fgfa.window import WindowRunner
 from fgfa.flownet import half_size_image
 from fgfa.operators import flow_warp
 from fgfa.train import materialize
+from fgfa.window import WindowRunner
 from lib.config import PROJECT_ROOT
 from lib.flops import conv_macs
+from lib.flow import DISFlow
 from lib.runtime import threads
 
 CFG_DIR = os.path.join(PROJECT_ROOT, "experiments", "fgfa_rfcn", "cfgs")
@@ -65,15 +67,23 @@ SETTINGS = {
                                   "TEST.FLOW_MODE=chained", "TEST.QUANTIZE=int8"], 30, (600, 1000)),
     "cpu": ("fgfa_rfcn_speedtrap_cpu.yaml", [], 1, (720, 1280)),
     "cpu_chained": ("fgfa_rfcn_speedtrap_cpu.yaml", ["TEST.FLOW_MODE=chained"], 1, (720, 1280)),
+    # NETWORK.FLOW dis: OpenCV's DIS on the CPU instead of the FlowNet (2K flows per output frame)
+    "cpu_dis": ("fgfa_rfcn_speedtrap_cpu.yaml", ["NETWORK.FLOW=dis"], 1, (720, 1280)),
+    # the EfficientNet-Lite0 trunk (PRETRAINED efficientnet_lite0:imagenet in the recipe runs), FlowNet or DIS
+    "cpu_lite0": ("fgfa_rfcn_speedtrap_cpu.yaml", ["NETWORK.BACKBONE=efficientnet_lite0", "NETWORK.NORM=frozen",
+                                                  "TEST.K=2"], 1, (720, 1280)),
+    "cpu_lite0_dis": ("fgfa_rfcn_speedtrap_cpu.yaml", ["NETWORK.BACKBONE=efficientnet_lite0", "NETWORK.NORM=frozen",
+                                                      "TEST.K=2", "NETWORK.FLOW=dis"], 1, (720, 1280)),
     "quick": ("fgfa_rfcn_tiny.yaml", ["TEST.K=2"], 2, (120, 160)),
     "quick_chained": ("fgfa_rfcn_tiny.yaml", ["TEST.K=2", "TEST.FLOW_MODE=chained"], 2, (120, 160)),
     "quick_int8": ("fgfa_rfcn_tiny.yaml", ["TEST.K=2", "TEST.QUANTIZE=int8"], 2, (120, 160)),
+    "quick_dis": ("fgfa_rfcn_tiny.yaml", ["TEST.K=2", "NETWORK.FLOW=dis"], 2, (120, 160)),
 }
 
 
 def build(cfg_name, overrides, num_classes, aggregate, hybridize):
     cfg = get_config(os.path.join(CFG_DIR, cfg_name),
-                     overrides + ["NETWORK.PRETRAINED=''", f"NETWORK.AGGREGATE={str(aggregate).lower()}"])
+                     overrides + ["PRETRAINED=''", f"NETWORK.AGGREGATE={str(aggregate).lower()}"])
     ctx = mx.cpu()
     mx.random.seed(0)
     model = FGFADetector(cfg, num_classes)
@@ -124,10 +134,18 @@ def time_parts(cfg, model, frame, repeats):
     channels_last = model.fuses_aggregation(mx.cpu())    # the streaming detector's cache layout
     parts["features"], cache = clock(lambda: model.frame_cache(data, channels_last=channels_last))
     feat = cache[:, :model.feat_channels]
-    if model.aggregate:
+    if model.aggregate and cfg.NETWORK.FLOW == "dis":
+        # DIS on the resized RGB frame, 2K flows per output frame, resampled to the feature grid
+        dis = DISFlow(cfg.TEST.DIS_PRESET, cfg.TEST.DIS_SCALE)
+        rgb = np.ascontiguousarray(frame[:int(im_info[0]), :int(im_info[1])])
+        shape = tuple(feat.shape[-2:])
+        stride = int(cfg.NETWORK.FEAT_STRIDE)
+        parts["flows_2K"], grids = clock(lambda: [dis.grid(rgb, rgb, stride, shape) for _ in range(two_k)])
+        flows = mx.nd.array(np.stack([g.transpose(2, 0, 1) for g in grids]))
+    elif model.aggregate:
         # the streaming detector halves each frame once for the FlowNet (part of its per-frame work)
         parts["halving"], half = clock(lambda: mx.nd.array(half_size_image(data.asnumpy()[0])[None]))
-    if model.aggregate and cfg.TEST.FLOW_MODE == "chained":
+    if model.aggregate and cfg.NETWORK.FLOW != "dis" and cfg.TEST.FLOW_MODE == "chained":
         # per output frame: the two one-step flows of the newest frame, then 2K - 2 compositions
         pair = mx.nd.concat(half, half, dim=0)
         parts["flows_2"], one_step = clock(lambda: model.flow_from_halves(pair, pair))
@@ -140,7 +158,7 @@ def time_parts(cfg, model, frame, repeats):
             return flow
         parts["compose_2K-2"], _ = clock(compose)
         flows = mx.nd.concat(*[step] * two_k, dim=0)
-    elif model.aggregate:
+    elif model.aggregate and cfg.NETWORK.FLOW != "dis":
         refs = mx.nd.concat(*[half] * two_k, dim=0)
         parts["flows_2K"], flows = clock(lambda: model.flow_from_halves(refs, refs))
     if model.aggregate:
@@ -239,6 +257,7 @@ def int8_conv_rate(hw, repeats=10):
     """GMAC/s of one int8 (MKLDNN) 3x3 conv 2048 -> 1024 on a (1, 2048, h, w) input: a dense,
     well-shaped layer, against which the int8 backbone's GMAC/s can be read."""
     from mxnet.gluon import nn
+
     from lib.runtime import quantize_block
     conv = nn.HybridSequential()
     conv.add(nn.Conv2D(1024, 3, padding=1, in_channels=2048), nn.Activation("relu"))
@@ -266,9 +285,9 @@ def main(argv=None):
                         help="instead: float vs the int8 variants of one setting's frame baseline")
     args = parser.parse_args(argv)
     settings = (args.settings.split(",") if args.settings else
-                (["quick", "quick_chained", "quick_int8"] if args.quick else
+                (["quick", "quick_chained", "quick_int8", "quick_dis"] if args.quick else
                  ["paper", "paper_light", "paper_chained", "paper_light_chained", "paper_int8_chained", "cpu",
-                  "cpu_chained"]))
+                  "cpu_chained", "cpu_dis", "cpu_lite0", "cpu_lite0_dis"]))
     for name in settings:
         if name not in SETTINGS:
             parser.error(f"unknown setting {name!r}; choose from {', '.join(SETTINGS)}")

@@ -49,6 +49,9 @@ DEFAULTS = extend_schema(SHARED_DEFAULTS, {
         "RCNN_BBOX_STDS": [0.1, 0.1, 0.2, 0.2],
         "PS_GROUP": 7,                 # position-sensitive grid (group = pooled size)
         "AGGREGATE": True,             # False: the R-FCN single-frame baseline
+        # the flow of the test-time window: flownet (the network's) | dis (OpenCV DIS on the CPU, TEST.DIS_*;
+        # training always trains the FlowNet)
+        "FLOW": "flownet",
         "FLOW_WIDTH": 1.0,             # FlowNetSimple channel multiplier (CPU configs: < 1)
         "FLOW_SCALE": 2.5,             # 20 (FlowNet's flow/20) / 8 (flow at 1/8 of a half image)
         "EMBED_CHANNELS": [512, 512, 2048],
@@ -107,6 +110,8 @@ DEFAULTS = extend_schema(SHARED_DEFAULTS, {
         # chained: 2 FlowNet runs per new frame (to and from its predecessor), the flow to a frame
         # j steps away composed from the j one-step flows by warping (2K cheap 2-channel warps)
         "FLOW_MODE": "direct",
+        "DIS_PRESET": "fast",          # NETWORK.FLOW dis: ultrafast | fast | medium (lib.flow)
+        "DIS_SCALE": 1.0,              #   and the share of the input resolution it runs at (0.5: ~3x faster)
         "RPN_PRE_NMS_TOP_N": 6000,
         "RPN_POST_NMS_TOP_N": 300,
         "RPN_NMS": 0.7,
@@ -274,6 +279,12 @@ def validate(cfg):
             raise ConfigError(f"{src}: TEST.{key} must be 'naive' or 'entropy', got {cfg.TEST[key]!r}")
     if cfg.TEST.QUANTIZE not in ("", "int8"):
         raise ConfigError(f"{src}: TEST.QUANTIZE must be '' (float) or 'int8', got {cfg.TEST.QUANTIZE!r}")
+    if net.FLOW not in ("flownet", "dis"):
+        raise ConfigError(f"{src}: NETWORK.FLOW must be flownet or dis, got {net.FLOW!r}")
+    if cfg.TEST.DIS_PRESET not in ("ultrafast", "fast", "medium"):
+        raise ConfigError(f"{src}: TEST.DIS_PRESET must be ultrafast, fast or medium, got {cfg.TEST.DIS_PRESET!r}")
+    if not 0 < cfg.TEST.DIS_SCALE <= 1:
+        raise ConfigError(f"{src}: TEST.DIS_SCALE must be in (0, 1], got {cfg.TEST.DIS_SCALE}")
     if cfg.TEST.FLOW_MODE not in ("direct", "chained"):
         raise ConfigError(f"{src}: TEST.FLOW_MODE must be 'direct' or 'chained', got {cfg.TEST.FLOW_MODE!r}")
     if cfg.TEST.SEQ_NMS_RESCORE not in ("avg", "max"):

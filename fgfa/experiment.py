@@ -1,9 +1,14 @@
-"""Command-line driver shared by experiments/fgfa_rfcn/train_test.py and experiments/rfcn/train_test.py."""
+"""Command-line driver shared by experiments/fgfa_rfcn/train_test.py and experiments/rfcn/train_test.py.
+
+Under ``python -m lib.tools.launch`` with ``--set TRAIN.KVSTORE=dist_sync`` every worker trains; rank 0
+alone writes OUTPUT_DIR (logs, checkpoints) and runs the test.
+"""
 import argparse
 
 from lib.cli import user_errors_exit_2
 from lib.config import ConfigError
 from lib.train import setup_logger
+from lib.train.distributed import config_contexts, join_job
 
 from .config import get_config
 from .test import run_test
@@ -32,6 +37,10 @@ def main(argv=None, description="", aggregate=None):
     if aggregate is not None and bool(cfg.NETWORK.AGGREGATE) != aggregate:
         raise ConfigError(f"{args.cfg}: NETWORK.AGGREGATE is {cfg.NETWORK.AGGREGATE}; this script runs "
                           f"{'FGFA (experiments/fgfa_rfcn)' if aggregate else 'the R-FCN baseline (experiments/rfcn)'}")
+    job = join_job(cfg.TRAIN.KVSTORE, config_contexts(cfg)) if not args.skip_train else None
+    if job is not None and not job.is_chief:    # another worker of a distributed job: train only
+        train(cfg)
+        return 0
     logger = setup_logger(output_dir(cfg), "train_test")
     model = classes = None
     if not args.skip_train:

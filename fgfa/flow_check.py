@@ -1,16 +1,23 @@
-"""Does the FlowNet follow the motion of your footage? A check against OpenCV's Farneback flow.
+"""Does the FlowNet follow the motion of your footage? A check against a classical optical flow.
 
 FGFA's gain depends on the warp: neighbour features moved by a wrong flow blur the key frame's
 objects instead of sharpening them. No ground-truth flow exists for real video, so this compares the
-FlowNet with a classical estimate on real consecutive frames: for frame pairs ``offset`` frames apart
-in the same snippet, both flows are taken at the feature stride (feature pixels) and the end-point
-error (EPE) of the FlowNet against Farneback is set beside that of zero flow (the identity warp an
-untrained FlowNet gives). Only cells where Farneback's forward and backward flows agree are scored
-(its flow is unreliable in textureless or occluded regions); object cells (inside the key frame's
-ground-truth boxes) are scored separately, since they are what aggregation must get right.
+FlowNet with a classical estimate on real frame pairs (``--reference``: OpenCV's DIS, the default,
+or Farneback): for pairs ``offset`` frames apart in the same snippet, both flows are taken at the
+feature stride (feature pixels) and the end-point error (EPE) of the FlowNet against the reference is
+set beside that of zero flow (the identity warp an untrained FlowNet gives). Only cells where the
+reference's forward and backward flows agree are scored (its flow is unreliable in textureless or
+occluded regions); object cells (inside the key frame's ground-truth boxes) are scored separately,
+since they are what aggregation must get right.
+
+With a detector checkpoint (``--model``) the check also looks at what the flow is for: the cosine
+similarity (over channels, per cell) of the neighbour's features warped by the FlowNet's flow to the
+key frame's features, beside that of the unwarped neighbour and of the neighbour warped by the
+reference flow (lib.eval.flow.warp_alignment): a flow that helps aggregation raises it.
 
     python -m fgfa.flow_check --cfg experiments/fgfa_rfcn/cfgs/fgfa_rfcn_speedtrap_cpu.yaml \
         [--model CKPT | --flownet PARAMS] [--pretrain] [--offsets 1,2,3] [--pairs 30] [--out DIR] [--split-only]
+        [--reference dis|farneback]
 
 Weights: a detector checkpoint (``--model``), FlowNet parameters (``--flownet``), else
 OUTPUT_DIR/flownet_pretrained.params (written by training's FlowNet pre-training; ``--pretrain`` runs
@@ -18,7 +25,6 @@ that pre-training first when it is missing, and training reuses the result). Wri
 and flow_check.png (key frame, FlowNet flow, Farneback flow, colour-coded) to ``--out``.
 """
 import argparse
-import json
 import os
 import sys
 from types import SimpleNamespace
@@ -30,10 +36,13 @@ import tqdm
 
 from lib.cli import user_errors_exit_2
 from lib.config import ConfigError, project_path
+from lib.fileio import atomic_write_json
 from lib.dataset import whole_videos_spec
 from lib.dataset.flow_pairs import FARNEBACK, consistent_mask, farneback_flow
 from lib.dataset.io import DatasetError, read_image
 from lib.dataset.specs import load_datasets
+from lib.eval.flow import warp_alignment
+from lib.flow import DISFlow
 from lib.runtime import configure_threads, get_context
 from lib.train import setup_logger
 from lib.viz import save_image
@@ -65,13 +74,22 @@ def box_cells(boxes, scale, shape, stride):
     return mask
 
 
-def compare_pair(first, second, predict, stride, boxes=(), scale=1.0):
-    """One pair of RGB uint8 frames -> per-cell arrays (Farneback flow, predicted flow, valid mask,
+def farneback_reference(first, second, tolerance):
+    forward, backward = farneback_flow(first, second), farneback_flow(second, first)
+    return forward, consistent_mask(forward, backward, tolerance)
+
+
+REFERENCES = {"farneback": lambda: farneback_reference, "dis": lambda: DISFlow("medium").with_mask}
+REFERENCE_NAMES = {"farneback": "Farneback", "dis": "DIS"}
+
+
+def compare_pair(first, second, predict, stride, boxes=(), scale=1.0, reference_flow=farneback_reference):
+    """One pair of RGB uint8 frames -> per-cell arrays (reference flow, predicted flow, valid mask,
     object mask), flows in feature pixels. ``predict(first, second)`` returns (h, w, 2) feature-pixel
-    flow on the stride grid (cells beyond the whole ones are cropped)."""
-    forward = farneback_flow(first, second)
-    backward = farneback_flow(second, first)
-    valid = to_cells(consistent_mask(forward, backward, 0.5 * stride).astype(np.float32), stride) > 0.5
+    flow on the stride grid (cells beyond the whole ones are cropped); ``reference_flow(first, second,
+    tolerance)`` -> (flow (H, W, 2) in pixels, consistent pixels (H, W) bool)."""
+    forward, consistent = reference_flow(first, second, 0.5 * stride)
+    valid = to_cells(consistent.astype(np.float32), stride) > 0.5
     reference = to_cells(forward, stride) / stride
     predicted = np.asarray(predict(first, second), np.float32)
     rows, cols = reference.shape[:2]
@@ -151,8 +169,23 @@ def load_flownet(cfg, model_path, flownet_path, pretrain, ctx):
     return flownet, path
 
 
+def feature_alignment(features, first, second, flows, stride, valid):
+    """warp_alignment of the second frame's features with the first's for each flow (name -> (h, w, 2)
+    feature-pixel flow) and without one, over the reference's valid cells -> {name: cosine, "unwarped": ...}."""
+    key, neighbour = features(first), features(second)
+    rows, cols = valid.shape
+    key, neighbour = key[:, :, :rows, :cols], neighbour[:, :, :rows, :cols]
+    out = {}
+    for name, flow in flows.items():
+        grid = np.asarray(flow, np.float32)[:rows, :cols].transpose(2, 0, 1)[None]
+        result = warp_alignment(key, neighbour, grid, valid[None])
+        out[name] = result["cosine_warped"]
+        out["unwarped"] = result["cosine_unwarped"] if name == "flownet" else out.get("unwarped")
+    return out
+
+
 def run(cfg, model_path="", flownet_path="", pretrain=False, offsets=(1, 2, 3), count=30, out_dir=None,
-        seed=0, progress=True, split_only=False):
+        seed=0, progress=True, split_only=False, reference="dis"):
     ctx = get_context(cfg.CONTEXT)
     source = cfg.get("CONFIG_FILE") or "config"
     # pairs need consecutive frames: the whole videos of a sparse (random) split's frames, unless the
@@ -161,6 +194,14 @@ def run(cfg, model_path="", flownet_path="", pretrain=False, offsets=(1, 2, 3), 
     dataset = load_datasets(specs, source=source, key="DATASET.VAL")
     flownet, weights = load_flownet(cfg, model_path, flownet_path, pretrain, ctx)
     flownet.hybridize()
+    if reference not in REFERENCES:
+        raise ValueError(f"--reference must be one of {', '.join(REFERENCES)}, got {reference!r}")
+    reference_flow = REFERENCES[reference]()
+    features = None
+    if model_path:
+        detector, _ = load_model(cfg, checkpoint=model_path, ctx=ctx)
+        features = lambda image: detector.features(mx.nd.array(    # noqa: E731
+            normalize_pad(image, cfg.INPUT.MEAN, cfg.INPUT.STD, cfg.IMAGE.PAD_STRIDE)[None], ctx=ctx)).asnumpy()
     short, max_long = input_scale(cfg)
     stride = int(cfg.NETWORK.FEAT_STRIDE)
     inp, pad = cfg.INPUT, cfg.IMAGE.PAD_STRIDE
@@ -171,11 +212,11 @@ def run(cfg, model_path="", flownet_path="", pretrain=False, offsets=(1, 2, 3), 
         return flownet(cur, ref)[0].asnumpy().transpose(1, 2, 0)
 
     chosen = sample_pairs(dataset, offsets, count, np.random.RandomState(seed))
-    result = {"config": source, "weights": weights, "dataset": dataset.name, "farneback": FARNEBACK,
-              "stride": stride, "test_scale": [short, max_long], "offsets": {}}
+    result = {"config": source, "weights": weights, "dataset": dataset.name, "reference": reference,
+              "farneback": FARNEBACK, "stride": stride, "test_scale": [short, max_long], "offsets": {}}
     example = None
     for offset, pairs in chosen.items():
-        scored = []
+        scored, aligned = [], []
         for first_rec, second_rec in tqdm.tqdm(pairs, desc=f"offset {offset}", disable=not progress, leave=False):
             try:
                 first, scale = resize_image(read_image(first_rec.image), short, max_long)
@@ -183,12 +224,19 @@ def run(cfg, model_path="", flownet_path="", pretrain=False, offsets=(1, 2, 3), 
             except DatasetError as err:
                 print(f"skipped pair: {err}", file=sys.stderr)
                 continue
-            scored.append(compare_pair(first, second, predict, stride, first_rec.boxes, scale))
+            scored.append(compare_pair(first, second, predict, stride, first_rec.boxes, scale, reference_flow))
+            if features is not None:
+                reference_grid, flownet_grid, valid = scored[-1][:3]
+                aligned.append(feature_alignment(features, first, second,
+                                                 {"flownet": flownet_grid, reference: reference_grid}, stride, valid))
             # the picture: the first pair with an object at the largest offset (else the very first pair)
             rank = (offset == max(chosen), len(first_rec.boxes) > 0)
             if example is None or rank > example[0]:
                 example = (rank, offset, first, scored[-1], first_rec.image, second_rec.image)
         result["offsets"][str(offset)] = dict(summarize(scored), pairs=len(scored))
+        if aligned:
+            result["offsets"][str(offset)]["feature_cosine"] = {
+                name: float(np.nanmean([a[name] for a in aligned])) for name in aligned[0]}
     out_dir = out_dir or os.path.join(output_dir(cfg), "flow_check")
     os.makedirs(out_dir, exist_ok=True)
     if example is not None:
@@ -201,12 +249,11 @@ def run(cfg, model_path="", flownet_path="", pretrain=False, offsets=(1, 2, 3), 
             colored[~valid] //= 3      # dim the cells the check does not score
             panels.append(cv2.resize(colored, size, interpolation=cv2.INTER_NEAREST))
         canvas = np.concatenate(panels, axis=1)
-        for i, text in enumerate(("key frame", "FlowNet", f"Farneback (offset {offset})")):
+        for i, text in enumerate(("key frame", "FlowNet", f"{reference} (offset {offset})")):
             cv2.putText(canvas, text, (i * size[0] + 8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (255, 255, 255), 2)
         save_image(os.path.join(out_dir, "flow_check.png"), canvas)
         result["example"] = [first_path, second_path]
-    with open(os.path.join(out_dir, "flow_check.json"), "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=1)
+    atomic_write_json(os.path.join(out_dir, "flow_check.json"), result, sort_keys=False)
     return result, out_dir
 
 
@@ -224,6 +271,8 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--split-only", action="store_true",
                         help="pairs from DATASET.VAL's frames only (a snippet hold-out), not its whole videos")
+    parser.add_argument("--reference", choices=sorted(REFERENCES), default="dis",
+                        help="the classical flow the FlowNet is compared with (default: OpenCV DIS)")
     parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help="config overrides")
     args = parser.parse_args(argv)
     configure_threads()
@@ -236,11 +285,11 @@ def main(argv=None):
     try:
         cfg = get_config(args.cfg, args.set)
         result, out_dir = run(cfg, args.model, args.flownet, args.pretrain, offsets, args.pairs, args.out, args.seed,
-                              split_only=args.split_only)
+                              split_only=args.split_only, reference=args.reference)
     except (ConfigError, DatasetError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"FlowNet vs Farneback (EPE in feature pixels, stride {result['stride']}; {result['weights']})")
+    print(f"FlowNet vs {REFERENCE_NAMES[result['reference']]} (EPE in feature pixels, stride {result['stride']}; {result['weights']})")
     print("offset  pairs  scored cells  EPE FlowNet  EPE zero flow  | object cells  EPE FlowNet  EPE zero flow")
     for offset, r in result["offsets"].items():
         a, o = r["all"], r["objects"]
@@ -249,6 +298,12 @@ def main(argv=None):
         if a.get("cells"):
             print(f"{offset:>6}  {r['pairs']:5d}  {a['cells']:12d}  {a['epe_flownet']:11.2f}  "
                   f"{a['epe_zero_flow']:13.2f}  | {obj}")
+    cosines = {o: r["feature_cosine"] for o, r in result["offsets"].items() if "feature_cosine" in r}
+    if cosines:
+        print("feature cosine to the key frame (neighbour warped by the FlowNet / the reference flow / unwarped)")
+        for offset, c in cosines.items():
+            print(f"{offset:>6}  FlowNet {c['flownet']:.3f}  {result['reference']} {c[result['reference']]:.3f}  "
+                  f"unwarped {c['unwarped']:.3f}")
     print(f"written: {out_dir}/flow_check.json, flow_check.png")
     return 0
 

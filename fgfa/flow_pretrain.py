@@ -226,6 +226,19 @@ class FlowEpoch:
             yield self.next_batch(np.random.RandomState(self.seed * 1_000_003 + index))
 
 
+def _saved_settings(record_path):
+    if not os.path.isfile(record_path):
+        return None
+    with open(record_path, "r", encoding="utf-8") as f:
+        return json.load(f).get("settings")
+
+
+def pretrained_flownet_reusable(cfg, dataset, out_dir):
+    """True when ``pretrain_flownet`` would load OUTPUT_DIR's weights instead of training."""
+    return (os.path.isfile(os.path.join(out_dir, PRETRAINED_FILE))
+            and _saved_settings(os.path.join(out_dir, RECORD_FILE)) == pretrain_settings(cfg, dataset))
+
+
 def pretrain_flownet(model, cfg, dataset, out_dir, ctx=None, logger=None, progress=True):
     """Train ``model.flownet`` for TRAIN.FLOW_PRETRAIN.ITERS steps; returns {"epe_start", "epe_end",
     "zero_flow_epe", "path"} measured on a fixed held-out batch. Skipped (weights loaded) when
@@ -236,10 +249,7 @@ def pretrain_flownet(model, cfg, dataset, out_dir, ctx=None, logger=None, progre
     record_path = os.path.join(out_dir, RECORD_FILE)
     settings = pretrain_settings(cfg, dataset)
     if os.path.isfile(path):
-        saved = None
-        if os.path.isfile(record_path):
-            with open(record_path, "r", encoding="utf-8") as f:
-                saved = json.load(f).get("settings")
+        saved = _saved_settings(record_path)
         if saved == settings:
             model.flownet.load_parameters(path, ctx=contexts)
             if logger:

@@ -16,6 +16,8 @@ import tqdm
 from lib.config import ConfigError, project_path
 from lib.dataset import whole_videos_spec
 from lib.dataset.io import DatasetError, read_image
+from lib.eval.subsets import subset_scores
+from lib.fileio import atomic_open
 from lib.eval import detections_to_json, save_pr_curves, vid_ap, voc_ap, write_results_table
 from lib.nms import seq_nms
 from lib.runtime import get_context
@@ -189,7 +191,7 @@ def evaluate(records, detections, classes, metric="auto"):
 def write_reports(out_dir, records, detections, classes, result, seconds_per_frame):
     """detections.json (COCO results), results.md + metrics.json (lib.eval tables), PR curve PNGs."""
     os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "detections.json"), "w", encoding="utf-8") as f:
+    with atomic_open(os.path.join(out_dir, "detections.json")) as f:
         json.dump(detections_to_json(records, detections, classes), f)
     text = write_results_table(result, os.path.join(out_dir, "results.md"),
                                os.path.join(out_dir, "metrics.json"))
@@ -246,10 +248,14 @@ def run_test(cfg, model=None, classes=None, dataset=None, checkpoint=None, logge
     context = test_context(cfg, dataset)
     records, detections, spf = detect_dataset(model, dataset, cfg, ctx, progress, logger, context=context)
     result = evaluate(records, detections, classes, cfg.TEST.EVAL_METRIC)
+    # the windows were built from every frame; only the scoring is restricted to each subset
+    result["subsets"] = subset_scores(records, detections, classes, cfg.TEST.SUBSETS)
     suffix = ("_seqnms" if cfg.TEST.SEQ_NMS else "") + ("_int8" if cfg.TEST.QUANTIZE == "int8" else "")
     test_dir = os.path.join(out_dir, "test" + suffix)
     write_reports(test_dir, records, detections, classes, result, spf)
-    logger.info("%s mAP %.4f%s (reports in %s)", cfg.NAME, result["mAP"],
+    logger.info("%s mAP %.4f%s%s (reports in %s)", cfg.NAME, result["mAP"],
                 "".join(f", {k} {v['mAP']:.4f}" for k, v in (result.get("motion") or {}).items()
-                        if v.get("mAP") is not None), test_dir)
+                        if v.get("mAP") is not None),
+                "".join(f", {k} {v['mAP']:.4f} ({v['frames']} frames)" for k, v in result["subsets"].items()),
+                test_dir)
     return result

@@ -24,13 +24,13 @@ from lib.train import (
     setup_logger,
 )
 from lib.pretrained import PretrainedError
-from lib.train.distributed import config_contexts, deal_batches, split_batch
+from lib.train.distributed import config_contexts, deal_batches, join_job, split_batch
 from lib.train.run import RunFolder
 
 from .backbone import BackboneWeightsError
 from .data import TrainSamples, collate
 from .detector import FGFADetector
-from .flow_pretrain import pretrain_flownet
+from .flow_pretrain import pretrain_flownet, pretrained_flownet_reusable
 
 
 def family_name(cfg):
@@ -180,9 +180,12 @@ def train(cfg, dataset=None, val_fn=None, logger=None, run=None):
     """Train from the config; returns lib.train.fit's summary (plus the model and classes). ``run``: the
     RunFolder already written by a caller (the recipe); else OUTPUT_DIR's record is written here."""
     out_dir = output_dir(cfg)
-    os.makedirs(out_dir, exist_ok=True)
-    logger = logger or setup_logger(out_dir, "train")
     contexts = config_contexts(cfg)
+    job = join_job(cfg.TRAIN.KVSTORE, contexts)      # rank 0 alone writes OUTPUT_DIR
+    if job.is_chief:
+        os.makedirs(out_dir, exist_ok=True)
+    if logger is None:
+        logger = setup_logger(out_dir, "train") if job.is_chief else setup_logger(None, f"train.rank{job.rank}")
     dataset = dataset if dataset is not None else load_train_set(cfg)
     # a set in which no box survived loading trains on background at loss 0: refused unless asked for
     dataset.require_boxes(f"{cfg.get('CONFIG_FILE') or '<config>'}: DATASET.TRAIN",
@@ -190,7 +193,7 @@ def train(cfg, dataset=None, val_fn=None, logger=None, run=None):
     samples = TrainSamples(dataset, cfg, num_neighbors=2 if cfg.NETWORK.AGGREGATE else 0)
     logger.info("training %s on %d key frames of %s (%d classes: %s)", cfg.NAME, len(samples),
                 dataset.name, dataset.num_classes, dataset.classes)
-    if run is None:
+    if run is None and job.is_chief:
         RunFolder(out_dir).write(family_name(cfg), dataset.classes, cfg)
     seed_everything(cfg.TRAIN.SEED, 0)  # the initial weights are a function of the seed (exact resume)
     model = build_model(cfg, dataset.num_classes, contexts, logger)
@@ -205,6 +208,12 @@ def train(cfg, dataset=None, val_fn=None, logger=None, run=None):
     elif model.aggregate and cfg.TRAIN.FLOW_PRETRAIN.ITERS > 0 and not (
             cfg.TRAIN.RESUME and CheckpointManager(out_dir).latest()):
         # (a resumed run loads its FlowNet from the checkpoint)
+        if job.distributed and not pretrained_flownet_reusable(cfg, dataset, out_dir):
+            # its own Trainer would take the job's kvstore keys again (gluon numbers every Trainer's
+            # parameters from 0): ps-lite would wait forever for the re-initialised keys
+            raise ConfigError(f"{cfg.get('CONFIG_FILE') or '<config>'}: TRAIN.FLOW_PRETRAIN runs in one process, "
+                              f"not in a distributed job: pre-train the FlowNet without the launcher first (it is "
+                              f"kept in OUTPUT_DIR and reused), set NETWORK.FLOW_WEIGHTS, or TRAIN.FLOW_PRETRAIN.ITERS: 0")
         pretrain_flownet(model, cfg, dataset, out_dir, contexts, logger, progress=cfg.TRAIN.PROGRESS)
     if cfg.TRAIN.HYBRIDIZE:
         blocks = [model.features, model.rpn, model.rfcn]

@@ -10,12 +10,14 @@ import collections
 import mxnet as mx
 import numpy as np
 
+from lib.flow import DISFlow
 from lib.streaming import StreamRunner
 
 from .flownet import half_size_image
 from .operators import flow_warp
 
-# half: the frame at the FlowNet's input size (aggregation only), computed once per frame
+# half: the frame at the FlowNet's input size, or (NETWORK.FLOW dis) the resized RGB frame DIS works on
+# (aggregation only), computed once per frame
 Frame = collections.namedtuple("Frame", "index data im_info cache half")
 
 
@@ -31,15 +33,26 @@ class WindowRunner(StreamRunner):
     ``flow_mode='chained'`` (TEST.FLOW_MODE), only the two one-step flows of each new frame (to and
     from its predecessor), the flow to a frame j steps away being composed from j one-step flows.
     For the baseline (no aggregation) every step returns its frame.
+
+    The flows come from the FlowNet, or with ``flow='dis'`` (NETWORK.FLOW) from OpenCV's DIS on the CPU
+    (lib.flow.DISFlow at TEST.DIS_PRESET / DIS_SCALE) on the resized frames, on the feature grid.
     """
 
-    def __init__(self, model, ctx=None, K=None, preprocess=None, flow_mode=None):
+    def __init__(self, model, ctx=None, K=None, preprocess=None, flow_mode=None, flow=None):
         self.model = model
         self.ctx = ctx or mx.cpu()
-        self.K = model.cfg.TEST.K if K is None else int(K)
-        self.flow_mode = flow_mode or model.cfg.TEST.FLOW_MODE
+        cfg = model.cfg
+        self.K = cfg.TEST.K if K is None else int(K)
+        self.flow_mode = flow_mode or cfg.TEST.FLOW_MODE
         if self.flow_mode not in ("direct", "chained"):
             raise ValueError(f"flow_mode must be 'direct' or 'chained', got {self.flow_mode!r}")
+        self.flow = flow or cfg.NETWORK.FLOW
+        if self.flow not in ("flownet", "dis"):
+            raise ValueError(f"flow must be 'flownet' or 'dis', got {self.flow!r}")
+        self.dis = DISFlow(cfg.TEST.DIS_PRESET, cfg.TEST.DIS_SCALE) if self.flow == "dis" else None
+        self.mean = np.asarray(cfg.INPUT.MEAN, np.float32).reshape(3, 1, 1)
+        self.std = np.asarray(cfg.INPUT.STD, np.float32).reshape(3, 1, 1)
+        self.stride = int(cfg.NETWORK.FEAT_STRIDE)
         self.preprocess = preprocess
         self.reset()
 
@@ -58,27 +71,45 @@ class WindowRunner(StreamRunner):
         data = mx.nd.array(image[None], ctx=self.ctx)
         im_info_nd = mx.nd.array(np.asarray(im_info, np.float32)[None], ctx=self.ctx)
         cache = self.model.frame_cache(data, channels_last=self.channels_last)
-        half = mx.nd.array(half_size_image(image)[None], ctx=self.ctx) if self.model.aggregate else None
+        half = None
+        if self.model.aggregate:
+            half = self._rgb(image, im_info) if self.dis else mx.nd.array(half_size_image(image)[None], ctx=self.ctx)
         frame = Frame(self.next_index, data, im_info_nd, cache, half)
         index = self.next_index
-        if self.model.aggregate and self.flow_mode == "chained" and self.K > 0 and index > 0:
-            before = self.frames[index - 1].half
-            # both one-step flows in one FlowNet batch: (i-1 -> i) and (i -> i-1)
-            flows = self.model.flow_from_halves(mx.nd.concat(before, half, dim=0),
-                                                mx.nd.concat(half, before, dim=0))
-            self.next_flow[index - 1], self.prev_flow[index] = flows[0:1], flows[1:2]
         self.frames[index] = frame
+        if self.model.aggregate and self.flow_mode == "chained" and self.K > 0 and index > 0:
+            # both one-step flows in one batch: (i-1 -> i) and (i -> i-1)
+            flows = self._pair_flows([(index - 1, index), (index, index - 1)])
+            self.next_flow[index - 1], self.prev_flow[index] = flows[0:1], flows[1:2]
         self.next_index += 1
         return frame
+
+    def _rgb(self, image, im_info):
+        """The resized RGB uint8 frame back from the normalised, padded network input (DIS's input)."""
+        height, width = int(im_info[0]), int(im_info[1])
+        pixels = image[:, :height, :width] * self.std + self.mean
+        return np.clip(np.rint(pixels), 0, 255).astype(np.uint8).transpose(1, 2, 0)
+
+    def _map_size(self, index):
+        cache = self.frames[index].cache
+        return tuple(cache.shape[1:3] if self.channels_last else cache.shape[2:])
+
+    def _pair_flows(self, pairs):
+        """Flows of (from, to) frame index pairs -> (n,2,h,w) on the feature grid, FlowNet or DIS."""
+        if self.dis is None:
+            return self.model.flow_from_halves(mx.nd.concat(*[self.frames[a].half for a, _ in pairs], dim=0),
+                                               mx.nd.concat(*[self.frames[b].half for _, b in pairs], dim=0))
+        shape = self._map_size(pairs[0][0])
+        grids = [self.dis.grid(self.frames[a].half, self.frames[b].half, self.stride, shape).transpose(2, 0, 1)
+                 for a, b in pairs]
+        return mx.nd.array(np.stack(grids), ctx=self.ctx)
 
     def _flows_from(self, t, others):
         """Flows from frame t to each frame of ``others`` (t excluded): {index: (1,2,h,w)}."""
         if not others:
             return {}
         if self.flow_mode == "direct":
-            key = self.frames[t].half
-            refs = mx.nd.concat(*[self.frames[i].half for i in others], dim=0)
-            flows = self.model.flow_from_halves(mx.nd.broadcast_to(key, shape=refs.shape), refs)
+            flows = self._pair_flows([(t, i) for i in others])
             return {i: flows[j:j + 1] for j, i in enumerate(others)}
         # chained: flow(t -> i +- 1) = flow(t -> i) + one-step flow of i sampled where flow(t -> i) lands
         flow_of = {}

@@ -121,11 +121,14 @@ SHARED_DEFAULTS = {
         "PRE_NMS_TOP_K": 0,            # per class, best candidates entering NMS (0 = all)
         "QUANTIZE": "",                # int8: the family's int8 inference (CPU, oneDNN)
         "CALIB_FRAMES": 8,             #   calibrated on this many frames spread over DATASET.TRAIN
+        # name -> frame list ("<video> <frame>" lines, lib.eval.subsets): mAP of those frames too, e.g.
+        # the degraded_frames.txt / intact_frames.txt of lib.tools.degrade
+        "SUBSETS": {},
     },
 }
 
 # mappings with free keys in every family's config
-SHARED_OPEN_KEYS = ("TRAIN.LR_MULT_PATTERNS",)
+SHARED_OPEN_KEYS = ("TRAIN.LR_MULT_PATTERNS", "TEST.SUBSETS")
 # dataset spec lists: a single mapping is accepted (a list of one); --set DATASET.TRAIN.KEY=value
 # sets KEY in every spec of the list
 SPEC_LIST_KEYS = ("DATASET.TRAIN", "DATASET.VAL")

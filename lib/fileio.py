@@ -45,10 +45,12 @@ def atomic_path(path, keep_extension=False, sync=True):
 
 
 @contextlib.contextmanager
-def atomic_open(path, mode="w", encoding="utf-8", sync=True):
-    """``with atomic_open(target) as f: f.write(...)``: a file object on the temporary name."""
+def atomic_open(path, mode="w", encoding="utf-8", sync=True, newline=None):
+    """``with atomic_open(target) as f: f.write(...)``: a file object on the temporary name
+    (``newline`` as in ``open``: "" for the csv module)."""
     with atomic_path(path, sync=sync) as tmp:
-        with open(tmp, mode, encoding=None if "b" in mode else encoding) as f:
+        with open(tmp, mode, encoding=None if "b" in mode else encoding,
+                  newline=None if "b" in mode else newline) as f:
             yield f
             f.flush()
 

@@ -22,8 +22,44 @@ def _walk(block):
         yield from _walk(child)
 
 
+def _builtin_conv_macs(conv, args, output):
+    x, y = _first(args), _first(output)
+    kh, kw = conv._kwargs["kernel"]
+    groups = conv._kwargs["num_group"]
+    if isinstance(conv, nn.Conv2DTranspose):
+        batch, in_c, h, w = x.shape
+        return batch * h * w * (in_c // groups) * y.shape[1] * kh * kw
+    batch, out_c, h, w = y.shape
+    return batch * h * w * out_c * (x.shape[1] // groups) * kh * kw
+
+
+def count_macs_of(root, run):
+    """MACs of every convolution under ``root`` that fires while ``run()`` executes (each call counted).
+
+    Counted: nn.Conv2D / nn.Conv2DTranspose, and any block with a ``call_macs(inputs, output)`` method
+    (blocks that run F.Convolution on their own parameters, e.g. prunable or grouped units, say what
+    one call costs). Only imperative calls fire hooks: hybridized parts of ``root`` must be reset
+    first (the caller knows which, and re-hybridizes afterwards).
+    """
+    total, handles = [0], []
+    for b in _walk(root):
+        if hasattr(b, "call_macs"):
+            handles.append(b.register_forward_hook(lambda blk, args, out: total.__setitem__(
+                0, total[0] + int(blk.call_macs(args, out)))))
+        elif isinstance(b, _CONVS):
+            handles.append(b.register_forward_hook(lambda blk, args, out: total.__setitem__(
+                0, total[0] + _builtin_conv_macs(blk, args, out))))
+    try:
+        run()
+        mx.nd.waitall()
+    finally:
+        for h in handles:
+            h.detach()
+    return int(total[0])
+
+
 def conv_macs(block, *inputs):
-    """MACs of every nn.Conv2D / nn.Conv2DTranspose that runs in ``block(*inputs)`` (each call counted).
+    """MACs of the convolutions that run in ``block(*inputs)`` (see count_macs_of).
 
     Conv: out_h * out_w * out_c * (in_c / groups) * kh * kw per sample; deconv: the same with the
     input's spatial size (each input pixel scatters a kernel). Multiplied by the batch size.
@@ -31,28 +67,4 @@ def conv_macs(block, *inputs):
     if getattr(block, "_active", False):
         raise ValueError("conv_macs needs an un-hybridized block: forward hooks do not fire in a "
                          "hybridized graph")
-    total, handles = [0], []
-
-    def hook(conv, args, output):
-        x, y = _first(args), _first(output)
-        kh, kw = conv._kwargs["kernel"]
-        groups = conv._kwargs["num_group"]
-        if isinstance(conv, nn.Conv2DTranspose):
-            batch, in_c, h, w = x.shape
-            out_c = y.shape[1]
-            total[0] += batch * h * w * (in_c // groups) * out_c * kh * kw
-        else:
-            batch, out_c, h, w = y.shape
-            total[0] += batch * h * w * out_c * (x.shape[1] // groups) * kh * kw
-
-    for b in _walk(block):
-        if isinstance(b, _CONVS):
-            handles.append(b.register_forward_hook(hook))
-    try:
-        outputs = block(*inputs)
-        mx.nd.waitall()
-    finally:
-        for h in handles:
-            h.detach()
-    del outputs
-    return int(total[0])
+    return count_macs_of(block, lambda: block(*inputs))

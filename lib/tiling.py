@@ -86,17 +86,20 @@ def detect_tiled(detect_fn, image, tile_size, overlap=64, nms_iou=0.5, border_ma
     return boxes[keep], scores[keep], labels[keep]
 
 
-def tile_dataset(dataset, out_dir, tile_cfg):
+def tile_dataset(dataset, out_dir, tile_cfg, write=True):
     """Training tiles of big frames, written as JPEGs (lib.transforms.RandomTile, seeded).
 
     Per frame TILES_PER_IMAGE tiles, each around an object with probability OBJECT_PROB (else a random,
     mostly background tile); KEEP_FULL_FRAMES also keeps the whole frames. Works for every family since
     it only produces a new dataset. Frames not larger than the tile are kept as they are.
+    ``write=False``: the same records (same seed, same tiles) without writing: they name the files
+    another process writes into ``out_dir`` (the other workers of a distributed job).
     """
     width, height = (int(v) for v in tile_cfg.SIZE)
     tiler = RandomTile(size=[width, height], object_prob=float(tile_cfg.OBJECT_PROB),
                        min_visible=float(tile_cfg.MIN_VISIBLE), rng=np.random.RandomState(int(tile_cfg.SEED)))
-    os.makedirs(out_dir, exist_ok=True)
+    if write:
+        os.makedirs(out_dir, exist_ok=True)
     records = []
     for index, rec in enumerate(dataset.records):
         if tile_cfg.KEEP_FULL_FRAMES or (rec.width <= width and rec.height <= height):
@@ -111,7 +114,8 @@ def tile_dataset(dataset, out_dir, tile_cfg):
             tile, b = frames[0], np.asarray(boxes[0], np.float32).reshape(-1, 6)
             name = f"{index:06d}_{t}"
             path = os.path.join(out_dir, name + ".jpg")
-            cv2.imwrite(path, cv2.cvtColor(tile, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
+            if write:
+                cv2.imwrite(path, cv2.cvtColor(tile, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
             records.append(Record(image=path, width=tile.shape[1], height=tile.shape[0], boxes=b[:, :4],
                                   labels=b[:, 4].astype(np.int64), difficult=b[:, 5] > 0.5,
                                   image_id=f"tiles/{name}"))

@@ -5,6 +5,7 @@ convention [x1, y1, x2, y2] (continuous pixels, x2/y2 exclusive). Detector outpu
 layout (ids (1,K,1), scores (1,K,1), boxes (1,K,4), padded with -1) and mx.nd arrays are accepted.
 """
 import colorsys
+import logging
 import os
 
 import cv2
@@ -259,5 +260,4 @@ def draw_record(image, rec, classes, matched=None, best=None):
 
 
 def _logger():
-    import logging
     return logging.getLogger("lib.viz")

@@ -18,7 +18,10 @@ DEFAULTS = extend_schema(SHARED_DEFAULTS, {
         "SMALL": {"NET": "mobilenet_v2", "WIDTH": 0.35, "NUM_BLOCKS": -1, "OUTPUT_STRIDE": 16,
                   "MIN_DEPTH": 8, "INPUT_SIZE": 160},
         "LSTM": {"UNITS": 256, "GROUPS": 1, "CLIP": 0.0, "FORGET_BIAS": 1.0, "OUTPUT_BOTTLENECK": False,
-                 "KERNEL": 3},
+                 "KERNEL": 3,
+                 # level 0 = frame projection + zero-initialised 1x1 of the memory output: starts as the
+                 # frame baseline (warm start from an SSDLite checkpoint); False = the paper's cell
+                 "RESIDUAL": False},
         "PYRAMID": {"DEPTHS": [512, 256, 256, 128]},   # levels after level 0 (the memory output)
         "ANCHORS": {"MIN_SCALE": 0.2, "MAX_SCALE": 0.95, "ASPECT_RATIOS": [1.0, 2.0, 0.5, 3.0, 0.3333],
                     "REDUCE_LOWEST": True},
@@ -57,8 +60,6 @@ DEFAULTS = extend_schema(SHARED_DEFAULTS, {
         "DRAW_THRESH": 0.3,        # for drawn images
         "PRINT_IMAGES": False,     # save annotated test images (as the port's TEST.PRINT_IMAGES)
         "MAX_IMAGES": 0,           # 0 = all test records
-        "SUBSETS": {},             # name -> file of "<video> <frame>" lines: mAP of those frames too
-                                   # (the whole videos are still streamed, so memory sees every frame)
         # results table a test appends its row to ("" = OUTPUT_DIR/results.md + .csv); another .md path
         # (relative to the project root) collects the rows of several runs in one table
         "RESULTS_TABLE": "",
@@ -66,7 +67,6 @@ DEFAULTS = extend_schema(SHARED_DEFAULTS, {
     },
 })
 
-OPEN_KEYS = ("TEST.SUBSETS",)
 SIZE_KEYS = ("INPUT.SIZE", "MODEL.LARGE.INPUT_SIZE", "MODEL.SMALL.INPUT_SIZE")   # S or [H, W]
 # keys of earlier releases -> their names in the shared schema (read with a warning)
 RENAMES = {
@@ -79,7 +79,7 @@ RENAMES = {
     "TEST.SCORE_THRESHOLD": "TEST.DRAW_THRESH",
     "DATASET.TEST": "DATASET.VAL",
 }
-SCHEMA = Schema(DEFAULTS, open_keys=OPEN_KEYS, size_keys=SIZE_KEYS, renames=RENAMES, spec_list_keys=SPEC_LIST_KEYS)
+SCHEMA = Schema(DEFAULTS, size_keys=SIZE_KEYS, renames=RENAMES, spec_list_keys=SPEC_LIST_KEYS)
 
 
 def load(path=None, overrides=None):

@@ -7,7 +7,8 @@ same blocks:
     extractor[e]  : frames (B,3,H,W) RGB 0..255 -> features (B,Ce,Fh,Fw)  (resize to its own input size
                     and scaling to [-1, 1] happen inside the graph; INPUT.SIZE is S or [H, W])
     memory.steps[e]: (features, c, h) -> (output, c_new, h_new)         (Bottleneck-LSTM, per extractor)
-    project       : features -> level 0 (frame baseline only)
+    project       : features -> level 0 (frame baseline; with LSTM.RESIDUAL also around the memory:
+                    level 0 = project(features) + memory_mix(output), see ResidualStep)
     head          : level 0 -> class logits (B,P,C+1), box deltas (B,P,4)
 
 Looking Fast and Slow: the small extractor reads the memory but never writes it (the state after a
@@ -21,17 +22,18 @@ import mxnet as mx
 import numpy as np
 from mxnet import autograd, gluon
 
+from lib import pretrained
 from lib.anchors import multiscale_anchors
+from lib.backbones import IMAGENET_MEAN, IMAGENET_STD, EfficientNetLite
 from lib.bbox import clip_boxes, decode_boxes
 from lib.config import ConfigError, size_hw
+from lib.fileio import atomic_save, atomic_write_json
 from lib.nms import multiclass_nms
-from lib import pretrained
-from lib.backbones import IMAGENET_MEAN, IMAGENET_STD, EfficientNetLite
 from lib.runtime import quantize_block
 from lib.train.checkpoint import CheckpointError, load_weights
 
 from .layers import ConvBN, PruneGroup
-from .lstm_cell import BottleneckLSTM
+from .lstm_cell import BottleneckLSTM, StepTable
 from .mobilenet import MobileNet
 from .ssdlite import SSDLiteHead, anchors_per_level, pyramid_sizes
 
@@ -113,20 +115,36 @@ class LSTMSSD(gluon.Block):
                                  f"(adjust MODEL.*.INPUT_SIZE / OUTPUT_STRIDE)")
             self.feature_hw = sizes["large"]
             lstm = m.LSTM
+            self.residual = bool(lstm.RESIDUAL) and m.TYPE != "ssdlite"
+            self.project = self.project_small = self.memory_mix = None
+            if m.TYPE == "ssdlite" or self.residual:
+                # the frame baseline's projection; with LSTM.RESIDUAL the same block (same name, so an
+                # SSDLite checkpoint loads into it) carries the frame path around the memory
+                self.project = ConvBN(self.large.out_channels, lstm.UNITS, 1, prefix="project_")
             if m.TYPE == "ssdlite":
                 self.memory = None
-                self.project = ConvBN(self.large.out_channels, lstm.UNITS, 1, prefix="project_")
                 level0 = lstm.UNITS
             else:
-                self.project = None
                 self.memory = BottleneckLSTM({n: self.extractor(n).out_channels for n in self.extractor_names},
                                              lstm.UNITS, lstm.GROUPS, lstm.FORGET_BIAS, lstm.CLIP,
                                              lstm.OUTPUT_BOTTLENECK, lstm.KERNEL, prefix="memory_")
                 level0 = self.memory.out_channels
+            if self.residual:
+                if self.small is not None:
+                    self.project_small = ConvBN(self.small.out_channels, lstm.UNITS, 1, prefix="project_small_")
+                # zero-initialised: a fresh residual model computes exactly its frame baseline
+                self.memory_mix = ConvBN(self.memory.out_channels, lstm.UNITS, 1, act="none", use_bn=False,
+                                         weight_init=mx.init.Zero(), prefix="memory_mix_")
+                level0 = lstm.UNITS
             depths = list(m.PYRAMID.DEPTHS)
             self.level_sizes = pyramid_sizes(self.feature_hw, len(depths) + 1)   # (h, w) per level
             self.num_anchors = anchors_per_level(len(depths) + 1, m.ANCHORS.ASPECT_RATIOS, m.ANCHORS.REDUCE_LOWEST)
             self.head = SSDLiteHead(level0, depths, self.num_anchors, self.num_classes, prefix="head_")
+        self._steps = None
+        if self.memory is not None:
+            projects = {"large": self.project, "small": self.project_small}
+            self._steps = StepTable({n: ResidualStep(self.memory.steps[n], projects[n], self.memory_mix)
+                                     if self.residual else self.memory.steps[n] for n in self.extractor_names})
         self._anchors = None
         self._int8 = {}    # part name -> int8 SymbolBlock (quantize_int8); not Gluon children
         for _, block in _named_blocks(self):
@@ -153,7 +171,7 @@ class LSTMSSD(gluon.Block):
         """Name -> block of every separately runnable/exportable part."""
         out = {f"extractor_{n}": self.extractor(n) for n in self.extractor_names}
         if self.memory is not None:
-            out.update({f"lstm_step_{n}": self.memory.steps[n] for n in self.extractor_names})
+            out.update({f"lstm_step_{n}": self.memory_step(n) for n in self.extractor_names})
         else:
             out["project"] = self.project
         out["head"] = self.head
@@ -171,6 +189,10 @@ class LSTMSSD(gluon.Block):
             for child in _all_blocks(block):
                 if isinstance(child, gluon.HybridBlock):
                     child._clear_cached_op()
+
+    def memory_step(self, extractor):
+        """The step block of ``extractor``: (features, c, h) -> (level 0, c_new, h_new)."""
+        return self._steps[extractor]
 
     def anchors(self):
         """Normalised corner anchors (P,4) in the head's (level, y, x, anchor) order."""
@@ -196,7 +218,7 @@ class LSTMSSD(gluon.Block):
         if self.memory is None:
             return (*self._part("head", self.head)(self._part("project", self.project)(feats)), None)
         c, h = state
-        out, c_new, h_new = self.memory.steps[extractor](feats, c, h)
+        out, c_new, h_new = self.memory_step(extractor)(feats, c, h)
         new_state = (c_new, h_new) if self.writes_memory[extractor] else state
         cls, box = self._part("head", self.head)(out)
         return cls, box, new_state
@@ -250,7 +272,7 @@ class LSTMSSD(gluon.Block):
                     features.append(feats)
                     level0.append(self.project(feats))
                     continue
-                out, c_new, h_new = self.memory.steps[e](feats, *state)
+                out, c_new, h_new = self.memory_step(e)(feats, *state)
                 level0.append(out)
                 if self.writes_memory[e]:
                     next_state = (c_new, h_new)
@@ -308,7 +330,7 @@ class LSTMSSD(gluon.Block):
         groups = []
         for n in self.extractor_names:
             groups += self.extractor(n).backbone.prune_groups(prefix=n)
-        if self.project is not None:
+        if self.type == "ssdlite":
             # the baseline's backbone output only feeds the 1x1 projection, so it can be cut too
             # (unless the last V2 block adds a residual, which pins its width)
             last = self.large.backbone.blocks_list[-1]
@@ -342,6 +364,21 @@ class LSTMSSD(gluon.Block):
             if isinstance(block, ConvBN) and name in state and block.channel_state() != state[name]:
                 raise ValueError(f"channel state for {name} is {state[name]}, model has {block.channel_state()}")
         self.clear_cached_graphs()
+
+
+class ResidualStep(gluon.HybridBlock):
+    """LSTM.RESIDUAL: level 0 = project(features) + mix(memory output). With ``mix`` at zero this is the
+    frame baseline, so an LSTM-SSD warm-started from SSDLite starts at SSDLite's accuracy and the
+    memory learns a correction (the plain cell, whose output replaces the features, starts from noise
+    even with a trained backbone and head). Not a child of the detector: it re-uses its blocks."""
+
+    def __init__(self, step, project, mix, **kwargs):
+        super().__init__(prefix="", **kwargs)
+        self.step, self.project, self.mix = step, project, mix
+
+    def hybrid_forward(self, F, x, c, h):
+        out, c_new, h_new = self.step(x, c, h)
+        return self.project(x) + self.mix(out), c_new, h_new
 
 
 def _all_blocks(block):
@@ -386,12 +423,8 @@ def save_model(net, path):
     """Write ``path`` (.params) and ``path`` minus .params + .channels.json (shapes after pruning)."""
     base = path[:-len(".params")] if path.endswith(".params") else path
     os.makedirs(os.path.dirname(os.path.abspath(base)), exist_ok=True)
-    tmp = base + ".params.tmp"
-    net.save_parameters(tmp)
-    os.replace(tmp, base + ".params")
-    with open(base + ".channels.json.tmp", "w", encoding="utf-8") as f:
-        json.dump(net.channel_state(), f, indent=1, sort_keys=True)
-    os.replace(base + ".channels.json.tmp", base + ".channels.json")
+    atomic_save(base + ".params", net.save_parameters)
+    atomic_write_json(base + ".channels.json", net.channel_state())
     return base + ".params"
 
 

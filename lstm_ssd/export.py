@@ -26,6 +26,7 @@ import lib.anchors  # noqa: F401
 from lib.bbox import decode_boxes_F
 from lib.cli import user_errors_exit_2
 from lib.export import add_onnx, export_block, graph_multiclass_nms, write_meta
+from lib.fileio import atomic_write_json
 
 from . import config as lstm_config
 from .detector import load_model
@@ -96,7 +97,7 @@ def export_parts(net, prefix, ctx=mx.cpu()):
         feats = net.extractor(e)(frame)
         inputs[f"extractor_{e}"] = [[1, 3, h, w]]
         if net.memory is not None:
-            out, _, _ = net.memory.steps[e](feats, *state)
+            out, _, _ = net.memory_step(e)(feats, *state)
             inputs[f"lstm_step_{e}"] = [list(feats.shape), list(state[0].shape), list(state[1].shape)]
         else:
             out = net.project(feats)
@@ -119,19 +120,11 @@ def export_parts(net, prefix, ctx=mx.cpu()):
             "writes_memory": {e: net.writes_memory[e] for e in net.extractor_names},
             "state_shape": list(net.state_shape) if net.memory is not None else None,
             "num_classes": net.num_classes, "box_stds": list(net.cfg.BOX_STDS),
-            "input": "RGB 0..255 float32, NCHW, resized to image_size [H, W] (scaling to [-1, 1] is in the graph)",
-            "anchors": net.anchors().tolist() if _has_anchors() else None,
+            "input": "RGB 0..255 float32, NCHW, resized to image_size [H, W] (the backbone's input scaling is in the graph)",
+            "anchors": net.anchors().tolist(),
             "parts": described}
-    with open(f"{prefix}-parts.json", "w", encoding="utf-8") as f:
-        json.dump(meta, f, indent=1)
+    atomic_write_json(f"{prefix}-parts.json", meta, sort_keys=False)
     return files
-
-
-def _has_anchors():
-    try:
-        return True
-    except ImportError:
-        return False
 
 
 def load_parts(prefix, ctx=mx.cpu()):

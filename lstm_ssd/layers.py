@@ -82,6 +82,11 @@ class ConvBN(gluon.HybridBlock):
         k = self.kernel * self.kernel
         return out_h * out_w * self.out_channels * (self.in_channels // self.groups) * k
 
+    def call_macs(self, inputs, output):
+        """lib.flops protocol: MACs of one call (batch included)."""
+        batch, _, h, w = output.shape
+        return batch * self.macs(h, w)
+
     def _replace(self, attr, array):
         """Swap parameter ``attr`` for a new one holding ``array`` (a different shape)."""
         old = self._reg_params.pop(attr)

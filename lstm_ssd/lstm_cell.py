@@ -54,6 +54,13 @@ class SepConv(gluon.HybridBlock):
             outs.append(F.Convolution(y, pw, b, kernel=(1, 1), num_filter=cout, no_bias=False))
         return outs[0] if self.groups == 1 else tuple(outs)
 
+    def call_macs(self, inputs, output):
+        """lib.flops protocol: depthwise k x k over in_ch + grouped 1x1 in_ch -> out_ch, per pixel."""
+        first = output[0] if isinstance(output, (list, tuple)) else output   # all groups are one size
+        batch, _, h, w = first.shape
+        k = self.kernel * self.kernel
+        return batch * h * w * (self.in_ch * k + self.out_ch * (self.in_ch // self.groups))
+
 
 def _as_list(value):
     return list(value) if isinstance(value, (list, tuple)) else [value]

@@ -9,12 +9,12 @@ depthwise convs that follow those channels and the input channels of the next de
                              [--finetune-epochs N] [--output PRUNED.params]
 """
 import argparse
-import json
 import sys
 
 import numpy as np
 
 from lib.cli import UsageError, user_errors_exit_2
+from lib.fileio import atomic_write_json
 
 from . import config as lstm_config
 from .detector import load_model, save_model
@@ -129,8 +129,7 @@ def main(argv=None):
                                "LR": cfg.TRAIN.LR * args.finetune_lr_factor})
         report["map_after_finetune"] = evaluate(cfg, net)["mAP"]
     save_model(net, out)
-    with open(out.replace(".params", "") + ".prune.json", "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=1)
+    atomic_write_json(out.replace(".params", "") + ".prune.json", report, sort_keys=False)
     for key in before:
         print(f"{key:>20}: {before[key]:>14,.2f} -> {after[key]:>14,.2f}")
     for key in ("map_unpruned", "map_before_finetune", "map_after_finetune"):

@@ -6,6 +6,8 @@ from the CSV, so both stay in step, as the PyTorch port's results spreadsheet di
 import csv
 import os
 
+from lib.fileio import atomic_open, atomic_write_text
+
 COLUMNS = ["date", "config", "model", "policy", "dataset", "frames", "mAP", "fps", "params", "macs_large",
            "macs_small", "large_share", "train_iters", "train_seconds", "subsets", "note"]
 
@@ -32,10 +34,7 @@ def append_result(row, md_path):
              "frame of each extractor step.", "",
              "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(r.get(k, "") for k in COLUMNS) + " |" for r in rows]
-    tmp = md_path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
-    os.replace(tmp, md_path)
+    atomic_write_text(md_path, "\n".join(lines) + "\n")
     return csv_path
 
 
@@ -51,12 +50,10 @@ def _upgrade_header(csv_path):
         if unknown:
             raise ValueError(f"{csv_path}: columns {sorted(unknown)} are not results columns {COLUMNS}")
         rows = list(reader)
-    tmp = csv_path + ".tmp"
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    with atomic_open(csv_path, newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows({k: r.get(k, "") for k in COLUMNS} for r in rows)
-    os.replace(tmp, csv_path)
 
 
 def _fmt(value):

@@ -19,14 +19,15 @@ import mxnet as mx
 import numpy as np
 
 from lib.config import ConfigError, merge, project_path, size_hw
-from lib.dataset import ClipSampler, DatasetError, load_clip, read_image
+from lib.dataset import ClipSampler, load_clip, read_image
 from lib.dataset.specs import load_datasets
 from lib.eval import voc_ap
+from lib.eval.subsets import subset_scores
 from lib.losses import MultiBoxLoss
 from lib.matching import ssd_targets
 from lib.train import fit, load_matching_parameters, seed_everything
 from lib.pretrained import PretrainedError
-from lib.train.distributed import config_contexts, deal_batches, split_batch
+from lib.train.distributed import config_contexts, deal_batches, join_job, split_batch
 from lib.train.run import RunFolder
 from lib.transforms import Compose, ResizeTo, build_transforms
 from lib.viz import draw_detections, save_image
@@ -237,15 +238,17 @@ def load_init_weights(net, path, log=print):
 
 def train_model(cfg, dataset=None, out_dir=None, ctx=None, run=None, log=print):
     """The whole training phase: the run folder record, initial weights from the seed (exact resume),
-    MODEL.WEIGHTS, training, OUTPUT_DIR/model.params. Returns (net, fit's summary, seconds)."""
+    MODEL.WEIGHTS, training, OUTPUT_DIR/model.params (written by rank 0 alone in a distributed job,
+    TRAIN.KVSTORE dist_sync). Returns (net, fit's summary, seconds)."""
     out_dir = out_dir or project_path(cfg.OUTPUT_DIR)
+    contexts = config_contexts(cfg) if ctx is None else (list(ctx) if isinstance(ctx, (list, tuple)) else [ctx])
+    job = join_job(cfg.TRAIN.KVSTORE, contexts)
     dataset = dataset if dataset is not None else load_split(cfg, "TRAIN")
     # a set in which no box survived loading trains on background at loss 0: refused unless asked for
     dataset.require_boxes(f"{cfg.get('CONFIG_FILE') or '<config>'}: DATASET.TRAIN",
                           allow_background_only=cfg.DATASET.ALLOW_BACKGROUND_ONLY)
-    if run is None:
+    if run is None and job.is_chief:
         RunFolder(out_dir).write(cfg.MODEL.TYPE, dataset.classes, cfg)
-    contexts = config_contexts(cfg) if ctx is None else (list(ctx) if isinstance(ctx, (list, tuple)) else [ctx])
     seed_everything(cfg.TRAIN.SEED, 0)  # the initial weights are a function of the seed
     net = build_detector(cfg, contexts)
     net(mx.nd.zeros((1, 1, 3) + net.image_hw, ctx=contexts[0]))
@@ -260,7 +263,8 @@ def train_model(cfg, dataset=None, out_dir=None, ctx=None, run=None, log=print):
     start = time.time()
     summary = train(cfg, net, out_dir=out_dir, dataset=dataset, ctx=contexts)
     seconds = time.time() - start
-    save_model(net, os.path.join(out_dir, MODEL_FILE))
+    if job.is_chief:
+        save_model(net, os.path.join(out_dir, MODEL_FILE))
     return net, summary, seconds
 
 
@@ -326,31 +330,12 @@ def evaluate(cfg, net, dataset=None, policy=None, print_dir=None, policy_net=Non
         if policy == "async":
             stream.close()
     result = voc_ap(records, detections, dataset.classes)
-    subsets = {}
-    for name, path in (cfg.TEST.SUBSETS or {}).items():
-        wanted = read_frame_list(path)
-        keep = [k for k, rec in enumerate(records) if (rec.video, rec.frame) in wanted]
-        sub = voc_ap([records[k] for k in keep], [detections[k] for k in keep], dataset.classes)
-        subsets[name] = {"mAP": sub["mAP"] or 0.0, "frames": len(keep)}
+    # the whole videos were streamed, so the memory saw every frame of a subset's neighbourhood
+    subsets = {name: dict(sub, mAP=sub["mAP"] or 0.0)
+               for name, sub in subset_scores(records, detections, dataset.classes, cfg.TEST.SUBSETS).items()}
     return {"mAP": result["mAP"] or 0.0, "fps": len(records) / max(seconds, 1e-9),
             "frames": len(records), "large_share": large / max(len(records), 1), "per_class": result["per_class"],
             "policy": policy, "subsets": subsets}
-
-
-def read_frame_list(path):
-    """{(video, frame)} of a file of "<video> <frame>" lines (TEST.SUBSETS); errors name the line."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"TEST.SUBSETS: no such file {path}")
-    frames = set()
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) != 2 or not fields[1].lstrip("-").isdigit():
-                raise DatasetError(f"{path}:{number}: expected '<video> <frame number>', got {line.strip()!r}")
-            frames.add((fields[0], int(fields[1])))
-    return frozenset(frames)
 
 
 def frame_loss_fn(cfg, net):

@@ -99,7 +99,8 @@ def train_parser():
     p.add_argument("--workers", type=int, help="data loading worker processes")
     p.add_argument("--seed", type=int)
     p.add_argument("--loss", choices=("softmax", "focal"))
-    p.add_argument("--context", help="cpu | gpu | gpu:N | gpu:0,gpu:1 (data parallel)")
+    p.add_argument("--context", help="cpu | gpu | gpu:N | gpu:0,gpu:1 (data parallel); several hosts: "
+                                     "--set TRAIN.KVSTORE=dist_sync under python -m lib.tools.launch")
     add_dataset_subparsers(p, for_training=True)
     return p
 

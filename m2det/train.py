@@ -13,10 +13,10 @@ from mxnet import gluon
 
 from lib.config import ConfigError, project_path
 from lib.losses import MultiBoxLoss
-from lib.train.distributed import config_contexts
-from lib.train import fit, seed_everything
 from lib.dataset import DatasetError
+from lib.train import fit, seed_everything, training_config
 from lib.train.checkpoint import load_weights, params_path
+from lib.train.distributed import config_contexts, join_job
 from lib.train.run import RUN_FILE, RunFolder, RunFolderError
 
 from .data import train_batches
@@ -91,29 +91,32 @@ def snapshot_params(snapshot):
 
 def run_training(cfg, train_set, val_set=None, snapshot=None, tensorboard_dir=None, run=None):
     """Train on ``train_set`` (DetectionDataset) with lib.train.fit; returns fit's summary. ``run``: the
-    RunFolder already written by a caller (the recipe); else OUTPUT_DIR's record is written here.
-    A training set without any box is refused unless DATASET.ALLOW_BACKGROUND_ONLY."""
+    RunFolder already written by a caller (the recipe); else OUTPUT_DIR's record is written here (by
+    rank 0 alone in a distributed job, TRAIN.KVSTORE dist_sync). A training set without any box is
+    refused unless DATASET.ALLOW_BACKGROUND_ONLY."""
     source = cfg.get("CONFIG_FILE") or "<config>"
     if train_set is None or len(train_set) == 0:
         raise DatasetError(f"{source}: DATASET.TRAIN: the training set has no image")
     train_set.require_boxes(f"{source}: DATASET.TRAIN", allow_background_only=cfg.DATASET.ALLOW_BACKGROUND_ONLY)
     out_dir = project_path(cfg.OUTPUT_DIR)
+    train_cfg = dict(cfg.TRAIN)
+    train_cfg["FREEZE_PATTERNS"] = list(cfg.TRAIN.FREEZE_PATTERNS) + (
+        [r"^backbone\."] if cfg.TRAIN.FREEZE_BACKBONE else [])
+    train_cfg["CONFIG_FILE"] = cfg.CONFIG_FILE
+    training_config(train_cfg)        # the loop's keys checked before anything is written
     ctx = config_contexts(cfg)
+    job = join_job(cfg.TRAIN.KVSTORE, ctx)
     classes = train_set.classes
     if val_set is not None and list(val_set.classes) != list(classes):
         raise DatasetError(f"validation classes {val_set.classes} differ from training classes {classes}")
     snapshot = snapshot_params(snapshot) if snapshot else None   # checked before anything is written
-    if run is None:
+    if run is None and job.is_chief:
         RunFolder(out_dir).write("m2det", classes, cfg)
     seed_everything(cfg.TRAIN.SEED, 0)  # the initial weights are a function of the seed (exact resume)
     net = build_model(cfg, len(classes), ctx)
     if snapshot:
         load_weights(net, snapshot, ctx=ctx)   # a .params of another network: CheckpointError naming it
         logger.info("initialised from %s", snapshot)
-    train_cfg = dict(cfg.TRAIN)
-    train_cfg["FREEZE_PATTERNS"] = list(cfg.TRAIN.FREEZE_PATTERNS) + (
-        [r"^backbone\."] if cfg.TRAIN.FREEZE_BACKBONE else [])
-    train_cfg["CONFIG_FILE"] = cfg.CONFIG_FILE
     task = M2DetTask(net, cfg, ctx)
     batches = train_batches(train_set, cfg, net.priors)
     val_fn = None
@@ -127,7 +130,7 @@ def run_training(cfg, train_set, val_set=None, snapshot=None, tensorboard_dir=No
                 if ap is not None:
                     metrics[f"AP/{name}"] = float(ap)
             return metrics
-    if tensorboard_dir:
+    if tensorboard_dir and job.is_chief:
         os.makedirs(os.path.join(out_dir, "tb"), exist_ok=True)
         if not os.path.exists(tensorboard_dir):
             os.makedirs(os.path.dirname(os.path.abspath(tensorboard_dir)), exist_ok=True)

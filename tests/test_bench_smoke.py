@@ -36,11 +36,13 @@ def test_bench_quick_runs(args, expected, tmp_path):
 def test_bench_fgfa_quick_writes_json(tmp_path):
     out = tmp_path / "fgfa.json"
     assert "FGFA / baseline" in run_bench(["-m", "bench.fgfa", "--quick", "--json", str(out)], tmp_path)
-    direct, chained, int8 = json.loads(out.read_text())["results"]
-    for row in (direct, chained, int8):
+    direct, chained, int8, dis = json.loads(out.read_text())["results"]
+    for row in (direct, chained, int8, dis):
         assert row["ratio"] > 0 and row["fgfa"]["K"] > 0 and len(row["fgfa"]["input"]) == 2
         assert row["baseline"]["features_gmacs"] > 0
     assert "flows_2K" in direct["fgfa"]["parts_ms"] and "flows_2" in chained["fgfa"]["parts_ms"]
+    # DIS flows replace the FlowNet: no halving for it
+    assert "flows_2K" in dis["fgfa"]["parts_ms"] and "halving" not in dis["fgfa"]["parts_ms"]
 
 
 @pytest.mark.slow

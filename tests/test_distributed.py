@@ -5,6 +5,7 @@ Oracles: gluon's own split_and_load, one context / one process trained on the sa
 Every job started here is bounded (launcher --timeout, subprocess timeouts) and the tests check
 that no process of the job is left behind (a tag in its environment).
 """
+import json
 import os
 import shlex
 import signal
@@ -417,6 +418,51 @@ def test_launcher_dist_sync_two_workers_equal_one_process_over_their_union(tmp_p
     assert any(line.startswith("[worker 0] dist_check: rank ") for line in lines)
     assert any(line.startswith("[worker 1] dist_check: rank ") for line in lines)
     _check_job_results(out_dir, num_workers=2, steps=3, batch=4)
+
+
+MULTI_PRECISION_WORKER = """
+import json, sys
+import numpy as np
+import mxnet as mx
+from mxnet.kvstore.kvstore import _get_kvstore_server_command_type
+from lib.train.distributed import DistributedInfo, create_kvstore, mark_finished
+kv = create_kvstore("dist_sync")
+info = DistributedInfo(kv)
+if info.rank == 0:   # the state a server is in when its uninitialised flag happens to be set
+    kv._send_command_to_servers(_get_kvstore_server_command_type("kSetMultiPrecision"), "")
+info.barrier()
+values = np.array([2.0594437123456789, 1.0 / 3.0, 1e10 + 0.5, -7.25])
+mine = values if info.rank == 0 else np.zeros(4)
+raw = mx.nd.array(mine, dtype=np.float64)
+kv.init(90000, raw)          # what a float64 broadcast through the kvstore does
+kv.pull(90000, out=raw)
+small = mx.nd.array([[1, -2], [300, 4]], dtype=np.int8) if info.rank == 0 else mx.nd.zeros((2, 2), dtype=np.int8)
+info.broadcast_from_chief([small])
+print(json.dumps({"rank": info.rank, "raw": raw.asnumpy().tolist(), "exact": info.values_of_chief(mine).tolist(),
+                  "same": info.check_same_on_all(values, "the values"), "int8": small.asnumpy().tolist()}))
+mark_finished()
+"""
+
+
+def test_broadcasts_of_other_types_than_float32_stay_exact_on_a_multi_precision_server(tmp_path):
+    """MXNet 1.9.1's server leaves ``multi_precision_`` uninitialised; when it is set, keys of other
+    types are kept in float32. Set it on purpose (the command MXNet sends for a multi-precision
+    optimizer): a float64 init + pull through the kvstore comes back rounded to float32 (the oracle
+    that the state is reached), while broadcast_from_chief / values_of_chief / check_same_on_all
+    give rank 0's float64 (and int8) values bit for bit."""
+    result, tag = _launch(["-n", "2", "-s", "1", "--", sys.executable, "-c", MULTI_PRECISION_WORKER], tmp_path)
+    _assert_reaped(tag)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads(line.split("] ", 1)[1]) for line in result.stdout.splitlines()
+               if line.startswith("[worker") and '"rank"' in line]
+    assert sorted(r["rank"] for r in records) == [0, 1]
+    values = [2.0594437123456789, 1.0 / 3.0, 1e10 + 0.5, -7.25]
+    rounded = np.asarray(values, np.float32).astype(np.float64).tolist()
+    for record in records:
+        if record["rank"] == 1:
+            assert record["raw"] == rounded and rounded != values     # the lossy path
+        assert record["exact"] == values and record["same"] == values
+        assert record["int8"] == [[1, -2], [44, 4]]                   # int8(300) wraps to 44 on rank 0 too
 
 
 def test_launcher_stops_the_job_when_a_worker_fails_and_names_its_error(tmp_path):

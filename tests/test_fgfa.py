@@ -1,6 +1,7 @@
 """FGFA / R-FCN: network pieces against independent oracles, window logic, config and weight errors."""
 import os
 
+import cv2
 import mxnet as mx
 import numpy as np
 import pytest
@@ -8,7 +9,7 @@ from mxnet.gluon import nn
 from gluoncv.model_zoo.resnet import get_resnet
 
 from fgfa.backbone import BackboneWeightsError, ResNetV1Backbone
-from fgfa.config import get_config, training_scales
+from fgfa.config import get_config, input_scale, training_scales
 from fgfa.data import make_preprocess, neighbor_indices, prepare_image, target_size
 from fgfa.detector import FGFADetector
 from fgfa.window import WindowRunner
@@ -534,3 +535,31 @@ def test_every_set_option_is_kept():
     assert args.set == ["TEST.K=1", "TRAIN.EPOCHS=2", "TEST.QUANTIZE=int8"]
     cfg = get_config(TINY, args.set)
     assert (cfg.TEST.K, cfg.TRAIN.EPOCHS, cfg.TEST.QUANTIZE) == (1, 2, "int8")
+
+
+def test_dis_flow_window_follows_a_known_translation():
+    """NETWORK.FLOW dis: the window's flows come from OpenCV DIS on the resized frames, on the feature
+    grid (a texture moving 16 px = 1 feature cell per frame to the right gives +-1 cell), and every
+    frame still gets its result."""
+    from fgfa.data import resize_image
+    cfg, model = _tiny_model(True, k=1)
+    cfg.NETWORK.FLOW = "dis"
+    rng = np.random.RandomState(7)
+    big = cv2.resize(rng.randint(0, 255, (30, 40, 3)).astype(np.uint8), (640, 480), interpolation=cv2.INTER_CUBIC)
+    clip = [np.ascontiguousarray(big[100:220, 200 - 16 * t:360 - 16 * t]) for t in range(3)]   # 120x160
+    runner = WindowRunner(model, preprocess=make_preprocess(cfg))
+    assert runner.flow == "dis"
+    runner.reset()
+    for image in clip:
+        runner._add(image)
+    # the RGB frame DIS sees is exactly the resized input (recovered from the normalised tensor)
+    resized, _ = resize_image(clip[0], *input_scale(cfg))
+    np.testing.assert_array_equal(runner.frames[0].half, resized)
+    scale = resized.shape[1] / clip[0].shape[1]
+    flows = runner._flows_from(1, [0, 2])
+    for index, sign in ((0, -1.0), (2, 1.0)):
+        grid = flows[index].asnumpy()[0]
+        inner = grid[:, 1:-1, 1:-1].reshape(2, -1)
+        np.testing.assert_allclose(np.median(inner, axis=1), [sign * 16 * scale / 16, 0.0], atol=0.15)
+    results = runner.detect_video(clip)
+    assert len(results) == 3 and all(len(r) == 3 for r in results)

@@ -53,6 +53,11 @@ def test_tiny_rfcn_overfits_few_frames(synthetic_root, tmp_path):
     cfg.TEST.SEQ_NMS = True
     with_seq_nms = run_test(cfg, model=summary["model"], classes=summary["classes"], dataset=frames, progress=False)
     assert with_seq_nms["mAP"] >= 0.9, with_seq_nms
+    # TEST.SUBSETS: scored on the listed frames only
+    from lib.eval.subsets import write_frame_list
+    cfg.TEST.SUBSETS = {"first_two": write_frame_list(str(tmp_path / "two.txt"), frames.records[:2])}
+    sub = run_test(cfg, model=summary["model"], classes=summary["classes"], dataset=frames, progress=False)
+    assert sub["subsets"]["first_two"]["frames"] == 2 and sub["subsets"]["first_two"]["mAP"] >= 0.9
     assert os.path.isfile(os.path.join(str(tmp_path / "rfcn"), "test_seqnms", "results.md"))
 
 

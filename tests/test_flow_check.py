@@ -1,4 +1,5 @@
-"""fgfa.flow_check: the Farneback reference against known translations, the scoring, and the CLI."""
+"""fgfa.flow_check: the Farneback and DIS references against known translations, the scoring, the
+feature-alignment check, and the CLI."""
 import json
 import os
 
@@ -88,7 +89,7 @@ def test_cli_on_the_tiny_synthetic_videos(tmp_path, capsys):
     params = _fresh_flownet_params(tmp_path)
     out = tmp_path / "check"
     rc = flow_check.main(["--cfg", TINY, "--flownet", params, "--offsets", "1,2", "--pairs", "4",
-                          "--out", str(out), "--set", "TRAIN.PROGRESS=False"])
+                          "--out", str(out), "--set", "TRAIN.PROGRESS=False", "--reference", "farneback"])
     assert rc == 0
     result = json.loads((out / "flow_check.json").read_text())
     assert set(result["offsets"]) == {"1", "2"}
@@ -117,3 +118,49 @@ def test_split_only_scores_the_split_frames_not_their_whole_videos(tmp_path):
         assert flow_check.main(args + (["--split-only"] if split_only else [])) == 0
         pairs[split_only] = json.loads((out / "flow_check.json").read_text())["offsets"]["9"]["pairs"]
     assert pairs == {False: 6, True: 2}
+
+
+def test_dis_reference_recovers_a_known_translation():
+    first, second = _shifted_pair(12, -6)
+    flow, consistent = flow_check.REFERENCES["dis"]()(first, second, 8.0)
+    inner = flow[32:-32, 32:-32].reshape(-1, 2)
+    assert np.abs(np.median(inner, axis=0) - [12, -6]).max() < 0.5 and consistent[32:-32, 32:-32].mean() > 0.9
+
+
+def test_feature_alignment_prefers_the_true_flow():
+    """Features that move with the image (cell means of the frame): warped by the true flow they match
+    the key frame's; unwarped, or warped by a wrong flow, less."""
+    first, second = _shifted_pair(32, 0)           # 2 cells of 16 px to the right
+
+    def features(image):
+        cells = flow_check.to_cells(image.astype(np.float32), 16)          # (h, w, 3)
+        cells = np.concatenate([cells, cells ** 2 / 255.0], axis=2)
+        return (cells - np.array([128.0] * 3 + [64.0] * 3)).transpose(2, 0, 1)[None]   # centred: cosines spread
+    rows, cols = 192 // 16, 256 // 16
+    valid = np.ones((rows, cols), bool)
+    true = np.tile(np.array([2.0, 0.0], np.float32), (rows, cols, 1))
+    result = flow_check.feature_alignment(features, first, second, {"flownet": true, "wrong": -true}, 16, valid)
+    assert result["flownet"] > 0.999 and result["flownet"] > result["unwarped"] + 0.2
+    assert result["wrong"] < result["flownet"]
+
+
+def test_cli_with_a_detector_reports_feature_cosines(tmp_path, capsys):
+    """--model: the detector's own features are compared warped (FlowNet, DIS) and unwarped."""
+    import mxnet as mx
+    from fgfa.config import get_config
+    from fgfa.train import build_model
+    from lib.train.run import RunFolder
+    cfg = get_config(TINY)
+    run = tmp_path / "run"
+    RunFolder(str(run)).write("fgfa", ["a", "b"], cfg)
+    mx.random.seed(3)
+    model = build_model(cfg, 2, mx.cpu())
+    model.save_parameters(str(run / "model.params"))
+    out = tmp_path / "check"
+    assert flow_check.main(["--cfg", TINY, "--model", str(run / "model.params"), "--offsets", "1", "--pairs", "3",
+                            "--out", str(out), "--set", "TRAIN.PROGRESS=False"]) == 0
+    result = json.loads((out / "flow_check.json").read_text())
+    cosine = result["offsets"]["1"]["feature_cosine"]
+    assert result["reference"] == "dis" and set(cosine) == {"flownet", "dis", "unwarped"}
+    assert all(-1.0 <= v <= 1.0 for v in cosine.values())
+    assert "feature cosine to the key frame" in capsys.readouterr().out

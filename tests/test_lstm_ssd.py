@@ -295,15 +295,73 @@ def test_pruned_model_save_load_roundtrip_and_global_mode(tmp_path):
 
 
 def test_macs_counting_matches_hand_count():
+    from lib.flops import conv_macs
     from lstm_ssd.layers import ConvBN
-    from lstm_ssd.flops import _conv_macs
+    from lstm_ssd.lstm_cell import SepConv
     conv = ConvBN(8, 16, 3, 2)
     conv.initialize()
-    out = conv(mx.nd.zeros((1, 8, 10, 10)))
-    assert _conv_macs(conv, out) == 5 * 5 * 16 * 8 * 9
+    assert conv_macs(conv, mx.nd.zeros((1, 8, 10, 10))) == 5 * 5 * 16 * 8 * 9
+    assert conv_macs(conv, mx.nd.zeros((2, 8, 10, 10))) == 2 * 5 * 5 * 16 * 8 * 9
     dw = ConvBN(8, 8, 3, 1, groups=8)
     dw.initialize()
-    assert _conv_macs(dw, dw(mx.nd.zeros((1, 8, 10, 10)))) == 10 * 10 * 8 * 9
+    assert conv_macs(dw, mx.nd.zeros((1, 8, 10, 10))) == 10 * 10 * 8 * 9
+    sep = SepConv(2 * 12, 2 * 16, groups=2)     # two groups of 12 -> 16 channels
+    sep.initialize()
+    x = mx.nd.zeros((1, 12, 6, 6))
+    assert conv_macs(sep, x, x) == 2 * 6 * 6 * (12 * 9 + 16 * 12)
+
+
+# ---------------------------------------------------------------- residual memory (warm start)
+@pytest.mark.parametrize("model_type", ["lstm_ssd", "fast_slow"])
+def test_residual_memory_warm_started_from_ssdlite_starts_as_ssdlite(tmp_path, model_type):
+    from mxnet import autograd
+    from lib.train import load_matching_parameters
+    base = ["MODEL.IMAGE_SIZE=64", "MODEL.NUM_CLASSES=2", "MODEL.LARGE.WIDTH=0.25", "MODEL.LSTM.UNITS=16",
+            "MODEL.PYRAMID.DEPTHS=[16,8]", "MODEL.SMALL.WIDTH=0.35", "MODEL.SMALL.INPUT_SIZE=32",
+            "MODEL.SMALL.OUTPUT_STRIDE=16"]
+    _, ssdlite = _tiny(["MODEL.TYPE=ssdlite"] + base, seed=4)
+    path = str(tmp_path / "ssdlite.params")
+    ssdlite.save_parameters(path)
+    cfg = lstm_config.load(None, [f"MODEL.TYPE={model_type}", "MODEL.LSTM.RESIDUAL=true"] + base)
+    net = build_detector(cfg)
+    loaded, skipped = load_matching_parameters(net, path)
+    # everything of the frame baseline is taken over; only the memory (+ small extractor) starts fresh
+    assert set(ssdlite._collect_params_with_prefix()) <= set(loaded)
+    assert all(n.startswith(("memory", "small", "project_small")) for n in skipped)
+    frames = _smooth_frames(4, (64, 64), seed=5)
+    schedule = ["large", "small", "large", "small"] if model_type == "fast_slow" else ["large"] * 4
+    ours = _stream_outputs(net, frames, schedule)
+    ref = _stream_outputs(ssdlite, frames, ["large"] * 4)
+    for t, extractor in enumerate(schedule):
+        if extractor == "large":    # identical to the baseline frame by frame, whatever the memory holds
+            np.testing.assert_allclose(ours[t][0], ref[t][0], rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(ours[t][1], ref[t][1], rtol=1e-5, atol=1e-5)
+    # the zero mix still passes gradient to itself, so training moves away from the baseline
+    clip = mx.nd.array(frames[None, :2])
+    with autograd.record():
+        cls, box, _ = net(clip, None, schedule[:2])
+        loss = (cls ** 2).sum() + (box ** 2).sum()
+    loss.backward()
+    assert float(net.memory_mix.weight.grad().abs().sum().asscalar()) > 0
+
+
+def test_residual_parts_export_and_count_macs(tmp_path):
+    from lstm_ssd.export import export_parts, load_parts
+    cfg, net = _tiny(TINY_B + ["MODEL.LSTM.RESIDUAL=true"])
+    macs_before = count_macs(net, "small")
+    export_parts(net, str(tmp_path / "res"))
+    parts = load_parts(str(tmp_path / "res"))
+    x = mx.nd.array(np.random.RandomState(8).uniform(0, 255, (1, 3, 64, 64)))
+    c, h = net.zero_state(1)
+    out, _, _ = parts["lstm_step_small"](parts["extractor_small"](x), c, h)
+    ref_cls, _, _ = net.step(x, (c, h), "small")
+    np.testing.assert_allclose(parts["head"](out)[0].asnumpy(), ref_cls.asnumpy(), rtol=1e-4, atol=1e-4)
+    # the small step runs its own projection and the mix besides the plain step (the plain cell without
+    # the bottleneck output feeds the head UNITS channels, as the residual step does: same head)
+    plain = _tiny(TINY_B + ["MODEL.LSTM.OUTPUT_BOTTLENECK=false"])[1]
+    small_out = net.small.out_channels * 16 + net.memory.out_channels * 16    # 1x1 MACs per pixel
+    hw = net.feature_hw[0] * net.feature_hw[1]
+    assert macs_before - count_macs(plain, "small") == hw * small_out
 
 
 # ---------------------------------------------------------------- export

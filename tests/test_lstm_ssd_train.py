@@ -221,16 +221,6 @@ def test_train_test_entry_point_trains_tests_and_appends_a_row(tiny_cfg, tmp_pat
     assert len(list(csv.DictReader(open(tmp_path / "results.csv")))) == 2
 
 
-def test_frame_list_errors_name_the_line(tmp_path):
-    from lstm_ssd.train import read_frame_list
-    bad = tmp_path / "frames.txt"
-    bad.write_text("val/a 3\nval/a three\n")
-    with pytest.raises(ValueError, match=r"frames.txt:2: expected"):
-        read_frame_list(str(bad))
-    with pytest.raises(FileNotFoundError, match="TEST.SUBSETS"):
-        read_frame_list(str(tmp_path / "missing.txt"))
-
-
 def test_results_table_written_with_older_columns_gains_the_new_ones(tmp_path):
     """A CSV from before a column was added is rewritten under the current header, old rows kept."""
     import csv

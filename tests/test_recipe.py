@@ -462,6 +462,18 @@ OUTPUT_DIR: {tmp_path / 'run'}
     assert len(stream) == 4 and not np.array_equal(stream[2][1], alone[1])
     again = model.detect_stream(frames)        # reset at the start of each stream
     np.testing.assert_array_equal(again[2][1], stream[2][1])
+    # EVAL.SUBSETS: the mAP of listed frames of the streamed snippet (the memory still saw them all)
+    from lib.eval import voc_ap
+    from lib.eval.subsets import write_frame_list
+    records = recipe.load_data(cfg).records
+    listed = write_frame_list(str(tmp_path / "later.txt"), records[2:])
+    evaluate = runpy.run_path(os.path.join(PROJECT_ROOT, "experiments", "custom", "evaluate.py"),
+                              run_name="subset_test")
+    assert evaluate["main"](["--model", str(tmp_path / "run"), "--out", str(tmp_path / "ev_sub"),
+                             "--set", f"EVAL.SUBSETS.later={listed}"]) == 0
+    later = json.loads((tmp_path / "ev_sub" / "metrics.json").read_text())["subsets"]["later"]
+    assert later["frames"] == 2 and later["mAP"] == pytest.approx(voc_ap(records[2:], stream[2:], ["disc"])["mAP"])
+    assert "subset later: mAP@0.5" in (tmp_path / "ev_sub" / "results.md").read_text()
     assert export_tool.main(["--model", str(tmp_path / "run"), "--format", "mxnet", "--out", str(tmp_path / "a")]) == 3
     assert "lstm_ssd.export" in capsys.readouterr().err
     if not mx.runtime.Features().is_enabled("MKLDNN"):

@@ -24,6 +24,8 @@ and with --save-images N annotated frames (OUT/images/):
 - mAP@0.5 and small-object AP per snippet (video) with boxes;
 - why small objects are missed (lib.eval.misses): how many have a detection at IoU >= 0.5 at any
   score, a loose one, or none, and how the scores of the found ones compare with detections on background;
+- mAP@0.5 of each EVAL.SUBSETS frame list (e.g. ``--set EVAL.SUBSETS.degraded=DIR/degraded_frames.txt``
+  on a dataset written by lib.tools.degrade);
 - milliseconds per frame of the detector (tiling included; after one untimed warm-up frame).
 """
 import argparse
@@ -42,6 +44,7 @@ from lib.dataset import read_image
 from lib.eval import small_objects_only, voc_ap, write_detections
 from lib.eval.false_positives import false_positive_table
 from lib.eval.misses import format_misses, miss_analysis
+from lib.eval.subsets import subset_scores
 from lib.eval.plots import save_pr_curves
 from lib.family import load_model
 from lib.tiling import detect_tiled
@@ -182,6 +185,7 @@ def evaluate(model_path, cfg, tiling=None, out_dir=None, save_images=0, image_th
                "per_snippet": per_snippet_ap(dataset, detections, float(cfg.EVAL.SMALL_HEIGHT)),
                "small_misses": miss_analysis(dataset.records, detections, dataset.classes,
                                              float(cfg.EVAL.SMALL_HEIGHT)),
+               "subsets": subset_scores(dataset.records, detections, dataset.classes, cfg.EVAL.SUBSETS),
                "ms_per_frame": 1000.0 * seconds / len(dataset),
                "false_positives": [{k: v for k, v in r.items() if k != "per_image"} for r in fp_results]}
     if out_dir:
@@ -199,9 +203,15 @@ def evaluate(model_path, cfg, tiling=None, out_dir=None, save_images=0, image_th
                     f"({metrics['background_images']} background)\n\n"
                     f"mAP@0.5 {_fmt(voc['mAP'])}, AP@0.5 small {_fmt(ap_small)} ({metrics['small_gt']} small boxes), "
                     f"{metrics['ms_per_frame']:.1f} ms/frame\n\n"
+                    f"{_subset_lines(metrics['subsets'])}"
                     f"small objects: {format_misses(metrics['small_misses'], 'small boxes')}\n\n"
                     f"{fp_table}\n{_snippet_table(metrics['per_snippet'])}")
     return metrics
+
+
+def _subset_lines(subsets):
+    return "".join(f"subset {name}: mAP@0.5 {_fmt(s['mAP'])} ({s['frames']} frames, {s['boxes']} boxes)\n"
+                   for name, s in subsets.items()) + ("\n" if subsets else "")
 
 
 def _fmt(value):

@@ -24,8 +24,8 @@ from lib.dataset.specs import load_datasets
 from lib.family import family_names, get_family
 from lib.fileio import atomic_write_json
 from lib.registry import UnknownNameError
-from lib.runtime import get_context
 from lib.tiling import tile_dataset
+from lib.train.distributed import config_contexts, join_job
 from lib.train.run import RunFolder
 
 log = logging.getLogger("recipe")
@@ -47,7 +47,10 @@ RECIPE_DEFAULTS = {
     "INPUT": {"SIZE": [], "SHORT_SIDE": 0, "MAX_SIZE": 0, "TRAIN_SCALES": []},
     # AUGMENT: true / false, or the list of lib.transforms specs (each family trains with what it supports)
     "TRAIN": {"BATCH_SIZE": 0, "EPOCHS": 0, "ITERATIONS": 0, "LR": 0.0, "OPTIMIZER": "", "AUGMENT": None,
-              "BACKGROUND_IMAGES": True},   # false: drop training images without boxes (for comparisons)
+              "BACKGROUND_IMAGES": True,   # false: drop training images without boxes (for comparisons)
+              # several workers (docs/distributed.md): dist_sync under python -m lib.tools.launch; the LR
+              # rule for the job's effective batch (none | linear | sqrt)
+              "KVSTORE": "", "LR_SCALING": ""},
     # TRAIN / VAL: a lib.dataset spec, or a list of them (concatenated); ALLOW_BACKGROUND_ONLY: train even
     # when no box survived loading (else refused: a classes file that does not list the class, ...)
     "DATASET": {"TRAIN": None, "VAL": None, "ALLOW_BACKGROUND_ONLY": False},
@@ -59,11 +62,14 @@ RECIPE_DEFAULTS = {
         "INFER": {"ENABLED": False, "SIZE": [512, 512], "OVERLAP": 64, "NMS_IOU": 0.5,
                   "INCLUDE_FULL_FRAME": True, "MAX_DETECTIONS": 100},
     },
-    "EVAL": {"THRESHOLDS": [0.2, 0.5, 0.8], "SMALL_HEIGHT": 32.0},
+    # SUBSETS: name -> frame list (lib.eval.subsets, the families' TEST.SUBSETS), e.g. lib.tools.degrade's
+    # degraded_frames.txt / intact_frames.txt: evaluate also reports the mAP of those frames
+    "EVAL": {"THRESHOLDS": [0.2, 0.5, 0.8], "SMALL_HEIGHT": 32.0, "SUBSETS": {}},
     "OUTPUT_DIR": "output/custom/run",
     "CONTEXT": "cpu",
+    "CONTEXTS": [],            # several devices in one process, e.g. [gpu(0), gpu(1)]; [] = CONTEXT
 }
-OPEN_KEYS = ("OVERRIDES",)
+OPEN_KEYS = ("OVERRIDES", "EVAL.SUBSETS")
 SPEC_LIST_KEYS = ("DATASET.TRAIN", "DATASET.VAL")
 RENAMES = {"DATA": "DATASET"}      # the recipe's name of the dataset section before the shared schema
 
@@ -128,7 +134,8 @@ def _train_keys(cfg):
         train["AUGMENT"] = bool(augment)
     if isinstance(augment, list) and augment:
         train["AUGMENTATIONS"] = list(augment)
-    for key, cast in (("BATCH_SIZE", int), ("LR", float), ("OPTIMIZER", str), ("EPOCHS", int)):
+    for key, cast in (("BATCH_SIZE", int), ("LR", float), ("OPTIMIZER", str), ("EPOCHS", int),
+                      ("KVSTORE", str), ("LR_SCALING", str)):
         if cfg.TRAIN[key]:
             train[key] = cast(cfg.TRAIN[key])
     return train
@@ -194,6 +201,8 @@ def family_config(cfg, classes=None, train_size=None, still_images=0):
     plain["OUTPUT_DIR"] = project_path(cfg.OUTPUT_DIR)
     plain["CONTEXT"] = cfg.CONTEXT
     plain["DATASET"]["ALLOW_BACKGROUND_ONLY"] = bool(cfg.DATASET.ALLOW_BACKGROUND_ONLY)
+    if cfg.CONTEXTS:
+        plain["CONTEXTS"] = list(cfg.CONTEXTS)
     out = EasyDict(plain)
     out["CONFIG_FILE"] = cfg.CONFIG_FILE
     return family.validate(out)
@@ -227,7 +236,8 @@ def report_anchor_coverage(family, fam_cfg, train_set, num_classes, out_dir):
 
 
 def train(cfg, train_set=None, val_set=None, progress=None):
-    """Train the recipe config's detector; returns {"out_dir", "summary", "classes", "train_images"}."""
+    """Train the recipe config's detector; returns {"out_dir", "summary", "classes", "train_images"}
+    (``summary["rank"]``: 0 for the process that wrote OUTPUT_DIR, see TRAIN.KVSTORE)."""
     family = get_family(cfg.DETECTOR)
     out_dir = project_path(cfg.OUTPUT_DIR)
     train_set = train_set if train_set is not None else load_data(cfg, "TRAIN")
@@ -241,14 +251,22 @@ def train(cfg, train_set=None, val_set=None, progress=None):
         train_set = DetectionDataset([r for r in train_set.records if r.num_boxes], classes,
                                      train_set.name + "-background")
     val_set = val_set if val_set is not None else load_data(cfg, "VAL", classes)
+    # this process's place in the job (TRAIN.KVSTORE), before anything is written: rank 0 alone writes
+    resolved = family_config(cfg, classes, len(train_set))
+    job = join_job(resolved.TRAIN.KVSTORE, config_contexts(resolved))
     if cfg.TILING.TRAIN.ENABLED:
-        train_set = tile_dataset(train_set, os.path.join(out_dir, "train_tiles"), cfg.TILING.TRAIN)
+        # the other workers cut the same tiles (seeded) and read rank 0's files: every worker's first
+        # collective (the start of training) comes after rank 0 wrote them
+        train_set = tile_dataset(train_set, os.path.join(out_dir, "train_tiles"), cfg.TILING.TRAIN,
+                                 write=job.is_chief)
     fam = family_config(cfg, classes, len(train_set), still_images=sum(r.video is None for r in train_set.records))
     if progress is not None:
         fam.TRAIN.PROGRESS = bool(progress)
-    run = RunFolder(out_dir).write(family.name, classes, fam, recipe=cfg)
-    report_anchor_coverage(family, fam, train_set, len(classes), out_dir)
-    summary = family.train(fam, train_set, val_set, run=run, ctx=get_context(cfg.CONTEXT))
+    run = None
+    if job.is_chief:
+        run = RunFolder(out_dir).write(family.name, classes, fam, recipe=cfg)
+        report_anchor_coverage(family, fam, train_set, len(classes), out_dir)
+    summary = family.train(fam, train_set, val_set, run=run, ctx=config_contexts(fam))
     mx.nd.waitall()
     return {"out_dir": out_dir, "summary": summary, "classes": classes, "train_images": len(train_set)}
 

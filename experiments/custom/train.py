@@ -6,7 +6,8 @@ Loads DATASET.TRAIN (one dataset spec or a list, e.g. your labelled frames plus 
 images), optionally cuts training tiles (TILING.TRAIN), maps the recipe keys onto the family's own
 config (experiments.custom.recipe.family_config) and runs that family's training (lib.family). OUTPUT_DIR
 then holds run.json, config.yaml (the family config), recipe.yaml and the checkpoints that
-lib.tools.export and experiments/custom/evaluate.py read.
+lib.tools.export and experiments/custom/evaluate.py read. Several workers: ``python -m lib.tools.launch -n 2
+-s 1 -- python experiments/custom/train.py --cfg ... --set TRAIN.KVSTORE=dist_sync`` (rank 0 alone writes).
 """
 import argparse
 import json
@@ -29,6 +30,8 @@ def main(argv=None):
     cfg = recipe.load_recipe_config(args.cfg, args.overrides)
     result = recipe.train(cfg, progress=False if args.no_progress else None)
     summary = result["summary"]
+    if summary.get("rank", 0) != 0:      # another worker of a distributed job: rank 0 reports
+        return 0
     print(json.dumps({"detector": cfg.DETECTOR, "out_dir": result["out_dir"], "classes": result["classes"],
                       "train_images": result["train_images"], "checkpoint": summary.get("checkpoint"),
                       "wall_time": summary.get("wall_time")}, indent=1, default=str))

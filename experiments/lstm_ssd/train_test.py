@@ -10,8 +10,9 @@ streams the TEST set with INTERLEAVE.POLICY, writes OUTPUT_DIR/test_results.json
 OUTPUT_DIR/test_images when TEST.PRINT_IMAGES (or --print-images), and appends a row (config, mAP,
 fps, params, MACs) to the run's results table, OUTPUT_DIR/results.{csv,md} (TEST.RESULTS_TABLE names
 another .md, e.g. one table shared by several runs). For POLICY adaptive, training also trains the
-Double-DQN policy (OUTPUT_DIR/policy.params). A config, data or model error is one 'error:' line
-(exit status 2).
+Double-DQN policy (OUTPUT_DIR/policy.params). Under ``python -m lib.tools.launch`` with ``--set
+TRAIN.KVSTORE=dist_sync`` every worker trains; rank 0 alone writes OUTPUT_DIR, trains the policy and tests.
+A mistake in the config, the data or the model: one line ``error: ...`` and exit code 2 (lib.cli).
 """
 import argparse
 import datetime
@@ -21,6 +22,7 @@ import sys
 
 from lib.cli import user_errors_exit_2
 from lib.config import PROJECT_ROOT, ConfigError, dump_config, project_path
+from lib.train.distributed import config_contexts, join_job
 from lstm_ssd import config as lstm_config
 from lstm_ssd.detector import load_model
 from lstm_ssd.flops import model_summary
@@ -49,15 +51,27 @@ def results_table(cfg, out_dir):
 @user_errors_exit_2
 def main(argv=None):
     args = parse_args(argv)
-    cfg = lstm_config.load(args.cfg, args.set)
+    try:
+        cfg = lstm_config.load(args.cfg, args.set)
+    except ValueError as err:     # lstm_ssd.config's checks of the values (ConfigError is one too)
+        raise ConfigError(str(err)) from None
+    return train_test(args, cfg)
+
+
+def train_test(args, cfg):
     for phase in cfg.PHASE:
         if phase not in ("train", "policy", "test"):
             raise ConfigError(f"{cfg.CONFIG_FILE or args.cfg}: PHASE entries must be train, policy or test, "
                               f"got {phase!r}")
     out_dir = project_path(cfg.OUTPUT_DIR)
+    if "train" in cfg.PHASE and not join_job(cfg.TRAIN.KVSTORE, config_contexts(cfg)).is_chief:
+        train_model(cfg, out_dir=out_dir)      # another worker of a distributed job: rank 0 does the rest
+        return 0
     os.makedirs(out_dir, exist_ok=True)
-    # the resolved config, loadable again with --cfg (CONFIG_FILE is set by the loader, not a key)
-    dump_config({k: v for k, v in cfg.items() if k != "CONFIG_FILE"}, os.path.join(out_dir, "config.yaml"))
+    if "train" in cfg.PHASE:
+        # the resolved config, loadable again with --cfg (CONFIG_FILE is set by the loader, not a key);
+        # a test-only run (e.g. on other data) leaves the trained run's record as it was
+        dump_config({k: v for k, v in cfg.items() if k != "CONFIG_FILE"}, os.path.join(out_dir, "config.yaml"))
     model_path = args.model or os.path.join(out_dir, MODEL_FILE)
     policy_path = os.path.join(out_dir, "policy.params")
     train_info = {}

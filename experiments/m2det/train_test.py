@@ -4,8 +4,9 @@
     python experiments/m2det/train_test.py --cfg ... --test-only          # evaluate the run's latest checkpoint
 
 Relative dataset paths are resolved against the project root. Writes OUTPUT_DIR/results.json with
-VOC mAP@0.5 (per class), COCO AP and the training wall time. A config, data or checkpoint error is one
-'error:' line (exit status 2).
+VOC mAP@0.5 (per class), COCO AP and the training wall time. Under ``python -m lib.tools.launch`` with
+``--set TRAIN.KVSTORE=dist_sync`` every worker trains and rank 0 alone writes and evaluates.
+A mistake in the config, the data or a checkpoint: one line ``error: ...`` and exit code 2 (lib.cli).
 """
 import argparse
 import json
@@ -31,6 +32,10 @@ def main(argv=None):
     parser.add_argument("--test-only", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return train_test(args)
+
+
+def train_test(args):
     cfg = load_config(args.cfg, args.overrides)
     out_dir = project_path(cfg.OUTPUT_DIR)
     cfg.OUTPUT_DIR = out_dir
@@ -40,8 +45,10 @@ def main(argv=None):
     wall = None
     if not args.test_only:
         started = time.time()
-        run_training(cfg, train_set, val_set)
+        summary = run_training(cfg, train_set, val_set)
         wall = time.time() - started
+        if summary["rank"] != 0:     # a worker of a distributed job: rank 0 evaluates and writes
+            return 0
     if val_set is None:
         return 0
     net, run_cfg, classes = load_trained_model(out_dir)

@@ -22,24 +22,42 @@ Example (the speedtrap set, snippets as its README lists them):
     {"FORMAT": "voc", "ROOT": "data/speedtrap", "SPLIT": "train",
      "SNIPPETS": {"max_gap": 3, "break_iou": 0.05, "min_background": 5}}
 """
-import os
 
 from .coco import coco_dict, load_coco, write_coco
 from .csv_format import load_csv, write_csv
-from .io import (CHECK_MODES, DEFAULT_CHECK, DatasetError, DatasetReport, ImageReadError, check_image,
-                 decode_image_bytes, image_is_complete, image_size, read_image, read_image_or_fallback,
-                 verify_images)
+from .io import (
+    CHECK_MODES,
+    DEFAULT_CHECK,
+    DatasetError,
+    DatasetReport,
+    ImageReadError,
+    check_image,
+    decode_image_bytes,
+    image_is_complete,
+    image_size,
+    read_image,
+    read_image_or_fallback,
+    verify_images,
+)
 from .kitti import load_kitti, write_kitti
-from .labelmap import (load_classes_file, read_classes_csv, read_label_map, write_classes_csv,
-                       write_label_map)
+from .labelmap import load_classes_file, read_classes_csv, read_label_map, write_classes_csv, write_label_map
 from .oid import load_oid
 from .record import DetectionDataset, Record
 from .recordio import load_recordio, pack_records
 from .sampling import ClipSampler, NeighborSampler, crop_and_shift_windows, load_clip, sample_neighbors
+from .synthetic import ensure_synthetic, load_synthetic
 from .tfrecord_import import export_tfrecord, import_tfrecord
 from .vid import VID_CLASSES, VID_WNIDS, load_vid, read_image_set
-from .video import Snippet, assign_snippets, detect_snippets, extract_frames, frame_number, list_frames, \
-    video_frames, video_info
+from .video import (
+    Snippet,
+    assign_snippets,
+    detect_snippets,
+    extract_frames,
+    frame_number,
+    list_frames,
+    video_frames,
+    video_info,
+)
 from .voc import load_voc, parse_voc_xml, write_voc
 
 SPEEDTRAP_SNIPPETS = {"max_gap": 3, "break_iou": 0.05, "min_background": 5}
@@ -120,7 +138,6 @@ def load_dataset(spec):
         return import_tfrecord(g("PATHS"), g("OUT_DIR"), label_map=g("LABEL_MAP"), **common)
     if fmt == "recordio":
         return load_recordio(g("PREFIX"), classes=g("CLASSES"), **common)
-    from .synthetic import ensure_synthetic, load_synthetic
     root, split = g("ROOT"), g("SPLIT", "train")
     try:
         params = {"seed": int(g("SEED", 0)), "num_videos": int(g("NUM_VIDEOS", 4)),

@@ -4,8 +4,18 @@ difficult back to iscrowd, and keeps track ids / video / frame as extra keys pyc
 import json
 import os
 
-from .io import DEFAULT_CHECK, DatasetError, DatasetReport, ImageReadError, check_image, image_size, resolve_classes, \
-    validate_boxes
+from lib.fileio import atomic_open
+
+from .io import (
+    DEFAULT_CHECK,
+    DatasetError,
+    DatasetReport,
+    ImageReadError,
+    check_image,
+    image_size,
+    resolve_classes,
+    validate_boxes,
+)
 from .record import DetectionDataset, Record
 
 
@@ -180,8 +190,6 @@ def write_coco(dataset, path, images_root=None):
     folder (what load_coco assumes), so the file loads back without an IMAGES_DIR."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     data = coco_dict(dataset, images_root or os.path.dirname(os.path.abspath(path)))
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_open(path) as f:
         json.dump(data, f)
-    os.replace(tmp, path)
     return path

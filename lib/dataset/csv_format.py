@@ -5,8 +5,16 @@ import csv
 import os
 from collections import OrderedDict
 
-from .io import DEFAULT_CHECK, DatasetError, DatasetReport, ImageReadError, check_image, image_size, validate_boxes
-from .labelmap import read_classes_csv, write_classes_csv
+from .io import (
+    DEFAULT_CHECK,
+    DatasetError,
+    DatasetReport,
+    ImageReadError,
+    check_image,
+    image_size,
+    validate_boxes,
+)
+from .labelmap import load_classes_file, read_classes_csv, write_classes_csv
 from .record import DetectionDataset, Record
 
 
@@ -92,7 +100,6 @@ def load_csv(annotations, classes=None, base_dir=None, check_images=DEFAULT_CHEC
 
 
 def _classes_any(path):
-    from .labelmap import load_classes_file
     return load_classes_file(path)
 
 

@@ -5,10 +5,15 @@ naming the file, the line when there is one, and what is wrong) and skips the sa
 With ``strict=True`` the same call raises ``DatasetError`` instead.
 """
 import atexit
+import json
 import os
 
 import cv2
+import mxnet as mx
 import numpy as np
+from tqdm import tqdm
+
+from lib.fileio import atomic_open
 
 from .errors import DatasetError, DatasetReport, ImageReadError, logger
 from .labelmap import load_classes_file
@@ -105,6 +110,7 @@ def image_is_complete(path):
     if marker in tail:
         return
     from PIL import Image, ImageFile
+
     # gluoncv.data sets Pillow's process-wide LOAD_TRUNCATED_IMAGES on import, which would make a cut-off
     # file load without an error: this check needs it off
     tolerant, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
@@ -151,7 +157,6 @@ def verify_images(dataset, mode="decode", cache_path=None, progress=True):
 
     cache_path: optional JSON file remembering files that passed (keyed by path, size and
     modification time, so an edited file is checked again); written atomically."""
-    import json
     report = getattr(dataset, "report", None) or DatasetReport(dataset.name)
     cache, key_of = {}, lambda st: [st.st_size, st.st_mtime_ns, mode]
     if cache_path and os.path.isfile(cache_path):
@@ -166,7 +171,6 @@ def verify_images(dataset, mode="decode", cache_path=None, progress=True):
     keep = []
     items = dataset.records
     if progress:
-        from tqdm import tqdm
         items = tqdm(items, desc=f"check images ({mode})", unit="img", leave=False)
     for k, rec in enumerate(items):
         path = rec.image
@@ -187,14 +191,8 @@ def verify_images(dataset, mode="decode", cache_path=None, progress=True):
             report.warn(path, checked[path].split(": ", 1)[-1] + "; image skipped", skip_image=True)
     if cache_path:
         os.makedirs(os.path.dirname(os.path.abspath(cache_path)), exist_ok=True)
-        tmp = f"{cache_path}.tmp{os.getpid()}"
-        try:
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(cache, f)
-            os.replace(tmp, cache_path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        with atomic_open(cache_path) as f:
+            json.dump(cache, f)
     if len(keep) == len(dataset.records):
         return dataset
     out = dataset.subset(keep)
@@ -268,7 +266,6 @@ atexit.register(_close_readers)
 
 def read_record_image(path):
     """Bytes of the image stored at '<file>.rec#<index>' (one open reader per process and file)."""
-    import mxnet as mx     # only here: reading images needs no MXNet otherwise
     rec_path, idx = path.rsplit("#", 1)
     key = (os.getpid(), rec_path)
     if key not in _READERS:

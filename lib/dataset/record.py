@@ -10,7 +10,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from lib.fileio import atomic_open
+
 from .errors import DatasetReport
+from .io import DatasetError
 
 
 def _reason(message):
@@ -132,7 +135,6 @@ class DetectionDataset:
         message names ``what`` (e.g. the config key), the dataset, its image count and what the
         reader dropped. ``allow_background_only=True`` accepts a set of only background frames
         (it must be asked for). Returns the number of boxes."""
-        from .io import DatasetError
         boxes = int(sum(rec.num_boxes for rec in self.records))
         if boxes or allow_background_only:
             return boxes
@@ -157,11 +159,9 @@ class DetectionDataset:
 
     def to_json(self, path):
         """Cache as JSON (written atomically)."""
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
+        with atomic_open(path) as f:
             json.dump({"name": self.name, "classes": self.classes,
                        "records": [r.to_dict() for r in self.records]}, f)
-        os.replace(tmp, path)
 
     @classmethod
     def from_json(cls, path):

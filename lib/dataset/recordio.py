@@ -13,10 +13,16 @@ A Record read back points at ``<prefix>.rec#<index>``; ``read_image`` understand
 import json
 import os
 
+import mxnet as mx
 import numpy as np
+from tqdm import tqdm
 
 from .errors import DatasetError, DatasetReport, ImageReadError
-from .io import check_image, decode_image_bytes, read_record_image  # noqa: F401 - read_record_image: its old home
+from .io import (  # noqa: F401 - read_record_image: its old home
+    check_image,
+    decode_image_bytes,
+    read_record_image,
+)
 from .record import DetectionDataset, Record
 
 HEADER_LEN = 4
@@ -51,13 +57,11 @@ def pack_records(dataset, prefix, progress=False):
     """Write dataset -> <prefix>.rec, .idx, .lst, .json. Returns the number of records written.
     Every image is decode-checked first (packable_image_bytes); one that fails is reported and
     skipped (in dataset.report if present)."""
-    import mxnet as mx
     report = getattr(dataset, "report", None) or DatasetReport(dataset.name)
     os.makedirs(os.path.dirname(os.path.abspath(prefix)) or ".", exist_ok=True)
     writer = mx.recordio.MXIndexedRecordIO(prefix + ".idx", prefix + ".rec", "w")
     items = dataset.records
     if progress:
-        from tqdm import tqdm
         items = tqdm(items, desc=f"pack {os.path.basename(prefix)}", unit="img")
     meta, count = [], 0
     with open(prefix + ".lst", "w", encoding="utf-8") as lst:
@@ -95,7 +99,6 @@ def parse_detection_label(label, where="record"):
 def load_recordio(prefix, classes=None, name=None, strict=False, report=None):
     """Read back a .rec/.idx pair as a DetectionDataset (images stay inside the .rec). Class names
     come from <prefix>.json when present, else ``classes``, else 'class<k>'."""
-    import mxnet as mx
     rec_path, idx_path = prefix + ".rec", prefix + ".idx"
     for p in (rec_path, idx_path):
         if not os.path.isfile(p):

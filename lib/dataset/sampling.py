@@ -14,6 +14,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 
 from .io import read_image
@@ -214,7 +215,6 @@ def crop_boxes(boxes, window, min_size=2.0):
 def load_clip(clip, image_reader=read_image):
     """Read a clip: returns (frames [HxWx3 uint8 RGB], boxes [(N,4)], labels [(N,)], track_ids [(N,)]).
     Pseudo-video frames are crops resized back to the window's first-frame size (all frames equal size)."""
-    import cv2
     frames, boxes, labels, tracks = [], [], [], []
     cache = {}
     out_size = None

@@ -24,11 +24,12 @@ so ``flow_warp(features of frame_b, flow)`` aligns frame_b's features with frame
 import hashlib
 import json
 import os
-import tempfile
 
 import numpy as np
+from tqdm import tqdm
 
-from lib.flow import DISFlow, mask_to_grid, flow_to_grid
+from lib.fileio import atomic_open
+from lib.flow import DISFlow, flow_to_grid, mask_to_grid
 
 from .io import DatasetError, read_image
 
@@ -114,15 +115,9 @@ class TeacherFlowCache:
             else flow.astype(np.float32)
         path = self.path(key)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez_compressed(f, key=np.array(key), flow=stored, valid=valid.astype(np.float16),
-                                    settings=np.array(json.dumps(self.settings(), sort_keys=True)))
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        with atomic_open(path, "wb") as f:
+            np.savez_compressed(f, key=np.array(key), flow=stored, valid=valid.astype(np.float16),
+                                settings=np.array(json.dumps(self.settings(), sort_keys=True)))
         return stored.dtype
 
     def get(self, first, second):
@@ -166,7 +161,6 @@ class TeacherFlowPairs:
 
     def precompute(self, progress=True):
         """Fill the cache for every pair (tqdm progress); returns the number of flows computed."""
-        from tqdm import tqdm
         before = self.cache.misses
         for index in tqdm(range(len(self)), desc="DIS teacher flow", unit="pair", disable=not progress,
                           dynamic_ncols=True):

@@ -10,6 +10,7 @@ import os
 import re
 
 import numpy as np
+from tqdm import tqdm
 
 from .io import DatasetError, DatasetReport, ImageReadError, decode_image_bytes, validate_boxes
 from .labelmap import read_label_map
@@ -53,7 +54,6 @@ def _examples(path, report, progress=False):
     from tfrecord.reader import tfrecord_loader
     it = tfrecord_loader(path, None)
     if progress:
-        from tqdm import tqdm
         it = tqdm(it, desc=f"read {os.path.basename(path)}", unit="ex")
     k = 0
     try:

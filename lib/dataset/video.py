@@ -12,7 +12,9 @@ import os
 import re
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
+from tqdm import tqdm
 
 from .io import IMAGE_EXTENSIONS, DatasetError
 
@@ -40,7 +42,6 @@ def list_frames(folder, extensions=IMAGE_EXTENSIONS):
 
 
 def _open_video(path):
-    import cv2
     if not os.path.isfile(path):
         raise DatasetError(f"{path}: video file not found")
     cap = cv2.VideoCapture(path)
@@ -51,7 +52,6 @@ def _open_video(path):
 
 def video_info(path):
     """{fps, frame_count, width, height} of a video file (OpenCV)."""
-    import cv2
     cap = _open_video(path)
     try:
         return {"fps": float(cap.get(cv2.CAP_PROP_FPS) or 0.0),
@@ -66,7 +66,6 @@ def video_frames(path, every=1, start=None, end=None, rgb=True):
     """Yield (frame_index, time_seconds, image) from a video file: every ``every``-th frame whose time is
     in [start, end) seconds (None = open end). Images are RGB uint8 (BGR with rgb=False).
     Frames are decoded sequentially, so indices are exact even when seeking would be approximate."""
-    import cv2
     if every < 1:
         raise ValueError(f"every must be >= 1, got {every}")
     check_time_range(start, end)
@@ -130,7 +129,6 @@ def extract_frames(video, out_dir, every=1, start=None, end=None, pattern="%06d.
     number_by='source' names files by the frame index in the video, 'output' by 0..K-1.
     Bad arguments (pattern, quality outside 0..100, an empty or reversed time range, a range past the
     end of the video) raise DatasetError naming the option; nothing is written then."""
-    import cv2
     check_frame_pattern(pattern)
     if not 0 <= int(quality) <= 100:
         raise DatasetError(f"--quality {quality}: JPEG quality must be in 0..100")
@@ -145,7 +143,6 @@ def extract_frames(video, out_dir, every=1, start=None, end=None, pattern="%06d.
     os.makedirs(out_dir, exist_ok=True)
     frames = video_frames(video, every=every, start=start, end=end, rgb=False)
     if progress:
-        from tqdm import tqdm
         frames = tqdm(frames, desc=f"extract {os.path.basename(video)}", unit="frame")
     paths = []
     for k, (index, _, img) in enumerate(frames):

@@ -5,10 +5,19 @@ import os
 import shutil
 import xml.etree.ElementTree as ET
 
-
-from .io import DEFAULT_CHECK, DatasetError, DatasetReport, ImageReadError, check_image, find_image, image_size, \
-    resolve_classes, validate_boxes
+from .io import (
+    DEFAULT_CHECK,
+    DatasetError,
+    DatasetReport,
+    ImageReadError,
+    check_image,
+    find_image,
+    image_size,
+    resolve_classes,
+    validate_boxes,
+)
 from .record import DetectionDataset, Record
+from .video import assign_snippets
 
 
 def _text(node, tag, default=None):
@@ -152,7 +161,6 @@ def load_voc(root, split=None, classes=None, annotations_dir=None, images_dir=No
                                            keep_difficult, report) for k, x, a in parsed) if rec is not None]
     dataset = DetectionDataset(records, classes, name or os.path.basename(root))
     if snippets:
-        from .video import assign_snippets
         if split is None:
             dataset.snippet_list = assign_snippets(dataset.records, **snippets)
         else:  # snippets come from ALL frames of the folder, not from the frames of one split

@@ -18,6 +18,8 @@ from collections import defaultdict
 
 import numpy as np
 
+from lib.fileio import atomic_open
+
 
 class DetectionsFormatError(ValueError):
     """A detections file entry is malformed or refers to an unknown image or category."""
@@ -187,8 +189,6 @@ def write_detections(path, dataset, detections, category_ids=None):
     if category_ids is None:
         category_ids = getattr(dataset, "category_ids", None)
     entries = detections_to_json(records, detections, dataset.classes, category_ids)
-    tmp = str(path) + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_open(str(path)) as f:
         json.dump(entries, f)
-    os.replace(tmp, path)
     return len(entries)

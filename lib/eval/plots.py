@@ -5,6 +5,8 @@ import re
 
 import numpy as np
 
+from lib.fileio import atomic_write_text
+
 
 def _safe_name(name):
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name)).strip("_") or "class"
@@ -119,9 +121,5 @@ def write_results_table(results, md_path=None, json_path=None, include_curves=Fa
 
 
 def _atomic_write(path, text):
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = str(path) + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    atomic_write_text(str(path), text)

@@ -9,6 +9,8 @@ loaded, so load it with the same settings (e.g. the same SNIPPETS) as the list w
 import os
 
 from lib.dataset.io import DatasetError
+from lib.eval.voc import voc_ap
+from lib.fileio import atomic_write_text
 
 
 def frame_key(record):
@@ -33,15 +35,7 @@ def write_frame_list(path, records):
     """Write the frame list of ``records`` to ``path`` (atomically)."""
     text = frame_list_text(records)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return atomic_write_text(path, text)
 
 
 def read_frame_list(path):
@@ -64,3 +58,20 @@ def read_frame_list(path):
 def subset_indices(records, frames):
     """Indices of the records whose frame_key is in ``frames`` (a frame list's set)."""
     return [k for k, rec in enumerate(records) if frame_key(rec) in frames]
+
+
+def subset_scores(records, detections, classes, subsets, iou=0.5):
+    """TEST.SUBSETS: {name: frame list path} -> {name: {"mAP", "frames", "boxes"}}, VOC mAP of the
+    listed frames alone (the detections come from running on everything, so a video method's window or
+    memory still sees every frame). A list that matches no frame is an error naming it: it was
+    written for another dataset or with other SNIPPETS settings."""
+    out = {}
+    for name, path in (subsets or {}).items():
+        keep = subset_indices(records, read_frame_list(path))
+        if not keep:
+            raise DatasetError(f"{path}: subset {name!r} names none of the {len(records)} test frames (written "
+                               f"for another dataset, or with other SNIPPETS settings?)")
+        picked = [records[k] for k in keep]
+        result = voc_ap(picked, [detections[k] for k in keep], classes, iou=iou)
+        out[name] = {"mAP": result["mAP"], "frames": len(keep), "boxes": int(sum(r.num_boxes for r in picked))}
+    return out

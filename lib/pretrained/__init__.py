@@ -27,15 +27,22 @@ import hashlib
 import importlib.util
 import json
 import os
-import tempfile
 
 import mxnet as mx
 import numpy as np
 from gluoncv.model_zoo import model_store
 
+from lib.fileio import atomic_save
+
 from ..config import PROJECT_ROOT
-from .convert import (ARCHS, IMAGENET_MEAN, IMAGENET_STD, check_against_arch, convert_efficientnet_lite0,
-                      convert_hed_vgg16)
+from .convert import (
+    ARCHS,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    check_against_arch,
+    convert_efficientnet_lite0,
+    convert_hed_vgg16,
+)
 from .errors import PretrainedError
 from .torch_reader import read_torch_state_dict
 
@@ -121,29 +128,10 @@ def file_sha256(path, algorithm="sha256"):
     return digest.hexdigest()
 
 
-def _umask_file_mode():
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-_FILE_MODE = _umask_file_mode()
-
-
 def _atomic_write(path, write):
-    """``write(tmp_path)`` then move into place; the temporary file never outlives a failure."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, _FILE_MODE)       # mkstemp makes 0600; a cache is as readable as any file
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """``write(tmp_path)`` then move into place (lib.fileio); the temporary file never outlives a failure."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    atomic_save(path, write, keep_extension=True)
 
 
 def save_params(params, path):

@@ -36,11 +36,24 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from lib.dataset import (DatasetError, DetectionDataset, Record, export_tfrecord, load_dataset, pack_records,
-                         whole_videos_spec, write_coco, write_csv, write_kitti, write_label_map, write_voc)
+from lib.dataset import (
+    DatasetError,
+    DetectionDataset,
+    Record,
+    export_tfrecord,
+    load_dataset,
+    pack_records,
+    whole_videos_spec,
+    write_coco,
+    write_csv,
+    write_kitti,
+    write_label_map,
+    write_voc,
+)
 from lib.dataset.cli import add_dataset_args, dataset_spec
 from lib.dataset.degrade import KINDS, RANGES, apply_degradation, draw_degradation
 from lib.dataset.io import decode_image_bytes
+from lib.dataset.recordio import read_record_image
 from lib.eval.subsets import frame_key, write_frame_list
 from lib.tools import os_errors_are_user_errors
 
@@ -73,7 +86,6 @@ def frame_params(seed, index, record):
 def image_bytes(path):
     """The encoded bytes of an image file, or of an image stored in a RecordIO file ('<file>.rec#<i>')."""
     if ".rec#" in path and not os.path.isfile(path):
-        from lib.dataset.recordio import read_record_image
         return read_record_image(path)
     with open(path, "rb") as f:
         return f.read()

@@ -21,9 +21,18 @@ import sys
 
 import yaml
 
-from lib.dataset import load_dataset
-from lib.eval import METRICS, DetectionsFormatError, evaluate, read_detections, save_pr_curves, \
-    small_objects_only, write_results_table
+from lib.dataset import DatasetError, load_dataset
+from lib.dataset.cli import guess_format
+from lib.eval import (
+    METRICS,
+    DetectionsFormatError,
+    evaluate,
+    read_detections,
+    save_pr_curves,
+    small_objects_only,
+    write_results_table,
+)
+from lib.eval.vid import read_motion_iou_mat
 from lib.tools import os_errors_are_user_errors
 
 FORMATS = ("voc", "coco", "csv", "vid", "kitti")
@@ -31,25 +40,6 @@ FORMATS = ("voc", "coco", "csv", "vid", "kitti")
 
 class UserError(Exception):
     """A bad command line or input: printed as one 'error:' line, exit status 2."""
-
-
-def guess_format(path):
-    """Dataset format from the path: .json -> coco, .csv -> csv, a folder by its layout."""
-    lower = path.lower()
-    if os.path.isfile(path):
-        if lower.endswith(".json"):
-            return "coco"
-        if lower.endswith(".csv"):
-            return "csv"
-        raise UserError(f"--gt {path}: cannot tell the format of this file; pass --format")
-    if not os.path.isdir(path):
-        raise UserError(f"--gt {path}: no such file or folder")
-    names = set(os.listdir(path))
-    if {"Data", "Annotations"} <= names and os.path.isdir(os.path.join(path, "Annotations", "VID")):
-        return "vid"
-    if "label_2" in names or os.path.isdir(os.path.join(path, "training", "label_2")):
-        return "kitti"
-    return "voc"
 
 
 def _parse_value(text):
@@ -63,7 +53,10 @@ def build_spec(args):
     """The lib.dataset.load_dataset spec for the command line. Image files are not opened
     (CHECK_IMAGES none): the metrics need only the annotations; an image whose size the annotations
     do not give is the one exception (its header is read, and it is skipped when missing)."""
-    fmt = args.format or guess_format(args.gt)
+    try:
+        fmt = args.format or guess_format(args.gt)
+    except DatasetError as err:
+        raise UserError(f"--gt {err}") from None
     spec = {"FORMAT": fmt, "CHECK_IMAGES": "none"}
     # folder formats are given by their root, file formats by their annotation file
     spec["ANNOTATIONS" if fmt in ("coco", "csv") else "ROOT"] = os.path.abspath(args.gt)
@@ -120,7 +113,6 @@ def skipped_note(dataset):
 def run(args):
     check_arguments(args)
     spec = build_spec(args)
-    from lib.dataset import DatasetError
     try:
         dataset = load_ground_truth(spec)
     except DatasetError as err:
@@ -150,7 +142,6 @@ def run(args):
     if args.metric == "vid" and args.no_motion:
         kwargs["motion"] = False
     if args.motion_iou is not None:
-        from lib.eval.vid import read_motion_iou_mat
         try:
             kwargs["precomputed_motion_ious"] = read_motion_iou_mat(args.motion_iou, dataset.records)
         except ValueError as err:

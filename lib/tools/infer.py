@@ -19,7 +19,14 @@ import time
 import cv2
 import numpy as np
 
-from lib.frames import DEFAULT_FPS, IMAGE_EXTENSIONS, FrameSourceError, read_frames, source_fps  # noqa: F401
+from lib.fileio import atomic_open
+from lib.frames import (  # noqa: F401
+    DEFAULT_FPS,
+    IMAGE_EXTENSIONS,
+    FrameSourceError,
+    read_frames,
+    source_fps,
+)
 from lib.tools import os_errors_are_user_errors
 
 # meta.json input.resize values that resize to input.size [H, W] ignoring the aspect ("square": older artifacts)
@@ -244,9 +251,8 @@ def run(model, source, output, thresh=0.5, runtime="mxnet", fps=None, save_frame
             if progress and frames % 25 == 0:
                 print(f"{frames} frames, {frames / elapsed:.1f} fps", file=sys.stderr)
     json_path = os.path.join(output, "detections.json")
-    with open(json_path + ".tmp", "w", encoding="utf-8") as f:
+    with atomic_open(json_path) as f:
         json.dump(results, f)
-    os.replace(json_path + ".tmp", json_path)
     summary = {"frames": frames, "fps": frames / elapsed if elapsed else 0.0, "detections": len(results),
                "video": video_path, "json": json_path, "video_fps": fps, "fps_from": fps_from,
                "video_frames": writer.frames_written, "resized_frames": writer.resized_frames}
@@ -278,7 +284,7 @@ def main(argv=None):
         print(exc.code if exc.code.startswith("error:") else f"error: {exc.code}", file=sys.stderr)
         return 2
     rate = {"--fps": "--fps", "video": "the input video's rate",
-            "default": f"default for frames without a rate; --fps sets it"}[summary["fps_from"]]
+            "default": "default for frames without a rate; --fps sets it"}[summary["fps_from"]]
     print(f"{summary['frames']} frames at {summary['fps']:.1f} fps (model only); "
           f"{summary['detections']} detections >= {args.thresh}; wrote {summary['video']} "
           f"({summary['video_frames']} frames at {summary['video_fps']:g} fps: {rate}) and {summary['json']}")

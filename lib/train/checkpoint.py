@@ -255,7 +255,6 @@ class CheckpointManager:
         self.out_dir = out_dir
         self.keep_last = keep_last
         self.prefix = prefix
-        os.makedirs(out_dir, exist_ok=True)
 
     def paths(self, epoch):
         stem = os.path.join(self.out_dir, f"{self.prefix}-{int(epoch):04d}")
@@ -281,6 +280,7 @@ class CheckpointManager:
 
     def save(self, epoch, net, trainer=None, extra=None, iteration=None, lr=None):
         """Write the checkpoint of ``epoch`` (number of finished epochs); returns the JSON path."""
+        os.makedirs(self.out_dir, exist_ok=True)   # here, not before: reading a folder creates nothing
         paths = self.paths(epoch)
         atomic_save(paths["params"], net.save_parameters)
         names = structured_param_names(net)

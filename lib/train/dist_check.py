@@ -25,7 +25,18 @@ import numpy as np
 from mxnet import autograd, gluon
 from mxnet.gluon import nn
 
-from .distributed import DistributedError, DistributedInfo, create_kvstore, mark_finished, parse_contexts, shard, split_batch
+from lib.fileio import atomic_save
+
+from ..config import ConfigError
+from .distributed import (
+    DistributedError,
+    DistributedInfo,
+    create_kvstore,
+    mark_finished,
+    parse_contexts,
+    shard,
+    split_batch,
+)
 
 NUM_CLASSES = 3
 
@@ -79,13 +90,7 @@ def parameters_numpy(net):
 
 
 def _atomic_write(path, write):
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_save(path, write)
 
 
 def run_worker(args):
@@ -209,7 +214,6 @@ def main(argv=None):
         return verify(args.verify, args.tolerance)
     if not args.out:
         parser.error("--out DIR (worker mode) or --verify DIR")
-    from ..config import ConfigError
     try:
         return run_worker(args)
     except (ConfigError, DistributedError) as err:   # settings that differ between workers, too

@@ -7,11 +7,14 @@ module holds the pieces around it:
 
 - ``parse_contexts``: ``CONTEXTS`` config values -> list of ``mx.Context``.
 - ``split_batch``: one batch over several contexts (arrays, per-sample lists, tuples of both).
-- ``create_kvstore`` + ``DistributedInfo``: the kvstore of the job and this worker's rank in it,
-  ``is_chief`` (rank 0: the only one that writes checkpoints, logs, TensorBoard, evaluation),
+- ``create_kvstore`` + ``DistributedInfo`` (``join_job`` makes both): the kvstore of the job and this
+  worker's rank in it, ``is_chief`` (rank 0: the only one that writes the run folder, checkpoints, logs,
+  TensorBoard, evaluation),
   ``sync_start`` (every worker starts from rank 0's parameters; call before the first step),
   ``broadcast_from_chief`` (rank 0's arrays to every worker), ``check_same_on_all`` (e.g. every
-  rank resumed from rank 0's checkpoint); ``mark_finished`` at the normal end of a worker.
+  rank resumed from rank 0's checkpoint), ``allreduce_sum`` (a few numbers summed over the workers),
+  ``average_statistics`` (BatchNorm running statistics averaged over every worker and context);
+  ``mark_finished`` at the normal end of a worker.
 - ``shard``: each worker's part of the training set, reshuffled every epoch from the seed.
 - ``effective_batch_size`` / ``scale_learning_rate``: the batch the optimizer sees and the LR rule.
 - ``Watchdog``: bounds every wait of a worker, so a dead peer ends the job with a message instead of
@@ -39,6 +42,7 @@ import numpy as np
 from mxnet import gluon
 
 from ..config import ConfigError
+from ..errors import UserError
 
 # Keys this module gives the kvstore. gluon.Trainer numbers its parameters 0..P-1 on the same
 # kvstore, so ours start above any parameter count. They must stay below 2**31 / 9973: ps-lite's
@@ -51,7 +55,7 @@ WATCHDOG_EXIT_CODE = 124
 LR_SCALING_RULES = ("none", "linear", "sqrt")
 
 
-class DistributedError(RuntimeError):
+class DistributedError(UserError, RuntimeError):
     """The workers of a job disagree (e.g. resumed from different checkpoints)."""
 
 
@@ -206,8 +210,9 @@ def create_kvstore(kind, key="TRAIN.KVSTORE"):
     """The kvstore for ``gluon.Trainer(..., kvstore=...)``.
 
     ``dist_*``: creates the ps-lite kvstore (joins the job; needs the environment of
-    ``python -m lib.tools.launch``). Create it ONCE per process and give the same object to the
-    Trainer and to ``DistributedInfo``: ps-lite allows one kvstore per process.
+    ``python -m lib.tools.launch``). ps-lite allows one kvstore per process: the first call creates it,
+    later calls with the same kind return that same object (a family asks for its rank before
+    training, the Trainer then trains on it).
     Anything else (``device``, ``local``, None): returned unchanged; gluon.Trainer builds it.
     Raises ConfigError naming ``key`` when the kind and the way the process was started disagree.
     """
@@ -223,6 +228,12 @@ def create_kvstore(kind, key="TRAIN.KVSTORE"):
     if os.environ.get("DMLC_ROLE") != "worker":
         raise ConfigError(f"{key} = {kind!r} needs a job started by the launcher: "
                           f"python -m lib.tools.launch -n WORKERS -s SERVERS -- <this command>")
+    existing = _JOB["kvstore"]
+    if existing is not None:
+        if existing.type != kind:
+            raise ConfigError(f"{key} = {kind!r}, but this process already joined its job with a "
+                              f"{existing.type} kvstore (one per process)")
+        return existing
     try:
         kvstore = mx.kv.create(kind)
     except mx.base.MXNetError as err:
@@ -234,8 +245,18 @@ def create_kvstore(kind, key="TRAIN.KVSTORE"):
     return kvstore
 
 
+def join_job(kind, contexts=None, key="TRAIN.KVSTORE"):
+    """This process's place in the training job of kvstore ``kind`` (TRAIN.KVSTORE): a DistributedInfo
+    on ``create_kvstore(kind)``. Call it before writing anything: ``is_chief`` says whether this
+    process writes the run folder (rank 0 of a distributed job, or a single process)."""
+    return DistributedInfo(create_kvstore(kind, key=key), contexts)
+
+
 # The dist kvstore of this process, and whether the job's work ended normally (mark_finished).
-_JOB = {"kvstore": None, "finished": False, "atexit": False}
+# "next_key": the next free kvstore key of this process's broadcasts and sums (every DistributedInfo
+# on the kvstore takes its keys from it: two taking the same key would re-initialise it on the servers,
+# which in sync mode waits for pushes that never come).
+_JOB = {"kvstore": None, "finished": False, "atexit": False, "next_key": BROADCAST_KEY_BASE}
 
 
 def mark_finished():
@@ -270,7 +291,7 @@ class DistributedInfo:
         self.num_workers = int(kvstore.num_workers) if self.distributed else 1
         self.contexts = list(contexts) if contexts else [mx.cpu()]
         self.launch_index = os.environ.get("DMLC_WORKER_ID")
-        self._next_key = BROADCAST_KEY_BASE
+        self._sum_keys = {}
 
     @classmethod
     def from_kvstore(cls, kvstore, contexts=None):
@@ -295,10 +316,12 @@ class DistributedInfo:
                 f"{self.launch_index}), contexts [{where}]")
 
     def _keys(self, count):
-        keys = list(range(self._next_key, self._next_key + count))
-        self._next_key += count
-        if self._next_key > BROADCAST_KEY_LIMIT:
-            raise DistributedError(f"out of kvstore keys: broadcasts used {self._next_key - BROADCAST_KEY_BASE} "
+        """Fresh kvstore keys, unique in this process (every rank takes them in the same order)."""
+        first = _JOB["next_key"]
+        keys = list(range(first, first + count))
+        _JOB["next_key"] = first + count
+        if first + count > BROADCAST_KEY_LIMIT:
+            raise DistributedError(f"out of kvstore keys: broadcasts used {first + count - BROADCAST_KEY_BASE} "
                                    f"arrays (at most {BROADCAST_KEY_LIMIT - BROADCAST_KEY_BASE}); broadcast fewer, "
                                    f"larger arrays")
         return keys
@@ -309,14 +332,25 @@ class DistributedInfo:
         or a list of NDArrays (one value, several copies: e.g. a parameter on every context; the
         first copy is rank 0's value). No-op without a distributed kvstore. Uses the kvstore's own
         init (rank 0 pushes, all wait at a barrier) and pull; each call takes fresh keys, and the
-        servers keep one copy of what was broadcast."""
+        servers keep one copy of what was broadcast.
+
+        Arrays of another type than float32 travel as their bytes, in 16-bit pieces held by float32
+        numbers (exact): MXNet 1.9.1's server never initialises its ``multi_precision_`` flag, and in
+        a server process where that memory happens to be non-zero it keeps every key of another type
+        in float32 (a float64 value came back rounded to float32 in whole series of jobs here)."""
         if not self.distributed or not arrays:
             return
         groups = [a if isinstance(a, (list, tuple)) else [a] for a in arrays]
+        carriers = [group if group[0].dtype == np.float32 else [mx.nd.array(_bytes_as_float32(group[0]))]
+                    for group in groups]
         keys = self._keys(len(groups))
-        self.kvstore.init(keys, [group[0] for group in groups])
-        self.kvstore.pull(keys, out=[list(group) for group in groups])
-        for group in groups:
+        self.kvstore.init(keys, [carrier[0] for carrier in carriers])
+        self.kvstore.pull(keys, out=[list(carrier) for carrier in carriers])
+        for group, carrier in zip(groups, carriers):
+            if carrier is not group:
+                value = _float32_as_array(carrier[0].asnumpy(), group[0].dtype, group[0].shape)
+                for array in group:
+                    array[:] = mx.nd.array(value, ctx=array.context, dtype=array.dtype)
             for array in group:
                 array.wait_to_read()
 
@@ -328,8 +362,6 @@ class DistributedInfo:
         values = np.asarray(values, dtype=np.float32).ravel()
         if not self.distributed:
             return values
-        if not hasattr(self, "_sum_keys"):
-            self._sum_keys = {}
         array = mx.nd.array(values)
         if name not in self._sum_keys:
             self._sum_keys[name] = self._keys(1)[0]
@@ -339,6 +371,42 @@ class DistributedInfo:
         out = mx.nd.zeros_like(array)
         self.kvstore.pull(key, out=out)
         return out.asnumpy()
+
+    def average_statistics(self, block):
+        """Set the running statistics of ``block`` (the parameters declared ``differentiable=False``:
+        BatchNorm's running mean and variance) on every worker and context to their mean over all
+        the workers' contexts. A collective: every worker calls it at the same point.
+
+        Why: BatchNorm normalises each device's slice of the batch with that slice's statistics and
+        keeps its own running averages. One process with several contexts saves the MEAN of its
+        contexts' copies (MXNet's ``save_parameters`` reduces a parameter over its contexts); in a job
+        rank 0 alone saves, and without this its checkpoint would hold only its own workers' share.
+        The running averages are linear in the batch statistics, so averaging at an epoch's end and
+        going on gives the same mean as averaging only when saving. No-op without a distributed
+        kvstore."""
+        if not self.distributed:
+            return
+        stats, seen = [], set()
+        for name, param in sorted(block._collect_params_with_prefix().items()):
+            if param._differentiable or param._data is None or id(param) in seen:
+                continue
+            seen.add(id(param))
+            stats.append(param)
+        if not stats:
+            return
+        # each worker's sum over its contexts, summed over the workers, / (workers x contexts)
+        local = [np.sum(np.stack([d.asnumpy().astype(np.float32) for d in p.list_data()]), axis=0) for p in stats]
+        copies = float(self.allreduce_sum("running_statistics_copies", [len(self.contexts)])[0])
+        total = self.allreduce_sum("running_statistics", np.concatenate([a.ravel() for a in local]))
+        offset = 0
+        for param, array in zip(stats, local):
+            mean = (total[offset:offset + array.size] / np.float32(copies)).reshape(array.shape)
+            offset += array.size
+            for data in param.list_data():
+                data[:] = mx.nd.array(mean, ctx=data.context, dtype=data.dtype)
+        for param in stats:
+            for data in param.list_data():
+                data.wait_to_read()
 
     def broadcast_parameters(self, block_or_params):
         """Every parameter of a Block (or a ParameterDict / {name: Parameter}) set to rank 0's
@@ -402,15 +470,21 @@ class DistributedInfo:
             others = {name: p for name, p in block._collect_params_with_prefix().items() if id(p) not in held}
             self.broadcast_parameters(others)
 
+    def values_of_chief(self, values):
+        """Rank 0's ``values`` (a few numbers; a collective, the same size on every worker) as a
+        float64 numpy array; without a distributed kvstore ``values`` themselves."""
+        mine = np.asarray(values, dtype=np.float64).ravel()
+        if not self.distributed:
+            return mine
+        chief = mx.nd.array(mine, dtype=np.float64)
+        self.broadcast_from_chief([chief])
+        return chief.asnumpy()
+
     def check_same_on_all(self, values, what):
         """Raise DistributedError on a worker whose ``values`` (a few numbers, e.g. the resumed
         epoch and iteration) differ from rank 0's. Returns rank 0's values (as floats)."""
         mine = np.asarray(values, dtype=np.float64).ravel()
-        if not self.distributed:
-            return mine.tolist()
-        chief = mx.nd.array(mine, dtype=np.float64)
-        self.broadcast_from_chief([chief])
-        chief = chief.asnumpy()
+        chief = self.values_of_chief(mine)
         if not np.array_equal(chief, mine):
             def show(values):
                 return "[" + ", ".join(f"{v:g}" for v in values) + "]"
@@ -425,6 +499,21 @@ class DistributedInfo:
     def watchdog(self, timeout, what="training step"):
         """A started ``Watchdog`` naming this rank (see there)."""
         return Watchdog(timeout, what=what, label=f"rank {self.rank}" if self.distributed else "worker").start()
+
+
+def _bytes_as_float32(array):
+    """The bytes of an NDArray as 16-bit unsigned integers held by float32 numbers (all exact)."""
+    raw = array.asnumpy().tobytes()
+    if len(raw) % 2:
+        raw += b"\0"
+    return np.frombuffer(raw, dtype=np.uint16).astype(np.float32)
+
+
+def _float32_as_array(pieces, dtype, shape):
+    """Inverse of _bytes_as_float32: the numpy array of ``dtype`` and ``shape``."""
+    raw = np.asarray(pieces).astype(np.uint16).tobytes()
+    count = int(np.prod(shape)) if len(shape) else 1
+    return np.frombuffer(raw[:count * np.dtype(dtype).itemsize], dtype=dtype).reshape(shape)
 
 
 def _fresh_default_layout(params):

@@ -33,13 +33,14 @@ that section are ignored here):
 A pattern is searched (re.search) in the structured name used in .params files (e.g.
 'features.0.weight') and in the parameter's full name; a pattern matching nothing is an error.
 """
-import os
 import random
 import re
 
 import mxnet as mx
 import numpy as np
 from mxnet import gluon
+
+from lib.fileio import atomic_save
 
 from ..config import TRAIN_DEFAULTS, ConfigError, merge
 from .schedule import build_lr_schedule
@@ -198,6 +199,4 @@ def write_loss_curve(history, path):
         vax.grid(True, alpha=0.3)
         vax.legend(loc="best", fontsize=8)
     fig.tight_layout()
-    tmp = f"{path}.tmp{os.getpid()}.png"
-    fig.savefig(tmp)
-    os.replace(tmp, path)
+    atomic_save(path, fig.savefig, keep_extension=True)

@@ -25,9 +25,11 @@ Several devices and workers (lib.train.distributed; MXNet's kvstore does the com
   batches r, r + W, r + 2W, ... (``data(epoch)`` must return an object with ``shard(rank, workers)``,
   which the families' data do, equal step counts on every worker), so one step of the job trains on the
   same samples as one step of a single process with W times the batch split over W contexts. Rank 0
-  alone writes checkpoints, logs, TensorBoard and runs the validation; every rank resumes from the
-  checkpoint in OUTPUT_DIR (a shared filesystem) and checks that the others resumed the same epoch;
-  at the end the workers check that their trained parameters are identical.
+  alone writes (OUTPUT_DIR itself, checkpoints, logs, TensorBoard) and runs the validation; every rank
+  resumes from the checkpoint in OUTPUT_DIR (a shared filesystem) and checks that the others resumed
+  the same epoch; at every epoch's end the BatchNorm running statistics are averaged over the workers
+  (DistributedInfo.average_statistics: rank 0's checkpoint then holds what a single process with all
+  the contexts saves); at the end the workers check that their trained parameters are identical.
   The gradient of a step is the sum over workers: a task whose loss is normalised over the whole job
   (``task.global_normalization``, e.g. M2Det's positives counted over every worker) updates with 1,
   any other with the number of workers (the mean of the workers' per-batch means).
@@ -45,7 +47,7 @@ from mxnet import autograd, gluon
 from ..config import ConfigError, dump_config, to_plain
 from ..fileio import atomic_save, atomic_write_json
 from .checkpoint import CheckpointManager, structured_param_names
-from .distributed import DistributedInfo, create_kvstore, describe_scaling, mark_finished
+from .distributed import DistributedError, DistributedInfo, create_kvstore, describe_scaling, mark_finished
 from .logger import setup_logger
 from .loop import (TrainingError, build_trainer, prepare_params, seed_everything, training_config,
                    write_loss_curve)
@@ -233,8 +235,8 @@ class Trainer:
         self.contexts = _contexts(ctx)
         self.kvstore = kvstore if kvstore is not None else create_kvstore(self.cfg["KVSTORE"], key="TRAIN.KVSTORE")
         self.dist = DistributedInfo(self.kvstore, self.contexts)
-        os.makedirs(out_dir, exist_ok=True)
         if self.dist.is_chief:
+            os.makedirs(out_dir, exist_ok=True)
             self.logger = logger or setup_logger(out_dir, "train")
         else:   # other ranks: console only (the launcher prefixes their lines)
             self.logger = logger or setup_logger(None, f"train.rank{self.dist.rank}")
@@ -304,7 +306,7 @@ class Trainer:
 
     def train(self):
         """Run the epochs; returns {epochs, start_epoch, iterations, final_losses, val, wall_time,
-        checkpoint, out_dir}."""
+        checkpoint, out_dir, rank, workers} (``rank`` 0 is the process that wrote OUTPUT_DIR)."""
         self._resume()
         if self.dist.is_chief:
             dump_config(self.cfg, os.path.join(self.out_dir, "train_config.yaml"))
@@ -351,6 +353,7 @@ class Trainer:
                                                "seconds": self.epoch_seconds})
                 self.history["epoch_ends"].append(self.iteration)
                 self.emit_scalars({f"epoch/{k}": v for k, v in self.epoch_means.items()}, self.epoch + 1)
+                self.dist.average_statistics(self.net)    # before rank 0 validates and saves
                 self._call("after_epoch")
             self._call("after_train")
         finally:
@@ -363,7 +366,8 @@ class Trainer:
             self.logger.info("nothing to do: checkpoint epoch %d >= EPOCHS %d", self.start_epoch, self.cfg["EPOCHS"])
         summary = {"epochs": self.cfg["EPOCHS"], "start_epoch": self.start_epoch, "iterations": self.iteration,
                    "final_losses": self.epoch_means, "val": self.val_metrics, "wall_time": wall,
-                   "checkpoint": self.manager.latest(), "out_dir": self.out_dir}
+                   "checkpoint": self.manager.latest(), "out_dir": self.out_dir,
+                   "rank": self.dist.rank, "workers": self.dist.num_workers}
         self.logger.info("training finished: %s", json.dumps(summary, sort_keys=True))
         mark_finished()
         return summary
@@ -418,9 +422,15 @@ class Trainer:
         return norm
 
     def _check_workers_agree(self):
-        """Every worker must end with rank 0's trained parameters (BatchNorm statistics are per worker)."""
-        digest = [float(np.float64(p.data().asnumpy().astype(np.float64).sum())) for p in self.params.values()]
-        self.dist.check_same_on_all(digest, "the sums of the trained parameters after training")
+        """Every worker must end with rank 0's trained parameters (compared by their sums)."""
+        names = list(self.params)
+        digest = np.array([p.data().asnumpy().astype(np.float64).sum() for p in self.params.values()])
+        chief = self.dist.values_of_chief(digest)
+        differ = [i for i in range(len(names)) if digest[i] != chief[i]]
+        if differ:
+            examples = ", ".join(f"{names[i]} (sum {digest[i]:.9g} here, {chief[i]:.9g} on rank 0)" for i in differ[:3])
+            raise DistributedError(f"rank {self.dist.rank}: after training {len(differ)} of {len(names)} trained "
+                                   f"parameter arrays differ from rank 0's, e.g. {examples}")
 
 
 def fit(task, data, cfg, out_dir, ctx=None, val_fn=None, resume=True, logger=None, hooks=()):
