@@ -31,7 +31,7 @@ import os
 import mxnet as mx
 import numpy as np
 
-from lib.config import PROJECT_ROOT, to_plain
+from lib.config import PROJECT_ROOT, ConfigError, to_plain
 from lib.dataset.flow_pairs import consistent_mask, downsample_flow, farneback_flow, make_flow_pair
 from lib.dataset.io import DatasetError, read_image
 from lib.dataset.teacher_flow import TeacherFlowCache, TeacherFlowPairs
@@ -40,7 +40,7 @@ from lib.flow_losses import flow_loss
 from lib.train import fit
 from lib.train.distributed import deal_batches, split_batch
 
-from .config import flip_enabled, training_scales
+from .config import flip_enabled, input_scale
 from .data import normalize_pad, resize_image
 
 PRETRAINED_FILE = "flownet_pretrained.params"
@@ -51,13 +51,13 @@ def pretrain_settings(cfg, dataset):
     """What the pre-trained weights depend on (compared before they are reused)."""
     return {"FLOW_PRETRAIN": to_plain(cfg.TRAIN.FLOW_PRETRAIN), "FLOW_WIDTH": float(cfg.NETWORK.FLOW_WIDTH),
             "FLOW_SCALE": float(cfg.NETWORK.FLOW_SCALE), "SEED": int(cfg.TRAIN.SEED),
-            "IMAGE": {"MEAN": list(cfg.INPUT.MEAN), "STD": list(cfg.INPUT.STD), "SCALE": training_scales(cfg)[0]},
+            "IMAGE": {"MEAN": list(cfg.INPUT.MEAN), "STD": list(cfg.INPUT.STD), "SCALE": list(input_scale(cfg))},
             "dataset": dataset.name, "images": len(dataset.records)}
 
 
 def source_images(dataset, count, cfg, rng):
-    """Up to ``count`` training images (RGB, resized to the first training scale) to cut pairs from."""
-    short, max_long = training_scales(cfg)[0]
+    """Up to ``count`` training images (RGB, at the test scale) to cut pairs from."""
+    short, max_long = input_scale(cfg)
     picks = rng.choice(len(dataset.records), size=min(count, len(dataset.records)), replace=False)
     images = []
     for i in picks:
@@ -90,7 +90,7 @@ def pair_batch(images, cfg, rng):
 
 def video_flow_pairs(dataset, cfg, rng):
     """Up to FLOW_PRETRAIN.IMAGES pairs of training frames TRAIN.MIN_OFFSET..MAX_OFFSET apart in one
-    snippet (either order: FGFA warps neighbours on both sides), at the first training scale:
+    snippet (either order: FGFA warps neighbours on both sides), at the test scale:
     [(first, second, Farneback flow (H,W,2) in pixels, consistent pixels (H,W) bool)]."""
     pre, train = cfg.TRAIN.FLOW_PRETRAIN, cfg.TRAIN
     candidates = [(recs[i], recs[i + offset]) for recs in dataset.snippets().values()
@@ -99,7 +99,7 @@ def video_flow_pairs(dataset, cfg, rng):
     if not candidates:
         raise DatasetError(f"flow pre-training (SOURCE: video): {dataset.name} has no snippet with frames "
                            f"{train.MIN_OFFSET}..{train.MAX_OFFSET} apart")
-    short, max_long = training_scales(cfg)[0]
+    short, max_long = input_scale(cfg)
     tolerance = 0.5 * cfg.NETWORK.FEAT_STRIDE
     pairs = []
     for i in rng.choice(len(candidates), size=min(int(pre.IMAGES), len(candidates)), replace=False):
@@ -154,10 +154,10 @@ TEACHER_CACHE = os.path.join(PROJECT_ROOT, "data", "cache", "teacher_flow")
 
 
 def dis_teacher_pairs(dataset, cfg):
-    """TeacherFlowPairs of the training snippets at the window's distances, frames at the first training
-    scale (the cache keys on these pixels)."""
+    """TeacherFlowPairs of the training snippets at the window's distances, frames at the test scale
+    (where the FlowNet runs in the window; the cache keys on these pixels)."""
     pre, train = cfg.TRAIN.FLOW_PRETRAIN, cfg.TRAIN
-    short, max_long = training_scales(cfg)[0]
+    short, max_long = input_scale(cfg)
     cache = TeacherFlowCache(os.environ.get("VIDEODET_TEACHER_CACHE", TEACHER_CACHE), preset=pre.DIS_PRESET,
                              factor=int(cfg.NETWORK.FEAT_STRIDE), tolerance=0.5 * cfg.NETWORK.FEAT_STRIDE)
     pairs = TeacherFlowPairs(dataset, cache, int(train.MIN_OFFSET), int(train.MAX_OFFSET), count=int(pre.IMAGES),
@@ -166,6 +166,11 @@ def dis_teacher_pairs(dataset, cfg):
     if not len(pairs):
         raise DatasetError(f"flow pre-training (SOURCE: dis): {dataset.name} has no snippet with frames "
                            f"{train.MIN_OFFSET}..{train.MAX_OFFSET} apart")
+    height, width = pairs[0][0].shape[:2]
+    if int(pre.SIZE[0]) > width or int(pre.SIZE[1]) > height:
+        raise ConfigError(f"{cfg.get('CONFIG_FILE') or '<config>'}: TRAIN.FLOW_PRETRAIN.SIZE {list(pre.SIZE)} "
+                          f"([width, height]) is larger than the training frames at the test scale "
+                          f"({width}x{height})")
     return pairs
 
 
