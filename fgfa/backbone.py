@@ -12,11 +12,12 @@ import mxnet as mx
 from gluoncv.model_zoo.resnet import BasicBlockV1, BottleneckV1, ResNetV1, resnet_spec
 from mxnet.gluon import nn
 
+from lib.errors import UserError
 from lib.pretrained import LoadReport
 from lib.train.checkpoint import read_params_file
 
 
-class BackboneWeightsError(ValueError):
+class BackboneWeightsError(UserError, ValueError):
     """A weights file is missing or does not fit the backbone; the message says which and why."""
 
 

@@ -7,7 +7,7 @@ images), all resized to one randomly drawn scale, flipped and (IMAGE.TRAIN_TILE)
 import cv2
 import numpy as np
 
-from lib.dataset.io import read_image
+from lib.dataset.io import read_image, read_image_or_fallback
 from lib.transforms import RandomTile
 
 from .config import flip_enabled, input_scale, training_scales
@@ -92,6 +92,7 @@ class TrainSamples:
             for pos, rec in enumerate(recs):
                 self.position[rec.image_id] = (vid, pos)
         self.keys = list(range(len(dataset)))
+        self._paths_by_video = {}
         self.scales, self.flip = training_scales(cfg), flip_enabled(cfg)
         tile = cfg.IMAGE.TRAIN_TILE
         self.tiler = None
@@ -112,7 +113,9 @@ class TrainSamples:
         return len(self.keys)
 
     def frames_of(self, index, rng):
-        """(key Record, image paths of the key frame and its neighbours) of sample ``index``."""
+        """(key Record, image paths of the key frame and its neighbours) of sample ``index``. Neighbours
+        reached through a video's file pattern are not records (no load-time check has seen them):
+        ``load`` reads those with the key frame as the fallback."""
         rec = self.dataset.records[self.keys[index]]
         if not self.num_neighbors:
             return rec, [rec.image]
@@ -130,6 +133,14 @@ class TrainSamples:
                               self.cfg.TRAIN.MAX_OFFSET, rng)
         return rec, [rec.image] + [recs[i].image for i in nb]
 
+    def _record_paths(self, key):
+        """Image paths of the records of ``key``'s video (checked when the dataset was loaded)."""
+        if key.video is None or key.image_id not in self.position:
+            return {key.image}
+        if key.video not in self._paths_by_video:
+            self._paths_by_video[key.video] = {r.image for r in self.videos[key.video]}
+        return self._paths_by_video[key.video]
+
     def load(self, index, rng):
         """-> (frames (F,3,Hp,Wp) float32, im_info [h, w, scale], gt boxes (G,4), labels (G,)).
 
@@ -138,9 +149,13 @@ class TrainSamples:
         short, max_long = self.scales[rng.randint(len(self.scales))]
         flip = bool(self.flip and rng.rand() < 0.5)
         resized = {}
+        records = self._record_paths(key)
+        report = getattr(self.dataset, "report", None)
         for path in paths:
             if path not in resized:
-                resized[path], scale = resize_image(read_image(path), short, max_long, flip)
+                # a neighbour outside the records that cannot be read: reported once, the key frame used
+                image = read_image(path) if path in records else read_image_or_fallback(path, key.image, report)
+                resized[path], scale = resize_image(image, short, max_long, flip)
         images = [resized[p] for p in paths]
         if any(f.shape != images[0].shape for f in images):
             raise ValueError(f"{key.image}: neighbour frames differ in size from the key frame ({paths})")

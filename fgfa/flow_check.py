@@ -34,6 +34,7 @@ import mxnet as mx
 import numpy as np
 import tqdm
 
+from lib.cli import user_errors_exit_2
 from lib.config import ConfigError, project_path
 from lib.fileio import atomic_write_json
 from lib.dataset import whole_videos_spec
@@ -256,6 +257,7 @@ def run(cfg, model_path="", flownet_path="", pretrain=False, offsets=(1, 2, 3), 
     return result, out_dir
 
 
+@user_errors_exit_2
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cfg", required=True, help="FGFA yaml config")

@@ -187,6 +187,9 @@ def train(cfg, dataset=None, val_fn=None, logger=None, run=None):
     if logger is None:
         logger = setup_logger(out_dir, "train") if job.is_chief else setup_logger(None, f"train.rank{job.rank}")
     dataset = dataset if dataset is not None else load_train_set(cfg)
+    # a set in which no box survived loading trains on background at loss 0: refused unless asked for
+    dataset.require_boxes(f"{cfg.get('CONFIG_FILE') or '<config>'}: DATASET.TRAIN",
+                          allow_background_only=cfg.DATASET.ALLOW_BACKGROUND_ONLY)
     samples = TrainSamples(dataset, cfg, num_neighbors=2 if cfg.NETWORK.AGGREGATE else 0)
     logger.info("training %s on %d key frames of %s (%d classes: %s)", cfg.NAME, len(samples),
                 dataset.name, dataset.num_classes, dataset.classes)

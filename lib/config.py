@@ -21,6 +21,7 @@ import warnings
 import yaml
 from easydict import EasyDict
 
+from lib.errors import UserError
 from lib.fileio import atomic_open
 
 BASE_KEY = "_BASE_"
@@ -29,7 +30,7 @@ BASE_KEY = "_BASE_"
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file or override is invalid; the message names the file and key."""
 
 
@@ -108,6 +109,9 @@ SHARED_DEFAULTS = {
         "TRAIN": None,                 # a lib.dataset.load_dataset spec or a list of them (concatenated)
         "VAL": None,
         "CLASSES": [],                 # explicit class list (else the training data's)
+        # training refuses a DATASET.TRAIN in which no box survived loading (a classes file that does
+        # not list the class, unknown names, bad coordinates); true: background frames only, on purpose
+        "ALLOW_BACKGROUND_ONLY": False,
     },
     "TEST": {
         "SCORE_THRESH": 0.01,          # detections below are dropped

@@ -81,6 +81,15 @@ def stale_temporaries(folder):
 
 
 def _is_temporary(name):
+    return _pid_of(name) is not None
+
+
+def _pid_of(name):
     head, mark, tail = name.rpartition(TMP_MARK)
     digits = tail.split(".", 1)[0]
-    return bool(head) and bool(mark) and digits.isdigit()
+    return int(digits) if head and mark and digits.isdigit() else None
+
+
+def temporary_pid(path):
+    """The process id in a temporary file's name (``<target>.tmp<pid><suffix>``), or None."""
+    return _pid_of(os.path.basename(path))

@@ -1,6 +1,6 @@
 """Frames of a video file, one image, or a folder of numbered images, in order: the one frame reader of
 the demos, the tools and the exported-model runner (which needs nothing but OpenCV and numpy, so this
-module imports nothing else).
+module imports nothing else of the project but lib.errors, which imports nothing).
 
     for name, frame in read_frames("clip.mp4"):          # name: 000000, 000001, ... (a file: its stem)
         ...
@@ -17,11 +17,13 @@ import sys
 import cv2
 import numpy as np
 
+from lib.errors import UserError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 DEFAULT_FPS = 25.0   # the rate given to a folder of frames or an image (they have none of their own)
 
 
-class FrameSourceError(ValueError):
+class FrameSourceError(UserError, ValueError):
     """The input cannot be read as frames (the message names it and says why)."""
 
 

@@ -60,7 +60,9 @@ DEFAULTS = extend_schema(SHARED_DEFAULTS, {
         "DRAW_THRESH": 0.3,        # for drawn images
         "PRINT_IMAGES": False,     # save annotated test images (as the port's TEST.PRINT_IMAGES)
         "MAX_IMAGES": 0,           # 0 = all test records
-        "RESULTS_TABLE": "experiments/lstm_ssd/results.md",
+        # results table a test appends its row to ("" = OUTPUT_DIR/results.md + .csv); another .md path
+        # (relative to the project root) collects the rows of several runs in one table
+        "RESULTS_TABLE": "",
         "QUANTIZE": "",            # int8: extractors and head in int8 on CPU (MKLDNN), the LSTM in float
     },
 })

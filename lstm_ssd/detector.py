@@ -26,10 +26,11 @@ from lib import pretrained
 from lib.anchors import multiscale_anchors
 from lib.backbones import IMAGENET_MEAN, IMAGENET_STD, EfficientNetLite
 from lib.bbox import clip_boxes, decode_boxes
-from lib.config import size_hw
+from lib.config import ConfigError, size_hw
 from lib.fileio import atomic_save, atomic_write_json
 from lib.nms import multiclass_nms
 from lib.runtime import quantize_block
+from lib.train.checkpoint import CheckpointError, load_weights
 
 from .layers import ConvBN, PruneGroup
 from .lstm_cell import BottleneckLSTM, StepTable
@@ -412,7 +413,7 @@ def build_detector(cfg, ctx=mx.cpu(), initialize=True):
     try:
         net = LSTMSSD(cfg.MODEL, cfg.INPUT.SIZE)
     except ValueError as err:   # name the yaml file the bad MODEL value came from
-        raise ValueError(f"{cfg.get('CONFIG_FILE') or '<defaults>'}: {err}") from None
+        raise ConfigError(f"{cfg.get('CONFIG_FILE') or '<defaults>'}: {err}") from None
     if initialize:
         net.initialize(ctx=ctx)
     return net
@@ -428,19 +429,25 @@ def save_model(net, path):
 
 
 def load_model(cfg, path, ctx=mx.cpu()):
-    """Build from cfg, shrink to the saved channel counts if the model was pruned, load the params."""
+    """Build from cfg, shrink to the saved channel counts if the model was pruned, load the params.
+    A missing file is a FileNotFoundError; an unreadable one, or one of another model (names, shapes,
+    channel state), a CheckpointError naming the file (lib.train.checkpoint's checked reader)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"model file not found: {path}")
     net = build_detector(cfg, ctx)
     base = path[:-len(".params")] if path.endswith(".params") else path
     channels = base + ".channels.json"
     if os.path.isfile(channels):
-        with open(channels, encoding="utf-8") as f:
-            net.apply_channel_state(json.load(f))
+        try:
+            with open(channels, encoding="utf-8-sig") as f:
+                state = json.load(f)
+            net.apply_channel_state(state)
+        except (ValueError, AttributeError) as err:   # bad JSON, or the state of another model
+            raise CheckpointError(f"{channels}: channel counts of another model or not readable ({err})") from None
     try:
-        net.load_parameters(path, ctx=ctx)
-    except (AssertionError, mx.base.MXNetError) as err:
-        raise ValueError(f"{path}: parameters do not fit the model of config {cfg.get('CONFIG_FILE')}: {err}") from None
+        load_weights(net, path, ctx=ctx)
+    except CheckpointError as err:
+        raise CheckpointError(f"{err} (config {cfg.get('CONFIG_FILE') or '<defaults>'})") from None
     return net
 
 

@@ -17,12 +17,14 @@ The frame baseline (ssdlite) also exports as the project's standard single-frame
 import argparse
 import json
 import os
+import sys
 
 import mxnet as mx
 from mxnet import gluon
 
 import lib.anchors  # noqa: F401
 from lib.bbox import decode_boxes_F
+from lib.cli import user_errors_exit_2
 from lib.export import add_onnx, export_block, graph_multiclass_nms, write_meta
 from lib.fileio import atomic_write_json
 
@@ -140,16 +142,20 @@ def load_parts(prefix, ctx=mx.cpu()):
     return out
 
 
+@user_errors_exit_2
 def main(argv=None):
     ap = argparse.ArgumentParser(description="Export each extractor, LSTM step and head separately")
     ap.add_argument("--cfg", required=True)
     ap.add_argument("--model", required=True)
     ap.add_argument("--output", required=True, help="file prefix, e.g. export/lfs")
     args = ap.parse_args(argv)
-    net = load_model(lstm_config.load(args.cfg), args.model)
+    cfg = lstm_config.load(args.cfg)
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)   # unusable: one error line, first
+    net = load_model(cfg, args.model)
     for name, (sym, params) in export_parts(net, args.output).items():
         print(f"{name}: {sym} {params}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

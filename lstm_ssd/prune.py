@@ -9,9 +9,11 @@ depthwise convs that follow those channels and the input channels of the next de
                              [--finetune-epochs N] [--output PRUNED.params]
 """
 import argparse
+import sys
 
 import numpy as np
 
+from lib.cli import UsageError, user_errors_exit_2
 from lib.fileio import atomic_write_json
 
 from . import config as lstm_config
@@ -88,6 +90,7 @@ def measure(net, repeats=10):
     return out
 
 
+@user_errors_exit_2
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cfg", required=True, help="yaml config the model was trained with")
@@ -99,6 +102,12 @@ def main(argv=None):
     ap.add_argument("--output", default=None, help="pruned .params (default: <model>-pruned<ratio>.params)")
     ap.add_argument("--repeats", type=int, default=10, help="timed steps for the latency figures")
     args = ap.parse_args(argv)
+    if not 0.0 <= args.ratio < 1.0:     # checked before the model is loaded and measured
+        raise UsageError(f"--ratio {args.ratio:g}: the fraction of filters to remove must be in [0, 1)")
+    if args.finetune_epochs < 0:
+        raise UsageError(f"--finetune-epochs {args.finetune_epochs}: must be >= 0")
+    if args.repeats < 1:
+        raise UsageError(f"--repeats {args.repeats}: must be at least 1")
     cfg = lstm_config.load(args.cfg)
     net = load_model(cfg, args.model)
     before = measure(net, args.repeats)
@@ -131,4 +140,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    result = main()       # the report, or the exit status of a user error
+    sys.exit(result if isinstance(result, int) else 0)

@@ -14,6 +14,7 @@ import cv2
 import mxnet as mx
 import numpy as np
 
+from lib.config import ConfigError
 from lib.runtime import hybridize_for_inference
 from lib.streaming import StreamRunner, as_detections
 
@@ -36,11 +37,11 @@ class StreamingDetector(StreamRunner):
         self.net, self.cfg, self.ctx = net, cfg, ctx
         self.policy = policy or cfg.INTERLEAVE.POLICY
         if self.policy not in POLICIES:
-            raise ValueError(f"INTERLEAVE.POLICY must be one of {POLICIES}, got {self.policy!r}")
+            raise ConfigError(f"INTERLEAVE.POLICY must be one of {POLICIES}, got {self.policy!r}")
         if net.type != "fast_slow" and self.policy != "large":
             self.policy = "large"          # single-extractor models have nothing to interleave
         if self.policy == "adaptive" and policy_net is None:
-            raise ValueError("INTERLEAVE.POLICY adaptive needs a trained policy network (POLICY_NET.WEIGHTS)")
+            raise ConfigError("INTERLEAVE.POLICY adaptive needs a trained policy network (POLICY_NET.WEIGHTS)")
         self.tau = cfg.INTERLEAVE.TAU if tau is None else tau
         self.policy_net = policy_net
         if hybridize:

@@ -198,12 +198,12 @@ def load_split(cfg, split):
     split = "VAL" if split == "TEST" else split
     ds = load_datasets(cfg.DATASET[split], source=cfg.get("CONFIG_FILE") or "<config>", key=f"DATASET.{split}")
     if ds is None:
-        raise ValueError(f"{cfg.CONFIG_FILE}: DATASET.{split} is empty; give a dataset spec (FORMAT: ...)")
+        raise ConfigError(f"{cfg.CONFIG_FILE}: DATASET.{split} is empty; give a dataset spec (FORMAT: ...)")
     if cfg.DATASET.CLASSES and list(ds.classes) != list(cfg.DATASET.CLASSES):
-        raise ValueError(f"{cfg.CONFIG_FILE}: DATASET.{split} has classes {list(ds.classes)}, "
+        raise ConfigError(f"{cfg.CONFIG_FILE}: DATASET.{split} has classes {list(ds.classes)}, "
                          f"DATASET.CLASSES says {list(cfg.DATASET.CLASSES)}")
     if len(ds.classes) != cfg.MODEL.NUM_CLASSES:
-        raise ValueError(f"{cfg.CONFIG_FILE}: MODEL.NUM_CLASSES is {cfg.MODEL.NUM_CLASSES} but DATASET.{split} "
+        raise ConfigError(f"{cfg.CONFIG_FILE}: MODEL.NUM_CLASSES is {cfg.MODEL.NUM_CLASSES} but DATASET.{split} "
                          f"has {len(ds.classes)} classes {list(ds.classes)}")
     return ds
 
@@ -244,6 +244,9 @@ def train_model(cfg, dataset=None, out_dir=None, ctx=None, run=None, log=print):
     contexts = config_contexts(cfg) if ctx is None else (list(ctx) if isinstance(ctx, (list, tuple)) else [ctx])
     job = join_job(cfg.TRAIN.KVSTORE, contexts)
     dataset = dataset if dataset is not None else load_split(cfg, "TRAIN")
+    # a set in which no box survived loading trains on background at loss 0: refused unless asked for
+    dataset.require_boxes(f"{cfg.get('CONFIG_FILE') or '<config>'}: DATASET.TRAIN",
+                          allow_background_only=cfg.DATASET.ALLOW_BACKGROUND_ONLY)
     if run is None and job.is_chief:
         RunFolder(out_dir).write(cfg.MODEL.TYPE, dataset.classes, cfg)
     seed_everything(cfg.TRAIN.SEED, 0)  # the initial weights are a function of the seed

@@ -5,7 +5,8 @@
     m2det-convert-model MODEL OUT_DIR [--onnx]                training checkpoint -> inference artifact
     m2det-debug [options] {csv,...} ...                       anchor coverage drawings (green / red)
 
-Global options come before the dataset sub-command, as in keras-retinanet.
+Global options come before the dataset sub-command, as in keras-retinanet. A user error (config,
+dataset, checkpoint, path) is one 'error:' line and exit status 2 (lib.cli); a bug shows its traceback.
 """
 import argparse
 import json
@@ -17,17 +18,17 @@ import cv2
 import numpy as np
 
 from lib.anchor_coverage import anchor_match
-from lib.config import ConfigError
+from lib.cli import UsageError, user_errors_exit_2
 from lib.dataset import Record
 from lib.dataset.io import DatasetError, read_image
+from lib.fileio import atomic_write_json
 from lib.tools.infer import ExportedDetector
-from lib.train.distributed import DistributedError
 from lib.viz import draw_detections, draw_ground_truth, draw_record, save_image
 
 from .config import load as load_config
 from .data import TrainSample, build_augmentation
-from .datasets import add_dataset_subparsers, load_split
-from .detector import M2Det, prior_spec
+from .datasets import add_dataset_subparsers, load_split, split_source
+from .detector import build_network, prior_spec
 from .export import export_inference_model
 from .inference import (
     Detector,
@@ -41,6 +42,9 @@ from .inference import (
 from .train import run_training
 
 logger = logging.getLogger("m2det")
+# m2det-debug without a window writes here (relative to the current folder: output/ of the project root
+# when run from there, as the README's commands are)
+DEBUG_DIR = os.path.join("output", "m2det", "debug")
 
 
 def _common_model_options(parser):
@@ -61,18 +65,12 @@ def _overrides(args, mapping):
     return out
 
 
-def _fail(message):
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(2)
-
-
+@user_errors_exit_2
 def _run(fn, argv):
+    """Run a command: user errors (lib.cli) are one 'error:' line and exit status 2."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        fn(argv)
-        return 0
-    except (ConfigError, DatasetError, DistributedError, FileNotFoundError, ValueError) as err:
-        _fail(str(err))
+    fn(argv)
+    return 0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -119,7 +117,11 @@ def train(argv=None):
     if args.no_evaluation:
         overrides.append("TRAIN.EVALUATE=false")
     cfg = load_config(args.cfg, overrides)
-    return run_training(cfg, load_split(args, "train", args.strict), load_split(args, "val", args.strict),
+    train_set = load_split(args, "train", args.strict)
+    if train_set is not None:   # the dataset named as given on the command line
+        train_set.require_boxes(f"training set ({split_source(args, 'train')})",
+                                allow_background_only=cfg.DATASET.ALLOW_BACKGROUND_ONLY)
+    return run_training(cfg, train_set, load_split(args, "val", args.strict),
                         snapshot=args.snapshot, tensorboard_dir=args.tensorboard_dir)
 
 
@@ -158,10 +160,10 @@ def evaluate(argv=None):
     args = evaluate_parser().parse_args(argv)
     dataset = load_split(args, "val", args.strict)
     if dataset is None or len(dataset) == 0:
-        raise ValueError("the evaluation set has no image")
+        raise DatasetError(f"{dataset.name if dataset is not None else 'the dataset'}: the evaluation set has no image")
     if os.path.isfile(os.path.join(args.model, "meta.json")):
         if args.test_sizes:
-            raise ValueError("--test-sizes needs a training checkpoint: a converted model has one input size")
+            raise UsageError("--test-sizes needs a training checkpoint: a converted model has one input size")
         detections, classes = _detect_exported(args.model, dataset, args.batch_size)
     else:
         overrides = list(args.overrides) + [f"TEST.SCORE_THRESH={min(args.score_threshold, 1.0)}",
@@ -173,7 +175,8 @@ def evaluate(argv=None):
             detector = Detector(net, cfg, nms=args.nms)
         detections = detect_dataset(detector, dataset, batch_size=args.batch_size, progress=True)
     if list(classes) != list(dataset.classes):
-        raise ValueError(f"the model's classes {classes} differ from the dataset's {dataset.classes}")
+        raise DatasetError(f"--model {args.model}: the model's classes {classes} differ from the dataset's "
+                           f"{dataset.classes}")
     detections = filter_detections(detections, args.score_threshold, args.max_detections)
     result = evaluate_detections(dataset, detections, iou=args.iou_threshold, coco=not args.no_coco)
     voc = result["voc"]
@@ -278,29 +281,55 @@ def debug_parser():
     _common_model_options(p)
     p.add_argument("--input-size", type=int)
     p.add_argument("--random-transform", action="store_true", help="apply the training augmentation first")
-    p.add_argument("--output-dir", help="write the drawings here (default: show in a window)")
+    p.add_argument("--output-dir", help="write the drawings here (default: show them in a window; without a "
+                                        f"display, or with --no-gui, write them to {DEBUG_DIR})")
+    p.add_argument("--no-gui", action="store_true", help="no window: write the drawings to --output-dir "
+                                                         f"(default {DEBUG_DIR}), as keras-retinanet's flag")
     p.add_argument("--limit", type=int, default=0, help="at most this many images")
     p.add_argument("--seed", type=int, default=0)
     add_dataset_subparsers(p, for_training=False)
     return p
 
 
+def has_display():
+    """False on Linux without an X11 or Wayland display (Qt would abort the process when asked for a
+    window); other systems are taken to have one."""
+    if not sys.platform.startswith("linux"):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def debug_output_dir(args):
+    """Where the drawings go: --output-dir; with --no-gui or without a display, DEBUG_DIR (said on
+    stderr); None: show them in a window."""
+    if args.output_dir:
+        return args.output_dir
+    if args.no_gui:
+        return DEBUG_DIR
+    if not has_display():
+        print(f"note: no display (neither DISPLAY nor WAYLAND_DISPLAY is set): the drawings go to {DEBUG_DIR} "
+              f"instead of a window (--output-dir sets another folder)", file=sys.stderr, flush=True)
+        return DEBUG_DIR
+    return None
+
+
 def debug(argv=None):
     args = debug_parser().parse_args(argv)
     overrides = _overrides(args, {"input_size": "INPUT.SIZE"})
     cfg = load_config(args.cfg, overrides)
+    output_dir = debug_output_dir(args)
+    if output_dir:
+        os.makedirs(output_dir, exist_ok=True)       # an unusable folder is an error before any work
     dataset = load_split(args, "val", args.strict)
     if dataset is None or len(dataset) == 0:
-        raise ValueError("the dataset has no image")
-    net = M2Det(cfg.MODEL, max(1, len(dataset.classes)), cfg.INPUT.SIZE)  # shape inference only, no weights
+        raise DatasetError(f"{dataset.name if dataset is not None else 'the dataset'}: the dataset has no image")
+    net = build_network(cfg, max(1, len(dataset.classes)))  # shape inference only, no weights
     spec = prior_spec(net)
     rng = np.random.RandomState(args.seed)
     augment = build_augmentation(cfg, rng=rng) if args.random_transform else None
     sample = TrainSample(cfg, net.priors, augment)
     threshold = float(cfg.LOSS.POS_IOU)
     covered_total, boxes_total, uncovered = 0, 0, []
-    if args.output_dir:
-        os.makedirs(args.output_dir, exist_ok=True)
     records = dataset.records[:args.limit] if args.limit else dataset.records
     cache = {}
     for record in records:
@@ -315,17 +344,17 @@ def debug(argv=None):
         uncovered += [{"image_id": record.image_id, "box": [float(v) for v in b], "best_iou": float(i)}
                       for b, i, ok in zip(shown.boxes, best, covered) if not ok]
         canvas = cv2.cvtColor(draw_record(image, shown, dataset.classes, covered, best), cv2.COLOR_RGB2BGR)
-        if args.output_dir:
-            cv2.imwrite(os.path.join(args.output_dir, record.image_id.replace("/", "_") + ".jpg"), canvas)
+        if output_dir:
+            cv2.imwrite(os.path.join(output_dir, record.image_id.replace("/", "_") + ".jpg"), canvas)
         else:
             cv2.imshow("m2det-debug (any key: next, q: quit)", canvas)
             if cv2.waitKey() & 0xFF == ord("q"):
                 break
     summary = {"images": len(records), "boxes": boxes_total, "covered": covered_total,
                "uncovered": boxes_total - covered_total, "pos_iou": threshold}
-    if args.output_dir:
-        with open(os.path.join(args.output_dir, "anchor_coverage.json"), "w", encoding="utf-8") as f:
-            json.dump(dict(summary, unmatched=uncovered), f, indent=1)
+    if output_dir:
+        atomic_write_json(os.path.join(output_dir, "anchor_coverage.json"), dict(summary, unmatched=uncovered))
+        summary["output_dir"] = output_dir
     print(json.dumps(summary))
     return summary
 

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 from mxnet import gluon
 
-from lib.dataset.io import read_image
+from lib.dataset.io import DatasetError, read_image
 from lib.matching import ssd_targets
 from lib.train.distributed import deal_batches
 from lib.transforms import build_transforms
@@ -94,7 +94,7 @@ def train_batches(dataset, cfg, priors):
     data = _RecordDataset(dataset.records, sample, cfg if cfg.TRAIN.AUGMENT else None)
     batch_size = min(int(cfg.TRAIN.BATCH_SIZE), len(data))
     if batch_size < 1:
-        raise ValueError("the training set is empty")
+        raise DatasetError("the training set is empty")
 
     def batches(epoch):
         # the trainer reseeds numpy from (SEED, epoch) before this call

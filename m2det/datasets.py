@@ -69,8 +69,11 @@ def oid_labels_under(hierarchy_path, descriptions, parent_display_name):
     by_name = {v: k for k, v in names.items()}
     if parent_display_name not in by_name:
         raise DatasetError(f"{descriptions}: parent label {parent_display_name!r} is not a class name")
-    with open(hierarchy_path, "r", encoding="utf-8-sig") as f:
-        tree = json.load(f)
+    try:
+        with open(hierarchy_path, "r", encoding="utf-8-sig") as f:
+            tree = json.load(f)
+    except json.JSONDecodeError as err:
+        raise DatasetError(f"{hierarchy_path}: not valid JSON (line {err.lineno}: {err.msg})") from None
     target = by_name[parent_display_name]
 
     def find(node):
@@ -96,6 +99,16 @@ def oid_labels_under(hierarchy_path, descriptions, parent_display_name):
     if not labels:
         raise DatasetError(f"{hierarchy_path}: label {parent_display_name!r} has no sub-classes")
     return labels
+
+
+def split_source(args, split):
+    """The dataset a split was read from, as the command line named it (for messages): e.g.
+    'csv /data/ann.csv'."""
+    kind = args.dataset_type
+    path = {"csv": lambda: args.annotations if split == "train" or not args.for_training else args.val_annotations,
+            "pascal": lambda: args.pascal_path, "coco": lambda: args.coco_path, "kitti": lambda: args.kitti_path,
+            "oid": lambda: args.main_dir}.get(kind, lambda: "")()
+    return f"{kind} {path}".strip()
 
 
 def _classes(value):

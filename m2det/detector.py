@@ -256,11 +256,20 @@ def first_context(ctx):
     return ctx[0] if isinstance(ctx, (list, tuple)) else ctx
 
 
+def build_network(cfg, num_classes):
+    """The (uninitialised) M2Det of a config; a MODEL / INPUT value it cannot be built from is a
+    ConfigError naming the config file."""
+    try:
+        return M2Det(cfg.MODEL, num_classes, cfg.INPUT.SIZE)
+    except ValueError as err:
+        raise ConfigError(f"{cfg.get('CONFIG_FILE') or '<config>'}: {err}") from None
+
+
 def build_model(cfg, num_classes, ctx=None, pretrained_weights=True, logger=None):
     """An initialised M2Det training network for ``num_classes`` foreground classes (``ctx``: one
     context or a list, for data-parallel training), the backbone from PRETRAINED (unless
     ``pretrained_weights`` is False: a checkpoint will hold them); a bad source is a ConfigError."""
-    net = M2Det(cfg.MODEL, num_classes, cfg.INPUT.SIZE)
+    net = build_network(cfg, num_classes)
     spec = cfg.get("PRETRAINED", "") if pretrained_weights else ""
     try:
         report = net.initialize_weights(ctx=ctx or mx.cpu(), pretrained_spec=spec,

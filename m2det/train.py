@@ -13,13 +13,15 @@ from mxnet import gluon
 
 from lib.config import ConfigError, project_path
 from lib.losses import MultiBoxLoss
-from lib.train.distributed import config_contexts, join_job
+from lib.dataset import DatasetError
 from lib.train import fit, seed_everything, training_config
-from lib.train.run import RunFolder
+from lib.train.checkpoint import load_weights, params_path
+from lib.train.distributed import config_contexts, join_job
+from lib.train.run import RUN_FILE, RunFolder, RunFolderError
 
 from .data import train_batches
 from .detector import build_model
-from .inference import Detector, detect_dataset, evaluate_detections, per_class_values, resolve_checkpoint
+from .inference import Detector, detect_dataset, evaluate_detections, per_class_values
 
 logger = logging.getLogger("m2det")
 
@@ -74,12 +76,28 @@ class M2DetTask:
         return losses, parts
 
 
+def snapshot_params(snapshot):
+    """The .params of ``snapshot`` (m2det-train --snapshot): an m2det run folder (its newest checkpoint),
+    a checkpoint JSON in one, or a .params file. Another family's run folder is a RunFolderError
+    naming that family; a missing file or checkpoint a CheckpointError naming it."""
+    folder = snapshot if os.path.isdir(snapshot) else os.path.dirname(os.path.abspath(snapshot))
+    if os.path.isdir(snapshot) or os.path.isfile(os.path.join(folder, RUN_FILE)):
+        try:
+            RunFolder.read(folder, family="m2det")
+        except RunFolderError as err:
+            raise RunFolderError(f"--snapshot {snapshot}: {err}") from None
+    return params_path(snapshot)
+
+
 def run_training(cfg, train_set, val_set=None, snapshot=None, tensorboard_dir=None, run=None):
     """Train on ``train_set`` (DetectionDataset) with lib.train.fit; returns fit's summary. ``run``: the
     RunFolder already written by a caller (the recipe); else OUTPUT_DIR's record is written here (by
-    rank 0 alone in a distributed job, TRAIN.KVSTORE dist_sync)."""
+    rank 0 alone in a distributed job, TRAIN.KVSTORE dist_sync). A training set without any box is
+    refused unless DATASET.ALLOW_BACKGROUND_ONLY."""
+    source = cfg.get("CONFIG_FILE") or "<config>"
     if train_set is None or len(train_set) == 0:
-        raise ValueError("the training set has no image")
+        raise DatasetError(f"{source}: DATASET.TRAIN: the training set has no image")
+    train_set.require_boxes(f"{source}: DATASET.TRAIN", allow_background_only=cfg.DATASET.ALLOW_BACKGROUND_ONLY)
     out_dir = project_path(cfg.OUTPUT_DIR)
     train_cfg = dict(cfg.TRAIN)
     train_cfg["FREEZE_PATTERNS"] = list(cfg.TRAIN.FREEZE_PATTERNS) + (
@@ -90,15 +108,15 @@ def run_training(cfg, train_set, val_set=None, snapshot=None, tensorboard_dir=No
     job = join_job(cfg.TRAIN.KVSTORE, ctx)
     classes = train_set.classes
     if val_set is not None and list(val_set.classes) != list(classes):
-        raise ValueError(f"validation classes {val_set.classes} differ from training classes {classes}")
+        raise DatasetError(f"validation classes {val_set.classes} differ from training classes {classes}")
+    snapshot = snapshot_params(snapshot) if snapshot else None   # checked before anything is written
     if run is None and job.is_chief:
         RunFolder(out_dir).write("m2det", classes, cfg)
     seed_everything(cfg.TRAIN.SEED, 0)  # the initial weights are a function of the seed (exact resume)
     net = build_model(cfg, len(classes), ctx)
     if snapshot:
-        _, params = resolve_checkpoint(snapshot)
-        net.load_parameters(params, ctx=ctx)
-        logger.info("initialised from %s", params)
+        load_weights(net, snapshot, ctx=ctx)   # a .params of another network: CheckpointError naming it
+        logger.info("initialised from %s", snapshot)
     task = M2DetTask(net, cfg, ctx)
     batches = train_batches(train_set, cfg, net.priors)
     val_fn = None

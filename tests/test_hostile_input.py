@@ -5,9 +5,11 @@ Commands are run as the user runs them (``python -m lib.tools.<name>`` in a subp
 are the same input without the defect (a BOM changes nothing), pycocotools and OpenCV / PyAV reading
 the outputs back, hand-computed metrics and files written with scipy.io.
 """
+import csv
 import json
 import multiprocessing
 import os
+import shutil
 import subprocess
 import sys
 
@@ -888,3 +890,430 @@ def test_data_folder_is_tracked():
                       "data/cache/image_checks.json"):
         ignored = subprocess.run(["git", "check-ignore", "-q", generated], cwd=PROJECT_ROOT)
         assert ignored.returncode == 0, generated            # generated data and caches stay out of git
+
+
+# ------------------------------------ 5. one convention for every command, the commands run as processes
+
+CONSOLE_SCRIPTS = ("m2det-train", "m2det-evaluate", "m2det-convert-model", "m2det-debug")
+TINY_M2DET = os.path.join(PROJECT_ROOT, "experiments", "m2det", "cfgs", "tiny.yaml")
+TINY_LSTM = os.path.join(PROJECT_ROOT, "experiments", "lstm_ssd", "cfgs", "tiny_test.yaml")
+TINY_FGFA = os.path.join(PROJECT_ROOT, "experiments", "fgfa_rfcn", "cfgs", "fgfa_rfcn_tiny.yaml")
+
+
+def _env(**extra):
+    env = dict(os.environ, PYTHONPATH=PROJECT_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), **extra)
+    for name in ("DISPLAY", "WAYLAND_DISPLAY"):     # as on a server or in CI: no window can open
+        env.pop(name, None)
+    return env
+
+
+def run_script(script, *args, timeout=240, cwd=None):
+    """``python <script> args`` (a path under the project root, or ``-m module``) as the user runs it."""
+    head = ["-m", script[3:]] if script.startswith("-m ") else [os.path.join(PROJECT_ROOT, script)]
+    return subprocess.run([sys.executable, *head, *map(str, args)], cwd=cwd or PROJECT_ROOT, env=_env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def console_script(name):
+    """The installed console script (``pip install -e .`` puts it beside the interpreter)."""
+    path = os.path.join(os.path.dirname(sys.executable), name)
+    path = path if os.path.isfile(path) else shutil.which(name)
+    assert path, f"{name} is not installed: pip install -e . (setup.py console_scripts)"
+    return path
+
+
+def run_console(name, *args, timeout=240, cwd=None):
+    return subprocess.run([console_script(name), *map(str, args)], cwd=cwd or PROJECT_ROOT, env=_env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_every_m2det_console_script_is_installed_and_runs():
+    for name in CONSOLE_SCRIPTS:
+        proc = run_console(name, "--help", timeout=120)
+        assert proc.returncode == 0 and f"usage: {name}" in proc.stdout, (name, proc.stderr)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Inputs shared by the command tests: a text file, an empty folder, a 6-frame 10 fps clip, a folder of
+    frames of mixed sizes, a CSV set whose BOM classes file lists another class, a truncated .params, a
+    run folder of another detector family (with a checkpoint) and a tiny LSTM-SSD config + random model."""
+    from lib.train.run import RunFolder
+    folder = tmp_path_factory.mktemp("files")
+    out = {"dir": str(folder), "notes": _write(folder / "notes.txt", "just text\n", False)}
+    (folder / "empty").mkdir()
+    out["empty"] = str(folder / "empty")
+    out["clip"] = str(folder / "clip.avi")
+    writer = cv2.VideoWriter(out["clip"], cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (64, 48))
+    for k in range(6):
+        writer.write(np.full((48, 64, 3), 30 * k + 10, np.uint8))
+    writer.release()
+    mixed = folder / "mixed"
+    mixed.mkdir()
+    for k, (w, h) in enumerate([(64, 48), (96, 48), (64, 48), (40, 40)]):
+        cv2.imwrite(str(mixed / f"f{k}.png"), np.full((h, w, 3), 60 * k + 20, np.uint8))
+    out["mixed"] = str(mixed)
+    out["ann"], out["classes"] = _csv_set(str(folder / "csv"), bom=True)
+    out["other_classes"] = _write(folder / "csv" / "other_classes.csv", "car,0\n", bom=True)
+    out["yaml_bad"] = _write(folder / "bad.yaml", "TRAIN: [1, 2\n", False)
+    # LSTM-SSD: the tiny test config on a synthetic set under tmp, and a randomly initialised model
+    from lstm_ssd import config as lstm_config
+    from lstm_ssd.detector import build_detector, save_model
+    spec = (f"{{FORMAT: synthetic, ROOT: {folder / 'synthetic'}, SEED: 14, NUM_VIDEOS: 1, NUM_FRAMES: 4, "
+            f"WIDTH: 128, HEIGHT: 128, NUM_CLASSES: 2, MAX_OBJECTS: 1, SPLIT: train}}")
+    out["lstm_cfg"] = _write(folder / "lstm_tiny.yaml", f"_BASE_: {TINY_LSTM}\nOUTPUT_DIR: {folder / 'lstm_run'}\n"
+                                                        f"PHASE: [test]\nDATASET:\n  TRAIN: {spec}\n  VAL: {spec}\n",
+                             False)
+    mx.random.seed(0)
+    net = build_detector(lstm_config.load(out["lstm_cfg"]))
+    net(mx.nd.zeros((1, 1, 3) + net.image_hw))
+    out["lstm_model"] = save_model(net, str(folder / "lstm_tiny.params"))
+    data = open(out["lstm_model"], "rb").read()
+    out["truncated"] = str(folder / "truncated.params")
+    with open(out["truncated"], "wb") as f:
+        f.write(data[:len(data) // 3])
+    # a run folder of another family (R-FCN) with a checkpoint of its own
+    other = folder / "rfcn_run"
+    RunFolder(str(other)).write("rfcn", ["radar"], {"NAME": "rfcn_run"})
+    from lib.train import CheckpointManager
+    block = mx.gluon.nn.Dense(3, in_units=4)
+    block.initialize()
+    CheckpointManager(str(other)).save(1, block)
+    out["rfcn_run"] = str(other)
+    return out
+
+
+def _video_of(path):
+    frames, rate = _video_frames(path)
+    return len(frames), rate, frames
+
+
+ENTRY_POINT_ERRORS = [   # (script, arguments, named in the error line); before: a traceback (19) or exit 1 (2)
+    ("experiments/lstm_ssd/train_test.py", ["--cfg", "{dir}/nope.yaml"], "config file not found: {dir}/nope.yaml"),
+    ("experiments/lstm_ssd/train_test.py", ["--cfg", "{yaml_bad}"], "{yaml_bad}: line 2, column 1 invalid yaml"),
+    ("experiments/lstm_ssd/train_test.py", ["--cfg", "{lstm_cfg}", "--set", "TRAIN.EPOCHS=abc"],
+     "'TRAIN.EPOCHS' must be int, got str 'abc'"),
+    ("experiments/lstm_ssd/train_test.py", ["--cfg", "{lstm_cfg}", "--set", "PHASE=[tset]"], "got 'tset'"),
+    ("experiments/lstm_ssd/train_test.py", ["--cfg", "{lstm_cfg}", "--model", "{dir}/nope.params"],
+     "model file not found: {dir}/nope.params"),
+    ("experiments/lstm_ssd/train_test.py", ["--cfg", "{lstm_cfg}", "--model", "{truncated}"],
+     "{truncated}: cannot read parameters"),
+    ("experiments/lstm_ssd/train_test.py", ["--cfg", "{lstm_cfg}", "--set", "OUTPUT_DIR={notes}"],
+     "{notes}: is a file, and a folder is needed here"),
+    ("experiments/m2det/train_test.py", ["--cfg", "{dir}/nope.yaml"], "{dir}/nope.yaml"),
+    ("experiments/m2det/train_test.py", ["--cfg", TINY_M2DET, "--test-only", "--set", "OUTPUT_DIR={empty}",
+                                         "--set", "DATASET.VAL={{FORMAT: csv, ANNOTATIONS: {ann}}}"],
+     "no complete checkpoint 'ckpt-*.json' in {empty}"),
+    ("-m fgfa.flow_check", ["--cfg", TINY_FGFA, "--model", "{dir}/nope.params", "--out", "{dir}/flow"],
+     "{dir}/nope.params"),
+    ("-m lstm_ssd.prune", ["--cfg", "{lstm_cfg}", "--model", "{lstm_model}", "--ratio", "1.5"], "--ratio 1.5"),
+    ("-m lstm_ssd.prune", ["--cfg", "{lstm_cfg}", "--model", "{truncated}"], "{truncated}: cannot read parameters"),
+    ("-m lstm_ssd.export", ["--cfg", "{lstm_cfg}", "--model", "{dir}/nope.params", "--output", "{dir}/e/x"],
+     "{dir}/nope.params"),
+    ("-m lstm_ssd.export", ["--cfg", "{dir}/nope.yaml", "--model", "{lstm_model}", "--output", "{dir}/e/x"],
+     "{dir}/nope.yaml"),
+    ("experiments/custom/detect_video.py", ["--model", "{dir}/nope", "--cfg", "experiments/custom/tiny_m2det.yaml",
+                                            "--input", "{clip}", "--output", "{dir}/dv"], "{dir}/nope: no meta.json"),
+    ("experiments/custom/detect_video.py", ["--model", "{dir}/nope", "--cfg", "experiments/custom/tiny_m2det.yaml",
+                                            "--input", "{clip}", "--output", "{dir}/dv", "--thresh", "2"],
+     "--thresh 2: must be in [0, 1]"),
+]
+
+
+@pytest.mark.parametrize("script, args, named", ENTRY_POINT_ERRORS,
+                         ids=[f"{case[0].split('/')[-1]}-{k}" for k, case in enumerate(ENTRY_POINT_ERRORS)])
+def test_entry_points_give_one_error_line_for_user_errors(files, script, args, named):
+    assert_user_error(run_script(script, *[a.format(**files) for a in args]), named.format(**files))
+
+
+# -------------------------------------------------------------- the demos check before they train
+
+DEMOS = ("lstm_ssd/demo.py", "fgfa/demo.py")
+
+
+@pytest.mark.parametrize("demo", DEMOS)
+@pytest.mark.parametrize("args, named", [
+    (["--input", "{dir}/nope.mp4"], "{dir}/nope.mp4: no such file or folder"),
+    (["--input", "{notes}"], "{notes}: OpenCV cannot open this video"),
+    (["--input", "{empty}"], "{empty}: no images"),
+    (["--input", "{clip}", "--output", "{notes}"], "--output {notes}: is a file, and a folder is needed here"),
+    (["--input", "{clip}", "--fps", "0"], "--fps 0"),
+    (["--input", "{clip}", "--set", "TEST.NOPE=1"], "unknown key 'TEST.NOPE'"),
+])
+def test_demos_check_what_they_are_given_before_training_the_default_model(files, demo, args, named):
+    """Run with the default model (no --cfg / --model): with model/ empty the demos used to train it for
+    minutes first. Whether or not model/ holds it, a bad input is now one error line and no training."""
+    args = [a.format(**files) for a in args]
+    if "--output" not in args:
+        args += ["--output", os.path.join(files["dir"], "demo_out")]
+    proc = run_script(demo, *args, timeout=120)
+    assert_user_error(proc, named.format(**files))
+    assert "training it" not in proc.stdout
+
+
+@pytest.mark.parametrize("demo", DEMOS)
+def test_demos_check_cfg_and_model_paths(files, demo, tmp_path):
+    assert_user_error(run_script(demo, "--input", files["clip"], "--model", f"{files['dir']}/none.params",
+                                 "--output", tmp_path), f"--model {files['dir']}/none.params: model file not found")
+    assert_user_error(run_script(demo, "--input", files["clip"], "--model", files["lstm_model"],
+                                 "--cfg", f"{files['dir']}/none.yaml", "--output", tmp_path),
+                      f"--cfg {files['dir']}/none.yaml")
+
+
+def test_lstm_ssd_demo_streams_a_video_at_its_frame_rate_and_keeps_every_frame(files, tmp_path):
+    common = ["--cfg", files["lstm_cfg"], "--model", files["lstm_model"], "--threshold", "0.0"]
+    proc = run_script("lstm_ssd/demo.py", *common, "--input", files["clip"], "--output", tmp_path / "v")
+    assert proc.returncode == 0, proc.stderr
+    count, rate, frames = _video_of(str(tmp_path / "v" / "demo.mp4"))
+    assert count == 6 and rate == 10 and frames[0].shape == (48, 64, 3)        # the clip's 6 frames at 10 fps
+    assert sorted(os.listdir(tmp_path / "v" / "frames")) == [f"{k:06d}.jpg" for k in range(6)]
+    assert "6 frames, policy large" in proc.stdout
+    # frames of mixed sizes: every one in the MP4 (scaled into the first one's size), said once
+    proc = run_script("lstm_ssd/demo.py", *common, "--input", files["mixed"], "--output", tmp_path / "m",
+                      "--fps", "12.5", "--set", "TEST.SCORE_THRESH=0.2")
+    assert proc.returncode == 0, proc.stderr
+    count, rate, frames = _video_of(str(tmp_path / "m" / "demo.mp4"))
+    assert count == 4 and rate == 12.5 and all(f.shape == (48, 64, 3) for f in frames)
+    assert proc.stderr.count("note: ") == 1 and "scaled into it" in proc.stderr
+    assert_user_error(run_script("lstm_ssd/demo.py", *common, "--input", files["clip"], "--policy", "fastest",
+                                 "--output", tmp_path / "p"), "--policy fastest: must be one of")
+    assert_user_error(run_script("lstm_ssd/demo.py", "--cfg", files["lstm_cfg"], "--input", files["clip"],
+                                 "--output", tmp_path / "c"), "--model is required together with --cfg")
+
+
+@pytest.fixture(scope="module")
+def fgfa_model(files):
+    """A randomly initialised tiny FGFA (the tests' config) with the sidecar the demo reads."""
+    from fgfa.config import get_config
+    from fgfa.train import build_model
+    mx.random.seed(0)
+    model = build_model(get_config(TINY_FGFA), 2)
+    path = os.path.join(files["dir"], "fgfa_model", "tiny.params")
+    os.makedirs(os.path.dirname(path))
+    model.save_parameters(path)
+    _write(os.path.splitext(path)[0] + ".json", json.dumps({"classes": ["disc", "square"], "config": TINY_FGFA}),
+           False)
+    return path
+
+
+def test_fgfa_demo_passes_set_overrides_and_keeps_frames_of_mixed_sizes(files, fgfa_model, tmp_path):
+    """Before: frames of another size raised ValueError in the video writer (a traceback); --set did not exist."""
+    proc = run_script("fgfa/demo.py", "--input", files["mixed"], "--model", fgfa_model, "--output", tmp_path / "o",
+                      "--thresh", "0", "--set", "TEST.K=2")
+    assert proc.returncode == 0, proc.stderr
+    assert "with FGFA K=2" in proc.stdout                        # the override reached the model's config
+    assert proc.stderr.count("note: ") == 1 and "frame f1 is 96x48, the first 64x48" in proc.stderr
+    count, rate, frames = _video_of(str(tmp_path / "o" / "demo.mp4"))
+    assert count == 4 and rate == 25 and all(f.shape == (48, 64, 3) for f in frames)
+    assert sorted(n for n in os.listdir(tmp_path / "o") if n.endswith(".jpg")) == [f"f{k}.jpg" for k in range(4)]
+    proc = run_script("fgfa/demo.py", "--input", files["clip"], "--model", fgfa_model, "--output", tmp_path / "v")
+    assert proc.returncode == 0, proc.stderr
+    assert _video_of(str(tmp_path / "v" / "demo.mp4"))[:2] == (6, 10)     # the source video's rate
+    assert_user_error(run_script("fgfa/demo.py", "--input", files["clip"], "--model", fgfa_model, "--output",
+                                 tmp_path / "t", "--thresh", "2"), "--thresh 2: must be in [0, 1]")
+    assert_user_error(run_script("fgfa/demo.py", "--input", files["clip"], "--model", fgfa_model, "--output",
+                                 tmp_path / "t", "--set", "NETWORK.NOPE=dis"), "unknown key 'NETWORK.NOPE'")
+
+
+# ------------------------------------------------------------- training refuses a set without boxes
+
+def test_m2det_train_refuses_a_csv_whose_bom_classes_file_lacks_the_class(files, tmp_path):
+    """Before: every box dropped as 'unknown class', training at loss 0.0000, exit status 0."""
+    run = tmp_path / "run"
+    proc = run_console("m2det-train", "--cfg", TINY_M2DET, "--snapshot-path", run, "csv", files["ann"],
+                       files["other_classes"])
+    assert_user_error(proc, f"training set (csv {files['ann']})", "none of its 3 images has a box",
+                      "unknown class 'radar'", "DATASET.ALLOW_BACKGROUND_ONLY")
+    assert not run.exists() or not any(n.startswith("ckpt-") for n in os.listdir(run))
+
+
+def test_the_recipe_refuses_a_set_without_boxes_unless_asked(files, tmp_path):
+    csv_spec = f"{{FORMAT: csv, ANNOTATIONS: {files['ann']}, CLASSES: {files['other_classes']}}}"
+    common = ["--cfg", "experiments/custom/tiny_m2det.yaml", "--set", f"DATASET.TRAIN={csv_spec}",
+              "--set", f"DATASET.VAL={csv_spec}", "--set", "TRAIN.ITERATIONS=1", "--no-progress"]
+    proc = run_script("experiments/custom/train.py", *common, "--set", f"OUTPUT_DIR={tmp_path / 'a'}")
+    assert_user_error(proc, "tiny_m2det.yaml: DATASET.TRAIN", "unknown class 'radar'")
+    assert not (tmp_path / "a").exists()
+    proc = run_script("experiments/custom/train.py", *common, "--set", f"OUTPUT_DIR={tmp_path / 'b'}",
+                      "--set", "DATASET.ALLOW_BACKGROUND_ONLY=true")
+    assert proc.returncode == 0, proc.stderr                     # asked for: background frames only
+    assert json.loads((tmp_path / "b" / "run.json").read_text())["classes"] == ["car"]
+    assert any(n.startswith("ckpt-") and n.endswith(".json") for n in os.listdir(tmp_path / "b"))
+
+
+# --------------------------------------------------------------------------------- m2det commands
+
+def test_m2det_train_snapshot_of_another_family_names_the_family(files, tmp_path):
+    """Before: AssertionError from MXNet's load_parameters (an R-FCN run's parameter names)."""
+    proc = run_console("m2det-train", "--cfg", TINY_M2DET, "--snapshot", files["rfcn_run"], "--snapshot-path",
+                       tmp_path / "run", "csv", files["ann"], files["classes"])
+    assert_user_error(proc, f"--snapshot {files['rfcn_run']}", "holds a rfcn run, not m2det")
+    assert not (tmp_path / "run").exists()
+    proc = run_console("m2det-train", "--cfg", TINY_M2DET, "--snapshot", files["truncated"], "--snapshot-path",
+                       tmp_path / "run2", "csv", files["ann"], files["classes"])
+    assert_user_error(proc, f"{files['truncated']}: cannot read parameters", "truncated")
+
+
+@pytest.mark.parametrize("name, args, named", [
+    ("m2det-evaluate", ["--model", "{dir}/nope", "csv", "{ann}", "{classes}"], "{dir}/nope"),
+    ("m2det-evaluate", ["--model", "{rfcn_run}", "csv", "{ann}", "{classes}"], "holds a rfcn run, not m2det"),
+    ("m2det-convert-model", ["{dir}/nope", "{dir}/converted"], "{dir}/nope"),
+    ("m2det-train", ["--cfg", "{dir}/nope.yaml", "csv", "{ann}", "{classes}"], "{dir}/nope.yaml"),
+    ("m2det-debug", ["--cfg", TINY_M2DET, "--output-dir", "{notes}", "csv", "{ann}", "{classes}"],
+     "{notes}: is a file, and a folder is needed here"),
+])
+def test_m2det_console_scripts_give_one_error_line(files, name, args, named):
+    assert_user_error(run_console(name, *[a.format(**files) for a in args]), named.format(**files))
+
+
+def test_m2det_debug_without_a_window(files, tmp_path):
+    """--no-gui (keras-retinanet's flag, before the dataset type) writes the drawings; without a display
+    and without --output-dir the drawings go to a folder too (before: Qt aborted the process)."""
+    out = tmp_path / "drawings"
+    proc = run_console("m2det-debug", "--cfg", TINY_M2DET, "--no-gui", "--output-dir", out, "csv", files["ann"],
+                       files["classes"])
+    assert proc.returncode == 0, proc.stderr
+    coverage = json.loads((out / "anchor_coverage.json").read_text())
+    assert coverage["images"] == 3 and coverage["boxes"] == 3            # the CSV's 3 boxes
+    assert sorted(n for n in os.listdir(out) if n.endswith(".jpg")) == [f"frame{k}.jpg" for k in range(3)]
+    proc = run_console("m2det-debug", "--cfg", TINY_M2DET, "csv", files["ann"], files["classes"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "no display" in proc.stderr and proc.stderr.count("note: ") == 1
+    default = tmp_path / "output" / "m2det" / "debug"       # relative to the current folder
+    assert json.loads((default / "anchor_coverage.json").read_text())["boxes"] == 3
+
+
+# ------------------------------------------------------------------ results of LSTM-SSD runs stay in the run
+
+def test_lstm_ssd_test_writes_its_results_table_into_the_run_folder(files, tmp_path):
+    tracked = {name: open(os.path.join(PROJECT_ROOT, "experiments", "lstm_ssd", name), "rb").read()
+               for name in ("results.md", "results.csv")}
+    out = tmp_path / "run"
+    proc = run_script("experiments/lstm_ssd/train_test.py", "--cfg", files["lstm_cfg"], "--model", files["lstm_model"],
+                      "--set", f"OUTPUT_DIR={out}", "--note", "hostile")
+    assert proc.returncode == 0, proc.stderr
+    with open(out / "results.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 1 and rows[0]["note"] == "hostile" and rows[0]["frames"] == "4"
+    assert "| hostile |" in (out / "results.md").read_text()
+    for name, data in tracked.items():      # the documentation tables in git are not written
+        assert open(os.path.join(PROJECT_ROOT, "experiments", "lstm_ssd", name), "rb").read() == data, name
+    shared = tmp_path / "tables" / "all.md"
+    proc = run_script("experiments/lstm_ssd/train_test.py", "--cfg", files["lstm_cfg"], "--model", files["lstm_model"],
+                      "--set", f"OUTPUT_DIR={tmp_path / 'run2'}", f"TEST.RESULTS_TABLE={shared}")
+    assert proc.returncode == 0, proc.stderr
+    assert shared.exists() and (tmp_path / "tables" / "all.csv").exists()
+    assert not (tmp_path / "run2" / "results.md").exists()
+
+
+# --------------------------------------------------------------------------- lib.tools beyond --help
+
+@pytest.mark.parametrize("args, named", [
+    (["--tolerance", "-1"], "--tolerance -1"), (["--tolerance", "nan"], "--tolerance nan"),
+    (["--check-frames", "0"], "--check-frames 0"),
+    (["--check-input", "{dir}/nope.mp4"], "{dir}/nope.mp4: no such file or folder"),
+    (["--out", "{notes}"], "--out {notes}: is a file"),
+])
+def test_export_refuses_values_that_make_no_sense_before_loading(files, args, named):
+    """Before: --tolerance -1 made every ONNX check fail (exit 4), nan passed it; --out a file: a traceback."""
+    args = [a.format(**files) for a in args]
+    out = [] if "--out" in args else ["--out", os.path.join(files["dir"], "export")]
+    proc = run_tool("export", "--model", files["rfcn_run"], "--format", "onnx", *out, *args)
+    assert_user_error(proc, named.format(**files))
+    assert not os.path.exists(os.path.join(files["dir"], "export"))
+
+
+@pytest.mark.parametrize("args, named", [
+    (["--iou", "0"], "--iou 0: must be in (0, 1]"), (["--iou", "1.5"], "--iou 1.5: must be in (0, 1]"),
+    (["--anchors", "{dir}/nope.yaml"], "{dir}/nope.yaml: No such file or directory"),
+    (["--anchors", "{yaml_bad}"], "--anchors {yaml_bad}:2: invalid yaml"),
+    (["--anchors", "{notes}"], "--anchors {notes}: expected a mapping with TYPE"),
+    (["--anchors", "{empty}"], "{empty}: not a run folder"),
+    (["--out", "{notes}"], "--out {notes}: is a file"),
+])
+def test_draw_gives_one_error_line(files, tmp_path, args, named):
+    root = make_voc(str(tmp_path / "voc"))
+    args = [a.format(**files) for a in args]
+    out = [] if "--out" in args else ["--out", str(tmp_path / "drawn")]
+    assert_user_error(run_tool("draw", "--data", root, *out, *args), named.format(**files))
+
+
+def test_draw_reads_an_anchor_file_with_a_bom_like_one_without(tmp_path):
+    root = make_voc(str(tmp_path / "voc"))
+    anchors = ("TYPE: ssd\nIMAGE_SIZE: 64\nFEATURE_SIZES: [8, 4]\nSTEPS: [8, 16]\nMIN_SIZES: [10, 30]\n"
+               "MAX_SIZES: [30, 60]\nASPECT_RATIOS: [[2], [2]]\n")
+    results = []
+    for bom in (False, True):
+        path = _write(tmp_path / f"anchors{int(bom)}.yaml", anchors, bom)
+        out = tmp_path / f"drawn{int(bom)}"
+        proc = run_tool("draw", "--data", root, "--out", out, "--anchors", path)
+        assert proc.returncode == 0, proc.stderr
+        results.append(json.loads((out / "anchor_coverage.json").read_text()))
+    assert results[0] == results[1] and results[0]["boxes"] == 3
+
+
+def test_degrade_does_not_replace_a_file_given_as_out(tmp_path):
+    """Before: the file was moved aside (notes.txt.old<pid>) and replaced by the output folder, exit 0."""
+    root = make_voc(str(tmp_path / "voc"))
+    notes = _write(tmp_path / "notes.txt", "keep me", False)
+    assert_user_error(run_tool("degrade", "--data", root, "--out", notes), f"--out {notes}: is a file")
+    assert open(notes).read() == "keep me" and sorted(os.listdir(tmp_path)) == ["notes.txt", "voc"]
+
+
+def test_detect_video_keeps_every_frame_of_mixed_sizes(artifact, files, tmp_path):
+    """Before: OpenCV's writer dropped the 2 frames of another size silently (2 of 4 in the MP4)."""
+    proc = run_script("experiments/custom/detect_video.py", "--model", artifact, "--cfg",
+                      "experiments/custom/tiny_m2det.yaml", "--input", files["mixed"], "--output", tmp_path / "o",
+                      "--tiling", "off")
+    assert proc.returncode == 0, proc.stderr
+    count, rate, _ = _video_of(str(tmp_path / "o" / "annotated.mp4"))
+    assert count == 4 and rate == 25 and proc.stderr.count("note: ") == 1
+
+
+# ------------------------------------------- 6. FGFA neighbours outside the records: reported, key frame used
+
+def test_fgfa_neighbours_reached_through_the_file_pattern_fall_back_to_the_key_frame(tmp_path):
+    from fgfa.config import get_config
+    from fgfa.data import TrainSamples
+    from lib.dataset.synthetic import generate_video_dataset
+    full = generate_video_dataset(str(tmp_path / "synth"), seed=5, num_videos=1, num_frames=6, width=64, height=48,
+                                  num_classes=2)
+    video = full.records[0].video
+    assert full.video_info[video]["length"] == 6
+    keys = full.subset([0])                                # one record; the other frames via the pattern
+    missing = [full.video_info[video]["pattern"] % k for k in range(6)]
+    missing = [path for path in missing if os.path.abspath(path) != os.path.abspath(keys[0].image)]
+    assert len(missing) == 5
+    for path in missing:
+        os.remove(path)
+    keys.report = D.DatasetReport("keys", log=False)
+    samples = TrainSamples(keys, get_config(TINY_FGFA, ["TRAIN.MIN_OFFSET=1", "TRAIN.MAX_OFFSET=2"]), num_neighbors=2)
+    for epoch in range(3):
+        frames, _, boxes, _ = samples.load(0, np.random.RandomState(epoch))
+        assert frames.shape[0] == 3
+        np.testing.assert_array_equal(frames[1], frames[0])             # the key frame stands in
+        np.testing.assert_array_equal(frames[2], frames[0])
+    reported = [issue["file"] for issue in keys.report.issues]
+    assert reported and len(reported) == len(set(reported)) and set(reported) <= set(missing)   # once per file
+    assert all(issue["message"].endswith(f"{keys[0].image} used instead") for issue in keys.report.issues)
+
+
+def test_lstm_ssd_default_model_has_a_sidecar_and_is_retrained_for_another_network(files, tmp_path, monkeypatch):
+    """The demo's first-run training through the project's command (here on the tiny config): the model, its
+    channel counts and a sidecar (classes, network) land in model/; a model of another network is stale."""
+    from lstm_ssd import demo
+    from lstm_ssd import config as lstm_config
+    from lstm_ssd.detector import load_model
+    monkeypatch.setattr(demo, "DEFAULT_RUN", str(tmp_path / "run"))
+    cfg_path = _write(tmp_path / "demo.yaml", f"_BASE_: {files['lstm_cfg']}\nPHASE: [train, test]\n", False)
+    model = str(tmp_path / "model" / "demo.params")
+    assert not demo.default_model_is_current(model, cfg_path)
+    demo.train_default_model(model, cfg_path)
+    meta = json.loads(open(demo.sidecar(model)).read())
+    assert meta["classes"] == ["disc", "square"] and meta["network"]["MODEL"]["LSTM"]["UNITS"] == 16
+    assert os.path.isfile(os.path.join(demo.default_run_dir(cfg_path), "model.params"))
+    assert demo.default_model_is_current(model, cfg_path)
+    load_model(lstm_config.load(cfg_path), model)               # it loads into the config's network
+    wider = _write(tmp_path / "wider.yaml", f"_BASE_: {cfg_path}\nMODEL:\n  LSTM: {{UNITS: 24}}\n", False)
+    assert not demo.default_model_is_current(model, wider)      # an older checkout's model: retrained
+    assert demo.default_run_dir(wider) != demo.default_run_dir(cfg_path)

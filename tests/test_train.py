@@ -434,6 +434,80 @@ def test_crash_during_save_leaves_previous_checkpoint_latest(tmp_path, monkeypat
     assert manager.read()["iteration"] == 6
 
 
+def _dead_pid():
+    """A process id that no running process has (for a stale temporary file's name)."""
+    pid = 4_000_000
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return pid
+        except OSError:
+            pass
+        pid += 1
+
+
+def _corrupt(manager, epoch, part):
+    paths = manager.paths(epoch)
+    if part == "params":                      # a copy cut short / a full disk: the first 40 % of the file
+        data = open(paths["params"], "rb").read()
+        open(paths["params"], "wb").write(data[:len(data) * 2 // 5])
+    elif part == "json":
+        open(paths["json"], "w").write('{"epoch": 2, "par')
+    else:
+        open(paths["states"], "wb").close()
+
+
+@pytest.mark.parametrize("part", ["params", "json", "states"])
+def test_resume_falls_back_from_a_corrupted_latest_checkpoint_and_removes_stale_temporaries(tmp_path, part):
+    """Epoch 2's checkpoint is unreadable: resuming says so and continues from epoch 1, and the result is
+    bit-identical to an uninterrupted run (the oracle); the temporaries of dead writers are removed."""
+    straight = TinyTask()
+    fit(straight, tiny_data, train_cfg(OPTIMIZER="adam", EPOCHS=3), str(tmp_path / "a"))
+    run = tmp_path / "b"
+    fit(TinyTask(), tiny_data, train_cfg(OPTIMIZER="adam", EPOCHS=2), str(run))
+    manager = CheckpointManager(str(run))
+    assert manager.list_epochs() == [1, 2]
+    _corrupt(manager, 2, part)
+    dead, alive = _dead_pid(), os.getppid()
+    stale = [run / f"ckpt-0003.params.tmp{dead}", run / f"history.json.tmp{dead}", run / f"loss.tmp{dead}.png"]
+    for path in stale:
+        path.write_bytes(b"half written")
+    live = run / f"ckpt-0003.json.tmp{alive}"            # a writer that still runs: kept
+    live.write_text("{")
+    resumed = TinyTask(init_seed=99)
+    summary = fit(resumed, tiny_data, train_cfg(OPTIMIZER="adam", EPOCHS=3), str(run))
+    assert summary["start_epoch"] == 1 and summary["iterations"] == 18
+    log_text = (run / "train.log").read_text()
+    assert f"cannot be read, resuming from epoch 1 ({manager.paths(1)['json']}) instead" in log_text
+    assert os.path.basename(manager.paths(2)[part]) in log_text          # the unreadable file is named
+    assert "removed 3 temporary file(s)" in log_text
+    assert not any(p.exists() for p in stale) and live.exists()
+    a, b = params_of(straight.net), params_of(resumed.net)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    assert manager.list_epochs() == [1, 2, 3] and manager.read(2)["epoch"] == 2     # epoch 2 written again
+
+
+def test_corrupted_checkpoints_without_a_readable_one_name_the_newest_file(tmp_path):
+    task = TinyTask()
+    manager = CheckpointManager(str(tmp_path))
+    manager.save(1, task.net)
+    manager.save(2, task.net)
+    _corrupt(manager, 1, "params")
+    _corrupt(manager, 2, "json")
+    with pytest.raises(CheckpointError, match=r"ckpt-0002\.json: invalid JSON at line 1.*and no earlier checkpoint "
+                                              r".* can be read: .*ckpt-0001\.params: cannot read parameters "
+                                              r"\(\d+ bytes: truncated"):
+        manager.load(task.net)
+    with pytest.raises(CheckpointError, match=r"ckpt-0002\.json: invalid JSON"):   # asked for: no fallback
+        manager.load(task.net, checkpoint=2)
+    wrong = TinyTask(hidden=6)                      # another network is not "corrupt": no fallback either
+    manager.save(3, task.net)
+    with pytest.raises(CheckpointError, match=r"ckpt-0003\.params does not match"):
+        manager.load(wrong.net)
+
+
 def test_short_cosine_run_with_iteration_warmup_is_a_valid_config():
     # 5 epochs with a 10-iteration warm-up: valid whenever an epoch has more than 2 iterations;
     # the early key check must not compare 10 warm-up iterations with a horizon of 5

@@ -16,52 +16,53 @@ import os
 import sys
 import time
 
-import cv2
-
 from experiments.custom.recipe import load_recipe_config
-from lib.config import ConfigError
+from lib.cli import check_fps, check_fraction, output_folder, user_errors_exit_2
+from lib.fileio import atomic_write_json
+from lib.frames import DEFAULT_FPS, check_source, source_fps
 from lib.tiling import detect_tiled
 from lib.tools.infer import ExportedDetector, draw, iterate_frames
+from lib.viz import VideoWriter
 
 
-def run(model_dir, cfg, source, output, thresh=0.5, tiling=None, fps=25.0):
+def run(model_dir, cfg, source, output, thresh=0.5, tiling=None, fps=None):
+    """Detect on every frame of ``source``; the MP4 at ``fps`` (default: the source video's rate, else
+    lib.frames.DEFAULT_FPS), every frame kept (frames of another size are scaled into the first's)."""
     detector = ExportedDetector(model_dir, "mxnet")
     tile_cfg = cfg.TILING.INFER
     tiling = bool(tile_cfg.ENABLED) if tiling is None else tiling
     os.makedirs(output, exist_ok=True)
+    fps = fps or source_fps(source) or DEFAULT_FPS
     video_path, json_path = os.path.join(output, "annotated.mp4"), os.path.join(output, "detections.json")
-    results, writer, frames, elapsed = [], None, 0, 0.0
-    for name, frame in iterate_frames(source):
-        start = time.perf_counter()
-        if tiling:
-            boxes, scores, labels = detect_tiled(detector, frame, tuple(int(v) for v in tile_cfg.SIZE),
-                                                 int(tile_cfg.OVERLAP), float(tile_cfg.NMS_IOU),
-                                                 include_full_frame=bool(tile_cfg.INCLUDE_FULL_FRAME),
-                                                 max_detections=int(tile_cfg.MAX_DETECTIONS))
-        else:
-            boxes, scores, labels = detector(frame)
-        elapsed += time.perf_counter() - start
-        keep = scores >= thresh
-        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-        for box, score, label in zip(boxes, scores, labels):
-            results.append({"image_id": name, "category_id": int(label), "category": detector.classes[label],
-                            "bbox": [float(box[0]), float(box[1]), float(box[2] - box[0]), float(box[3] - box[1])],
-                            "score": float(score)})
-        annotated = draw(frame.copy(), boxes, scores, labels, detector.classes)
-        if writer is None:
-            writer = cv2.VideoWriter(video_path, cv2.VideoWriter_fourcc(*"mp4v"), fps,
-                                     (annotated.shape[1], annotated.shape[0]))
-        writer.write(annotated)
-        frames += 1
-    if writer is not None:
-        writer.release()
-    with open(json_path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(results, f)
-    os.replace(json_path + ".tmp", json_path)
+    results, frames, elapsed, notes = [], 0, 0.0, []
+    with VideoWriter(video_path, fps, mismatch="resize", color="bgr", warn=notes.append) as writer:
+        for name, frame in iterate_frames(source):
+            start = time.perf_counter()
+            if tiling:
+                boxes, scores, labels = detect_tiled(detector, frame, tuple(int(v) for v in tile_cfg.SIZE),
+                                                     int(tile_cfg.OVERLAP), float(tile_cfg.NMS_IOU),
+                                                     include_full_frame=bool(tile_cfg.INCLUDE_FULL_FRAME),
+                                                     max_detections=int(tile_cfg.MAX_DETECTIONS))
+            else:
+                boxes, scores, labels = detector(frame)
+            elapsed += time.perf_counter() - start
+            keep = scores >= thresh
+            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+            for box, score, label in zip(boxes, scores, labels):
+                results.append({"image_id": name, "category_id": int(label), "category": detector.classes[label],
+                                "bbox": [float(box[0]), float(box[1]), float(box[2] - box[0]),
+                                         float(box[3] - box[1])],
+                                "score": float(score)})
+            writer.write(draw(frame.copy(), boxes, scores, labels, detector.classes))
+            while notes:   # said once, at the first frame of another size
+                print(f"note: {notes.pop()}", file=sys.stderr)
+            frames += 1
+    atomic_write_json(json_path, results, indent=None, sort_keys=False)
     return {"frames": frames, "fps": frames / elapsed if elapsed else 0.0, "detections": len(results),
-            "tiling": tiling, "video": video_path, "json": json_path}
+            "tiling": tiling, "video": video_path, "json": json_path, "video_fps": fps}
 
 
+@user_errors_exit_2
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="exported artifact folder (meta.json inside)")
@@ -71,18 +72,20 @@ def main(argv=None):
     parser.add_argument("--output", required=True)
     parser.add_argument("--thresh", type=float, default=0.5)
     parser.add_argument("--tiling", choices=("on", "off", "config"), default="config")
-    parser.add_argument("--fps", type=float, default=25.0)
+    parser.add_argument("--fps", type=float, default=None,
+                        help=f"frame rate of the MP4 (default: the input video's, else {DEFAULT_FPS:g})")
     args = parser.parse_args(argv)
-    try:
-        cfg = load_recipe_config(args.cfg, args.overrides)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    cfg = load_recipe_config(args.cfg, args.overrides)
+    check_fraction(args.thresh, "--thresh")
+    if args.fps is not None:
+        check_fps(args.fps)
+    check_source(args.input)
+    output_folder(args.output)
     tiling = None if args.tiling == "config" else args.tiling == "on"
     summary = run(args.model, cfg, args.input, args.output, args.thresh, tiling, args.fps)
     print(f"{summary['frames']} frames at {summary['fps']:.1f} fps (model only, tiling "
           f"{'on' if summary['tiling'] else 'off'}); {summary['detections']} detections >= {args.thresh}; "
-          f"wrote {summary['video']} and {summary['json']}")
+          f"wrote {summary['video']} ({summary['video_fps']:g} fps) and {summary['json']}")
     return 0
 
 

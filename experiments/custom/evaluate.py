@@ -38,6 +38,7 @@ import cv2
 import numpy as np
 
 from experiments.custom import recipe
+from lib.cli import user_errors_exit_2
 from lib.config import ConfigError
 from lib.dataset import read_image
 from lib.eval import small_objects_only, voc_ap, write_detections
@@ -217,6 +218,7 @@ def _fmt(value):
     return "n/a" if value is None else f"{value:.4f}"
 
 
+@user_errors_exit_2
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="run folder, checkpoint, or exported artifact folder")

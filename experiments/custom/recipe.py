@@ -51,7 +51,9 @@ RECIPE_DEFAULTS = {
               # several workers (docs/distributed.md): dist_sync under python -m lib.tools.launch; the LR
               # rule for the job's effective batch (none | linear | sqrt)
               "KVSTORE": "", "LR_SCALING": ""},
-    "DATASET": {"TRAIN": None, "VAL": None},   # a lib.dataset spec, or a list of them (concatenated)
+    # TRAIN / VAL: a lib.dataset spec, or a list of them (concatenated); ALLOW_BACKGROUND_ONLY: train even
+    # when no box survived loading (else refused: a classes file that does not list the class, ...)
+    "DATASET": {"TRAIN": None, "VAL": None, "ALLOW_BACKGROUND_ONLY": False},
     "TILING": {
         # training on tiles of big frames, written once as JPEGs (works for every family)
         "TRAIN": {"ENABLED": False, "SIZE": [512, 512], "TILES_PER_IMAGE": 4, "OBJECT_PROB": 0.7,
@@ -198,6 +200,7 @@ def family_config(cfg, classes=None, train_size=None, still_images=0):
                       overridden="LR_STEPS" in (to_plain(cfg.OVERRIDES) or {}).get("TRAIN", {}))
     plain["OUTPUT_DIR"] = project_path(cfg.OUTPUT_DIR)
     plain["CONTEXT"] = cfg.CONTEXT
+    plain["DATASET"]["ALLOW_BACKGROUND_ONLY"] = bool(cfg.DATASET.ALLOW_BACKGROUND_ONLY)
     if cfg.CONTEXTS:
         plain["CONTEXTS"] = list(cfg.CONTEXTS)
     out = EasyDict(plain)
@@ -240,6 +243,9 @@ def train(cfg, train_set=None, val_set=None, progress=None):
     train_set = train_set if train_set is not None else load_data(cfg, "TRAIN")
     if train_set is None or len(train_set) == 0:
         raise ConfigError(f"{cfg.CONFIG_FILE or '<config>'}: DATASET.TRAIN gives no training image")
+    # no box survived loading (e.g. a classes file that does not list the class): refused unless asked for
+    train_set.require_boxes(f"{cfg.CONFIG_FILE or '<config>'}: DATASET.TRAIN",
+                            allow_background_only=cfg.DATASET.ALLOW_BACKGROUND_ONLY)
     classes = list(train_set.classes)
     if not cfg.TRAIN.BACKGROUND_IMAGES:
         train_set = DetectionDataset([r for r in train_set.records if r.num_boxes], classes,

@@ -15,11 +15,10 @@ import logging
 import sys
 
 from experiments.custom import recipe
-from lib.config import ConfigError
-from lib.train import CheckpointError
-from lib.train.distributed import DistributedError
+from lib.cli import user_errors_exit_2
 
 
+@user_errors_exit_2
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cfg", required=True, help="recipe yaml (experiments/custom/*.yaml)")
@@ -28,12 +27,8 @@ def main(argv=None):
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = recipe.load_recipe_config(args.cfg, args.overrides)
-        result = recipe.train(cfg, progress=False if args.no_progress else None)
-    except (ConfigError, CheckpointError, DistributedError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    cfg = recipe.load_recipe_config(args.cfg, args.overrides)
+    result = recipe.train(cfg, progress=False if args.no_progress else None)
     summary = result["summary"]
     if summary.get("rank", 0) != 0:      # another worker of a distributed job: rank 0 reports
         return 0

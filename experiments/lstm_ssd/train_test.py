@@ -8,10 +8,11 @@ the adaptive interleaving policy (Double DQN) of a trained fast_slow model. Trai
 OUTPUT_DIR/model.params (+ .channels.json) and the lib.train logs/checkpoints (resumable); testing
 streams the TEST set with INTERLEAVE.POLICY, writes OUTPUT_DIR/test_results.json, annotated images to
 OUTPUT_DIR/test_images when TEST.PRINT_IMAGES (or --print-images), and appends a row (config, mAP,
-fps, params, MACs) to TEST.RESULTS_TABLE. For POLICY adaptive, training also trains the Double-DQN
-policy (OUTPUT_DIR/policy.params). Under ``python -m lib.tools.launch`` with ``--set TRAIN.KVSTORE=dist_sync``
-every worker trains; rank 0 alone writes OUTPUT_DIR, trains the policy and tests. A mistake in the config
-or the data: one line ``error: ...`` and exit code 2.
+fps, params, MACs) to the run's results table, OUTPUT_DIR/results.{csv,md} (TEST.RESULTS_TABLE names
+another .md, e.g. one table shared by several runs). For POLICY adaptive, training also trains the
+Double-DQN policy (OUTPUT_DIR/policy.params). Under ``python -m lib.tools.launch`` with ``--set
+TRAIN.KVSTORE=dist_sync`` every worker trains; rank 0 alone writes OUTPUT_DIR, trains the policy and tests.
+A mistake in the config, the data or the model: one line ``error: ...`` and exit code 2 (lib.cli).
 """
 import argparse
 import datetime
@@ -19,10 +20,9 @@ import json
 import os
 import sys
 
-from lib.config import PROJECT_ROOT, ConfigError, dump_config
-from lib.dataset import DatasetError
-from lib.train import CheckpointError
-from lib.train.distributed import DistributedError, config_contexts, join_job
+from lib.cli import user_errors_exit_2
+from lib.config import PROJECT_ROOT, ConfigError, dump_config, project_path
+from lib.train.distributed import config_contexts, join_job
 from lstm_ssd import config as lstm_config
 from lstm_ssd.detector import load_model
 from lstm_ssd.flops import model_summary
@@ -42,24 +42,28 @@ def parse_args(argv=None):
     return ap.parse_args(argv)
 
 
+def results_table(cfg, out_dir):
+    """The results table of a run: TEST.RESULTS_TABLE (relative to the project root), or by default
+    OUTPUT_DIR/results.md (+ .csv): a run never writes into the tracked experiments/ folder."""
+    return project_path(cfg.TEST.RESULTS_TABLE) if cfg.TEST.RESULTS_TABLE else os.path.join(out_dir, "results.md")
+
+
+@user_errors_exit_2
 def main(argv=None):
     args = parse_args(argv)
     try:
-        try:
-            cfg = lstm_config.load(args.cfg, args.set)
-        except ValueError as err:     # lstm_ssd.config's checks of the values (ConfigError is one too)
-            raise ConfigError(str(err)) from None
-        return train_test(args, cfg)
-    except (ConfigError, DatasetError, CheckpointError, DistributedError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        cfg = lstm_config.load(args.cfg, args.set)
+    except ValueError as err:     # lstm_ssd.config's checks of the values (ConfigError is one too)
+        raise ConfigError(str(err)) from None
+    return train_test(args, cfg)
 
 
 def train_test(args, cfg):
     for phase in cfg.PHASE:
         if phase not in ("train", "policy", "test"):
-            raise ConfigError(f"{args.cfg}: PHASE entries must be train, policy or test, got {phase!r}")
-    out_dir = cfg.OUTPUT_DIR if os.path.isabs(cfg.OUTPUT_DIR) else os.path.join(PROJECT_ROOT, cfg.OUTPUT_DIR)
+            raise ConfigError(f"{cfg.CONFIG_FILE or args.cfg}: PHASE entries must be train, policy or test, "
+                              f"got {phase!r}")
+    out_dir = project_path(cfg.OUTPUT_DIR)
     if "train" in cfg.PHASE and not join_job(cfg.TRAIN.KVSTORE, config_contexts(cfg)).is_chief:
         train_model(cfg, out_dir=out_dir)      # another worker of a distributed job: rank 0 does the rest
         return 0
@@ -105,12 +109,12 @@ def train_test(args, cfg):
                "subsets": " ".join(f"{name}={sub['mAP']:.4f}/{sub['frames']}fr"
                                    for name, sub in result["subsets"].items()),
                "note": args.note, **train_info}
-        table = cfg.TEST.RESULTS_TABLE if os.path.isabs(cfg.TEST.RESULTS_TABLE) else \
-            os.path.join(PROJECT_ROOT, cfg.TEST.RESULTS_TABLE)
+        table = results_table(cfg, out_dir)
         append_result(row, table)
         with open(os.path.join(out_dir, "test_results.json"), "w", encoding="utf-8") as f:
             json.dump({**row, "per_class": result["per_class"]}, f, indent=1, default=str)
         print(json.dumps(row, indent=1))
+        print(f"results table: {table}")
         if print_dir:
             print(f"annotated test images in {print_dir}")
     return 0

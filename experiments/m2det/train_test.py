@@ -6,7 +6,7 @@
 Relative dataset paths are resolved against the project root. Writes OUTPUT_DIR/results.json with
 VOC mAP@0.5 (per class), COCO AP and the training wall time. Under ``python -m lib.tools.launch`` with
 ``--set TRAIN.KVSTORE=dist_sync`` every worker trains and rank 0 alone writes and evaluates.
-A mistake in the config or the data: one line ``error: ...`` and exit code 2.
+A mistake in the config, the data or a checkpoint: one line ``error: ...`` and exit code 2 (lib.cli).
 """
 import argparse
 import json
@@ -15,14 +15,16 @@ import os
 import sys
 import time
 
-from lib.config import ConfigError, project_path
-from lib.dataset.io import DatasetError
+from lib.cli import user_errors_exit_2
+from lib.config import project_path
+from lib.fileio import atomic_write_json
 from lib.dataset.specs import load_datasets
-from lib.train import CheckpointError
 from m2det.config import load as load_config
 from m2det.inference import Detector, detect_dataset, evaluate_detections, load_trained_model
 from m2det.train import run_training
 
+
+@user_errors_exit_2
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cfg", required=True)
@@ -30,11 +32,7 @@ def main(argv=None):
     parser.add_argument("--test-only", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        return train_test(args)
-    except (ConfigError, DatasetError, CheckpointError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return train_test(args)
 
 
 def train_test(args):
@@ -64,11 +62,10 @@ def train_test(args):
                "mAP@0.5": result["voc"]["mAP"],
                "AP@0.5 per class": {k: v["ap"] for k, v in result["voc"]["per_class"].items()},
                "coco": {k: v for k, v in result["coco"].items() if isinstance(v, (int, float))}}
-    with open(os.path.join(out_dir, "results.json"), "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=1)
+    atomic_write_json(os.path.join(out_dir, "results.json"), summary, sort_keys=False)
     print(json.dumps(summary, indent=1))
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

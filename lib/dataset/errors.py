@@ -7,10 +7,12 @@ With ``strict=True`` the same call raises ``DatasetError`` instead.
 import logging
 from collections import Counter
 
+from lib.errors import UserError
+
 logger = logging.getLogger("lib.dataset")
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """Bad dataset input (raised directly, or by a strict DatasetReport)."""
 
 

@@ -148,7 +148,8 @@ class DetectionDataset:
             reasons = list(dict.fromkeys(_reason(issue["message"]) for issue in report.issues
                                          if "dropped" in issue["message"] or "skipped" in issue["message"]))
             detail += f" ({dropped} box(es) dropped while loading: {'; '.join(reasons[:3])})"
-        raise DatasetError(f"{what}: dataset {self.name!r}: {detail}; nothing to learn from")
+        raise DatasetError(f"{what}: dataset {self.name!r}: {detail}; nothing to learn from (a set of background "
+                           f"frames only must be asked for: DATASET.ALLOW_BACKGROUND_ONLY true)")
 
     def class_counts(self):
         counts = np.zeros(len(self.classes), np.int64)

@@ -11,33 +11,12 @@
 
 A user error is one 'error:' line naming the option, file or key, and exit status 2.
 """
-import errno
-import functools
-import os
-import sys
+from lib.cli import describe_os_error, user_errors_exit_2
 
+# The tools' name of the shared decorator (lib.cli): OSErrors (an unwritable or missing output folder, a
+# file where a folder is needed, a full disk), the project's user-error types and SystemExit("error: ...")
+# become one 'error:' line naming the path / key / value, exit status 2; any other exception is a bug
+# and shows its traceback.
+os_errors_are_user_errors = user_errors_exit_2
 
-def os_errors_are_user_errors(main):
-    """Decorate a tool's ``main``: an OSError that reaches it (an unwritable or missing output folder,
-    a file where a folder is needed, a full disk) is one 'error:' line naming the path, exit status 2,
-    not a traceback. Bugs (any other exception) still show their traceback."""
-    @functools.wraps(main)
-    def wrapper(argv=None):
-        try:
-            return main(argv)
-        except OSError as exc:
-            print(f"error: {describe_os_error(exc)}", file=sys.stderr)
-            return 2
-    return wrapper
-
-
-def describe_os_error(exc):
-    """'<path>: what is wrong' for an OSError, in words for the cases users meet."""
-    where = exc.filename if exc.filename is not None else "output"
-    if exc.errno == errno.EEXIST and os.path.isfile(str(where)):
-        return f"{where}: is a file, and a folder is needed here"
-    if exc.errno == errno.ENOTDIR:
-        return f"{where}: a part of this path is a file, not a folder"
-    if exc.errno == errno.ENOSPC:
-        return f"{where}: the disk is full"
-    return f"{where}: {exc.strerror or exc}"
+__all__ = ["describe_os_error", "os_errors_are_user_errors"]

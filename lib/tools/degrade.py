@@ -55,6 +55,7 @@ from lib.dataset.degrade import KINDS, RANGES, apply_degradation, draw_degradati
 from lib.dataset.io import decode_image_bytes
 from lib.dataset.recordio import read_record_image
 from lib.eval.subsets import frame_key, write_frame_list
+from lib.tools import os_errors_are_user_errors
 
 WRITABLE = ("voc", "coco", "csv", "kitti", "recordio", "tfrecord")
 IMAGES_DIR = {"voc": "JPEGImages", "coco": "images", "csv": "images", "kitti": "image_2"}
@@ -202,6 +203,8 @@ def degrade_dataset(spec, out, fraction, seed, progress=True):
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"--fraction must be in [0, 1], got {fraction}")
     out = os.path.abspath(out)
+    if os.path.exists(out) and not os.path.isdir(out):     # it would be replaced by the output folder
+        raise DatasetError(f"--out {out}: is a file, and a folder is needed here")
     if os.path.isdir(out) and os.listdir(out) and not os.path.isfile(os.path.join(out, RECORD_FILE)):
         raise DatasetError(f"{out}: exists and is not an output of lib.tools.degrade (no {RECORD_FILE}); "
                            f"choose another --out")
@@ -321,6 +324,7 @@ def _swap_into_place(tmp, out):
     shutil.rmtree(old, ignore_errors=True)
 
 
+@os_errors_are_user_errors
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m lib.tools.degrade", description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -41,9 +41,12 @@ import yaml
 from tqdm import tqdm
 
 from lib.anchor_coverage import anchor_match
-from lib.dataset import DatasetError, ImageReadError, read_image
+from lib.cli import check_fraction, output_folder
+from lib.config import ConfigError
+from lib.dataset import ImageReadError, read_image
 from lib.dataset.cli import add_dataset_args, dataset_from_args
 from lib.family import read_run
+from lib.tools import os_errors_are_user_errors
 from lib.viz import draw_record
 
 
@@ -53,6 +56,23 @@ def run_anchor_spec(run_dir):
     return family.anchor_spec(cfg, len(run.classes))
 
 
+def read_anchor_yaml(path):
+    """An anchor configuration file (keys upper-cased); a BOM is fine (Excel / Notepad), invalid yaml or
+    a file that is not a mapping is a ConfigError naming the file (and line)."""
+    try:
+        with open(path, "r", encoding="utf-8-sig") as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise ConfigError(f"--anchors {path}{where}: invalid yaml: {getattr(err, 'problem', None) or err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--anchors {path}: expected a mapping with TYPE (rpn, retinanet, ssd, multiscale), "
+                          f"got {type(data).__name__}")
+    return {str(k).upper(): v for k, v in data.items()}
+
+
+@os_errors_are_user_errors
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m lib.tools.draw", description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -64,28 +84,22 @@ def main(argv=None):
     ap.add_argument("--iou", type=float, default=0.5, help="IoU an anchor needs to match a box (default 0.5)")
     ap.add_argument("--only-unmatched", action="store_true", help="with --anchors, write only images with a red box")
     args = ap.parse_args(argv)
+    check_fraction(args.iou, "--iou", low_open=True)
+    if args.limit is not None and args.limit < 1:
+        ap.error(f"--limit {args.limit}: must be at least 1")
     cfg = None
     if args.anchors and os.path.isdir(args.anchors):
         cfg = run_anchor_spec(args.anchors)
     elif args.anchors:
-        with open(args.anchors, "r", encoding="utf-8") as f:
-            cfg = {str(k).upper(): v for k, v in (yaml.safe_load(f) or {}).items()}
-    try:
-        ds = dataset_from_args(args)
-    except DatasetError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    os.makedirs(args.out, exist_ok=True)
+        cfg = read_anchor_yaml(args.anchors)
+    output_folder(args.out, "--out")
+    ds = dataset_from_args(args)
     records = ds.records[:args.limit] if args.limit else ds.records
     cache, coverage, written, total, matched_total = {}, [], 0, 0, 0
     for rec in tqdm(records, desc="draw", unit="img"):
         matched = best = None
         if cfg is not None:
-            try:
-                best, matched = anchor_match(cfg, rec.boxes, rec.width, rec.height, args.iou, args.anchors, cache)
-            except DatasetError as exc:
-                print(f"error: {exc}", file=sys.stderr)
-                return 2
+            best, matched = anchor_match(cfg, rec.boxes, rec.width, rec.height, args.iou, args.anchors, cache)
             total += len(matched)
             matched_total += int(matched.sum())
             for k in np.nonzero(~matched)[0]:

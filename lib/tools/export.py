@@ -15,16 +15,19 @@ use instead (exit code 3); rfcn exports for MXNet only (its proposal / PS-RoI op
 form), with this project's compiled operators or, with --builtin-ops, MXNet's own.
 """
 import argparse
-import json
+import math
 import os
 import sys
 
 import numpy as np
 
+from lib.cli import UsageError
 from lib.config import ConfigError, read_yaml
 from lib.export import ExportNotSupported
 from lib.family import load_model
-from lib.tools.infer import FIXED_RESIZE, ExportedDetector, iterate_frames
+from lib.frames import check_source
+from lib.tools import os_errors_are_user_errors
+from lib.tools.infer import FIXED_RESIZE, ExportedDetector, iterate_frames, read_meta
 from lib.train import CheckpointError
 
 
@@ -81,6 +84,22 @@ def export_run(model, out, fmt="mxnet", cfg_path=None, builtin_ops=False):
     return loaded.export(out, onnx=(fmt == "onnx"), builtin_ops=builtin_ops)
 
 
+def check_options(args):
+    """The values that make no sense, refused before the model is loaded (UsageError naming the flag);
+    the --check-input source is opened now too (lib.frames.FrameSourceError)."""
+    if not math.isfinite(args.tolerance) or args.tolerance < 0:
+        raise UsageError(f"--tolerance {args.tolerance:g}: the largest allowed difference must be a number >= 0")
+    if args.check_frames < 1:
+        raise UsageError(f"--check-frames {args.check_frames}: the ONNX check needs at least 1 frame")
+    if args.check_input:
+        if args.format != "onnx":
+            raise UsageError(f"--check-input {args.check_input}: applies to --format onnx only (the ONNX check)")
+        check_source(args.check_input)
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise UsageError(f"--out {args.out}: is a file, and a folder is needed here")
+
+
+@os_errors_are_user_errors
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m lib.tools.export", description=__doc__.split("\n")[0])
     parser.add_argument("--model", required=True, help="run folder of experiments/custom/train.py or a checkpoint in it")
@@ -94,12 +113,13 @@ def main(argv=None):
                         help="rfcn: MXNet's own MultiProposal/PSROIPooling, so the artifact runs without "
                              "lib/libdetops.so (portable, slower on CPU)")
     args = parser.parse_args(argv)
+    check_options(args)
     try:
         paths = export_run(args.model, args.out, args.format, args.cfg, args.builtin_ops)
     except ExportNotSupported as err:
         print(f"error: {err}", file=sys.stderr)
         return 3
-    except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as err:
+    except (ConfigError, CheckpointError, ValueError) as err:   # OSErrors: the decorator names the path
         print(f"error: {err}", file=sys.stderr)
         return 2
     except Exception as err:  # noqa: BLE001 - the ONNX exporter fails on operators it cannot map
@@ -110,8 +130,7 @@ def main(argv=None):
         return 3
     print("wrote " + ", ".join(sorted(paths.values())))
     if args.format == "onnx":
-        with open(os.path.join(args.out, "meta.json"), "r", encoding="utf-8") as f:
-            meta = json.load(f)
+        meta = read_meta(os.path.join(args.out, "meta.json"))   # checked; a BOM is fine
         try:
             worst = compare_runtimes(args.out, _check_images(args.check_input, args.check_frames, meta),
                                      args.tolerance)

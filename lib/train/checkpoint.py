@@ -5,7 +5,11 @@ A checkpoint of epoch E is three files in ``out_dir``:
   <prefix>-EEEE.states  optimizer state as npz (momentum/moments per parameter name + update counters)
   <prefix>-EEEE.json    epoch, iteration, lr, RNG states, user extras -- written LAST
 Every file is written to a temporary name and moved into place with ``os.replace``; the JSON goes last,
-so a checkpoint interrupted half-way is never found by ``latest()``.
+so a checkpoint interrupted half-way is never found by ``latest()``. What a crash cannot explain (a
+truncated .params, a JSON that is not JSON, an unreadable .states: a disk that filled up, a copy cut
+short) is a ``CorruptCheckpointError``: resuming from the latest checkpoint then falls back to the
+newest one that loads, and says so (``CheckpointManager.load``). ``remove_stale_temporaries`` deletes
+the temporary files an interrupted writer left behind.
 
 The optimizer state is stored in npz + JSON instead of ``Trainer.save_states`` because MXNet pickles
 those (the project uses no pickle). MXNet's random generator cannot be read back: the training loop
@@ -13,6 +17,7 @@ reseeds mx/np/random from (seed, epoch) at the start of every epoch, which is wh
 """
 import glob
 import json
+import logging
 import os
 import random
 import re
@@ -21,15 +26,21 @@ import zipfile
 import mxnet as mx
 import numpy as np
 
-from lib.fileio import atomic_open, atomic_save, atomic_write_json
+from lib.errors import UserError
+from lib.fileio import atomic_open, atomic_save, atomic_write_json, stale_temporaries, temporary_pid
 
 FORMAT_VERSION = 1
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint is missing, incomplete or does not match the network / trainer."""
 
 
+class CorruptCheckpointError(CheckpointError):
+    """A checkpoint file exists but cannot be read (truncated, not JSON / npz / .params)."""
+
+
+log = logging.getLogger("lib.train.checkpoint")
 
 
 def structured_param_names(net):
@@ -117,10 +128,13 @@ def load_trainer_states(trainer, path, names_by_id):
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as err:
-        raise CheckpointError(f"{path}: not a readable optimizer state file (npz): {err}") from None
+        raise CorruptCheckpointError(f"{path}: not a readable optimizer state file (npz): {err}") from None
     if "__meta__" not in arrays:
-        raise CheckpointError(f"{path}: not an optimizer state file (no __meta__ entry)")
-    meta = json.loads(str(arrays.pop("__meta__")))
+        raise CorruptCheckpointError(f"{path}: not an optimizer state file (no __meta__ entry)")
+    try:
+        meta = json.loads(str(arrays.pop("__meta__")))
+    except ValueError as err:
+        raise CorruptCheckpointError(f"{path}: its __meta__ entry is not JSON ({err})") from None
     optimizer = trainer._optimizer
     saved_opt, this_opt = meta["optimizer"], type(optimizer).__name__.lower()
     if saved_opt is None:  # a weights-only checkpoint: the optimizer starts fresh
@@ -159,18 +173,31 @@ def load_trainer_states(trainer, path, names_by_id):
 # Parameters
 
 def read_params_file(path, error=None):
-    """{name: NDArray} of an MXNet ``.params`` file; ``error`` (default CheckpointError) names the file
-    when it is missing, unreadable or an unnamed array list."""
-    error = error or CheckpointError
+    """{name: NDArray} of an MXNet ``.params`` file; ``error`` (default CheckpointError; an unreadable
+    file: CorruptCheckpointError) names the file when it is missing, unreadable or an unnamed array list."""
     if not path or not os.path.isfile(path):
-        raise error(f"parameter file not found: {path}")
+        raise (error or CheckpointError)(f"parameter file not found: {path}")
     try:
         loaded = mx.nd.load(path)
     except mx.base.MXNetError as err:
-        raise error(f"{path}: cannot read parameters ({str(err).splitlines()[0]})") from None
+        size = os.path.getsize(path)
+        what = "an empty file" if size == 0 else f"{size} bytes: truncated, or not an MXNet .params file"
+        raise (error or CorruptCheckpointError)(f"{path}: cannot read parameters ({what}; MXNet says: "
+                                                f"{_first_line(err)})") from None
+    error = error or CheckpointError
     if not isinstance(loaded, dict):
         raise error(f"{path}: holds an unnamed array list, not network parameters")
     return loaded
+
+
+def _first_line(err):
+    """MXNet's own message without the C++ stack trace around it ('Check failed: ...')."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    for line in lines:
+        if line.startswith("MXNetError:"):
+            return line[len("MXNetError:"):].strip()
+    lines = [line for line in lines if not line.startswith(("Traceback", "File ", "Stack trace", "["))]
+    return lines[0] if lines else type(err).__name__
 
 
 def check_params_file(net, path):
@@ -289,11 +316,14 @@ class CheckpointManager:
         try:
             with open(path, "r", encoding="utf-8") as f:
                 record = json.load(f)
-        except json.JSONDecodeError as err:
-            raise CheckpointError(f"{path}: invalid JSON at line {err.lineno}: {err.msg}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            where = f"at line {err.lineno}: {err.msg}" if isinstance(err, json.JSONDecodeError) else f"({err})"
+            raise CorruptCheckpointError(f"{path}: invalid JSON {where}") from None
+        if not isinstance(record, dict):
+            raise CorruptCheckpointError(f"{path}: not a checkpoint record (a JSON {type(record).__name__})")
         for key in ("epoch", "params", "states"):
             if key not in record:
-                raise CheckpointError(f"{path}: key '{key}' is missing")
+                raise CorruptCheckpointError(f"{path}: key '{key}' is missing")
         record["path"] = path
         return record
 
@@ -316,12 +346,58 @@ class CheckpointManager:
             raise CheckpointError(f"checkpoint file not found: {path}")
         return path
 
-    def load(self, net, trainer=None, checkpoint=None, ctx=None, restore_rng=True):
+    def load(self, net, trainer=None, checkpoint=None, ctx=None, restore_rng=True, warn=None):
         """Load parameters (and optimizer state, RNG state) of ``checkpoint`` (None = latest).
 
-        Returns the JSON record (epoch, iteration, lr, extra, path). Raises CheckpointError naming the
-        file when it is missing or does not match the network's parameter names/shapes.
+        Returns the JSON record (epoch, iteration, lr, extra, path; ``skipped``: the newer checkpoints
+        that could not be read). Raises CheckpointError naming the file when it is missing or does not
+        match the network's parameter names/shapes. With ``checkpoint=None`` a latest checkpoint that
+        cannot be read (CorruptCheckpointError: truncated .params, bad JSON, unreadable .states) falls
+        back to the newest one that loads, and ``warn`` (default: this module's logger) says so; when
+        none loads, the newest one's error is raised.
         """
+        if checkpoint is not None:
+            return self._load_one(net, trainer, checkpoint, ctx, restore_rng)
+        warn = warn or log.warning
+        epochs = self.list_epochs()
+        if not epochs:
+            self._resolve(None)                 # raises "no complete checkpoint"
+        failures = []
+        for epoch in reversed(epochs):
+            try:
+                record = self._load_one(net, trainer, epoch, ctx, restore_rng)
+            except CorruptCheckpointError as err:
+                failures.append(err)
+                continue
+            if failures:
+                warn(f"the latest checkpoint{'s' if len(failures) > 1 else ''} cannot be read, resuming from epoch "
+                     f"{record['epoch']} ({record['path']}) instead: " + "; ".join(str(e) for e in failures))
+            record["skipped"] = [str(e) for e in failures]
+            return record
+        others = "; ".join(str(e) for e in failures[1:])
+        raise CorruptCheckpointError(f"{failures[0]} (and no earlier checkpoint in {self.out_dir} can be read"
+                                     + (f": {others})" if others else ")"))
+
+    def remove_stale_temporaries(self, warn=None):
+        """Delete the temporary files (``*.tmp<pid>*``, lib.fileio) that interrupted writers left in
+        ``out_dir``; a file of a process that is still running is kept. Returns the removed paths."""
+        removed = []
+        for path in stale_temporaries(self.out_dir):
+            pid = temporary_pid(path)
+            if pid is not None and pid != os.getpid() and _process_alive(pid):
+                continue
+            try:
+                os.remove(path)
+            except OSError:
+                continue
+            removed.append(path)
+        if removed:
+            names = ", ".join(os.path.basename(p) for p in removed[:5]) + (" ..." if len(removed) > 5 else "")
+            (warn or log.warning)(f"removed {len(removed)} temporary file(s) an interrupted run left in "
+                                  f"{self.out_dir}: {names}")
+        return removed
+
+    def _load_one(self, net, trainer, checkpoint, ctx, restore_rng):
         record = self.read(checkpoint)
         folder = os.path.dirname(record["path"])
         params_path = os.path.join(folder, record["params"])
@@ -335,6 +411,18 @@ class CheckpointManager:
         if restore_rng and "rng" in record:
             set_rng_state(record["rng"])
         return record
+
+
+def _process_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:        # someone else's process: alive
+        return True
+    except OSError:
+        return False
+    return True
 
 
 def params_path(path):

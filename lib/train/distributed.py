@@ -42,6 +42,7 @@ import numpy as np
 from mxnet import gluon
 
 from ..config import ConfigError
+from ..errors import UserError
 
 # Keys this module gives the kvstore. gluon.Trainer numbers its parameters 0..P-1 on the same
 # kvstore, so ours start above any parameter count. They must stay below 2**31 / 9973: ps-lite's
@@ -54,7 +55,7 @@ WATCHDOG_EXIT_CODE = 124
 LR_SCALING_RULES = ("none", "linear", "sqrt")
 
 
-class DistributedError(RuntimeError):
+class DistributedError(UserError, RuntimeError):
     """The workers of a job disagree (e.g. resumed from different checkpoints)."""
 
 

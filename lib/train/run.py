@@ -17,6 +17,7 @@ import os
 import warnings
 
 from lib.config import dump_config, read_yaml
+from lib.errors import UserError
 from lib.fileio import atomic_write_json
 
 RUN_FILE = "run.json"
@@ -34,7 +35,7 @@ LEGACY = (
 log = logging.getLogger("lib.train.run")
 
 
-class RunFolderError(FileNotFoundError):
+class RunFolderError(UserError, FileNotFoundError):
     """The folder is not a run folder (or its files contradict each other); the message says which file."""
 
 

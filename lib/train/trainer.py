@@ -284,13 +284,17 @@ class Trainer:
 
     # ---- the loop -------------------------------------------------------------------------------
     def _resume(self):
+        if self.resume and self.dist.is_chief:
+            # what an interrupted run's writers left (*.tmp<pid>): never read, only in the way
+            self.manager.remove_stale_temporaries(warn=self.logger.warning)
         latest = self.manager.latest()
         if not self.resume and latest and self.dist.is_chief:
             # starting over would interleave new and old checkpoints (and prune the new ones)
             raise TrainingError(f"{self.out_dir} already holds checkpoints (latest {latest}) and resume is off: "
                                 f"delete them or train into another folder")
         if self.resume and latest:
-            record = self.manager.load(self.net, self.trainer, ctx=self.contexts)
+            # a latest checkpoint that cannot be read falls back to the newest one that can (logged)
+            record = self.manager.load(self.net, self.trainer, ctx=self.contexts, warn=self.logger.warning)
             self.start_epoch = record["epoch"]
             self.iteration = record["iteration"] or 0
             self.history = record.get("extra", {}).get("history", self.history)
