@@ -138,7 +138,7 @@ def time_parts(cfg, model, frame, repeats):
         # DIS on the resized RGB frame, 2K flows per output frame, resampled to the feature grid
         dis = DISFlow(cfg.TEST.DIS_PRESET, cfg.TEST.DIS_SCALE)
         rgb = np.ascontiguousarray(frame[:int(im_info[0]), :int(im_info[1])])
-        shape = tuple(feat.shape[-2:])
+        shape = tuple(cache.shape[1:3] if channels_last else cache.shape[-2:])     # the feature grid (h, w)
         stride = int(cfg.NETWORK.FEAT_STRIDE)
         parts["flows_2K"], grids = clock(lambda: [dis.grid(rgb, rgb, stride, shape) for _ in range(two_k)])
         flows = mx.nd.array(np.stack([g.transpose(2, 0, 1) for g in grids]))

@@ -108,6 +108,9 @@ def materialize(model, ctx):
     half = model.feat_channels // 2
     model.rpn(feat[:, :half])
     model.rfcn(feat[:, half:], mx.nd.array([[0, 0, 0, 15, 15]], ctx=ctx))
+    # MKLDNN's inference convolutions reorder their weights in place, asynchronously: let that finish
+    # before anyone reads or copies a parameter (a read racing the reorder fails in MXNet 1.9)
+    mx.nd.waitall()
 
 
 class FGFATask:

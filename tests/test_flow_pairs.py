@@ -146,7 +146,8 @@ def test_video_pairs_take_farneback_flow_of_snippet_frames(tmp_path):
     from lib.config import PROJECT_ROOT
     from lib.dataset.flow_pairs import farneback_flow
     tiny = os.path.join(PROJECT_ROOT, "experiments", "fgfa_rfcn", "cfgs", "fgfa_rfcn_tiny.yaml")
-    cfg = get_config(tiny, ["TRAIN.MIN_OFFSET=1", "TRAIN.MAX_OFFSET=2", "IMAGE.SCALES=[[120,160]]",
+    cfg = get_config(tiny, ["TRAIN.MIN_OFFSET=1", "TRAIN.MAX_OFFSET=2", "INPUT.SHORT_SIDE=120", "INPUT.MAX_SIZE=160",
+                            "INPUT.TRAIN_SCALES=[[120,160]]",
                             "IMAGE.FLIP=true", "TRAIN.FLOW_PRETRAIN.SOURCE=video", "TRAIN.FLOW_PRETRAIN.IMAGES=8",
                             "TRAIN.FLOW_PRETRAIN.BATCH=8", "TRAIN.FLOW_PRETRAIN.SIZE=[128,96]"])
     dataset = _translating_video(tmp_path)
@@ -171,15 +172,20 @@ def test_video_pairs_take_farneback_flow_of_snippet_frames(tmp_path):
     assert 0 < flipped < 8
 
 
-def test_flownet_pretraining_on_video_learns_the_footage_motion(tmp_path):
+@pytest.mark.parametrize("source", ["video", "dis"])
+def test_flownet_pretraining_learns_the_footage_motion(tmp_path, monkeypatch, source):
+    """Both teachers (Farneback on the training video, OpenCV's DIS cached on disk) teach the FlowNet the
+    footage's motion: the held-out EPE starts at the zero-flow EPE and ends below half of it."""
     import logging
     from fgfa.config import get_config
     from fgfa.flow_pretrain import pretrain_flownet
     from fgfa.train import build_model
     from lib.config import PROJECT_ROOT
+    monkeypatch.setenv("VIDEODET_TEACHER_CACHE", str(tmp_path / "teacher"))
     tiny = os.path.join(PROJECT_ROOT, "experiments", "fgfa_rfcn", "cfgs", "fgfa_rfcn_tiny.yaml")
-    cfg = get_config(tiny, ["TRAIN.MIN_OFFSET=1", "TRAIN.MAX_OFFSET=2", "IMAGE.SCALES=[[120,160]]",
-                            "TRAIN.FLOW_PRETRAIN.SOURCE=video", "TRAIN.FLOW_PRETRAIN.IMAGES=9",
+    cfg = get_config(tiny, ["TRAIN.MIN_OFFSET=1", "TRAIN.MAX_OFFSET=2", "INPUT.SHORT_SIDE=120", "INPUT.MAX_SIZE=160",
+                            "INPUT.TRAIN_SCALES=[[120,160]]", f"TRAIN.FLOW_PRETRAIN.SOURCE={source}",
+                            "TRAIN.FLOW_PRETRAIN.DIS_PRESET=fast", "TRAIN.FLOW_PRETRAIN.IMAGES=9",
                             "TRAIN.FLOW_PRETRAIN.ITERS=200", "TRAIN.FLOW_PRETRAIN.BATCH=4",
                             "TRAIN.FLOW_PRETRAIN.SIZE=[128,96]"])
     mx.random.seed(0)
@@ -187,3 +193,5 @@ def test_flownet_pretraining_on_video_learns_the_footage_motion(tmp_path):
                               progress=False, logger=logging.getLogger("flow"))
     assert result["epe_start"] == pytest.approx(result["zero_flow_epe"], rel=1e-4)
     assert result["epe_end"] < 0.5 * result["zero_flow_epe"], result
+    if source == "dis":
+        assert os.listdir(str(tmp_path / "teacher"))      # the teacher flows were cached on disk
