@@ -313,3 +313,30 @@ def test_rfcn_two_workers_rank_0_alone_writes_its_output_dir(tmp_path):
     assert not (tmp_path / f"w{other_index}").exists()
     assert _worker_lines(result, "epoch 1 iter 2/2") == [f"worker {chief_index}"]
     assert _worker_lines(result, "rank 1 of 2 workers") == [f"worker {other_index}"]
+
+
+@pytest.mark.slow
+def test_lstm_ssd_two_workers_train_and_rank_0_alone_writes_its_output_dir(tmp_path):
+    """The streaming family under the launcher: the tiny LSTM-SSD's clips (UNROLL frames each) dealt out
+    by rank, 1 step per worker; the job ends cleanly, the folder of the worker the scheduler made rank 0
+    holds the model and the training's reports, the other worker's folder was never created."""
+    spec = {"FORMAT": "synthetic", "ROOT": str(tmp_path / "synthetic"), "SEED": 14, "NUM_VIDEOS": 2,
+            "NUM_FRAMES": 4, "WIDTH": 128, "HEIGHT": 128, "NUM_CLASSES": 2, "MAX_OBJECTS": 1, "SPLIT": "train"}
+    cfg = tmp_path / "lstm_dist.yaml"
+    cfg.write_text(yaml.safe_dump({"_BASE_": os.path.join(PROJECT_ROOT, "experiments", "lstm_ssd", "cfgs",
+                                                          "tiny_test.yaml"),
+                                   "PHASE": ["train"], "DATASET": {"TRAIN": spec, "VAL": spec}}))
+    command = (f"exec {sys.executable} experiments/lstm_ssd/train_test.py --cfg {cfg} --set "
+               f"OUTPUT_DIR={tmp_path}/w$DMLC_WORKER_ID TRAIN.KVSTORE=dist_sync TRAIN.LOG_EVERY=1")
+    result, tag = _launch(["-n", "2", "-s", "1", "--", "sh", "-c", command], tmp_path, extra_env=ONE_THREAD)
+    _assert_reaped(tag)
+    assert result.returncode == 0, result.stderr[-3000:]
+    chief = _worker_lines(result, "on rank 0 of 2 workers (kvstore dist_sync")
+    assert len(chief) == 1, (result.stdout + result.stderr)[-3000:]
+    chief_index = chief[0].split()[-1]
+    other_index = "1" if chief_index == "0" else "0"
+    assert _worker_lines(result, "rank 1 of 2 workers") == [f"worker {other_index}"]
+    written = tmp_path / f"w{chief_index}"
+    for name in ("model.params", "run.json", "config.yaml", "history.json"):
+        assert (written / name).exists(), (name, sorted(os.listdir(written)))
+    assert not (tmp_path / f"w{other_index}").exists()
