@@ -201,8 +201,10 @@ def run(input_path=None, cfg_path=None, model_path=None, output=None, thresh=Non
             save_image(os.path.join(output, f"{name}.jpg"), drawn)
             writer.write(drawn)
     speed = len(images) / max(seconds, 1e-9)
+    method = f"FGFA K={cfg.TEST.K}, {'DIS' if cfg.NETWORK.FLOW == 'dis' else 'FlowNet'} flow" if cfg.NETWORK.AGGREGATE \
+        else "R-FCN"
     print(f"{len(images)} frames, {speed:.2f} fps ({1000 * seconds / max(len(images), 1):.1f} ms/frame) "
-          f"with {'FGFA K=%d' % cfg.TEST.K if cfg.NETWORK.AGGREGATE else 'R-FCN'}; "
+          f"with {method}; "
           f"wrote {output}/*.jpg and {video_path} ({fps:g} fps)")
     return len(images), speed
 

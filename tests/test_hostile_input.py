@@ -1101,7 +1101,7 @@ def test_fgfa_demo_passes_set_overrides_and_keeps_frames_of_mixed_sizes(files, f
     proc = run_script("fgfa/demo.py", "--input", files["mixed"], "--model", fgfa_model, "--output", tmp_path / "o",
                       "--thresh", "0", "--set", "TEST.K=2")
     assert proc.returncode == 0, proc.stderr
-    assert "with FGFA K=2" in proc.stdout                        # the override reached the model's config
+    assert "with FGFA K=2, FlowNet flow" in proc.stdout          # the override reached the model's config
     assert proc.stderr.count("note: ") == 1 and "frame f1 is 96x48, the first 64x48" in proc.stderr
     count, rate, frames = _video_of(str(tmp_path / "o" / "demo.mp4"))
     assert count == 4 and rate == 25 and all(f.shape == (48, 64, 3) for f in frames)
@@ -1109,6 +1109,12 @@ def test_fgfa_demo_passes_set_overrides_and_keeps_frames_of_mixed_sizes(files, f
     proc = run_script("fgfa/demo.py", "--input", files["clip"], "--model", fgfa_model, "--output", tmp_path / "v")
     assert proc.returncode == 0, proc.stderr
     assert _video_of(str(tmp_path / "v" / "demo.mp4"))[:2] == (6, 10)     # the source video's rate
+    # NETWORK.FLOW=dis on the same model: OpenCV's DIS instead of the FlowNet, every frame written
+    proc = run_script("fgfa/demo.py", "--input", files["clip"], "--model", fgfa_model, "--output", tmp_path / "d",
+                      "--set", "NETWORK.FLOW=dis", "TEST.K=1")
+    assert proc.returncode == 0, proc.stderr
+    assert "with FGFA K=1, DIS flow" in proc.stdout
+    assert _video_of(str(tmp_path / "d" / "demo.mp4"))[:2] == (6, 10)
     assert_user_error(run_script("fgfa/demo.py", "--input", files["clip"], "--model", fgfa_model, "--output",
                                  tmp_path / "t", "--thresh", "2"), "--thresh 2: must be in [0, 1]")
     assert_user_error(run_script("fgfa/demo.py", "--input", files["clip"], "--model", fgfa_model, "--output",
