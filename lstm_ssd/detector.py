@@ -351,6 +351,8 @@ class LSTMSSD(gluon.Block):
 
     def apply_channel_state(self, state):
         """Shrink a freshly built model to the channel counts of a pruned one (before loading params)."""
+        if state == self.channel_state():
+            return      # not pruned (the only state of extractors pruning does not support, e.g. Lite0)
         by_name = dict(_named_blocks(self))
         groups = self.prune_groups()
         for g in groups:

@@ -68,9 +68,9 @@ def test_m2det_lite0_and_vgg16_hed(lite0_params):
                                                                    "stage2.8.bias", "stage2.8.weight"]
 
 
-def test_lstm_ssd_lite0_large_extractor(lite0_params):
+def test_lstm_ssd_lite0_large_extractor(lite0_params, tmp_path):
     from lstm_ssd import config as lstm_config
-    from lstm_ssd.detector import build_detector, load_pretrained
+    from lstm_ssd.detector import build_detector, load_model, load_pretrained, save_model
     from lib.config import PROJECT_ROOT
     cfg = lstm_config.load(f"{PROJECT_ROOT}/experiments/lstm_ssd/cfgs/tiny_test.yaml",
                            ["MODEL.TYPE=ssdlite", "MODEL.LARGE.NET=efficientnet_lite0", "MODEL.LARGE.WIDTH=1.0",
@@ -85,6 +85,11 @@ def test_lstm_ssd_lite0_large_extractor(lite0_params):
     direct = net.large.backbone.net((x - mx.nd.array([123.675, 116.28, 103.53]).reshape((1, 3, 1, 1)))
                                     / mx.nd.array([58.395, 57.12, 57.375]).reshape((1, 3, 1, 1)))
     np.testing.assert_allclose(net.large(x).asnumpy(), direct.asnumpy(), rtol=1e-5, atol=1e-5)
+    # saved as a model file (with its channel counts, which pruning never changes for Lite0) it loads back
+    path = save_model(net, str(tmp_path / "lite0.params"))
+    clip = x.expand_dims(0)
+    np.testing.assert_allclose(load_model(cfg, path)(clip)[0].asnumpy(), net(clip)[0].asnumpy(), rtol=1e-5,
+                               atol=1e-5)
     # weights of a full-width Lite0 do not fit a MobileNet extractor: an error naming the key
     mobile = lstm_config.load(f"{PROJECT_ROOT}/experiments/lstm_ssd/cfgs/tiny_test.yaml")
     with pytest.raises(pretrained.PretrainedError, match="MODEL.LARGE.NET efficientnet_lite0"):
