@@ -380,7 +380,9 @@ class ResidualStep(gluon.HybridBlock):
 
     def hybrid_forward(self, F, x, c, h):
         out, c_new, h_new = self.step(x, c, h)
-        return self.project(x) + self.mix(out), c_new, h_new
+        # add_n, not "+": MXNet 1.9's MKLDNN graph pass fails on project(x) + mix(out) (its conv + sum
+        # fusion breaks the step's shape inference), so hybridize(backend='MKLDNN') could not build
+        return F.add_n(self.project(x), self.mix(out)), c_new, h_new
 
 
 def _all_blocks(block):

@@ -6,6 +6,7 @@ import mxnet as mx
 import numpy as np
 import pytest
 
+from lib.runtime import hybridize_for_inference
 from lstm_ssd import config as lstm_config
 from lstm_ssd.detector import build_detector, load_model, save_model
 from lstm_ssd.flops import count_macs, count_params
@@ -336,6 +337,15 @@ def test_residual_memory_warm_started_from_ssdlite_starts_as_ssdlite(tmp_path, m
         if extractor == "large":    # identical to the baseline frame by frame, whatever the memory holds
             np.testing.assert_allclose(ours[t][0], ref[t][0], rtol=1e-5, atol=1e-5)
             np.testing.assert_allclose(ours[t][1], ref[t][1], rtol=1e-5, atol=1e-5)
+    # the same through the inference graphs (MKLDNN backend, as the streaming detector and evaluate run it;
+    # its fused kernels sum in another order: 1e-4)
+    for part in net.parts().values():
+        hybridize_for_inference(part)
+    for got, want in zip(_stream_outputs(net, frames, schedule), ours):
+        np.testing.assert_allclose(got[0], want[0], rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(got[1], want[1], rtol=1e-4, atol=1e-4)
+    for part in net.parts().values():
+        part.hybridize(False)
     # the zero mix still passes gradient to itself, so training moves away from the baseline
     clip = mx.nd.array(frames[None, :2])
     with autograd.record():
