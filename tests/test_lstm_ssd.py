@@ -417,10 +417,14 @@ def _stream_outputs(net, frames, schedule):
 
 
 @pytest.mark.skipif(not mx.runtime.Features().is_enabled("MKLDNN"), reason="int8 needs MXNet with oneDNN")
-@pytest.mark.parametrize("over", [TINY_A, TINY_SSDLITE, TINY_B_V1], ids=["lstm_ssd", "ssdlite", "fast_slow"])
+@pytest.mark.parametrize("over", [TINY_A, TINY_SSDLITE, TINY_B_V1, TINY_A + ["MODEL.LSTM.RESIDUAL=true"]],
+                         ids=["lstm_ssd", "ssdlite", "fast_slow", "residual_lstm_ssd"])
 def test_int8_streaming_follows_the_float_model(over):
     from mxnet import autograd
     _, net = _tiny(over, seed=3)
+    if net.residual:       # a trained residual model: the memory's mix is no longer zero
+        weight = net.memory_mix.weight
+        weight.set_data(mx.nd.array(np.random.RandomState(9).normal(0, 0.2, weight.shape)))
     frames = _smooth_frames(9, net.image_hw, seed=4)
     schedule = ["large", "small", "small", "large", "small"] if net.type == "fast_slow" else ["large"] * 5
     reference = _stream_outputs(net, frames[4:], schedule)
