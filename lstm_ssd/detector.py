@@ -220,7 +220,12 @@ class LSTMSSD(gluon.Block):
         c, h = state
         out, c_new, h_new = self.memory_step(extractor)(feats, c, h)
         new_state = (c_new, h_new) if self.writes_memory[extractor] else state
-        cls, box = self._part("head", self.head)(out)
+        head = self._part("head", self.head)
+        if head is not self.head:
+            # the int8 head reads its input's raw memory: a step hybridized with the MKLDNN backend can
+            # return oneDNN's blocked layout (the residual step does), which copy() turns into NCHW
+            out = out.copy()
+        cls, box = head(out)
         return cls, box, new_state
 
     def _part(self, name, float_block):

@@ -429,6 +429,8 @@ def test_int8_streaming_follows_the_float_model(over):
     schedule = ["large", "small", "small", "large", "small"] if net.type == "fast_slow" else ["large"] * 5
     reference = _stream_outputs(net, frames[4:], schedule)
     macs = count_macs(net)
+    for part in net.parts().values():      # as the streaming detector does before it quantizes
+        hybridize_for_inference(part)
     net.quantize_int8(frames[:4])
     assert count_macs(net) == macs > 0        # counted on the float parts, whose hooks fire
     assert net.quantized and set(net._int8) == set(net.parts()) - {"lstm_step_large", "lstm_step_small"}
