@@ -40,7 +40,8 @@ from lib.frames import DEFAULT_FPS, check_source, read_frames, source_fps
 from lib.nms import seq_nms as run_seq_nms
 from lib.runtime import get_context
 from lib.train import CheckpointManager
-from lib.train.checkpoint import CheckpointError, check_params_file
+from lib.train.checkpoint import CheckpointError, check_params_file, read_model_sidecar
+from lib.train.checkpoint import model_sidecar as sidecar
 from lib.train.run import RunFolder
 from lib.viz import VideoWriter, draw_detections, letterbox, save_image
 
@@ -53,10 +54,6 @@ DEMO_CLIP = {"seed": 7, "video_index": 0, "num_frames": 40, "width": 160, "heigh
 
 def _abs(path):
     return path if os.path.isabs(path) else os.path.join(PROJECT_ROOT, path)
-
-
-def sidecar(model_path):
-    return os.path.splitext(model_path)[0] + ".json"
 
 
 def network_of(cfg_path):
@@ -108,18 +105,7 @@ def default_clip():
 
 
 def read_sidecar(model_path):
-    """The JSON beside a model file (classes, config) or {}; a malformed one names the file."""
-    meta_path = sidecar(model_path)
-    if not os.path.isfile(meta_path):
-        return {}
-    try:
-        with open(meta_path, "r", encoding="utf-8-sig") as f:
-            meta = json.load(f)
-    except ValueError as err:
-        raise CheckpointError(f"{meta_path}: not valid JSON ({err}); delete it to retrain the default model") from None
-    if not isinstance(meta, dict):
-        raise CheckpointError(f"{meta_path}: expected a JSON object with 'classes' and 'config'")
-    return meta
+    return read_model_sidecar(model_path, ("classes", "config"))
 
 
 def run(input_path=None, cfg_path=None, model_path=None, output=None, thresh=None, seq_nms=False,

@@ -33,7 +33,8 @@ from lib.config import PROJECT_ROOT, ConfigError, project_path, to_plain
 from lib.dataset.synthetic import SYNTHETIC_CLASSES, render_video
 from lib.fileio import atomic_write_json
 from lib.frames import DEFAULT_FPS, check_source, read_frames, source_fps
-from lib.train.checkpoint import CheckpointError
+from lib.train.checkpoint import CheckpointError, read_model_sidecar
+from lib.train.checkpoint import model_sidecar as sidecar
 from lib.train.run import RUN_FILE, RunFolder
 from lib.viz import VideoWriter, draw_detections, save_image
 from lstm_ssd import config as lstm_config
@@ -50,11 +51,6 @@ DEMO_CLIP = {"seed": 2, "video_index": 0, "num_frames": 48, "width": 160, "heigh
              "max_objects": 3}
 
 
-def sidecar(model_path):
-    """The JSON written beside the default model: classes, config, network, command, training time."""
-    return os.path.splitext(model_path)[0] + ".json"
-
-
 def network_of(cfg_path):
     """What the default model is checked against: the MODEL section and the input size of a config,
     as plain JSON data."""
@@ -63,18 +59,7 @@ def network_of(cfg_path):
 
 
 def read_sidecar(model_path):
-    """The sidecar's content, or {} when there is none; a malformed one names the file."""
-    path = sidecar(model_path)
-    if not os.path.isfile(path):
-        return {}
-    try:
-        with open(path, "r", encoding="utf-8-sig") as f:
-            meta = json.load(f)
-    except ValueError as err:
-        raise CheckpointError(f"{path}: not valid JSON ({err}); delete it to retrain the default model") from None
-    if not isinstance(meta, dict):
-        raise CheckpointError(f"{path}: expected a JSON object with 'classes' and 'network'")
-    return meta
+    return read_model_sidecar(model_path, ("classes", "network"))
 
 
 def default_model_is_current(model_path, cfg_path=DEFAULT_CFG):

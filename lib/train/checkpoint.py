@@ -36,6 +36,27 @@ class CheckpointError(UserError, RuntimeError):
     """A checkpoint is missing, incomplete or does not match the network / trainer."""
 
 
+def model_sidecar(model_path):
+    """The JSON written beside a model file (a demo's default model: classes, config, network, ...)."""
+    return os.path.splitext(model_path)[0] + ".json"
+
+
+def read_model_sidecar(model_path, expected_keys=("classes", "config")):
+    """The sidecar's content, or {} when there is none; a malformed one is a CheckpointError naming it."""
+    path = model_sidecar(model_path)
+    if not os.path.isfile(path):
+        return {}
+    try:
+        with open(path, "r", encoding="utf-8-sig") as f:
+            meta = json.load(f)
+    except ValueError as err:
+        raise CheckpointError(f"{path}: not valid JSON ({err}); delete it to retrain the default model") from None
+    if not isinstance(meta, dict):
+        keys = " and ".join(f"'{k}'" for k in expected_keys)
+        raise CheckpointError(f"{path}: expected a JSON object with {keys}")
+    return meta
+
+
 class CorruptCheckpointError(CheckpointError):
     """A checkpoint file exists but cannot be read (truncated, not JSON / npz / .params)."""
 
