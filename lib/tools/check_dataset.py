@@ -16,10 +16,10 @@ import sys
 
 import numpy as np
 
+from lib.cli import user_errors_exit_2
 from lib.dataset import DatasetError, detect_snippets, frame_number, load_dataset
 from lib.dataset.cli import add_dataset_args, dataset_spec, empty_dataset_error
 from lib.dataset.io import IMAGE_EXTENSIONS
-from lib.tools import os_errors_are_user_errors
 
 
 def unannotated_images(dataset, spec):
@@ -105,7 +105,7 @@ def check(spec):
     return ds, result, w, h
 
 
-@os_errors_are_user_errors
+@user_errors_exit_2
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m lib.tools.check_dataset", description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -11,10 +11,18 @@ import argparse
 import os
 import sys
 
-from lib.dataset import (DatasetError, export_tfrecord, pack_records, write_coco, write_csv, write_kitti,
-                         write_label_map, write_voc)
+from lib.cli import user_errors_exit_2
+from lib.dataset import (
+    DatasetError,
+    export_tfrecord,
+    pack_records,
+    write_coco,
+    write_csv,
+    write_kitti,
+    write_label_map,
+    write_voc,
+)
 from lib.dataset.cli import add_dataset_args, dataset_from_args
-from lib.tools import os_errors_are_user_errors
 
 TARGETS = ("voc", "coco", "csv", "kitti", "recordio", "tfrecord")
 
@@ -39,7 +47,7 @@ def convert(ds, to, out, images="copy", split_name="all"):
     return len(ds)
 
 
-@os_errors_are_user_errors
+@user_errors_exit_2
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m lib.tools.convert", description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)

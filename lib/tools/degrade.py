@@ -36,6 +36,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from lib.cli import user_errors_exit_2
 from lib.dataset import (
     DatasetError,
     DetectionDataset,
@@ -55,7 +56,6 @@ from lib.dataset.degrade import KINDS, RANGES, apply_degradation, draw_degradati
 from lib.dataset.io import decode_image_bytes
 from lib.dataset.recordio import read_record_image
 from lib.eval.subsets import frame_key, write_frame_list
-from lib.tools import os_errors_are_user_errors
 
 WRITABLE = ("voc", "coco", "csv", "kitti", "recordio", "tfrecord")
 IMAGES_DIR = {"voc": "JPEGImages", "coco": "images", "csv": "images", "kitti": "image_2"}
@@ -324,7 +324,7 @@ def _swap_into_place(tmp, out):
     shutil.rmtree(old, ignore_errors=True)
 
 
-@os_errors_are_user_errors
+@user_errors_exit_2
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m lib.tools.degrade", description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -41,12 +41,11 @@ import yaml
 from tqdm import tqdm
 
 from lib.anchor_coverage import anchor_match
-from lib.cli import check_fraction, output_folder
+from lib.cli import check_fraction, output_folder, user_errors_exit_2
 from lib.config import ConfigError
 from lib.dataset import ImageReadError, read_image
 from lib.dataset.cli import add_dataset_args, dataset_from_args
 from lib.family import read_run
-from lib.tools import os_errors_are_user_errors
 from lib.viz import draw_record
 
 
@@ -72,7 +71,7 @@ def read_anchor_yaml(path):
     return {str(k).upper(): v for k, v in data.items()}
 
 
-@os_errors_are_user_errors
+@user_errors_exit_2
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m lib.tools.draw", description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)

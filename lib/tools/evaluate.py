@@ -21,6 +21,7 @@ import sys
 
 import yaml
 
+from lib.cli import user_errors_exit_2
 from lib.dataset import DatasetError, load_dataset
 from lib.dataset.cli import guess_format
 from lib.eval import (
@@ -33,7 +34,6 @@ from lib.eval import (
     write_results_table,
 )
 from lib.eval.vid import read_motion_iou_mat
-from lib.tools import os_errors_are_user_errors
 
 FORMATS = ("voc", "coco", "csv", "vid", "kitti")
 
@@ -165,7 +165,7 @@ def run(args):
     return results
 
 
-@os_errors_are_user_errors
+@user_errors_exit_2
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m lib.tools.evaluate", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,

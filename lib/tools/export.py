@@ -21,12 +21,11 @@ import sys
 
 import numpy as np
 
-from lib.cli import UsageError
+from lib.cli import UsageError, user_errors_exit_2
 from lib.config import ConfigError, read_yaml
 from lib.export import ExportNotSupported
 from lib.family import load_model
 from lib.frames import check_source
-from lib.tools import os_errors_are_user_errors
 from lib.tools.infer import FIXED_RESIZE, ExportedDetector, iterate_frames, read_meta
 from lib.train import CheckpointError
 
@@ -99,7 +98,7 @@ def check_options(args):
         raise UsageError(f"--out {args.out}: is a file, and a folder is needed here")
 
 
-@os_errors_are_user_errors
+@user_errors_exit_2
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m lib.tools.export", description=__doc__.split("\n")[0])
     parser.add_argument("--model", required=True, help="run folder of experiments/custom/train.py or a checkpoint in it")

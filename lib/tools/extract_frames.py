@@ -9,11 +9,11 @@ frames were skipped; lib.dataset.list_frames reads them back in numeric order.
 import argparse
 import sys
 
+from lib.cli import user_errors_exit_2
 from lib.dataset import DatasetError, extract_frames, video_info
-from lib.tools import os_errors_are_user_errors
 
 
-@os_errors_are_user_errors
+@user_errors_exit_2
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m lib.tools.extract_frames", description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -12,7 +12,7 @@ import sys
 
 import yaml
 
-from lib.tools import os_errors_are_user_errors
+from lib.cli import user_errors_exit_2
 
 _TOKEN = re.compile(r'\s*(?:(#[^\n]*)|("(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\')|([{}:\[\],;<>])|([^\s{}:\[\],;<>"\']+))')
 
@@ -248,7 +248,7 @@ def map_pipeline(config):
     return out, unmapped
 
 
-@os_errors_are_user_errors
+@user_errors_exit_2
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("pipeline", help="TF Object Detection API pipeline.config")

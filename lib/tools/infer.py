@@ -19,6 +19,7 @@ import time
 import cv2
 import numpy as np
 
+from lib.cli import user_errors_exit_2
 from lib.fileio import atomic_open
 from lib.frames import (  # noqa: F401
     DEFAULT_FPS,
@@ -27,7 +28,6 @@ from lib.frames import (  # noqa: F401
     read_frames,
     source_fps,
 )
-from lib.tools import os_errors_are_user_errors
 
 # meta.json input.resize values that resize to input.size [H, W] ignoring the aspect ("square": older artifacts)
 FIXED_RESIZE = ("fixed", "square")
@@ -259,7 +259,7 @@ def run(model, source, output, thresh=0.5, runtime="mxnet", fps=None, save_frame
     return summary
 
 
-@os_errors_are_user_errors
+@user_errors_exit_2
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Run an exported detector on a video or frame folder.")
     parser.add_argument("--model", required=True, help="exported artifact folder (meta.json inside)")

@@ -8,12 +8,12 @@ The records are readable by gluoncv.data.RecordFileDetection and by lib.dataset.
 import argparse
 import sys
 
+from lib.cli import user_errors_exit_2
 from lib.dataset import DatasetError, load_recordio, pack_records
 from lib.dataset.cli import add_dataset_args, dataset_from_args
-from lib.tools import os_errors_are_user_errors
 
 
-@os_errors_are_user_errors
+@user_errors_exit_2
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m lib.tools.pack_records", description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)

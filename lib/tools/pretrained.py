@@ -20,9 +20,9 @@ from gluoncv.model_zoo import get_model
 
 import lib.pretrained as pretrained
 from lib.backbones import EfficientNetLite
+from lib.cli import user_errors_exit_2
 from lib.dataset import read_image
 from lib.dataset.io import DatasetError
-from lib.tools import os_errors_are_user_errors
 
 RESIZE_SHORT_SIDE = 256     # standard ImageNet evaluation: shorter side 256, centre crop 224
 CROP_SIZE = 224
@@ -98,7 +98,7 @@ def _positive(text):
     return value
 
 
-@os_errors_are_user_errors
+@user_errors_exit_2
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m lib.tools.pretrained", description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)

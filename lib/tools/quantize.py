@@ -23,9 +23,9 @@ import mxnet as mx
 import numpy as np
 
 from lib.bbox import box_iou_np
+from lib.cli import user_errors_exit_2
 from lib.runtime import quantize_block
 from lib.tools.infer import ExportedDetector, iterate_frames
-from lib.tools import os_errors_are_user_errors
 
 
 def calibration_batches(detector, source, num):
@@ -148,7 +148,7 @@ def quantize(model_dir, calib_source, out_dir, num_calib=16, calib_mode="naive",
     return out_dir
 
 
-@os_errors_are_user_errors
+@user_errors_exit_2
 def main(argv=None):
     parser = argparse.ArgumentParser(description="int8-quantize an exported detector (CPU, MKLDNN).")
     parser.add_argument("--model", required=True, help="exported fp32 artifact folder")

@@ -15,9 +15,9 @@ import sys
 
 import numpy as np
 
+from lib.cli import user_errors_exit_2
 from lib.dataset import DatasetError, load_dataset
 from lib.dataset.cli import add_dataset_args, dataset_spec, empty_dataset_error
-from lib.tools import os_errors_are_user_errors
 
 
 def split_dataset(dataset, by="random", test_fraction=0.2, seed=0):
@@ -51,7 +51,7 @@ def _list_id(rec):
     return os.path.splitext(os.path.basename(rec.image_id))[0]
 
 
-@os_errors_are_user_errors
+@user_errors_exit_2
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m lib.tools.split", description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
