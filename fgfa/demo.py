@@ -64,11 +64,7 @@ def network_of(cfg_path):
 def default_model_is_current(model_path, cfg_path=DEMO_CFG):
     """False when the default model was trained for another NETWORK than the demo config has now
     (an older checkout's model, e.g. before the demo model became a half-width ResNet-18)."""
-    meta_path = sidecar(model_path)
-    if not os.path.isfile(meta_path):
-        return False
-    with open(meta_path, "r", encoding="utf-8") as f:
-        return json.load(f).get("network") == network_of(cfg_path)
+    return read_sidecar(model_path).get("network") == network_of(cfg_path)
 
 
 def train_default_model(model_path, cfg_path=DEMO_CFG, reason="not found"):

@@ -36,6 +36,13 @@ class CheckpointError(UserError, RuntimeError):
     """A checkpoint is missing, incomplete or does not match the network / trainer."""
 
 
+class CorruptCheckpointError(CheckpointError):
+    """A checkpoint file exists but cannot be read (truncated, not JSON / npz / .params)."""
+
+
+log = logging.getLogger("lib.train.checkpoint")
+
+
 def model_sidecar(model_path):
     """The JSON written beside a model file (a demo's default model: classes, config, network, ...)."""
     return os.path.splitext(model_path)[0] + ".json"
@@ -55,13 +62,6 @@ def read_model_sidecar(model_path, expected_keys=("classes", "config")):
         keys = " and ".join(f"'{k}'" for k in expected_keys)
         raise CheckpointError(f"{path}: expected a JSON object with {keys}")
     return meta
-
-
-class CorruptCheckpointError(CheckpointError):
-    """A checkpoint file exists but cannot be read (truncated, not JSON / npz / .params)."""
-
-
-log = logging.getLogger("lib.train.checkpoint")
 
 
 def structured_param_names(net):
