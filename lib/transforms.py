@@ -1,7 +1,8 @@
 """Data augmentation for clips: every transform takes a LIST of frames and draws its random
 parameters ONCE per call, so all frames of a clip get the same crop, flip, colour change, ...
 (per-frame random augmentation breaks temporal models such as LSTM-SSD; FGFA's neighbours share the
-key frame's scale and flip).
+key frame's scale and flip). The one exception is ``RandomDegrade``, per frame on purpose: a blurred or
+occluded frame between sharp ones is what a temporal model must learn to bridge.
 
 Call convention: ``frames, boxes = t(frames, boxes)``
 - ``frames``: list of HxWx3 uint8 RGB images, all of the same size;
@@ -23,6 +24,8 @@ import math
 
 import cv2
 import numpy as np
+
+from lib.dataset.degrade import KINDS, apply_degradation, draw_degradation
 
 # SSD's pixel means (BGR 104, 117, 123) in RGB: the fill colour of Expand / RandomTile padding.
 SSD_MEAN_RGB = (123.0, 117.0, 104.0)
@@ -451,6 +454,36 @@ class PhotometricDistort(Transform):
         return [self.apply(f, params) for f in frames], boxes
 
 
+class RandomDegrade(Transform):
+    """Each frame of the clip, independently with probability ``p``, degraded by one of ``kinds``
+    (lib.dataset.degrade: motion blur along a random direction, defocus, a partial occlusion of one
+    box), strength drawn per frame from lib.dataset.degrade.RANGES; boxes kept. The training
+    counterpart of the ``lib.tools.degrade`` probe: per frame, not per clip, because what a temporal
+    model must learn is to carry a sharp neighbour's evidence over a bad frame. Put it before any
+    crop: strengths are fractions of the frame's longer side, as in the probe."""
+
+    def __init__(self, p=0.25, kinds=None, rng=None):
+        super().__init__(rng)
+        self.p = _check_prob(p, "RandomDegrade")
+        self.kinds = tuple(kinds) if kinds else KINDS
+        unknown = sorted(set(self.kinds) - set(KINDS))
+        if unknown:
+            raise ValueError(f"RandomDegrade: unknown kind(s) {unknown}; known: {list(KINDS)}")
+
+    def __call__(self, frames, boxes, rng=None):
+        frames, boxes = _check_clip(frames, boxes, "RandomDegrade")
+        r = self._random(rng)
+        out = []
+        for frame, b in zip(frames, boxes):
+            if r.rand() < self.p:
+                kind = self.kinds[r.randint(len(self.kinds))]
+                generator = np.random.default_rng(r.randint(2 ** 31))
+                params = draw_degradation(generator, frame.shape[1], frame.shape[0], b[:, :4], kind=kind)
+                frame = apply_degradation(frame, params)
+            out.append(frame)
+        return out, boxes
+
+
 # ----------------------------------------------------------------------------- to network input
 
 class ToTensor(Transform):
@@ -505,11 +538,11 @@ class Compose(Transform):
         return "Compose([" + ", ".join(repr(t) for t in self.transforms) + "])"
 
 
-TRANSFORMS = {cls.__name__: cls for cls in (RandomFlip, SSDRandomCrop, Expand, PhotometricDistort,
+TRANSFORMS = {cls.__name__: cls for cls in (RandomFlip, SSDRandomCrop, Expand, PhotometricDistort, RandomDegrade,
                                             Resize, ResizeSquare, ResizeTo, RandomTile, ToTensor)}
 # Short names accepted in configs (matched like class names: case and underscores ignored).
 ALIASES = {"flip": "RandomFlip", "ssdcrop": "SSDRandomCrop", "randomcrop": "SSDRandomCrop",
-           "photometric": "PhotometricDistort", "square": "ResizeSquare", "tile": "RandomTile"}
+           "photometric": "PhotometricDistort", "degrade": "RandomDegrade", "square": "ResizeSquare", "tile": "RandomTile"}
 PARAM_ALIASES = {"prob": "p"}
 _NAME_KEYS = ("name", "type")
 

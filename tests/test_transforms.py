@@ -3,7 +3,7 @@ exact flip inverse, hand-computed sizes, config errors."""
 import numpy as np
 import pytest
 
-from lib.transforms import (Compose, Expand, PhotometricDistort, RandomFlip, RandomTile, Resize,
+from lib.transforms import (Compose, Expand, PhotometricDistort, RandomDegrade, RandomFlip, RandomTile, Resize,
                             ResizeSquare, SSDRandomCrop, ToTensor, build_transforms, hflip, sample_rng)
 
 ID_STEP = 50  # object i is painted with value 50 * (i + 1) in channel 0 (no clash with fills)
@@ -223,6 +223,45 @@ def test_photometric_distort_changes_colours_not_boxes():
     params.update(hue=None, brightness=10.0, contrast=2.0, contrast_first=False)
     gray = np.full((1, 1, 3), 100, np.uint8)
     assert PhotometricDistort.apply(gray, params)[0, 0, 0] == 220  # (100 + 10) * 2
+
+
+def test_random_degrade_per_frame_share_occlusion_geometry_and_errors():
+    """Each frame independently: the share of changed frames matches p (binomial, 5 sigma); an
+    occlusion changes one solid rectangle covering 30-60 % of one box from one side, nothing else;
+    boxes never move."""
+    frames, boxes = painted_clip(0, frames=1)
+    degrade = RandomDegrade(p=0.25, rng=np.random.RandomState(3))
+    changed = 0
+    n = 600
+    for _ in range(n):
+        out_f, out_b = degrade(frames, boxes)
+        changed += int(not np.array_equal(out_f[0], frames[0]))
+        np.testing.assert_array_equal(out_b[0], boxes[0])
+    assert abs(changed - 0.25 * n) < 5 * np.sqrt(n * 0.25 * 0.75), changed
+    occlude = RandomDegrade(p=1.0, kinds=["occlusion"], rng=np.random.RandomState(1))
+    for _ in range(20):
+        clip, clip_boxes = painted_clip(int(np.random.RandomState(_).randint(100)), frames=3)
+        out_f, _b = occlude(clip, clip_boxes)
+        for before, after, b in zip(clip, out_f, clip_boxes):
+            ys, xs = np.nonzero((before != after).any(axis=2))
+            x1, y1, x2, y2 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
+            patch = after[y1:y2, x1:x2].reshape(-1, 3)
+            assert (patch == patch[0]).all()                    # one solid colour
+            boxes_int = b[:, :4].astype(int)
+            inside = [k for k, (bx1, by1, bx2, by2) in enumerate(boxes_int)
+                      if bx1 <= x1 and by1 <= y1 and x2 <= bx2 and y2 <= by2]
+            assert inside, "the occluder lies inside one box"
+            bx1, by1, bx2, by2 = boxes_int[inside[0]]
+            full_w, full_h = (x2 - x1) == (bx2 - bx1), (y2 - y1) == (by2 - by1)
+            assert full_w or full_h                             # cut from one side: one extent whole
+            share = ((x2 - x1) * (y2 - y1)) / ((bx2 - bx1) * (by2 - by1))
+            assert 0.3 - 0.1 <= share <= 0.6 + 0.1, share       # rounding to whole pixels of small boxes
+    blur = RandomDegrade(p=1.0, kinds=["motion_blur", "defocus"], rng=np.random.RandomState(0))
+    flat = [np.full((40, 60, 3), 77, np.uint8)]
+    np.testing.assert_array_equal(blur(flat, [np.zeros((0, 4))])[0][0], flat[0])   # blur keeps a flat frame
+    assert not np.array_equal(blur(frames, boxes)[0][0], frames[0])
+    with pytest.raises(ValueError, match=r"aug\[0\]: RandomDegrade: unknown kind\(s\) \['rain'\]"):
+        build_transforms([{"name": "degrade", "kinds": ["rain"]}], source="aug")
 
 
 def test_to_tensor_normalisation():
