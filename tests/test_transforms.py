@@ -239,8 +239,8 @@ def test_random_degrade_per_frame_share_occlusion_geometry_and_errors():
         np.testing.assert_array_equal(out_b[0], boxes[0])
     assert abs(changed - 0.25 * n) < 5 * np.sqrt(n * 0.25 * 0.75), changed
     occlude = RandomDegrade(p=1.0, kinds=["occlusion"], rng=np.random.RandomState(1))
-    for _ in range(20):
-        clip, clip_boxes = painted_clip(int(np.random.RandomState(_).randint(100)), frames=3)
+    for trial in range(20):
+        clip, clip_boxes = painted_clip(int(np.random.RandomState(trial).randint(100)), frames=3)
         out_f, _b = occlude(clip, clip_boxes)
         for before, after, b in zip(clip, out_f, clip_boxes):
             ys, xs = np.nonzero((before != after).any(axis=2))
