@@ -7,6 +7,7 @@ the CPU configs under ``experiments/`` shrink them.
 import logging
 
 from lib.config import SHARED_DEFAULTS, SPEC_LIST_KEYS, ConfigError, Schema, extend_schema, load_config
+from lib.transforms import build_transforms
 
 DEFAULTS = extend_schema(SHARED_DEFAULTS, {
     "NAME": "fgfa_rfcn",
@@ -63,7 +64,9 @@ DEFAULTS = extend_schema(SHARED_DEFAULTS, {
     },
     "TRAIN": {
         "BATCH_SIZE": 1,               # key frames per batch
-        "AUGMENTATIONS": ["RandomFlip"],   # horizontal flip is the augmentation R-FCN / FGFA train with
+        # horizontal flip is the augmentation R-FCN / FGFA train with; {name: RandomDegrade, p: P} also
+        # degrades frames of a sample, each on its own (lib.transforms.RandomDegrade)
+        "AUGMENTATIONS": ["RandomFlip"],
         "MAX_OFFSET": 9,               # neighbours at distinct random offsets in [-MAX, MAX]
         "MIN_OFFSET": 1,
         "AGGREGATE_KEY": False,        # reference: softmax over the two neighbours only
@@ -161,7 +164,9 @@ RENAMES = {
     "NETWORK.PRETRAINED": "PRETRAINED",
 }
 SCHEMA = Schema(DEFAULTS, renames=RENAMES, spec_list_keys=SPEC_LIST_KEYS)
-SUPPORTED_AUGMENTATIONS = ("randomflip", "flip", "random_flip")
+FLIP_NAMES = ("randomflip", "flip", "random_flip")
+DEGRADE_NAMES = ("randomdegrade", "degrade", "random_degrade")
+SUPPORTED_AUGMENTATIONS = FLIP_NAMES + DEGRADE_NAMES
 log = logging.getLogger("fgfa.config")
 
 
@@ -183,11 +188,27 @@ def training_scales(cfg):
     return scales or [[short, long_side]]
 
 
+def _augmentation_name(spec):
+    return str(spec.get("name", spec.get("type", "")) if isinstance(spec, dict) else spec).lower()
+
+
 def flip_enabled(cfg):
     """Whether training flips (TRAIN.AUGMENT and a RandomFlip among TRAIN.AUGMENTATIONS)."""
-    names = [str(s.get("name", s.get("type", "")) if isinstance(s, dict) else s).lower()
-             for s in cfg.TRAIN.AUGMENTATIONS]
-    return bool(cfg.TRAIN.AUGMENT) and any(n in SUPPORTED_AUGMENTATIONS for n in names)
+    return bool(cfg.TRAIN.AUGMENT) and any(_augmentation_name(s) in FLIP_NAMES for s in cfg.TRAIN.AUGMENTATIONS)
+
+
+def degrade_transform(cfg):
+    """The RandomDegrade of TRAIN.AUGMENTATIONS (each frame of a sample degraded on its own: a blurred
+    key frame between sharp neighbours, or the reverse, is what the aggregation must learn to handle),
+    or None. Its parameters are checked by lib.transforms (errors name the entry)."""
+    specs = [s for s in cfg.TRAIN.AUGMENTATIONS if _augmentation_name(s) in DEGRADE_NAMES]
+    if not cfg.TRAIN.AUGMENT or not specs:
+        return None
+    src = cfg.get("CONFIG_FILE") or "<config>"
+    try:
+        return build_transforms(specs, source=f"{src}: TRAIN.AUGMENTATIONS")
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 _NORMS = ("frozen", "trainable", "group")
@@ -239,11 +260,11 @@ def validate(cfg):
                 isinstance(value, (int, float)) and 0 < float(value) <= 4)):
             raise ConfigError(f"{src}: INPUT.TRAIN_SCALES: {value!r} is neither a factor in (0, 4] of the test "
                               f"scale nor a [short, max_long] pair")
-    unknown = [s for s in cfg.TRAIN.AUGMENTATIONS
-               if str(s.get("name", s.get("type", "")) if isinstance(s, dict) else s).lower()
-               not in SUPPORTED_AUGMENTATIONS]
+    unknown = [s for s in cfg.TRAIN.AUGMENTATIONS if _augmentation_name(s) not in SUPPORTED_AUGMENTATIONS]
     if unknown:
-        log.warning("%s: TRAIN.AUGMENTATIONS: R-FCN / FGFA train with RandomFlip only; %s not applied", src, unknown)
+        log.warning("%s: TRAIN.AUGMENTATIONS: R-FCN / FGFA train with RandomFlip and RandomDegrade only; "
+                    "%s not applied", src, unknown)
+    degrade_transform(cfg)      # a bad RandomDegrade entry fails here, not at the first sample
     tile = img.TRAIN_TILE
     if len(tile.SIZE) != 2 or min(tile.SIZE) < 0 or (min(tile.SIZE) == 0 < max(tile.SIZE)):
         raise ConfigError(f"{src}: IMAGE.TRAIN_TILE.SIZE must be [width, height] > 0, or [0, 0] (off), "

@@ -257,6 +257,34 @@ def test_training_tiles_are_one_crop_of_the_whole_sample(synthetic_root, tmp_pat
     assert checked >= 5
 
 
+def test_training_degrades_each_frame_of_a_sample_on_its_own(synthetic_root, tmp_path):
+    """TRAIN.AUGMENTATIONS RandomDegrade: the same sample (same scale, flip, neighbours: the degradation
+    is drawn last) with every frame changed at p = 1, unchanged at p = 0, boxes untouched; frames of
+    one sample get different degradations (oracle: the undegraded load of the same seed)."""
+    from fgfa.data import TrainSamples
+    flip = "IMAGE.FLIP=true"
+    cfg_plain = _cfg(TINY, synthetic_root, str(tmp_path / "plain"), flip)
+    dataset = load_train_set(cfg_plain)
+    plain = TrainSamples(dataset, cfg_plain, 2)
+    every = TrainSamples(dataset, _cfg(TINY, synthetic_root, str(tmp_path / "p1"), flip,
+                                       "TRAIN.AUGMENTATIONS=[RandomFlip, {name: RandomDegrade, p: 1.0}]"), 2)
+    never = TrainSamples(dataset, _cfg(TINY, synthetic_root, str(tmp_path / "p0"), flip,
+                                       "TRAIN.AUGMENTATIONS=[RandomFlip, {name: RandomDegrade, p: 0.0}]"), 2)
+    assert plain.degrade is None and every.flip and every.degrade is not None
+    for index in range(0, len(plain), 3):
+        ref_frames, ref_info, ref_boxes, ref_labels = plain.load(index, np.random.RandomState(index))
+        frames, info, boxes, labels = every.load(index, np.random.RandomState(index))
+        np.testing.assert_array_equal(info, ref_info)
+        np.testing.assert_array_equal(boxes, ref_boxes)
+        np.testing.assert_array_equal(labels, ref_labels)
+        changed = [not np.array_equal(frames[k], ref_frames[k]) for k in range(3)]
+        assert all(changed), (index, changed)
+        assert not np.array_equal(frames[1] - ref_frames[1], frames[2] - ref_frames[2])
+        np.testing.assert_array_equal(never.load(index, np.random.RandomState(index))[0], ref_frames)
+    with pytest.raises(ConfigError, match=r"TRAIN.AUGMENTATIONS\[0\].*unknown kind"):
+        _cfg(TINY, synthetic_root, str(tmp_path / "bad"), "TRAIN.AUGMENTATIONS=[{name: RandomDegrade, kinds: [rain]}]")
+
+
 def test_test_context_streams_whole_videos_and_reports_the_split(synthetic_root, tmp_path):
     """TEST.CONTEXT: video. Oracle: the same model streamed over the whole video, its results at the
     split's frames; a still image outside every video keeps its own result."""
