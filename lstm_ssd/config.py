@@ -21,7 +21,11 @@ DEFAULTS = extend_schema(SHARED_DEFAULTS, {
                  "KERNEL": 3,
                  # level 0 = frame projection + zero-initialised 1x1 of the memory output: starts as the
                  # frame baseline (warm start from an SSDLite checkpoint); False = the paper's cell
-                 "RESIDUAL": False},
+                 "RESIDUAL": False,
+                 # with RESIDUAL: level 0 = projection + g * mix, g = sigmoid of a zero-initialised 1x1 conv
+                 # of both, one value per cell: a sharp frame can learn to ignore the memory, a degraded one
+                 # to lean on it; still exactly the frame baseline before training
+                 "RESIDUAL_GATE": False},
         "PYRAMID": {"DEPTHS": [512, 256, 256, 128]},   # levels after level 0 (the memory output)
         "ANCHORS": {"MIN_SCALE": 0.2, "MAX_SCALE": 0.95, "ASPECT_RATIOS": [1.0, 2.0, 0.5, 3.0, 0.3333],
                     "REDUCE_LOWEST": True},

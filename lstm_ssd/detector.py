@@ -8,7 +8,7 @@ same blocks:
                     and scaling to [-1, 1] happen inside the graph; INPUT.SIZE is S or [H, W])
     memory.steps[e]: (features, c, h) -> (output, c_new, h_new)         (Bottleneck-LSTM, per extractor)
     project       : features -> level 0 (frame baseline; with LSTM.RESIDUAL also around the memory:
-                    level 0 = project(features) + memory_mix(output), see ResidualStep)
+                    level 0 = project(features) + [gate *] memory_mix(output), see ResidualStep)
     head          : level 0 -> class logits (B,P,C+1), box deltas (B,P,4)
 
 Looking Fast and Slow: the small extractor reads the memory but never writes it (the state after a
@@ -116,7 +116,10 @@ class LSTMSSD(gluon.Block):
             self.feature_hw = sizes["large"]
             lstm = m.LSTM
             self.residual = bool(lstm.RESIDUAL) and m.TYPE != "ssdlite"
-            self.project = self.project_small = self.memory_mix = None
+            if lstm.RESIDUAL_GATE and not self.residual:
+                raise ValueError("MODEL.LSTM.RESIDUAL_GATE gates the residual memory: it needs "
+                                 "MODEL.LSTM.RESIDUAL true and MODEL.TYPE lstm_ssd or fast_slow")
+            self.project = self.project_small = self.memory_mix = self.memory_gate = None
             if m.TYPE == "ssdlite" or self.residual:
                 # the frame baseline's projection; with LSTM.RESIDUAL the same block (same name, so an
                 # SSDLite checkpoint loads into it) carries the frame path around the memory
@@ -135,6 +138,10 @@ class LSTMSSD(gluon.Block):
                 # zero-initialised: a fresh residual model computes exactly its frame baseline
                 self.memory_mix = ConvBN(self.memory.out_channels, lstm.UNITS, 1, act="none", use_bn=False,
                                          weight_init=mx.init.Zero(), prefix="memory_mix_")
+                if lstm.RESIDUAL_GATE:
+                    # zero-initialised too: g = 0.5 everywhere until it learns, times a zero mix
+                    self.memory_gate = ConvBN(2 * lstm.UNITS, 1, 1, act="none", use_bn=False,
+                                              weight_init=mx.init.Zero(), prefix="memory_gate_")
                 level0 = lstm.UNITS
             depths = list(m.PYRAMID.DEPTHS)
             self.level_sizes = pyramid_sizes(self.feature_hw, len(depths) + 1)   # (h, w) per level
@@ -143,7 +150,8 @@ class LSTMSSD(gluon.Block):
         self._steps = None
         if self.memory is not None:
             projects = {"large": self.project, "small": self.project_small}
-            self._steps = StepTable({n: ResidualStep(self.memory.steps[n], projects[n], self.memory_mix)
+            self._steps = StepTable({n: ResidualStep(self.memory.steps[n], projects[n], self.memory_mix,
+                                                     self.memory_gate)
                                      if self.residual else self.memory.steps[n] for n in self.extractor_names})
         self._anchors = None
         self._int8 = {}    # part name -> int8 SymbolBlock (quantize_int8); not Gluon children
@@ -377,17 +385,24 @@ class ResidualStep(gluon.HybridBlock):
     """LSTM.RESIDUAL: level 0 = project(features) + mix(memory output). With ``mix`` at zero this is the
     frame baseline, so an LSTM-SSD warm-started from SSDLite starts at SSDLite's accuracy and the
     memory learns a correction (the plain cell, whose output replaces the features, starts from noise
-    even with a trained backbone and head). Not a child of the detector: it re-uses its blocks."""
+    even with a trained backbone and head). With a ``gate`` (LSTM.RESIDUAL_GATE) the correction is
+    weighted per cell by sigmoid(gate([projection, correction])): without it the memory's correction is
+    the same on a sharp frame as on a blurred one, and what it gives the blurred ones it costs the sharp
+    ones. Not a child of the detector: it re-uses its blocks."""
 
-    def __init__(self, step, project, mix, **kwargs):
+    def __init__(self, step, project, mix, gate=None, **kwargs):
         super().__init__(prefix="", **kwargs)
-        self.step, self.project, self.mix = step, project, mix
+        self.step, self.project, self.mix, self.gate = step, project, mix, gate
 
     def hybrid_forward(self, F, x, c, h):
         out, c_new, h_new = self.step(x, c, h)
+        frame, memory = self.project(x), self.mix(out)
+        if self.gate is not None:
+            weight = F.sigmoid(self.gate(F.concat(frame, memory, dim=1)))      # (B,1,H,W)
+            memory = F.broadcast_mul(weight, memory)
         # add_n, not "+": MXNet 1.9's MKLDNN graph pass fails on project(x) + mix(out) (its conv + sum
         # fusion breaks the step's shape inference), so hybridize(backend='MKLDNN') could not build
-        return F.add_n(self.project(x), self.mix(out)), c_new, h_new
+        return F.add_n(frame, memory), c_new, h_new
 
 
 def _all_blocks(block):

@@ -313,8 +313,9 @@ def test_macs_counting_matches_hand_count():
 
 
 # ---------------------------------------------------------------- residual memory (warm start)
-@pytest.mark.parametrize("model_type", ["lstm_ssd", "fast_slow"])
-def test_residual_memory_warm_started_from_ssdlite_starts_as_ssdlite(tmp_path, model_type):
+@pytest.mark.parametrize("model_type,gate", [("lstm_ssd", False), ("fast_slow", False), ("lstm_ssd", True)],
+                         ids=["lstm_ssd", "fast_slow", "lstm_ssd_gated"])
+def test_residual_memory_warm_started_from_ssdlite_starts_as_ssdlite(tmp_path, model_type, gate):
     from mxnet import autograd
     from lib.train import load_matching_parameters
     base = ["MODEL.IMAGE_SIZE=64", "MODEL.NUM_CLASSES=2", "MODEL.LARGE.WIDTH=0.25", "MODEL.LSTM.UNITS=16",
@@ -323,7 +324,8 @@ def test_residual_memory_warm_started_from_ssdlite_starts_as_ssdlite(tmp_path, m
     _, ssdlite = _tiny(["MODEL.TYPE=ssdlite"] + base, seed=4)
     path = str(tmp_path / "ssdlite.params")
     ssdlite.save_parameters(path)
-    cfg = lstm_config.load(None, [f"MODEL.TYPE={model_type}", "MODEL.LSTM.RESIDUAL=true"] + base)
+    cfg = lstm_config.load(None, [f"MODEL.TYPE={model_type}", "MODEL.LSTM.RESIDUAL=true",
+                                  f"MODEL.LSTM.RESIDUAL_GATE={str(gate).lower()}"] + base)
     net = build_detector(cfg)
     loaded, skipped = load_matching_parameters(net, path)
     # everything of the frame baseline is taken over; only the memory (+ small extractor) starts fresh
@@ -353,6 +355,35 @@ def test_residual_memory_warm_started_from_ssdlite_starts_as_ssdlite(tmp_path, m
         loss = (cls ** 2).sum() + (box ** 2).sum()
     loss.backward()
     assert float(net.memory_mix.weight.grad().abs().sum().asscalar()) > 0
+
+
+def test_gated_residual_weighs_the_memory_per_cell():
+    """LSTM.RESIDUAL_GATE: level 0 = projection + sigmoid(gate([projection, mix])) * mix, one weight per
+    cell. Oracle: the step's own parts run one by one and combined in numpy; a gate biased far negative
+    gives the frame baseline, far positive the ungated residual."""
+    cfg, net = _tiny(TINY_A + ["MODEL.LSTM.RESIDUAL=true", "MODEL.LSTM.RESIDUAL_GATE=true"], seed=5)
+    rng = np.random.RandomState(6)
+    for param in (net.memory_mix.weight, net.memory_gate.weight):
+        param.set_data(mx.nd.array(rng.normal(0, 0.3, param.shape)))
+    x = mx.nd.array(rng.uniform(0, 255, (2, 3) + net.image_hw))
+    feats = net.large(x)
+    c, h = (mx.nd.array(rng.normal(0, 1, s.shape)) for s in net.zero_state(2))
+    step = net.memory_step("large")
+    out, c_new, h_new = net.memory.steps["large"](feats, c, h)
+    frame, memory = net.project(feats).asnumpy(), net.memory_mix(out).asnumpy()
+    weight = net.memory_gate.weight.data().asnumpy()[0, :, 0, 0]
+    for bias, want_weight in ((None, None), (-40.0, 0.0), (40.0, 1.0)):
+        if bias is not None:
+            net.memory_gate.bias.set_data(mx.nd.array([bias]))
+        logit = np.einsum("c,bchw->bhw", weight, np.concatenate([frame, memory], axis=1))
+        logit += net.memory_gate.bias.data().asnumpy()[0]
+        gate = 1 / (1 + np.exp(-logit))[:, None]
+        assert 0.0 < gate.min() < gate.max() < 1.0 if bias is None else np.allclose(gate, want_weight)
+        level0, c_step, h_step = step(feats, c, h)
+        np.testing.assert_allclose(level0.asnumpy(), frame + gate * memory, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(c_step.asnumpy(), c_new.asnumpy(), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="RESIDUAL_GATE.*RESIDUAL true"):
+        build_detector(lstm_config.load(None, TINY_A + ["MODEL.LSTM.RESIDUAL_GATE=true"]))
 
 
 def test_residual_parts_export_and_count_macs(tmp_path):
@@ -417,8 +448,9 @@ def _stream_outputs(net, frames, schedule):
 
 
 @pytest.mark.skipif(not mx.runtime.Features().is_enabled("MKLDNN"), reason="int8 needs MXNet with oneDNN")
-@pytest.mark.parametrize("over", [TINY_A, TINY_SSDLITE, TINY_B_V1, TINY_A + ["MODEL.LSTM.RESIDUAL=true"]],
-                         ids=["lstm_ssd", "ssdlite", "fast_slow", "residual_lstm_ssd"])
+@pytest.mark.parametrize("over", [TINY_A, TINY_SSDLITE, TINY_B_V1, TINY_A + ["MODEL.LSTM.RESIDUAL=true"],
+                                  TINY_A + ["MODEL.LSTM.RESIDUAL=true", "MODEL.LSTM.RESIDUAL_GATE=true"]],
+                         ids=["lstm_ssd", "ssdlite", "fast_slow", "residual_lstm_ssd", "gated_residual_lstm_ssd"])
 def test_int8_streaming_follows_the_float_model(over):
     from mxnet import autograd
     _, net = _tiny(over, seed=3)
