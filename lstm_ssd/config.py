@@ -57,6 +57,9 @@ DEFAULTS = extend_schema(SHARED_DEFAULTS, {
         "AUGMENT": True,           # AUGMENTATIONS below, drawn once per clip (same for all its frames)
         "AUGMENTATIONS": ["RandomFlip", "SSDRandomCrop"],   # lib.transforms specs (build_transforms)
         "STILL_IMAGES": "pseudo",  # pseudo (crop-and-shift pseudo-video) | repeat | skip
+        # detection | distill_small (fast_slow: the small extractor and its projection learn to give
+        # the large extractor's projected features, frame by frame, before interleaved training)
+        "OBJECTIVE": "detection",
     },
     "TEST": {
         # post-processing: per class the PRE_NMS_TOP_K best candidates enter NMS (0 = all)

@@ -193,6 +193,54 @@ class ClipTask:
         return losses, parts
 
 
+class DistillTask:
+    """TRAIN.OBJECTIVE distill_small (fast_slow): the small extractor and its projection learn the large
+    extractor's projected features on the same frames (mean squared error per cell and channel; the
+    teacher runs in inference mode, without gradient). The shared head and memory were trained on the
+    large extractor's level 0; a small extractor that reproduces it makes the small steps usable from
+    the start of interleaved training, which otherwise spends half its steps on features the head has
+    never seen. Only parameters of the small extractor and projection train (unless TRAINABLE_PATTERNS
+    says otherwise)."""
+
+    TRAINABLE = ["_small_"]      # lstmssd0_small_* (extractor) and lstmssd0_project_small_*
+
+    def __init__(self, net, cfg, ctx=None):
+        if net.type != "fast_slow" or net.project_small is None:
+            raise ConfigError(f"{cfg.get('CONFIG_FILE') or '<config>'}: TRAIN.OBJECTIVE distill_small needs "
+                              f"MODEL.TYPE fast_slow with MODEL.LSTM.RESIDUAL true (the small projection); "
+                              f"got MODEL.TYPE {net.type}")
+        self.net, self.cfg = net, cfg
+        self.contexts = list(ctx) if isinstance(ctx, (list, tuple)) else [ctx or mx.cpu()]
+
+    @property
+    def ctx(self):
+        return self.contexts[0]
+
+    def _part_loss(self, part, frames):
+        net = self.net
+        frames = mx.nd.array(frames.reshape((-1,) + frames.shape[2:]), ctx=self.contexts[part])  # B*T frames
+        with mx.autograd.pause():
+            teacher = net.project(net.large(frames))
+        student = net.project_small(net.small(frames))
+        return mx.nd.mean(mx.nd.square(student - teacher))
+
+    def loss(self, batch):
+        if len(self.contexts) == 1:
+            mse = self._part_loss(0, batch["frames"])
+            return mse, {"mse": mse}
+        lanes = len(batch["frames"])
+        losses, total = [], 0.0
+        for part, (frames,) in enumerate(split_batch((batch["frames"],), self.contexts, even_split=False)):
+            share = len(frames) / lanes
+            mse = self._part_loss(part, frames)
+            losses.append(mse * share)
+            total += float(mse.asscalar()) * share
+        return losses, {"mse": total}
+
+
+OBJECTIVES = {"detection": ClipTask, "distill_small": DistillTask}
+
+
 def load_split(cfg, split):
     """DATASET.TRAIN or DATASET.VAL (``split``: TRAIN | VAL; TEST is read as VAL) as one dataset."""
     split = "VAL" if split == "TEST" else split
@@ -220,8 +268,15 @@ def train(cfg, net, epochs=None, out_dir=None, dataset=None, ctx=None, val_fn=No
     tcfg = merge(tcfg, {})
     out_dir = out_dir or cfg.OUTPUT_DIR
     net.hybridize_parts(static_alloc=True)   # static graphs per part: several times faster on CPU
+    objective = cfg.TRAIN.OBJECTIVE
+    if objective not in OBJECTIVES:
+        raise ConfigError(f"{cfg.get('CONFIG_FILE') or '<config>'}: TRAIN.OBJECTIVE must be one of "
+                          f"{sorted(OBJECTIVES)}, got {objective!r}")
+    task = OBJECTIVES[objective](net, cfg, ctx)
+    if objective == "distill_small" and not tcfg["TRAINABLE_PATTERNS"]:
+        tcfg["TRAINABLE_PATTERNS"] = list(DistillTask.TRAINABLE)
     data = ClipData(dataset, cfg, net.anchors())
-    return fit(ClipTask(net, cfg, ctx), data, tcfg, out_dir, ctx=ctx, val_fn=val_fn, resume=resume)
+    return fit(task, data, tcfg, out_dir, ctx=ctx, val_fn=val_fn, resume=resume)
 
 
 def load_init_weights(net, path, log=print):

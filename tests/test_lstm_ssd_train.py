@@ -106,6 +106,43 @@ def test_carried_state_is_masked_per_lane(tiny_cfg):
     assert float(c[1].abs().max().asscalar()) == 0 and float(h[1].abs().max().asscalar()) == 0
 
 
+def test_distilling_the_small_extractor_trains_only_it_towards_the_large_features(tiny_cfg, tmp_path):
+    """TRAIN.OBJECTIVE distill_small: the loss is the mean squared difference of the small and large
+    projected features (oracle: the parts run one by one in numpy), it falls over training, and only
+    the small extractor and its projection change; other model types are refused, naming the key."""
+    from lstm_ssd.train import ClipData, DistillTask, train
+    over = ["MODEL.TYPE=fast_slow", "MODEL.LSTM.RESIDUAL=true", "MODEL.SMALL.WIDTH=0.35",
+            "MODEL.SMALL.INPUT_SIZE=32", "MODEL.SMALL.OUTPUT_STRIDE=16", "TRAIN.OBJECTIVE=distill_small",
+            "TRAIN.EPOCHS=12", "TRAIN.LR=0.01", "TRAIN.CHECKPOINT_EVERY=1000"]
+    cfg = lstm_config.load(TINY_CFG, over)
+    cfg.DATASET.TRAIN[0].ROOT = cfg.DATASET.VAL[0].ROOT = tiny_cfg.DATASET.TRAIN[0].ROOT
+    mx.random.seed(0)
+    net = build_detector(cfg)
+    net(mx.nd.zeros((1, 1, 3) + net.image_hw), None, ["large"])
+    from lstm_ssd.train import load_split
+    ds = load_split(cfg, "TRAIN")
+    batch = next(iter(ClipData(ds, cfg, net.anchors())(0)))
+    frames = mx.nd.array(batch["frames"].reshape((-1,) + batch["frames"].shape[2:]))
+    want = np.mean((net.project_small(net.small(frames)).asnumpy() - net.project(net.large(frames)).asnumpy()) ** 2)
+    task = DistillTask(net, cfg)
+    first, parts = task.loss(batch)
+    assert float(first.asscalar()) == pytest.approx(float(want), rel=1e-5) and "mse" in parts
+    before = {k: v.data().asnumpy().copy() for k, v in net._collect_params_with_prefix().items()}
+    train(cfg, net, out_dir=str(tmp_path / "distill"), dataset=ds)
+    after = {k: v.data().asnumpy() for k, v in net._collect_params_with_prefix().items()}
+    changed = {k for k in before if not np.array_equal(before[k], after[k])}
+    assert changed and all(k.startswith(("small.", "project_small.")) for k in changed), sorted(changed)[:5]
+    assert any(k.startswith("project_small.") for k in changed)
+    last, _ = DistillTask(net, cfg).loss(batch)
+    assert float(last.asscalar()) < 0.5 * float(first.asscalar())
+    lstm = lstm_config.load(TINY_CFG, ["TRAIN.OBJECTIVE=distill_small"])
+    with pytest.raises(ConfigError, match="TRAIN.OBJECTIVE distill_small needs MODEL.TYPE fast_slow"):
+        DistillTask(build_detector(lstm), lstm)
+    with pytest.raises(ConfigError, match="TRAIN.OBJECTIVE must be one of"):
+        train(lstm_config.load(TINY_CFG, ["TRAIN.OBJECTIVE=distill"]), build_detector(lstm), dataset=ds,
+              out_dir=str(tmp_path / "bad"))
+
+
 def test_double_dqn_targets_hand_computed():
     q_online_next = np.array([[1.0, 2.0], [3.0, 0.5], [0.0, 0.1]])
     q_target_next = np.array([[10.0, 20.0], [30.0, 5.0], [7.0, 9.0]])
