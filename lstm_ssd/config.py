@@ -71,6 +71,10 @@ DEFAULTS = extend_schema(SHARED_DEFAULTS, {
         # (relative to the project root) collects the rows of several runs in one table
         "RESULTS_TABLE": "",
         "QUANTIZE": "",            # int8: extractors and head in int8 on CPU (MKLDNN), the LSTM in float
+        # carry: the memory state flows from frame to frame (the method); reset: a zero state before every
+        # frame, the same weights -- the ablation that tells what the memory carries over time from what
+        # its layers add to a single frame
+        "MEMORY": "carry",
     },
 })
 

@@ -51,11 +51,15 @@ class StreamingDetector(StreamRunner):
 
     # ---- state -------------------------------------------------------------------------------
     def reset(self):
-        self.state = self.net.zero_state(1, self.ctx)
-        self.prev_state = self.state
+        self.forget()
         self.frame_index = 0
         self.history = []
         self.last_extractor = None
+
+    def forget(self):
+        """Zero the memory state only: the interleaving schedule (frame index, history) goes on."""
+        self.state = self.net.zero_state(1, self.ctx)
+        self.prev_state = self.state
 
     def get_state(self):
         """Numpy snapshot of everything that determines the next outputs."""

@@ -362,6 +362,13 @@ def evaluate(cfg, net, dataset=None, policy=None, print_dir=None, policy_net=Non
     elif cfg.TEST.QUANTIZE:
         raise ConfigError(f"{cfg.get('CONFIG_FILE') or 'config'}: TEST.QUANTIZE must be '' (float) or 'int8', "
                           f"got {cfg.TEST.QUANTIZE!r}")
+    if cfg.TEST.MEMORY == "reset" and policy == "async":
+        raise ConfigError(f"{cfg.get('CONFIG_FILE') or 'config'}: TEST.MEMORY reset is for the synchronous "
+                          f"policies (the async worker writes the state on its own)")
+    if cfg.TEST.MEMORY not in ("carry", "reset"):
+        raise ConfigError(f"{cfg.get('CONFIG_FILE') or 'config'}: TEST.MEMORY must be carry or reset, "
+                          f"got {cfg.TEST.MEMORY!r}")
+    reset_each_frame = cfg.TEST.MEMORY == "reset"
     warm_up(net, ctx)
     limit = max_images if max_images is not None else cfg.TEST.MAX_IMAGES
     records, detections, seconds, large = [], [], 0.0, 0
@@ -372,6 +379,8 @@ def evaluate(cfg, net, dataset=None, policy=None, print_dir=None, policy_net=Non
                 if limit and len(records) >= limit:
                     break
                 image = read_image(rec.image)
+                if reset_each_frame:
+                    stream.forget()
                 t0 = time.perf_counter()
                 (_, (boxes, scores, labels)), = stream.step(image)
                 seconds += time.perf_counter() - t0

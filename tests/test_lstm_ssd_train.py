@@ -143,6 +143,50 @@ def test_distilling_the_small_extractor_trains_only_it_towards_the_large_feature
               out_dir=str(tmp_path / "bad"))
 
 
+def test_memory_reset_ablation_detects_each_frame_from_a_zero_state(tiny_cfg, monkeypatch):
+    """TEST.MEMORY reset: every frame detected from a zero memory state (oracle: a fresh streaming
+    detector per frame), unlike carry, where only the first frame of the video starts from zero; the
+    interleaving schedule goes on (fast-slow at tau 1 still runs the large extractor on half the frames)."""
+    import lstm_ssd.train as lstm_train
+    from lstm_ssd.streaming import StreamingDetector
+    seen = []
+
+    def spy(records, detections, classes):
+        seen.append([tuple(np.asarray(a) for a in d) for d in detections])
+        return voc_ap(records, detections, classes)
+    voc_ap = lstm_train.voc_ap
+    monkeypatch.setattr(lstm_train, "voc_ap", spy)
+    mx.random.seed(2)
+    net = build_detector(tiny_cfg)
+    net(mx.nd.zeros((1, 1, 3) + net.image_hw), None, ["large"])
+    rng = np.random.RandomState(3)
+    for name, param in net.collect_params().items():   # a random net whose scores do depend on its input
+        if "running" not in name and ("memory" in name or "head" in name):
+            param.set_data(mx.nd.array(rng.normal(0, 0.5, param.shape)))
+    ds = lstm_train.load_split(tiny_cfg, "TRAIN")
+    lstm_train.evaluate(tiny_cfg, net, ds)
+    tiny_cfg.TEST.MEMORY = "reset"
+    try:
+        lstm_train.evaluate(tiny_cfg, net, ds)
+    finally:
+        tiny_cfg.TEST.MEMORY = "carry"
+    carry, reset = seen
+    alone = [StreamingDetector(net, tiny_cfg).step(read_image(rec.image))[0][1] for rec in ds]
+    assert len(reset) == len(alone) == 4
+    for got, want in zip(reset, alone):
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(carry[0][1], reset[0][1], rtol=1e-5, atol=1e-5)   # both from zero
+    assert not np.allclose(carry[3][1][:5], reset[3][1][:5], atol=1e-3)       # the memory changed scores
+    over = ["MODEL.TYPE=fast_slow", "MODEL.SMALL.WIDTH=0.35", "MODEL.SMALL.INPUT_SIZE=32",
+            "MODEL.SMALL.OUTPUT_STRIDE=16", "INTERLEAVE.POLICY=fixed", "INTERLEAVE.TAU=1", "TEST.MEMORY=reset"]
+    cfg = lstm_config.load(TINY_CFG, over)
+    assert lstm_train.evaluate(cfg, build_detector(cfg), ds)["large_share"] == 0.5
+    cfg.TEST.MEMORY = "forget"
+    with pytest.raises(ConfigError, match="TEST.MEMORY must be carry or reset"):
+        lstm_train.evaluate(cfg, build_detector(cfg), ds)
+
+
 def test_double_dqn_targets_hand_computed():
     q_online_next = np.array([[1.0, 2.0], [3.0, 0.5], [0.0, 0.1]])
     q_target_next = np.array([[10.0, 20.0], [30.0, 5.0], [7.0, 9.0]])
