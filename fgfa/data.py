@@ -168,8 +168,8 @@ class TrainSamples:
             width = images[0].shape[1]
             boxes = np.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], axis=1)
         if self.degrade is not None:
-            # neighbours have no boxes of their own here; the key frame's (a few frames away) place an
-            # occluder where the object about is
+            # neighbours have no boxes of their own here; the key frame's (a few frames away) put an
+            # occluder where the object is about
             images, _ = self.degrade(images, [boxes] * len(images), rng=rng)
         content = images[0].shape[:2]   # the image part of the input (padding excluded)
         if self.tiler is not None:
