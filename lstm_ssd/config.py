@@ -25,7 +25,11 @@ DEFAULTS = extend_schema(SHARED_DEFAULTS, {
                  # with RESIDUAL: level 0 = projection + g * mix, g = sigmoid of a zero-initialised 1x1 conv
                  # of both, one value per cell: a sharp frame can learn to ignore the memory, a degraded one
                  # to lean on it; still exactly the frame baseline before training
-                 "RESIDUAL_GATE": False},
+                 "RESIDUAL_GATE": False,
+                 # with RESIDUAL: what the mix reads. output: the memory's output at this frame (it has seen
+                 # the frame); previous_state: h as carried in from earlier frames only, so whatever the
+                 # memory adds is evidence from the past by construction (a zero state adds nothing)
+                 "RESIDUAL_INPUT": "output"},
         "PYRAMID": {"DEPTHS": [512, 256, 256, 128]},   # levels after level 0 (the memory output)
         "ANCHORS": {"MIN_SCALE": 0.2, "MAX_SCALE": 0.95, "ASPECT_RATIOS": [1.0, 2.0, 0.5, 3.0, 0.3333],
                     "REDUCE_LOWEST": True},

@@ -119,6 +119,10 @@ class LSTMSSD(gluon.Block):
             if lstm.RESIDUAL_GATE and not self.residual:
                 raise ValueError("MODEL.LSTM.RESIDUAL_GATE gates the residual memory: it needs "
                                  "MODEL.LSTM.RESIDUAL true and MODEL.TYPE lstm_ssd or fast_slow")
+            if lstm.RESIDUAL_INPUT not in ("output", "previous_state"):
+                raise ValueError(f"MODEL.LSTM.RESIDUAL_INPUT must be output or previous_state, "
+                                 f"got {lstm.RESIDUAL_INPUT!r}")
+            from_state = self.residual and lstm.RESIDUAL_INPUT == "previous_state"
             self.project = self.project_small = self.memory_mix = self.memory_gate = None
             if m.TYPE == "ssdlite" or self.residual:
                 # the frame baseline's projection; with LSTM.RESIDUAL the same block (same name, so an
@@ -132,12 +136,16 @@ class LSTMSSD(gluon.Block):
                                              lstm.UNITS, lstm.GROUPS, lstm.FORGET_BIAS, lstm.CLIP,
                                              lstm.OUTPUT_BOTTLENECK, lstm.KERNEL, prefix="memory_")
                 level0 = self.memory.out_channels
+                if from_state and self.memory.out_channels != lstm.UNITS:
+                    raise ValueError("MODEL.LSTM.RESIDUAL_INPUT previous_state mixes the state h "
+                                     "(UNITS channels): it needs MODEL.LSTM.OUTPUT_BOTTLENECK false")
             if self.residual:
                 if self.small is not None:
                     self.project_small = ConvBN(self.small.out_channels, lstm.UNITS, 1, prefix="project_small_")
                 # zero-initialised: a fresh residual model computes exactly its frame baseline
+                # reading the carried state, no bias: a zero state (first frame, reset) adds exactly nothing
                 self.memory_mix = ConvBN(self.memory.out_channels, lstm.UNITS, 1, act="none", use_bn=False,
-                                         weight_init=mx.init.Zero(), prefix="memory_mix_")
+                                         use_bias=not from_state, weight_init=mx.init.Zero(), prefix="memory_mix_")
                 if lstm.RESIDUAL_GATE:
                     # zero-initialised too: g = 0.5 everywhere until it learns, times a zero mix
                     self.memory_gate = ConvBN(2 * lstm.UNITS, 1, 1, act="none", use_bn=False,
@@ -151,7 +159,7 @@ class LSTMSSD(gluon.Block):
         if self.memory is not None:
             projects = {"large": self.project, "small": self.project_small}
             self._steps = StepTable({n: ResidualStep(self.memory.steps[n], projects[n], self.memory_mix,
-                                                     self.memory_gate)
+                                                     self.memory_gate, from_state)
                                      if self.residual else self.memory.steps[n] for n in self.extractor_names})
         self._anchors = None
         self._int8 = {}    # part name -> int8 SymbolBlock (quantize_int8); not Gluon children
@@ -388,15 +396,18 @@ class ResidualStep(gluon.HybridBlock):
     even with a trained backbone and head). With a ``gate`` (LSTM.RESIDUAL_GATE) the correction is
     weighted per cell by sigmoid(gate([projection, correction])): without it the memory's correction is
     the same on a sharp frame as on a blurred one, and what it gives the blurred ones it costs the sharp
-    ones. Not a child of the detector: it re-uses its blocks."""
+    ones. With ``from_state`` (LSTM.RESIDUAL_INPUT previous_state) the mix reads the state h carried in
+    from earlier frames instead of this frame's output: the correction is then evidence from the past
+    only. Not a child of the detector: it re-uses its blocks."""
 
-    def __init__(self, step, project, mix, gate=None, **kwargs):
+    def __init__(self, step, project, mix, gate=None, from_state=False, **kwargs):
         super().__init__(prefix="", **kwargs)
         self.step, self.project, self.mix, self.gate = step, project, mix, gate
+        self.from_state = bool(from_state)
 
     def hybrid_forward(self, F, x, c, h):
         out, c_new, h_new = self.step(x, c, h)
-        frame, memory = self.project(x), self.mix(out)
+        frame, memory = self.project(x), self.mix(h if self.from_state else out)
         if self.gate is not None:
             weight = F.sigmoid(self.gate(F.concat(frame, memory, dim=1)))      # (B,1,H,W)
             memory = F.broadcast_mul(weight, memory)

@@ -386,6 +386,35 @@ def test_gated_residual_weighs_the_memory_per_cell():
         build_detector(lstm_config.load(None, TINY_A + ["MODEL.LSTM.RESIDUAL_GATE=true"]))
 
 
+def test_residual_from_the_previous_state_adds_only_evidence_from_earlier_frames():
+    """LSTM.RESIDUAL_INPUT previous_state: level 0 = projection + gate * mix(h carried in), so a zero
+    state gives exactly the frame baseline whatever the weights (oracle: the parts run one by one), and
+    the state the step returns is the cell's, as without the option."""
+    cfg, net = _tiny(TINY_A + ["MODEL.LSTM.RESIDUAL=true", "MODEL.LSTM.RESIDUAL_GATE=true",
+                               "MODEL.LSTM.RESIDUAL_INPUT=previous_state"], seed=7)
+    rng = np.random.RandomState(8)
+    for param in (net.memory_mix.weight, net.memory_gate.weight):
+        param.set_data(mx.nd.array(rng.normal(0, 0.3, param.shape)))
+    x = mx.nd.array(rng.uniform(0, 255, (2, 3) + net.image_hw))
+    feats = net.large(x)
+    frame = net.project(feats).asnumpy()
+    step = net.memory_step("large")
+    zero_c, zero_h = net.zero_state(2)
+    np.testing.assert_allclose(step(feats, zero_c, zero_h)[0].asnumpy(), frame, rtol=1e-5, atol=1e-5)
+    c, h = (mx.nd.array(rng.normal(0, 1, s.shape)) for s in net.zero_state(2))
+    memory = net.memory_mix(h).asnumpy()
+    logit = np.einsum("c,bchw->bhw", net.memory_gate.weight.data().asnumpy()[0, :, 0, 0],
+                      np.concatenate([frame, memory], axis=1)) + net.memory_gate.bias.data().asnumpy()[0]
+    gate = 1 / (1 + np.exp(-logit))[:, None]
+    level0, c_new, h_new = step(feats, c, h)
+    np.testing.assert_allclose(level0.asnumpy(), frame + gate * memory, rtol=1e-4, atol=1e-4)
+    _, want_c, want_h = net.memory.steps["large"](feats, c, h)
+    np.testing.assert_allclose(h_new.asnumpy(), want_h.asnumpy(), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="previous_state.*OUTPUT_BOTTLENECK false"):
+        build_detector(lstm_config.load(None, TINY_B + ["MODEL.LSTM.RESIDUAL=true",
+                                                        "MODEL.LSTM.RESIDUAL_INPUT=previous_state"]))
+
+
 def test_residual_parts_export_and_count_macs(tmp_path):
     from lstm_ssd.export import export_parts, load_parts
     cfg, net = _tiny(TINY_B + ["MODEL.LSTM.RESIDUAL=true"])
