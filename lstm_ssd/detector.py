@@ -142,8 +142,8 @@ class LSTMSSD(gluon.Block):
             if self.residual:
                 if self.small is not None:
                     self.project_small = ConvBN(self.small.out_channels, lstm.UNITS, 1, prefix="project_small_")
-                # zero-initialised: a fresh residual model computes exactly its frame baseline
-                # reading the carried state, no bias: a zero state (first frame, reset) adds exactly nothing
+                # zero-initialised: a fresh residual model computes exactly its frame baseline; without bias
+                # when it reads the carried state, so a zero state (first frame, reset) adds exactly nothing
                 self.memory_mix = ConvBN(self.memory.out_channels, lstm.UNITS, 1, act="none", use_bn=False,
                                          use_bias=not from_state, weight_init=mx.init.Zero(), prefix="memory_mix_")
                 if lstm.RESIDUAL_GATE:

@@ -140,20 +140,30 @@ class EpochBatches:
         return self.data.batches(self.epoch, self.lanes)
 
 
-class ClipTask:
+class _Task:
+    """What the lib.train.fit tasks of this family share: the model, config and contexts, and the
+    parameters the objective trains when TRAIN.TRAINABLE_PATTERNS is empty (empty = all)."""
+
+    TRAINABLE = ()
+
+    def __init__(self, net, cfg, ctx=None):
+        self.net, self.cfg = net, cfg
+        self.contexts = list(ctx) if isinstance(ctx, (list, tuple)) else [ctx or mx.cpu()]
+
+    @property
+    def ctx(self):
+        return self.contexts[0]
+
+
+class ClipTask(_Task):
     """task for lib.train.fit: loss over all batch x unroll frames, lane states carried between batches.
     With several contexts the lanes are split over them (each keeps its lanes' states); each part's
     loss is weighted by its share of the lanes."""
 
     def __init__(self, net, cfg, ctx=None):
-        self.net, self.cfg = net, cfg
-        self.contexts = list(ctx) if isinstance(ctx, (list, tuple)) else [ctx or mx.cpu()]
+        super().__init__(net, cfg, ctx)
         self.loss_fn = build_loss(cfg)
         self.lane_state = [None] * len(self.contexts)
-
-    @property
-    def ctx(self):
-        return self.contexts[0]
 
     def initial_state(self, continues, batch, part=0):
         ctx = self.contexts[part]
@@ -193,7 +203,7 @@ class ClipTask:
         return losses, parts
 
 
-class DistillTask:
+class DistillTask(_Task):
     """TRAIN.OBJECTIVE distill_small (fast_slow): the small extractor and its projection learn the large
     extractor's projected features on the same frames (mean squared error per cell and channel; the
     teacher runs in inference mode, without gradient). The shared head and memory were trained on the
@@ -202,19 +212,14 @@ class DistillTask:
     never seen. Only parameters of the small extractor and projection train (unless TRAINABLE_PATTERNS
     says otherwise)."""
 
-    TRAINABLE = ["_small_"]      # lstmssd0_small_* (extractor) and lstmssd0_project_small_*
+    TRAINABLE = ("_small_",)    # lstmssd0_small_* (extractor) and lstmssd0_project_small_*
 
     def __init__(self, net, cfg, ctx=None):
         if net.type != "fast_slow" or net.project_small is None:
             raise ConfigError(f"{cfg.get('CONFIG_FILE') or '<config>'}: TRAIN.OBJECTIVE distill_small needs "
                               f"MODEL.TYPE fast_slow with MODEL.LSTM.RESIDUAL true (the small projection); "
                               f"got MODEL.TYPE {net.type}")
-        self.net, self.cfg = net, cfg
-        self.contexts = list(ctx) if isinstance(ctx, (list, tuple)) else [ctx or mx.cpu()]
-
-    @property
-    def ctx(self):
-        return self.contexts[0]
+        super().__init__(net, cfg, ctx)
 
     def _part_loss(self, part, frames):
         net = self.net
@@ -273,8 +278,8 @@ def train(cfg, net, epochs=None, out_dir=None, dataset=None, ctx=None, val_fn=No
         raise ConfigError(f"{cfg.get('CONFIG_FILE') or '<config>'}: TRAIN.OBJECTIVE must be one of "
                           f"{sorted(OBJECTIVES)}, got {objective!r}")
     task = OBJECTIVES[objective](net, cfg, ctx)
-    if objective == "distill_small" and not tcfg["TRAINABLE_PATTERNS"]:
-        tcfg["TRAINABLE_PATTERNS"] = list(DistillTask.TRAINABLE)
+    if not tcfg["TRAINABLE_PATTERNS"]:
+        tcfg["TRAINABLE_PATTERNS"] = list(task.TRAINABLE)
     data = ClipData(dataset, cfg, net.anchors())
     return fit(task, data, tcfg, out_dir, ctx=ctx, val_fn=val_fn, resume=resume)
 
@@ -353,6 +358,13 @@ def evaluate(cfg, net, dataset=None, policy=None, print_dir=None, policy_net=Non
     print_dir: write annotated JPEGs there (TEST.PRINT_IMAGES)."""
     dataset = dataset if dataset is not None else load_split(cfg, "VAL")
     policy = policy or cfg.INTERLEAVE.POLICY
+    if cfg.TEST.MEMORY not in ("carry", "reset"):
+        raise ConfigError(f"{cfg.get('CONFIG_FILE') or 'config'}: TEST.MEMORY must be carry or reset, "
+                          f"got {cfg.TEST.MEMORY!r}")
+    reset_each_frame = cfg.TEST.MEMORY == "reset"
+    if reset_each_frame and policy == "async":
+        raise ConfigError(f"{cfg.get('CONFIG_FILE') or 'config'}: TEST.MEMORY reset is for the synchronous "
+                          f"policies (the async worker writes the state on its own)")
     if policy == "async":
         stream = AsyncStreamingDetector(net, cfg, ctx=ctx)
     else:
@@ -362,13 +374,6 @@ def evaluate(cfg, net, dataset=None, policy=None, print_dir=None, policy_net=Non
     elif cfg.TEST.QUANTIZE:
         raise ConfigError(f"{cfg.get('CONFIG_FILE') or 'config'}: TEST.QUANTIZE must be '' (float) or 'int8', "
                           f"got {cfg.TEST.QUANTIZE!r}")
-    if cfg.TEST.MEMORY == "reset" and policy == "async":
-        raise ConfigError(f"{cfg.get('CONFIG_FILE') or 'config'}: TEST.MEMORY reset is for the synchronous "
-                          f"policies (the async worker writes the state on its own)")
-    if cfg.TEST.MEMORY not in ("carry", "reset"):
-        raise ConfigError(f"{cfg.get('CONFIG_FILE') or 'config'}: TEST.MEMORY must be carry or reset, "
-                          f"got {cfg.TEST.MEMORY!r}")
-    reset_each_frame = cfg.TEST.MEMORY == "reset"
     warm_up(net, ctx)
     limit = max_images if max_images is not None else cfg.TEST.MAX_IMAGES
     records, detections, seconds, large = [], [], 0.0, 0
