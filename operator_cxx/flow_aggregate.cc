@@ -6,9 +6,10 @@
 // (fgfa.aggregation.FlowAggregator):
 //   warped_t = flow_warp(cache_t, flow_t)
 //   cos_t    = <L2Normalization(warped_t[C:]), L2Normalization(key_cache[C:])>   (over channels)
-//   w_t      = softmax_t(cos_t)                                                    (per pixel)
+//   w_t      = softmax_t(scale * cos_t)                                            (per pixel)
 //   out      = sum_t w_t * warped_t[:C]
-// Outputs: out (N, C, h, w) and the weights (N, T, h, w).
+// Outputs: out (N, C, h, w) and the weights (N, T, h, w). scale (default 1, the reference) sharpens
+// (> 1) or flattens (< 1) the weights: FGFA's NETWORK.AGGREGATE_SCALE, learned or fixed.
 // With channels_last=1 the key and the window caches are (N, h, w, C+E) (lib.ops.channels_last builds
 // them once per frame): the kernel then reads each corner's channels as one contiguous vector instead
 // of gathering them plane by plane (aggregate_pixels); out stays (N, C, h, w).
@@ -38,11 +39,14 @@ struct Params {
   int feat_channels;
   int num_frames;
   bool channels_last;
+  float scale;  // cosine multiplier before the softmax (1: the reference's plain cosine)
 };
 
 bool parse_params(const Attrs& attrs, Params* p) {
-  if (!check_attr_names(attrs, kOp, {"feat_channels", "num_frames", "channels_last"})) return false;
+  if (!check_attr_names(attrs, kOp, {"feat_channels", "num_frames", "channels_last", "scale"}))
+    return false;
   if (!attr_bool(attrs, kOp, "channels_last", false, &p->channels_last)) return false;
+  if (!attr_float(attrs, kOp, "scale", 1.0f, &p->scale)) return false;
   if (!attr_required_int(attrs, kOp, "feat_channels", &p->feat_channels)) return false;
   if (!attr_required_int(attrs, kOp, "num_frames", &p->num_frames)) return false;
   if (p->feat_channels < 1) {
@@ -51,6 +55,10 @@ bool parse_params(const Attrs& attrs, Params* p) {
   }
   if (p->num_frames < 1) {
     DETOPS_ERROR << kOp << ": num_frames must be >= 1, got " << p->num_frames;
+    return false;
+  }
+  if (!(p->scale > 0.0f) || !std::isfinite(p->scale)) {
+    DETOPS_ERROR << kOp << ": scale must be a finite number > 0, got " << p->scale;
     return false;
   }
   return true;
@@ -89,7 +97,7 @@ constexpr int kChannelChunk = 16;
 
 template <typename T>
 DETOPS_CLONES void aggregate_planes(const T* key, const std::vector<const T*>& caches, const std::vector<const T*>& flows,
-                      T* out, T* weights, int N, int C, int E, int H, int W) {
+                      T* out, T* weights, int N, int C, int E, int H, int W, T scale) {
   const int Tn = static_cast<int>(caches.size());
   const int HW = H * W;
   const size_t cache_stride = static_cast<size_t>(C + E) * HW;  // one image of a cache
@@ -142,7 +150,7 @@ DETOPS_CLONES void aggregate_planes(const T* key, const std::vector<const T*>& c
       T top = -std::numeric_limits<T>::infinity();
       for (int t = 0; t < Tn; ++t) {
         const size_t i = static_cast<size_t>(t) * HW + p;
-        const T cosine = static_cast<T>(dot[i] * key_inv / std::sqrt(norm[i] + kEps));
+        const T cosine = static_cast<T>(scale * dot[i] * key_inv / std::sqrt(norm[i] + kEps));
         w_out[i] = cosine;
         top = std::max(top, cosine);
       }
@@ -183,7 +191,7 @@ DETOPS_CLONES void aggregate_planes(const T* key, const std::vector<const T*>& c
 template <typename T>
 DETOPS_CLONES void aggregate_pixels(const T* key, const std::vector<const T*>& caches,
                                     const std::vector<const T*>& flows, T* out, T* weights, int N, int C,
-                                    int E, int H, int W) {
+                                    int E, int H, int W, T scale) {
   const int Tn = static_cast<int>(caches.size());
   const int HW = H * W;
   const int CE = C + E;
@@ -224,7 +232,7 @@ DETOPS_CLONES void aggregate_pixels(const T* key, const std::vector<const T*>& c
           dot += v * key_emb[e];
           norm += v * v;
         }
-        cosine[t] = static_cast<T>(dot * key_inv / std::sqrt(norm + kEps));
+        cosine[t] = static_cast<T>(scale * dot * key_inv / std::sqrt(norm + kEps));
         top = std::max(top, cosine[t]);
       }
       T sum = 0;
@@ -330,7 +338,7 @@ void run_forward(const Params& p, std::vector<MXTensor>* inputs, std::vector<MXT
   }
   auto kernel = p.channels_last ? aggregate_pixels<T> : aggregate_planes<T>;
   kernel(key.data<T>(), caches, flows, (*outputs)[0].data<T>(), (*outputs)[1].data<T>(), N,
-         p.feat_channels, CE - p.feat_channels, H, W);
+         p.feat_channels, CE - p.feat_channels, H, W, static_cast<T>(p.scale));
 }
 
 MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* inputs,

@@ -142,30 +142,30 @@ def numpy_warp(data, flow):
     return out
 
 
-def numpy_aggregate(key_cache, caches, flows, feat_channels):
+def numpy_aggregate(key_cache, caches, flows, feat_channels, scale=1.0):
     """FGFA's aggregation in numpy float64 (the oracle of the float64 kernel)."""
     def normalize(x):
         return x / np.sqrt((x ** 2).sum(axis=1, keepdims=True) + 1e-10)
     key = normalize(key_cache[:, feat_channels:].astype(np.float64))
     warped = [numpy_warp(c.astype(np.float64), f.astype(np.float64)) for c, f in zip(caches, flows)]
-    cosine = np.stack([(normalize(w[:, feat_channels:]) * key).sum(axis=1) for w in warped], axis=1)
+    cosine = scale * np.stack([(normalize(w[:, feat_channels:]) * key).sum(axis=1) for w in warped], axis=1)
     weights = np.exp(cosine - cosine.max(axis=1, keepdims=True))
     weights /= weights.sum(axis=1, keepdims=True)
     out = sum(w[:, :feat_channels] * weights[:, t:t + 1] for t, w in enumerate(warped))
     return out, weights
 
 
-def composite_aggregate(key_cache, caches, flows, feat_channels):
+def composite_aggregate(key_cache, caches, flows, feat_channels, scale=1.0):
     """FGFA's aggregation from MXNet built-ins only (the oracle of the fused kernel; float32: MXNet's
     L2Normalization has no float64 CPU kernel, so float64 inputs use numpy_aggregate)."""
     if key_cache.dtype == np.float64:
-        return numpy_aggregate(key_cache, caches, flows, feat_channels)
+        return numpy_aggregate(key_cache, caches, flows, feat_channels, scale)
     nd = mx.nd
     key = nd.L2Normalization(nd.array(key_cache)[:, feat_channels:], mode="channel")
     warped = [builtin_warp(nd.array(c), nd.array(f)) for c, f in zip(caches, flows)]
     cosine = nd.stack(*[(nd.L2Normalization(w[:, feat_channels:], mode="channel") * key).sum(axis=1)
                         for w in warped], axis=1)                                   # (N,T,h,w)
-    weights = nd.softmax(cosine, axis=1)
+    weights = nd.softmax(cosine * scale, axis=1)
     out = sum(w[:, :feat_channels] * weights[:, t:t + 1] for t, w in enumerate(warped))
     return out.asnumpy(), weights.asnumpy()
 
@@ -194,6 +194,30 @@ def test_flow_aggregate_equals_composite_of_builtins(n, c, e, h, w, frames, flow
     close(out.asnumpy(), ref_out)
     close(weights.asnumpy(), ref_weights)
     close(weights.asnumpy().sum(axis=1), np.ones((n, h, w)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("scale", [0.5, 7.0])
+def test_flow_aggregate_scale_sharpens_the_weights_as_the_composite(scale, channels_last, dtype):
+    rng = np.random.RandomState(3)
+    n, c, e, h, w, frames = 1, 4, 6, 5, 7, 3
+    key = rng.randn(n, c + e, h, w).astype(dtype)
+    caches = [key] + [rng.randn(n, c + e, h, w).astype(dtype) for _ in range(frames - 1)]
+    flows = [np.zeros((n, 2, h, w), dtype)] + [(rng.randn(n, 2, h, w) * 2).astype(dtype) for _ in range(frames - 1)]
+    layout = (lambda x: x.transpose(0, 2, 3, 1).copy()) if channels_last else (lambda x: x)
+    out, weights = ops.flow_aggregate(mx.nd.array(layout(key), dtype=dtype),
+                                      [mx.nd.array(layout(x), dtype=dtype) for x in caches],
+                                      [mx.nd.array(x, dtype=dtype) for x in flows], feat_channels=c,
+                                      channels_last=channels_last, scale=scale)
+    ref_out, ref_weights = composite_aggregate(key, caches, flows, c, scale)
+    close(out.asnumpy(), ref_out)
+    close(weights.asnumpy(), ref_weights)
+    plain = ops.flow_aggregate(mx.nd.array(layout(key), dtype=dtype), [mx.nd.array(layout(x), dtype=dtype) for x in caches],
+                               [mx.nd.array(x, dtype=dtype) for x in flows], feat_channels=c,
+                               channels_last=channels_last)[1].asnumpy()
+    # the key frame (cosine 1, the largest) gains weight when the scale grows, loses it when it shrinks
+    assert ((weights.asnumpy()[:, 0] > plain[:, 0]) == (scale > 1)).all()
 
 
 def test_flow_aggregate_channels_last_sums_features_in_the_same_order():
@@ -225,6 +249,11 @@ def test_flow_aggregate_hand_computed():
     w_key = np.exp(1) / (np.exp(1) + np.exp(0))
     close(weights.asnumpy()[0, :, 0], [[0.5, 0.5, w_key], [0.5, 0.5, 1 - w_key]])
     close(out.asnumpy()[0, 0, 0], [0.5 * 1 + 0.5 * 20, 0.5 * 2 + 0.5 * 30, w_key * 3 + (1 - w_key) * 0])
+    # scale 3: cosines 1 and 0 become 3 and 0 at x = 2; equal cosines stay equal weights
+    _, weights = ops.flow_aggregate(mx.nd.array(key), [mx.nd.array(key), mx.nd.array(other)],
+                                    [mx.nd.zeros((1, 2, 1, 3)), mx.nd.array(flow)], feat_channels=1, scale=3.0)
+    w_key = np.exp(3) / (np.exp(3) + 1)
+    close(weights.asnumpy()[0, :, 0], [[0.5, 0.5, w_key], [0.5, 0.5, 1 - w_key]])
 
 
 def test_flow_aggregate_errors():
@@ -243,6 +272,7 @@ def test_flow_aggregate_errors():
            "5 channels (N, h, w, C+E) (channels_last)", "needs feat_channels (5)")
     with pytest.raises(ValueError, match="as many flows as caches"):
         ops.flow_aggregate(good, [good, good], [flow], feat_channels=3)
+    raises(lambda: ops.flow_aggregate(good, [good], [flow], feat_channels=3, scale=0.0), "scale must be a finite number > 0")
     key = good.copy()
     key.attach_grad()
     with autograd.record():
