@@ -3,8 +3,8 @@
 Each frame's cache is concat(feature, embedding). Caches of the T frames aggregated for one key
 frame are warped to the key frame with their flows (the reference test graph warps feature and
 embedding together); the weight of frame t at each pixel is the cosine similarity between its
-warped embedding and the key frame's embedding, softmax-normalised over the T frames; the output
-is the weighted sum of the warped features.
+warped embedding and the key frame's embedding times a scale (1 in the reference; NETWORK.AGGREGATE_SCALE),
+softmax-normalised over the T frames; the output is the weighted sum of the warped features.
 """
 from mxnet.gluon import nn
 
@@ -12,7 +12,9 @@ from .operators import flow_warp
 
 
 class FlowAggregator(nn.HybridBlock):
-    """(key_embed (N,E,h,w), caches (N*T, C+E, h, w), flows (N*T, 2, h, w)) -> (N, C, h, w).
+    """(key_embed (N,E,h,w), caches (N*T, C+E, h, w), flows (N*T, 2, h, w), scale (1,)) -> (N, C, h, w).
+
+    ``scale`` multiplies the cosines before the softmax (an input, so a learned scale gets its gradient).
 
     ``caches``/``flows`` are ordered key-major: rows n*T .. n*T+T-1 belong to key frame n.
     Also returns the weights (N, T, h, w) for inspection.
@@ -24,7 +26,7 @@ class FlowAggregator(nn.HybridBlock):
         self.num_frames = num_frames
         self.builtin_ops = builtin_ops
 
-    def hybrid_forward(self, F, key_embed, caches, flows):
+    def hybrid_forward(self, F, key_embed, caches, flows, scale):
         warped = flow_warp(F, caches, flows, builtin=self.builtin_ops)
         feat = F.slice_axis(warped, axis=1, begin=0, end=self.feat_channels)
         embed = F.slice_axis(warped, axis=1, begin=self.feat_channels, end=None)
@@ -32,7 +34,7 @@ class FlowAggregator(nn.HybridBlock):
         key = F.L2Normalization(key_embed, mode="channel")
         embed = F.reshape(embed, shape=(-4, -1, self.num_frames, -2))       # (N,T,E,h,w)
         cosine = F.sum(F.broadcast_mul(embed, F.expand_dims(key, axis=1)), axis=2)  # (N,T,h,w)
-        weights = F.softmax(cosine, axis=1)
+        weights = F.softmax(F.broadcast_mul(cosine, F.reshape(scale, shape=(1, 1, 1, 1))), axis=1)
         feat = F.reshape(feat, shape=(-4, -1, self.num_frames, -2))         # (N,T,C,h,w)
         out = F.sum(F.broadcast_mul(feat, F.expand_dims(weights, axis=2)), axis=1)
         return out, weights

@@ -57,6 +57,12 @@ DEFAULTS = extend_schema(SHARED_DEFAULTS, {
         "FLOW_WIDTH": 1.0,             # FlowNetSimple channel multiplier (CPU configs: < 1)
         "FLOW_SCALE": 2.5,             # 20 (FlowNet's flow/20) / 8 (flow at 1/8 of a half image)
         "EMBED_CHANNELS": [512, 512, 2048],
+        # the aggregation weights are softmax(AGGREGATE_SCALE * cosine) over the window; the reference's
+        # plain cosine (1) caps the key frame's weight (1/(1 + 2/e^2) = 0.79 at K = 1 however dissimilar the
+        # neighbours), so the window always blurs the key frame. LEARNED: the scale is a parameter
+        # (started at AGGREGATE_SCALE) trained with the embedding
+        "AGGREGATE_SCALE": 1.0,
+        "AGGREGATE_SCALE_LEARNED": False,
         "FLOW_WEIGHTS": "",            # FlowNet .params to start from (else TRAIN.FLOW_PRETRAIN)
         # a detector of this project to start from (.params, e.g. the R-FCN frame baseline's checkpoint
         # for FGFA): parameters of the same name and shape are loaded, the others keep their init
@@ -70,6 +76,10 @@ DEFAULTS = extend_schema(SHARED_DEFAULTS, {
         "MAX_OFFSET": 9,               # neighbours at distinct random offsets in [-MAX, MAX]
         "MIN_OFFSET": 1,
         "AGGREGATE_KEY": False,        # reference: softmax over the two neighbours only
+        # learning-rate multiplier of the learned NETWORK.AGGREGATE_SCALE (its log; never weight-decayed): one
+        # scalar whose gradient is ~0.02 per step on speedtrap, at the convolutions' rate it moved 1.0 -> 1.02
+        # in an epoch
+        "AGGREGATE_SCALE_LR_MULT": 100.0,
         # FlowNet pre-training on pairs with known flow cut from the training images (fgfa.flow_pretrain):
         # the reference starts from Flying Chairs weights, which cannot be downloaded here. ITERS 0 = off.
         # SOURCE: synthetic (pasted patches with known flow; ZOOM: largest relative scale change of the
@@ -240,6 +250,8 @@ def validate(cfg):
         raise ConfigError(f"{src}: NETWORK.FEAT_STRIDE must be 16 (res5 dilated backbone)")
     if img.PAD_STRIDE % net.FEAT_STRIDE:
         raise ConfigError(f"{src}: IMAGE.PAD_STRIDE must be a multiple of NETWORK.FEAT_STRIDE")
+    if not (isinstance(net.AGGREGATE_SCALE, (int, float)) and 0 < net.AGGREGATE_SCALE <= 1000):
+        raise ConfigError(f"{src}: NETWORK.AGGREGATE_SCALE must be a number in (0, 1000], got {net.AGGREGATE_SCALE!r}")
     if len(net.EMBED_CHANNELS) != 3:
         raise ConfigError(f"{src}: NETWORK.EMBED_CHANNELS must list 3 widths (1x1, 3x3, 1x1)")
     for key in ("RPN_BBOX_STDS", "RCNN_BBOX_STDS"):

@@ -5,6 +5,7 @@ embedding, no window). With aggregation, training sees a key frame and two neigh
 (``fgfa.window.WindowRunner``) keeps per-frame features and embeddings in a window of 2K+1 frames.
 The RPN and the R-FCN head compute their own losses (``RPN.loss``, ``RFCNHead.loss``).
 """
+import math
 import types
 
 import mxnet as mx
@@ -137,6 +138,11 @@ class FGFADetector(gluon.Block):
             if self.aggregate:
                 self.embed = EmbedNet(net.EMBED_CHANNELS, prefix="embed_")
                 self.flownet = FlowNetSimple(net.FLOW_WIDTH, net.FLOW_SCALE, prefix="flow_")
+                if net.AGGREGATE_SCALE_LEARNED:
+                    # the log keeps the scale positive; started at NETWORK.AGGREGATE_SCALE
+                    self.aggregate_log_scale = self.params.get(
+                        "aggregate_log_scale", shape=(1,), init=mx.init.Constant(math.log(net.AGGREGATE_SCALE)),
+                        lr_mult=cfg.TRAIN.AGGREGATE_SCALE_LR_MULT, wd_mult=0.0)
             self.rpn = RPN(self.num_anchors, prefix="rpn_")
             self.rfcn = RFCNHead(num_classes + 1, net.PS_GROUP, net.FEAT_STRIDE, builtin_ops, prefix="rfcn_")
         self.base_anchors = rpn_base_anchors(net.ANCHOR_BASE, tuple(net.ANCHOR_SCALES),
@@ -175,6 +181,13 @@ class FGFADetector(gluon.Block):
             if self._infer.hybridized_ctx is not None:
                 hybridize_for_inference(aggs[num_frames], self._infer.hybridized_ctx)
         return aggs[num_frames]
+
+    def aggregate_scale(self, ctx):
+        """The cosine multiplier of the aggregation weights as a (1,) array on ``ctx`` (recorded for its
+        gradient when learned): NETWORK.AGGREGATE_SCALE, or the exp of the learned log-scale."""
+        if self.cfg.NETWORK.AGGREGATE_SCALE_LEARNED:
+            return mx.nd.exp(self.aggregate_log_scale.data(ctx))
+        return mx.nd.array([self.cfg.NETWORK.AGGREGATE_SCALE], ctx=ctx)
 
     @property
     def head(self):
@@ -290,12 +303,14 @@ class FGFADetector(gluon.Block):
             fused = self.fuses_aggregation(key_cache.context)
         if channels_last and not fused:
             raise ValueError("channels-last caches need the fused aggregation (compiled CPU operators)")
+        scale = self.aggregate_scale(key_cache.context)
         if fused:
-            out, _ = flow_aggregate(key_cache, caches, flows, self.feat_channels, channels_last=channels_last)
+            out, _ = flow_aggregate(key_cache, caches, flows, self.feat_channels, channels_last=channels_last,
+                                    scale=float(scale.asscalar()))
             return out
         key_embed = key_cache[:, self.feat_channels:]
         out, _ = self.aggregator(len(caches))(key_embed, mx.nd.concat(*caches, dim=0),
-                                              mx.nd.concat(*flows, dim=0))
+                                              mx.nd.concat(*flows, dim=0), scale)
         return out
 
     # ------------------------------------------------------------------ post-processing
@@ -364,7 +379,8 @@ class FGFADetector(gluon.Block):
             for i in chosen:
                 parts.append(mx.nd.zeros_like(flows_nb[:, 0]) if i == 0 else flows_nb[:, i - 1])
             flows = mx.nd.stack(*parts, axis=1).reshape((-3, -2))
-            feat, _ = self.aggregator(len(chosen))(key_cache[:, self.feat_channels:], sel, flows)
+            feat, _ = self.aggregator(len(chosen))(key_cache[:, self.feat_channels:], sel, flows,
+                                                   self.aggregate_scale(ctx))
         else:
             feat = self.features(data[:, 0])
         half = self.feat_channels // 2

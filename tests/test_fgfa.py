@@ -177,7 +177,8 @@ def test_rpn_deltas_denormalized_per_coordinate():
 
 
 # ---------------------------------------------------------------------------------------- aggregation
-def test_aggregation_matches_numpy_reference():
+@pytest.mark.parametrize("scale", [1.0, 4.0])
+def test_aggregation_matches_numpy_reference(scale):
     from fgfa.aggregation import FlowAggregator
     rng = np.random.RandomState(1)
     n, t, c, e, h, w = 2, 3, 4, 5, 10, 12
@@ -189,7 +190,7 @@ def test_aggregation_matches_numpy_reference():
     flows[:, 0] = shifts[:, 0, None, None]
     flows[:, 1] = shifts[:, 1, None, None]
     agg = FlowAggregator(c, t)
-    out, weights = agg(mx.nd.array(key_embed), mx.nd.array(caches), mx.nd.array(flows))
+    out, weights = agg(mx.nd.array(key_embed), mx.nd.array(caches), mx.nd.array(flows), mx.nd.array([scale]))
     warped = np.zeros_like(caches)
     for i, (dx, dy) in enumerate(shifts):
         for y in range(h):
@@ -200,7 +201,7 @@ def test_aggregation_matches_numpy_reference():
     emb = warped[:, c:].reshape(n, t, e, h, w)
     emb = emb / np.maximum(np.sqrt((emb ** 2).sum(2, keepdims=True) + 1e-10), 1e-10)
     key = key_embed / np.sqrt((key_embed ** 2).sum(1, keepdims=True) + 1e-10)
-    cos = (emb * key[:, None]).sum(2)
+    cos = scale * (emb * key[:, None]).sum(2)
     wts = np.exp(cos - cos.max(1, keepdims=True))
     wts /= wts.sum(1, keepdims=True)
     # compare where every frame samples strictly inside the map (at the last pixel row/column the
@@ -214,6 +215,65 @@ def test_aggregation_matches_numpy_reference():
     np.testing.assert_allclose(got_w, wts.transpose(0, 2, 3, 1)[inside], rtol=1e-4, atol=1e-5)
     expect = (feat * wts[:, :, None]).sum(1).transpose(0, 2, 3, 1)[inside]
     np.testing.assert_allclose(out.asnumpy().transpose(0, 2, 3, 1)[inside], expect, rtol=1e-4, atol=1e-5)
+
+
+def test_aggregation_scale_gradient_matches_finite_differences():
+    # the learned NETWORK.AGGREGATE_SCALE trains through this input
+    from mxnet import autograd
+    from fgfa.aggregation import FlowAggregator
+    rng = np.random.RandomState(2)
+    n, t, c, e, h, w = 1, 3, 3, 4, 5, 6
+    key_embed = mx.nd.array(rng.randn(n, e, h, w))
+    caches = mx.nd.array(rng.randn(n * t, c + e, h, w))
+    flows = mx.nd.array(rng.randn(n * t, 2, h, w))
+    probe = mx.nd.array(rng.randn(n, c, h, w))
+    agg = FlowAggregator(c, t)
+
+    def objective(scale):
+        return float((agg(key_embed, caches, flows, mx.nd.array([scale]))[0] * probe).sum().asscalar())
+    scale = mx.nd.array([1.7])
+    scale.attach_grad()
+    with autograd.record():
+        loss = (agg(key_embed, caches, flows, scale)[0] * probe).sum()
+    loss.backward()
+    step = 1e-2
+    numeric = (objective(1.7 + step) - objective(1.7 - step)) / (2 * step)
+    assert abs(numeric) > 1e-2
+    np.testing.assert_allclose(scale.grad.asscalar(), numeric, rtol=2e-2)
+
+
+def test_learned_aggregate_scale_trains_and_the_fused_window_uses_it():
+    from mxnet import autograd
+    mx.random.seed(0)
+    cfg = get_config(TINY, ["NETWORK.AGGREGATE_SCALE=2.0", "NETWORK.AGGREGATE_SCALE_LEARNED=true"])
+    model = FGFADetector(cfg, 2)
+    model.init_weights()
+    materialize(model, mx.cpu())
+    named = dict(model._collect_params_with_prefix())
+    np.testing.assert_allclose(named["aggregate_log_scale"].data().asnumpy(), [np.log(2.0)], rtol=1e-6)
+    assert named["aggregate_log_scale"].lr_mult == cfg.TRAIN.AGGREGATE_SCALE_LR_MULT and named["aggregate_log_scale"].wd_mult == 0
+    rng = np.random.RandomState(0)
+    data = mx.nd.array(rng.randn(1, 3, 3, 96, 128))      # key frame + 2 neighbours
+    im_info = np.array([[96, 128, 1.0]], np.float32)
+    with autograd.record():
+        loss, _ = model.train_loss(data, im_info, [np.array([[10, 10, 60, 50]], np.float32)],
+                                   [np.array([0])], np.random.RandomState(0))
+    loss.backward()
+    assert abs(float(named["aggregate_log_scale"].grad().asscalar())) > 0
+    # inference: the fused kernel and the composite graph weight the window with the learned scale
+    named["aggregate_log_scale"].set_data(mx.nd.array([np.log(5.0)]))
+    caches = [model.frame_cache(data[:, i]) for i in range(3)]
+    flows = [mx.nd.random.normal(0, 1, shape=(1, 2) + caches[0].shape[2:]) for _ in range(3)]
+    fused = model.aggregate_window(caches[0], caches, flows, fused=True).asnumpy()
+    composite = model.aggregate_window(caches[0], caches, flows, fused=False).asnumpy()
+    np.testing.assert_allclose(fused, composite, rtol=1e-4, atol=1e-5)
+    from lib import ops
+    plain, _ = ops.flow_aggregate(caches[0], caches, flows, model.feat_channels)
+    with_five, _ = ops.flow_aggregate(caches[0], caches, flows, model.feat_channels, scale=5.0)
+    np.testing.assert_allclose(fused, with_five.asnumpy(), rtol=1e-5, atol=1e-6)
+    assert np.abs(fused - plain.asnumpy()).max() > 1e-3
+    with pytest.raises(ConfigError, match="NETWORK.AGGREGATE_SCALE must be a number in"):
+        get_config(TINY, ["NETWORK.AGGREGATE_SCALE=0"])
 
 
 def test_flownet_output_at_feature_stride():
