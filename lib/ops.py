@@ -262,7 +262,8 @@ def channels_last(arrays, F=None, builtin=None, name=None):
     return _op(F, "channels_last")(*arrays, num_args=len(arrays), **_named(name))
 
 
-def flow_aggregate(key_cache, caches, flows, feat_channels, channels_last=False, scale=1.0, F=None, name=None):
+def flow_aggregate(key_cache, caches, flows, feat_channels, channels_last=False, scale=1.0, quality=False, F=None,
+                   name=None):
     """FGFA's flow-guided aggregation of a window in one fused pass (inference only, CPU).
 
     key_cache (N, C+E, h, w) = concat(feature, embedding) of the key frame; ``caches``: list of T
@@ -271,7 +272,9 @@ def flow_aggregate(key_cache, caches, flows, feat_channels, channels_last=False,
     ``feat_channels`` = C. Returns (aggregated feature (N, C, h, w), weights (N, T, h, w)), equal to
     ``fgfa.aggregation.FlowAggregator``: each cache warped with flow_warp, per-pixel cosine
     similarity of its L2-normalised embedding with the key's, softmax over the T frames, weighted
-    sum of the warped features; ``scale`` multiplies the cosines before the softmax (1: the reference).
+    sum of the warped features; ``scale`` multiplies the cosines before the softmax (1: the reference);
+    ``quality``: the caches' last channel is a logit added to the frame's (warped with it; the cosine runs
+    over the channels between).
     It never builds the warped window (T x (C+E) channels), which the
     composite graph does several times over. No gradient (MXNetError on backward).
 
@@ -287,7 +290,7 @@ def flow_aggregate(key_cache, caches, flows, feat_channels, channels_last=False,
     F = _namespace(F, key_cache)
     return _op(F, "flow_aggregate")(key_cache, *caches, *flows, feat_channels=int(feat_channels),
                                     num_frames=len(caches), channels_last=bool(channels_last),
-                                    scale=float(scale), **_named(name))
+                                    scale=float(scale), quality=bool(quality), **_named(name))
 
 
 def depth_to_space(data, block_size, F=None, builtin=None, name=None):

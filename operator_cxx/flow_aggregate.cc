@@ -9,7 +9,10 @@
 //   w_t      = softmax_t(scale * cos_t)                                            (per pixel)
 //   out      = sum_t w_t * warped_t[:C]
 // Outputs: out (N, C, h, w) and the weights (N, T, h, w). scale (default 1, the reference) sharpens
-// (> 1) or flattens (< 1) the weights: FGFA's NETWORK.AGGREGATE_SCALE, learned or fixed.
+// (> 1) or flattens (< 1) the weights: FGFA's NETWORK.AGGREGATE_SCALE, learned or fixed. With quality=1
+// the cache's last channel is a per-pixel logit of the frame's own (FGFA's NETWORK.AGGREGATE_QUALITY),
+// warped like the rest and added: w_t = softmax_t(scale * cos_t + warped_t[C+E]); the cosine then runs
+// over the E channels between.
 // With channels_last=1 the key and the window caches are (N, h, w, C+E) (lib.ops.channels_last builds
 // them once per frame): the kernel then reads each corner's channels as one contiguous vector instead
 // of gathering them plane by plane (aggregate_pixels); out stays (N, C, h, w).
@@ -40,13 +43,15 @@ struct Params {
   int num_frames;
   bool channels_last;
   float scale;  // cosine multiplier before the softmax (1: the reference's plain cosine)
+  bool quality;  // the last channel is a logit added to the frame's weight
 };
 
 bool parse_params(const Attrs& attrs, Params* p) {
-  if (!check_attr_names(attrs, kOp, {"feat_channels", "num_frames", "channels_last", "scale"}))
+  if (!check_attr_names(attrs, kOp, {"feat_channels", "num_frames", "channels_last", "scale", "quality"}))
     return false;
   if (!attr_bool(attrs, kOp, "channels_last", false, &p->channels_last)) return false;
   if (!attr_float(attrs, kOp, "scale", 1.0f, &p->scale)) return false;
+  if (!attr_bool(attrs, kOp, "quality", false, &p->quality)) return false;
   if (!attr_required_int(attrs, kOp, "feat_channels", &p->feat_channels)) return false;
   if (!attr_required_int(attrs, kOp, "num_frames", &p->num_frames)) return false;
   if (p->feat_channels < 1) {
@@ -97,15 +102,16 @@ constexpr int kChannelChunk = 16;
 
 template <typename T>
 DETOPS_CLONES void aggregate_planes(const T* key, const std::vector<const T*>& caches, const std::vector<const T*>& flows,
-                      T* out, T* weights, int N, int C, int E, int H, int W, T scale) {
+                      T* out, T* weights, int N, int C, int E, int Q, int H, int W, T scale) {
   const int Tn = static_cast<int>(caches.size());
   const int HW = H * W;
-  const size_t cache_stride = static_cast<size_t>(C + E) * HW;  // one image of a cache
+  const size_t cache_stride = static_cast<size_t>(C + E + Q) * HW;  // one image of a cache
   const T half_w = half_extent<T>(W);
   const T half_h = half_extent<T>(H);
   const int threads = std::max(1, worth_threads(static_cast<double>(Tn) * (C + E) * HW / 4));
   std::vector<Taps<T>> taps(static_cast<size_t>(Tn) * HW);
   std::vector<T> dot(static_cast<size_t>(Tn) * HW), norm(static_cast<size_t>(Tn) * HW), key_norm(HW);
+  std::vector<T> logit(Q ? static_cast<size_t>(Tn) * HW : 0);  // the frames' warped quality logits
   for (int n = 0; n < N; ++n) {
     const T* key_emb = key + static_cast<size_t>(n) * cache_stride + static_cast<size_t>(C) * HW;
 #pragma omp parallel for num_threads(threads) schedule(static)
@@ -142,6 +148,11 @@ DETOPS_CLONES void aggregate_planes(const T* key, const std::vector<const T*>& c
           q[p] += v * v;
         }
       }
+      if (Q) {
+        const T* plane = emb + static_cast<size_t>(E) * HW;
+        T* l = &logit[static_cast<size_t>(t) * HW];
+        for (int p = 0; p < HW; ++p) l[p] = tap(plane, tab[p]);
+      }
     }
     // phase 2
     T* w_out = weights + static_cast<size_t>(n) * Tn * HW;
@@ -150,7 +161,8 @@ DETOPS_CLONES void aggregate_planes(const T* key, const std::vector<const T*>& c
       T top = -std::numeric_limits<T>::infinity();
       for (int t = 0; t < Tn; ++t) {
         const size_t i = static_cast<size_t>(t) * HW + p;
-        const T cosine = static_cast<T>(scale * dot[i] * key_inv / std::sqrt(norm[i] + kEps));
+        const T cosine = static_cast<T>(scale * dot[i] * key_inv / std::sqrt(norm[i] + kEps)) +
+                         (Q ? logit[i] : static_cast<T>(0));
         w_out[i] = cosine;
         top = std::max(top, cosine);
       }
@@ -191,10 +203,10 @@ DETOPS_CLONES void aggregate_planes(const T* key, const std::vector<const T*>& c
 template <typename T>
 DETOPS_CLONES void aggregate_pixels(const T* key, const std::vector<const T*>& caches,
                                     const std::vector<const T*>& flows, T* out, T* weights, int N, int C,
-                                    int E, int H, int W, T scale) {
+                                    int E, int Q, int H, int W, T scale) {
   const int Tn = static_cast<int>(caches.size());
   const int HW = H * W;
-  const int CE = C + E;
+  const int CE = C + E + Q;  // a pixel's channels
   const T half_w = half_extent<T>(W);
   const T half_h = half_extent<T>(H);
   const int threads = std::max(1, std::min(worth_threads(static_cast<double>(Tn) * CE * HW / 4), N * HW));
@@ -233,6 +245,7 @@ DETOPS_CLONES void aggregate_pixels(const T* key, const std::vector<const T*>& c
           norm += v * v;
         }
         cosine[t] = static_cast<T>(scale * dot * key_inv / std::sqrt(norm + kEps));
+        if (Q) cosine[t] += e0[E] * w0 + e1[E] * w1 + e2[E] * w2 + e3[E] * w3;
         top = std::max(top, cosine[t]);
       }
       T sum = 0;
@@ -300,10 +313,10 @@ MXReturnValue infer_shape(const Attrs& attrs, Shapes* in_shapes, Shapes* out_sha
     return MX_FAIL;
   }
   const Dims dims = cache_dims(p, key);
-  if (static_cast<int>(dims.channels) <= p.feat_channels) {
+  if (static_cast<int>(dims.channels) <= p.feat_channels + (p.quality ? 1 : 0)) {
     DETOPS_ERROR << kOp << ": key_cache " << shape_str(key) << " has " << dims.channels << " channels "
                  << layout << ", needs feat_channels (" << p.feat_channels
-                 << ") + at least one embedding channel";
+                 << ") + at least one embedding channel" << (p.quality ? " + the quality channel" : "");
     return MX_FAIL;
   }
   for (int t = 0; t < p.num_frames; ++t) {
@@ -330,6 +343,7 @@ void run_forward(const Params& p, std::vector<MXTensor>* inputs, std::vector<MXT
   MXTensor& key = (*inputs)[0];
   const Dims dims = cache_dims(p, key.shape);
   const int N = key.shape[0], CE = dims.channels, H = dims.h, W = dims.w;
+  const int Q = p.quality ? 1 : 0;
   if (static_cast<long long>(N) * H * W == 0) return;
   std::vector<const T*> caches, flows;
   for (int t = 0; t < p.num_frames; ++t) {
@@ -338,7 +352,7 @@ void run_forward(const Params& p, std::vector<MXTensor>* inputs, std::vector<MXT
   }
   auto kernel = p.channels_last ? aggregate_pixels<T> : aggregate_planes<T>;
   kernel(key.data<T>(), caches, flows, (*outputs)[0].data<T>(), (*outputs)[1].data<T>(), N,
-         p.feat_channels, CE - p.feat_channels, H, W, static_cast<T>(p.scale));
+         p.feat_channels, CE - p.feat_channels - Q, Q, H, W, static_cast<T>(p.scale));
 }
 
 MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* inputs,

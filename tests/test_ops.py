@@ -142,30 +142,37 @@ def numpy_warp(data, flow):
     return out
 
 
-def numpy_aggregate(key_cache, caches, flows, feat_channels, scale=1.0):
+def numpy_aggregate(key_cache, caches, flows, feat_channels, scale=1.0, quality=False):
     """FGFA's aggregation in numpy float64 (the oracle of the float64 kernel)."""
     def normalize(x):
         return x / np.sqrt((x ** 2).sum(axis=1, keepdims=True) + 1e-10)
-    key = normalize(key_cache[:, feat_channels:].astype(np.float64))
+    end = -1 if quality else None
+    key = normalize(key_cache[:, feat_channels:end].astype(np.float64))
     warped = [numpy_warp(c.astype(np.float64), f.astype(np.float64)) for c, f in zip(caches, flows)]
-    cosine = scale * np.stack([(normalize(w[:, feat_channels:]) * key).sum(axis=1) for w in warped], axis=1)
+    cosine = scale * np.stack([(normalize(w[:, feat_channels:end]) * key).sum(axis=1) for w in warped], axis=1)
+    if quality:
+        cosine = cosine + np.stack([w[:, -1] for w in warped], axis=1)
     weights = np.exp(cosine - cosine.max(axis=1, keepdims=True))
     weights /= weights.sum(axis=1, keepdims=True)
     out = sum(w[:, :feat_channels] * weights[:, t:t + 1] for t, w in enumerate(warped))
     return out, weights
 
 
-def composite_aggregate(key_cache, caches, flows, feat_channels, scale=1.0):
+def composite_aggregate(key_cache, caches, flows, feat_channels, scale=1.0, quality=False):
     """FGFA's aggregation from MXNet built-ins only (the oracle of the fused kernel; float32: MXNet's
     L2Normalization has no float64 CPU kernel, so float64 inputs use numpy_aggregate)."""
     if key_cache.dtype == np.float64:
-        return numpy_aggregate(key_cache, caches, flows, feat_channels, scale)
+        return numpy_aggregate(key_cache, caches, flows, feat_channels, scale, quality)
     nd = mx.nd
-    key = nd.L2Normalization(nd.array(key_cache)[:, feat_channels:], mode="channel")
+    end = key_cache.shape[1] - 1 if quality else None
+    key = nd.L2Normalization(nd.array(key_cache)[:, feat_channels:end], mode="channel")
     warped = [builtin_warp(nd.array(c), nd.array(f)) for c, f in zip(caches, flows)]
-    cosine = nd.stack(*[(nd.L2Normalization(w[:, feat_channels:], mode="channel") * key).sum(axis=1)
+    cosine = nd.stack(*[(nd.L2Normalization(w[:, feat_channels:end], mode="channel") * key).sum(axis=1)
                         for w in warped], axis=1)                                   # (N,T,h,w)
-    weights = nd.softmax(cosine * scale, axis=1)
+    logits = cosine * scale
+    if quality:
+        logits = logits + nd.stack(*[w[:, -1] for w in warped], axis=1)
+    weights = nd.softmax(logits, axis=1)
     out = sum(w[:, :feat_channels] * weights[:, t:t + 1] for t, w in enumerate(warped))
     return out.asnumpy(), weights.asnumpy()
 
@@ -218,6 +225,32 @@ def test_flow_aggregate_scale_sharpens_the_weights_as_the_composite(scale, chann
                                channels_last=channels_last)[1].asnumpy()
     # the key frame (cosine 1, the largest) gains weight when the scale grows, loses it when it shrinks
     assert ((weights.asnumpy()[:, 0] > plain[:, 0]) == (scale > 1)).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("scale", [1.0, 3.0])
+def test_flow_aggregate_quality_channel_adds_each_frames_logit(scale, channels_last, dtype):
+    rng = np.random.RandomState(5)
+    n, c, e, h, w, frames = 2, 3, 5, 6, 7, 3
+    caches = [rng.randn(n, c + e + 1, h, w).astype(dtype) for _ in range(frames)]
+    for cache in caches:
+        cache[:, -1] *= 3      # logits large enough to move the weights
+    key = caches[1]
+    flows = [(rng.randn(n, 2, h, w) * 2).astype(dtype) for _ in range(frames)]
+    flows[1][:] = 0
+    layout = (lambda x: x.transpose(0, 2, 3, 1).copy()) if channels_last else (lambda x: x)
+    args = ([mx.nd.array(layout(x), dtype=dtype) for x in caches], [mx.nd.array(x, dtype=dtype) for x in flows])
+    out, weights = ops.flow_aggregate(mx.nd.array(layout(key), dtype=dtype), *args, feat_channels=c,
+                                      channels_last=channels_last, scale=scale, quality=True)
+    ref_out, ref_weights = composite_aggregate(key, caches, flows, c, scale, quality=True)
+    close(out.asnumpy(), ref_out)
+    close(weights.asnumpy(), ref_weights)
+    # the same caches without the quality flag: the last channel is then one more embedding channel
+    _, plain = ops.flow_aggregate(mx.nd.array(layout(key), dtype=dtype), *args, feat_channels=c,
+                                  channels_last=channels_last, scale=scale)
+    close(plain.asnumpy(), composite_aggregate(key, caches, flows, c, scale)[1])
+    assert np.abs(plain.asnumpy() - weights.asnumpy()).max() > 0.05
 
 
 def test_flow_aggregate_channels_last_sums_features_in_the_same_order():
@@ -273,6 +306,8 @@ def test_flow_aggregate_errors():
     with pytest.raises(ValueError, match="as many flows as caches"):
         ops.flow_aggregate(good, [good, good], [flow], feat_channels=3)
     raises(lambda: ops.flow_aggregate(good, [good], [flow], feat_channels=3, scale=0.0), "scale must be a finite number > 0")
+    raises(lambda: ops.flow_aggregate(good, [good], [flow], feat_channels=4, quality=True),
+           "needs feat_channels (4) + at least one embedding channel + the quality channel")
     key = good.copy()
     key.attach_grad()
     with autograd.record():
