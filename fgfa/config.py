@@ -63,6 +63,10 @@ DEFAULTS = extend_schema(SHARED_DEFAULTS, {
         # (started at AGGREGATE_SCALE) trained with the embedding
         "AGGREGATE_SCALE": 1.0,
         "AGGREGATE_SCALE_LEARNED": False,
+        # a per-pixel logit of each frame's own (a zero-initialised 1x1 of its embedding) added to its cosine:
+        # the cosine to the key frame always favours the key frame, blurred or not; this lets a degraded key
+        # frame hand its weight to sharp neighbours
+        "AGGREGATE_QUALITY": False,
         "FLOW_WEIGHTS": "",            # FlowNet .params to start from (else TRAIN.FLOW_PRETRAIN)
         # a detector of this project to start from (.params, e.g. the R-FCN frame baseline's checkpoint
         # for FGFA): parameters of the same name and shape are loaded, the others keep their init

@@ -136,7 +136,7 @@ class FGFADetector(gluon.Block):
         with self.name_scope():
             self.features = FeatureNet(net, prefix="features_")
             if self.aggregate:
-                self.embed = EmbedNet(net.EMBED_CHANNELS, prefix="embed_")
+                self.embed = EmbedNet(net.EMBED_CHANNELS, quality=net.AGGREGATE_QUALITY, prefix="embed_")
                 self.flownet = FlowNetSimple(net.FLOW_WIDTH, net.FLOW_SCALE, prefix="flow_")
                 if net.AGGREGATE_SCALE_LEARNED:
                     # the log keeps the scale positive; started at NETWORK.AGGREGATE_SCALE
@@ -177,7 +177,7 @@ class FGFADetector(gluon.Block):
         aggs = self._infer.aggregators
         if num_frames not in aggs:
             aggs[num_frames] = FlowAggregator(self.feat_channels, num_frames, self.builtin_ops,
-                                              prefix=f"agg{num_frames}_")
+                                              quality=self.cfg.NETWORK.AGGREGATE_QUALITY, prefix=f"agg{num_frames}_")
             if self._infer.hybridized_ctx is not None:
                 hybridize_for_inference(aggs[num_frames], self._infer.hybridized_ctx)
         return aggs[num_frames]
@@ -306,7 +306,7 @@ class FGFADetector(gluon.Block):
         scale = self.aggregate_scale(key_cache.context)
         if fused:
             out, _ = flow_aggregate(key_cache, caches, flows, self.feat_channels, channels_last=channels_last,
-                                    scale=float(scale.asscalar()))
+                                    scale=float(scale.asscalar()), quality=self.cfg.NETWORK.AGGREGATE_QUALITY)
             return out
         key_embed = key_cache[:, self.feat_channels:]
         out, _ = self.aggregator(len(caches))(key_embed, mx.nd.concat(*caches, dim=0),

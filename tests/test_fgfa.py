@@ -177,19 +177,20 @@ def test_rpn_deltas_denormalized_per_coordinate():
 
 
 # ---------------------------------------------------------------------------------------- aggregation
-@pytest.mark.parametrize("scale", [1.0, 4.0])
-def test_aggregation_matches_numpy_reference(scale):
+@pytest.mark.parametrize("scale,quality", [(1.0, False), (4.0, False), (2.0, True)])
+def test_aggregation_matches_numpy_reference(scale, quality):
     from fgfa.aggregation import FlowAggregator
     rng = np.random.RandomState(1)
     n, t, c, e, h, w = 2, 3, 4, 5, 10, 12
-    caches = rng.randn(n * t, c + e, h, w).astype(np.float32)
-    key_embed = rng.randn(n, e, h, w).astype(np.float32)
+    q = 1 if quality else 0       # the quality logit: one more channel after the embedding
+    caches = rng.randn(n * t, c + e + q, h, w).astype(np.float32)
+    key_embed = rng.randn(n, e + q, h, w).astype(np.float32)
     # integer flows: warping is an exact shift (zeros outside), checkable in numpy
     shifts = rng.randint(-2, 3, size=(n * t, 2))
     flows = np.zeros((n * t, 2, h, w), np.float32)
     flows[:, 0] = shifts[:, 0, None, None]
     flows[:, 1] = shifts[:, 1, None, None]
-    agg = FlowAggregator(c, t)
+    agg = FlowAggregator(c, t, quality=quality)
     out, weights = agg(mx.nd.array(key_embed), mx.nd.array(caches), mx.nd.array(flows), mx.nd.array([scale]))
     warped = np.zeros_like(caches)
     for i, (dx, dy) in enumerate(shifts):
@@ -198,10 +199,12 @@ def test_aggregation_matches_numpy_reference(scale):
                 if 0 <= y + dy < h and 0 <= x + dx < w:
                     warped[i, :, y, x] = caches[i, :, y + dy, x + dx]
     feat = warped[:, :c].reshape(n, t, c, h, w)
-    emb = warped[:, c:].reshape(n, t, e, h, w)
+    emb = warped[:, c:c + e].reshape(n, t, e, h, w)
     emb = emb / np.maximum(np.sqrt((emb ** 2).sum(2, keepdims=True) + 1e-10), 1e-10)
-    key = key_embed / np.sqrt((key_embed ** 2).sum(1, keepdims=True) + 1e-10)
+    key = key_embed[:, :e] / np.sqrt((key_embed[:, :e] ** 2).sum(1, keepdims=True) + 1e-10)
     cos = scale * (emb * key[:, None]).sum(2)
+    if quality:
+        cos = cos + warped[:, -1].reshape(n, t, h, w)
     wts = np.exp(cos - cos.max(1, keepdims=True))
     wts /= wts.sum(1, keepdims=True)
     # compare where every frame samples strictly inside the map (at the last pixel row/column the
@@ -274,6 +277,44 @@ def test_learned_aggregate_scale_trains_and_the_fused_window_uses_it():
     assert np.abs(fused - plain.asnumpy()).max() > 1e-3
     with pytest.raises(ConfigError, match="NETWORK.AGGREGATE_SCALE must be a number in"):
         get_config(TINY, ["NETWORK.AGGREGATE_SCALE=0"])
+
+
+def test_quality_logit_starts_at_the_reference_weights_and_trains():
+    from mxnet import autograd
+    rng = np.random.RandomState(0)
+    data = mx.nd.array(rng.randn(1, 3, 3, 96, 128))      # key frame + 2 neighbours
+    models = {}
+    for quality in (False, True):
+        mx.random.seed(0)
+        cfg = get_config(TINY, [f"NETWORK.AGGREGATE_QUALITY={str(quality).lower()}", "TRAIN.AGGREGATE_KEY=true"])
+        models[quality] = FGFADetector(cfg, 2)
+        models[quality].init_weights()
+        materialize(models[quality], mx.cpu())
+    plain, model = models[False], models[True]
+    named = dict(model._collect_params_with_prefix())
+    # the same seed gives the same weights to every other parameter: copy them to be sure
+    for name, param in plain._collect_params_with_prefix().items():
+        named[name].set_data(param.data())
+    caches = [model.frame_cache(data[:, i]) for i in range(3)]
+    assert caches[0].shape[1] == plain.frame_cache(data[:, 0]).shape[1] + 1
+    assert float(caches[0][:, -1].abs().max().asscalar()) == 0.0      # zero-initialised logit
+    flows = [mx.nd.random.normal(0, 1, shape=(1, 2) + caches[0].shape[2:]) for _ in range(3)]
+    plain_caches = [plain.frame_cache(data[:, i]) for i in range(3)]
+    np.testing.assert_allclose(model.aggregate_window(caches[0], caches, flows).asnumpy(),
+                               plain.aggregate_window(plain_caches[0], plain_caches, flows).asnumpy(), rtol=1e-5, atol=1e-6)
+    im_info = np.array([[96, 128, 1.0]], np.float32)
+    with autograd.record():
+        loss, _ = model.train_loss(data, im_info, [np.array([[10, 10, 60, 50]], np.float32)],
+                                   [np.array([0])], np.random.RandomState(0))
+    loss.backward()
+    assert float(named["embed.quality.weight"].grad().abs().sum().asscalar()) > 0
+    # with a trained (here: random) logit the fused window equals the composite graph
+    named["embed.quality.weight"].set_data(mx.nd.random.normal(0, 0.5, shape=named["embed.quality.weight"].shape))
+    caches = [model.frame_cache(data[:, i]) for i in range(3)]
+    fused = model.aggregate_window(caches[0], caches, flows, fused=True).asnumpy()
+    composite = model.aggregate_window(caches[0], caches, flows, fused=False).asnumpy()
+    np.testing.assert_allclose(fused, composite, rtol=1e-4, atol=1e-5)
+    assert np.abs(fused - plain.aggregate_window(plain_caches[0], plain_caches, flows).asnumpy()).max() > 1e-4
 
 
 def test_flownet_output_at_feature_stride():
