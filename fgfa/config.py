@@ -84,6 +84,11 @@ DEFAULTS = extend_schema(SHARED_DEFAULTS, {
         # scalar whose gradient is ~0.02 per step on speedtrap, at the convolutions' rate it moved 1.0 -> 1.02
         # in an epoch
         "AGGREGATE_SCALE_LR_MULT": 100.0,
+        "AGGREGATE_QUALITY_LR_MULT": 10.0,   # of NETWORK.AGGREGATE_QUALITY's 1x1 (zero start, small gradient)
+        # only the window trains: the embedding (and its quality logit), the FlowNet and the aggregation scale;
+        # the detector (backbone, RPN, R-FCN) stays the INIT_WEIGHTS one, so K = 0 is exactly that R-FCN. Needs
+        # AGGREGATE_KEY (the key frame in the window, else the weights never choose between it and its neighbours)
+        "WINDOW_ONLY": False,
         # FlowNet pre-training on pairs with known flow cut from the training images (fgfa.flow_pretrain):
         # the reference starts from Flying Chairs weights, which cannot be downloaded here. ITERS 0 = off.
         # SOURCE: synthetic (pasted patches with known flow; ZOOM: largest relative scale change of the
@@ -256,6 +261,12 @@ def validate(cfg):
         raise ConfigError(f"{src}: IMAGE.PAD_STRIDE must be a multiple of NETWORK.FEAT_STRIDE")
     if not (isinstance(net.AGGREGATE_SCALE, (int, float)) and 0 < net.AGGREGATE_SCALE <= 1000):
         raise ConfigError(f"{src}: NETWORK.AGGREGATE_SCALE must be a number in (0, 1000], got {net.AGGREGATE_SCALE!r}")
+    if cfg.TRAIN.WINDOW_ONLY and not (net.AGGREGATE and cfg.TRAIN.AGGREGATE_KEY):
+        raise ConfigError(f"{src}: TRAIN.WINDOW_ONLY trains the window's weights between the key frame and its "
+                          f"neighbours: it needs NETWORK.AGGREGATE: true and TRAIN.AGGREGATE_KEY: true")
+    if cfg.TRAIN.WINDOW_ONLY and cfg.TRAIN.TRAINABLE_PATTERNS:
+        raise ConfigError(f"{src}: TRAIN.WINDOW_ONLY chooses the trained parameters itself; leave "
+                          f"TRAIN.TRAINABLE_PATTERNS empty (got {list(cfg.TRAIN.TRAINABLE_PATTERNS)})")
     if len(net.EMBED_CHANNELS) != 3:
         raise ConfigError(f"{src}: NETWORK.EMBED_CHANNELS must list 3 widths (1x1, 3x3, 1x1)")
     for key in ("RPN_BBOX_STDS", "RCNN_BBOX_STDS"):

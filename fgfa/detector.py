@@ -137,6 +137,8 @@ class FGFADetector(gluon.Block):
             self.features = FeatureNet(net, prefix="features_")
             if self.aggregate:
                 self.embed = EmbedNet(net.EMBED_CHANNELS, quality=net.AGGREGATE_QUALITY, prefix="embed_")
+                if net.AGGREGATE_QUALITY:
+                    self.embed.quality.collect_params().setattr("lr_mult", cfg.TRAIN.AGGREGATE_QUALITY_LR_MULT)
                 self.flownet = FlowNetSimple(net.FLOW_WIDTH, net.FLOW_SCALE, prefix="flow_")
                 if net.AGGREGATE_SCALE_LEARNED:
                     # the log keeps the scale positive; started at NETWORK.AGGREGATE_SCALE

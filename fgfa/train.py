@@ -5,6 +5,7 @@ PRETRAINED is set), and runs the fit loop: checkpoints every epoch (atomic, exac
 tqdm, tensorboardX and a log file in OUTPUT_DIR. The run folder record (lib.train.run: family, classes,
 config) lets test, demo and the shared tools rebuild the same network.
 """
+import copy
 import logging
 import os
 
@@ -179,6 +180,12 @@ def make_batches(samples, batch_size, logger=None, max_batches=0):
     return lambda epoch: Epoch()
 
 
+def window_parameters(cfg):
+    """TRAIN.WINDOW_ONLY's TRAINABLE_PATTERNS: the embedding (with its quality logit), the FlowNet and the
+    aggregation scale when it is learned."""
+    return [r"^embed\.", r"^flownet\."] + ([r"^aggregate_log_scale$"] if cfg.NETWORK.AGGREGATE_SCALE_LEARNED else [])
+
+
 def train(cfg, dataset=None, val_fn=None, logger=None, run=None):
     """Train from the config; returns lib.train.fit's summary (plus the model and classes). ``run``: the
     RunFolder already written by a caller (the recipe); else OUTPUT_DIR's record is written here."""
@@ -229,8 +236,13 @@ def train(cfg, dataset=None, val_fn=None, logger=None, run=None):
             blocks += [model.embed] + ([model.flownet] if cfg.NETWORK.FLOW != "dis" else [])
         for block in blocks:
             block.hybridize()
+    train_cfg = cfg.TRAIN
+    if train_cfg.WINDOW_ONLY:
+        train_cfg = copy.deepcopy(train_cfg)
+        train_cfg.TRAINABLE_PATTERNS = window_parameters(cfg)
+        logger.info("TRAIN.WINDOW_ONLY: the detector stays fixed; training %s", ", ".join(train_cfg.TRAINABLE_PATTERNS))
     summary = fit(FGFATask(model, contexts), make_batches(samples, cfg.TRAIN.BATCH_SIZE, logger, cfg.TRAIN.MAX_BATCHES),
-                  cfg.TRAIN, out_dir, ctx=contexts, val_fn=val_fn, resume=cfg.TRAIN.RESUME, logger=logger)
+                  train_cfg, out_dir, ctx=contexts, val_fn=val_fn, resume=cfg.TRAIN.RESUME, logger=logger)
     summary["model"] = model
     summary["classes"] = dataset.classes
     return summary

@@ -375,3 +375,31 @@ def test_training_with_dis_flow(synthetic_root, tmp_path, monkeypatch):
     history = json.load(open(os.path.join(str(tmp_path / "dis"), "history.json")))
     losses = [e["losses"]["loss"] for e in history["epochs"]]
     assert losses[-1] < losses[0], losses
+
+
+def test_window_only_training_keeps_the_detector_and_trains_the_window(synthetic_root, tmp_path):
+    """TRAIN.WINDOW_ONLY: backbone, RPN and R-FCN stay bit-identical, BatchNorm statistics included (MXNet does
+    not record, so does not update, a layer whose parameters and inputs need no gradient); the
+    embedding, its quality logit and the learned aggregation scale train; bad combinations are config errors."""
+    from lib.config import ConfigError
+    overrides = ("TRAIN.EPOCHS=1", "TRAIN.LR=0.01", "TRAIN.LR_STEPS=[]", "TRAIN.WARMUP_EPOCHS=0.0",
+                 "TRAIN.WINDOW_ONLY=true", "TRAIN.AGGREGATE_KEY=true", "NETWORK.AGGREGATE_QUALITY=true",
+                 "NETWORK.AGGREGATE_SCALE_LEARNED=true", "TRAIN.CHECKPOINT_EVERY=100")
+    cfg = _cfg(TINY, synthetic_root, str(tmp_path / "window"), *overrides)
+    train_set, _ = _few_frames(cfg, 3)
+    from lib.train import seed_everything
+    seed_everything(cfg.TRAIN.SEED, 0)        # as train() does: the same initial weights
+    start = {k: v.data().asnumpy().copy() for k, v in build_model(cfg, train_set.num_classes)._collect_params_with_prefix().items()}
+    summary = train(cfg, dataset=train_set)
+    after = {k: v.data().asnumpy() for k, v in summary["model"]._collect_params_with_prefix().items()}
+    detector = [k for k in after if k.split(".")[0] in ("features", "rpn", "rfcn")]
+    assert any("running_mean" in k for k in detector)           # trainable BatchNorm in the tiny config
+    for name in detector:
+        np.testing.assert_array_equal(after[name], start[name], err_msg=name)
+    for name in ("embed.quality.weight", "aggregate_log_scale", "embed.body.0.weight"):
+        assert np.abs(after[name] - start[name]).max() > 0, name
+    for bad, message in ((("TRAIN.WINDOW_ONLY=true",), "needs NETWORK.AGGREGATE: true and TRAIN.AGGREGATE_KEY: true"),
+                         (("TRAIN.WINDOW_ONLY=true", "TRAIN.AGGREGATE_KEY=true", "TRAIN.TRAINABLE_PATTERNS=[rpn]"),
+                          "leave TRAIN.TRAINABLE_PATTERNS empty")):
+        with pytest.raises(ConfigError, match=message):
+            _cfg(TINY, synthetic_root, str(tmp_path / "bad"), *bad)
