@@ -191,6 +191,12 @@ class FGFADetector(gluon.Block):
             return mx.nd.exp(self.aggregate_log_scale.data(ctx))
         return mx.nd.array([self.cfg.NETWORK.AGGREGATE_SCALE], ctx=ctx)
 
+    def aggregate_scale_value(self):
+        """``aggregate_scale`` as a Python float (the fused kernel's attribute)."""
+        if self.cfg.NETWORK.AGGREGATE_SCALE_LEARNED:
+            return math.exp(float(self.aggregate_log_scale.data().asscalar()))
+        return float(self.cfg.NETWORK.AGGREGATE_SCALE)
+
     @property
     def head(self):
         return self._infer.head
@@ -305,14 +311,13 @@ class FGFADetector(gluon.Block):
             fused = self.fuses_aggregation(key_cache.context)
         if channels_last and not fused:
             raise ValueError("channels-last caches need the fused aggregation (compiled CPU operators)")
-        scale = self.aggregate_scale(key_cache.context)
         if fused:
             out, _ = flow_aggregate(key_cache, caches, flows, self.feat_channels, channels_last=channels_last,
-                                    scale=float(scale.asscalar()), quality=self.cfg.NETWORK.AGGREGATE_QUALITY)
+                                    scale=self.aggregate_scale_value(), quality=self.cfg.NETWORK.AGGREGATE_QUALITY)
             return out
         key_embed = key_cache[:, self.feat_channels:]
         out, _ = self.aggregator(len(caches))(key_embed, mx.nd.concat(*caches, dim=0),
-                                              mx.nd.concat(*flows, dim=0), scale)
+                                              mx.nd.concat(*flows, dim=0), self.aggregate_scale(key_cache.context))
         return out
 
     # ------------------------------------------------------------------ post-processing
