@@ -177,6 +177,15 @@ def composite_aggregate(key_cache, caches, flows, feat_channels, scale=1.0, qual
     return out.asnumpy(), weights.asnumpy()
 
 
+def fused_aggregate(key, caches, flows, feat_channels, dtype, channels_last, **kwargs):
+    """ops.flow_aggregate on numpy (N, C+E, h, w) caches, laid out channels-last when asked."""
+    layout = (lambda x: x.transpose(0, 2, 3, 1).copy()) if channels_last else (lambda x: x)
+    return ops.flow_aggregate(mx.nd.array(layout(key), dtype=dtype),
+                              [mx.nd.array(layout(x), dtype=dtype) for x in caches],
+                              [mx.nd.array(x, dtype=dtype) for x in flows], feat_channels=feat_channels,
+                              channels_last=channels_last, **kwargs)
+
+
 @pytest.mark.parametrize("n,c,e,h,w,frames,flow_scale,dtype", [
     (1, 6, 5, 7, 9, 5, 2.0, np.float32),    # non-square, window of 5
     (2, 3, 4, 5, 6, 3, 6.0, np.float32),    # batch 2, flows pointing well outside the map
@@ -191,11 +200,7 @@ def test_flow_aggregate_equals_composite_of_builtins(n, c, e, h, w, frames, flow
     caches = [key] + [rng.randn(n, c + e, h, w).astype(dtype) for _ in range(frames - 1)]
     flows = [np.zeros((n, 2, h, w), dtype)] + [(rng.randn(n, 2, h, w) * flow_scale).astype(dtype)
                                               for _ in range(frames - 1)]
-    layout = (lambda x: x.transpose(0, 2, 3, 1).copy()) if channels_last else (lambda x: x)
-    out, weights = ops.flow_aggregate(mx.nd.array(layout(key), dtype=dtype),
-                                      [mx.nd.array(layout(x), dtype=dtype) for x in caches],
-                                      [mx.nd.array(x, dtype=dtype) for x in flows], feat_channels=c,
-                                      channels_last=channels_last)
+    out, weights = fused_aggregate(key, caches, flows, c, dtype, channels_last)
     ref_out, ref_weights = composite_aggregate(key, caches, flows, c)
     assert out.shape == (n, c, h, w) and weights.shape == (n, frames, h, w) and out.dtype == dtype
     close(out.asnumpy(), ref_out)
@@ -212,17 +217,11 @@ def test_flow_aggregate_scale_sharpens_the_weights_as_the_composite(scale, chann
     key = rng.randn(n, c + e, h, w).astype(dtype)
     caches = [key] + [rng.randn(n, c + e, h, w).astype(dtype) for _ in range(frames - 1)]
     flows = [np.zeros((n, 2, h, w), dtype)] + [(rng.randn(n, 2, h, w) * 2).astype(dtype) for _ in range(frames - 1)]
-    layout = (lambda x: x.transpose(0, 2, 3, 1).copy()) if channels_last else (lambda x: x)
-    out, weights = ops.flow_aggregate(mx.nd.array(layout(key), dtype=dtype),
-                                      [mx.nd.array(layout(x), dtype=dtype) for x in caches],
-                                      [mx.nd.array(x, dtype=dtype) for x in flows], feat_channels=c,
-                                      channels_last=channels_last, scale=scale)
+    out, weights = fused_aggregate(key, caches, flows, c, dtype, channels_last, scale=scale)
     ref_out, ref_weights = composite_aggregate(key, caches, flows, c, scale)
     close(out.asnumpy(), ref_out)
     close(weights.asnumpy(), ref_weights)
-    plain = ops.flow_aggregate(mx.nd.array(layout(key), dtype=dtype), [mx.nd.array(layout(x), dtype=dtype) for x in caches],
-                               [mx.nd.array(x, dtype=dtype) for x in flows], feat_channels=c,
-                               channels_last=channels_last)[1].asnumpy()
+    plain = fused_aggregate(key, caches, flows, c, dtype, channels_last)[1].asnumpy()
     # the key frame (cosine 1, the largest) gains weight when the scale grows, loses it when it shrinks
     assert ((weights.asnumpy()[:, 0] > plain[:, 0]) == (scale > 1)).all()
 
@@ -239,16 +238,12 @@ def test_flow_aggregate_quality_channel_adds_each_frames_logit(scale, channels_l
     key = caches[1]
     flows = [(rng.randn(n, 2, h, w) * 2).astype(dtype) for _ in range(frames)]
     flows[1][:] = 0
-    layout = (lambda x: x.transpose(0, 2, 3, 1).copy()) if channels_last else (lambda x: x)
-    args = ([mx.nd.array(layout(x), dtype=dtype) for x in caches], [mx.nd.array(x, dtype=dtype) for x in flows])
-    out, weights = ops.flow_aggregate(mx.nd.array(layout(key), dtype=dtype), *args, feat_channels=c,
-                                      channels_last=channels_last, scale=scale, quality=True)
+    out, weights = fused_aggregate(key, caches, flows, c, dtype, channels_last, scale=scale, quality=True)
     ref_out, ref_weights = composite_aggregate(key, caches, flows, c, scale, quality=True)
     close(out.asnumpy(), ref_out)
     close(weights.asnumpy(), ref_weights)
     # the same caches without the quality flag: the last channel is then one more embedding channel
-    _, plain = ops.flow_aggregate(mx.nd.array(layout(key), dtype=dtype), *args, feat_channels=c,
-                                  channels_last=channels_last, scale=scale)
+    _, plain = fused_aggregate(key, caches, flows, c, dtype, channels_last, scale=scale)
     close(plain.asnumpy(), composite_aggregate(key, caches, flows, c, scale)[1])
     assert np.abs(plain.asnumpy() - weights.asnumpy()).max() > 0.05
 
