@@ -103,14 +103,20 @@ class DISFlow:
                 "spatial_propagation": bool(d.getUseSpatialPropagation()),
                 "mean_normalization": bool(d.getUseMeanNormalization())}
 
+    def prepare(self, frame):
+        """The grey frame DIS reads (at ``scale``): prepare a frame once when it is compared with many
+        others (``grid_prepared``), e.g. the frame a streaming detector's memory was written at."""
+        gray = _gray(frame)
+        if self.scale < 1.0:
+            size = (max(1, int(round(gray.shape[1] * self.scale))), max(1, int(round(gray.shape[0] * self.scale))))
+            gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
+        return gray
+
     def _small(self, first, second):
         a, b = _gray(first), _gray(second)
         if a.shape != b.shape:
             raise ValueError(f"frames differ in size: {a.shape} and {b.shape}")
-        if self.scale < 1.0:
-            size = (max(1, int(round(a.shape[1] * self.scale))), max(1, int(round(a.shape[0] * self.scale))))
-            a, b = (cv2.resize(x, size, interpolation=cv2.INTER_AREA) for x in (a, b))
-        return a, b
+        return self.prepare(a), self.prepare(b)
 
     def _calc(self, a, b):
         return self._dis.calc(a, b, None)
@@ -142,9 +148,17 @@ class DISFlow:
         ``stride`` (FGFA's FlowNet output, transposed), from frames of H x W pixels; ``shape`` fits
         it to the feature map (rows, cols). When ``stride * scale`` is a whole number the cells are
         averaged on the small flow directly (no upsampling)."""
-        a, b = self._small(first, second)
-        flow = self._calc(a, b)
         height, width = np.shape(first)[:2]
+        return self.grid_prepared(*self._small(first, second), (height, width), stride, shape)
+
+    def grid_prepared(self, first, second, frame_hw, stride, shape=None):
+        """``grid`` on frames already through ``prepare``; ``frame_hw`` is the (H, W) they were
+        prepared from (the grid's stride counts pixels of that size)."""
+        a, b = first, second
+        if a.shape != b.shape:
+            raise ValueError(f"prepared frames differ in size: {a.shape} and {b.shape}")
+        flow = self._calc(a, b)
+        height, width = frame_hw
         rows, cols = grid_shape(height, width, stride)
         cell = float(stride) * self.scale          # a grid cell in pixels of the small frames
         exact = (abs(cell - round(cell)) < 1e-9 and abs(width * self.scale - a.shape[1]) < 1e-9

@@ -98,6 +98,10 @@ def test_dis_grid_is_the_cell_mean_of_the_flow(texture, scale):
     # at scale 1 the same computation; at scale 0.5 cells averaged on the small flow vs the upsampled one
     np.testing.assert_allclose(grid, reference, atol=1e-5 if scale == 1.0 else 0.03)
     np.testing.assert_allclose(dis_flow(first, second, "fast", scale), dis(first, second), atol=1e-6)
+    # a frame prepared once (a streaming memory's frame) gives the same grid
+    prepared = dis.grid_prepared(dis.prepare(first), dis.prepare(second), first.shape[:2], 16, shape=(12, 16))
+    np.testing.assert_array_equal(prepared, grid)
+    assert dis.prepare(first).shape == (round(192 * scale), round(256 * scale))
 
 
 def test_dis_rejects_bad_settings(texture):
