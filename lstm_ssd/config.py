@@ -79,6 +79,12 @@ DEFAULTS = extend_schema(SHARED_DEFAULTS, {
         # frame, the same weights -- the ablation that tells what the memory carries over time from what
         # its layers add to a single frame
         "MEMORY": "carry",
+        # the memory state moved along the motion since the frame that wrote it (streaming only; the
+        # training clips are not warped). FLOW dis: OpenCV DIS flow (PRESET, at SCALE of the input size)
+        # from each frame to the memory's frame, on the feature grid, warps c and h before the step.
+        # PROPAGATE (fast_slow, LSTM.RESIDUAL): a small step's frame term is the last large frame's
+        # projection moved the same way (Deep Feature Flow) instead of the small extractor's projection
+        "MOTION": {"FLOW": "", "PRESET": "ultrafast", "SCALE": 0.5, "PROPAGATE": False},
     },
 })
 

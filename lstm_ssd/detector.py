@@ -29,6 +29,7 @@ from lib.bbox import clip_boxes, decode_boxes
 from lib.config import ConfigError, size_hw
 from lib.fileio import atomic_save, atomic_write_json
 from lib.nms import multiclass_nms
+from lib.ops import flow_warp
 from lib.runtime import quantize_block
 from lib.train.checkpoint import CheckpointError, load_weights
 
@@ -156,10 +157,13 @@ class LSTMSSD(gluon.Block):
             self.num_anchors = anchors_per_level(len(depths) + 1, m.ANCHORS.ASPECT_RATIOS, m.ANCHORS.REDUCE_LOWEST)
             self.head = SSDLiteHead(level0, depths, self.num_anchors, self.num_classes, prefix="head_")
         self._steps = None
+        self._combine = _Unregistered(None)
+        self.from_state = from_state
         if self.memory is not None:
             projects = {"large": self.project, "small": self.project_small}
-            self._steps = StepTable({n: ResidualStep(self.memory.steps[n], projects[n], self.memory_mix,
-                                                     self.memory_gate, from_state)
+            combine = MemoryCombine(self.memory_mix, self.memory_gate) if self.residual else None
+            self._combine = _Unregistered(combine)   # an attribute holding the block would be a second child
+            self._steps = StepTable({n: ResidualStep(self.memory.steps[n], projects[n], combine, from_state)
                                      if self.residual else self.memory.steps[n] for n in self.extractor_names})
         self._anchors = None
         self._int8 = {}    # part name -> int8 SymbolBlock (quantize_int8); not Gluon children
@@ -243,6 +247,48 @@ class LSTMSSD(gluon.Block):
             out = out.copy()
         cls, box = head(out)
         return cls, box, new_state
+
+    def step_moved(self, frames, state, extractor, flow=None, key_term=None, propagate=False):
+        """``step`` with the memory moved along the motion since it was written (TEST.MOTION).
+
+        ``flow`` (B,2,h,w) on the feature grid, from this frame to the frame whose large step wrote
+        ``state`` (lib.flow convention: warping by it aligns that frame's maps with this one), or None
+        (no earlier frame). With ``propagate`` a small step's frame term is ``key_term``, the last large
+        step's projection, moved the same way (Deep Feature Flow's propagation), instead of the small
+        extractor's projection; when the memory correction reads the carried state (RESIDUAL_INPUT
+        previous_state) the small extractor is then not run at all.
+        Returns (cls, box, new_state, key_term): new_state is ``state`` itself after a step that does not
+        write the memory (still tied to its frame), key_term this step's projection after a large step.
+        """
+        if self.memory is None:
+            raise ValueError("TEST.MOTION moves the memory state: this ssdlite model has none")
+        if propagate and not self.residual:
+            raise ValueError("TEST.MOTION.PROPAGATE replaces the frame term of a small step: it needs "
+                             "MODEL.LSTM.RESIDUAL true")
+        moved = state if flow is None else tuple(flow_warp(s, flow) for s in state)
+        head = self._part("head", self.head)
+        if extractor == "small" and propagate and key_term is not None:
+            frame = key_term if flow is None else flow_warp(key_term, flow)
+            combine = self._combine.block
+            if self.from_state:
+                level0 = combine(frame, moved[1])
+            else:
+                feats = self._part("extractor_small", self.small)(frames)
+                out, _, _ = self.memory.steps["small"](feats, *moved)
+                level0 = combine(frame, out)
+            cls, box = head(level0.copy() if head is not self.head else level0)
+            return cls, box, state, key_term
+        feats = self._part(f"extractor_{extractor}", self.extractor(extractor))(frames)
+        out, c_new, h_new = self.memory_step(extractor)(feats, *moved)
+        if extractor == "large" and propagate:
+            key_term = self.project(feats)
+        cls, box = head(out.copy() if head is not self.head else out)
+        new_state = (c_new, h_new) if self.writes_memory[extractor] else state
+        return cls, box, new_state, key_term
+
+    def combine_block(self):
+        """The MemoryCombine of a residual memory (None otherwise), for hybridizing it on its own."""
+        return self._combine.block
 
     def _part(self, name, float_block):
         """The int8 copy of part ``name`` outside training after quantize_int8, else ``float_block``."""
@@ -389,6 +435,25 @@ class LSTMSSD(gluon.Block):
         self.clear_cached_graphs()
 
 
+class MemoryCombine(gluon.HybridBlock):
+    """The tail of ResidualStep: (frame term, memory input) -> level 0 = frame + [gate *] mix(memory).
+    Run on its own by a propagated small step (TEST.MOTION.PROPAGATE), whose frame term is the last large
+    frame's projection moved along the flow. Not a child of the detector: it re-uses its blocks."""
+
+    def __init__(self, mix, gate=None, **kwargs):
+        super().__init__(prefix="", **kwargs)
+        self.mix, self.gate = mix, gate
+
+    def hybrid_forward(self, F, frame, memory_in):
+        memory = self.mix(memory_in)
+        if self.gate is not None:
+            weight = F.sigmoid(self.gate(F.concat(frame, memory, dim=1)))      # (B,1,H,W)
+            memory = F.broadcast_mul(weight, memory)
+        # add_n, not "+": MXNet 1.9's MKLDNN graph pass fails on project(x) + mix(out) (its conv + sum
+        # fusion breaks the step's shape inference), so hybridize(backend='MKLDNN') could not build
+        return F.add_n(frame, memory)
+
+
 class ResidualStep(gluon.HybridBlock):
     """LSTM.RESIDUAL: level 0 = project(features) + mix(memory output). With ``mix`` at zero this is the
     frame baseline, so an LSTM-SSD warm-started from SSDLite starts at SSDLite's accuracy and the
@@ -400,20 +465,21 @@ class ResidualStep(gluon.HybridBlock):
     from earlier frames instead of this frame's output: the correction is then evidence from the past
     only. Not a child of the detector: it re-uses its blocks."""
 
-    def __init__(self, step, project, mix, gate=None, from_state=False, **kwargs):
+    def __init__(self, step, project, combine, from_state=False, **kwargs):
         super().__init__(prefix="", **kwargs)
-        self.step, self.project, self.mix, self.gate = step, project, mix, gate
+        self.step, self.project, self.combine = step, project, combine
         self.from_state = bool(from_state)
 
     def hybrid_forward(self, F, x, c, h):
         out, c_new, h_new = self.step(x, c, h)
-        frame, memory = self.project(x), self.mix(h if self.from_state else out)
-        if self.gate is not None:
-            weight = F.sigmoid(self.gate(F.concat(frame, memory, dim=1)))      # (B,1,H,W)
-            memory = F.broadcast_mul(weight, memory)
-        # add_n, not "+": MXNet 1.9's MKLDNN graph pass fails on project(x) + mix(out) (its conv + sum
-        # fusion breaks the step's shape inference), so hybridize(backend='MKLDNN') could not build
-        return F.add_n(frame, memory), c_new, h_new
+        return self.combine(self.project(x), h if self.from_state else out), c_new, h_new
+
+
+class _Unregistered:
+    """Holds a block that re-uses the detector's blocks without becoming a Gluon child of it."""
+
+    def __init__(self, block):
+        self.block = block
 
 
 def _all_blocks(block):

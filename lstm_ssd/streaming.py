@@ -15,6 +15,7 @@ import mxnet as mx
 import numpy as np
 
 from lib.config import ConfigError
+from lib.flow import DISFlow
 from lib.runtime import hybridize_for_inference
 from lib.streaming import StreamRunner, as_detections
 
@@ -23,13 +24,67 @@ from .policy import ACTIONS
 POLICIES = ("large", "small", "fixed", "adaptive", "async")
 
 
-def preprocess(frame, size_hw, ctx=mx.cpu()):
-    """HxWx3 uint8 RGB -> (1,3,h,w) float32 NDArray (0..255; scaling happens in the graph)."""
+def resize_frame(frame, size_hw):
+    """HxWx3 uint8 RGB -> the same at the model's input size (h, w)."""
     frame = np.asarray(frame)
     if frame.ndim != 3 or frame.shape[2] != 3:
         raise ValueError(f"step(frame): expected an HxWx3 RGB image, got shape {frame.shape}")
-    resized = cv2.resize(frame, (size_hw[1], size_hw[0]), interpolation=cv2.INTER_LINEAR)
+    return cv2.resize(frame, (size_hw[1], size_hw[0]), interpolation=cv2.INTER_LINEAR)
+
+
+def to_batch(resized, ctx=mx.cpu()):
+    """hxwx3 uint8 RGB -> (1,3,h,w) float32 NDArray (0..255; scaling happens in the graph)."""
     return mx.nd.array(resized.transpose(2, 0, 1)[None], ctx=ctx, dtype="float32")
+
+
+def preprocess(frame, size_hw, ctx=mx.cpu()):
+    """HxWx3 uint8 RGB -> (1,3,h,w) float32 NDArray at the model's input size."""
+    return to_batch(resize_frame(frame, size_hw), ctx)
+
+
+class MemoryMotion:
+    """TEST.MOTION: the memory state moved along the motion since the frame that wrote it.
+
+    Keeps that frame (grey, as DIS reads it) and, with PROPAGATE, the large step's projection; ``flow``
+    gives the DIS flow from the current frame to it on the feature grid, the warp that aligns the state
+    with the current frame. Without it a state written by a large step is read up to TAU frames later
+    where the scene has moved by several feature cells (dashcam footage near the image edges)."""
+
+    def __init__(self, net, motion_cfg, config_name="config"):
+        if motion_cfg.FLOW != "dis":
+            raise ConfigError(f"{config_name}: TEST.MOTION.FLOW must be '' (off) or dis, got {motion_cfg.FLOW!r}")
+        if net.memory is None:
+            raise ConfigError(f"{config_name}: TEST.MOTION moves the memory state; MODEL.TYPE ssdlite has none")
+        if motion_cfg.PROPAGATE and not net.residual:
+            raise ConfigError(f"{config_name}: TEST.MOTION.PROPAGATE needs MODEL.LSTM.RESIDUAL true (it replaces "
+                              f"the frame term around the memory)")
+        try:
+            self.dis = DISFlow(motion_cfg.PRESET, motion_cfg.SCALE)
+        except ValueError as err:
+            raise ConfigError(f"{config_name}: TEST.MOTION: {err}") from None
+        self.net, self.propagate = net, bool(motion_cfg.PROPAGATE)
+        self.stride = net.large.backbone.stride
+        self.forget()
+
+    def forget(self):
+        self.memory_frame = None     # prepared grey frame the memory state was written at
+        self.key_term = None         # that large step's projection (PROPAGATE)
+
+    def flow(self, current, ctx):
+        """(1,2,h,w) flow from ``current`` (prepared) to the memory's frame, or None before any."""
+        if self.memory_frame is None:
+            return None
+        grid = self.dis.grid_prepared(current, self.memory_frame, self.net.image_hw, self.stride,
+                                      self.net.feature_hw)
+        return mx.nd.array(grid.transpose(2, 0, 1)[None], ctx=ctx)
+
+    def step(self, x, current, state, extractor, ctx):
+        """One step of the detector on input ``x`` whose prepared grey frame is ``current``."""
+        cls, box, new_state, self.key_term = self.net.step_moved(
+            x, state, extractor, self.flow(current, ctx), self.key_term, self.propagate)
+        if self.net.writes_memory[extractor]:
+            self.memory_frame = current
+        return cls, box, new_state
 
 
 class StreamingDetector(StreamRunner):
@@ -44,9 +99,20 @@ class StreamingDetector(StreamRunner):
             raise ConfigError("INTERLEAVE.POLICY adaptive needs a trained policy network (POLICY_NET.WEIGHTS)")
         self.tau = cfg.INTERLEAVE.TAU if tau is None else tau
         self.policy_net = policy_net
+        self.motion = None
+        motion = cfg.TEST.MOTION
+        if motion.FLOW:
+            self.motion = MemoryMotion(net, motion, cfg.get("CONFIG_FILE") or "config")
+        elif motion.PROPAGATE:
+            raise ConfigError(f"{cfg.get('CONFIG_FILE') or 'config'}: TEST.MOTION.PROPAGATE moves the last large "
+                              f"frame's features along the flow: it needs TEST.MOTION.FLOW dis")
         if hybridize:
-            for part in net.parts().values():
+            blocks = list(net.parts().values())
+            if self.motion is not None and net.combine_block() is not None:
+                blocks.append(net.combine_block())
+            for part in blocks:
                 hybridize_for_inference(part, ctx)
+        self._current = None        # the prepared grey frame of the step under way (TEST.MOTION)
         self.reset()
 
     # ---- state -------------------------------------------------------------------------------
@@ -60,6 +126,8 @@ class StreamingDetector(StreamRunner):
         """Zero the memory state only: the interleaving schedule (frame index, history) goes on."""
         self.state = self.net.zero_state(1, self.ctx)
         self.prev_state = self.state
+        if self.motion is not None:
+            self.motion.forget()
 
     def get_state(self):
         """Numpy snapshot of everything that determines the next outputs."""
@@ -67,6 +135,11 @@ class StreamingDetector(StreamRunner):
         if self.state is not None:
             out.update(c=self.state[0].asnumpy(), h=self.state[1].asnumpy(),
                        prev_c=self.prev_state[0].asnumpy(), prev_h=self.prev_state[1].asnumpy())
+        if self.motion is not None:      # the frame the state belongs to, and its projection
+            if self.motion.memory_frame is not None:
+                out["memory_frame"] = self.motion.memory_frame
+            if self.motion.key_term is not None:
+                out["key_term"] = self.motion.key_term.asnumpy()
         return out
 
     def set_state(self, snapshot):
@@ -79,6 +152,12 @@ class StreamingDetector(StreamRunner):
             arr = lambda k: mx.nd.array(snapshot[k], ctx=self.ctx)  # noqa: E731
             self.state = (arr("c"), arr("h"))
             self.prev_state = (arr("prev_c"), arr("prev_h"))
+        if self.motion is not None:
+            self.motion.forget()
+            if "memory_frame" in snapshot:
+                self.motion.memory_frame = np.ascontiguousarray(snapshot["memory_frame"], np.uint8)
+            if "key_term" in snapshot:
+                self.motion.key_term = mx.nd.array(snapshot["key_term"], ctx=self.ctx)
 
     def save_state(self, path):
         np.savez(path, **self.get_state())
@@ -98,7 +177,13 @@ class StreamingDetector(StreamRunner):
     def step_raw(self, x, extractor=None):
         """x (1,3,S,S) NDArray -> raw (cls, box) of this frame; advances the state."""
         extractor = extractor or self.choose()
-        cls, box, new_state = self.net.step(x, self.state, extractor)
+        if self.motion is None:
+            cls, box, new_state = self.net.step(x, self.state, extractor)
+        else:
+            if self._current is None:
+                raise ValueError("TEST.MOTION needs the frame itself: call step(frame), not step_raw")
+            cls, box, new_state = self.motion.step(x, self._current, self.state, extractor, self.ctx)
+            self._current = None
         if new_state is not self.state:
             self.prev_state = self.state
         self.state = new_state
@@ -111,7 +196,10 @@ class StreamingDetector(StreamRunner):
         """HxWx3 uint8 RGB frame -> [(frame index, (boxes (K,4) frame pixels, scores (K,), labels (K,)))]."""
         h, w = frame.shape[:2]
         t = self.frame_index
-        cls, box = self.step_raw(preprocess(frame, self.net.image_hw, self.ctx))
+        resized = resize_frame(frame, self.net.image_hw)
+        if self.motion is not None:
+            self._current = self.motion.dis.prepare(resized)
+        cls, box = self.step_raw(to_batch(resized, self.ctx))
         return [(t, as_detections(*self.net.postprocess(cls, box, [w], [h], self.cfg.TEST)[0]))]
 
 
@@ -126,6 +214,9 @@ class AsyncStreamingDetector(StreamingDetector):
     def __init__(self, net, cfg, ctx=mx.cpu(), hybridize=True):
         if net.type != "fast_slow":
             raise ValueError("asynchronous mode needs a fast_slow model (two extractors)")
+        if cfg.TEST.MOTION.FLOW or cfg.TEST.MOTION.PROPAGATE:
+            raise ConfigError(f"{cfg.get('CONFIG_FILE') or 'config'}: TEST.MOTION is for the synchronous "
+                              f"policies (the async worker writes the state from another thread)")
         super().__init__(net, cfg, policy="small", ctx=ctx, hybridize=hybridize)
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)

@@ -309,6 +309,19 @@ def train_model(cfg, dataset=None, out_dir=None, ctx=None, run=None, log=print):
                           allow_background_only=cfg.DATASET.ALLOW_BACKGROUND_ONLY)
     if run is None and job.is_chief:
         RunFolder(out_dir).write(cfg.MODEL.TYPE, dataset.classes, cfg)
+    net = assemble_model(cfg, contexts, log)
+    start = time.time()
+    summary = train(cfg, net, out_dir=out_dir, dataset=dataset, ctx=contexts)
+    seconds = time.time() - start
+    if job.is_chief:
+        save_model(net, os.path.join(out_dir, MODEL_FILE))
+    return net, summary, seconds
+
+
+def assemble_model(cfg, contexts, log=print):
+    """The model a training run starts from: initial weights from the seed, then PRETRAINED, then
+    MODEL.WEIGHTS (PHASE assemble saves it as it is, e.g. a fast_slow model whose small steps only
+    propagate a trained LSTM-SSD's features, TEST.MOTION.PROPAGATE)."""
     seed_everything(cfg.TRAIN.SEED, 0)  # the initial weights are a function of the seed
     net = build_detector(cfg, contexts)
     net(mx.nd.zeros((1, 1, 3) + net.image_hw, ctx=contexts[0]))
@@ -320,12 +333,7 @@ def train_model(cfg, dataset=None, out_dir=None, ctx=None, run=None, log=print):
             raise ConfigError(f"{cfg.get('CONFIG_FILE') or '<config>'}: PRETRAINED: {err}") from None
     if cfg.MODEL.WEIGHTS:
         load_init_weights(net, cfg.MODEL.WEIGHTS, log)
-    start = time.time()
-    summary = train(cfg, net, out_dir=out_dir, dataset=dataset, ctx=contexts)
-    seconds = time.time() - start
-    if job.is_chief:
-        save_model(net, os.path.join(out_dir, MODEL_FILE))
-    return net, summary, seconds
+    return net
 
 
 def warm_up(net, ctx=mx.cpu(), steps=2):

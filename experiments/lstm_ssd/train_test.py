@@ -4,7 +4,8 @@
         [--set TRAIN.EPOCHS=5 ...] [--model MODEL.params] [--print-images] [--policy fixed|large|...]
 
 PHASE in the config lists what to do (train, test), as in the PyTorch LSTM-SSD port; ``policy`` trains
-the adaptive interleaving policy (Double DQN) of a trained fast_slow model. Training writes
+the adaptive interleaving policy (Double DQN) of a trained fast_slow model; ``assemble`` saves the model
+built from PRETRAINED and MODEL.WEIGHTS without training (a new model type around trained parts). Training writes
 OUTPUT_DIR/model.params (+ .channels.json) and the lib.train logs/checkpoints (resumable); testing
 streams the TEST set with INTERLEAVE.POLICY, writes OUTPUT_DIR/test_results.json, annotated images to
 OUTPUT_DIR/test_images when TEST.PRINT_IMAGES (or --print-images), and appends a row (config, mAP,
@@ -24,11 +25,14 @@ from lib.cli import user_errors_exit_2
 from lib.config import PROJECT_ROOT, ConfigError, dump_config, project_path
 from lib.train.distributed import config_contexts, join_job
 from lstm_ssd import config as lstm_config
-from lstm_ssd.detector import load_model
+from lstm_ssd.detector import load_model, save_model
 from lstm_ssd.flops import model_summary
 from lstm_ssd.policy import PolicyAgent, policy_features
 from lstm_ssd.results import append_result
-from lstm_ssd.train import MODEL_FILE, evaluate, train_adaptive_policy, train_model
+from lstm_ssd.train import MODEL_FILE, assemble_model, evaluate, train_adaptive_policy, train_model
+
+# assemble: the model from PRETRAINED + MODEL.WEIGHTS saved as OUTPUT_DIR/model.params without training
+PHASES = ("assemble", "train", "policy", "test")
 
 
 def parse_args(argv=None):
@@ -60,15 +64,18 @@ def main(argv=None):
 
 def train_test(args, cfg):
     for phase in cfg.PHASE:
-        if phase not in ("train", "policy", "test"):
-            raise ConfigError(f"{cfg.CONFIG_FILE or args.cfg}: PHASE entries must be train, policy or test, "
+        if phase not in PHASES:
+            raise ConfigError(f"{cfg.CONFIG_FILE or args.cfg}: PHASE entries must be {', '.join(PHASES)}, "
                               f"got {phase!r}")
+    if "assemble" in cfg.PHASE and "train" in cfg.PHASE:
+        raise ConfigError(f"{cfg.CONFIG_FILE or args.cfg}: PHASE assemble saves the model without training; "
+                          f"it does not go with train")
     out_dir = project_path(cfg.OUTPUT_DIR)
     if "train" in cfg.PHASE and not join_job(cfg.TRAIN.KVSTORE, config_contexts(cfg)).is_chief:
         train_model(cfg, out_dir=out_dir)      # another worker of a distributed job: rank 0 does the rest
         return 0
     os.makedirs(out_dir, exist_ok=True)
-    if "train" in cfg.PHASE:
+    if "train" in cfg.PHASE or "assemble" in cfg.PHASE:
         # the resolved config, loadable again with --cfg (CONFIG_FILE is set by the loader, not a key);
         # a test-only run (e.g. on other data) leaves the trained run's record as it was
         dump_config({k: v for k, v in cfg.items() if k != "CONFIG_FILE"}, os.path.join(out_dir, "config.yaml"))
@@ -80,6 +87,9 @@ def train_test(args, cfg):
         net, summary, seconds = train_model(cfg, out_dir=out_dir)
         train_info = {"train_iters": summary["iterations"], "train_seconds": round(seconds, 1)}
         print(f"saved {os.path.join(out_dir, MODEL_FILE)}")
+    if "assemble" in cfg.PHASE:
+        net = assemble_model(cfg, config_contexts(cfg))
+        print(f"saved {save_model(net, os.path.join(out_dir, MODEL_FILE))} (assembled, not trained)")
     if "policy" in cfg.PHASE or ("train" in cfg.PHASE and cfg.INTERLEAVE.POLICY == "adaptive"):
         if net is None:
             net = load_model(cfg, model_path)
