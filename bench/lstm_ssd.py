@@ -12,7 +12,10 @@ package. Every network is hybridized for inference with the MKLDNN backend
 depend on them). Steady state: warm-up steps (graph building) are excluded. Each row reports ms per
 frame, fps, params and MACs per frame. Interleaved = large extractor every tau + 1 frames (paper
 tau = 9), the small one otherwise, state read-not-written by the small one. Goal from the issue:
-interleaved >= 70 fps (the paper's figure on a Pixel 3, quantised).
+interleaved >= 70 fps (the paper's figure on a Pixel 3, quantised). The "stream" rows time whole
+streaming steps (resize of 1280x720 frames, DIS flow, decoding + NMS) of the speedtrap Lite0 models
+with and without the memory moved along the motion (TEST.MOTION), on a panning texture, as ratios to
+the plain LSTM-SSD stream.
 """
 if __name__ == "__main__" and not __package__:
     raise SystemExit("run from the project root as: python -m bench.lstm_ssd [--quick] "
@@ -97,6 +100,46 @@ def bench_gluoncv(size, frames, warmup):
     return seconds, int(params)
 
 
+MOTION_CFGS = {"lstm_ssd": "speedtrap47_lstm_ssd_lite0_gated_previous_state_degrade.yaml",
+               "lfs": "speedtrap47_fast_slow_lite0_propagate.yaml"}
+MOTION_QUICK = ["INPUT.SIZE=[72, 128]", "MODEL.SMALL.INPUT_SIZE=[36, 64]"]
+
+
+def moving_frames(count, height, width, step=4, seed=0):
+    """A smooth random texture panning ``step`` px per frame: DIS has real motion to follow."""
+    import cv2
+    rng = np.random.RandomState(seed)
+    texture = cv2.GaussianBlur(rng.randint(0, 255, (height, width + step * count, 3)).astype(np.uint8), (0, 0), 3)
+    return [np.ascontiguousarray(texture[:, step * t:step * t + width]) for t in range(count)]
+
+
+def bench_motion(quick, frames, warmup, tau):
+    """Whole streaming steps (resize, extractor(s), memory, head, decoding + NMS) of the speedtrap Lite0
+    models at 360x640 from 1280x720 frames, with and without TEST.MOTION, side by side."""
+    from lstm_ssd.streaming import StreamingDetector
+    height, width = (144, 256) if quick else (720, 1280)
+    video = moving_frames(warmup + frames, height, width)
+    # random weights: a high score threshold keeps NMS from timing a flood of random boxes
+    common = (MOTION_QUICK if quick else []) + ["TEST.SCORE_THRESH=0.99", "PRETRAINED=", "MODEL.WEIGHTS="]
+    rows = [("lstm-ssd", "lstm_ssd", [], "large"),
+            ("lstm-ssd moved memory", "lstm_ssd", ["TEST.MOTION.FLOW=dis"], "large"),
+            (f"lfs tau={tau}", "lfs", ["TEST.MOTION.FLOW=", "TEST.MOTION.PROPAGATE=false"], "fixed"),
+            (f"lfs tau={tau} propagated", "lfs", [], "fixed")]
+    out = []
+    for label, key, over, policy in rows:
+        cfg, net = build(MOTION_CFGS[key], common + over)
+        stream = StreamingDetector(net, cfg, policy=policy, tau=tau)
+        for frame in video[:warmup]:
+            stream.step(frame)
+        stream.reset()
+        t0 = time.perf_counter()
+        for frame in video[warmup:]:
+            stream.step(frame)
+        mx.nd.waitall()
+        out.append((f"stream {label}", time.perf_counter() - t0, count_params(net), cfg.INPUT.SIZE))
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny sizes, few repeats")
@@ -114,7 +157,7 @@ def main(argv=None):
         rows.append({"model": name, "input": size, "ms_per_frame": 1000 * seconds / frames,
                      "fps": frames / seconds, "params": params, "macs_per_frame": macs, "note": note})
         r = rows[-1]
-        print(f"{name:<34} {str(size):>5} {r['ms_per_frame']:>9.2f} ms {r['fps']:>8.1f} fps "
+        print(f"{name:<36} {str(size):>10} {r['ms_per_frame']:>9.2f} ms {r['fps']:>8.1f} fps "
               f"{params / 1e6:>7.2f} M params {macs / 1e9:>7.3f} GMACs  {note}", flush=True)
 
     print(f"threads {threads()}, MKLDNN {mx.runtime.Features().is_enabled('MKLDNN')}, {frames} timed frames")
@@ -139,6 +182,10 @@ def main(argv=None):
             post_k = lambda c, b, n=net, c_=cfg_k: n.postprocess(c, b, [n.image_hw[1]], [n.image_hw[0]], c_.TEST)  # noqa: E731
         add(label, time_stream(net, lambda t: "large", frames, warmup, post_k), count_params(net),
             count_macs(net, "large"), cfg_k.INPUT.SIZE)
+    motion_rows = bench_motion(args.quick, frames, warmup, args.tau)
+    base = motion_rows[0][1]
+    for label, seconds, params, size in motion_rows:
+        add(label, seconds, params, 0, size, f"{base / seconds:.2f}x the lstm-ssd stream; MACs not counted")
     g_size = settings["gluoncv_size"]
     seconds, params = bench_gluoncv(g_size, frames, warmup)
     add("gluoncv ssd_512_mobilenet1.0", seconds, params, 0, g_size, "MACs not counted; includes its NMS")
