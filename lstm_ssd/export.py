@@ -9,6 +9,12 @@ run the two extractors independently (which the reference's single frozen graph 
     out, c_new, h_new = lstm_step_<e>(feats, c, h)          # keep (c, h) unchanged after small steps
     cls_logits, box_deltas = head(out)                       # decode with the anchors in parts.json
 
+A residual memory (MODEL.LSTM.RESIDUAL) also writes ``project`` and ``combine``, and parts.json records
+TEST.MOTION: with it, (c, h) (and, for PROPAGATE, the last large frame's ``project(feats)``) are warped by
+the DIS flow from the current frame to the frame that wrote them before they are read; a propagated small
+step is ``head(combine(warped projection, warped h))`` when ``memory_input`` is previous_state
+(lstm_ssd.detector.LSTMSSD.step_moved is the reference loop).
+
     python -m lstm_ssd.export --cfg CFG.yaml --model MODEL.params --output PREFIX
 
 The frame baseline (ssdlite) also exports as the project's standard single-frame artifact
@@ -83,14 +89,20 @@ def export_ssdlite(net, cfg, classes, out_dir, onnx=False, ctx=None):
     return paths
 
 
-def export_parts(net, prefix, ctx=mx.cpu()):
-    """Write every part; returns {part: (symbol file, params file)}."""
+def export_parts(net, prefix, ctx=mx.cpu(), motion=None):
+    """Write every part; returns {part: (symbol file, params file)}. ``motion``: the TEST.MOTION settings
+    the stream should run with, recorded in parts.json; a residual memory also exports ``project`` (the
+    large frame's projection) and ``combine`` (frame term, memory input -> level 0), which a propagated
+    small step chains itself (lstm_ssd.detector.LSTMSSD.step_moved)."""
     os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
     h, w = net.image_hw
     frame = mx.nd.zeros((1, 3, h, w), ctx=ctx)
     state = net.zero_state(1, ctx)
     inputs = {}
-    for part in net.parts().values():
+    parts = dict(net.parts())
+    if net.residual:
+        parts.update(project=net.project, combine=net.combine_block())
+    for part in parts.values():
         part.hybridize(False)
         part.hybridize()       # plain static graph: the portable artefact (MKLDNN fusion happens at load)
     for e in net.extractor_names:
@@ -104,8 +116,16 @@ def export_parts(net, prefix, ctx=mx.cpu()):
             inputs["project"] = [list(feats.shape)]
     net.head(out)
     inputs["head"] = [list(out.shape)]
+    if net.residual:
+        large = net.large(frame)
+        # what the correction reads: the carried h, or the memory's output at this frame
+        memory_in = state[1] if net.from_state else net.memory.steps["large"](large, *state)[0]
+        key = net.project(large)
+        net.combine_block()(key, memory_in)
+        inputs["project"] = [list(large.shape)]
+        inputs["combine"] = [list(key.shape), list(memory_in.shape)]
     files, described = {}, {}
-    for name, part in net.parts().items():
+    for name, part in parts.items():
         base = f"{prefix}-{name}"
         part.export(base, epoch=0)
         files[name] = (base + "-symbol.json", base + "-0000.params")
@@ -122,6 +142,8 @@ def export_parts(net, prefix, ctx=mx.cpu()):
             "num_classes": net.num_classes, "box_stds": list(net.cfg.BOX_STDS),
             "input": "RGB 0..255 float32, NCHW, resized to image_size [H, W] (the backbone's input scaling is in the graph)",
             "anchors": net.anchors().tolist(),
+            "memory_input": net.cfg.LSTM.RESIDUAL_INPUT if net.residual else None,
+            "motion": dict(motion) if motion else None,
             "parts": described}
     atomic_write_json(f"{prefix}-parts.json", meta, sort_keys=False)
     return files
@@ -152,7 +174,7 @@ def main(argv=None):
     cfg = lstm_config.load(args.cfg)
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)   # unusable: one error line, first
     net = load_model(cfg, args.model)
-    for name, (sym, params) in export_parts(net, args.output).items():
+    for name, (sym, params) in export_parts(net, args.output, motion=cfg.TEST.MOTION).items():
         print(f"{name}: {sym} {params}")
     return 0
 

@@ -206,3 +206,30 @@ def test_phase_assemble_saves_the_model_built_from_the_weights_without_training(
     for name in shared:
         np.testing.assert_array_equal(got[name].data().asnumpy(), want[name].data().asnumpy())
     assert main(["--cfg", str(cfg_path), "--set", "PHASE=[assemble, train]", *over]) == 2
+
+
+def test_exported_parts_chain_into_the_propagated_step(tmp_path):
+    """A device loop from the exported graphs: warp (c, h) and the key projection with the flow (MXNet's
+    built-in warp here), combine, head -- equals step_moved; parts.json records the motion settings."""
+    import json
+
+    from lstm_ssd.export import export_parts, load_parts
+    cfg, net = _model(FAST_SLOW + PREVIOUS_STATE + ["TEST.MOTION.FLOW=dis", "TEST.MOTION.PROPAGATE=true"], seed=11)
+    export_parts(net, str(tmp_path / "lfs"), motion=cfg.TEST.MOTION)
+    meta = json.loads((tmp_path / "lfs-parts.json").read_text())
+    assert meta["motion"]["FLOW"] == "dis" and meta["motion"]["PROPAGATE"] and meta["memory_input"] == "previous_state"
+    parts = load_parts(str(tmp_path / "lfs"))
+    rng = np.random.RandomState(12)
+    key_frame, later = (mx.nd.array(rng.uniform(0, 255, (1, 3, 128, 128))) for _ in range(2))
+    state = _random_state(net, rng)
+    flow = mx.nd.array(rng.uniform(-1.5, 1.5, (1, 2) + net.feature_hw))
+    _, _, key_state, key_term = net.step_moved(key_frame, state, "large", flow, None, propagate=True)
+    want_cls, want_box, _, _ = net.step_moved(later, key_state, "small", flow, key_term, propagate=True)
+
+    def warp(x):
+        return mx.nd.BilinearSampler(x, mx.nd.GridGenerator(flow, transform_type="warp"))
+    exported_key = parts["project"](parts["extractor_large"](key_frame))
+    np.testing.assert_allclose(exported_key.asnumpy(), key_term.asnumpy(), rtol=1e-4, atol=1e-4)
+    cls, box = parts["head"](parts["combine"](warp(exported_key), warp(key_state[1])))
+    np.testing.assert_allclose(cls.asnumpy(), want_cls.asnumpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(box.asnumpy(), want_box.asnumpy(), rtol=1e-4, atol=1e-4)
