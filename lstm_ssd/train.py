@@ -385,9 +385,11 @@ def evaluate(cfg, net, dataset=None, policy=None, print_dir=None, policy_net=Non
     warm_up(net, ctx)
     limit = max_images if max_images is not None else cfg.TEST.MAX_IMAGES
     records, detections, seconds, large = [], [], 0.0, 0
+    since_large = []          # per frame: frames since the last large step of its snippet (0: a large step)
     try:
         for group in _groups_in_order(dataset):
             stream.reset()
+            distance = None
             for rec in group:
                 if limit and len(records) >= limit:
                     break
@@ -398,6 +400,11 @@ def evaluate(cfg, net, dataset=None, policy=None, print_dir=None, policy_net=Non
                 (_, (boxes, scores, labels)), = stream.step(image)
                 seconds += time.perf_counter() - t0
                 large += stream.last_extractor == "large"
+                if stream.last_extractor == "large":
+                    distance = 0
+                elif distance is not None:
+                    distance += 1
+                since_large.append(distance)
                 records.append(rec)
                 detections.append((boxes, scores, labels))
                 if print_dir:
@@ -412,7 +419,28 @@ def evaluate(cfg, net, dataset=None, policy=None, print_dir=None, policy_net=Non
                for name, sub in subset_scores(records, detections, dataset.classes, cfg.TEST.SUBSETS).items()}
     return {"mAP": result["mAP"] or 0.0, "fps": len(records) / max(seconds, 1e-9),
             "frames": len(records), "large_share": large / max(len(records), 1), "per_class": result["per_class"],
-            "policy": policy, "subsets": subsets}
+            "policy": policy, "subsets": subsets,
+            "by_distance": scores_by_distance(records, detections, dataset.classes, since_large)}
+
+
+DISTANCE_BINS = ((0, 0), (1, 2), (3, 5), (6, None))
+
+
+def scores_by_distance(records, detections, classes, since_large):
+    """mAP of the frames grouped by how many frames ago the large extractor last ran (interleaved
+    streams: how fast what the memory carries goes stale); {} when every frame was a large step or no
+    frame was (async)."""
+    known = [d for d in since_large if d is not None]
+    if not known or max(known) == 0:
+        return {}
+    out = {}
+    for low, high in DISTANCE_BINS:
+        picked = [i for i, d in enumerate(since_large) if d is not None and d >= low and (high is None or d <= high)]
+        if picked:
+            name = f"{low}" if low == high else (f"{low}+" if high is None else f"{low}-{high}")
+            ap = voc_ap([records[i] for i in picked], [detections[i] for i in picked], classes)["mAP"]
+            out[name] = {"frames": len(picked), "mAP": ap or 0.0}
+    return out
 
 
 def frame_loss_fn(cfg, net):

@@ -181,7 +181,10 @@ def test_memory_reset_ablation_detects_each_frame_from_a_zero_state(tiny_cfg, mo
     over = ["MODEL.TYPE=fast_slow", "MODEL.SMALL.WIDTH=0.35", "MODEL.SMALL.INPUT_SIZE=32",
             "MODEL.SMALL.OUTPUT_STRIDE=16", "INTERLEAVE.POLICY=fixed", "INTERLEAVE.TAU=1", "TEST.MEMORY=reset"]
     cfg = lstm_config.load(TINY_CFG, over)
-    assert lstm_train.evaluate(cfg, build_detector(cfg), ds)["large_share"] == 0.5
+    result = lstm_train.evaluate(cfg, build_detector(cfg), ds)
+    assert result["large_share"] == 0.5
+    # tau 1 on one 4-frame snippet: large, small, large, small -> distances 0, 1, 0, 1
+    assert {k: v["frames"] for k, v in result["by_distance"].items()} == {"0": 2, "1-2": 2}
     cfg.TEST.MEMORY = "forget"
     with pytest.raises(ConfigError, match="TEST.MEMORY must be carry or reset"):
         lstm_train.evaluate(cfg, build_detector(cfg), ds)

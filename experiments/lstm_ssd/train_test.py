@@ -122,8 +122,12 @@ def train_test(args, cfg):
         table = results_table(cfg, out_dir)
         append_result(row, table)
         with open(os.path.join(out_dir, "test_results.json"), "w", encoding="utf-8") as f:
-            json.dump({**row, "per_class": result["per_class"]}, f, indent=1, default=str)
+            json.dump({**row, "per_class": result["per_class"], "by_distance": result["by_distance"]}, f,
+                      indent=1, default=str)
         print(json.dumps(row, indent=1))
+        if result["by_distance"]:
+            print("mAP by frames since the last large step: " + " ".join(
+                f"{name}={b['mAP']:.4f}/{b['frames']}fr" for name, b in result["by_distance"].items()))
         print(f"results table: {table}")
         if print_dir:
             print(f"annotated test images in {print_dir}")
