@@ -231,21 +231,7 @@ class LSTMSSD(gluon.Block):
     # ---- computation -------------------------------------------------------------------------
     def step(self, frames, state, extractor="large"):
         """One frame per sequence: frames (B,3,H,W) -> (cls (B,P,C+1), box (B,P,4), new_state)."""
-        if tuple(frames.shape[-2:]) != self.image_hw:
-            raise ValueError(f"frames of {tuple(frames.shape[-2:])} (H, W); this model takes INPUT.SIZE "
-                             f"{list(self.image_hw)} (resize first, as StreamingDetector.step does)")
-        feats = self._part(f"extractor_{extractor}", self.extractor(extractor))(frames)
-        if self.memory is None:
-            return (*self._part("head", self.head)(self._part("project", self.project)(feats)), None)
-        c, h = state
-        out, c_new, h_new = self.memory_step(extractor)(feats, c, h)
-        new_state = (c_new, h_new) if self.writes_memory[extractor] else state
-        head = self._part("head", self.head)
-        if head is not self.head:
-            # the int8 head reads its input's raw memory: a step hybridized with the MKLDNN backend can
-            # return oneDNN's blocked layout (the residual step does), which copy() turns into NCHW
-            out = out.copy()
-        cls, box = head(out)
+        cls, box, new_state, _ = self.step_moved(frames, state, extractor)
         return cls, box, new_state
 
     def step_moved(self, frames, state, extractor, flow=None, key_term=None, propagate=False):
@@ -253,37 +239,46 @@ class LSTMSSD(gluon.Block):
 
         ``flow`` (B,2,h,w) on the feature grid, from this frame to the frame whose large step wrote
         ``state`` (lib.flow convention: warping by it aligns that frame's maps with this one), or None
-        (no earlier frame). With ``propagate`` a small step's frame term is ``key_term``, the last large
-        step's projection, moved the same way (Deep Feature Flow's propagation), instead of the small
-        extractor's projection; when the memory correction reads the carried state (RESIDUAL_INPUT
-        previous_state) the small extractor is then not run at all.
+        (no earlier frame: the plain ``step``). With ``propagate`` a small step's frame term is
+        ``key_term``, the last large step's projection, moved the same way (Deep Feature Flow's
+        propagation), instead of the small extractor's projection; when the memory correction reads the
+        carried state (RESIDUAL_INPUT previous_state) the small extractor is then not run at all.
         Returns (cls, box, new_state, key_term): new_state is ``state`` itself after a step that does not
         write the memory (still tied to its frame), key_term this step's projection after a large step.
         """
+        if tuple(frames.shape[-2:]) != self.image_hw:
+            raise ValueError(f"frames of {tuple(frames.shape[-2:])} (H, W); this model takes INPUT.SIZE "
+                             f"{list(self.image_hw)} (resize first, as StreamingDetector.step does)")
+        head = self._part("head", self.head)
         if self.memory is None:
-            raise ValueError("TEST.MOTION moves the memory state: this ssdlite model has none")
+            if flow is not None or propagate:
+                raise ValueError("TEST.MOTION moves the memory state: this ssdlite model has none")
+            feats = self._part(f"extractor_{extractor}", self.extractor(extractor))(frames)
+            return (*head(self._part("project", self.project)(feats)), None, None)
         if propagate and not self.residual:
             raise ValueError("TEST.MOTION.PROPAGATE replaces the frame term of a small step: it needs "
                              "MODEL.LSTM.RESIDUAL true")
         moved = state if flow is None else tuple(flow_warp(s, flow) for s in state)
-        head = self._part("head", self.head)
         if extractor == "small" and propagate and key_term is not None:
             frame = key_term if flow is None else flow_warp(key_term, flow)
             combine = self._combine.block
             if self.from_state:
-                level0 = combine(frame, moved[1])
+                out = combine(frame, moved[1])
             else:
                 feats = self._part("extractor_small", self.small)(frames)
-                out, _, _ = self.memory.steps["small"](feats, *moved)
-                level0 = combine(frame, out)
-            cls, box = head(level0.copy() if head is not self.head else level0)
-            return cls, box, state, key_term
-        feats = self._part(f"extractor_{extractor}", self.extractor(extractor))(frames)
-        out, c_new, h_new = self.memory_step(extractor)(feats, *moved)
-        if extractor == "large" and propagate:
-            key_term = self.project(feats)
-        cls, box = head(out.copy() if head is not self.head else out)
-        new_state = (c_new, h_new) if self.writes_memory[extractor] else state
+                out = combine(frame, self.memory.steps["small"](feats, *moved)[0])
+            new_state = state
+        else:
+            feats = self._part(f"extractor_{extractor}", self.extractor(extractor))(frames)
+            out, c_new, h_new = self.memory_step(extractor)(feats, *moved)
+            new_state = (c_new, h_new) if self.writes_memory[extractor] else state
+            if extractor == "large" and propagate:
+                key_term = self.project(feats)
+        if head is not self.head:
+            # the int8 head reads its input's raw memory: a step hybridized with the MKLDNN backend can
+            # return oneDNN's blocked layout (the residual step does), which copy() turns into NCHW
+            out = out.copy()
+        cls, box = head(out)
         return cls, box, new_state, key_term
 
     def combine_block(self):
