@@ -112,7 +112,6 @@ class StreamingDetector(StreamRunner):
                 blocks.append(net.combine_block())
             for part in blocks:
                 hybridize_for_inference(part, ctx)
-        self._current = None        # the prepared grey frame of the step under way (TEST.MOTION)
         self.reset()
 
     # ---- state -------------------------------------------------------------------------------
@@ -174,16 +173,16 @@ class StreamingDetector(StreamRunner):
             return "large" if self.frame_index % (self.tau + 1) == 0 else "small"
         return ACTIONS[self.policy_net.act(self.state, self.prev_state, self.history)]
 
-    def step_raw(self, x, extractor=None):
-        """x (1,3,S,S) NDArray -> raw (cls, box) of this frame; advances the state."""
+    def step_raw(self, x, extractor=None, prepared=None):
+        """x (1,3,S,S) NDArray -> raw (cls, box) of this frame; advances the state. ``prepared``: the
+        frame as DIS reads it (``self.motion.dis.prepare``), needed with TEST.MOTION."""
         extractor = extractor or self.choose()
         if self.motion is None:
             cls, box, new_state = self.net.step(x, self.state, extractor)
         else:
-            if self._current is None:
+            if prepared is None:
                 raise ValueError("TEST.MOTION needs the frame itself: call step(frame), not step_raw")
-            cls, box, new_state = self.motion.step(x, self._current, self.state, extractor, self.ctx)
-            self._current = None
+            cls, box, new_state = self.motion.step(x, prepared, self.state, extractor, self.ctx)
         if new_state is not self.state:
             self.prev_state = self.state
         self.state = new_state
@@ -197,9 +196,8 @@ class StreamingDetector(StreamRunner):
         h, w = frame.shape[:2]
         t = self.frame_index
         resized = resize_frame(frame, self.net.image_hw)
-        if self.motion is not None:
-            self._current = self.motion.dis.prepare(resized)
-        cls, box = self.step_raw(to_batch(resized, self.ctx))
+        prepared = self.motion.dis.prepare(resized) if self.motion is not None else None
+        cls, box = self.step_raw(to_batch(resized, self.ctx), prepared=prepared)
         return [(t, as_detections(*self.net.postprocess(cls, box, [w], [h], self.cfg.TEST)[0]))]
 
 
@@ -245,7 +243,7 @@ class AsyncStreamingDetector(StreamingDetector):
                 self.large_updates += 1
                 self._busy = False
 
-    def step_raw(self, x, extractor=None):
+    def step_raw(self, x, extractor=None, prepared=None):   # prepared: TEST.MOTION, refused here
         with self._lock:
             state = self.state
             self._pending = x          # newest frame wins; an older pending one is dropped
