@@ -239,3 +239,30 @@ def test_int8_labelled_check_user_errors(artifact, tmp_path, capsys):
     assert "--check-gt" in capsys.readouterr().err
     assert quantize_main(base + ["--check-gt", frames, "--no-check"]) == 2
     assert "contradict" in capsys.readouterr().err
+
+
+def test_int8_calibration_on_tiles_uses_crops_of_the_frames(artifact):
+    """--calib-tile: each calibration input is the artifact's pre-processing of a tile-sized crop of its
+    frame (found by searching every offset), not of the whole frame; a tile larger than the frame is the frame."""
+    from lib.tools.infer import ExportedDetector
+    from lib.tools.quantize import calibration_batches
+    _, model, frames, _, _ = artifact
+    detector = ExportedDetector(model)
+    calib, crops = calibration_batches(detector, frames, 3, tile=(16, 24))
+    assert calib.shape == (3, 3, SIZE, SIZE) and all(c.shape[:2] == (16, 24) for c in crops)
+    names = sorted(os.listdir(frames), key=lambda n: int(n[5:-4]))
+    for data, name in zip(calib, names):
+        frame = cv2.imread(os.path.join(frames, name))
+        matches = [(y, x) for y in range(48 - 16 + 1) for x in range(80 - 24 + 1)
+                   if np.array_equal(detector.preprocess(frame[y:y + 16, x:x + 24])[0][0], data)]
+        assert matches, name
+        assert not np.allclose(detector.preprocess(frame)[0][0], data)
+    whole, _ = calibration_batches(detector, frames, 3, tile=(100, 100))
+    np.testing.assert_array_equal(whole, calibration_batches(detector, frames, 3)[0])
+
+
+def test_int8_calib_tile_user_error(artifact, tmp_path, capsys):
+    from lib.tools.quantize import main as quantize_main
+    _, model, frames, _, _ = artifact
+    assert quantize_main(["--model", model, "--calib", frames, "--out", str(tmp_path / "q"), "--calib-tile", "0,x"]) == 2
+    assert "--calib-tile 0,x: expected H or H,W" in capsys.readouterr().err

@@ -1,10 +1,11 @@
 """int8 quantization of an exported CPU detector with MXNet's MKLDNN (oneDNN) quantization.
 
     python -m lib.tools.quantize --model DIR --calib FRAMES_OR_VIDEO --out DIR_INT8
-                                 [--num-calib 16] [--calib-mode naive|entropy]
+                                 [--num-calib 16] [--calib-mode naive|entropy] [--calib-tile H[,W]]
 
 Convolutions and fully-connected layers run in int8, calibrated on a few frames that go through
-the artifact's own pre-processing; the detection post-processing (decode, NMS) stays in float.
+the artifact's own pre-processing (``--calib-tile``: one crop of that size per frame, for a model run on
+sliding tiles); the detection post-processing (decode, NMS) stays in float.
 The result is a normal exported artifact (same meta.json) that ``lib.tools.infer`` runs. It is
 checked against the fp32 artifact on the calibration frames (meta.json "quantized.check"): broken
 boxes, or fewer than half of the fp32 detections found again, make it quantize once more with the
@@ -40,17 +41,31 @@ from lib.runtime import quantize_block
 from lib.tools.infer import ExportedDetector, iterate_frames
 
 
-def calibration_batches(detector, source, num):
-    """-> (pre-processed calibration inputs (num,3,H,W), all at the first frame's input shape; the frames)."""
+def calibration_crop(frame, tile, index):
+    """A ``tile`` (h, w) crop of ``frame`` at a position drawn from ``index`` (the same run to run); the
+    whole frame when it is not larger than the tile."""
+    h, w = frame.shape[:2]
+    th, tw = min(tile[0], h), min(tile[1], w)
+    rng = np.random.RandomState(index)
+    y, x = rng.randint(0, h - th + 1), rng.randint(0, w - tw + 1)
+    return frame[y:y + th, x:x + tw]
+
+
+def calibration_batches(detector, source, num, tile=None):
+    """-> (pre-processed calibration inputs (num,3,H,W), all at the first frame's input shape; the frames
+    (or crops) they come from). ``tile`` (h, w): calibrate on one crop of that size per frame, for a model
+    that detects by sliding tiles (its activations on a whole frame squeezed to the input size are not the
+    ones it will see)."""
     batches, shape, frames = [], None, []
-    for _, frame in iterate_frames(source):
-        frames.append(frame)
-        data, _ = detector.preprocess(frame)
+    for index, (_, frame) in enumerate(iterate_frames(source)):
+        view = frame if tile is None else calibration_crop(frame, tile, index)
+        frames.append(view)
+        data, _ = detector.preprocess(view)
         if shape is None:
             shape = data.shape
         elif data.shape != shape:
             # keep-ratio artifacts: frames of another size are resized to the first frame's input size
-            resized = cv2.resize(frame, (shape[3], shape[2]))
+            resized = cv2.resize(view, (shape[3], shape[2]))
             data, _ = detector.preprocess(resized)
             data = data[:, :, :shape[2], :shape[3]]
         batches.append(data)
@@ -164,17 +179,19 @@ def _write_meta(out_dir, meta):
 
 
 def quantize(model_dir, calib_source, out_dir, num_calib=16, calib_mode="naive", exclude=(), check=True,
-             exclude_operators=(), min_agreement=0.5, name=None, check_data=None, max_map_drop=0.02):
+             exclude_operators=(), min_agreement=0.5, name=None, check_data=None, max_map_drop=0.02,
+             calib_tile=None):
     """Write the int8 artifact and, with ``check``, compare it with the fp32 one on the calibration
     frames: broken boxes or fewer than ``min_agreement`` of the fp32 detections found again -> retried
     once with FALLBACK_FLOAT_OPERATORS in float (when the caller chose no operators); broken boxes
     after that raise QuantizationCheckError, a low agreement alone is a warning (meta.json keeps it).
     ``check_data`` (a dataset from ``labelled_frames``): the mAP@0.5 of both on it, a drop above
-    ``max_map_drop`` fails like broken boxes."""
+    ``max_map_drop`` fails like broken boxes. ``calib_tile`` (h, w): calibrate on crops of that size
+    (``calibration_batches``)."""
     if not mx.runtime.Features().is_enabled("MKLDNN"):
         raise SystemExit("error: this mxnet build has no MKLDNN (oneDNN): int8 CPU quantization needs it")
     detector = ExportedDetector(model_dir, "mxnet")
-    calib, frames = calibration_batches(detector, calib_source, num_calib)
+    calib, frames = calibration_batches(detector, calib_source, num_calib, calib_tile)
     attempts = [list(exclude_operators)]
     fp32_map = None
     if check and not exclude_operators:
@@ -216,6 +233,9 @@ def main(argv=None):
     parser.add_argument("--out", required=True, help="output artifact folder")
     parser.add_argument("--num-calib", type=int, default=16)
     parser.add_argument("--calib-mode", choices=["naive", "entropy"], default="naive")
+    parser.add_argument("--calib-tile", metavar="H[,W]",
+                        help="calibrate on one H x W crop per frame: for a model run on sliding tiles "
+                             "(the recipe's TILING.INFER.SIZE)")
     parser.add_argument("--exclude", nargs="*", default=[], help="layer names to keep in float")
     parser.add_argument("--exclude-ops", nargs="*", default=[],
                         help="operator types to keep in float (e.g. Concat elemwise_add)")
@@ -240,6 +260,15 @@ def main(argv=None):
                                                                 os.path.isfile(os.path.join(out, "meta.json")))):
             raise SystemExit(f"error: --out {args.out}: exists and is not an exported artifact (no meta.json): "
                              f"refusing to replace it")
+        calib_tile = None
+        if args.calib_tile:
+            try:
+                calib_tile = [int(v) for v in args.calib_tile.split(",")]
+            except ValueError:
+                calib_tile = []
+            calib_tile = calib_tile * 2 if len(calib_tile) == 1 else calib_tile
+            if len(calib_tile) != 2 or min(calib_tile) < 1:
+                raise SystemExit(f"error: --calib-tile {args.calib_tile}: expected H or H,W in pixels, e.g. 256 or 256,256")
         check_data = None
         if args.check_gt:
             if args.no_check:
@@ -252,7 +281,7 @@ def main(argv=None):
             raise SystemExit("error: --check-format / --check-split describe --check-gt, which is missing")
         quantize(args.model, args.calib, work, args.num_calib, args.calib_mode, args.exclude,
                  check=not args.no_check, exclude_operators=args.exclude_ops, name=args.out,
-                 check_data=check_data, max_map_drop=args.max_map_drop)
+                 check_data=check_data, max_map_drop=args.max_map_drop, calib_tile=calib_tile)
         if os.path.isdir(out):
             shutil.rmtree(out)  # an earlier artifact (or an empty folder), replaced only now
         os.rename(work, out)
