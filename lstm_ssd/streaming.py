@@ -99,6 +99,11 @@ class StreamingDetector(StreamRunner):
             raise ConfigError("INTERLEAVE.POLICY adaptive needs a trained policy network (POLICY_NET.WEIGHTS)")
         self.tau = cfg.INTERLEAVE.TAU if tau is None else tau
         self.policy_net = policy_net
+        if cfg.TEST.MEMORY not in ("carry", "reset"):
+            raise ConfigError(f"{cfg.get('CONFIG_FILE') or 'config'}: TEST.MEMORY must be carry or reset, "
+                              f"got {cfg.TEST.MEMORY!r}")
+        # reset: the memory-reset ablation, a zero state before every frame (the schedule goes on)
+        self.reset_each_frame = cfg.TEST.MEMORY == "reset"
         self.motion = None
         motion = cfg.TEST.MOTION
         if motion.FLOW:
@@ -176,6 +181,8 @@ class StreamingDetector(StreamRunner):
     def step_raw(self, x, extractor=None, prepared=None):
         """x (1,3,S,S) NDArray -> raw (cls, box) of this frame; advances the state. ``prepared``: the
         frame as DIS reads it (``self.motion.dis.prepare``), needed with TEST.MOTION."""
+        if self.reset_each_frame:
+            self.forget()
         extractor = extractor or self.choose()
         if self.motion is None:
             cls, box, new_state = self.net.step(x, self.state, extractor)
@@ -215,6 +222,9 @@ class AsyncStreamingDetector(StreamingDetector):
         if cfg.TEST.MOTION.FLOW or cfg.TEST.MOTION.PROPAGATE:
             raise ConfigError(f"{cfg.get('CONFIG_FILE') or 'config'}: TEST.MOTION is for the synchronous "
                               f"policies (the async worker writes the state from another thread)")
+        if cfg.TEST.MEMORY == "reset":
+            raise ConfigError(f"{cfg.get('CONFIG_FILE') or 'config'}: TEST.MEMORY reset is for the synchronous "
+                              f"policies (the async worker writes the state on its own)")
         super().__init__(net, cfg, policy="small", ctx=ctx, hybridize=hybridize)
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)

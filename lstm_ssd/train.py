@@ -366,13 +366,6 @@ def evaluate(cfg, net, dataset=None, policy=None, print_dir=None, policy_net=Non
     print_dir: write annotated JPEGs there (TEST.PRINT_IMAGES)."""
     dataset = dataset if dataset is not None else load_split(cfg, "VAL")
     policy = policy or cfg.INTERLEAVE.POLICY
-    if cfg.TEST.MEMORY not in ("carry", "reset"):
-        raise ConfigError(f"{cfg.get('CONFIG_FILE') or 'config'}: TEST.MEMORY must be carry or reset, "
-                          f"got {cfg.TEST.MEMORY!r}")
-    reset_each_frame = cfg.TEST.MEMORY == "reset"
-    if reset_each_frame and policy == "async":
-        raise ConfigError(f"{cfg.get('CONFIG_FILE') or 'config'}: TEST.MEMORY reset is for the synchronous "
-                          f"policies (the async worker writes the state on its own)")
     if policy == "async":
         stream = AsyncStreamingDetector(net, cfg, ctx=ctx)
     else:
@@ -394,8 +387,6 @@ def evaluate(cfg, net, dataset=None, policy=None, print_dir=None, policy_net=Non
                 if limit and len(records) >= limit:
                     break
                 image = read_image(rec.image)
-                if reset_each_frame:
-                    stream.forget()
                 t0 = time.perf_counter()
                 (_, (boxes, scores, labels)), = stream.step(image)
                 seconds += time.perf_counter() - t0
