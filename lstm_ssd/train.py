@@ -289,7 +289,8 @@ def load_init_weights(net, path, log=print):
     whose names and shapes match are loaded, the rest reported."""
     path = project_path(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"MODEL.WEIGHTS: {path} not found")
+        raise FileNotFoundError(f"MODEL.WEIGHTS: {path} not found (the model this run starts from: train the "
+                                f"run that writes it first)")
     loaded, skipped = load_matching_parameters(net, path)
     log(f"MODEL.WEIGHTS {path}: loaded {len(loaded)} tensors, {len(skipped)} left at their init "
         f"(e.g. {skipped[:3]})")
