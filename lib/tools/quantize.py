@@ -147,15 +147,17 @@ def check_map(model_dir, out_dir, dataset, fp32=None):
 
 
 def _problem(result, model_dir, out_dir, min_agreement, max_map_drop=None):
+    """-> (what is wrong or None, whether it refuses the artifact): broken boxes and a mAP drop on labelled
+    frames refuse it, a low agreement alone is a warning."""
     scores = result.get("map")
     if scores is not None and scores["drop"] > max_map_drop:
         return (f"{out_dir}: mAP@0.5 on {scores['frames']} labelled frames falls from {scores['fp32']:.3f} (fp32) "
-                f"to {scores['int8']:.3f} (int8), more than --max-map-drop {max_map_drop:g}")
+                f"to {scores['int8']:.3f} (int8), more than --max-map-drop {max_map_drop:g}"), True
     if not result["broken_boxes"] and result["agreement"] >= min_agreement:
-        return None
+        return None, False
     return (f"{out_dir}: the int8 model does not reproduce {model_dir} on {result['frames']} calibration "
             f"frames ({result['broken_boxes']} broken boxes, {result['agreement']:.0%} of the fp32 detections "
-            f"found)")
+            f"found)"), bool(result["broken_boxes"])
 
 
 # MXNet 1.9's int8 elementwise add outside a conv+sum fusion broke M2Det's MobileNetV2 residuals
@@ -202,20 +204,20 @@ def quantize(model_dir, calib_source, out_dir, num_calib=16, calib_mode="naive",
         meta["quantized"] = {"dtype": "int8", "calib_mode": calib_mode, "num_calib": int(len(calib)),
                              "source": os.path.abspath(model_dir), "float_operators": operators}
         _write_meta(out_dir, meta)      # before the check too: the check loads the artifact
-        problem = None
+        problem, refused = None, False
         if check:
             meta["quantized"]["check"] = check_against_fp32(model_dir, out_dir, frames)
             if check_data is not None:
                 scores = check_map(model_dir, out_dir, check_data, fp32_map)
                 meta["quantized"]["check"]["map"], fp32_map = scores, scores["fp32"]
-            problem = _problem(meta["quantized"]["check"], model_dir, name or out_dir, min_agreement, max_map_drop)
+            problem, refused = _problem(meta["quantized"]["check"], model_dir, name or out_dir, min_agreement,
+                                        max_map_drop)
             _write_meta(out_dir, meta)
         if problem is None:
             break
         if k + 1 < len(attempts):
             print(f"note: {problem}; quantizing again with {attempts[k + 1]} in float", file=sys.stderr)
-        elif meta["quantized"]["check"]["broken_boxes"] or check_data is not None and \
-                meta["quantized"]["check"]["map"]["drop"] > max_map_drop:
+        elif refused:
             raise QuantizationCheckError(f"{problem}: keep the failing layers in float (--exclude NAME ..., "
                                          f"--exclude-ops TYPE ...), try --calib-mode entropy, or use the fp32 "
                                          f"artifact")
