@@ -143,6 +143,19 @@ def test_distilling_the_small_extractor_trains_only_it_towards_the_large_feature
               out_dir=str(tmp_path / "bad"))
 
 
+def _memory_dependent_net(cfg):
+    """A random tiny LSTM-SSD whose memory and head weights are large enough that its scores depend on
+    the input and on the carried state."""
+    mx.random.seed(2)
+    net = build_detector(cfg)
+    net(mx.nd.zeros((1, 1, 3) + net.image_hw), None, ["large"])
+    rng = np.random.RandomState(3)
+    for name, param in net.collect_params().items():
+        if "running" not in name and ("memory" in name or "head" in name):
+            param.set_data(mx.nd.array(rng.normal(0, 0.5, param.shape)))
+    return net
+
+
 def test_memory_reset_ablation_detects_each_frame_from_a_zero_state(tiny_cfg, monkeypatch):
     """TEST.MEMORY reset: every frame detected from a zero memory state (oracle: a fresh streaming
     detector per frame), unlike carry, where only the first frame of the video starts from zero; the
@@ -156,13 +169,7 @@ def test_memory_reset_ablation_detects_each_frame_from_a_zero_state(tiny_cfg, mo
         return voc_ap(records, detections, classes)
     voc_ap = lstm_train.voc_ap
     monkeypatch.setattr(lstm_train, "voc_ap", spy)
-    mx.random.seed(2)
-    net = build_detector(tiny_cfg)
-    net(mx.nd.zeros((1, 1, 3) + net.image_hw), None, ["large"])
-    rng = np.random.RandomState(3)
-    for name, param in net.collect_params().items():   # a random net whose scores do depend on its input
-        if "running" not in name and ("memory" in name or "head" in name):
-            param.set_data(mx.nd.array(rng.normal(0, 0.5, param.shape)))
+    net = _memory_dependent_net(tiny_cfg)
     ds = lstm_train.load_split(tiny_cfg, "TRAIN")
     lstm_train.evaluate(tiny_cfg, net, ds)
     tiny_cfg.TEST.MEMORY = "reset"
@@ -195,13 +202,8 @@ def test_memory_reset_holds_for_every_streaming_user(tiny_cfg):
     reset (e.g. `evaluate.py --set OVERRIDES.TEST.MEMORY=reset`) must act there too, not only in
     lstm_ssd.train.evaluate. Oracle: a fresh detector per frame."""
     from lstm_ssd.streaming import StreamingDetector
-    mx.random.seed(2)
-    net = build_detector(tiny_cfg)
-    net(mx.nd.zeros((1, 1, 3) + net.image_hw), None, ["large"])
-    rng = np.random.RandomState(3)
-    for name, param in net.collect_params().items():
-        if "running" not in name and ("memory" in name or "head" in name):
-            param.set_data(mx.nd.array(rng.normal(0, 0.5, param.shape)))
+    net = _memory_dependent_net(tiny_cfg)
+    rng = np.random.RandomState(4)
     frames = [rng.randint(0, 255, (40, 56, 3)).astype(np.uint8) for _ in range(3)]
     tiny_cfg.TEST.MEMORY = "reset"
     try:
