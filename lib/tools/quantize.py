@@ -181,18 +181,22 @@ def _write_meta(out_dir, meta):
 
 
 def quantize(model_dir, calib_source, out_dir, num_calib=16, calib_mode="naive", exclude=(), check=True,
-             exclude_operators=(), min_agreement=0.5, name=None, check_data=None, max_map_drop=0.02,
+             exclude_operators=(), min_agreement=0.5, name=None, check_gt=None, max_map_drop=0.02,
              calib_tile=None):
     """Write the int8 artifact and, with ``check``, compare it with the fp32 one on the calibration
     frames: broken boxes or fewer than ``min_agreement`` of the fp32 detections found again -> retried
     once with FALLBACK_FLOAT_OPERATORS in float (when the caller chose no operators); broken boxes
     after that raise QuantizationCheckError, a low agreement alone is a warning (meta.json keeps it).
-    ``check_data`` (a dataset from ``labelled_frames``): the mAP@0.5 of both on it, a drop above
-    ``max_map_drop`` fails like broken boxes. ``calib_tile`` (h, w): calibrate on crops of that size
+    ``check_gt`` (path, format or None, split or None): labelled frames (``labelled_frames``), the
+    mAP@0.5 of both on them, a drop above ``max_map_drop`` fails like broken boxes. ``calib_tile`` (h, w): calibrate on crops of that size
     (``calibration_batches``)."""
     if not mx.runtime.Features().is_enabled("MKLDNN"):
         raise SystemExit("error: this mxnet build has no MKLDNN (oneDNN): int8 CPU quantization needs it")
     detector = ExportedDetector(model_dir, "mxnet")
+    check_data = None
+    if check_gt:
+        gt, fmt, split = check_gt
+        check_data = labelled_frames(gt, detector.classes, fmt, split)
     calib, frames = calibration_batches(detector, calib_source, num_calib, calib_tile)
     attempts = [list(exclude_operators)]
     fp32_map = None
@@ -271,19 +275,18 @@ def main(argv=None):
             calib_tile = calib_tile * 2 if len(calib_tile) == 1 else calib_tile
             if len(calib_tile) != 2 or min(calib_tile) < 1:
                 raise SystemExit(f"error: --calib-tile {args.calib_tile}: expected H or H,W in pixels, e.g. 256 or 256,256")
-        check_data = None
+        check_gt = None
         if args.check_gt:
             if args.no_check:
                 raise SystemExit("error: --check-gt and --no-check contradict each other")
             if not 0 <= args.max_map_drop < 1:
                 raise SystemExit(f"error: --max-map-drop {args.max_map_drop:g}: must be in [0, 1)")
-            check_data = labelled_frames(args.check_gt, ExportedDetector(args.model, "mxnet").classes,
-                                         args.check_format, args.check_split)
+            check_gt = (args.check_gt, args.check_format, args.check_split)
         elif args.check_format or args.check_split:
             raise SystemExit("error: --check-format / --check-split describe --check-gt, which is missing")
         quantize(args.model, args.calib, work, args.num_calib, args.calib_mode, args.exclude,
                  check=not args.no_check, exclude_operators=args.exclude_ops, name=args.out,
-                 check_data=check_data, max_map_drop=args.max_map_drop, calib_tile=calib_tile)
+                 check_gt=check_gt, max_map_drop=args.max_map_drop, calib_tile=calib_tile)
         if os.path.isdir(out):
             shutil.rmtree(out)  # an earlier artifact (or an empty folder), replaced only now
         os.rename(work, out)
