@@ -264,6 +264,42 @@ def test_int8_calibration_on_tiles_uses_crops_of_the_frames(artifact):
     np.testing.assert_array_equal(whole, calibration_batches(detector, frames, 3)[0])
 
 
+def test_int8_calibration_on_a_split_takes_only_its_frames_spread_over_it(artifact, tmp_path):
+    """--calib-split: the calibration inputs are the pre-processing of the listed images only (names with or
+    without folder and extension), spread over the list first and last included; without it the first ones."""
+    from lib.tools.infer import ExportedDetector
+    from lib.tools.quantize import calibration_batches, listed_frames
+    _, model, frames, _, _ = artifact
+    detector = ExportedDetector(model)
+    split = tmp_path / "train.txt"
+    split.write_text("frame10 1\nimages/frame2.png\n\nframe99\n")   # frame99: not in the folder
+    calib, shown = calibration_batches(detector, frames, 5, split=str(split))
+    want = [cv2.imread(os.path.join(frames, n)) for n in ("frame2.png", "frame10.png")]
+    assert len(calib) == 2
+    for data, frame in zip(calib, want):
+        np.testing.assert_array_equal(data, detector.preprocess(frame)[0][0])
+    np.testing.assert_array_equal(calibration_batches(detector, frames, 1)[0][0],
+                                  detector.preprocess(cv2.imread(os.path.join(frames, "frame1.png")))[0][0])
+    split.write_text("frame1\nframe2\nframe10\n")
+    assert [os.path.basename(p) for p in listed_frames(frames, str(split), 2)] == ["frame1.png", "frame10.png"]
+
+
+def test_int8_calib_split_user_errors(artifact, tmp_path, capsys):
+    from lib.tools.quantize import main as quantize_main
+    _, model, frames, _, _ = artifact
+    base = ["--model", model, "--calib", frames, "--out", str(tmp_path / "q")]
+    split = tmp_path / "other.txt"
+    split.write_text("frame7\n")
+    assert quantize_main(base + ["--calib-split", str(split)]) == 2
+    assert f"--calib-split {split}: none of its 1 names is an image" in capsys.readouterr().err
+    assert quantize_main(base + ["--calib-split", str(tmp_path / "missing.txt")]) == 2
+    assert "--calib-split" in capsys.readouterr().err and not os.path.exists(tmp_path / "q")
+    video_like = os.path.join(frames, "frame1.png")
+    assert quantize_main(["--model", model, "--calib", video_like, "--out", str(tmp_path / "q"),
+                          "--calib-split", str(split)]) == 2
+    assert "not one" in capsys.readouterr().err
+
+
 def test_int8_calib_tile_user_error(artifact, tmp_path, capsys):
     from lib.tools.quantize import main as quantize_main
     _, model, frames, _, _ = artifact

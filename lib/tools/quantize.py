@@ -2,10 +2,14 @@
 
     python -m lib.tools.quantize --model DIR --calib FRAMES_OR_VIDEO --out DIR_INT8
                                  [--num-calib 16] [--calib-mode naive|entropy] [--calib-tile H[,W]]
+                                 [--calib-split LIST]
 
 Convolutions and fully-connected layers run in int8, calibrated on a few frames that go through
 the artifact's own pre-processing (``--calib-tile``: one crop of that size per frame, for a model run on
-sliding tiles); the detection post-processing (decode, NMS) stays in float.
+sliding tiles); the detection post-processing (decode, NMS) stays in float. Without ``--calib-split`` the
+first ``--num-calib`` frames are used; ``--calib-split LIST`` (a split list: one frame name per line) takes
+them spread evenly over the listed images of the ``--calib`` folder, e.g. the training split, so that no
+hold-out frame tunes the int8 ranges the hold-out then measures.
 The result is a normal exported artifact (same meta.json) that ``lib.tools.infer`` runs. It is
 checked against the fp32 artifact on the calibration frames (meta.json "quantized.check"): broken
 boxes, or fewer than half of the fp32 detections found again, make it quantize once more with the
@@ -36,6 +40,7 @@ from lib.bbox import box_iou_np
 from lib.cli import user_errors_exit_2
 from lib.dataset import DatasetError, load_dataset
 from lib.dataset.cli import guess_format
+from lib.frames import IMAGE_EXTENSIONS, frame_files
 from lib.eval import voc_ap
 from lib.runtime import quantize_block
 from lib.tools.infer import ExportedDetector, iterate_frames
@@ -51,13 +56,41 @@ def calibration_crop(frame, tile, index):
     return frame[y:y + th, x:x + tw]
 
 
-def calibration_batches(detector, source, num, tile=None):
+def listed_frames(folder, split, num):
+    """``num`` image paths of ``folder`` spread evenly over those named in the list file ``split`` (first
+    word of each line: a frame name, with or without folder and extension), first and last included."""
+    if not os.path.isdir(folder):
+        raise SystemExit(f"error: --calib {folder}: --calib-split selects images of a folder; this is not one")
+    try:
+        with open(split, "r", encoding="utf-8-sig") as f:
+            names = {os.path.splitext(os.path.basename(line.split()[0]))[0] for line in f if line.split()}
+    except (OSError, UnicodeDecodeError) as err:
+        raise SystemExit(f"error: --calib-split {split}: cannot read ({err})") from None
+    paths = [p for p in frame_files(folder) if os.path.splitext(os.path.basename(p))[0] in names]
+    if not paths:
+        raise SystemExit(f"error: --calib-split {split}: none of its {len(names)} names is an image "
+                         f"({', '.join(IMAGE_EXTENSIONS)}) of {folder}")
+    picks = np.unique(np.linspace(0, len(paths) - 1, num=min(num, len(paths))).round().astype(int))
+    return [paths[int(i)] for i in picks]
+
+
+def _read_listed(paths):
+    for path in paths:
+        frame = cv2.imread(path, cv2.IMREAD_COLOR)
+        if frame is None:
+            raise SystemExit(f"error: {path}: unreadable image (listed by --calib-split)")
+        yield path, frame
+
+
+def calibration_batches(detector, source, num, tile=None, split=None):
     """-> (pre-processed calibration inputs (num,3,H,W), all at the first frame's input shape; the frames
     (or crops) they come from). ``tile`` (h, w): calibrate on one crop of that size per frame, for a model
     that detects by sliding tiles (its activations on a whole frame squeezed to the input size are not the
-    ones it will see)."""
+    ones it will see). ``split``: a list file naming the images of the folder ``source`` to spread the
+    ``num`` frames over (``listed_frames``); without it, the first ``num`` frames of ``source``."""
     batches, shape, frames = [], None, []
-    for index, (_, frame) in enumerate(iterate_frames(source)):
+    source_frames = iterate_frames(source) if split is None else _read_listed(listed_frames(source, split, num))
+    for index, (_, frame) in enumerate(source_frames):
         view = frame if tile is None else calibration_crop(frame, tile, index)
         frames.append(view)
         data, _ = detector.preprocess(view)
@@ -182,13 +215,14 @@ def _write_meta(out_dir, meta):
 
 def quantize(model_dir, calib_source, out_dir, num_calib=16, calib_mode="naive", exclude=(), check=True,
              exclude_operators=(), min_agreement=0.5, name=None, check_gt=None, max_map_drop=0.02,
-             calib_tile=None):
+             calib_tile=None, calib_split=None):
     """Write the int8 artifact and, with ``check``, compare it with the fp32 one on the calibration
     frames: broken boxes or fewer than ``min_agreement`` of the fp32 detections found again -> retried
     once with FALLBACK_FLOAT_OPERATORS in float (when the caller chose no operators); broken boxes
     after that raise QuantizationCheckError, a low agreement alone is a warning (meta.json keeps it).
     ``check_gt`` (path, format or None, split or None): labelled frames (``labelled_frames``), the
-    mAP@0.5 of both on them, a drop above ``max_map_drop`` fails like broken boxes. ``calib_tile`` (h, w): calibrate on crops of that size
+    mAP@0.5 of both on them, a drop above ``max_map_drop`` fails like broken boxes. ``calib_tile`` (h, w):
+    calibrate on crops of that size; ``calib_split``: a list file of the frames to calibrate on
     (``calibration_batches``)."""
     if not mx.runtime.Features().is_enabled("MKLDNN"):
         raise SystemExit("error: this mxnet build has no MKLDNN (oneDNN): int8 CPU quantization needs it")
@@ -197,7 +231,7 @@ def quantize(model_dir, calib_source, out_dir, num_calib=16, calib_mode="naive",
     if check_gt:
         gt, fmt, split = check_gt
         check_data = labelled_frames(gt, detector.classes, fmt, split)
-    calib, frames = calibration_batches(detector, calib_source, num_calib, calib_tile)
+    calib, frames = calibration_batches(detector, calib_source, num_calib, calib_tile, calib_split)
     attempts = [list(exclude_operators)]
     fp32_map = None
     if check and not exclude_operators:
@@ -206,6 +240,7 @@ def quantize(model_dir, calib_source, out_dir, num_calib=16, calib_mode="naive",
         _quantize_once(model_dir, calib, calib_mode, exclude, operators, out_dir)
         meta = dict(detector.meta)
         meta["quantized"] = {"dtype": "int8", "calib_mode": calib_mode, "num_calib": int(len(calib)),
+                             "calib_split": os.path.abspath(calib_split) if calib_split else None,
                              "source": os.path.abspath(model_dir), "float_operators": operators}
         _write_meta(out_dir, meta)      # before the check too: the check loads the artifact
         problem, refused = None, False
@@ -242,6 +277,9 @@ def main(argv=None):
     parser.add_argument("--calib-tile", metavar="H[,W]",
                         help="calibrate on one H x W crop per frame: for a model run on sliding tiles "
                              "(the recipe's TILING.INFER.SIZE)")
+    parser.add_argument("--calib-split", metavar="LIST",
+                        help="calibrate on --num-calib images of the --calib folder spread over the ones this "
+                             "list names (one frame name per line, e.g. the training split)")
     parser.add_argument("--exclude", nargs="*", default=[], help="layer names to keep in float")
     parser.add_argument("--exclude-ops", nargs="*", default=[],
                         help="operator types to keep in float (e.g. Concat elemwise_add)")
@@ -286,7 +324,8 @@ def main(argv=None):
             raise SystemExit("error: --check-format / --check-split describe --check-gt, which is missing")
         quantize(args.model, args.calib, work, args.num_calib, args.calib_mode, args.exclude,
                  check=not args.no_check, exclude_operators=args.exclude_ops, name=args.out,
-                 check_gt=check_gt, max_map_drop=args.max_map_drop, calib_tile=calib_tile)
+                 check_gt=check_gt, max_map_drop=args.max_map_drop, calib_tile=calib_tile,
+                 calib_split=args.calib_split)
         if os.path.isdir(out):
             shutil.rmtree(out)  # an earlier artifact (or an empty folder), replaced only now
         os.rename(work, out)
