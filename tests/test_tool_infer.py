@@ -232,6 +232,24 @@ def test_int8_that_keeps_the_boxes_but_ranks_false_ones_first_fails_the_labelled
     assert quantize.main(args) == 0 and os.path.isfile(os.path.join(out, "meta.json"))
 
 
+def test_int8_check_decision_hand_cases():
+    """What refuses an int8 artifact, what only warns, and what is fine: a low agreement on the calibration
+    frames warns without labelled frames, and is no problem once they showed the mAP held."""
+    from lib.tools.quantize import _problem
+    low = {"agreement": 0.33, "broken_boxes": 0, "frames": 16}
+    problem, refused = _problem(low, "fp32", "int8", 0.5, 0.02)
+    assert "33% of the fp32 detections found" in problem and not refused
+    held = dict(low, map={"fp32": 0.953, "int8": 0.934, "drop": 0.019, "frames": 99})
+    assert _problem(held, "fp32", "int8", 0.5, 0.02) == (None, False)
+    fell = dict(held, map={"fp32": 0.953, "int8": 0.575, "drop": 0.378, "frames": 99})
+    problem, refused = _problem(fell, "fp32", "int8", 0.5, 0.02)
+    assert "falls from 0.953 (fp32) to 0.575 (int8)" in problem and refused
+    broken = dict(held, broken_boxes=3)
+    problem, refused = _problem(broken, "fp32", "int8", 0.5, 0.02)
+    assert "3 broken boxes" in problem and refused
+    assert _problem({"agreement": 0.9, "broken_boxes": 0, "frames": 16}, "fp32", "int8", 0.5, 0.02) == (None, False)
+
+
 def test_int8_labelled_check_user_errors(artifact, tmp_path, capsys):
     from lib.tools.quantize import main as quantize_main
     _, model, frames, _, _ = artifact

@@ -181,12 +181,13 @@ def check_map(model_dir, out_dir, dataset, fp32=None):
 
 def _problem(result, model_dir, out_dir, min_agreement, max_map_drop=None):
     """-> (what is wrong or None, whether it refuses the artifact): broken boxes and a mAP drop on labelled
-    frames refuse it, a low agreement alone is a warning."""
+    frames refuse it; a low agreement alone is a warning, and no problem once the labelled frames showed
+    the mAP held (low-scoring detections reorder under int8 without costing accuracy)."""
     scores = result.get("map")
     if scores is not None and scores["drop"] > max_map_drop:
         return (f"{out_dir}: mAP@0.5 on {scores['frames']} labelled frames falls from {scores['fp32']:.3f} (fp32) "
                 f"to {scores['int8']:.3f} (int8), more than --max-map-drop {max_map_drop:g}"), True
-    if not result["broken_boxes"] and result["agreement"] >= min_agreement:
+    if not result["broken_boxes"] and (scores is not None or result["agreement"] >= min_agreement):
         return None, False
     return (f"{out_dir}: the int8 model does not reproduce {model_dir} on {result['frames']} calibration "
             f"frames ({result['broken_boxes']} broken boxes, {result['agreement']:.0%} of the fp32 detections "
