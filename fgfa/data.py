@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 
 from lib.dataset.io import read_image, read_image_or_fallback
+from lib.dataset.record import spread_indices
 from lib.transforms import RandomTile
 
 from .config import degrade_transform, flip_enabled, input_scale, training_scales
@@ -106,8 +107,7 @@ class TrainSamples:
         if per_video > 0:
             keep = set()
             for recs in self.videos.values():
-                idx = np.linspace(0, len(recs) - 1, min(per_video, len(recs))).round().astype(int)
-                keep.update(recs[i].image_id for i in idx)
+                keep.update(recs[i].image_id for i in spread_indices(len(recs), per_video))
             self.keys = [i for i, r in enumerate(dataset.records) if r.video is None or r.image_id in keep]
 
     def __len__(self):

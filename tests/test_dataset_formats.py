@@ -418,3 +418,4 @@ def test_spread_picks_evenly_first_and_last_included():
     assert [r.image_id for r in ds.spread(4)] == ["0", "3", "6", "9"]   # linspace(0, 9, 4) = 0, 3, 6, 9
     assert [r.image_id for r in ds.spread(3)] == ["0", "4", "9"]        # 4.5 rounds to even
     assert len(ds.spread(25)) == 10 and ds.spread(0) == []
+    assert D.spread_indices(0, 3) == [] and D.spread_indices(1, 3) == [0] and D.spread_indices(5, 2) == [0, 4]

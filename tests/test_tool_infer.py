@@ -291,7 +291,7 @@ def test_int8_calibration_on_a_split_takes_only_its_frames_spread_over_it(artifa
     detector = ExportedDetector(model)
     split = tmp_path / "train.txt"
     split.write_text("frame10 1\nimages/frame2.png\n\nframe99\n")   # frame99: not in the folder
-    calib, shown = calibration_batches(detector, frames, 5, split=str(split))
+    calib, _ = calibration_batches(detector, frames, 5, split=str(split))
     want = [cv2.imread(os.path.join(frames, n)) for n in ("frame2.png", "frame10.png")]
     assert len(calib) == 2
     for data, frame in zip(calib, want):

@@ -42,7 +42,7 @@ from .io import (
 from .kitti import load_kitti, write_kitti
 from .labelmap import load_classes_file, read_classes_csv, read_label_map, write_classes_csv, write_label_map
 from .oid import load_oid
-from .record import DetectionDataset, Record
+from .record import DetectionDataset, Record, spread_indices
 from .recordio import load_recordio, pack_records
 from .sampling import ClipSampler, NeighborSampler, crop_and_shift_windows, load_clip, sample_neighbors
 from .synthetic import ensure_synthetic, load_synthetic

@@ -16,6 +16,13 @@ from .errors import DatasetReport
 from .io import DatasetError
 
 
+def spread_indices(length, count):
+    """At most ``count`` indices of ``range(length)`` evenly spread, first and last included, ascending."""
+    if count <= 0 or length <= 0:
+        return []
+    return [int(i) for i in np.unique(np.linspace(0, length - 1, num=min(count, length)).round().astype(int))]
+
+
 def _reason(message):
     """A report message without the box / line specifics, to group reasons ('unknown class 'x'; box dropped')."""
     return message.split("; ")[0][:80]
@@ -115,10 +122,7 @@ class DetectionDataset:
     def spread(self, count):
         """At most ``count`` records evenly spread over the set, first and last included (int8
         calibration frames, frames to draw)."""
-        if count <= 0 or not self.records:
-            return []
-        picks = np.unique(np.linspace(0, len(self.records) - 1, num=min(count, len(self.records))).round().astype(int))
-        return [self.records[int(i)] for i in picks]
+        return [self.records[i] for i in spread_indices(len(self.records), count)]
 
     def subset(self, indices, name=None):
         out = DetectionDataset([self.records[i] for i in indices], self.classes, name or self.name)

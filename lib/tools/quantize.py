@@ -38,10 +38,10 @@ import numpy as np
 
 from lib.bbox import box_iou_np
 from lib.cli import user_errors_exit_2
-from lib.dataset import DatasetError, load_dataset
+from lib.dataset import DatasetError, load_dataset, spread_indices
 from lib.dataset.cli import guess_format
-from lib.frames import IMAGE_EXTENSIONS, frame_files
 from lib.eval import voc_ap
+from lib.frames import IMAGE_EXTENSIONS, frame_files
 from lib.runtime import quantize_block
 from lib.tools.infer import ExportedDetector, iterate_frames
 
@@ -70,8 +70,7 @@ def listed_frames(folder, split, num):
     if not paths:
         raise SystemExit(f"error: --calib-split {split}: none of its {len(names)} names is an image "
                          f"({', '.join(IMAGE_EXTENSIONS)}) of {folder}")
-    picks = np.unique(np.linspace(0, len(paths) - 1, num=min(num, len(paths))).round().astype(int))
-    return [paths[int(i)] for i in picks]
+    return [paths[i] for i in spread_indices(len(paths), num)]
 
 
 def _read_listed(paths):
