@@ -80,7 +80,8 @@ def train_parser():
     p = argparse.ArgumentParser(prog="m2det-train", description="Train M2Det (keras-retinanet style).")
     _common_model_options(p)
     p.add_argument("--backbone", help="vgg16 | vgg16_bn | resnet50 | resnet101 | mobilenetv2")
-    p.add_argument("--input-size", type=int, help="square input size (320, 512, 800, ...)")
+    p.add_argument("--input-size", type=int, help="square input size (320, 512, 800, ...); a non-square "
+                                                  "one: --set INPUT.SIZE=[H,W]")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--epochs", type=int)
     p.add_argument("--steps", type=int, help="at most this many iterations per epoch")
@@ -277,7 +278,7 @@ def convert_main(argv=None):
 def debug_parser():
     p = argparse.ArgumentParser(prog="m2det-debug",
                                 description="Draw annotations green when a prior covers them (IoU >= "
-                                            "LOSS.POS_IOU after the square resize) and red when none does.")
+                                            "LOSS.POS_IOU after the resize to the input size) and red when none does.")
     _common_model_options(p)
     p.add_argument("--input-size", type=int)
     p.add_argument("--random-transform", action="store_true", help="apply the training augmentation first")
@@ -337,7 +338,7 @@ def debug(argv=None):
         h, w = image.shape[:2]
         shown = Record(image=record.image, width=w, height=h, boxes=boxes[:, :4],
                        labels=boxes[:, 4].astype(np.int64), image_id=record.image_id)
-        # lib.tools.draw resizes the image to the square input as the network does
+        # anchor_match resizes the boxes to the input size as the network does
         best, covered = anchor_match(spec, shown.boxes, w, h, iou=threshold, cache=cache)
         covered_total += int(covered.sum())
         boxes_total += len(best)

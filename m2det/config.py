@@ -41,7 +41,7 @@ DEFAULTS = extend_schema(SHARED_DEFAULTS, {
         },
     },
     "INPUT": {
-        "SIZE": 320,                   # square input S; must give a valid pyramid
+        "SIZE": 320,                   # input S (square) or [H, W]; must give a valid pyramid
         "MEAN": [123.0, 117.0, 104.0],  # RGB order of the official BGR means (104, 117, 123)
         "STD": [1.0, 1.0, 1.0],
     },

@@ -1,4 +1,4 @@
-"""M2Det training data: records -> normalised square images with SSD targets for its priors.
+"""M2Det training data: records -> normalised images of the input size with SSD targets for its priors.
 
 ``train_batches(dataset, cfg, priors)`` gives lib.train.fit its ``epoch -> batches``; the augmentation
 (TRAIN.AUGMENTATIONS, when TRAIN.AUGMENT) draws from a RandomState per (epoch, sample), so loader threads
@@ -8,18 +8,21 @@ import cv2
 import numpy as np
 from mxnet import gluon
 
+from lib.config import size_hw
 from lib.dataset.io import DatasetError, read_image
 from lib.matching import ssd_targets
 from lib.train.distributed import deal_batches
 from lib.transforms import build_transforms
 
 
-def normalize(image_rgb, size, mean, std):
-    """RGB uint8 HxWx3 -> normalised float32 (3,S,S): bilinear square resize, (x - mean) / std.
+def normalize(image_rgb, input_hw, mean, std):
+    """RGB uint8 HxWx3 -> normalised float32 (3,h,w): bilinear resize to the network input ``input_hw``
+    (h, w; the image's aspect ratio is not kept), (x - mean) / std.
 
     The same steps as lib.tools.infer applies to exported models.
     """
-    resized = cv2.resize(image_rgb, (size, size), interpolation=cv2.INTER_LINEAR).astype(np.float32)
+    height, width = input_hw
+    resized = cv2.resize(image_rgb, (int(width), int(height)), interpolation=cv2.INTER_LINEAR).astype(np.float32)
     out = (resized - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
     return np.ascontiguousarray(out.transpose(2, 0, 1))
 
@@ -39,10 +42,10 @@ def build_augmentation(cfg, rng=None):
     return build_transforms(specs, rng=rng, source=source)
 
 class TrainSample:
-    """Record -> (image (3,S,S) float32, class targets (P,) int32, box targets (P,4) float32)."""
+    """Record -> (image (3,H,W) float32, class targets (P,) int32, box targets (P,4) float32)."""
 
     def __init__(self, cfg, priors, augment=None):
-        self.size = int(cfg.INPUT.SIZE)
+        self.input_hw = size_hw(cfg.INPUT.SIZE, "INPUT.SIZE")
         self.mean, self.std = cfg.INPUT.MEAN, cfg.INPUT.STD
         self.priors = priors
         self.pos_iou = float(cfg.LOSS.POS_IOU)
@@ -63,7 +66,7 @@ class TrainSample:
     def __call__(self, record, augment=None):
         image, boxes = self.load(record, augment)
         h, w = image.shape[:2]
-        data = normalize(image, self.size, self.mean, self.std)
+        data = normalize(image, self.input_hw, self.mean, self.std)
         gt = boxes[:, :4] / np.array([w, h, w, h], np.float32)
         labels = boxes[:, 4].astype(np.int64)
         cls_t, box_t = ssd_targets(gt, labels, self.priors, pos_iou=self.pos_iou, stds=self.variances)

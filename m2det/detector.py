@@ -1,6 +1,6 @@
 """M2Det assembled from config: backbone -> FFMv1 -> (FFMv2 -> TUM) x L -> SFAM -> heads.
 
-``M2Det`` is the training network: normalised input (N,3,S,S) -> class logits (N,P,C+1) (background
+``M2Det`` is the training network: normalised input (N,3,H,W) -> class logits (N,P,C+1) (background
 at 0) and box deltas (N,P,4) against ``net.priors`` (normalised corners, lib.anchors.ssd_priors).
 ``M2DetInference`` wraps it with softmax, decoding, clipping and per-class hard NMS inside the graph
 and returns gluoncv-style ids/scores/boxes in input pixels; it is what m2det-convert-model exports.
@@ -8,13 +8,14 @@ and returns gluoncv-style ids/scores/boxes in input pixels; it is what m2det-con
 soft-NMS, which has no graph operator.
 """
 import logging
+import math
 
 import mxnet as mx
 import numpy as np
 from mxnet.gluon import nn
 
 from lib.anchors import ssd_priors
-from lib.config import ConfigError
+from lib.config import ConfigError, size_hw
 from lib.pretrained import PretrainedError
 from lib.bbox import clip_boxes, decode_boxes, decode_boxes_F
 from lib.export import graph_multiclass_nms
@@ -28,14 +29,14 @@ from .sfam import SFAM
 from .tum import TUM, tum_sizes
 
 
-def backbone_tap_sizes(backbone, input_size):
-    """(shallow, deep) square sizes of the two taps, by shape inference on the backbone graph."""
+def backbone_tap_sizes(backbone, input_hw):
+    """(shallow, deep) (h, w) sizes of the two taps, by shape inference on the backbone graph."""
     data = mx.sym.var("data")
     shallow, deep = backbone(data)
-    shape = (1, 3, input_size, input_size)
+    shape = (1, 3) + tuple(input_hw)
     s = shallow.infer_shape(data=shape)[1][0]
     d = deep.infer_shape(data=shape)[1][0]
-    return s[2], d[2]
+    return tuple(s[2:4]), tuple(d[2:4])
 
 
 def anchors_per_cell(aspect_ratios):
@@ -43,15 +44,28 @@ def anchors_per_cell(aspect_ratios):
     return 2 + 2 * len(aspect_ratios)
 
 
-def prior_settings(model_cfg, feature_sizes, input_size):
-    """Steps, min sizes and max sizes (pixels) as the official mk_anchors computes them."""
-    size = int(input_size)
+def prior_settings(model_cfg, feature_sizes, input_hw):
+    """Steps, min sizes and max sizes (pixels) as the official mk_anchors computes them.
+
+    ``feature_sizes`` and ``input_hw`` are (h, w). The size pattern is a fraction of the input side S;
+    for a non-square input of the side of the square of the same area, sqrt(H * W), so priors keep
+    their square shape in pixels and the area share they have at S x S. Without STEPS the step of
+    each axis is input / feature size (a pair per level when they differ).
+    """
+    height, width = (int(v) for v in input_hw)
+    size = height if height == width else math.sqrt(height * width)
     n = len(feature_sizes)
     pattern = list(model_cfg.PRIORS.SIZE_PATTERN)
     if len(pattern) != n + 1:
         raise ValueError(f"MODEL.PRIORS.SIZE_PATTERN needs NUM_SCALES + 1 = {n + 1} values, "
                          f"got {len(pattern)}: {pattern}")
-    steps = list(model_cfg.PRIORS.STEPS) or [size / f for f in feature_sizes]
+    steps = list(model_cfg.PRIORS.STEPS)
+    if steps and height != width:
+        raise ValueError(f"MODEL.PRIORS.STEPS {steps}: give [] for a non-square INPUT.SIZE "
+                         f"{[height, width]} (the steps then follow each axis)")
+    if not steps:
+        steps = [height / fh if height / fh == width / fw else (height / fh, width / fw)
+                 for fh, fw in feature_sizes]
     if len(steps) != n:
         raise ValueError(f"MODEL.PRIORS.STEPS needs NUM_SCALES = {n} values (or [] for "
                          f"input_size / feature_size), got {len(steps)}: {steps}")
@@ -82,8 +96,8 @@ class SSDPyramid(nn.HybridBlock):
 
 
 class M2Det(nn.HybridBlock):
-    """The training network for square inputs of ``input_size`` (INPUT.SIZE); ``num_classes`` counts
-    foreground classes."""
+    """The training network for inputs of ``input_size`` (INPUT.SIZE: S or [H, W]); ``num_classes``
+    counts foreground classes. ``input_hw`` and every entry of ``feature_sizes`` are (h, w)."""
 
     def __init__(self, model_cfg, num_classes, input_size, **kwargs):
         super().__init__(**kwargs)
@@ -92,12 +106,13 @@ class M2Det(nn.HybridBlock):
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.cfg = cfg
         self.num_classes = int(num_classes)
-        size = list(input_size) if isinstance(input_size, (list, tuple)) else [input_size]
-        if len(set(int(v) for v in size)) != 1:
-            raise ValueError(f"INPUT.SIZE {input_size}: M2Det takes a square input S")
-        self.input_size = int(size[0])
-        if self.input_size < 32:
-            raise ValueError(f"INPUT.SIZE must be >= 32, got {self.input_size}")
+        try:
+            self.input_hw = size_hw(input_size, "INPUT.SIZE")
+        except ConfigError as err:
+            raise ValueError(str(err)) from None
+        if min(self.input_hw) < 32:
+            raise ValueError(f"INPUT.SIZE must be >= 32 on each side, got {input_size}")
+        shown = self.input_hw[0] if self.input_hw[0] == self.input_hw[1] else list(self.input_hw)
         self.num_levels, self.num_scales = int(cfg.NUM_LEVELS), int(cfg.NUM_SCALES)
         self.pyramid = cfg.PYRAMID
         if self.pyramid not in ("m2det", "ssd"):
@@ -107,13 +122,13 @@ class M2Det(nn.HybridBlock):
         planes = int(cfg.PLANES)
         with self.name_scope():
             self.backbone = build_backbone(cfg.BACKBONE, cfg.BACKBONE_WIDTH)
-            shallow, deep = backbone_tap_sizes(self.backbone, self.input_size)
+            shallow, deep = backbone_tap_sizes(self.backbone, self.input_hw)
             try:
                 self.feature_sizes = tum_sizes(shallow, self.num_scales)
             except ValueError as err:
-                raise ValueError(f"INPUT.SIZE {self.input_size} with backbone {cfg.BACKBONE} gives "
+                raise ValueError(f"INPUT.SIZE {shown} with backbone {cfg.BACKBONE} gives "
                                  f"no valid pyramid: {err}") from None
-            self.ffm1 = FFMv1((shallow, shallow), (deep, deep), int(cfg.SHALLOW_CHANNELS),
+            self.ffm1 = FFMv1(shallow, deep, int(cfg.SHALLOW_CHANNELS),
                               int(cfg.DEEP_CHANNELS))
             if self.pyramid == "ssd":
                 self.ssd_pyramid = SSDPyramid(self.feature_sizes, planes)
@@ -131,12 +146,12 @@ class M2Det(nn.HybridBlock):
                                  reduction=int(cfg.SFAM_REDUCTION), shared=cfg.SHARED_WEIGHTS)
                 source_channels = [planes * self.num_levels] * self.num_scales
             self.source_norm = nn.BatchNorm(in_channels=source_channels[0]) if cfg.SOURCE_NORM else None
-            steps, min_sizes, max_sizes = prior_settings(cfg, self.feature_sizes, self.input_size)
+            steps, min_sizes, max_sizes = prior_settings(cfg, self.feature_sizes, self.input_hw)
             ratios = [list(cfg.PRIORS.ASPECT_RATIOS)] * self.num_scales
-            self.priors = np.asarray(ssd_priors(self.input_size, self.feature_sizes, steps, min_sizes,
+            self.priors = np.asarray(ssd_priors(self.input_hw, self.feature_sizes, steps, min_sizes,
                                                 max_sizes, ratios, clip=cfg.PRIORS.CLIP), np.float32)
             self.anchors_per_cell = anchors_per_cell(cfg.PRIORS.ASPECT_RATIOS)
-            expected = self.anchors_per_cell * sum(f * f for f in self.feature_sizes)
+            expected = self.anchors_per_cell * sum(fh * fw for fh, fw in self.feature_sizes)
             if self.priors.shape != (expected, 4):
                 raise RuntimeError(f"ssd_priors returned {self.priors.shape}, expected ({expected}, 4)")
             self.head = MultiBoxHead(self.num_scales, self.anchors_per_cell, self.num_classes + 1)
@@ -194,7 +209,7 @@ class M2Det(nn.HybridBlock):
 class M2DetInference(nn.HybridBlock):
     """Training network + softmax + decode + clip + per-class hard NMS, all in the graph.
 
-    Input: normalised (N,3,S,S). Output: ids (N,K,1) 0-based foreground, scores (N,K,1),
+    Input: normalised (N,3,H,W). Output: ids (N,K,1) 0-based foreground, scores (N,K,1),
     boxes (N,K,4) in input pixels, -1 padded, K = min(MAX_PER_IMAGE, classes * MAX_PER_CLASS).
     """
 
@@ -207,7 +222,7 @@ class M2DetInference(nn.HybridBlock):
         self.max_per_image = int(test_cfg.MAX_PER_IMAGE)
         self.pre_nms_topk = int(test_cfg.PRE_NMS_TOP_K)
         self.num_classes = net.num_classes
-        self.size = float(net.input_size)
+        self.input_hw = net.input_hw
         self.variances = net.variances
         with self.name_scope():
             self.priors = self.params.get_constant("priors", mx.nd.array(net.priors[None]))
@@ -216,15 +231,22 @@ class M2DetInference(nn.HybridBlock):
         cls_logits, box_deltas = self.net(x)
         probs = F.softmax(cls_logits, axis=-1)
         boxes = decode_boxes_F(F, box_deltas, priors, stds=self.variances)
-        boxes = F.clip(boxes, 0.0, 1.0) * self.size
+        boxes = F.clip(boxes, 0.0, 1.0)
+        height, width = (float(v) for v in self.input_hw)
+        if height == width:
+            boxes = boxes * width
+        else:   # x1, y1, x2, y2 scaled by width, height: scalar products keep the graph constant-free
+            boxes = F.concat(*[F.slice_axis(boxes, axis=-1, begin=i, end=i + 1) * (width if i % 2 == 0 else height)
+                               for i in range(4)], dim=-1)
         scores = F.slice_axis(probs, axis=-1, begin=1, end=None)     # column 0: background
         return graph_multiclass_nms(F, scores, boxes, self.num_classes, self.score_thresh, self.nms_iou,
                                     self.max_per_class, self.max_per_image, self.pre_nms_topk)
 
 
-def postprocess(cls_logits, box_deltas, priors, input_size, test_cfg, variances=(0.1, 0.1, 0.2, 0.2),
+def postprocess(cls_logits, box_deltas, priors, input_hw, test_cfg, variances=(0.1, 0.1, 0.2, 0.2),
                 method=None):
-    """numpy post-processing of one image's raw outputs -> (boxes (K,4) input pixels, scores, labels).
+    """numpy post-processing of one image's raw outputs -> (boxes (K,4) input pixels, scores, labels);
+    ``input_hw``: the network input (h, w).
 
     Same steps as M2DetInference, through lib.bbox and lib.nms; ``method`` (default TEST.NMS_METHOD) may
     also be soft-NMS ('linear' / 'gaussian').
@@ -234,8 +256,9 @@ def postprocess(cls_logits, box_deltas, priors, input_size, test_cfg, variances=
     probs = np.exp(logits)
     probs /= probs.sum(axis=-1, keepdims=True)
     boxes = decode_boxes(np.asarray(box_deltas, np.float64), np.asarray(priors, np.float64), stds=variances)
-    boxes = np.clip(boxes, 0.0, 1.0) * float(input_size)
-    boxes = clip_boxes(boxes, input_size, input_size)
+    height, width = (float(v) for v in input_hw)
+    boxes = np.clip(boxes, 0.0, 1.0) * np.array([width, height, width, height])
+    boxes = clip_boxes(boxes, width, height)
     scores = probs[:, 1:]
     topk = int(test_cfg.PRE_NMS_TOP_K)
     if 0 < topk < len(scores):
@@ -279,15 +302,14 @@ def build_model(cfg, num_classes, ctx=None, pretrained_weights=True, logger=None
     if report is not None:
         (logger or logging.getLogger("m2det")).info("backbone weights %s", report.summary())
     # One forward pass completes deferred shapes so that checkpoints can be loaded right away.
-    size = net.input_size
-    net(mx.nd.zeros((1, 3, size, size), ctx=first_context(ctx)))
+    net(mx.nd.zeros((1, 3) + net.input_hw, ctx=first_context(ctx)))
     return net
 
 
 def prior_spec(net):
     """The network's priors as an anchor configuration of lib.anchor_coverage (TYPE ssd)."""
-    steps, min_sizes, max_sizes = prior_settings(net.cfg, net.feature_sizes, net.input_size)
-    return {"TYPE": "ssd", "IMAGE_SIZE": net.input_size, "FEATURE_SIZES": list(net.feature_sizes),
+    steps, min_sizes, max_sizes = prior_settings(net.cfg, net.feature_sizes, net.input_hw)
+    return {"TYPE": "ssd", "IMAGE_SIZE": list(net.input_hw), "FEATURE_SIZES": [list(f) for f in net.feature_sizes],
             "STEPS": list(steps), "MIN_SIZES": min_sizes, "MAX_SIZES": max_sizes,
             "ASPECT_RATIOS": [list(net.cfg.PRIORS.ASPECT_RATIOS)] * len(net.feature_sizes),
             "CLIP": bool(net.cfg.PRIORS.CLIP)}

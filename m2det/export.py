@@ -13,15 +13,14 @@ def export_inference_model(net, cfg, classes, out_dir, onnx=False, ctx=None):
     ctx = ctx or mx.cpu()
     block = M2DetInference(net, cfg.TEST)
     block.priors.initialize(ctx=ctx)
-    size = net.input_size
-    paths = export_block(block, out_dir, (size, size), ctx)
+    paths = export_block(block, out_dir, net.input_hw, ctx)
     meta = {"detector": "m2det", "classes": list(classes),
-            "input": {"resize": "fixed", "size": [size, size], "mean": list(cfg.INPUT.MEAN),
+            "input": {"resize": "fixed", "size": list(net.input_hw), "mean": list(cfg.INPUT.MEAN),
                       "std": list(cfg.INPUT.STD)},
             "ops_library": False, "nms": "hard", "score_threshold": float(cfg.TEST.SCORE_THRESH),
             "nms_iou": float(cfg.TEST.NMS_IOU), "max_per_class": int(cfg.TEST.MAX_PER_CLASS),
             "max_per_image": int(cfg.TEST.MAX_PER_IMAGE), "backbone": cfg.MODEL.BACKBONE}
     if onnx:
-        add_onnx(paths, meta, size, out_dir)
+        add_onnx(paths, meta, net.input_hw, out_dir)
     paths["meta"] = write_meta(out_dir, meta)
     return paths

@@ -1,5 +1,5 @@
-"""M2Det as a detector family of the shared registry (lib.family): a frame detector with a square
-input, exported as the standard single-frame artifact (m2det.export)."""
+"""M2Det as a detector family of the shared registry (lib.family): a frame detector with a fixed
+input size (S or [H, W]), exported as the standard single-frame artifact (m2det.export)."""
 import re
 
 from lib.config import ConfigError
@@ -25,9 +25,6 @@ class M2DetFamily(DetectorFamily):
 
     def validate(self, cfg):
         source = cfg.get("CONFIG_FILE") or "<config>"
-        size = cfg.INPUT.SIZE
-        if isinstance(size, (list, tuple)) and len(set(int(v) for v in size)) != 1:
-            raise ConfigError(f"{source}: INPUT.SIZE {list(size)}: M2Det takes a square input")
         if cfg.INPUT.SHORT_SIDE or cfg.INPUT.MAX_SIZE or cfg.INPUT.TRAIN_SCALES:
             raise ConfigError(f"{source}: INPUT.SHORT_SIDE / MAX_SIZE / TRAIN_SCALES (keep-ratio input) apply "
                               f"to rfcn / fgfa; m2det takes a fixed INPUT.SIZE")

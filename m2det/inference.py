@@ -11,6 +11,7 @@ import mxnet as mx
 import numpy as np
 import tqdm
 
+from lib.config import size_hw
 from lib.dataset.io import read_image
 from lib.eval import coco_ap, voc_ap
 from lib.nms import batched_nms
@@ -57,7 +58,7 @@ class Detector:
     def __init__(self, net, cfg, ctx=None, nms=None, hybridize=True):
         self.net, self.cfg, self.ctx = net, cfg, first_context(ctx)
         self.method = nms or cfg.TEST.NMS_METHOD
-        self.size = net.input_size
+        self.input_hw = net.input_hw
         if self.method == "hard":
             self.block = M2DetInference(net, cfg.TEST)
             self.block.priors.initialize(ctx=self.ctx)
@@ -67,7 +68,7 @@ class Detector:
             hybridize_for_inference(self.block, self.ctx)
 
     def detect_normalized(self, batch):
-        """(N,3,S,S) normalised -> list of (boxes (K,4) in input pixels, scores, labels)."""
+        """(N,3,H,W) normalised -> list of (boxes (K,4) in input pixels, scores, labels)."""
         x = mx.nd.array(batch, ctx=self.ctx)
         results = []
         if self.method == "hard":
@@ -78,35 +79,36 @@ class Detector:
         else:
             cls_logits, box_deltas = (o.asnumpy() for o in self.block(x))
             for i in range(len(batch)):
-                results.append(postprocess(cls_logits[i], box_deltas[i], self.net.priors, self.size,
+                results.append(postprocess(cls_logits[i], box_deltas[i], self.net.priors, self.input_hw,
                                            self.cfg.TEST, self.net.variances, method=self.method))
         return results
 
     def detect(self, images_rgb):
         """List of RGB uint8 images -> list of (boxes in image pixels, scores, labels)."""
-        batch = np.stack([normalize(im, self.size, self.cfg.INPUT.MEAN, self.cfg.INPUT.STD)
+        batch = np.stack([normalize(im, self.input_hw, self.cfg.INPUT.MEAN, self.cfg.INPUT.STD)
                           for im in images_rgb])
         out = []
         for image, (boxes, scores, labels) in zip(images_rgb, self.detect_normalized(batch)):
             h, w = image.shape[:2]
-            scale = np.array([w / self.size, h / self.size] * 2, np.float32)
+            scale = np.array([w / self.input_hw[1], h / self.input_hw[0]] * 2, np.float32)
             out.append((np.asarray(boxes, np.float32) * scale, np.asarray(scores, np.float32), labels))
         return out
 
 def model_at_size(net, cfg, size, ctx=None):
-    """The same weights at another input size (multi-scale testing): every parameter of M2Det is
-    independent of the input size; only the static resize sizes and the priors change. Official
-    step patterns are used for 320/512/800, input_size / feature_size otherwise."""
+    """The same weights at another input size S or [H, W] (multi-scale testing): every parameter of
+    M2Det is independent of the input size; only the static resize sizes and the priors change.
+    Official step patterns are used for 320/512/800, input / feature size otherwise."""
     cfg = copy.deepcopy(cfg)
-    cfg.INPUT.SIZE = int(size)
-    if int(size) in OFFICIAL_PRIORS and len(cfg.MODEL.PRIORS.SIZE_PATTERN) == 7 \
+    height, width = size_hw(size, "input size")
+    cfg.INPUT.SIZE = height if height == width else [height, width]
+    if height == width and height in OFFICIAL_PRIORS and len(cfg.MODEL.PRIORS.SIZE_PATTERN) == 7 \
             and int(cfg.MODEL.NUM_SCALES) == 6:
-        cfg.MODEL.PRIORS.STEPS = list(OFFICIAL_PRIORS[int(size)][0])
+        cfg.MODEL.PRIORS.STEPS = list(OFFICIAL_PRIORS[height][0])
     else:
         cfg.MODEL.PRIORS.STEPS = []
     other = M2Det(cfg.MODEL, net.num_classes, cfg.INPUT.SIZE)
     other.initialize(ctx=first_context(ctx))
-    other(mx.nd.zeros((1, 3, int(size), int(size)), ctx=first_context(ctx)))
+    other(mx.nd.zeros((1, 3, height, width), ctx=first_context(ctx)))
     for (name, src), (_, dst) in zip(sorted(net._collect_params_with_prefix().items()),
                                      sorted(other._collect_params_with_prefix().items())):
         dst.set_data(src.data())
@@ -120,7 +122,8 @@ class MultiScaleDetector:
         self.cfg = cfg
         self.detectors = []
         for size in sizes:
-            scaled, scaled_cfg = (net, cfg) if int(size) == net.input_size else model_at_size(net, cfg, size, ctx)
+            same = size_hw(size, "input size") == net.input_hw
+            scaled, scaled_cfg = (net, cfg) if same else model_at_size(net, cfg, size, ctx)
             self.detectors.append(Detector(scaled, scaled_cfg, ctx, nms=nms, hybridize=hybridize))
 
     def detect(self, images_rgb):

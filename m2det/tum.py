@@ -8,22 +8,22 @@ def conv_out(size, kernel, stride, pad):
     return (size + 2 * pad - kernel) // stride + 1
 
 
-def tum_sizes(base_size, num_scales):
-    """Feature sizes of a TUM, largest first, for a square base feature of ``base_size``.
+def tum_sizes(base_hw, num_scales):
+    """Feature sizes (h, w) of a TUM, largest first, for a base feature of ``base_hw`` (h, w).
 
-    Encoder: (num_scales - 2) 3x3/2 pad-1 convs, then one 3x3/1 pad-0 conv. Raises ValueError
-    when a level would vanish (the input size does not give a valid pyramid).
+    Encoder: (num_scales - 2) 3x3/2 pad-1 convs, then one 3x3/1 pad-0 conv, each axis on its own.
+    Raises ValueError when a level would vanish (the input size does not give a valid pyramid).
     """
     if num_scales < 2:
         raise ValueError(f"NUM_SCALES must be >= 2, got {num_scales}")
-    sizes = [int(base_size)]
+    sizes = [tuple(int(v) for v in base_hw)]
     for _ in range(num_scales - 2):
-        sizes.append(conv_out(sizes[-1], 3, 2, 1))
-    sizes.append(conv_out(sizes[-1], 3, 1, 0))
-    if sizes[-1] < 1:
-        raise ValueError(f"base feature {base_size}x{base_size} is too small for {num_scales} scales: "
-                         f"the encoder sizes would be {sizes[:-1]} and then {sizes[-1]} after the last "
-                         f"3x3 valid conv (needs >= 3 before it)")
+        sizes.append(tuple(conv_out(v, 3, 2, 1) for v in sizes[-1]))
+    sizes.append(tuple(conv_out(v, 3, 1, 0) for v in sizes[-1]))
+    if min(sizes[-1]) < 1:
+        raise ValueError(f"base feature {sizes[0][0]}x{sizes[0][1]} is too small for {num_scales} scales: "
+                         f"the encoder sizes would be {[list(v) for v in sizes[:-1]]} and then "
+                         f"{list(sizes[-1])} after the last 3x3 valid conv (needs >= 3 before it)")
     return sizes
 
 
@@ -31,7 +31,7 @@ class TUM(nn.HybridBlock):
     """One TUM: encoder of strided 3x3 convs, decoder of nearest upsample + 3x3 lateral convs,
     1x1 smoothing on the larger outputs. Returns ``num_scales`` maps, smallest first, ``planes`` ch.
 
-    ``sizes`` are the encoder feature sizes, largest first (``tum_sizes``).
+    ``sizes`` are the encoder feature sizes (h, w), largest first (``tum_sizes``).
     """
 
     def __init__(self, sizes, planes=256, smooth=True, **kwargs):
@@ -56,7 +56,7 @@ class TUM(nn.HybridBlock):
                 sizes_small_first = self.sizes[::-1]
                 for i in range(n - 1):
                     src, dst = sizes_small_first[i], sizes_small_first[i + 1]
-                    self.upsample.add(NearestResize((src, src), (dst, dst)))
+                    self.upsample.add(NearestResize(src, dst))
             self.smooth = None
             if smooth:
                 self.smooth = nn.HybridSequential(prefix="smooth_")

@@ -60,7 +60,8 @@ def test_official_pyramid_and_priors(size, expected_sizes, expected_priors, cfg_
     cfg = m2det_config.load(os.path.join(os.path.dirname(TINY), cfg_file))
     assert cfg.INPUT.SIZE == size and cfg.MODEL.BACKBONE == "vgg16" and cfg.MODEL.NUM_LEVELS == 8
     net = M2Det(cfg.MODEL, 80, cfg.INPUT.SIZE)  # shapes only: no weights are allocated
-    assert net.feature_sizes == expected_sizes == official_feature_sizes(size)
+    assert expected_sizes == official_feature_sizes(size)
+    assert net.feature_sizes == [(f, f) for f in expected_sizes]
     assert net.num_priors == expected_priors
     reference = official_priors(size, expected_sizes, cfg.MODEL.PRIORS.STEPS, cfg.MODEL.PRIORS.SIZE_PATTERN)
     np.testing.assert_allclose(net.priors, reference, atol=1e-6)
@@ -69,6 +70,49 @@ def test_official_pyramid_and_priors(size, expected_sizes, expected_priors, cfg_
     cls, box = net(data)
     shapes = cls.infer_shape(data=(1, 3, size, size))[1][0], box.infer_shape(data=(1, 3, size, size))[1][0]
     assert shapes == ((1, expected_priors, 81), (1, expected_priors, 4))
+
+
+def priors_per_axis(input_hw, feature_hw, pattern, ratios=(2, 3)):
+    """The official PriorBox with each axis on its own, as centre-form rows: a cell's centre at
+    (j + 0.5) / fw, (i + 0.5) / fh; pixel sizes pattern * sqrt(H * W) (rounded to 0.01 px as the
+    official mk_anchors rounds pattern * S), square in pixels."""
+    height, width = input_hw
+    side = math.sqrt(height * width)
+    rows = []
+    for k, (fh, fw) in enumerate(feature_hw):
+        s_min, s_max = round(pattern[k] * side, 2), round(pattern[k + 1] * side, 2)
+        shapes = [(s_min, s_min), (math.sqrt(s_min * s_max),) * 2]
+        for ar in ratios:
+            shapes += [(s_min * math.sqrt(ar), s_min / math.sqrt(ar)), (s_min / math.sqrt(ar), s_min * math.sqrt(ar))]
+        for i, j in itertools.product(range(fh), range(fw)):
+            rows += [[(j + 0.5) / fw, (i + 0.5) / fh, sw / width, sh / height] for sw, sh in shapes]
+    c = np.clip(np.array(rows), 0, 1)
+    return np.concatenate([c[:, :2] - c[:, 2:] / 2, c[:, :2] + c[:, 2:] / 2], axis=1)
+
+
+def test_non_square_input_pyramid_priors_and_head():
+    """INPUT.SIZE [H, W]: each axis keeps its own pyramid (the official size rule per axis), priors
+    stay square in pixels, the head has one row per prior; a square [S, S] is the square network."""
+    cfg = m2det_config.load(os.path.join(os.path.dirname(TINY), "m2det512_vgg.yaml"),
+                            ["INPUT.SIZE=[320, 512]", "MODEL.PRIORS.STEPS=[]", "MODEL.NUM_LEVELS=2"])
+    net = M2Det(cfg.MODEL, 3, cfg.INPUT.SIZE)
+    assert net.input_hw == (320, 512)
+    assert net.feature_sizes == list(zip(official_feature_sizes(320), official_feature_sizes(512)))
+    assert net.feature_sizes[0] == (40, 64) and net.feature_sizes[-1] == (1, 2)
+    np.testing.assert_allclose(net.priors, priors_per_axis((320, 512), net.feature_sizes,
+                                                           cfg.MODEL.PRIORS.SIZE_PATTERN), atol=1e-6)
+    # hand-computed first prior: centre (4 / 512, 4 / 320), side 0.06 * sqrt(320 * 512) = 24.29 px
+    side = 24.29
+    np.testing.assert_allclose(net.priors[0], [4 / 512 - side / 1024, 4 / 320 - side / 640,
+                                               4 / 512 + side / 1024, 4 / 320 + side / 640], atol=1e-6)
+    cls, box = net(mx.sym.var("data"))
+    assert cls.infer_shape(data=(1, 3, 320, 512))[1][0] == (1, net.num_priors, 4)
+    square = M2Det(cfg.MODEL, 3, [320, 320])
+    assert square.feature_sizes == [(f, f) for f in official_feature_sizes(320)]
+    np.testing.assert_array_equal(square.priors, M2Det(cfg.MODEL, 3, 320).priors)
+    cfg.MODEL.PRIORS.STEPS = [8, 16, 32, 64, 128, 256]
+    with pytest.raises(ValueError, match=r"STEPS .*give \[\] for a non-square INPUT.SIZE \[320, 512\]"):
+        M2Det(cfg.MODEL, 3, cfg.INPUT.SIZE)
 
 
 def test_invalid_input_size_is_a_clear_error():
@@ -122,10 +166,11 @@ def test_shared_weights_option_counts_parameters():
     assert len(separate.sfam.se) == 5 and len(shared.sfam.se) == 1
 
 
-@pytest.fixture(scope="module")
-def tiny_net():
+@pytest.fixture(scope="module", params=[(160, 160), (160, 224)], ids=["square", "non-square"])
+def tiny_net(request):
+    height, width = request.param
     cfg = m2det_config.load(TINY, ["TEST.SCORE_THRESH=0.02", "TEST.MAX_PER_CLASS=20",
-                                     "TEST.MAX_PER_IMAGE=30"])
+                                     "TEST.MAX_PER_IMAGE=30", f"INPUT.SIZE=[{height}, {width}]"])
     mx.random.seed(3)
     net = build_model(cfg, 3)
     # Larger head weights than the training init, so that many priors pass the threshold.
@@ -136,14 +181,14 @@ def tiny_net():
 
 def test_inference_graph_equals_numpy_postprocessing(tiny_net, tmp_path):
     net, cfg = tiny_net
-    x = np.random.RandomState(0).randn(2, 3, 160, 160).astype(np.float32)
+    x = np.random.RandomState(0).randn(2, 3, *net.input_hw).astype(np.float32)
     cls, box = (o.asnumpy() for o in net(mx.nd.array(x)))
     block = M2DetInference(net, cfg.TEST)
     block.priors.initialize()
     ids, scores, boxes = (o.asnumpy() for o in block(mx.nd.array(x)))
     assert ids.shape == (2, 30, 1) and boxes.shape == (2, 30, 4)
     for i in range(2):
-        ref_boxes, ref_scores, ref_labels = postprocess(cls[i], box[i], net.priors, 160, cfg.TEST,
+        ref_boxes, ref_scores, ref_labels = postprocess(cls[i], box[i], net.priors, net.input_hw, cfg.TEST,
                                                         net.variances, method="hard")
         valid = ids[i, :, 0] >= 0
         assert valid.sum() == len(ref_scores) > 5
@@ -152,14 +197,14 @@ def test_inference_graph_equals_numpy_postprocessing(tiny_net, tmp_path):
         np.testing.assert_allclose(boxes[i, valid], ref_boxes, atol=2e-3)
         assert np.all(ids[i, ~valid] == -1)
     # soft-NMS only re-scores: it keeps at least the hard-NMS detections of each image
-    soft = postprocess(cls[0], box[0], net.priors, 160, cfg.TEST, net.variances, method="linear")
+    soft = postprocess(cls[0], box[0], net.priors, net.input_hw, cfg.TEST, net.variances, method="linear")
     assert len(soft[1]) >= int((ids[0, :, 0] >= 0).sum())
 
 
 def test_exported_model_and_onnx_match(tiny_net, tmp_path):
     net, cfg = tiny_net
     paths = export_inference_model(net, cfg, ["a", "b", "c"], str(tmp_path), onnx=True)
-    x = np.random.RandomState(5).randn(1, 3, 160, 160).astype(np.float32)
+    x = np.random.RandomState(5).randn(1, 3, *net.input_hw).astype(np.float32)
     block = M2DetInference(net, cfg.TEST)
     block.priors.initialize()
     expected = [o.asnumpy() for o in block(mx.nd.array(x))]
@@ -171,7 +216,9 @@ def test_exported_model_and_onnx_match(tiny_net, tmp_path):
     import onnxruntime
     session = onnxruntime.InferenceSession(paths["onnx"], providers=["CPUExecutionProvider"])
     with open(paths["meta"]) as f:
-        order = json.load(f)["onnx_outputs"]
+        meta = json.load(f)
+    assert meta["input"]["size"] == list(net.input_hw)     # [H, W], as lib.tools.infer reads it
+    order = meta["onnx_outputs"]
     outputs = dict(zip([o.name for o in session.get_outputs()],
                        session.run(None, {session.get_inputs()[0].name: x})))
     for name, ref in zip(order, expected):
@@ -195,7 +242,7 @@ def test_other_backbones_give_the_official_320_pyramid(backbone):
     cfg = m2det_config.load(os.path.join(os.path.dirname(TINY), "m2det320_vgg.yaml"),
                               [f"MODEL.BACKBONE={backbone}", "MODEL.NUM_LEVELS=2"])
     net = M2Det(cfg.MODEL, 20, cfg.INPUT.SIZE)
-    assert net.feature_sizes == [40, 20, 10, 5, 3, 1] and net.num_priors == 12810
+    assert net.feature_sizes == [(f, f) for f in (40, 20, 10, 5, 3, 1)] and net.num_priors == 12810
     taps = net.backbone(mx.sym.var("data"))
     strides = [320 // t.infer_shape(data=(1, 3, 320, 320))[1][0][2] for t in taps]
     assert strides == [8, 16]

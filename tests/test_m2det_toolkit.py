@@ -148,7 +148,7 @@ def test_model_at_other_size_shares_the_weights():
     for a, b in zip(net(x), same(x)):
         np.testing.assert_array_equal(a.asnumpy(), b.asnumpy())
     bigger, big_cfg = inference.model_at_size(net, cfg, 192)
-    assert bigger.feature_sizes == [24, 12, 6, 3, 1] and big_cfg.MODEL.PRIORS.STEPS == []
+    assert bigger.feature_sizes == [(f, f) for f in (24, 12, 6, 3, 1)] and big_cfg.MODEL.PRIORS.STEPS == []
     np.testing.assert_array_equal(bigger.head.loc[0].weight.data().asnumpy(),
                                   net.head.loc[0].weight.data().asnumpy())
     assert bigger(mx.nd.zeros((1, 3, 192, 192)))[0].shape == (1, bigger.num_priors, 3)
@@ -174,19 +174,33 @@ def test_debug_uses_the_model_priors_in_the_shared_draw_tool(csv_data):
     np.testing.assert_allclose(best, best_prior_iou(norm, net.priors), atol=1e-4)
 
 
-def test_tiny_model_overfits_two_images(csv_data, tmp_path):
+@pytest.mark.parametrize("size", ["160", "[160, 224]"], ids=["square", "non-square"])
+def test_tiny_model_overfits_two_images(csv_data, tmp_path, size):
+    """Training targets, the inference graph and the mapping back to image pixels agree: the model
+    learns the boxes (mAP by lib.eval), also when the 160x120 images go to a 224x160 input; the
+    exported artifact, run by lib.tools.infer on the image file, gives the in-process detections."""
+    from lib.tools.infer import ExportedDetector
+    from m2det.export import export_inference_model
     dataset = load_csv(csv_data[0], classes=csv_data[1])
     few = dataset.subset([0, 1])
     train = DetectionDataset(few.records * 10, few.classes)
     cfg = m2det_config.load(TINY, [f"OUTPUT_DIR={tmp_path / 'overfit'}", "TRAIN.OPTIMIZER=adam",
                                      "TRAIN.LR=0.003", "TRAIN.EPOCHS=8", "TRAIN.EVAL_EVERY=0",
                                      "TRAIN.CHECKPOINT_EVERY=100", "TRAIN.LOG_EVERY=5",
-                                     "MODEL.BN_MOMENTUM=0.8"])
+                                     "MODEL.BN_MOMENTUM=0.8", f"INPUT.SIZE={size}"])
     mx.random.seed(0)
     summary = cli.run_training(cfg, train, few)
     first = json.load(open(tmp_path / "overfit" / "history.json"))["epochs"][0]["losses"]["loss"]
     assert summary["final_losses"]["loss"] < 0.7 * first
     assert summary["val"]["mAP"] > 0.9
+    net, cfg, classes = inference.load_trained_model(str(tmp_path / "overfit"))
+    image_path = few.records[0].image
+    boxes, scores, labels = inference.Detector(net, cfg).detect([cv2.imread(image_path)[:, :, ::-1]])[0]
+    export_inference_model(net, cfg, classes, str(tmp_path / "export"))
+    got_boxes, got_scores, got_labels = ExportedDetector(str(tmp_path / "export"))(cv2.imread(image_path))
+    np.testing.assert_array_equal(got_labels, labels)
+    np.testing.assert_allclose(got_scores, scores, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got_boxes, boxes, atol=0.05)
 
 
 def test_oid_parent_label_selects_the_subtree(tmp_path):
@@ -217,18 +231,19 @@ def test_debug_on_pascal_voc_speedtrap(tmp_path, capsys):
     assert summary["images"] == 3 and len([f for f in os.listdir(tmp_path) if f.endswith(".jpg")]) == 3
 
 
-def test_training_samples_reproducible_and_targets_decode_to_the_boxes(csv_data):
+@pytest.mark.parametrize("size", ["160", "[160, 224]"], ids=["square", "non-square"])
+def test_training_samples_reproducible_and_targets_decode_to_the_boxes(csv_data, size):
     from lib.bbox import decode_boxes
     from m2det.detector import M2Det
     dataset = load_csv(csv_data[0], classes=csv_data[1])
-    cfg = m2det_config.load(TINY, ["TRAIN.AUGMENT=true"])
+    cfg = m2det_config.load(TINY, ["TRAIN.AUGMENT=true", f"INPUT.SIZE={size}"])
     priors = M2Det(cfg.MODEL, 2, cfg.INPUT.SIZE).priors
     augmented = m2det_data._RecordDataset(dataset.records, m2det_data.TrainSample(cfg, priors), cfg)
     augmented.epoch_seed = 5
     first, again = augmented[0], augmented[0]
     for a, b in zip(first, again):
         np.testing.assert_array_equal(a, b)
-    assert first[0].shape == (3, 160, 160)
+    assert first[0].shape == (3, 160, 160 if size == "160" else 224)
     plain = m2det_data.TrainSample(cfg, priors)  # no augmentation: exact targets
     data, cls_t, box_t = plain(dataset.records[0])
     positive = cls_t > 0
