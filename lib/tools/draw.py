@@ -18,8 +18,8 @@ ANCHORS.yaml (keys upper case), one of:
   RATIOS: [0.5, 1, 2]
   SCALES: [1.0, 1.26, 1.587]
 
-  TYPE: ssd            # SSD / M2Det priors (lib.anchors.ssd_priors), image resized to IMAGE_SIZE square
-  IMAGE_SIZE: 320
+  TYPE: ssd            # SSD / M2Det priors (lib.anchors.ssd_priors), image resized to IMAGE_SIZE
+  IMAGE_SIZE: 320      # or [H, W]; FEATURE_SIZES entries and STEPS then [h, w]
   FEATURE_SIZES: [40, 20, 10, 5, 3, 1]
   STEPS: [8, 16, 32, 64, 107, 320]
   MIN_SIZES: [25.6, 48, 105.6, 163.2, 220.8, 278.4]
