@@ -48,8 +48,8 @@ def prior_settings(model_cfg, feature_sizes, input_hw):
     """Steps, min sizes and max sizes (pixels) as the official mk_anchors computes them.
 
     ``feature_sizes`` and ``input_hw`` are (h, w). The size pattern is a fraction of the input side S;
-    for a non-square input of the side of the square of the same area, sqrt(H * W), so priors keep
-    their square shape in pixels and the area share they have at S x S. Without STEPS the step of
+    for a non-square input, of sqrt(H * W) (the side of the square of the same area), so priors stay
+    square in pixels and cover the share of the image area they cover at S x S. Without STEPS the step of
     each axis is input / feature size (a pair per level when they differ).
     """
     height, width = (int(v) for v in input_hw)
