@@ -132,13 +132,13 @@ def main(argv=None):
     # (prior, class) pair is background except CANDIDATES random pairs (on random priors, random
     # box deltas), which score above TEST.SCORE_THRESH. Post-processing = softmax + decode +
     # per-class NMS (lib.nms, numpy).
-    cfg_name, size = ("tiny.yaml", 160) if args.quick else ("m2det320_vgg.yaml", 320)
+    cfg_name = "tiny.yaml" if args.quick else "m2det320_vgg.yaml"
     _, net, cfg = m2det_block(cfg_name, num_classes)
     candidates = 500 if args.quick else 5000
     cls, box = controlled_outputs(net.priors, num_classes, candidates, np.random.RandomState(0))
     for method in ("hard", "linear", "gaussian"):
         results["nms_ms"][method] = timed(
-            lambda: postprocess(cls, box, net.priors, size, cfg.TEST, net.variances, method=method),
+            lambda: postprocess(cls, box, net.priors, net.input_hw, cfg.TEST, net.variances, method=method),
             warmup, repeats)
     results["nms_candidates_per_image"] = candidates
     for key, value in results["nms_ms"].items():

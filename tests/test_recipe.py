@@ -163,7 +163,6 @@ def test_command_line_changes_one_key_of_the_data_specs(tmp_path):
 
 @pytest.mark.parametrize("text, message", [
     ("DETECTOR: yolo\n", "DETECTOR must be one of"),
-    ("DETECTOR: m2det\nINPUT: {SIZE: [300, 400]}\n", "square input"),
     ("DETECTOR: ssdlite\nINPUT: {SHORT_SIDE: 600}\n", "INPUT.SHORT_SIDE"),
     ("DETECTOR: m2det\nINPUT: {TRAIN_SCALES: [0.5, 1.0]}\n", "INPUT.TRAIN_SCALES .* Expand"),
     ("DETECTOR: rfcn\nINPUT: {TRAIN_SCALES: [0, 1.0]}\n", "INPUT.TRAIN_SCALES"),
@@ -175,6 +174,15 @@ def test_config_errors_name_the_key(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message) as err:
         recipe.family_config(_cfg(tmp_path, text), ["a"])
     assert "recipe.yaml" in str(err.value)
+
+
+def test_m2det_takes_the_recipe_non_square_input(tmp_path):
+    """INPUT.SIZE [H, W] reaches M2Det as [H, W] (a 16:9 video is not squeezed into a square)."""
+    from m2det.detector import M2Det
+    fam = recipe.family_config(_cfg(tmp_path, "DETECTOR: m2det\nINPUT: {SIZE: [384, 672]}\n"), ["a"])
+    assert list(fam.INPUT.SIZE) == [384, 672]
+    net = M2Det(fam.MODEL, 1, fam.INPUT.SIZE)     # shapes only: no weights are allocated
+    assert net.input_hw == (384, 672) and net.feature_sizes[0] == (48, 84)
 
 
 def test_tf_pipeline_import_feeds_the_recipe(tmp_path):
