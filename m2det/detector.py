@@ -53,7 +53,7 @@ def prior_settings(model_cfg, feature_sizes, input_hw):
     each axis is input / feature size (a pair per level when they differ).
     """
     height, width = (int(v) for v in input_hw)
-    size = height if height == width else math.sqrt(height * width)
+    size = math.sqrt(height * width)     # S for a square input (exact: S * S is a perfect square)
     n = len(feature_sizes)
     pattern = list(model_cfg.PRIORS.SIZE_PATTERN)
     if len(pattern) != n + 1:
