@@ -22,6 +22,7 @@ from lib.cli import UsageError, user_errors_exit_2
 from lib.dataset import Record
 from lib.dataset.io import DatasetError, read_image
 from lib.fileio import atomic_write_json
+from lib.runtime import relaunch_with_huge_pages
 from lib.tools.infer import ExportedDetector
 from lib.viz import draw_detections, draw_ground_truth, draw_record, save_image
 
@@ -127,6 +128,7 @@ def train(argv=None):
 
 
 def train_main(argv=None):
+    relaunch_with_huge_pages(argv)   # faster CPU training (lib.runtime)
     return _run(train, argv)
 
 

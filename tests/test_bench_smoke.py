@@ -27,7 +27,8 @@ def run_bench(args, tmp_path):
     (["-m", "bench.train_step", "--quick"], "lib.layers.relu6"),
     (["-m", "bench.amx", "--quick"], "VNNI / default"),
     (["-m", "bench.dist", "--quick"], "measured: servers in / out per step"),
-], ids=["nms", "ops", "lstm_ssd", "train_step", "amx", "dist"])
+    (["-m", "bench.allocator", "--quick"], "the steps per second of glibc's default"),
+], ids=["nms", "ops", "lstm_ssd", "train_step", "amx", "dist", "allocator"])
 def test_bench_quick_runs(args, expected, tmp_path):
     assert expected in run_bench(args, tmp_path)
 

@@ -223,3 +223,72 @@ def test_entropy_quantize_block_with_growing_calibration_ranges():
     assert np.corrcoef(q(x).asnumpy().ravel(), net(x).asnumpy().ravel())[0, 1] > 0.99
     with pytest.raises(ValueError, match="naive"):
         quantize_block(net, calib, "minmax")
+
+
+# ---------------------------------------------------------------- huge pages for training commands
+PROBE = """
+import os, sys
+from lib.runtime import relaunch_with_huge_pages
+print("started", flush=True)
+relaunch_with_huge_pages({argv})
+print("tunables", repr(os.environ.get("GLIBC_TUNABLES")), "args", sys.argv[1:], "spec",
+      __spec__.name if __spec__ else None, flush=True)
+"""
+
+
+def run_probe(tmp_path, env_updates, as_module=False, argv="None"):
+    (tmp_path / "relaunch_probe.py").write_text(PROBE.format(argv=argv))
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    env.update(env_updates, PYTHONPATH=os.pathsep.join([str(tmp_path), os.getcwd()]))
+    target = ["-m", "relaunch_probe"] if as_module else [str(tmp_path / "relaunch_probe.py")]
+    out = subprocess.run([sys.executable] + target + ["--cfg", "a b.yaml"], env=env, capture_output=True,
+                         text=True, check=True)
+    return out.stdout.splitlines()
+
+
+def test_a_command_relaunches_itself_once_with_huge_pages(tmp_path):
+    from lib.runtime import HUGE_PAGES_TUNABLE
+    expected = f"tunables {HUGE_PAGES_TUNABLE!r} args ['--cfg', 'a b.yaml'] spec "
+    assert run_probe(tmp_path, {}) == ["started", "started", expected + "None"]
+    # python -m stays python -m (the module's package context is kept)
+    assert run_probe(tmp_path, {}, as_module=True) == ["started", "started", expected + "relaunch_probe"]
+
+
+def test_no_relaunch_when_the_user_set_tunables_or_main_is_called_with_argv(tmp_path):
+    assert run_probe(tmp_path, {"GLIBC_TUNABLES": ""}) == [
+        "started", "tunables '' args ['--cfg', 'a b.yaml'] spec None"]
+    user = "glibc.malloc.arena_max=2"
+    assert run_probe(tmp_path, {"GLIBC_TUNABLES": user}) == [
+        "started", f"tunables {user!r} args ['--cfg', 'a b.yaml'] spec None"]
+    assert run_probe(tmp_path, {}, argv="['--cfg', 'x']") == [
+        "started", "tunables None args ['--cfg', 'a b.yaml'] spec None"]
+
+
+HUGE_PAGES_CODE = """
+import lib, mxnet as mx
+def anon_huge_kib():
+    with open("/proc/self/smaps_rollup") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("AnonHugePages:"))
+before = anon_huge_kib()
+buffer = mx.nd.ones((32 << 20,))          # 128 MiB through MXNet's CPU storage (malloc)
+buffer.wait_to_read()
+print(anon_huge_kib() - before)
+"""
+
+
+def test_the_tunable_backs_mxnet_buffers_with_huge_pages():
+    """The kernel's own accounting is the oracle: with the tunable, a 128 MiB NDArray is (mostly) in
+    transparent huge pages; without it only where the kernel uses them for every mapping."""
+    from lib.runtime import HUGE_PAGES_TUNABLE
+    with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+        mode = f.read().split("[")[1].split("]")[0]
+
+    def huge_kib(tunables):
+        env = dict(os.environ, GLIBC_TUNABLES=tunables)
+        out = subprocess.run([sys.executable, "-c", HUGE_PAGES_CODE], env=env, capture_output=True, text=True,
+                             check=True)
+        return int(out.stdout.split()[-1])
+
+    with_tunable, without = huge_kib(HUGE_PAGES_TUNABLE), huge_kib("")
+    assert with_tunable >= (64 << 10 if mode in ("madvise", "always") else 0)
+    assert without < (16 << 10 if mode in ("madvise", "never") else 1 << 30)

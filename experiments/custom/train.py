@@ -16,10 +16,12 @@ import sys
 
 from experiments.custom import recipe
 from lib.cli import user_errors_exit_2
+from lib.runtime import relaunch_with_huge_pages
 
 
 @user_errors_exit_2
 def main(argv=None):
+    relaunch_with_huge_pages(argv)   # faster CPU training (lib.runtime)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cfg", required=True, help="recipe yaml (experiments/custom/*.yaml)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

@@ -17,8 +17,9 @@ import time
 
 from lib.cli import user_errors_exit_2
 from lib.config import project_path
-from lib.fileio import atomic_write_json
 from lib.dataset.specs import load_datasets
+from lib.fileio import atomic_write_json
+from lib.runtime import relaunch_with_huge_pages
 from m2det.config import load as load_config
 from m2det.inference import Detector, detect_dataset, evaluate_detections, load_trained_model
 from m2det.train import run_training
@@ -26,6 +27,7 @@ from m2det.train import run_training
 
 @user_errors_exit_2
 def main(argv=None):
+    relaunch_with_huge_pages(argv)   # faster CPU training (lib.runtime)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cfg", required=True)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
