@@ -29,29 +29,12 @@ CASES = {
 }
 
 
-def m2det_step(config, overrides):
-    import mxnet as mx
-    import numpy as np
-    from bench.train_step import sgd_step
-    from m2det.config import load as load_config
-    from m2det.detector import build_model
-    from m2det.train import M2DetTask
-    cfg = load_config(os.path.join(PROJECT_ROOT, "experiments", "m2det", "cfgs", config), overrides)
-    mx.random.seed(0)
-    net = build_model(cfg, 1)
-    rng = np.random.RandomState(0)
-    (height, width), batch, priors = net.input_hw, int(cfg.TRAIN.BATCH_SIZE), net.priors.shape[0]
-    data = (mx.nd.array(rng.normal(0, 1, (batch, 3, height, width))),
-            mx.nd.array((rng.rand(batch, priors) < 0.002).astype(np.float32)),
-            mx.nd.array(rng.normal(0, 0.5, (batch, priors, 4))))
-    return sgd_step(net, M2DetTask(net, cfg), data)
-
-
 def child(case, warmup, steps):
     """Time ``steps`` steps after ``warmup``; print one JSON line."""
     import mxnet as mx
+    from bench.train_step import m2det_step
     config, overrides = CASES[case]
-    step = m2det_step(config, overrides)
+    step = m2det_step(False, config, overrides)
     for _ in range(warmup):
         step()
     mx.nd.waitall()

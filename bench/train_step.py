@@ -64,19 +64,19 @@ def sgd_step(net, task, batch):
     return step
 
 
-def m2det_step(quick):
+def m2det_step(quick, config="speedtrap_mobilenet.yaml", overrides=()):
+    """A training step of the M2Det of ``experiments/m2det/cfgs/<config>`` on random data."""
     from m2det.config import load as build_config
     from m2det.detector import build_model
     from m2det.train import M2DetTask
-    overrides = ["TRAIN.BATCH_SIZE=1", "MODEL.NUM_LEVELS=2"] if quick else []
-    cfg = build_config(os.path.join(PROJECT_ROOT, "experiments", "m2det", "cfgs", "speedtrap_mobilenet.yaml"),
-                       overrides)
+    overrides = list(overrides) + (["TRAIN.BATCH_SIZE=1", "MODEL.NUM_LEVELS=2"] if quick else [])
+    cfg = build_config(os.path.join(PROJECT_ROOT, "experiments", "m2det", "cfgs", config), overrides)
     mx.random.seed(0)
     net = build_model(cfg, 1)
     task = M2DetTask(net, cfg)
     rng = np.random.RandomState(0)
-    batch, size, priors = int(cfg.TRAIN.BATCH_SIZE), int(cfg.INPUT.SIZE), net.priors.shape[0]
-    data = (mx.nd.array(rng.normal(0, 1, (batch, 3, size, size))),
+    (height, width), batch, priors = net.input_hw, int(cfg.TRAIN.BATCH_SIZE), net.priors.shape[0]
+    data = (mx.nd.array(rng.normal(0, 1, (batch, 3, height, width))),
             mx.nd.array((rng.rand(batch, priors) < 0.002).astype(np.float32)),
             mx.nd.array(rng.normal(0, 0.5, (batch, priors, 4))))
     return sgd_step(net, task, data)

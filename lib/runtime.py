@@ -136,12 +136,11 @@ def relaunch_with_huge_pages(argv=None):
     import platform
     import sys
     if argv is not None or "GLIBC_TUNABLES" in os.environ or platform.libc_ver()[0] != "glibc":
-        return False
+        return
     os.environ["GLIBC_TUNABLES"] = HUGE_PAGES_TUNABLE
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, sys.orig_argv)
-    return True     # not reached
 
 
 def threads():
