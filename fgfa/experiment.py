@@ -7,7 +7,6 @@ import argparse
 
 from lib.cli import user_errors_exit_2
 from lib.config import ConfigError
-from lib.runtime import relaunch_with_huge_pages
 from lib.train import setup_logger
 from lib.train.distributed import config_contexts, join_job
 
@@ -33,7 +32,6 @@ def parse_args(argv=None, description=""):
 def main(argv=None, description="", aggregate=None):
     """Train then test; ``aggregate`` (True/False) rejects configs meant for the other script. A user
     error (config, data, checkpoint, path) is one 'error:' line and exit status 2 (lib.cli)."""
-    relaunch_with_huge_pages(argv)   # faster CPU training (lib.runtime)
     args = parse_args(argv, description)
     cfg = get_config(args.cfg, args.set)
     if aggregate is not None and bool(cfg.NETWORK.AGGREGATE) != aggregate:

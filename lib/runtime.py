@@ -15,8 +15,9 @@ for int8 (and bf16) kernels: MXNet 1.9.1's oneDNN 2.4 keeps them behind DNNL_MAX
 kills a process that touches them without asking first (arch_prctl). Measured: an int8 3x3 conv runs
 3.3x faster than with VNNI alone (``python -m bench.amx``).
 
-``relaunch_with_huge_pages`` is for the training commands: they start again once with glibc's
-huge-page tunable, which cuts the page faults of MXNet's unpooled CPU buffers (1.3x faster steps).
+``relaunch_with_huge_pages`` is for the commands that train imperatively (M2Det, the recipe): they
+start again once with glibc's huge-page tunable, which cuts the page faults of MXNet's unpooled CPU
+buffers (1.3x faster M2Det steps; hybridized training graphs allocate little and gain nothing).
 """
 import os
 import re
@@ -127,8 +128,8 @@ def relaunch_with_huge_pages(argv=None):
 
     MXNet 1.9 has no memory pool on the CPU: every imperative operator's output is a fresh malloc,
     and the large ones are fresh mmaps, so a training step faults in its gigabytes of buffers 4 KiB at
-    a time (an M2Det 384x672 step, batch 8: 1.2 M page faults, 3.7 s of kernel time in 6.7 s). With
-    huge pages the same step takes 4.8 s (``python -m bench.allocator``). glibc reads the tunable
+    a time (an M2Det 384x672 step, batch 8: 1.28 M page faults, 4.6 s of kernel time in 7.1 s). With
+    huge pages the same step takes 5.4 s (``python -m bench.allocator``). glibc reads the tunable
     at process start only, so the command re-executes itself (as Intel's CPU launchers set their
     allocator): only when called as a command (``argv`` None), on glibc, and never when the user set
     GLIBC_TUNABLES (any value, empty included: that is the way to opt out).

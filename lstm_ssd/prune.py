@@ -15,7 +15,6 @@ import numpy as np
 
 from lib.cli import UsageError, user_errors_exit_2
 from lib.fileio import atomic_write_json
-from lib.runtime import relaunch_with_huge_pages
 
 from . import config as lstm_config
 from .detector import load_model, save_model
@@ -93,7 +92,6 @@ def measure(net, repeats=10):
 
 @user_errors_exit_2
 def main(argv=None):
-    relaunch_with_huge_pages(argv)   # faster CPU training (lib.runtime)
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cfg", required=True, help="yaml config the model was trained with")
     ap.add_argument("--model", required=True, help="trained .params file")

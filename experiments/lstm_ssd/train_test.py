@@ -23,7 +23,6 @@ import sys
 
 from lib.cli import user_errors_exit_2
 from lib.config import PROJECT_ROOT, ConfigError, dump_config, project_path
-from lib.runtime import relaunch_with_huge_pages
 from lib.train.distributed import config_contexts, join_job
 from lstm_ssd import config as lstm_config
 from lstm_ssd.detector import load_model, save_model
@@ -55,7 +54,6 @@ def results_table(cfg, out_dir):
 
 @user_errors_exit_2
 def main(argv=None):
-    relaunch_with_huge_pages(argv)   # faster CPU training (lib.runtime)
     args = parse_args(argv)
     try:
         cfg = lstm_config.load(args.cfg, args.set)
