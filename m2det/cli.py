@@ -32,8 +32,7 @@ from .datasets import add_dataset_subparsers, load_split, split_source
 from .detector import build_network, prior_spec
 from .export import export_inference_model
 from .inference import (
-    Detector,
-    MultiScaleDetector,
+    build_detector,
     detect_dataset,
     evaluate_detections,
     filter_detections,
@@ -135,6 +134,17 @@ def train_main(argv=None):
 # ----------------------------------------------------------------------------------------------
 # m2det-evaluate
 
+def _input_size(text):
+    """'512' -> 512, '384x672' -> [384, 672] (H x W)."""
+    try:
+        values = [int(v) for v in text.lower().split("x")]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2) or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an input size S or HxW (e.g. 512, 384x672)")
+    return values[0] if len(values) == 1 else values
+
+
 def evaluate_parser():
     p = argparse.ArgumentParser(prog="m2det-evaluate", description="Evaluate a trained or converted M2Det.")
     p.add_argument("--model", required=True,
@@ -147,9 +157,11 @@ def evaluate_parser():
     p.add_argument("--no-coco", action="store_true", help="skip COCO AP (pycocotools)")
     p.add_argument("--weighted-average", action="store_true",
                    help="also report the mAP weighted by the number of instances per class")
-    p.add_argument("--test-sizes", type=int, nargs="+",
+    p.add_argument("--test-sizes", type=_input_size, nargs="+", metavar="S|HxW",
                    help="multi-scale test: input sizes whose detections are merged by NMS "
-                        "(training checkpoints only), e.g. --test-sizes 320 512")
+                        "(training checkpoints only; TEST.SIZES), e.g. --test-sizes 320 512 or 384x672 432x756")
+    p.add_argument("--flip", action="store_true",
+                   help="also detect on the mirrored images and merge (training checkpoints only; TEST.FLIP)")
     p.add_argument("--save-path", help="write annotated images here")
     p.add_argument("--results", help="write detections as COCO results JSON")
     p.add_argument("--batch-size", type=int, default=4)
@@ -165,17 +177,19 @@ def evaluate(argv=None):
     if dataset is None or len(dataset) == 0:
         raise DatasetError(f"{dataset.name if dataset is not None else 'the dataset'}: the evaluation set has no image")
     if os.path.isfile(os.path.join(args.model, "meta.json")):
-        if args.test_sizes:
-            raise UsageError("--test-sizes needs a training checkpoint: a converted model has one input size")
+        if args.test_sizes or args.flip:
+            raise UsageError("--test-sizes / --flip need a training checkpoint: a converted model has one "
+                             "input size and no mirrored pass")
         detections, classes = _detect_exported(args.model, dataset, args.batch_size)
     else:
         overrides = list(args.overrides) + [f"TEST.SCORE_THRESH={min(args.score_threshold, 1.0)}",
                                             f"TEST.MAX_PER_IMAGE={args.max_detections}"]
-        net, cfg, classes = load_trained_model(args.model, overrides=overrides)
         if args.test_sizes:
-            detector = MultiScaleDetector(net, cfg, args.test_sizes, nms=args.nms)
-        else:
-            detector = Detector(net, cfg, nms=args.nms)
+            overrides.append("TEST.SIZES=" + json.dumps(args.test_sizes))
+        if args.flip:
+            overrides.append("TEST.FLIP=true")
+        net, cfg, classes = load_trained_model(args.model, overrides=overrides)
+        detector = build_detector(net, cfg, nms=args.nms)
         detections = detect_dataset(detector, dataset, batch_size=args.batch_size, progress=True)
     if list(classes) != list(dataset.classes):
         raise DatasetError(f"--model {args.model}: the model's classes {classes} differ from the dataset's "

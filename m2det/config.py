@@ -61,6 +61,11 @@ DEFAULTS = extend_schema(SHARED_DEFAULTS, {
         "SOFT_NMS_SIGMA": 0.5,
         "MAX_PER_CLASS": 50,
         "MAX_PER_IMAGE": 100,
+        # Test-time augmentation (the paper's multi-scale inference): the input sizes (S or [H, W]) the
+        # same weights run at, merged by class-aware NMS; [] = INPUT.SIZE only. FLIP also runs the
+        # mirrored frame. Training checkpoints only: an exported artifact has one input size.
+        "SIZES": [],
+        "FLIP": False,
     },
     "DATASET": {
         "TRAIN": None,                 # lib.dataset.load_dataset specs (a list, or one mapping)

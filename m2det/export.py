@@ -1,5 +1,7 @@
 """The M2Det inference artifact (docs/DESIGN.md): the network with softmax, decoding, clipping and
 per-class NMS in one graph, meta.json, optionally ONNX."""
+import logging
+
 import mxnet as mx
 
 from lib.export import add_onnx, export_block, write_meta
@@ -11,6 +13,10 @@ def export_inference_model(net, cfg, classes, out_dir, onnx=False, ctx=None):
     """Write the inference artifact (docs/DESIGN.md): model-symbol.json + model-0000.params with
     decode, clip and NMS inside, meta.json, and optionally model.onnx. Returns a dict of paths."""
     ctx = ctx or mx.cpu()
+    if list(cfg.TEST.SIZES or []) or cfg.TEST.FLIP:
+        logging.getLogger("m2det").warning(
+            "TEST.SIZES %s / TEST.FLIP %s (test-time augmentation) are not part of the artifact: it runs "
+            "once at INPUT.SIZE %s", list(cfg.TEST.SIZES or []), cfg.TEST.FLIP, list(net.input_hw))
     block = M2DetInference(net, cfg.TEST)
     block.priors.initialize(ctx=ctx)
     paths = export_block(block, out_dir, net.input_hw, ctx)

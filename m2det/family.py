@@ -10,7 +10,7 @@ from lib.train.checkpoint import load_weights
 from . import config as m2det_config
 from .detector import M2Det, build_model, first_context, prior_spec
 from .export import export_inference_model
-from .inference import Detector
+from .inference import build_detector
 from .train import run_training
 
 
@@ -59,7 +59,7 @@ class M2DetFamily(DetectorFamily):
         return net
 
     def runner(self, model):
-        detector = Detector(model.net, model.cfg, model.ctx)
+        detector = build_detector(model.net, model.cfg, model.ctx)     # TEST.SIZES / TEST.FLIP: test-time augmentation
         # one image per call: the shape of the exported artifact, and no re-binding per batch size
         return FrameRunner(lambda image: detector.detect([image])[0])
 

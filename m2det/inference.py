@@ -1,5 +1,5 @@
 """Running a trained M2Det: a run folder's model, detection on images of any size (one or several
-input sizes), evaluation of the detections.
+input sizes, optionally mirrored too: TEST.SIZES / TEST.FLIP), evaluation of the detections.
 
 Hard NMS runs inside the hybridized inference graph (MKLDNN on CPU); soft-NMS ('linear' / 'gaussian')
 runs lib.nms on the raw outputs.
@@ -11,7 +11,7 @@ import mxnet as mx
 import numpy as np
 import tqdm
 
-from lib.config import size_hw
+from lib.config import ConfigError, size_hw
 from lib.dataset.io import read_image
 from lib.eval import coco_ap, voc_ap
 from lib.nms import batched_nms
@@ -114,30 +114,56 @@ def model_at_size(net, cfg, size, ctx=None):
         dst.set_data(src.data())
     return other, cfg
 
-class MultiScaleDetector:
-    """Runs the model at several input sizes and merges the detections with class-aware hard NMS
-    (lib.nms.batched_nms), keeping TEST.MAX_PER_CLASS per class and TEST.MAX_PER_IMAGE in all."""
+def mirror_boxes(boxes, width):
+    """Boxes found on a horizontally mirrored image -> boxes of the original image of ``width`` px."""
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    return np.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], axis=1)
 
-    def __init__(self, net, cfg, sizes, ctx=None, nms=None, hybridize=True):
-        self.cfg = cfg
+
+class MultiScaleDetector:
+    """Test-time augmentation: runs the model at several input sizes (and on the mirrored image with
+    ``flip``) and merges the detections with class-aware hard NMS (lib.nms.batched_nms), keeping
+    TEST.MAX_PER_CLASS per class and TEST.MAX_PER_IMAGE in all."""
+
+    def __init__(self, net, cfg, sizes, ctx=None, nms=None, hybridize=True, flip=False):
+        self.cfg, self.flip = cfg, bool(flip)
         self.detectors = []
-        for size in sizes:
+        for size in sizes or [net.input_hw]:
             same = size_hw(size, "input size") == net.input_hw
             scaled, scaled_cfg = (net, cfg) if same else model_at_size(net, cfg, size, ctx)
             self.detectors.append(Detector(scaled, scaled_cfg, ctx, nms=nms, hybridize=hybridize))
 
     def detect(self, images_rgb):
-        per_scale = [d.detect(images_rgb) for d in self.detectors]
+        per_pass = [d.detect(images_rgb) for d in self.detectors]
+        if self.flip:
+            mirrored = [np.ascontiguousarray(im[:, ::-1]) for im in images_rgb]
+            for d in self.detectors:
+                per_pass.append([(mirror_boxes(boxes, im.shape[1]), scores, labels)
+                                 for im, (boxes, scores, labels) in zip(images_rgb, d.detect(mirrored))])
         merged = []
         for i in range(len(images_rgb)):
-            boxes = np.concatenate([s[i][0] for s in per_scale]).reshape(-1, 4)
-            scores = np.concatenate([s[i][1] for s in per_scale])
-            labels = np.concatenate([s[i][2] for s in per_scale]).astype(np.int64)
+            boxes = np.concatenate([p[i][0] for p in per_pass]).reshape(-1, 4)
+            scores = np.concatenate([p[i][1] for p in per_pass])
+            labels = np.concatenate([p[i][2] for p in per_pass]).astype(np.int64)
             keep = batched_nms(boxes, scores, labels, float(self.cfg.TEST.NMS_IOU),
-                                     max_output=int(self.cfg.TEST.MAX_PER_CLASS))
+                               max_output=int(self.cfg.TEST.MAX_PER_CLASS))
             keep = keep[:int(self.cfg.TEST.MAX_PER_IMAGE)]
             merged.append((boxes[keep], scores[keep], labels[keep]))
         return merged
+
+
+def build_detector(net, cfg, ctx=None, nms=None, hybridize=True):
+    """The detector a config asks for: TEST.SIZES / TEST.FLIP (test-time augmentation) give a
+    MultiScaleDetector, otherwise the single-pass Detector at INPUT.SIZE."""
+    sizes, flip = list(cfg.TEST.SIZES or []), bool(cfg.TEST.FLIP)
+    hws = [size_hw(size, f"TEST.SIZES[{i}]") for i, size in enumerate(sizes)]   # ConfigError naming the entry
+    if not flip and all(hw == net.input_hw for hw in hws):
+        return Detector(net, cfg, ctx, nms=nms, hybridize=hybridize)
+    try:
+        return MultiScaleDetector(net, cfg, sizes, ctx, nms=nms, hybridize=hybridize, flip=flip)
+    except ValueError as err:       # a size without a valid pyramid for this backbone
+        raise ConfigError(f"TEST.SIZES {sizes}: {err}") from None
+
 
 def detect_dataset(detector, dataset, batch_size=4, progress=False):
     """Detections for every record, aligned with ``dataset.records``."""

@@ -12,6 +12,7 @@ import pytest
 from lib.dataset import DetectionDataset
 from lib.dataset.csv_format import load_csv
 from lib.anchor_coverage import best_prior_iou
+from lib.config import ConfigError
 from m2det import cli
 from m2det import config as m2det_config
 from m2det import data as m2det_data
@@ -105,7 +106,7 @@ def test_toolkit_commands_end_to_end(csv_data, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "instances of class red" in out and "mAP@0.5" in out and "COCO AP" in out
     assert len(os.listdir(tmp_path / "annotated")) == 5
-    assert cli.evaluate_main(["--model", run, "--test-sizes", "160", "192", "--weighted-average",
+    assert cli.evaluate_main(["--model", run, "--test-sizes", "160", "160x224", "--flip", "--weighted-average",
                               "--no-coco", "csv", annotations, classes]) == 0
     out = capsys.readouterr().out
     assert "weighted mAP@0.5" in out and "COCO" not in out
@@ -152,6 +153,36 @@ def test_model_at_other_size_shares_the_weights():
     np.testing.assert_array_equal(bigger.head.loc[0].weight.data().asnumpy(),
                                   net.head.loc[0].weight.data().asnumpy())
     assert bigger(mx.nd.zeros((1, 3, 192, 192)))[0].shape == (1, bigger.num_priors, 3)
+
+
+def test_mirror_boxes_hand_computed():
+    np.testing.assert_array_equal(inference.mirror_boxes([[10, 5, 30, 25]], 100), [[70, 5, 90, 25]])
+
+
+def test_test_time_augmentation_is_mirror_equivariant():
+    """Flip TTA merges the passes on the frame and on its mirror image, so running it on the mirrored
+    frame must give the mirror image of its detections on the frame (an oracle independent of how the
+    passes are merged); TEST.SIZES of only INPUT.SIZE is the single-pass detector."""
+    cfg = m2det_config.load(TINY, ["TEST.SCORE_THRESH=0.0", "TEST.FLIP=true", "TEST.SIZES=[160, [160, 224]]"])
+    mx.random.seed(3)
+    net = build_model(cfg, 2)
+    tta = inference.build_detector(net, cfg, hybridize=False)
+    assert isinstance(tta, inference.MultiScaleDetector) and len(tta.detectors) == 2
+    rng = np.random.RandomState(0)
+    image = rng.randint(0, 255, (120, 176, 3)).astype(np.uint8)
+    boxes, scores, labels = tta.detect([image])[0]
+    m_boxes, m_scores, m_labels = tta.detect([np.ascontiguousarray(image[:, ::-1])])[0]
+    assert len(scores) > 10
+    order, m_order = np.lexsort((boxes[:, 0], -scores)), np.lexsort((-m_boxes[:, 2], -m_scores))
+    np.testing.assert_allclose(m_scores[m_order], scores[order], rtol=1e-5)
+    np.testing.assert_array_equal(m_labels[m_order], labels[order])
+    np.testing.assert_allclose(m_boxes[m_order], inference.mirror_boxes(boxes[order], 176), atol=1e-3)
+    single = m2det_config.load(TINY, ["TEST.SIZES=[160]"])
+    assert type(inference.build_detector(net, single, hybridize=False)) is inference.Detector
+    with pytest.raises(ConfigError, match=r"TEST.SIZES\[1\]"):
+        inference.build_detector(net, m2det_config.load(TINY, ["TEST.SIZES=[160, [0, 5]]"]))
+    with pytest.raises(ConfigError, match=r"TEST.SIZES .*no valid pyramid"):
+        inference.build_detector(net, m2det_config.load(TINY, ["TEST.SIZES=[[128, 192]]"]))
 
 
 def test_debug_anchor_coverage_oracle():
