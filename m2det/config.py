@@ -66,6 +66,8 @@ DEFAULTS = extend_schema(SHARED_DEFAULTS, {
         # mirrored frame. Training checkpoints only: an exported artifact has one input size.
         "SIZES": [],
         "FLIP": False,
+        "PRIOR_SIZES": "trained",      # priors at another test size: 'trained' (the trained pixel sizes:
+                                       # an image pyramid) | 'input' (the same share of the image)
     },
     "DATASET": {
         "TRAIN": None,                 # lib.dataset.load_dataset specs (a list, or one mapping)

@@ -7,16 +7,21 @@ import mxnet as mx
 from lib.export import add_onnx, export_block, write_meta
 
 from .detector import M2DetInference
+from .inference import model_at_size
 
 
 def export_inference_model(net, cfg, classes, out_dir, onnx=False, ctx=None):
     """Write the inference artifact (docs/DESIGN.md): model-symbol.json + model-0000.params with
-    decode, clip and NMS inside, meta.json, and optionally model.onnx. Returns a dict of paths."""
+    decode, clip and NMS inside, meta.json, and optionally model.onnx. Returns a dict of paths.
+    It runs at INPUT.SIZE, or at TEST.SIZES[0] when that is given (priors per TEST.PRIOR_SIZES)."""
     ctx = ctx or mx.cpu()
-    if list(cfg.TEST.SIZES or []) or cfg.TEST.FLIP:
+    sizes = list(cfg.TEST.SIZES or [])
+    if sizes:       # the artifact runs at the first test size (e.g. a frame upscaled past the training size)
+        net, cfg = model_at_size(net, cfg, sizes[0], ctx, cfg.TEST.PRIOR_SIZES)
+    if len(sizes) > 1 or cfg.TEST.FLIP:
         logging.getLogger("m2det").warning(
             "TEST.SIZES %s / TEST.FLIP %s (test-time augmentation) are not part of the artifact: it runs "
-            "once at INPUT.SIZE %s", list(cfg.TEST.SIZES or []), cfg.TEST.FLIP, list(net.input_hw))
+            "once at %s", sizes, cfg.TEST.FLIP, list(net.input_hw))
     block = M2DetInference(net, cfg.TEST)
     block.priors.initialize(ctx=ctx)
     paths = export_block(block, out_dir, net.input_hw, ctx)

@@ -5,6 +5,7 @@ Hard NMS runs inside the hybridized inference graph (MKLDNN on CPU); soft-NMS ('
 runs lib.nms on the raw outputs.
 """
 import copy
+import math
 import os
 
 import mxnet as mx
@@ -94,25 +95,38 @@ class Detector:
             out.append((np.asarray(boxes, np.float32) * scale, np.asarray(scores, np.float32), labels))
         return out
 
-def model_at_size(net, cfg, size, ctx=None):
+def model_at_size(net, cfg, size, ctx=None, prior_sizes="trained"):
     """The same weights at another input size S or [H, W] (multi-scale testing): every parameter of
     M2Det is independent of the input size; only the static resize sizes and the priors change.
-    Official step patterns are used for 320/512/800, input / feature size otherwise."""
+
+    ``prior_sizes`` 'input': the priors cover the same share of the image at every size (the size
+    pattern is a fraction of the input side; official step patterns for 320/512/800). 'trained': they
+    keep the pixel sizes of the trained INPUT.SIZE, so each pyramid level is asked for objects of the
+    pixel size it learned (an image pyramid: a larger input brings small objects up to the trained sizes).
+    """
+    if prior_sizes not in ("input", "trained"):
+        raise ConfigError(f"TEST.PRIOR_SIZES must be 'input' or 'trained', got {prior_sizes!r}")
     cfg = copy.deepcopy(cfg)
     height, width = size_hw(size, "input size")
     cfg.INPUT.SIZE = height if height == width else [height, width]
-    if height == width and height in OFFICIAL_PRIORS and len(cfg.MODEL.PRIORS.SIZE_PATTERN) == 7 \
+    cfg.MODEL.PRIORS.STEPS = []
+    if prior_sizes == "trained":
+        ratio = math.sqrt(net.input_hw[0] * net.input_hw[1] / (height * width))
+        cfg.MODEL.PRIORS.SIZE_PATTERN = [v * ratio for v in cfg.MODEL.PRIORS.SIZE_PATTERN]
+    elif height == width and height in OFFICIAL_PRIORS and len(cfg.MODEL.PRIORS.SIZE_PATTERN) == 7 \
             and int(cfg.MODEL.NUM_SCALES) == 6:
         cfg.MODEL.PRIORS.STEPS = list(OFFICIAL_PRIORS[height][0])
-    else:
-        cfg.MODEL.PRIORS.STEPS = []
-    other = M2Det(cfg.MODEL, net.num_classes, cfg.INPUT.SIZE)
+    try:
+        other = M2Det(cfg.MODEL, net.num_classes, cfg.INPUT.SIZE)
+    except ValueError as err:       # a size without a valid pyramid for this backbone
+        raise ConfigError(f"TEST.SIZES entry {cfg.INPUT.SIZE}: {err}") from None
     other.initialize(ctx=first_context(ctx))
     other(mx.nd.zeros((1, 3, height, width), ctx=first_context(ctx)))
     for (name, src), (_, dst) in zip(sorted(net._collect_params_with_prefix().items()),
                                      sorted(other._collect_params_with_prefix().items())):
         dst.set_data(src.data())
     return other, cfg
+
 
 def mirror_boxes(boxes, width):
     """Boxes found on a horizontally mirrored image -> boxes of the original image of ``width`` px."""
@@ -125,12 +139,12 @@ class MultiScaleDetector:
     ``flip``) and merges the detections with class-aware hard NMS (lib.nms.batched_nms), keeping
     TEST.MAX_PER_CLASS per class and TEST.MAX_PER_IMAGE in all."""
 
-    def __init__(self, net, cfg, sizes, ctx=None, nms=None, hybridize=True, flip=False):
+    def __init__(self, net, cfg, sizes, ctx=None, nms=None, hybridize=True, flip=False, prior_sizes="trained"):
         self.cfg, self.flip = cfg, bool(flip)
         self.detectors = []
         for size in sizes or [net.input_hw]:
             same = size_hw(size, "input size") == net.input_hw
-            scaled, scaled_cfg = (net, cfg) if same else model_at_size(net, cfg, size, ctx)
+            scaled, scaled_cfg = (net, cfg) if same else model_at_size(net, cfg, size, ctx, prior_sizes)
             self.detectors.append(Detector(scaled, scaled_cfg, ctx, nms=nms, hybridize=hybridize))
 
     def detect(self, images_rgb):
@@ -159,10 +173,8 @@ def build_detector(net, cfg, ctx=None, nms=None, hybridize=True):
     hws = [size_hw(size, f"TEST.SIZES[{i}]") for i, size in enumerate(sizes)]   # ConfigError naming the entry
     if not flip and all(hw == net.input_hw for hw in hws):
         return Detector(net, cfg, ctx, nms=nms, hybridize=hybridize)
-    try:
-        return MultiScaleDetector(net, cfg, sizes, ctx, nms=nms, hybridize=hybridize, flip=flip)
-    except ValueError as err:       # a size without a valid pyramid for this backbone
-        raise ConfigError(f"TEST.SIZES {sizes}: {err}") from None
+    return MultiScaleDetector(net, cfg, sizes, ctx, nms=nms, hybridize=hybridize, flip=flip,
+                              prior_sizes=cfg.TEST.PRIOR_SIZES)
 
 
 def detect_dataset(detector, dataset, batch_size=4, progress=False):

@@ -140,6 +140,19 @@ def test_toolkit_commands_end_to_end(csv_data, tmp_path, capsys):
         np.testing.assert_allclose(boxes[np.argsort(-scores, kind="stable")],
                                    ref_boxes[np.argsort(-ref_scores[keep], kind="stable")], atol=0.05)
 
+    # converted at a test size of its own (TEST.SIZES[0], priors at the trained pixel sizes): the artifact
+    # gives what the in-process test-size detector gives
+    assert cli.convert_main([run, str(tmp_path / "exported_224"), "--set", "TEST.SIZES=[[160, 224]]"]) == 0
+    assert json.load(open(tmp_path / "exported_224" / "meta.json"))["input"]["size"] == [160, 224]
+    cfg.TEST.SIZES = [[160, 224]]
+    at_224 = inference.build_detector(net, cfg, hybridize=False)
+    image = cv2.imread(dataset.records[0].image)
+    boxes, scores, _ = ExportedDetector(str(tmp_path / "exported_224"))(image)
+    ref_boxes, ref_scores, _ = at_224.detect([cv2.cvtColor(image, cv2.COLOR_BGR2RGB)])[0]
+    keep = ref_scores > meta["score_threshold"]
+    assert keep.sum() > 0
+    np.testing.assert_allclose(np.sort(scores), np.sort(ref_scores[keep]), rtol=1e-4, atol=1e-5)
+
 
 def test_model_at_other_size_shares_the_weights():
     cfg = m2det_config.load(TINY)
@@ -148,11 +161,24 @@ def test_model_at_other_size_shares_the_weights():
     x = mx.nd.random.normal(shape=(1, 3, 160, 160))
     for a, b in zip(net(x), same(x)):
         np.testing.assert_array_equal(a.asnumpy(), b.asnumpy())
-    bigger, big_cfg = inference.model_at_size(net, cfg, 192)
+    bigger, big_cfg = inference.model_at_size(net, cfg, 192, prior_sizes="input")
     assert bigger.feature_sizes == [(f, f) for f in (24, 12, 6, 3, 1)] and big_cfg.MODEL.PRIORS.STEPS == []
     np.testing.assert_array_equal(bigger.head.loc[0].weight.data().asnumpy(),
                                   net.head.loc[0].weight.data().asnumpy())
     assert bigger(mx.nd.zeros((1, 3, 192, 192)))[0].shape == (1, bigger.num_priors, 3)
+    # 'input': the first prior (level 0's min size) covers the same share of the image; 'trained': the
+    # same pixels, min size = SIZE_PATTERN[0] * 160 at any input
+    def level0_min_width(model):     # the first prior of level 0's centre cell (unclipped)
+        fh, fw = model.feature_sizes[0]
+        box = model.priors[((fh // 2) * fw + fw // 2) * model.anchors_per_cell]
+        return box[2] - box[0]
+    np.testing.assert_allclose(level0_min_width(bigger), level0_min_width(net), rtol=1e-5)
+    pyramid, _ = inference.model_at_size(net, cfg, 192)      # default: 'trained'
+    assert pyramid.feature_sizes == bigger.feature_sizes
+    np.testing.assert_allclose(level0_min_width(pyramid) * 192, cfg.MODEL.PRIORS.SIZE_PATTERN[0] * 160, rtol=1e-5)
+    np.testing.assert_allclose(level0_min_width(net) * 160, cfg.MODEL.PRIORS.SIZE_PATTERN[0] * 160, rtol=1e-5)
+    with pytest.raises(ConfigError, match="TEST.PRIOR_SIZES"):
+        inference.model_at_size(net, cfg, 192, prior_sizes="pixels")
 
 
 def test_mirror_boxes_hand_computed():
@@ -181,7 +207,7 @@ def test_test_time_augmentation_is_mirror_equivariant():
     assert type(inference.build_detector(net, single, hybridize=False)) is inference.Detector
     with pytest.raises(ConfigError, match=r"TEST.SIZES\[1\]"):
         inference.build_detector(net, m2det_config.load(TINY, ["TEST.SIZES=[160, [0, 5]]"]))
-    with pytest.raises(ConfigError, match=r"TEST.SIZES .*no valid pyramid"):
+    with pytest.raises(ConfigError, match=r"TEST.SIZES entry \[128, 192\].*no valid pyramid"):
         inference.build_detector(net, m2det_config.load(TINY, ["TEST.SIZES=[[128, 192]]"]))
 
 
