@@ -107,6 +107,32 @@ def batched_nms(boxes, scores, labels, iou_threshold, max_output=None):
     return kept[np.argsort(-dets[kept, 4], kind="stable")].astype(np.int64)
 
 
+def vote_merge(boxes, scores, labels, pass_ids, num_passes, iou_threshold, max_output=None):
+    """Merges the detections of several passes over one image (test-time augmentation) by voting.
+
+    Class-aware hard NMS picks the clusters; a kept box's score becomes the mean over the
+    ``num_passes`` passes of each pass's best score among the same-label detections at IoU >=
+    ``iou_threshold`` with it (0 for a pass without one), and its box the score-weighted mean of those
+    detections. So an object every pass finds keeps its score, while a false positive of one pass is
+    divided by the number of passes (plain NMS of the union keeps every pass's false positives at
+    full score). ``pass_ids`` (N,) ints in [0, num_passes). Returns (boxes, scores, labels) sorted by
+    decreasing fused score; ``max_output``: at most that many per label (before fusion).
+    """
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    scores = np.asarray(scores, np.float64).reshape(-1)
+    labels = np.asarray(labels).reshape(-1)
+    pass_ids = np.asarray(pass_ids).reshape(-1)
+    keep = batched_nms(boxes, scores, labels, iou_threshold, max_output)
+    member = (box_iou_np(boxes[keep], boxes) >= iou_threshold) & (labels[keep][:, None] == labels[None, :])
+    member[np.arange(len(keep)), keep] = True       # a zero-area box still votes for itself
+    weighted = np.where(member, scores[None, :], 0.0)
+    fused_scores = sum(weighted[:, pass_ids == p].max(axis=1, initial=0.0) for p in range(num_passes)) / num_passes
+    total = weighted.sum(axis=1, keepdims=True)
+    fused_boxes = np.where(total > 0, weighted @ boxes / np.where(total > 0, total, 1.0), boxes[keep])
+    order = np.argsort(-fused_scores, kind="stable")
+    return fused_boxes[order], fused_scores[order], labels[keep][order]
+
+
 def _check_soft_args(method, sigma, iou_threshold):
     if method not in ("linear", "gaussian"):
         raise ValueError("soft_nms method must be 'linear' or 'gaussian', got %r" % (method,))

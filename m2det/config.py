@@ -66,6 +66,7 @@ DEFAULTS = extend_schema(SHARED_DEFAULTS, {
         # mirrored frame. Training checkpoints only: an exported artifact has one input size.
         "SIZES": [],
         "FLIP": False,
+        "MERGE": "nms",                # passes merged by 'nms' (their union) | 'vote' (scores averaged)
         "PRIOR_SIZES": "trained",      # priors at another test size: 'trained' (the trained pixel sizes:
                                        # an image pyramid) | 'input' (the same share of the image)
     },

@@ -15,7 +15,7 @@ import tqdm
 from lib.config import ConfigError, size_hw
 from lib.dataset.io import read_image
 from lib.eval import coco_ap, voc_ap
-from lib.nms import batched_nms
+from lib.nms import batched_nms, vote_merge
 from lib.runtime import hybridize_for_inference
 from lib.train.checkpoint import CheckpointError, load_weights, params_path
 from lib.train.run import RunFolder, RunFolderError
@@ -136,7 +136,8 @@ def mirror_boxes(boxes, width):
 
 class MultiScaleDetector:
     """Test-time augmentation: runs the model at several input sizes (and on the mirrored image with
-    ``flip``) and merges the detections with class-aware hard NMS (lib.nms.batched_nms), keeping
+    ``flip``) and merges the passes (TEST.MERGE): 'nms', class-aware hard NMS of their union
+    (lib.nms.batched_nms), or 'vote' (lib.nms.vote_merge: scores averaged over the passes), keeping
     TEST.MAX_PER_CLASS per class and TEST.MAX_PER_IMAGE in all."""
 
     def __init__(self, net, cfg, sizes, ctx=None, nms=None, hybridize=True, flip=False, prior_sizes="trained"):
@@ -154,21 +155,29 @@ class MultiScaleDetector:
             for d in self.detectors:
                 per_pass.append([(mirror_boxes(boxes, im.shape[1]), scores, labels)
                                  for im, (boxes, scores, labels) in zip(images_rgb, d.detect(mirrored))])
+        test = self.cfg.TEST
         merged = []
         for i in range(len(images_rgb)):
             boxes = np.concatenate([p[i][0] for p in per_pass]).reshape(-1, 4)
             scores = np.concatenate([p[i][1] for p in per_pass])
             labels = np.concatenate([p[i][2] for p in per_pass]).astype(np.int64)
-            keep = batched_nms(boxes, scores, labels, float(self.cfg.TEST.NMS_IOU),
-                               max_output=int(self.cfg.TEST.MAX_PER_CLASS))
-            keep = keep[:int(self.cfg.TEST.MAX_PER_IMAGE)]
-            merged.append((boxes[keep], scores[keep], labels[keep]))
+            if test.MERGE == "vote":
+                pass_ids = np.concatenate([np.full(len(p[i][1]), k) for k, p in enumerate(per_pass)])
+                boxes, scores, labels = vote_merge(boxes, scores, labels, pass_ids, len(per_pass),
+                                                   float(test.NMS_IOU), int(test.MAX_PER_CLASS))
+                keep = np.arange(min(len(scores), int(test.MAX_PER_IMAGE)))
+            else:
+                keep = batched_nms(boxes, scores, labels, float(test.NMS_IOU), max_output=int(test.MAX_PER_CLASS))
+                keep = keep[:int(test.MAX_PER_IMAGE)]
+            merged.append((boxes[keep].astype(np.float32), scores[keep].astype(np.float32), labels[keep]))
         return merged
 
 
 def build_detector(net, cfg, ctx=None, nms=None, hybridize=True):
     """The detector a config asks for: TEST.SIZES / TEST.FLIP (test-time augmentation) give a
     MultiScaleDetector, otherwise the single-pass Detector at INPUT.SIZE."""
+    if cfg.TEST.MERGE not in ("nms", "vote"):
+        raise ConfigError(f"TEST.MERGE must be 'nms' or 'vote', got {cfg.TEST.MERGE!r}")
     sizes, flip = list(cfg.TEST.SIZES or []), bool(cfg.TEST.FLIP)
     hws = [size_hw(size, f"TEST.SIZES[{i}]") for i, size in enumerate(sizes)]   # ConfigError naming the entry
     if not flip and all(hw == net.input_hw for hw in hws):

@@ -185,11 +185,13 @@ def test_mirror_boxes_hand_computed():
     np.testing.assert_array_equal(inference.mirror_boxes([[10, 5, 30, 25]], 100), [[70, 5, 90, 25]])
 
 
-def test_test_time_augmentation_is_mirror_equivariant():
+@pytest.mark.parametrize("merge", ["nms", "vote"])
+def test_test_time_augmentation_is_mirror_equivariant(merge):
     """Flip TTA merges the passes on the frame and on its mirror image, so running it on the mirrored
     frame must give the mirror image of its detections on the frame (an oracle independent of how the
     passes are merged); TEST.SIZES of only INPUT.SIZE is the single-pass detector."""
-    cfg = m2det_config.load(TINY, ["TEST.SCORE_THRESH=0.0", "TEST.FLIP=true", "TEST.SIZES=[160, [160, 224]]"])
+    cfg = m2det_config.load(TINY, ["TEST.SCORE_THRESH=0.0", "TEST.FLIP=true", "TEST.SIZES=[160, [160, 224]]",
+                                   f"TEST.MERGE={merge}"])
     mx.random.seed(3)
     net = build_model(cfg, 2)
     tta = inference.build_detector(net, cfg, hybridize=False)
@@ -205,6 +207,8 @@ def test_test_time_augmentation_is_mirror_equivariant():
     np.testing.assert_allclose(m_boxes[m_order], inference.mirror_boxes(boxes[order], 176), atol=1e-3)
     single = m2det_config.load(TINY, ["TEST.SIZES=[160]"])
     assert type(inference.build_detector(net, single, hybridize=False)) is inference.Detector
+    with pytest.raises(ConfigError, match="TEST.MERGE"):
+        inference.build_detector(net, m2det_config.load(TINY, ["TEST.MERGE=mean"]))
     with pytest.raises(ConfigError, match=r"TEST.SIZES\[1\]"):
         inference.build_detector(net, m2det_config.load(TINY, ["TEST.SIZES=[160, [0, 5]]"]))
     with pytest.raises(ConfigError, match=r"TEST.SIZES entry \[128, 192\].*no valid pyramid"):

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lib.bbox import box_iou_np
-from lib.nms import (batched_nms, multiclass_nms, nms, nms_np, seq_nms, seq_nms_np, seq_nms_videos,
+from lib.nms import (batched_nms, multiclass_nms, nms, nms_np, seq_nms, seq_nms_np, seq_nms_videos, vote_merge,
                      soft_nms, soft_nms_np)
 
 
@@ -445,3 +445,25 @@ def test_multiclass_nms_pre_nms_top_k():
     np.testing.assert_array_equal(b, boxes[:1])
     b, s, _ = multiclass_nms(boxes, scores, 0.1, 0.5, pre_nms_top_k=5)   # more than the candidates: all
     np.testing.assert_allclose(s, [0.9, 0.7])
+
+
+def test_vote_merge_hand_computed():
+    """Two passes: an object both find (scores 0.9 and 0.6, IoU 0.82) and a false positive only pass 1
+    finds (0.8); another class at the same place stays apart. Union NMS would rank the false positive
+    above the object's second detection; the vote gives the object (0.9 + 0.6) / 2 = 0.75 with the
+    score-weighted box, and the lone detection 0.8 / 2 = 0.4."""
+    boxes = np.array([[0, 0, 10, 10], [1, 0, 11, 10],          # the object, pass 0 and pass 1
+                      [50, 50, 60, 60],                         # pass 1 only
+                      [0, 0, 10, 10]], np.float32)              # class 1, pass 0
+    scores = np.array([0.9, 0.6, 0.8, 0.5], np.float32)
+    labels = np.array([0, 0, 0, 1])
+    passes = np.array([0, 1, 1, 0])
+    out_boxes, out_scores, out_labels = vote_merge(boxes, scores, labels, passes, 2, 0.5)
+    np.testing.assert_allclose(out_scores, [0.75, 0.4, 0.25], rtol=1e-6)
+    np.testing.assert_array_equal(out_labels, [0, 0, 1])
+    np.testing.assert_allclose(out_boxes[0], [0.6 / 1.5, 0, 10 + 0.6 / 1.5, 10], rtol=1e-6)
+    np.testing.assert_allclose(out_boxes[1:], boxes[[2, 3]])
+    # one pass: the vote is plain NMS
+    b, s, lab = vote_merge(boxes[[0, 2]], scores[[0, 2]], labels[[0, 2]], [0, 0], 1, 0.5)
+    np.testing.assert_allclose(s, [0.9, 0.8], rtol=1e-6)
+    assert vote_merge(np.zeros((0, 4)), np.zeros(0), np.zeros(0, int), np.zeros(0, int), 2, 0.5)[0].shape == (0, 4)
