@@ -159,7 +159,7 @@ def evaluate_parser():
                    help="also report the mAP weighted by the number of instances per class")
     p.add_argument("--test-sizes", type=_input_size, nargs="+", metavar="S|HxW",
                    help="multi-scale test: input sizes whose detections are merged by NMS "
-                        "(training checkpoints only; TEST.SIZES), e.g. --test-sizes 320 512 or 384x672 432x756")
+                        "(training checkpoints only; TEST.SIZES), e.g. --test-sizes 320 512 or 384x672 432x768")
     p.add_argument("--flip", action="store_true",
                    help="also detect on the mirrored images and merge (training checkpoints only; TEST.FLIP)")
     p.add_argument("--save-path", help="write annotated images here")

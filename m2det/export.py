@@ -4,6 +4,7 @@ import logging
 
 import mxnet as mx
 
+from lib.config import size_hw
 from lib.export import add_onnx, export_block, write_meta
 
 from .detector import M2DetInference
@@ -16,7 +17,8 @@ def export_inference_model(net, cfg, classes, out_dir, onnx=False, ctx=None):
     It runs at INPUT.SIZE, or at TEST.SIZES[0] when that is given (priors per TEST.PRIOR_SIZES)."""
     ctx = ctx or mx.cpu()
     sizes = list(cfg.TEST.SIZES or [])
-    if sizes:       # the artifact runs at the first test size (e.g. a frame upscaled past the training size)
+    if sizes and size_hw(sizes[0], "TEST.SIZES[0]") != net.input_hw:
+        # the artifact runs at the first test size (e.g. a frame upscaled past the training size)
         net, cfg = model_at_size(net, cfg, sizes[0], ctx, cfg.TEST.PRIOR_SIZES)
     if len(sizes) > 1 or cfg.TEST.FLIP:
         logging.getLogger("m2det").warning(
