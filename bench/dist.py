@@ -44,6 +44,7 @@ import sys
 import tempfile
 import time
 
+import lib  # noqa: F401  (before mxnet: it sets the OpenMP threads, see lib.runtime)
 import mxnet as mx
 import numpy as np
 from mxnet import autograd, gluon

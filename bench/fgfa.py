@@ -27,6 +27,7 @@ import os
 import sys
 import time
 
+import lib  # noqa: F401  (before mxnet: it sets the OpenMP threads, see lib.runtime)
 import mxnet as mx
 import numpy as np
 

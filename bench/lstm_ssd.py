@@ -26,6 +26,7 @@ import json
 import os
 import time
 
+import lib  # noqa: F401  (before mxnet: it sets the OpenMP threads, see lib.runtime)
 import mxnet as mx
 import numpy as np
 

@@ -17,6 +17,7 @@ import os
 import statistics
 import time
 
+import lib  # noqa: F401  (before mxnet: it sets the OpenMP threads, see lib.runtime)
 import mxnet as mx
 import numpy as np
 

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 
+import lib  # noqa: F401  (before mxnet: it sets the OpenMP threads, see lib.runtime)
 import mxnet as mx
 
 from fgfa.config import get_config

@@ -30,6 +30,7 @@ import sys
 from types import SimpleNamespace
 
 import cv2
+import lib  # noqa: F401  (before mxnet: it sets the OpenMP threads, see lib.runtime)
 import mxnet as mx
 import numpy as np
 import tqdm

@@ -1,8 +1,9 @@
 """Process-wide runtime settings: OpenMP threads, contexts, CPU inference hybridization.
 
 MXNet's OpenMP defaults to ONE thread on small machines; two threads on two cores are ~1.8x faster
-(docs/DESIGN.md). ``configure_threads`` runs when ``lib`` is imported, before MXNet creates its
-engine, and never overrides a thread count the user chose.
+(docs/DESIGN.md). ``configure_threads`` runs when ``lib`` is imported, which must come before
+``import mxnet``: libmxnet fixes its OpenMP settings when it loads. Every package of the project imports
+``lib`` first; a late ``lib`` warns. It never overrides a thread count the user chose.
 
 It also keeps MXNet's copies between numpy and NDArrays on one thread (MXNET_CPU_PARALLEL_SIZE):
 a large ``asnumpy()`` or ``nd.array()`` in the Python thread otherwise starts a second OpenMP team
@@ -28,6 +29,11 @@ _THREAD_VARS = ("OMP_NUM_THREADS", "MXNET_OMP_MAX_THREADS")
 SERIAL_COPY_SIZE = str(2 ** 31 - 1)
 
 
+LATE_IMPORT_WARNING = ("mxnet was imported before lib: MXNet then runs its operators on half the cores "
+                       "(1.5x slower on 2 cores); import lib (or fgfa, lstm_ssd, m2det) before mxnet, "
+                       "or set OMP_NUM_THREADS before starting Python")
+
+
 def cpu_count():
     """Cores this process may run on (respects CPU affinity / containers)."""
     try:
@@ -50,10 +56,12 @@ def configure_threads():
     os.environ["OMP_NUM_THREADS"] = str(n)
     import sys
     if "mxnet" in sys.modules:
-        # MXNet was imported first: the variable alone may come too late for its engine.
-        import ctypes
-        mx = sys.modules["mxnet"]
-        mx.base._LIB.MXSetNumOMPThreads(ctypes.c_int(n))
+        # MXNet was imported first: its OpenMP settings were fixed when libmxnet loaded (without
+        # OMP_NUM_THREADS it takes half the cores on x86, one on two cores), and no call changes them
+        # afterwards (MXSetNumOMPThreads only sets the calling thread's). Measured: an int8 M2Det frame
+        # 1.5x slower. Our packages import lib first; a user's script must too.
+        import warnings
+        warnings.warn(LATE_IMPORT_WARNING, RuntimeWarning, stacklevel=3)
     return n, "default"
 
 

@@ -25,6 +25,7 @@ import json
 import os
 import sys
 
+import lib  # noqa: F401  (before mxnet: it sets the OpenMP threads, see lib.runtime)
 import mxnet as mx
 from mxnet import gluon
 

@@ -292,3 +292,75 @@ def test_the_tunable_backs_mxnet_buffers_with_huge_pages():
     with_tunable, without = huge_kib(HUGE_PAGES_TUNABLE), huge_kib("")
     assert with_tunable >= (64 << 10 if mode in ("madvise", "always") else 0)
     assert without < (16 << 10 if mode in ("madvise", "never") else 1 << 30)
+
+
+OMP_TEAM_CODE = """
+import os, sys
+if sys.argv[1] == "mxnet-first":
+    import mxnet
+import lib, mxnet as mx
+x = mx.nd.ones((1, 16, 64, 64))               # a convolution: oneDNN runs it on the engine's OpenMP team
+mx.nd.Convolution(x, mx.nd.ones((16, 16, 3, 3)), kernel=(3, 3), num_filter=16, no_bias=True).asnumpy()
+print(len(os.listdir("/proc/self/task")))
+"""
+
+
+def threads_after_an_operator(order):
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MXNET_OMP_MAX_THREADS")}
+    out = subprocess.run([sys.executable, "-c", OMP_TEAM_CODE, order], env=env, capture_output=True, text=True,
+                         check=True)
+    return int(out.stdout.split()[-1]), out.stderr
+
+
+def test_lib_imported_after_mxnet_warns_because_mxnet_keeps_fewer_threads():
+    # the oracle: the threads MXNet starts for an operator (its OpenMP team is fixed when libmxnet loads)
+    from lib.runtime import LATE_IMPORT_WARNING, cpu_count
+    if cpu_count() < 2 or not os.path.isdir("/proc/self/task"):
+        pytest.skip("needs 2+ cores and /proc to see the OpenMP team")
+    first, first_err = threads_after_an_operator("lib-first")
+    late, late_err = threads_after_an_operator("mxnet-first")
+    assert late < first
+    assert LATE_IMPORT_WARNING[:40] in late_err and LATE_IMPORT_WARNING[:40] not in first_err
+
+
+def _entry_files():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    # lib's own tools run as python -m lib.tools.X: lib's __init__ comes first
+    for folder in ("bench", "experiments", "fgfa", "lstm_ssd", "m2det", "operator_cxx"):
+        for dirpath, _, names in os.walk(os.path.join(root, folder)):
+            for name in names:
+                path = os.path.join(dirpath, name)
+                if name.endswith(".py") and "__main__" in open(path, encoding="utf-8").read():
+                    yield os.path.relpath(path, root)
+
+
+def test_every_entry_point_imports_lib_before_mxnet():
+    # run as a file (python fgfa/demo.py) a script gets no package __init__: its own imports must
+    # bring in lib (or a package of ours, whose __init__ imports lib) before mxnet or gluoncv
+    import ast
+    ours = {"lib", "fgfa", "lstm_ssd", "m2det", "experiments"}
+    late = []
+    for path in _entry_files():
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        tree = ast.parse(open(os.path.join(root, path), encoding="utf-8").read())
+        for node in tree.body:
+            if isinstance(node, ast.Import):
+                names = [a.name.split(".")[0] for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module.split(".")[0]]
+            else:
+                continue
+            if ours & set(names):
+                break
+            if {"mxnet", "gluoncv"} & set(names):
+                late.append(f"{path}:{node.lineno}")
+                break
+    assert len(list(_entry_files())) > 20 and late == []
+
+
+def test_recipe_script_runs_with_the_core_count():
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MXNET_OMP_MAX_THREADS")}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, os.path.join(root, "experiments", "custom", "evaluate.py"), "--help"],
+                         env=env, capture_output=True, text=True, check=True, cwd=root)
+    assert "imported before lib" not in out.stderr
