@@ -157,7 +157,6 @@ class ExportedDetector:
         """BGR frame -> (1,3,H,W) float32 input and the (sx, sy) scale from input to frame pixels."""
         spec = self.meta["input"]
         h, w = frame_bgr.shape[:2]
-        rgb = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB)
         if spec["resize"] in FIXED_RESIZE:
             th, tw = spec["size"]
         else:
@@ -165,9 +164,13 @@ class ExportedDetector:
             if max(h, w) * scale > spec["max_size"]:
                 scale = spec["max_size"] / max(h, w)
             th, tw = int(round(h * scale)), int(round(w * scale))
-        resized = cv2.resize(rgb, (tw, th), interpolation=cv2.INTER_LINEAR).astype(np.float32)
-        data = ((resized - self.mean) / self.std).transpose(2, 0, 1)[None]
-        return np.ascontiguousarray(data), (w / tw, h / th)
+        # resize first: the channel swap and the normalisation then touch the input's pixels, not the
+        # frame's (3x fewer for 1280x720 -> 768x432; a linear resize commutes with both)
+        resized = cv2.resize(frame_bgr, (tw, th), interpolation=cv2.INTER_LINEAR)
+        data = cv2.cvtColor(resized, cv2.COLOR_BGR2RGB).astype(np.float32)
+        data -= self.mean
+        data *= 1.0 / self.std
+        return np.ascontiguousarray(data.transpose(2, 0, 1)[None]), (w / tw, h / th)
 
     def __call__(self, frame_bgr):
         """-> boxes (K,4) in frame pixels, scores (K,), labels (K,) with padding removed."""
