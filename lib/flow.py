@@ -168,6 +168,84 @@ class DISFlow:
         return flow_to_grid(self._to_frame(flow, height, width), stride, shape)
 
 
+def move_boxes(boxes, flow, points=7, max_scale_step=1.25):
+    """Boxes of the first frame -> where the flow ``(H, W, 2)`` (this module's convention, pixels of the
+    boxes' frame) carries them in the second: per box, the flow at ``points`` x ``points`` positions spread
+    over its inner 80 % gives their positions p' = p + flow(p), and the box follows the least-squares
+    fit p' = c' + s (p - c) (c, c': the points' centres; one scale s, so a sign the camera drives at
+    grows as it comes nearer). ``s`` is kept within [1 / max_scale_step, max_scale_step]: one frame's
+    motion, not a bad flow patch, decides the size. Returns (K, 4) float32 boxes, not clipped."""
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    if not len(boxes):
+        return boxes.copy()
+    height, width = flow.shape[:2]
+    steps = (np.arange(points, dtype=np.float32) + 0.5) / points * 0.8 + 0.1      # inside 10 %..90 %
+    out = np.empty_like(boxes)
+    for i, (x1, y1, x2, y2) in enumerate(boxes):
+        px, py = np.meshgrid(x1 + steps * (x2 - x1), y1 + steps * (y2 - y1))
+        cols = np.clip(np.rint(px.ravel()).astype(np.int64), 0, width - 1)     # the flow's own pixels
+        rows = np.clip(np.rint(py.ravel()).astype(np.int64), 0, height - 1)
+        px, py = cols.astype(np.float64), rows.astype(np.float64)
+        qx, qy = px + flow[rows, cols, 0], py + flow[rows, cols, 1]
+        cx, cy, qcx, qcy = px.mean(), py.mean(), qx.mean(), qy.mean()
+        spread = np.sum((px - cx) ** 2 + (py - cy) ** 2)
+        s = np.sum((px - cx) * (qx - qcx) + (py - cy) * (qy - qcy)) / spread if spread > 0 else 1.0
+        s = float(np.clip(s, 1.0 / max_scale_step, max_scale_step))
+        out[i] = (qcx + s * (x1 - cx), qcy + s * (y1 - cy), qcx + s * (x2 - cx), qcy + s * (y2 - cy))
+    return out
+
+
+class BoxTracker:
+    """Detections carried over frames a detector skips, along DIS flow (tracking by flow, as the
+    interleaved video detectors' cheap steps): ``remember(frame, detections)`` after a frame the detector
+    saw, ``track(frame)`` for the next one it skips -> the last frame's detections moved by the flow
+    between the two frames (``move_boxes``; frame to frame, so each flow spans one frame's motion), their
+    scores times ``decay`` per tracked frame (fresh detections rank above old ones), clipped to the frame
+    and dropped when less than ``min_visible`` of the moved box stays inside it (a sign leaving the view).
+    DIS runs at ``scale`` of the frames' resolution."""
+
+    def __init__(self, preset="ultrafast", scale=0.5, decay=1.0, min_visible=0.3):
+        if not 0.0 < float(decay) <= 1.0:
+            raise ValueError(f"track decay must be in (0, 1], got {decay}")
+        if not 0.0 <= float(min_visible) <= 1.0:
+            raise ValueError(f"track min_visible must be in [0, 1], got {min_visible}")
+        self.dis = DISFlow(preset, scale)
+        self.decay, self.min_visible = float(decay), float(min_visible)
+        self.forget()
+
+    def forget(self):
+        self.last_frame, self.last = None, None
+
+    @property
+    def ready(self):
+        return self.last is not None
+
+    def remember(self, frame, detections):
+        boxes, scores, labels = detections
+        self.last_frame = self.dis.prepare(frame)
+        self.last = (np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(scores, np.float32).reshape(-1),
+                     np.asarray(labels, np.int64).reshape(-1))
+
+    def track(self, frame):
+        """(boxes, scores, labels) of ``frame`` from the last frame's; then remembers them as its own."""
+        if not self.ready:
+            raise ValueError("BoxTracker.track before any remember(frame, detections)")
+        current = self.dis.prepare(frame)
+        boxes, scores, labels = self.last
+        height, width = np.shape(frame)[:2]
+        if len(boxes):
+            sx, sy = current.shape[1] / width, current.shape[0] / height       # frame -> DIS pixels
+            to_small = np.array([sx, sy, sx, sy], np.float32)
+            moved = move_boxes(boxes * to_small, self.dis._calc(self.last_frame, current)) / to_small
+            clipped = np.clip(moved, 0, [width, height, width, height])
+            area = lambda b: np.maximum(b[:, 2] - b[:, 0], 0) * np.maximum(b[:, 3] - b[:, 1], 0)  # noqa: E731
+            keep = area(clipped) >= self.min_visible * np.maximum(area(moved), 1e-6)
+            keep &= (clipped[:, 2] - clipped[:, 0] >= 1) & (clipped[:, 3] - clipped[:, 1] >= 1)
+            boxes, scores, labels = clipped[keep], scores[keep] * self.decay, labels[keep]
+        self.last_frame, self.last = current, (boxes, scores.astype(np.float32), labels)
+        return self.last
+
+
 def dis_flow(first, second, preset="medium", scale=1.0):
     """(H, W, 2) float32 DIS flow from ``first`` to ``second`` (RGB or grey uint8), FGFA's convention."""
     return DISFlow(preset, scale)(first, second)

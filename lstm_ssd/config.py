@@ -85,6 +85,10 @@ DEFAULTS = extend_schema(SHARED_DEFAULTS, {
         # PROPAGATE (fast_slow, LSTM.RESIDUAL): a small step's frame term is the last large frame's
         # projection moved the same way (Deep Feature Flow) instead of the small extractor's projection
         "MOTION": {"FLOW": "", "PRESET": "ultrafast", "SCALE": 0.5, "PROPAGATE": False},
+        # fast_slow: the small steps run no network; the last frame's detections move along DIS flow
+        # between the frames (lib.flow.BoxTracker: PRESET at SCALE of the frame's resolution, scores
+        # times DECAY per tracked frame, a box dropped when under MIN_VISIBLE of it stays in the frame)
+        "TRACK": {"ENABLED": False, "PRESET": "ultrafast", "SCALE": 0.5, "DECAY": 1.0, "MIN_VISIBLE": 0.3},
     },
 })
 

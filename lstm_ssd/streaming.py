@@ -15,7 +15,7 @@ import mxnet as mx
 import numpy as np
 
 from lib.config import ConfigError
-from lib.flow import DISFlow
+from lib.flow import BoxTracker, DISFlow
 from lib.runtime import hybridize_for_inference
 from lib.streaming import StreamRunner, as_detections
 
@@ -111,6 +111,17 @@ class StreamingDetector(StreamRunner):
         elif motion.PROPAGATE:
             raise ConfigError(f"{cfg.get('CONFIG_FILE') or 'config'}: TEST.MOTION.PROPAGATE moves the last large "
                               f"frame's features along the flow: it needs TEST.MOTION.FLOW dis")
+        self.tracker = None
+        if cfg.TEST.TRACK.ENABLED:
+            name = cfg.get("CONFIG_FILE") or "config"
+            if net.type != "fast_slow":
+                raise ConfigError(f"{name}: TEST.TRACK replaces the small steps of fast_slow; MODEL.TYPE "
+                                  f"{net.type} has none")
+            track = cfg.TEST.TRACK
+            try:
+                self.tracker = BoxTracker(track.PRESET, track.SCALE, track.DECAY, track.MIN_VISIBLE)
+            except ValueError as err:
+                raise ConfigError(f"{name}: TEST.TRACK: {err}") from None
         if hybridize:
             blocks = list(net.parts().values())
             if self.motion is not None and net.combine_block() is not None:
@@ -132,6 +143,8 @@ class StreamingDetector(StreamRunner):
         self.prev_state = self.state
         if self.motion is not None:
             self.motion.forget()
+        if getattr(self, "tracker", None) is not None:
+            self.tracker.forget()
 
     def get_state(self):
         """Numpy snapshot of everything that determines the next outputs."""
@@ -144,6 +157,9 @@ class StreamingDetector(StreamRunner):
                 out["memory_frame"] = self.motion.memory_frame
             if self.motion.key_term is not None:
                 out["key_term"] = self.motion.key_term.asnumpy()
+        if self.tracker is not None and self.tracker.ready:   # the detections a small step moves on
+            out["track_frame"] = self.tracker.last_frame
+            out.update(zip(("track_boxes", "track_scores", "track_labels"), self.tracker.last))
         return out
 
     def set_state(self, snapshot):
@@ -162,6 +178,12 @@ class StreamingDetector(StreamRunner):
                 self.motion.memory_frame = np.ascontiguousarray(snapshot["memory_frame"], np.uint8)
             if "key_term" in snapshot:
                 self.motion.key_term = mx.nd.array(snapshot["key_term"], ctx=self.ctx)
+        if self.tracker is not None:
+            self.tracker.forget()
+            if "track_frame" in snapshot:
+                self.tracker.last_frame = np.ascontiguousarray(snapshot["track_frame"], np.uint8)
+                self.tracker.last = tuple(np.asarray(snapshot[k]) for k in ("track_boxes", "track_scores",
+                                                                          "track_labels"))
 
     def save_state(self, path):
         np.savez(path, **self.get_state())
@@ -202,10 +224,22 @@ class StreamingDetector(StreamRunner):
         """HxWx3 uint8 RGB frame -> [(frame index, (boxes (K,4) frame pixels, scores (K,), labels (K,)))]."""
         h, w = frame.shape[:2]
         t = self.frame_index
+        extractor = None
+        if self.tracker is not None and self.tracker.ready and not self.reset_each_frame:
+            extractor = self.choose()
+        if extractor == "small":
+            # TEST.TRACK: a small step moves the last frame's detections; no network, the state waits
+            self.history.append(ACTIONS.index("small"))
+            self.frame_index += 1
+            self.last_extractor = "small"
+            return [(t, self.tracker.track(frame))]
         resized = resize_frame(frame, self.net.image_hw)
         prepared = self.motion.dis.prepare(resized) if self.motion is not None else None
-        cls, box = self.step_raw(to_batch(resized, self.ctx), prepared=prepared)
-        return [(t, as_detections(*self.net.postprocess(cls, box, [w], [h], self.cfg.TEST)[0]))]
+        cls, box = self.step_raw(to_batch(resized, self.ctx), extractor=extractor, prepared=prepared)
+        detections = as_detections(*self.net.postprocess(cls, box, [w], [h], self.cfg.TEST)[0])
+        if self.tracker is not None:
+            self.tracker.remember(frame, detections)
+        return [(t, detections)]
 
 
 class AsyncStreamingDetector(StreamingDetector):
@@ -219,9 +253,9 @@ class AsyncStreamingDetector(StreamingDetector):
     def __init__(self, net, cfg, ctx=mx.cpu(), hybridize=True):
         if net.type != "fast_slow":
             raise ValueError("asynchronous mode needs a fast_slow model (two extractors)")
-        if cfg.TEST.MOTION.FLOW or cfg.TEST.MOTION.PROPAGATE:
-            raise ConfigError(f"{cfg.get('CONFIG_FILE') or 'config'}: TEST.MOTION is for the synchronous "
-                              f"policies (the async worker writes the state from another thread)")
+        if cfg.TEST.MOTION.FLOW or cfg.TEST.MOTION.PROPAGATE or cfg.TEST.TRACK.ENABLED:
+            raise ConfigError(f"{cfg.get('CONFIG_FILE') or 'config'}: TEST.MOTION and TEST.TRACK are for the "
+                              f"synchronous policies (the async worker writes the state from another thread)")
         if cfg.TEST.MEMORY == "reset":
             raise ConfigError(f"{cfg.get('CONFIG_FILE') or 'config'}: TEST.MEMORY reset is for the synchronous "
                               f"policies (the async worker writes the state on its own)")
