@@ -143,7 +143,7 @@ class StreamingDetector(StreamRunner):
         self.prev_state = self.state
         if self.motion is not None:
             self.motion.forget()
-        if getattr(self, "tracker", None) is not None:
+        if self.tracker is not None:
             self.tracker.forget()
 
     def get_state(self):
