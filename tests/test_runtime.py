@@ -305,10 +305,13 @@ print(len(os.listdir("/proc/self/task")))
 """
 
 
+def _env_without_thread_counts():
+    return {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MXNET_OMP_MAX_THREADS")}
+
+
 def threads_after_an_operator(order):
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MXNET_OMP_MAX_THREADS")}
-    out = subprocess.run([sys.executable, "-c", OMP_TEAM_CODE, order], env=env, capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run([sys.executable, "-c", OMP_TEAM_CODE, order], env=_env_without_thread_counts(),
+                         capture_output=True, text=True, check=True)
     return int(out.stdout.split()[-1]), out.stderr
 
 
@@ -324,14 +327,16 @@ def test_lib_imported_after_mxnet_warns_because_mxnet_keeps_fewer_threads():
 
 
 def _entry_files():
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    """(path relative to the project root, source) of every script with a __main__ block."""
+    from lib.config import PROJECT_ROOT
     # lib's own tools run as python -m lib.tools.X: lib's __init__ comes first
     for folder in ("bench", "experiments", "fgfa", "lstm_ssd", "m2det", "operator_cxx"):
-        for dirpath, _, names in os.walk(os.path.join(root, folder)):
-            for name in names:
-                path = os.path.join(dirpath, name)
-                if name.endswith(".py") and "__main__" in open(path, encoding="utf-8").read():
-                    yield os.path.relpath(path, root)
+        for dirpath, _, names in os.walk(os.path.join(PROJECT_ROOT, folder)):
+            for name in (n for n in names if n.endswith(".py")):
+                with open(os.path.join(dirpath, name), encoding="utf-8") as f:
+                    source = f.read()
+                if "__main__" in source:
+                    yield os.path.relpath(os.path.join(dirpath, name), PROJECT_ROOT), source
 
 
 def test_every_entry_point_imports_lib_before_mxnet():
@@ -339,11 +344,9 @@ def test_every_entry_point_imports_lib_before_mxnet():
     # bring in lib (or a package of ours, whose __init__ imports lib) before mxnet or gluoncv
     import ast
     ours = {"lib", "fgfa", "lstm_ssd", "m2det", "experiments"}
-    late = []
-    for path in _entry_files():
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        tree = ast.parse(open(os.path.join(root, path), encoding="utf-8").read())
-        for node in tree.body:
+    late, entries = [], list(_entry_files())
+    for path, source in entries:
+        for node in ast.parse(source).body:
             if isinstance(node, ast.Import):
                 names = [a.name.split(".")[0] for a in node.names]
             elif isinstance(node, ast.ImportFrom) and node.level == 0:
@@ -355,12 +358,12 @@ def test_every_entry_point_imports_lib_before_mxnet():
             if {"mxnet", "gluoncv"} & set(names):
                 late.append(f"{path}:{node.lineno}")
                 break
-    assert len(list(_entry_files())) > 20 and late == []
+    assert len(entries) > 20 and late == []
 
 
 def test_recipe_script_runs_with_the_core_count():
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MXNET_OMP_MAX_THREADS")}
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run([sys.executable, os.path.join(root, "experiments", "custom", "evaluate.py"), "--help"],
-                         env=env, capture_output=True, text=True, check=True, cwd=root)
+    from lib.config import PROJECT_ROOT
+    script = os.path.join(PROJECT_ROOT, "experiments", "custom", "evaluate.py")
+    out = subprocess.run([sys.executable, script, "--help"], env=_env_without_thread_counts(), capture_output=True,
+                         text=True, check=True, cwd=PROJECT_ROOT)
     assert "imported before lib" not in out.stderr
