@@ -15,6 +15,7 @@ import tqdm
 
 from lib.config import ConfigError, project_path
 from lib.dataset import whole_videos_spec
+from lib.dataset.streams import context_groups, video_groups
 from lib.dataset.io import DatasetError, read_image
 from lib.eval.subsets import subset_scores
 from lib.fileio import atomic_open
@@ -64,38 +65,6 @@ def load_model(cfg, classes=None, checkpoint=None, ctx=None):
     return model, classes
 
 
-def group_videos(dataset, max_frames=0):
-    """[(name, [record indices in frame order])]: snippets, then each still image on its own."""
-    index_of = {id(r): i for i, r in enumerate(dataset.records)}
-    groups = []
-    for name, recs in dataset.snippets().items():
-        idx = [index_of[id(r)] for r in recs]
-        groups.append((name, idx[:max_frames] if max_frames > 0 else idx))
-    for i, rec in enumerate(dataset.records):
-        if rec.video is None:
-            groups.append((rec.image_id, [i]))
-    return groups
-
-
-def context_groups(dataset, context, max_frames=0):
-    """Videos of ``context`` (the same images without the split) that hold frames of ``dataset``.
-
-    -> (groups over context records, {context index: dataset index}); frames of ``dataset`` that no
-    context video holds (not among the mapping's values) keep their own videos. A random split leaves gaps between the test frames of
-    a video; streaming the whole video gives the window its true neighbours, and only the split's
-    frames are reported.
-    """
-    wanted = {os.path.abspath(r.image): i for i, r in enumerate(dataset.records)}
-    groups, report = [], {}
-    for name, idx in group_videos(context, max_frames):
-        paths = {j: os.path.abspath(context.records[j].image) for j in idx}
-        hits = {j: wanted[p] for j, p in paths.items() if p in wanted}
-        if hits:
-            groups.append((name, idx))
-            report.update(hits)
-    return groups, report
-
-
 def detect_dataset(model, dataset, cfg, ctx=None, progress=True, logger=None, context=None):
     """Run window inference over every video. Returns (records, detections, seconds per frame).
 
@@ -103,7 +72,7 @@ def detect_dataset(model, dataset, cfg, ctx=None, progress=True, logger=None, co
     and the results of ``dataset``'s frames are returned."""
     ctx = ctx or get_context(cfg.CONTEXT)
     detector = WindowRunner(model, ctx, preprocess=make_preprocess(cfg))
-    streams = [(dataset, group_videos(dataset, cfg.DATASET.TEST_MAX_FRAMES), None)]
+    streams = [(dataset, video_groups(dataset, cfg.DATASET.TEST_MAX_FRAMES), None)]
     if context is not None:
         groups, report = context_groups(dataset, context, cfg.DATASET.TEST_MAX_FRAMES)
         covered = set(report.values())

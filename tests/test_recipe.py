@@ -482,6 +482,22 @@ OUTPUT_DIR: {tmp_path / 'run'}
     later = json.loads((tmp_path / "ev_sub" / "metrics.json").read_text())["subsets"]["later"]
     assert later["frames"] == 2 and later["mAP"] == pytest.approx(voc_ap(records[2:], stream[2:], ["disc"])["mAP"])
     assert "subset later: mAP@0.5" in (tmp_path / "ev_sub" / "results.md").read_text()
+    # EVAL.CONTEXT: a frame list that keeps frames 2 and 3 of the video; by default the memory is streamed
+    # over the whole video (the frames before are context, not scored), with 'split' over the list only
+    listed = tmp_path / "late_frames.txt"
+    listed.write_text("".join(f"{r.video} {r.frame + 1} {r.frame} 4\n" for r in records[2:]))
+    for context, expected in (("video", stream[2:]), ("split", model.detect_stream(frames[2:]))):
+        late_cfg = recipe.run_recipe(str(tmp_path / "run"), [f"DATASET.VAL.IMAGE_SET={listed}",
+                                                             f"EVAL.CONTEXT={context}"])
+        late = recipe.load_data(late_cfg, "VAL")
+        assert [r.frame for r in late.records] == [2, 3]
+        detections, _, streamed = evaluate["detect_all"](str(tmp_path / "run"), late_cfg, late, False)
+        assert streamed == (4 if context == "video" else 2)
+        for got, want in zip(detections, expected):
+            np.testing.assert_array_equal(got[1], want[1])
+    assert not np.array_equal(stream[2][1], model.detect_stream(frames[2:])[0][1])    # the context mattered
+    assert evaluate["main"](["--model", str(tmp_path / "run"), "--set", "EVAL.CONTEXT=videos"]) == 2
+    assert "EVAL.CONTEXT must be 'video' or 'split'" in capsys.readouterr().err
     assert export_tool.main(["--model", str(tmp_path / "run"), "--format", "mxnet", "--out", str(tmp_path / "a")]) == 3
     assert "lstm_ssd.export" in capsys.readouterr().err
     if not mx.runtime.Features().is_enabled("MKLDNN"):

@@ -4,7 +4,8 @@
                                           [--out DIR] [--save-images N] [--image-thresh T] [--int8 N]
 
 --model is a training run folder (or a checkpoint in it: the model runs in this process, video
-families stream each snippet) or an exported artifact folder (meta.json: run through lib.tools.infer's
+families stream each snippet; with EVAL.CONTEXT 'video', the default, the whole snippet even where the
+frame list keeps only some of its frames, and only the listed frames are scored) or an exported artifact folder (meta.json: run through lib.tools.infer's
 runner, as on the device). ``--set OVERRIDES.<family key>=value`` changes the run's family config for
 this evaluation only, e.g. ``OVERRIDES.TEST.K=0`` (FGFA without aggregation) or
 ``OVERRIDES.INPUT.SHORT_SIDE=1080`` (R-FCN / FGFA tested on upscaled frames). --cfg gives the recipe config (default: the run's recipe.yaml; needed for an
@@ -29,6 +30,7 @@ and with --save-images N annotated frames (OUT/images/):
 - milliseconds per frame of the detector (tiling included; after one untimed warm-up frame).
 """
 import argparse
+import copy
 import json
 import os
 import sys
@@ -40,7 +42,8 @@ import numpy as np
 from experiments.custom import recipe
 from lib.cli import user_errors_exit_2
 from lib.config import ConfigError
-from lib.dataset import read_image
+from lib.dataset import read_image, whole_videos_spec
+from lib.dataset.streams import stream_plan
 from lib.eval import small_objects_only, voc_ap, write_detections
 from lib.eval.false_positives import false_positive_table
 from lib.eval.misses import format_misses, miss_analysis
@@ -53,12 +56,22 @@ from lib.train import CheckpointError
 from lib.viz import draw_detections, draw_ground_truth, save_image
 
 
-def _groups(dataset):
-    """Snippets in frame order, then every still image alone (record indices)."""
-    index_of = {id(r): i for i, r in enumerate(dataset.records)}
-    groups = [[index_of[id(r)] for r in recs] for recs in dataset.snippets().values()]
-    groups += [[i] for i, r in enumerate(dataset.records) if r.video is None]
-    return groups
+def context_dataset(cfg, dataset):
+    """EVAL.CONTEXT 'video' (default): DATASET.VAL without its frame lists, the whole videos a video family
+    streams so that its window / memory sees every frame as on the device, while only the listed frames are
+    scored; None when the lists pick no subset of their videos or with 'split' (stream the listed frames
+    only)."""
+    context = str(cfg.EVAL.CONTEXT).lower()
+    if context not in ("video", "split"):
+        raise ConfigError(f"{cfg.CONFIG_FILE or '<config>'}: EVAL.CONTEXT must be 'video' or 'split', "
+                          f"got {cfg.EVAL.CONTEXT!r}")
+    specs = cfg.DATASET.VAL if isinstance(cfg.DATASET.VAL, (list, tuple)) else [cfg.DATASET.VAL]
+    whole = [whole_videos_spec(spec) for spec in specs]
+    if context == "split" or all(spec is None for spec in whole):
+        return None
+    whole_cfg = copy.deepcopy(cfg)
+    whole_cfg.DATASET.VAL = [w or spec for w, spec in zip(whole, specs)]
+    return recipe.load_data(whole_cfg, "VAL", dataset.classes)
 
 
 def per_snippet_ap(dataset, detections, small_height):
@@ -95,7 +108,8 @@ def calibration_images(cfg, count):
 
 
 def detect_all(model_path, cfg, dataset, tiling, overrides=None, int8_calib=0):
-    """Detections aligned with dataset.records, and the seconds spent in the detector. ``overrides``:
+    """Detections aligned with dataset.records, the seconds spent in the detector and the number of frames
+    it ran on (more than the dataset's with EVAL.CONTEXT 'video': see context_dataset). ``overrides``:
     family "KEY.SUB=value" strings for a training run's model; ``int8_calib`` > 0: quantize that model
     in process, calibrated on so many training frames."""
     detections = [None] * len(dataset)
@@ -123,7 +137,7 @@ def detect_all(model_path, cfg, dataset, tiling, overrides=None, int8_calib=0):
             else:
                 detections[i] = detect_one(image)
             seconds += time.perf_counter() - start
-        return detections, seconds
+        return detections, seconds, len(dataset)
     model = load_model(model_path, overrides=overrides)
     if int8_calib:
         model.quantize_int8(calibration_images(cfg, int8_calib))
@@ -135,15 +149,18 @@ def detect_all(model_path, cfg, dataset, tiling, overrides=None, int8_calib=0):
             start = time.perf_counter()
             detections[i] = model.detect_tiled(image, cfg.TILING.INFER)
             seconds += time.perf_counter() - start
-        return detections, seconds
-    for group in _groups(dataset):
-        images = [read_image(dataset.records[i].image) for i in group]
+        return detections, seconds, len(dataset)
+    streamed = 0
+    for records, report in stream_plan(dataset, context_dataset(cfg, dataset) if model.video else None):
+        images = [read_image(rec.image) for rec in records]
         start = time.perf_counter()
         results = model.detect_stream(images) if model.video else model.detect(images)
         seconds += time.perf_counter() - start
-        for i, result in zip(group, results):
-            detections[i] = result
-    return detections, seconds
+        streamed += len(images)
+        for i, result in zip(report, results):
+            if i is not None:
+                detections[i] = result
+    return detections, seconds, streamed
 
 
 def save_annotated(dataset, detections, out_dir, count, threshold):
@@ -170,7 +187,7 @@ def evaluate(model_path, cfg, tiling=None, out_dir=None, save_images=0, image_th
     if dataset is None or len(dataset) == 0:
         raise ConfigError(f"{cfg.CONFIG_FILE}: DATASET.VAL gives no image to evaluate on")
     tiling = bool(cfg.TILING.INFER.ENABLED) if tiling is None else tiling
-    detections, seconds = detect_all(model_path, cfg, dataset, tiling, overrides, int8_calib)
+    detections, seconds, streamed = detect_all(model_path, cfg, dataset, tiling, overrides, int8_calib)
     voc = voc_ap(dataset.records, detections, dataset.classes)
     small = voc_ap(small_objects_only(dataset.records, float(cfg.EVAL.SMALL_HEIGHT)), detections,
                    dataset.classes)
@@ -186,7 +203,7 @@ def evaluate(model_path, cfg, tiling=None, out_dir=None, save_images=0, image_th
                "small_misses": miss_analysis(dataset.records, detections, dataset.classes,
                                              float(cfg.EVAL.SMALL_HEIGHT)),
                "subsets": subset_scores(dataset.records, detections, dataset.classes, cfg.EVAL.SUBSETS),
-               "ms_per_frame": 1000.0 * seconds / len(dataset),
+               "context_frames": streamed - len(dataset), "ms_per_frame": 1000.0 * seconds / streamed,
                "false_positives": [{k: v for k, v in r.items() if k != "per_image"} for r in fp_results]}
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
@@ -200,13 +217,18 @@ def evaluate(model_path, cfg, tiling=None, out_dir=None, save_images=0, image_th
             ap_small = metrics[f"AP@0.5 small (<{cfg.EVAL.SMALL_HEIGHT:g} px high)"]
             int8 = f", int8 calibrated on {int8_calib} training frames" if int8_calib else ""
             f.write(f"model {metrics['model']} (tiling {'on' if tiling else 'off'}{int8}), {len(dataset)} images "
-                    f"({metrics['background_images']} background)\n\n"
+                    f"({metrics['background_images']} background)"
+                    f"{_context_line(metrics['context_frames'])}\n\n"
                     f"mAP@0.5 {_fmt(voc['mAP'])}, AP@0.5 small {_fmt(ap_small)} ({metrics['small_gt']} small boxes), "
                     f"{metrics['ms_per_frame']:.1f} ms/frame\n\n"
                     f"{_subset_lines(metrics['subsets'])}"
                     f"small objects: {format_misses(metrics['small_misses'], 'small boxes')}\n\n"
                     f"{fp_table}\n{_snippet_table(metrics['per_snippet'])}")
     return metrics
+
+
+def _context_line(frames):
+    return f", streamed with {frames} unlisted frames of their videos (EVAL.CONTEXT video)" if frames else ""
 
 
 def _subset_lines(subsets):

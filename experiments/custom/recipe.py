@@ -64,7 +64,7 @@ RECIPE_DEFAULTS = {
     },
     # SUBSETS: name -> frame list (lib.eval.subsets, the families' TEST.SUBSETS), e.g. lib.tools.degrade's
     # degraded_frames.txt / intact_frames.txt: evaluate also reports the mAP of those frames
-    "EVAL": {"THRESHOLDS": [0.2, 0.5, 0.8], "SMALL_HEIGHT": 32.0, "SUBSETS": {}},
+    "EVAL": {"THRESHOLDS": [0.2, 0.5, 0.8], "SMALL_HEIGHT": 32.0, "SUBSETS": {}, "CONTEXT": "video"},
     "OUTPUT_DIR": "output/custom/run",
     "CONTEXT": "cpu",
     "CONTEXTS": [],            # several devices in one process, e.g. [gpu(0), gpu(1)]; [] = CONTEXT
