@@ -15,7 +15,7 @@ import tqdm
 
 from lib.config import ConfigError, project_path
 from lib.dataset import whole_videos_spec
-from lib.dataset.streams import context_groups, video_groups
+from lib.dataset.streams import stream_plan
 from lib.dataset.io import DatasetError, read_image
 from lib.eval.subsets import subset_scores
 from lib.fileio import atomic_open
@@ -72,43 +72,31 @@ def detect_dataset(model, dataset, cfg, ctx=None, progress=True, logger=None, co
     and the results of ``dataset``'s frames are returned."""
     ctx = ctx or get_context(cfg.CONTEXT)
     detector = WindowRunner(model, ctx, preprocess=make_preprocess(cfg))
-    streams = [(dataset, video_groups(dataset, cfg.DATASET.TEST_MAX_FRAMES), None)]
-    if context is not None:
-        groups, report = context_groups(dataset, context, cfg.DATASET.TEST_MAX_FRAMES)
-        covered = set(report.values())
-        rest = [(n, [i for i in idx if i not in covered]) for n, idx in streams[0][1]]
-        streams = [(context, groups, (report, dataset.records)),
-                   (dataset, [(n, idx) for n, idx in rest if idx], None)]
-    records, detections, seconds, total = [], [], 0.0, 0
-    for source, groups, report in streams:
-        r, d, sec, n = _detect_groups(detector, source, groups, report, cfg, progress, logger)
-        records += r
-        detections += d
-        seconds += sec
-        total += n
+    plan = stream_plan(dataset, context, cfg.DATASET.TEST_MAX_FRAMES)
+    records, detections, seconds, total = _detect_groups(detector, plan, dataset, cfg, progress, logger)
     if logger:
         logger.info("tested %d frames (%d streamed) in %d videos: %.1f ms/frame", len(records), total,
-                    sum(len(g) for _, g, _ in streams), 1000.0 * seconds / max(total, 1))
+                    len(plan), 1000.0 * seconds / max(total, 1))
     return records, detections, seconds / max(total, 1)
 
 
-def _detect_groups(detector, dataset, groups, report, cfg, progress, logger):
-    """Stream each group; -> (records, detections, seconds, frames streamed). ``report``: None (every
-    frame is reported as itself) or ({kept index: position in reported records}, reported records)."""
-    total = sum(len(idx) for _, idx in groups)
+def _detect_groups(detector, plan, dataset, cfg, progress, logger):
+    """Stream each video of ``plan`` (lib.dataset.streams.stream_plan); -> (records of ``dataset``,
+    detections, seconds, frames streamed): the frames the plan reports, in stream order."""
+    total = sum(len(recs) for _, recs, _ in plan)
     bar = None
     if progress:
         bar = tqdm.tqdm(total=total, desc="test", dynamic_ncols=True, leave=False)
     records, detections = [], []
     seconds = 0.0
     empty = (np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), np.zeros((0,), np.int64))
-    for name, idx in groups:
+    for name, recs, report in plan:
         readable = []   # positions of the frames that could be read, in stream order
 
         def frames():
-            for pos, i in enumerate(idx):
+            for pos, rec in enumerate(recs):
                 try:
-                    image = read_image(dataset.records[i].image)
+                    image = read_image(rec.image)
                 except DatasetError as err:  # reported; the frame gets no detections
                     if logger:
                         logger.warning("video %s: skipping unreadable frame: %s", name, err)
@@ -117,7 +105,7 @@ def _detect_groups(detector, dataset, groups, report, cfg, progress, logger):
                 yield image
 
         start = time.time()
-        per_frame = [None] * len(idx)
+        per_frame = [None] * len(recs)
 
         def keep(ready):
             for t, result in ready:
@@ -128,21 +116,18 @@ def _detect_groups(detector, dataset, groups, report, cfg, progress, logger):
         for image in frames():      # frames are read as the stream goes (lib.streaming contract)
             keep(detector.step(image))
         keep(detector.flush())
-        for pos in set(range(len(idx))) - set(readable):
+        for pos in set(range(len(recs))) - set(readable):
             per_frame[pos] = empty
         seconds += time.time() - start
         if any(r is None for r in per_frame):  # the window logic guarantees one result per frame
             raise RuntimeError(f"video {name}: frames without a result")
-        if cfg.TEST.SEQ_NMS and len(idx) > 1:
+        if cfg.TEST.SEQ_NMS and len(recs) > 1:
             per_frame = seq_nms(per_frame, link_iou=cfg.TEST.SEQ_NMS_LINK_IOU,
                                 suppress_iou=cfg.TEST.SEQ_NMS_SUPPRESS_IOU,
                                 rescore=cfg.TEST.SEQ_NMS_RESCORE, nms_iou=cfg.TEST.NMS_IOU)
-        for i, result in zip(idx, per_frame):
-            if report is None:
+        for i, result in zip(report, per_frame):
+            if i is not None:
                 records.append(dataset.records[i])
-                detections.append(result)
-            elif i in report[0]:
-                records.append(report[1][report[0][i]])
                 detections.append(result)
     if bar is not None:
         bar.close()

@@ -151,7 +151,7 @@ def detect_all(model_path, cfg, dataset, tiling, overrides=None, int8_calib=0):
             seconds += time.perf_counter() - start
         return detections, seconds, len(dataset)
     streamed = 0
-    for records, report in stream_plan(dataset, context_dataset(cfg, dataset) if model.video else None):
+    for _, records, report in stream_plan(dataset, context_dataset(cfg, dataset) if model.video else None):
         images = [read_image(rec.image) for rec in records]
         start = time.perf_counter()
         results = model.detect_stream(images) if model.video else model.detect(images)

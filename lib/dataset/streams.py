@@ -37,16 +37,16 @@ def context_groups(dataset, context, max_frames=0):
 
 
 def stream_plan(dataset, context=None, max_frames=0):
-    """[(records to stream in order, [index into dataset.records, or None for a frame streamed only as
-    context])]: with ``context``, every video holding a frame of ``dataset`` whole, then the frames of
-    ``dataset`` it does not hold in their own videos; without, ``dataset``'s videos."""
+    """[(video name, records to stream in order, [index into dataset.records, or None for a frame streamed
+    only as context])]: with ``context``, every video holding a frame of ``dataset`` whole, then the frames
+    of ``dataset`` it does not hold in their own videos; without, ``dataset``'s videos."""
     if context is None:
-        return [([dataset.records[i] for i in idx], idx) for _, idx in video_groups(dataset, max_frames)]
+        return [(name, [dataset.records[i] for i in idx], idx) for name, idx in video_groups(dataset, max_frames)]
     groups, report = context_groups(dataset, context, max_frames)
-    plan = [([context.records[j] for j in idx], [report.get(j) for j in idx]) for _, idx in groups]
+    plan = [(name, [context.records[j] for j in idx], [report.get(j) for j in idx]) for name, idx in groups]
     covered = set(report.values())
-    for _, idx in video_groups(dataset, max_frames):
+    for name, idx in video_groups(dataset, max_frames):
         rest = [i for i in idx if i not in covered]
         if rest:
-            plan.append(([dataset.records[i] for i in rest], rest))
+            plan.append((name, [dataset.records[i] for i in rest], rest))
     return plan
