@@ -87,8 +87,11 @@ DEFAULTS = extend_schema(SHARED_DEFAULTS, {
         "MOTION": {"FLOW": "", "PRESET": "ultrafast", "SCALE": 0.5, "PROPAGATE": False},
         # fast_slow: the small steps run no network; the last frame's detections move along DIS flow
         # between the frames (lib.flow.BoxTracker: PRESET at SCALE of the frame's resolution, scores
-        # times DECAY per tracked frame, a box dropped when under MIN_VISIBLE of it stays in the frame)
-        "TRACK": {"ENABLED": False, "PRESET": "ultrafast", "SCALE": 0.5, "DECAY": 1.0, "MIN_VISIBLE": 0.3},
+        # times DECAY per tracked frame, a box dropped when under MIN_VISIBLE of it stays in the frame).
+        # MEMORY: what a large step after tracked frames reads: carry, the state the last large step wrote
+        # (moved along the flow with MOTION); reset, a zero state, since the memory skipped those frames
+        "TRACK": {"ENABLED": False, "PRESET": "ultrafast", "SCALE": 0.5, "DECAY": 1.0, "MIN_VISIBLE": 0.3,
+                  "MEMORY": "carry"},
     },
 })
 

@@ -22,6 +22,7 @@ from lib.streaming import StreamRunner, as_detections
 from .policy import ACTIONS
 
 POLICIES = ("large", "small", "fixed", "adaptive", "async")
+SMALL = ACTIONS.index("small")
 
 
 def resize_frame(frame, size_hw):
@@ -118,6 +119,9 @@ class StreamingDetector(StreamRunner):
                 raise ConfigError(f"{name}: TEST.TRACK replaces the small steps of fast_slow; MODEL.TYPE "
                                   f"{net.type} has none")
             track = cfg.TEST.TRACK
+            if track.MEMORY not in ("carry", "reset"):
+                raise ConfigError(f"{name}: TEST.TRACK.MEMORY must be carry or reset, got {track.MEMORY!r}")
+            self.reset_after_tracking = track.MEMORY == "reset"
             try:
                 self.tracker = BoxTracker(track.PRESET, track.SCALE, track.DECAY, track.MIN_VISIBLE)
             except ValueError as err:
@@ -229,10 +233,12 @@ class StreamingDetector(StreamRunner):
             extractor = self.choose()
         if extractor == "small":
             # TEST.TRACK: a small step moves the last frame's detections; no network, the state waits
-            self.history.append(ACTIONS.index("small"))
+            self.history.append(SMALL)
             self.frame_index += 1
             self.last_extractor = "small"
             return [(t, self.tracker.track(frame))]
+        if self.tracker is not None and self.reset_after_tracking and self.history[-1:] == [SMALL]:
+            self.forget()           # TEST.TRACK.MEMORY reset: the memory missed the tracked frames
         resized = resize_frame(frame, self.net.image_hw)
         prepared = self.motion.dis.prepare(resized) if self.motion is not None else None
         cls, box = self.step_raw(to_batch(resized, self.ctx), extractor=extractor, prepared=prepared)

@@ -141,12 +141,46 @@ def test_tracked_small_steps_run_no_network_and_large_steps_are_unchanged(frame,
         np.testing.assert_array_equal(a, b)
 
 
+def test_track_memory_reset_starts_each_large_step_after_tracked_frames_from_a_zero_state(frame, tmp_path):
+    cfg, net = _fast_slow(FAST_SLOW)
+    reset_cfg = lstm_config.load(None, FAST_SLOW + TRACK + ["TEST.TRACK.MEMORY=reset"])
+    carry = StreamingDetector(net, lstm_config.load(None, FAST_SLOW + TRACK), policy="fixed", tau=2,
+                              hybridize=False)
+    reset = StreamingDetector(net, reset_cfg, policy="fixed", tau=2, hybridize=False)
+    fresh = StreamingDetector(net, cfg, policy="large", hybridize=False)   # oracle: a zero state
+    clip = [np.ascontiguousarray(_warp(frame[:256, :320], [[1, 0, 4 * t], [0, 1, 0]])) for t in range(7)]
+    differs = False
+    for t, image in enumerate(clip):
+        (_, a), = carry.step(image)
+        (_, b), = reset.step(image)
+        if t % 3 == 0:
+            fresh.reset()
+            (_, z), = fresh.step(image)
+            for x, y in zip(z, b):
+                np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5)
+            differs |= t > 0 and not np.allclose(a[1], b[1], atol=1e-4)
+    assert differs, "the carried memory should change the later large steps"
+    # resumes exactly across the reset: the step history says the last frame was tracked
+    reset.reset()
+    for image in clip[:3]:
+        reset.step(image)
+    reset.save_state(str(tmp_path / "state.npz"))
+    first = [reset.step(image)[0][1][1] for image in clip[3:5]]
+    reset.load_state(str(tmp_path / "state.npz"))
+    again = [reset.step(image)[0][1][1] for image in clip[3:5]]
+    for x, y in zip(first, again):
+        np.testing.assert_array_equal(x, y)
+
+
 def test_track_config_mistakes_are_one_line_errors():
     cfg = lstm_config.load(None, BASE + ["MODEL.TYPE=lstm_ssd"] + TRACK)
     with pytest.raises(ConfigError, match="TEST.TRACK replaces the small steps of fast_slow"):
         StreamingDetector(build_detector(cfg), cfg, hybridize=False)
     cfg = lstm_config.load(None, FAST_SLOW + TRACK + ["TEST.TRACK.DECAY=1.5"])
     with pytest.raises(ConfigError, match="TEST.TRACK: track decay"):
+        StreamingDetector(build_detector(cfg), cfg, hybridize=False)
+    cfg = lstm_config.load(None, FAST_SLOW + TRACK + ["TEST.TRACK.MEMORY=zero"])
+    with pytest.raises(ConfigError, match="TEST.TRACK.MEMORY must be carry or reset, got 'zero'"):
         StreamingDetector(build_detector(cfg), cfg, hybridize=False)
     cfg = lstm_config.load(None, FAST_SLOW + TRACK)
     with pytest.raises(ConfigError, match="synchronous"):
