@@ -180,19 +180,21 @@ def move_boxes(boxes, flow, points=7, max_scale_step=1.25):
         return boxes.copy()
     height, width = flow.shape[:2]
     steps = (np.arange(points, dtype=np.float32) + 0.5) / points * 0.8 + 0.1      # inside 10 %..90 %
-    out = np.empty_like(boxes)
-    for i, (x1, y1, x2, y2) in enumerate(boxes):
-        px, py = np.meshgrid(x1 + steps * (x2 - x1), y1 + steps * (y2 - y1))
-        cols = np.clip(np.rint(px.ravel()).astype(np.int64), 0, width - 1)     # the flow's own pixels
-        rows = np.clip(np.rint(py.ravel()).astype(np.int64), 0, height - 1)
-        px, py = cols.astype(np.float64), rows.astype(np.float64)
-        qx, qy = px + flow[rows, cols, 0], py + flow[rows, cols, 1]
-        cx, cy, qcx, qcy = px.mean(), py.mean(), qx.mean(), qy.mean()
-        spread = np.sum((px - cx) ** 2 + (py - cy) ** 2)
-        s = np.sum((px - cx) * (qx - qcx) + (py - cy) * (qy - qcy)) / spread if spread > 0 else 1.0
-        s = float(np.clip(s, 1.0 / max_scale_step, max_scale_step))
-        out[i] = (qcx + s * (x1 - cx), qcy + s * (y1 - cy), qcx + s * (x2 - cx), qcy + s * (y2 - cy))
-    return out
+    x1, y1, x2, y2 = (boxes[:, i:i + 1] for i in range(4))
+    # all boxes at once: (K, points * points) sample positions, each box's grid row by row
+    xs, ys = x1 + steps * (x2 - x1), y1 + steps * (y2 - y1)                         # (K, points)
+    cols = np.clip(np.rint(np.tile(xs, points)).astype(np.int64), 0, width - 1)  # the flow's own pixels
+    rows = np.clip(np.rint(np.repeat(ys, points, axis=1)).astype(np.int64), 0, height - 1)
+    px, py = cols.astype(np.float64), rows.astype(np.float64)
+    qx, qy = px + flow[rows, cols, 0], py + flow[rows, cols, 1]
+    cx, cy = px.mean(1, keepdims=True), py.mean(1, keepdims=True)
+    qcx, qcy = qx.mean(1, keepdims=True), qy.mean(1, keepdims=True)
+    spread = np.sum((px - cx) ** 2 + (py - cy) ** 2, axis=1, keepdims=True)
+    moved = np.sum((px - cx) * (qx - qcx) + (py - cy) * (qy - qcy), axis=1, keepdims=True)
+    s = np.where(spread > 0, moved / np.where(spread > 0, spread, 1.0), 1.0)
+    s = np.clip(s, 1.0 / max_scale_step, max_scale_step)
+    return np.concatenate([qcx + s * (x1 - cx), qcy + s * (y1 - cy), qcx + s * (x2 - cx), qcy + s * (y2 - cy)],
+                          axis=1).astype(np.float32)
 
 
 class BoxTracker:
