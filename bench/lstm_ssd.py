@@ -15,7 +15,8 @@ tau = 9), the small one otherwise, state read-not-written by the small one. Goal
 interleaved >= 70 fps (the paper's figure on a Pixel 3, quantised). The "stream" rows time whole
 streaming steps (resize of 1280x720 frames, DIS flow, decoding + NMS) of the speedtrap Lite0 models
 with and without the memory moved along the motion (TEST.MOTION), on a panning texture, as ratios to
-the plain LSTM-SSD stream.
+the plain LSTM-SSD stream; "tracked" rows move the last frame's boxes along DIS flow on small steps
+(TEST.TRACK), as their probe rows in lstm_ssd/README.md.
 """
 if __name__ == "__main__" and not __package__:
     raise SystemExit("run from the project root as: python -m bench.lstm_ssd [--quick] "
@@ -122,14 +123,17 @@ def bench_motion(quick, frames, warmup, tau):
     video = moving_frames(warmup + frames, height, width)
     # random weights: a high score threshold keeps NMS from timing a flood of random boxes
     common = (MOTION_QUICK if quick else []) + ["TEST.SCORE_THRESH=0.99", "PRETRAINED=", "MODEL.WEIGHTS="]
-    rows = [("lstm-ssd", "lstm_ssd", [], "large"),
-            ("lstm-ssd moved memory", "lstm_ssd", ["TEST.MOTION.FLOW=dis"], "large"),
-            (f"lfs tau={tau}", "lfs", ["TEST.MOTION.FLOW=", "TEST.MOTION.PROPAGATE=false"], "fixed"),
-            (f"lfs tau={tau} propagated", "lfs", [], "fixed")]
+    tracked = ["TEST.TRACK.ENABLED=true"]
+    rows = [("lstm-ssd", "lstm_ssd", [], "large", tau),
+            ("lstm-ssd moved memory", "lstm_ssd", ["TEST.MOTION.FLOW=dis"], "large", tau),
+            (f"lfs tau={tau}", "lfs", ["TEST.MOTION.FLOW=", "TEST.MOTION.PROPAGATE=false"], "fixed", tau),
+            (f"lfs tau={tau} propagated", "lfs", [], "fixed", tau),
+            (f"lfs tau={tau} tracked", "lfs", tracked, "fixed", tau),
+            ("lfs tau=1 tracked", "lfs", tracked, "fixed", 1)]
     out = []
-    for label, key, over, policy in rows:
+    for label, key, over, policy, row_tau in rows:
         cfg, net = build(MOTION_CFGS[key], common + over)
-        stream = StreamingDetector(net, cfg, policy=policy, tau=tau)
+        stream = StreamingDetector(net, cfg, policy=policy, tau=row_tau)
         for frame in video[:warmup]:
             stream.step(frame)
         stream.reset()
