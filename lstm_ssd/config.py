@@ -44,6 +44,9 @@ DEFAULTS = extend_schema(SHARED_DEFAULTS, {
     "INTERLEAVE": {
         "POLICY": "fixed",         # fixed | adaptive | large | small | async
         "TAU": 9,                  # fixed: large every TAU + 1 frames
+        # fixed: the large steps fall on frames PHASE, PHASE + TAU + 1, ... (and on a stream's first
+        # frame); scoring every phase 0..TAU averages out which frames happen to be large steps
+        "PHASE": 0,
         "SMALL_PROB": 0.5,         # training: chance of the small extractor at each step
     },
     "POLICY_NET": {"HISTORY": 20, "HIDDEN": 64, "GAMMA": 0.9, "SPEED_BONUS": 0.05, "LR": 0.001,

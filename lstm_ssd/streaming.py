@@ -99,6 +99,10 @@ class StreamingDetector(StreamRunner):
         if self.policy == "adaptive" and policy_net is None:
             raise ConfigError("INTERLEAVE.POLICY adaptive needs a trained policy network (POLICY_NET.WEIGHTS)")
         self.tau = cfg.INTERLEAVE.TAU if tau is None else tau
+        self.phase = cfg.INTERLEAVE.PHASE
+        if self.policy == "fixed" and not 0 <= self.phase <= self.tau:
+            raise ConfigError(f"{cfg.get('CONFIG_FILE') or 'config'}: INTERLEAVE.PHASE must be in 0..TAU "
+                              f"(0..{self.tau}), got {self.phase}")
         self.policy_net = policy_net
         if cfg.TEST.MEMORY not in ("carry", "reset"):
             raise ConfigError(f"{cfg.get('CONFIG_FILE') or 'config'}: TEST.MEMORY must be carry or reset, "
@@ -201,7 +205,8 @@ class StreamingDetector(StreamRunner):
         if self.policy in ("large", "small"):
             return self.policy
         if self.policy == "fixed":
-            return "large" if self.frame_index % (self.tau + 1) == 0 else "small"
+            key = self.frame_index == 0 or (self.frame_index - self.phase) % (self.tau + 1) == 0
+            return "large" if key else "small"
         return ACTIONS[self.policy_net.act(self.state, self.prev_state, self.history)]
 
     def step_raw(self, x, extractor=None, prepared=None):

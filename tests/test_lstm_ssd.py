@@ -175,6 +175,23 @@ def test_streaming_equals_unrolled_graph_and_state_roundtrip(tmp_path):
     assert stream.frame_index == 0 and float(stream.state[0].abs().sum().asscalar()) == 0.0
 
 
+def test_fixed_schedule_phase_moves_the_large_steps_and_is_checked():
+    from lib.config import ConfigError
+    from lstm_ssd import config as lstm_config
+    from lstm_ssd.streaming import StreamingDetector
+    _, net = _tiny(TINY_B)
+    cfg = lstm_config.load(None, TINY_B + ["INTERLEAVE.TAU=3", "INTERLEAVE.PHASE=2"])
+    stream = StreamingDetector(net, cfg, policy="fixed", hybridize=False)
+    x = mx.nd.array(np.random.RandomState(5).uniform(0, 255, (1, 3, 64, 64)))
+    for _ in range(10):
+        stream.step_raw(x)
+    # a stream starts with a large step, then large on frames 2, 6, ... (2 + k * (TAU + 1))
+    assert "".join("LS"[a] for a in stream.history) == "LSLSSSLSSS"
+    bad = lstm_config.load(None, TINY_B + ["INTERLEAVE.TAU=3", "INTERLEAVE.PHASE=4"])
+    with pytest.raises(ConfigError, match=r"INTERLEAVE.PHASE must be in 0..TAU \(0..3\), got 4"):
+        StreamingDetector(net, bad, policy="fixed", hybridize=False)
+
+
 def test_rectangular_input_state_anchors_and_streaming():
     """MODEL.IMAGE_SIZE [H, W]: feature map, state and pyramid follow each axis, anchors stay square in
     pixels (TF-OD scales them by min(H, W)), and streaming equals the unrolled graph."""
