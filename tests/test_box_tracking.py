@@ -130,15 +130,21 @@ def test_tracked_small_steps_run_no_network_and_large_steps_are_unchanged(frame,
                 np.testing.assert_array_equal(x, y)
     assert tracked.history == plain.history
     # resumes exactly: the remembered frame and detections are part of the saved state
-    tracked.reset()
-    for image in clip[:2]:
-        tracked.step(image)
-    tracked.save_state(str(tmp_path / "state.npz"))
-    first = [tracked.step(image)[0][1][0] for image in clip[2:5]]
-    tracked.load_state(str(tmp_path / "state.npz"))
-    again = [tracked.step(image)[0][1][0] for image in clip[2:5]]
+    _assert_resumes_exactly(tracked, clip, 2, str(tmp_path / "state.npz"))
+
+
+def _assert_resumes_exactly(stream, clip, split, path):
+    """A stream saved after clip[:split] and restored gives the same detections on the next 3 frames."""
+    stream.reset()
+    for image in clip[:split]:
+        stream.step(image)
+    stream.save_state(path)
+    first = [stream.step(image)[0][1] for image in clip[split:split + 3]]
+    stream.load_state(path)
+    again = [stream.step(image)[0][1] for image in clip[split:split + 3]]
     for a, b in zip(first, again):
-        np.testing.assert_array_equal(a, b)
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y)
 
 
 def test_track_memory_reset_starts_each_large_step_after_tracked_frames_from_a_zero_state(frame, tmp_path):
@@ -161,15 +167,7 @@ def test_track_memory_reset_starts_each_large_step_after_tracked_frames_from_a_z
             differs |= t > 0 and not np.allclose(a[1], b[1], atol=1e-4)
     assert differs, "the carried memory should change the later large steps"
     # resumes exactly across the reset: the step history says the last frame was tracked
-    reset.reset()
-    for image in clip[:3]:
-        reset.step(image)
-    reset.save_state(str(tmp_path / "state.npz"))
-    first = [reset.step(image)[0][1][1] for image in clip[3:5]]
-    reset.load_state(str(tmp_path / "state.npz"))
-    again = [reset.step(image)[0][1][1] for image in clip[3:5]]
-    for x, y in zip(first, again):
-        np.testing.assert_array_equal(x, y)
+    _assert_resumes_exactly(reset, clip, 3, str(tmp_path / "state.npz"))
 
 
 def test_track_config_mistakes_are_one_line_errors():
