@@ -35,6 +35,10 @@ DEFAULTS = extend_schema(SHARED_DEFAULTS, {
                     "REDUCE_LOWEST": True},
         "BOX_STDS": [0.1, 0.1, 0.2, 0.2],               # = TF-OD box coder scales (10, 10, 5, 5)
         "BN_MOMENTUM": 0.997,                            # running-statistics decay (TF-OD batch norm)
+        # initial class probability of every anchor (RetinaNet's prior): the class logits' bias starts at
+        # log(p / (1 - p)), the background logit's at -that, so training starts from "background
+        # everywhere" instead of 0.5 everywhere; 0 = zero bias (the paper's SSD)
+        "CLS_PRIOR": 0.0,
         "WEIGHTS": "",                                   # params to load before training (fine-tuning)
     },
     "MATCHER": {"IOU": 0.5},

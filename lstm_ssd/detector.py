@@ -155,7 +155,11 @@ class LSTMSSD(gluon.Block):
             depths = list(m.PYRAMID.DEPTHS)
             self.level_sizes = pyramid_sizes(self.feature_hw, len(depths) + 1)   # (h, w) per level
             self.num_anchors = anchors_per_level(len(depths) + 1, m.ANCHORS.ASPECT_RATIOS, m.ANCHORS.REDUCE_LOWEST)
-            self.head = SSDLiteHead(level0, depths, self.num_anchors, self.num_classes, prefix="head_")
+            if not 0.0 <= float(m.CLS_PRIOR) < 1.0:
+                raise ValueError(f"MODEL.CLS_PRIOR is an initial class probability in [0, 1) (0: zero bias), "
+                                 f"got {m.CLS_PRIOR!r}")
+            self.head = SSDLiteHead(level0, depths, self.num_anchors, self.num_classes, float(m.CLS_PRIOR),
+                                    prefix="head_")
         self._steps = None
         self._combine = _Unregistered(None)
         self.from_state = from_state

@@ -37,7 +37,7 @@ class ConvBN(gluon.HybridBlock):
     """Conv (any kernel/stride/groups) -> optional BatchNorm -> relu6 | relu | none."""
 
     def __init__(self, in_channels, out_channels, kernel=1, stride=1, groups=1, act="relu6",
-                 use_bn=True, use_bias=None, weight_init=None, **kwargs):
+                 use_bn=True, use_bias=None, weight_init=None, bias_init="zeros", **kwargs):
         super().__init__(**kwargs)
         if act not in ACTIVATIONS:
             raise ValueError(f"ConvBN: act must be one of {ACTIVATIONS}, got {act!r}")
@@ -53,7 +53,7 @@ class ConvBN(gluon.HybridBlock):
                 "weight", shape=(out_channels, in_channels // groups, kernel, kernel),
                 init=weight_init or mx_init.Xavier(rnd_type="gaussian", factor_type="in", magnitude=2.0))
             if self.use_bias:
-                self.bias = self.params.get("bias", shape=(out_channels,), init="zeros")
+                self.bias = self.params.get("bias", shape=(out_channels,), init=bias_init)
             if self.use_bn:
                 self.gamma = self.params.get("gamma", shape=(out_channels,), init="ones")
                 self.beta = self.params.get("beta", shape=(out_channels,), init="zeros")

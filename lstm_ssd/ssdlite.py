@@ -7,6 +7,8 @@ all BatchNorm + ReLU6, as in the TF-OD SSDLite extra layers. Predictions are lai
 """
 import math
 
+import mxnet as mx
+import numpy as np
 from mxnet import gluon
 from mxnet import init as mx_init
 
@@ -43,14 +45,19 @@ class ExtraLevel(gluon.HybridBlock):
 class Predictor(gluon.HybridBlock):
     """3x3 depthwise (BN, ReLU6) then a 1x1 conv with bias, reshaped to (B, H*W*A, K)."""
 
-    def __init__(self, in_ch, num_anchors, outputs_per_anchor, **kwargs):
+    def __init__(self, in_ch, num_anchors, outputs_per_anchor, output_bias=None, **kwargs):
+        """output_bias: initial bias of each of the ``outputs_per_anchor`` outputs (default zeros)."""
         super().__init__(**kwargs)
         self.k = outputs_per_anchor
+        bias_init = "zeros"
+        if output_bias is not None:
+            # channel a * k + j is output j of anchor a (see the reshape below)
+            bias_init = mx_init.Constant(mx.nd.array(np.tile(np.asarray(output_bias, np.float32), num_anchors)))
         with self.name_scope():
             self.dw = ConvBN(in_ch, in_ch, 3, 1, groups=in_ch)
             # small initial predictions (TF-OD box predictors start from a 0.03-std truncated normal)
             self.pw = ConvBN(in_ch, num_anchors * outputs_per_anchor, 1, act="none", use_bn=False,
-                             weight_init=mx_init.Normal(0.01))
+                             weight_init=mx_init.Normal(0.01), bias_init=bias_init)
 
     def hybrid_forward(self, F, x):
         y = self.pw(self.dw(x))
@@ -60,7 +67,7 @@ class Predictor(gluon.HybridBlock):
 class SSDLiteHead(gluon.HybridBlock):
     """(B, C0, Fh, Fw) level-0 feature -> class logits (B, P, C+1), box deltas (B, P, 4)."""
 
-    def __init__(self, in_channels, extra_depths, num_anchors, num_classes, **kwargs):
+    def __init__(self, in_channels, extra_depths, num_anchors, num_classes, cls_prior=0.0, **kwargs):
         super().__init__(**kwargs)
         if len(num_anchors) != len(extra_depths) + 1:
             raise ValueError(f"SSDLite head: {len(num_anchors)} anchor counts for {len(extra_depths) + 1} levels")
@@ -74,8 +81,12 @@ class SSDLiteHead(gluon.HybridBlock):
                 ch = d
             self.cls_preds = gluon.nn.HybridSequential(prefix="cls_")
             self.box_preds = gluon.nn.HybridSequential(prefix="box_")
+            cls_bias = None
+            if cls_prior:
+                logit = float(np.log(cls_prior / (1.0 - cls_prior)))
+                cls_bias = [-logit] + [logit] * num_classes      # column 0 is the background logit
             for c, a in zip(self.level_channels, num_anchors):
-                self.cls_preds.add(Predictor(c, a, num_classes + 1))
+                self.cls_preds.add(Predictor(c, a, num_classes + 1, output_bias=cls_bias))
                 self.box_preds.add(Predictor(c, a, 4))
 
     def hybrid_forward(self, F, x):

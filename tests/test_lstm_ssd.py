@@ -541,3 +541,22 @@ def test_int8_calibration_checks_shape_and_pruning_drops_the_copies():
     assert net.quantized
     prune_detector(net, 0.5)       # new parameter shapes: the int8 snapshot would be stale
     assert not net.quantized
+
+
+def test_class_prior_sets_the_initial_scores_of_every_anchor():
+    """MODEL.CLS_PRIOR p: before training every anchor's class probability is about p and its background
+    probability about 1 - p (the bias is log(p / (1 - p)), the 0.01-std weights move it little); 0 keeps
+    the zero bias (0.5 everywhere at a zero input); outside [0, 1) is refused, naming the key."""
+    x = mx.nd.array(np.random.RandomState(0).uniform(0, 255, (1, 3, 64, 64)))
+    for prior in (0.01, 0.2):
+        net = build_detector(lstm_config.load(None, TINY_SSDLITE + [f"MODEL.CLS_PRIOR={prior}"]))  # its own init
+        cls, _, _ = net.step(x, net.zero_state(1), "large")
+        prob = 1 / (1 + np.exp(-cls.asnumpy()))
+        assert prob.shape[-1] == 3                    # background + 2 classes, every anchor of every level
+        np.testing.assert_allclose(prob[..., 1:], prior, rtol=0.25)
+        np.testing.assert_allclose(prob[..., 0], 1 - prior, rtol=0.25)
+    net = build_detector(lstm_config.load(None, TINY_SSDLITE))
+    bias = np.concatenate([p.pw.bias.data().asnumpy() for p in net.head.cls_preds])
+    assert not bias.any()
+    with pytest.raises(ValueError, match="MODEL.CLS_PRIOR"):
+        build_detector(lstm_config.load(None, TINY_SSDLITE + ["MODEL.CLS_PRIOR=1.0"]))
