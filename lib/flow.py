@@ -222,6 +222,11 @@ class BoxTracker:
     def ready(self):
         return self.last is not None
 
+    def best_score(self):
+        """The highest score among the boxes held (0 when none)."""
+        scores = self.last[1] if self.ready else ()
+        return float(np.max(scores)) if len(scores) else 0.0
+
     def remember(self, frame, detections):
         boxes, scores, labels = detections
         self.last_frame = self.dis.prepare(frame)

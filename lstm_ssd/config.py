@@ -98,7 +98,11 @@ DEFAULTS = extend_schema(SHARED_DEFAULTS, {
         # MEMORY: what a large step after tracked frames reads: carry, the state the last large step wrote
         # (moved along the flow with MOTION); reset, a zero state, since the memory skipped those frames
         "TRACK": {"ENABLED": False, "PRESET": "ultrafast", "SCALE": 0.5, "DECAY": 1.0, "MIN_VISIBLE": 0.3,
-                  "MEMORY": "carry"},
+                  "MEMORY": "carry",
+                  # while no tracked box scores CONFIDENT or more (nothing found yet, or it left the view),
+                  # a large step comes after SEARCH_TAU small ones instead of waiting for the fixed
+                  # schedule's next one (which still runs); -1: off
+                  "SEARCH_TAU": -1, "CONFIDENT": 0.5},
     },
 })
 

@@ -126,6 +126,11 @@ class StreamingDetector(StreamRunner):
             if track.MEMORY not in ("carry", "reset"):
                 raise ConfigError(f"{name}: TEST.TRACK.MEMORY must be carry or reset, got {track.MEMORY!r}")
             self.reset_after_tracking = track.MEMORY == "reset"
+            self.search_tau, self.confident = int(track.SEARCH_TAU), float(track.CONFIDENT)
+            if self.search_tau < -1:
+                raise ConfigError(f"{name}: TEST.TRACK.SEARCH_TAU must be -1 (off) or >= 0, got {self.search_tau}")
+            if not 0.0 <= self.confident <= 1.0:
+                raise ConfigError(f"{name}: TEST.TRACK.CONFIDENT is a score in [0, 1], got {self.confident}")
             try:
                 self.tracker = BoxTracker(track.PRESET, track.SCALE, track.DECAY, track.MIN_VISIBLE)
             except ValueError as err:
@@ -209,6 +214,15 @@ class StreamingDetector(StreamRunner):
             return "large" if key else "small"
         return ACTIONS[self.policy_net.act(self.state, self.prev_state, self.history)]
 
+    def searching(self):
+        """TEST.TRACK.SEARCH_TAU: the tracker holds nothing confident and SEARCH_TAU small steps ran since
+        the last large one (so the history, saved with the state, decides on resume too)."""
+        if self.search_tau < 0 or self.tracker.best_score() >= self.confident:
+            return False
+        small_run = len(self.history) - next((i + 1 for i in range(len(self.history) - 1, -1, -1)
+                                               if self.history[i] != SMALL), 0)
+        return small_run >= self.search_tau
+
     def step_raw(self, x, extractor=None, prepared=None):
         """x (1,3,S,S) NDArray -> raw (cls, box) of this frame; advances the state. ``prepared``: the
         frame as DIS reads it (``self.motion.dis.prepare``), needed with TEST.MOTION."""
@@ -236,6 +250,8 @@ class StreamingDetector(StreamRunner):
         extractor = None
         if self.tracker is not None and self.tracker.ready and not self.reset_each_frame:
             extractor = self.choose()
+            if extractor == "small" and self.searching():
+                extractor = "large"
         if extractor == "small":
             # TEST.TRACK: a small step moves the last frame's detections; no network, the state waits
             self.history.append(SMALL)
@@ -297,6 +313,15 @@ class AsyncStreamingDetector(StreamingDetector):
                 self.prev_state, self.state = self.state, new_state
                 self.large_updates += 1
                 self._busy = False
+
+    def searching(self):
+        """TEST.TRACK.SEARCH_TAU: the tracker holds nothing confident and SEARCH_TAU small steps ran since
+        the last large one (so the history, saved with the state, decides on resume too)."""
+        if self.search_tau < 0 or self.tracker.best_score() >= self.confident:
+            return False
+        small_run = len(self.history) - next((i + 1 for i in range(len(self.history) - 1, -1, -1)
+                                               if self.history[i] != SMALL), 0)
+        return small_run >= self.search_tau
 
     def step_raw(self, x, extractor=None, prepared=None):   # prepared: TEST.MOTION, refused here
         with self._lock:

@@ -170,6 +170,37 @@ def test_track_memory_reset_starts_each_large_step_after_tracked_frames_from_a_z
     _assert_resumes_exactly(reset, clip, 3, str(tmp_path / "state.npz"))
 
 
+def test_search_tau_adds_large_steps_only_while_nothing_confident_is_tracked(frame, tmp_path):
+    """TEST.TRACK.SEARCH_TAU 1 with TAU 4: a tracker holding nothing that scores CONFIDENT gets a large
+    step after every small one; one holding a confident box follows the fixed schedule (hand-written
+    step histories); in between, each step follows the rule from the scores the tracker held."""
+    cfg, net = _fast_slow(FAST_SLOW)
+    clip = [np.ascontiguousarray(_warp(frame[:256, :320], [[1, 0, 4 * t], [0, 1, 0]])) for t in range(9)]
+    search = TRACK + ["TEST.TRACK.SEARCH_TAU=1"]
+
+    def run(confident):
+        stream = StreamingDetector(net, lstm_config.load(None, FAST_SLOW + search + [f"TEST.TRACK.CONFIDENT={confident}"]),
+                                   policy="fixed", tau=4, hybridize=False)
+        held = []
+        for image in clip:
+            held.append(stream.tracker.best_score() if stream.tracker.ready else None)
+            stream.step(image)
+        return stream, "".join("LS"[a] for a in stream.history), held
+
+    stream, history, held = run(0.0)
+    assert history == "LSSSSLSSS" and max(h for h in held if h is not None) > 0
+    _, history, _ = run(1.0)
+    assert history == "LSLSLLSLS"        # frame 5 is on the fixed grid as well: two large steps in a row
+    threshold = float(np.median([h for h in held if h is not None]))
+    stream, history, held = run(threshold)
+    for t in range(1, len(clip)):
+        on_grid = t % 5 == 0
+        searching = history[t - 1] == "S" and held[t] < threshold
+        assert history[t] == ("L" if on_grid or searching else "S"), (t, history, held, threshold)
+    assert "LS" in history and "SS" in history, history      # both branches of the rule ran
+    _assert_resumes_exactly(stream, clip, 2, str(tmp_path / "state.npz"))
+
+
 def test_track_config_mistakes_are_one_line_errors():
     cfg = lstm_config.load(None, BASE + ["MODEL.TYPE=lstm_ssd"] + TRACK)
     with pytest.raises(ConfigError, match="TEST.TRACK replaces the small steps of fast_slow"):
@@ -179,6 +210,12 @@ def test_track_config_mistakes_are_one_line_errors():
         StreamingDetector(build_detector(cfg), cfg, hybridize=False)
     cfg = lstm_config.load(None, FAST_SLOW + TRACK + ["TEST.TRACK.MEMORY=zero"])
     with pytest.raises(ConfigError, match="TEST.TRACK.MEMORY must be carry or reset, got 'zero'"):
+        StreamingDetector(build_detector(cfg), cfg, hybridize=False)
+    cfg = lstm_config.load(None, FAST_SLOW + TRACK + ["TEST.TRACK.SEARCH_TAU=-2"])
+    with pytest.raises(ConfigError, match=r"TEST.TRACK.SEARCH_TAU must be -1 \(off\) or >= 0, got -2"):
+        StreamingDetector(build_detector(cfg), cfg, hybridize=False)
+    cfg = lstm_config.load(None, FAST_SLOW + TRACK + ["TEST.TRACK.CONFIDENT=2"])
+    with pytest.raises(ConfigError, match=r"TEST.TRACK.CONFIDENT is a score in \[0, 1\], got 2.0"):
         StreamingDetector(build_detector(cfg), cfg, hybridize=False)
     cfg = lstm_config.load(None, FAST_SLOW + TRACK)
     with pytest.raises(ConfigError, match="synchronous"):
