@@ -314,15 +314,6 @@ class AsyncStreamingDetector(StreamingDetector):
                 self.large_updates += 1
                 self._busy = False
 
-    def searching(self):
-        """TEST.TRACK.SEARCH_TAU: the tracker holds nothing confident and SEARCH_TAU small steps ran since
-        the last large one (so the history, saved with the state, decides on resume too)."""
-        if self.search_tau < 0 or self.tracker.best_score() >= self.confident:
-            return False
-        small_run = len(self.history) - next((i + 1 for i in range(len(self.history) - 1, -1, -1)
-                                               if self.history[i] != SMALL), 0)
-        return small_run >= self.search_tau
-
     def step_raw(self, x, extractor=None, prepared=None):   # prepared: TEST.MOTION, refused here
         with self._lock:
             state = self.state
