@@ -219,8 +219,11 @@ class StreamingDetector(StreamRunner):
         the last large one (so the history, saved with the state, decides on resume too)."""
         if self.search_tau < 0 or self.tracker.best_score() >= self.confident:
             return False
-        small_run = len(self.history) - next((i + 1 for i in range(len(self.history) - 1, -1, -1)
-                                               if self.history[i] != SMALL), 0)
+        small_run = 0                       # small steps since the last large one
+        for action in reversed(self.history):
+            if action != SMALL:
+                break
+            small_run += 1
         return small_run >= self.search_tau
 
     def step_raw(self, x, extractor=None, prepared=None):
