@@ -71,6 +71,7 @@ TRAIN_DEFAULTS = {
     "BEST_METRIC": "",
     "FREEZE_PATTERNS": [],
     "TRAINABLE_PATTERNS": [],
+    "FROZEN_BN_STATS": False,
     "NO_WD_PATTERNS": [],
     "LR_MULT_PATTERNS": {},
     "KVSTORE": "device",

@@ -47,6 +47,7 @@ class ConvBN(gluon.HybridBlock):
         self.kernel, self.stride, self.groups = int(kernel), int(stride), int(groups)
         self.act, self.use_bn = act, bool(use_bn)
         self.bn_momentum = BN_MOMENTUM   # the detector sets MODEL.BN_MOMENTUM on every unit
+        self.use_global_stats = False     # running statistics in training too (TRAIN.FROZEN_BN_STATS)
         self.use_bias = (not use_bn) if use_bias is None else bool(use_bias)
         with self.name_scope():
             self.weight = self.params.get(
@@ -74,7 +75,7 @@ class ConvBN(gluon.HybridBlock):
                           no_bias=bias is None)
         if self.use_bn:
             y = F.BatchNorm(y, gamma, beta, running_mean, running_var, eps=BN_EPS, momentum=self.bn_momentum,
-                            fix_gamma=False, use_global_stats=False)
+                            fix_gamma=False, use_global_stats=self.use_global_stats)
         return apply_activation(F, y, self.act)
 
     # ---- pruning -------------------------------------------------------------------------------

@@ -239,6 +239,59 @@ def test_freeze_patterns_and_errors(tmp_path):
         fit(TinyTask(), tiny_data, train_cfg(LR="fast"), str(tmp_path / "x"))
 
 
+def test_frozen_bn_stats_keep_the_running_statistics_of_frozen_batchnorms(tmp_path):
+    # TinyNet's BatchNorm (body.1) frozen between two trained layers (MXNet updates running statistics in
+    # the backward pass, which runs through it for body.0): without the key its statistics drift towards
+    # the training batches, with it they stay, while the layers around it still train
+    runs = {}
+    for frozen in (False, True):
+        task = TinyTask()
+        before = params_of(task.net)
+        fit(task, tiny_data, train_cfg(EPOCHS=1, FREEZE_PATTERNS=[r"^body\.1\."], FROZEN_BN_STATS=frozen),
+            str(tmp_path / str(frozen)))
+        runs[frozen] = (before, params_of(task.net))
+    before, after = runs[False]
+    assert not np.allclose(before["body.1.running_mean"], after["body.1.running_mean"])
+    before, after = runs[True]
+    for name in ("running_mean", "running_var", "gamma", "beta"):
+        np.testing.assert_array_equal(before[f"body.1.{name}"], after[f"body.1.{name}"])
+    for name in ("body.0.weight", "head.weight"):
+        assert not np.allclose(before[name], after[name])
+
+
+@pytest.mark.parametrize("hybridize", [False, True])
+def test_frozen_batchnorm_computes_in_training_what_it_computes_at_test_time(hybridize):
+    from lib.train.loop import freeze_batchnorm_statistics
+    from lstm_ssd.layers import ConvBN
+
+    net = gluon.nn.HybridSequential()
+    net.add(gluon.nn.Conv2D(4, 3, padding=1, in_channels=3), gluon.nn.BatchNorm(in_channels=4),
+            ConvBN(4, 4, kernel=3), ConvBN(4, 4, kernel=1))
+    net.initialize(mx.init.Xavier())
+    for bn in (net[1], net[2]):   # non-trivial statistics, so batch and running ones differ
+        bn.running_mean.set_data(mx.nd.array([0.5, -0.3, 0.2, 0.1]))
+        bn.running_var.set_data(mx.nd.array([2.0, 0.5, 1.5, 3.0]))
+    for block in (net[1], net[2]):
+        block.gamma.grad_req = block.beta.grad_req = "null"
+    x = mx.nd.random.normal(1.0, 2.0, shape=(2, 3, 6, 6))
+    if hybridize:
+        net.hybridize()
+    net(x)                        # a cached graph exists before the switch
+    stats = {i: (net[i].running_mean.data().asnumpy(), net[i].running_var.data().asnumpy()) for i in (1, 2, 3)}
+    assert freeze_batchnorm_statistics(net) == 2   # the trainable ConvBN (net[3]) is left alone
+
+    expected = net[2](net[1](net[0](x))).asnumpy()          # inference: running statistics
+    with mx.autograd.record():
+        got = net[2](net[1](net[0](x)))
+        out = net(x)
+    np.testing.assert_allclose(got.asnumpy(), expected, rtol=1e-5, atol=1e-5)
+    out.backward()
+    for i in (1, 2):
+        np.testing.assert_array_equal(net[i].running_mean.data().asnumpy(), stats[i][0])
+        np.testing.assert_array_equal(net[i].running_var.data().asnumpy(), stats[i][1])
+    assert not np.allclose(net[3].running_mean.data().asnumpy(), stats[3][0])   # still a training BN
+
+
 def test_gradient_clipping_matches_manual_update(tmp_path):
     """One plain-SGD step with clipping equals w - lr * g * min(1, c / ||g||) computed by hand."""
     task = TinyTask()

@@ -24,6 +24,10 @@ that section are ignored here):
                      in best.params (+ best.json), beside the checkpoints ('' = off)
   FREEZE_PATTERNS    regexes: parameters whose name matches one are not trained
   TRAINABLE_PATTERNS regexes: if not empty, ONLY parameters matching one are trained
+  FROZEN_BN_STATS    a BatchNorm whose scale and shift are both left untrained by the two keys above
+                     normalises with its running statistics in training too and keeps them (a frozen
+                     part then computes in training exactly what it computes at test time; otherwise its
+                     statistics drift towards the new data while its weights stay)
   NO_WD_PATTERNS     regexes: parameters matching one get no weight decay (e.g. 'bias$', 'beta$')
   LR_MULT_PATTERNS   {regex: multiplier}: learning-rate multipliers (e.g. a pretrained trunk at 0.1)
   KVSTORE            gluon Trainer kvstore ('device', 'local', 'dist_sync', 'dist_device_sync')
@@ -128,6 +132,8 @@ def prepare_params(net, cfg):
     for pattern, mult in cfg["LR_MULT_PATTERNS"].items():
         for name in _select(named, [pattern], "LR_MULT_PATTERNS"):
             named[name].lr_mult = float(mult)
+    if cfg.get("FROZEN_BN_STATS"):
+        freeze_batchnorm_statistics(net)
     trainable, seen = {}, set()
     for name, param in named.items():
         # A parameter shared by several blocks appears under several names: train it once.
@@ -137,6 +143,38 @@ def prepare_params(net, cfg):
     if not trainable:
         raise ConfigError("no parameter left to train (check FREEZE_PATTERNS / TRAINABLE_PATTERNS)")
     return trainable
+
+
+def _blocks(block):
+    yield block
+    for child in block._children.values():
+        yield from _blocks(child)
+
+
+def freeze_batchnorm_statistics(net):
+    """Every BatchNorm in ``net`` whose gamma and beta are not trained (grad_req 'null') normalises with
+    its running statistics, also in training, and no longer updates them. Covers gluon's nn.BatchNorm and
+    any block with Parameters ``gamma`` / ``beta`` and a ``use_global_stats`` attribute it passes to its
+    BatchNorm op. Returns the number of layers switched."""
+    switched = 0
+    for block in _blocks(net):
+        gamma, beta = getattr(block, "gamma", None), getattr(block, "beta", None)
+        if not (isinstance(gamma, gluon.Parameter) and isinstance(beta, gluon.Parameter)):
+            continue
+        if gamma.grad_req != "null" or beta.grad_req != "null":
+            continue
+        if isinstance(block, gluon.nn.BatchNorm):
+            block._kwargs["use_global_stats"] = True
+        elif hasattr(block, "use_global_stats"):
+            block.use_global_stats = True
+        else:
+            continue
+        switched += 1
+    if switched:
+        for block in _blocks(net):   # hybridized graphs were built with the old setting
+            if isinstance(block, gluon.HybridBlock):
+                block._clear_cached_op()
+    return switched
 
 
 def build_trainer(params, cfg, kvstore=None):
