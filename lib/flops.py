@@ -9,17 +9,13 @@ in the papers' MAC figures. Dilation does not change the count.
 import mxnet as mx
 from mxnet.gluon import nn
 
+from .layers import iter_blocks
+
 _CONVS = (nn.Conv2D, nn.Conv2DTranspose)
 
 
 def _first(x):
     return x[0] if isinstance(x, (list, tuple)) else x
-
-
-def _walk(block):
-    yield block
-    for child in block._children.values():
-        yield from _walk(child)
 
 
 def _builtin_conv_macs(conv, args, output):
@@ -42,7 +38,7 @@ def count_macs_of(root, run):
     first (the caller knows which, and re-hybridizes afterwards).
     """
     total, handles = [0], []
-    for b in _walk(root):
+    for b in iter_blocks(root):
         if hasattr(b, "call_macs"):
             handles.append(b.register_forward_hook(lambda blk, args, out: total.__setitem__(
                 0, total[0] + int(blk.call_macs(args, out)))))

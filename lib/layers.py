@@ -50,6 +50,13 @@ class ReLU6(nn.HybridBlock):
         return relu6(F, x)
 
 
+def iter_blocks(block):
+    """``block`` and every block under it, depth first."""
+    yield block
+    for child in block._children.values():
+        yield from iter_blocks(child)
+
+
 def replace_relu6(block):
     """Swap every gluoncv ``ReLU6`` child of ``block`` (recursively) for ``ReLU6``; returns the count.
 

@@ -47,6 +47,7 @@ from mxnet import gluon
 from lib.fileio import atomic_save
 
 from ..config import TRAIN_DEFAULTS, ConfigError, merge
+from ..layers import iter_blocks
 from .schedule import build_lr_schedule
 
 OPTIMIZERS = ("sgd", "adam", "rmsprop")
@@ -145,19 +146,13 @@ def prepare_params(net, cfg):
     return trainable
 
 
-def _blocks(block):
-    yield block
-    for child in block._children.values():
-        yield from _blocks(child)
-
-
 def freeze_batchnorm_statistics(net):
     """Every BatchNorm in ``net`` whose gamma and beta are not trained (grad_req 'null') normalises with
     its running statistics, also in training, and no longer updates them. Covers gluon's nn.BatchNorm and
     any block with Parameters ``gamma`` / ``beta`` and a ``use_global_stats`` attribute it passes to its
     BatchNorm op. Returns the number of layers switched."""
     switched = 0
-    for block in _blocks(net):
+    for block in iter_blocks(net):
         gamma, beta = getattr(block, "gamma", None), getattr(block, "beta", None)
         if not (isinstance(gamma, gluon.Parameter) and isinstance(beta, gluon.Parameter)):
             continue
@@ -171,7 +166,7 @@ def freeze_batchnorm_statistics(net):
             continue
         switched += 1
     if switched:
-        for block in _blocks(net):   # hybridized graphs were built with the old setting
+        for block in iter_blocks(net):   # hybridized graphs were built with the old setting
             if isinstance(block, gluon.HybridBlock):
                 block._clear_cached_op()
     return switched
