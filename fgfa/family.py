@@ -69,7 +69,7 @@ class _RFCNBase(DetectorFamily):
         frames = [preprocess(im)[0] for im in images]
         frames = [f for f in frames if f.shape == frames[0].shape]   # one input size for the graphs
         model.net.quantize_int8(np.stack(frames), model.cfg.TEST.CALIB_MODE, model.cfg.TEST.FLOW_CALIB_MODE)
-        model._runner = None            # the next runner uses the int8 parts
+        model._runner = model._stream_runner = None     # the next runner uses the int8 parts
 
     def anchor_spec(self, cfg, num_classes=1):
         net = cfg.NETWORK

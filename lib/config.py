@@ -125,6 +125,12 @@ SHARED_DEFAULTS = {
         # name -> frame list ("<video> <frame>" lines, lib.eval.subsets): mAP of those frames too, e.g.
         # the degraded_frames.txt / intact_frames.txt of lib.tools.degrade
         "SUBSETS": {},
+        # a box-level memory for any streaming runner (lib.streaming.TrackedFusion): the last frame's
+        # detections moved along DIS flow (PRESET at SCALE of the frame) and merged with this frame's, a
+        # carried box's score times DECAY per frame; one that overlaps a detection of its class by IOU lifts
+        # its score, one that overlaps none is added while it scores MIN_SCORE or more
+        "FUSE": {"ENABLED": False, "DECAY": 0.7, "IOU": 0.5, "MIN_SCORE": 0.05, "PRESET": "ultrafast",
+                 "SCALE": 0.5, "MIN_VISIBLE": 0.3},
     },
 }
 

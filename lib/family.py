@@ -25,6 +25,7 @@ from lib import pretrained
 from lib.config import ConfigError
 from lib.export import ExportNotSupported
 from lib.registry import Registry
+from lib.streaming import fused_runner
 from lib.tiling import detect_tiled
 from lib.train.run import RunFolder, resolve_run
 
@@ -135,16 +136,23 @@ class LoadedModel:
     def __init__(self, family, net, cfg, classes, ctx, impl=None):
         self.family, self.net, self.cfg, self.classes, self.ctx = family, net, cfg, list(classes), ctx
         self.impl = impl or get_family(family)
-        self._runner = None
+        self._runner = self._stream_runner = None
 
     @property
     def video(self):
         return self.impl.video
 
     def runner(self):
+        """The family's runner: one image after another, independent for a frame detector."""
         if self._runner is None:
             self._runner = self.impl.runner(self)
         return self._runner
+
+    def stream_runner(self):
+        """The runner for one video in order: ``runner()``, with TEST.FUSE's box-level memory if enabled."""
+        if self._stream_runner is None:
+            self._stream_runner = fused_runner(self.runner(), self.cfg.TEST, self.cfg.get("CONFIG_FILE") or "config")
+        return self._stream_runner
 
     def quantize_int8(self, images):
         """int8 CPU inference in this process (MXNet's MKLDNN quantization), calibrated on RGB uint8
@@ -156,12 +164,12 @@ class LoadedModel:
         return self
 
     def detect_stream(self, images):
-        return self.runner().detect_video(list(images))
+        return self.stream_runner().detect_video(list(images))
 
     def detect(self, images):
         images = list(images)
         if not self.video:
-            return self.detect_stream(images)
+            return self.runner().detect_video(images)
         return [self.detect_stream([image])[0] for image in images]
 
     def detect_tiled(self, image, tiling):

@@ -233,6 +233,14 @@ class BoxTracker:
         self.last = (np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(scores, np.float32).reshape(-1),
                      np.asarray(labels, np.int64).reshape(-1))
 
+    def hold(self, detections):
+        """Replace the boxes held for the frame last seen (e.g. by the detections merged with them)."""
+        if not self.ready:
+            raise ValueError("BoxTracker.hold before any remember(frame, detections)")
+        boxes, scores, labels = detections
+        self.last = (np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(scores, np.float32).reshape(-1),
+                     np.asarray(labels, np.int64).reshape(-1))
+
     def track(self, frame):
         """(boxes, scores, labels) of ``frame`` from the last frame's; then remembers them as its own."""
         if not self.ready:

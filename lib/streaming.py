@@ -14,8 +14,14 @@ labels (K,) int64 0-based))``, frame indices counted from the last ``reset``. A 
 memory detector (LSTM-SSD) returns its frame at once; a window detector (FGFA, a window of 2K+1
 frames centred on the output frame) returns frame t when frame t + K arrives, and the last K at
 ``flush``. Every frame gets exactly one result, in order. ``detect_video`` runs a whole list.
+
+``TrackedFusion`` wraps any runner with a box-level memory (``TEST.FUSE``): each frame's detections
+merged with the previous frame's, moved along DIS flow.
 """
 import numpy as np
+
+from lib.bbox import box_iou
+from lib.config import ConfigError
 
 
 def as_detections(boxes, scores, labels):
@@ -66,3 +72,93 @@ class FrameRunner(StreamRunner):
     def step(self, image):
         t, self.index = self.index, self.index + 1
         return [(t, as_detections(*self._detect(image)))]
+
+
+def merge_tracked(detections, tracked, iou_threshold=0.5, min_score=0.05, max_boxes=100):
+    """A frame's own detections merged with boxes carried over from the frame before (both
+    (boxes, scores, labels)): a tracked box that overlaps a detection of its class by ``iou_threshold``
+    or more lifts that detection's score to its own if higher (the detection keeps its box: it is this
+    frame's evidence); one that overlaps none is added, if it scores ``min_score`` or more. At most
+    ``max_boxes``, best first."""
+    boxes, scores, labels = (np.array(a) for a in as_detections(*detections))
+    t_boxes, t_scores, t_labels = as_detections(*tracked)
+    keep = t_scores >= min_score
+    t_boxes, t_scores, t_labels = t_boxes[keep], t_scores[keep], t_labels[keep]
+    added = np.ones(len(t_boxes), bool)
+    for label in np.unique(t_labels):
+        own, carried = np.flatnonzero(labels == label), np.flatnonzero(t_labels == label)
+        if not len(own):
+            continue
+        iou = box_iou(t_boxes[carried], boxes[own])
+        best = iou.argmax(axis=1)
+        matched = iou[np.arange(len(carried)), best] >= iou_threshold
+        for j, k in zip(carried[matched], own[best[matched]]):
+            scores[k] = max(scores[k], t_scores[j])
+        added[carried[matched]] = False
+    boxes = np.concatenate([boxes, t_boxes[added]])
+    scores = np.concatenate([scores, t_scores[added]])
+    labels = np.concatenate([labels, t_labels[added]])
+    order = np.argsort(-scores, kind="stable")[:max_boxes]
+    return as_detections(boxes[order], scores[order], labels[order])
+
+
+class TrackedFusion(StreamRunner):
+    """Any runner with a box-level memory: the detections it gave for the frame before (as fused here)
+    move along DIS flow to this frame (``lib.flow.BoxTracker``, scores times ``decay``) and merge with
+    this frame's own (``merge_tracked``). An object found on a sharp frame so outlives one blurred or
+    occluded frame, at a lower score each frame it is not found again. Works with runners that delay
+    frames (FGFA's window): a frame is kept until its result arrives. Other attributes are the inner
+    runner's."""
+
+    def __init__(self, inner, tracker, iou_threshold=0.5, min_score=0.05, max_boxes=100):
+        self.inner, self.tracker = inner, tracker
+        self.iou_threshold, self.min_score, self.max_boxes = float(iou_threshold), float(min_score), int(max_boxes)
+        self.pending, self.index = {}, 0
+
+    def __getattr__(self, name):               # last_extractor, close, ... of the wrapped runner
+        if name in ("inner", "tracker"):
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def reset(self):
+        self.inner.reset()
+        self.tracker.forget()
+        self.pending, self.index = {}, 0
+
+    def step(self, image):
+        self.pending[self.index] = image
+        self.index += 1
+        return [self._fuse(t, result) for t, result in self.inner.step(image)]
+
+    def flush(self):
+        return [self._fuse(t, result) for t, result in self.inner.flush()]
+
+    def _fuse(self, t, detections):
+        frame = self.pending.pop(t)
+        if not self.tracker.ready:
+            detections = as_detections(*detections)
+            self.tracker.remember(frame, detections)
+            return t, detections
+        detections = merge_tracked(detections, self.tracker.track(frame), self.iou_threshold, self.min_score,
+                                   self.max_boxes)
+        self.tracker.hold(detections)          # track() saw this frame already: only the boxes change
+        return t, detections
+
+
+def fused_runner(runner, test_cfg, name="config"):
+    """``runner`` wrapped in ``TrackedFusion`` when ``TEST.FUSE.ENABLED`` (else itself); a bad key is a
+    ConfigError naming it."""
+    fuse = test_cfg.FUSE
+    if not fuse.ENABLED:
+        return runner
+    for key, low in (("DECAY", 0.0), ("IOU", 0.0)):
+        if not low < float(fuse[key]) <= 1.0:
+            raise ConfigError(f"{name}: TEST.FUSE.{key} must be in (0, 1], got {fuse[key]}")
+    if not 0.0 <= float(fuse.MIN_SCORE) <= 1.0:
+        raise ConfigError(f"{name}: TEST.FUSE.MIN_SCORE is a score in [0, 1], got {fuse.MIN_SCORE}")
+    from lib.flow import BoxTracker          # OpenCV: only when fusing
+    try:
+        tracker = BoxTracker(fuse.PRESET, fuse.SCALE, fuse.DECAY, fuse.MIN_VISIBLE)
+    except ValueError as err:
+        raise ConfigError(f"{name}: TEST.FUSE: {err}") from None
+    return TrackedFusion(runner, tracker, fuse.IOU, fuse.MIN_SCORE, test_cfg.MAX_PER_IMAGE)

@@ -25,6 +25,7 @@ from lib.eval import voc_ap
 from lib.eval.subsets import subset_scores
 from lib.losses import MultiBoxLoss
 from lib.matching import ssd_targets
+from lib.streaming import fused_runner
 from lib.train import fit, load_matching_parameters, seed_everything
 from lib.pretrained import PretrainedError
 from lib.train.distributed import config_contexts, deal_batches, join_job, split_batch
@@ -371,6 +372,7 @@ def evaluate(cfg, net, dataset=None, policy=None, print_dir=None, policy_net=Non
         stream = AsyncStreamingDetector(net, cfg, ctx=ctx)
     else:
         stream = StreamingDetector(net, cfg, policy=policy, ctx=ctx, policy_net=policy_net)
+    stream = fused_runner(stream, cfg.TEST, cfg.get("CONFIG_FILE") or "config")
     if cfg.TEST.QUANTIZE == "int8":
         net.quantize_int8(calibration_frames(cfg, cfg.TEST.CALIB_FRAMES))
     elif cfg.TEST.QUANTIZE:

@@ -151,10 +151,12 @@ def detect_all(model_path, cfg, dataset, tiling, overrides=None, int8_calib=0):
             seconds += time.perf_counter() - start
         return detections, seconds, len(dataset)
     streamed = 0
-    for _, records, report in stream_plan(dataset, context_dataset(cfg, dataset) if model.video else None):
+    # a memory (the family's, or TEST.FUSE's boxes) needs the videos in order, with their other frames
+    in_order = model.video or bool(model.cfg.TEST.FUSE.ENABLED)
+    for _, records, report in stream_plan(dataset, context_dataset(cfg, dataset) if in_order else None):
         images = [read_image(rec.image) for rec in records]
         start = time.perf_counter()
-        results = model.detect_stream(images) if model.video else model.detect(images)
+        results = model.detect_stream(images) if in_order else model.detect(images)
         seconds += time.perf_counter() - start
         streamed += len(images)
         for i, result in zip(report, results):
