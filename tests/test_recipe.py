@@ -34,6 +34,13 @@ def _images(rng, shapes):
     return [cv2.GaussianBlur(rng.integers(0, 255, (h, w, 3), dtype=np.uint8), (7, 7), 0) for h, w in shapes]
 
 
+def _canonical(boxes, scores, labels):
+    """Detections in an order that does not depend on how ties in score were broken."""
+    order = np.lexsort((np.round(scores, 4), np.round(boxes[:, 3], 1), np.round(boxes[:, 2], 1),
+                        np.round(boxes[:, 1], 1), np.round(boxes[:, 0], 1), labels))
+    return boxes[order], scores[order], labels[order]
+
+
 def _sorted(boxes, scores, labels, width, height):
     order = np.argsort(-scores, kind="stable")
     return np.clip(boxes[order], 0, [width, height, width, height]), scores[order], labels[order]
@@ -528,3 +535,43 @@ def test_loading_errors(tmp_path):
         load_model(str(tmp_path / "nothing"))
     with pytest.raises(FileNotFoundError, match="run.json"):
         load_model(str(tmp_path))
+
+
+def test_fused_evaluation_streams_a_frame_detector_with_the_box_memory(tmp_path):
+    """OVERRIDES.TEST.FUSE.ENABLED on an ssdlite run: evaluate streams each snippet through
+    lib.streaming.TrackedFusion, with and without tiling; the oracle is the same composition built by hand
+    from the model's own frame detection (and the plain evaluation, which must stay per image)."""
+    from lib.dataset.synthetic import generate_video_dataset
+    from lib.flow import BoxTracker
+    from lib.streaming import FrameRunner, TrackedFusion
+    generate_video_dataset(str(tmp_path / "synth"), seed=3, num_videos=1, num_frames=4, width=160, height=128,
+                           num_classes=1, max_objects=1, load=False)
+    cfg = _cfg(tmp_path, f"""
+DETECTOR: ssdlite
+BASE: experiments/lstm_ssd/cfgs/tiny_test.yaml
+TRAIN: {{BATCH_SIZE: 1, ITERATIONS: 1}}
+TILING: {{INFER: {{ENABLED: false, SIZE: [96, 96], OVERLAP: 16}}}}
+OVERRIDES: {{TEST: {{SCORE_THRESH: 0.0}}}}
+DATASET: {{TRAIN: {{FORMAT: synthetic, ROOT: {tmp_path / 'synth'}}}, VAL: {{FORMAT: synthetic, ROOT: {tmp_path / 'synth'}}}}}
+OUTPUT_DIR: {tmp_path / 'run'}
+""")
+    recipe.train(cfg, progress=False)
+    dataset = recipe.load_data(cfg, "VAL")
+    frames = [cv2.cvtColor(cv2.imread(r.image), cv2.COLOR_BGR2RGB) for r in dataset.records]
+    evaluate = runpy.run_path(os.path.join(PROJECT_ROOT, "experiments", "custom", "evaluate.py"), run_name="fuse_test")
+    model = load_model(str(tmp_path / "run"))
+    fuse = ["TEST.FUSE.ENABLED=true", "TEST.FUSE.MIN_SCORE=0.0"]
+    for tiling in (False, True):
+        detect = (lambda im: model.detect_tiled(im, cfg.TILING.INFER)) if tiling else (lambda im: model.detect([im])[0])
+        plain = [detect(im) for im in frames]
+        by_hand = TrackedFusion(FrameRunner(detect), BoxTracker("ultrafast", 0.5, decay=0.7), min_score=0.0,
+                                max_boxes=model.cfg.TEST.MAX_PER_IMAGE).detect_video(frames)
+        got, _, streamed = evaluate["detect_all"](str(tmp_path / "run"), cfg, dataset, tiling, overrides=fuse)
+        unfused, _, _ = evaluate["detect_all"](str(tmp_path / "run"), cfg, dataset, tiling)
+        assert streamed == 4
+        for g, want, u, p in zip(got, by_hand, unfused, plain):
+            for a, b in ((g, want), (u, p)):          # as sets: an untrained model's scores tie
+                for x, y in zip(_canonical(*a), _canonical(*b)):
+                    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-3)
+        # the memory added carried boxes on the later frames (scores 0.0 and up are kept)
+        assert sum(len(g[1]) for g in got[1:]) > sum(len(u[1]) for u in unfused[1:])

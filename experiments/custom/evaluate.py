@@ -50,6 +50,7 @@ from lib.eval.misses import format_misses, miss_analysis
 from lib.eval.subsets import subset_scores
 from lib.eval.plots import save_pr_curves
 from lib.family import load_model
+from lib.streaming import FrameRunner, fused_runner
 from lib.tiling import detect_tiled
 from lib.tools.infer import ExportedDetector
 from lib.train import CheckpointError
@@ -143,20 +144,27 @@ def detect_all(model_path, cfg, dataset, tiling, overrides=None, int8_calib=0):
         model.quantize_int8(calibration_images(cfg, int8_calib))
     warm = read_image(dataset.records[0].image)           # warm-up: not timed
     model.detect_tiled(warm, cfg.TILING.INFER) if tiling else model.detect([warm])
-    if tiling:
+    fuse = bool(model.cfg.TEST.FUSE.ENABLED)
+    if tiling and not fuse:
         for i, rec in enumerate(dataset.records):
             image = read_image(rec.image)
             start = time.perf_counter()
             detections[i] = model.detect_tiled(image, cfg.TILING.INFER)
             seconds += time.perf_counter() - start
         return detections, seconds, len(dataset)
+    if tiling:       # TEST.FUSE on tiled frames: the tiled detector streamed with the box-level memory
+        tiled = fused_runner(FrameRunner(lambda image: model.detect_tiled(image, cfg.TILING.INFER)), model.cfg.TEST,
+                             model.cfg.get("CONFIG_FILE") or "config")
+        detect_video = tiled.detect_video
+    else:
+        detect_video = model.detect_stream if model.video or fuse else model.detect
     streamed = 0
     # a memory (the family's, or TEST.FUSE's boxes) needs the videos in order, with their other frames
-    in_order = model.video or bool(model.cfg.TEST.FUSE.ENABLED)
+    in_order = model.video or fuse
     for _, records, report in stream_plan(dataset, context_dataset(cfg, dataset) if in_order else None):
         images = [read_image(rec.image) for rec in records]
         start = time.perf_counter()
-        results = model.detect_stream(images) if in_order else model.detect(images)
+        results = detect_video(images)
         seconds += time.perf_counter() - start
         streamed += len(images)
         for i, result in zip(report, results):
