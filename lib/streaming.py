@@ -113,7 +113,7 @@ class TrackedFusion(StreamRunner):
     def __init__(self, inner, tracker, iou_threshold=0.5, min_score=0.05, max_boxes=100):
         self.inner, self.tracker = inner, tracker
         self.iou_threshold, self.min_score, self.max_boxes = float(iou_threshold), float(min_score), int(max_boxes)
-        self.pending, self.index = {}, 0
+        self.pending, self.index, self.frame_hw = {}, 0, None
 
     def __getattr__(self, name):               # last_extractor, close, ... of the wrapped runner
         if name in ("inner", "tracker"):
@@ -123,7 +123,7 @@ class TrackedFusion(StreamRunner):
     def reset(self):
         self.inner.reset()
         self.tracker.forget()
-        self.pending, self.index = {}, 0
+        self.pending, self.index, self.frame_hw = {}, 0, None
 
     def step(self, image):
         self.pending[self.index] = image
@@ -135,6 +135,9 @@ class TrackedFusion(StreamRunner):
 
     def _fuse(self, t, detections):
         frame = self.pending.pop(t)
+        if np.shape(frame)[:2] != self.frame_hw:      # a frame of another size: no flow to it, start afresh
+            self.tracker.forget()
+            self.frame_hw = np.shape(frame)[:2]
         if not self.tracker.ready:
             detections = as_detections(*detections)
             self.tracker.remember(frame, detections)

@@ -138,3 +138,17 @@ def test_fusion_on_a_streaming_lstm_ssd_only_adds_or_lifts(frames):
                 assert f_scores[same].max() >= score - 1e-7
             else:        # cut by MAX_PER_IMAGE: only for boxes below every kept score
                 assert score <= f_scores.min() + 1e-7
+
+
+def test_a_frame_of_another_size_starts_the_memory_afresh(frames):
+    """No flow between frames of two sizes (a folder of mixed frames): nothing is carried into the first
+    frame of the new size, and carrying resumes after it."""
+    bigger = [cv2.resize(f, (f.shape[1] * 5 // 4, f.shape[0] * 5 // 4)) for f in frames[1:]]
+    script = [_dets([BOX], [0.8], [0]), _dets(np.zeros((0, 4)), [], []), _dets(np.zeros((0, 4)), [], [])]
+    results = TrackedFusion(_Scripted(script), BoxTracker("medium", scale=1.0, decay=0.7)).detect_video(
+        [frames[0]] + bigger)
+    assert len(results[1][1]) == 0 and len(results[2][1]) == 0
+    script[1] = _dets([BOX], [0.8], [0])
+    results = TrackedFusion(_Scripted(script), BoxTracker("medium", scale=1.0, decay=0.7)).detect_video(
+        [frames[0]] + bigger)
+    np.testing.assert_allclose(results[2][1], [0.56], rtol=1e-6)

@@ -238,6 +238,28 @@ OUTPUT_DIR: {run_dir}
                     sorted(exported, key=lambda d: (d["image_id"], -d["score"]))):
         assert a["image_id"] == b["image_id"] and abs(a["score"] - b["score"]) < 1e-6
         np.testing.assert_allclose(a["bbox"], b["bbox"], atol=1e-3)
+    # 10c. with the box-level memory (OVERRIDES.TEST.FUSE): the first frame is the plain detector's; later,
+    # every plain detection is there at its score or higher, next to boxes carried from the frames before
+    fused_dir = root / "fused"
+    assert detect_video(["--model", str(artifact), "--cfg", str(cfg_path), "--input", video, "--output",
+                         str(fused_dir), "--thresh", "0.0", "--tiling", "off",
+                         "--set", "OVERRIDES.TEST.FUSE.ENABLED=true", "--set", "OVERRIDES.TEST.FUSE.MIN_SCORE=0.0"]) == 0
+    fused = json.loads((fused_dir / "detections.json").read_text())
+    plain_by_frame, fused_by_frame = {}, {}
+    for entries, table in ((exported, plain_by_frame), (fused, fused_by_frame)):
+        for d in entries:
+            table.setdefault(int(d["image_id"]), []).append(d)
+    assert sorted(d["score"] for d in fused_by_frame[0]) == pytest.approx(sorted(d["score"] for d in plain_by_frame[0]))
+    assert len(fused) > len(exported)
+    for t, entries in plain_by_frame.items():
+        for d in entries:
+            same = [f["score"] for f in fused_by_frame[t] if np.allclose(f["bbox"], d["bbox"], atol=1e-3)]
+            assert same and max(same) >= d["score"] - 1e-6, f"frame {t}"
+    for bad, message in (("OVERRIDES.TEST.FUSE.DECAY=2", "TEST.FUSE.DECAY must be in (0, 1], got 2"),
+                         ("OVERRIDES.TEST.FUSE.DECAI=0.5", "unknown key 'TEST.FUSE.DECAI'")):
+        assert detect_video(["--model", str(artifact), "--cfg", str(cfg_path), "--input", video, "--output",
+                             str(root / "fused_bad"), "--set", "OVERRIDES.TEST.FUSE.ENABLED=true", "--set", bad]) == 2
+        assert message in capsys.readouterr().err
     small_tiles = root / "tiled_small"
     assert detect_video(["--model", str(artifact), "--cfg", str(cfg_path), "--input", str(frames_dir),
                          "--output", str(small_tiles), "--thresh", "0.3", "--tiling", "on",

@@ -8,7 +8,9 @@ results format, frames per second), with TILING.INFER of the recipe config appli
 into SIZE tiles overlapping by OVERLAP px, each tile goes through the artifact at the artifact's input
 size (so small objects keep their pixels), boxes cut by an inner tile border are dropped and the rest
 merged with class-aware NMS (lib.tiling.detect_tiled); INCLUDE_FULL_FRAME adds the whole frame for
-objects larger than a tile. Without tiling it is lib.tools.infer.
+objects larger than a tile. Without tiling it is lib.tools.infer. ``--set OVERRIDES.TEST.FUSE.ENABLED=true``
+(and the other TEST.FUSE keys, as for a training run) streams the frames through the box-level memory of
+lib.streaming.TrackedFusion: the last frame's detections moved along DIS flow and merged with this frame's.
 """
 import argparse
 import json
@@ -16,13 +18,27 @@ import os
 import sys
 import time
 
+from easydict import EasyDict
+
 from experiments.custom.recipe import load_recipe_config
 from lib.cli import check_fps, check_fraction, output_folder, user_errors_exit_2
+from lib.config import SHARED_DEFAULTS, merge, to_plain
 from lib.fileio import atomic_write_json
 from lib.frames import DEFAULT_FPS, check_source, source_fps
+from lib.streaming import FrameRunner, fused_runner
 from lib.tiling import detect_tiled
 from lib.tools.infer import ExportedDetector, draw, iterate_frames
 from lib.viz import VideoWriter
+
+
+def fuse_settings(cfg):
+    """TEST.FUSE and TEST.MAX_PER_IMAGE for an exported artifact: the shared defaults with the recipe's
+    OVERRIDES.TEST.FUSE / MAX_PER_IMAGE over them (the family's other keys are the artifact's own)."""
+    given = (to_plain(cfg.OVERRIDES) or {}).get("TEST") or {}
+    keys = {key: given[key] for key in ("FUSE", "MAX_PER_IMAGE") if key in given}
+    defaults = {key: SHARED_DEFAULTS["TEST"][key] for key in ("FUSE", "MAX_PER_IMAGE")}
+    return EasyDict(merge(defaults, keys, source=f"{cfg.CONFIG_FILE or 'config'} (OVERRIDES.TEST)",
+                          prefix="TEST."))
 
 
 def run(model_dir, cfg, source, output, thresh=0.5, tiling=None, fps=None):
@@ -35,16 +51,21 @@ def run(model_dir, cfg, source, output, thresh=0.5, tiling=None, fps=None):
     fps = fps or source_fps(source) or DEFAULT_FPS
     video_path, json_path = os.path.join(output, "annotated.mp4"), os.path.join(output, "detections.json")
     results, frames, elapsed, notes = [], 0, 0.0, []
+
+    def detect(frame):
+        if tiling:
+            return detect_tiled(detector, frame, tuple(int(v) for v in tile_cfg.SIZE), int(tile_cfg.OVERLAP),
+                                float(tile_cfg.NMS_IOU), include_full_frame=bool(tile_cfg.INCLUDE_FULL_FRAME),
+                                max_detections=int(tile_cfg.MAX_DETECTIONS))
+        return detector(frame)
+    # frames come in BGR (OpenCV): the flow's grey image weighs the channels a little differently, the motion
+    # is the same
+    stream = fused_runner(FrameRunner(detect), fuse_settings(cfg), cfg.CONFIG_FILE or "config")
+    stream.reset()
     with VideoWriter(video_path, fps, mismatch="resize", color="bgr", warn=notes.append) as writer:
         for name, frame in iterate_frames(source):
             start = time.perf_counter()
-            if tiling:
-                boxes, scores, labels = detect_tiled(detector, frame, tuple(int(v) for v in tile_cfg.SIZE),
-                                                     int(tile_cfg.OVERLAP), float(tile_cfg.NMS_IOU),
-                                                     include_full_frame=bool(tile_cfg.INCLUDE_FULL_FRAME),
-                                                     max_detections=int(tile_cfg.MAX_DETECTIONS))
-            else:
-                boxes, scores, labels = detector(frame)
+            (_, (boxes, scores, labels)), = stream.step(frame)
             elapsed += time.perf_counter() - start
             keep = scores >= thresh
             boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
