@@ -118,6 +118,7 @@ def moving_frames(count, height, width, step=4, seed=0):
 def bench_motion(quick, frames, warmup, tau):
     """Whole streaming steps (resize, extractor(s), memory, head, decoding + NMS) of the speedtrap Lite0
     models at 360x640 from 1280x720 frames, with and without TEST.MOTION, side by side."""
+    from lib.streaming import fused_runner
     from lstm_ssd.streaming import StreamingDetector
     height, width = (144, 256) if quick else (720, 1280)
     video = moving_frames(warmup + frames, height, width)
@@ -126,6 +127,8 @@ def bench_motion(quick, frames, warmup, tau):
     tracked = ["TEST.TRACK.ENABLED=true"]
     rows = [("lstm-ssd", "lstm_ssd", [], "large", tau),
             ("lstm-ssd moved memory", "lstm_ssd", ["TEST.MOTION.FLOW=dis"], "large", tau),
+            ("lstm-ssd moved memory + box fusion", "lstm_ssd", ["TEST.MOTION.FLOW=dis", "TEST.FUSE.ENABLED=true"],
+             "large", tau),
             (f"lfs tau={tau}", "lfs", ["TEST.MOTION.FLOW=", "TEST.MOTION.PROPAGATE=false"], "fixed", tau),
             (f"lfs tau={tau} propagated", "lfs", [], "fixed", tau),
             (f"lfs tau={tau} tracked", "lfs", tracked, "fixed", tau),
@@ -133,7 +136,7 @@ def bench_motion(quick, frames, warmup, tau):
     out = []
     for label, key, over, policy, row_tau in rows:
         cfg, net = build(MOTION_CFGS[key], common + over)
-        stream = StreamingDetector(net, cfg, policy=policy, tau=row_tau)
+        stream = fused_runner(StreamingDetector(net, cfg, policy=policy, tau=row_tau), cfg.TEST)
         for frame in video[:warmup]:
             stream.step(frame)
         stream.reset()
