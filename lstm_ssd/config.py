@@ -68,6 +68,10 @@ DEFAULTS = extend_schema(SHARED_DEFAULTS, {
         "AUGMENT": True,           # AUGMENTATIONS below, drawn once per clip (same for all its frames)
         "AUGMENTATIONS": ["RandomFlip", "SSDRandomCrop"],   # lib.transforms specs (build_transforms)
         "STILL_IMAGES": "pseudo",  # pseudo (crop-and-shift pseudo-video) | repeat | skip
+        # a lane's memory state zeroed before a training frame with this probability (drawn per lane and
+        # frame from the data seed): the head also learns to work without the memory's correction, and the
+        # memory cannot lean on long histories of the training videos
+        "STATE_DROPOUT": 0.0,
         # detection | distill_small (fast_slow: the small extractor and its projection learn to give
         # the large extractor's projected features, frame by frame, before interleaved training)
         "OBJECTIVE": "detection",

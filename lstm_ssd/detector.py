@@ -351,8 +351,10 @@ class LSTMSSD(gluon.Block):
         self._int8.update(int8)
         return self
 
-    def forward(self, clip, state=None, schedule=None):
-        """Unrolled graph. clip (B,T,3,H,W); schedule: extractor name per step (default all large).
+    def forward(self, clip, state=None, schedule=None, state_keep=None):
+        """Unrolled graph. clip (B,T,3,H,W); schedule: extractor name per step (default all large);
+        state_keep (B,T) of 0 / 1: the state of sequence b is zeroed before step t where it is 0
+        (TRAIN.STATE_DROPOUT).
 
         Returns cls (B,T,P,C+1), box (B,T,P,4) and the final state.
         """
@@ -364,6 +366,9 @@ class LSTMSSD(gluon.Block):
             state = self.zero_state(batch, clip.context)
         cls_all, box_all = [], []
         for t in range(steps):
+            if state_keep is not None and state is not None:
+                keep = state_keep[:, t].reshape((-1, 1, 1, 1))
+                state = tuple(mx.nd.broadcast_mul(s, keep) for s in state)
             cls, box, state = self.step(clip[:, t], state, schedule[t])
             cls_all.append(cls)
             box_all.append(box)

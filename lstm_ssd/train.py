@@ -110,9 +110,12 @@ class ClipData:
                 schedule = ["small" if rng.rand() < self.cfg.INTERLEAVE.SMALL_PROB else "large" for _ in range(steps)]
             else:
                 schedule = ["large"] * steps
+            drop = float(self.cfg.TRAIN.STATE_DROPOUT)
+            # drawn after the schedule, and only when asked for: runs without it keep their random streams
+            keep = (rng.rand(len(filled), steps) >= drop) if drop > 0 else np.ones((len(filled), steps), bool)
             yield {"frames": np.stack([a[0] for a in arrays]), "cls": np.stack([a[1] for a in arrays]),
                    "box": np.stack([a[2] for a in arrays]), "continues": np.array([k for _, k in filled]),
-                   "schedule": schedule}
+                   "state_keep": keep.astype(np.float32), "schedule": schedule}
 
 
 class EpochBatches:
@@ -175,12 +178,13 @@ class ClipTask(_Task):
         keep = mx.nd.array(continues.astype(np.float32), ctx=ctx).reshape((-1, 1, 1, 1))
         return tuple(mx.nd.broadcast_mul(s, keep) for s in carried)
 
-    def _part_loss(self, part, frames, cls_t, box_t, continues, schedule):
+    def _part_loss(self, part, frames, cls_t, box_t, continues, state_keep, schedule):
         ctx = self.contexts[part]
         frames = mx.nd.array(frames, ctx=ctx)
         b, t = frames.shape[:2]
         state = self.initial_state(continues, b, part)
-        cls, box, state = self.net(frames, state, schedule)
+        state_keep = mx.nd.array(state_keep, ctx=ctx) if self.cfg.TRAIN.STATE_DROPOUT > 0 else None
+        cls, box, state = self.net(frames, state, schedule, state_keep)
         if state is not None:
             self.lane_state[part] = tuple(s.detach() for s in state)   # truncated BPTT
         p = cls.shape[2]
@@ -189,7 +193,7 @@ class ClipTask(_Task):
                             mx.nd.array(box_t.reshape(b * t, p, 4), ctx=ctx))
 
     def loss(self, batch):
-        fields = (batch["frames"], batch["cls"], batch["box"], batch["continues"])
+        fields = (batch["frames"], batch["cls"], batch["box"], batch["continues"], batch["state_keep"])
         if len(self.contexts) == 1:
             total, cls_loss, box_loss = self._part_loss(0, *fields, batch["schedule"])
             return total, {"cls": cls_loss, "box": box_loss}

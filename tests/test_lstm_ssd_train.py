@@ -106,6 +106,39 @@ def test_carried_state_is_masked_per_lane(tiny_cfg):
     assert float(c[1].abs().max().asscalar()) == 0 and float(h[1].abs().max().asscalar()) == 0
 
 
+def test_state_dropout_restarts_a_lane_from_a_zero_state(tiny_cfg):
+    """TRAIN.STATE_DROPOUT: where state_keep is 0, that sequence continues as if its clip started there (the
+    oracle: the same model on the rest of the clip from a zero state); the other sequence is untouched.
+    The mask comes from the data seed: the same epoch gives the same mask, and 0 keeps every state."""
+    from lstm_ssd.train import ClipData, load_split
+    mx.random.seed(4)
+    net = build_detector(tiny_cfg)
+    clip = mx.nd.random.uniform(0, 255, shape=(2, 4, 3, 64, 64))
+    keep = mx.nd.array([[1, 1, 0, 1], [1, 1, 1, 1]])
+    cls, box, (c, h) = net(clip, None, None, keep)
+    plain_cls, _, (plain_c, plain_h) = net(clip)
+    rest_cls, rest_box, (rest_c, rest_h) = net(clip[0:1, 2:])
+
+    def close(a, b, rel=1e-4):           # relative to the scale: a random model's logits are tiny
+        a, b = a.asnumpy(), b.asnumpy()
+        np.testing.assert_allclose(a, b, rtol=0, atol=rel * max(np.abs(b).max(), 1e-30))
+
+    for got, want in ((c[0], rest_c[0]), (h[0], rest_h[0]), (cls[0, 2:], rest_cls[0]), (box[0, 2:], rest_box[0]),
+                      (cls[0, :2], plain_cls[0, :2]), (cls[1], plain_cls[1]), (c[1], plain_c[1])):
+        close(got, want)
+    diff = np.abs(h[0].asnumpy() - plain_h[0].asnumpy()).max()
+    assert diff > 0.01 * np.abs(plain_h[0].asnumpy()).max()          # the zeroed state mattered
+    ds = load_split(tiny_cfg, "TRAIN")
+    masks = []
+    for drop in (0.0, 0.5, 0.5):
+        cfg = lstm_config.load(TINY_CFG, [f"TRAIN.STATE_DROPOUT={drop}", "TRAIN.BATCH_SIZE=2"])
+        cfg.DATASET.TRAIN[0].ROOT = tiny_cfg.DATASET.TRAIN[0].ROOT
+        masks.append(np.concatenate([b["state_keep"] for b in ClipData(ds, cfg, net.anchors())(3)]))
+    assert masks[0].min() == 1.0
+    np.testing.assert_array_equal(masks[1], masks[2])
+    assert 0.0 < masks[1].mean() < 1.0
+
+
 def test_distilling_the_small_extractor_trains_only_it_towards_the_large_features(tiny_cfg, tmp_path):
     """TRAIN.OBJECTIVE distill_small: the loss is the mean squared difference of the small and large
     projected features (oracle: the parts run one by one in numpy), it falls over training, and only
