@@ -455,18 +455,23 @@ def test_rfcn_artifact_equals_in_process_detector(tmp_path):
     np.testing.assert_allclose(b[0], a[0], atol=1e-3)
 
 
-def test_lstm_ssd_run_streams_and_refuses_single_frame_export(tmp_path, capsys):
-    from lib.tools import export as export_tool
+def _tiny_video_recipe(tmp_path, detector, seed, width, height, extra=""):
+    """A recipe config of the tiny lstm_ssd-family model, one iteration, on one 4-frame synthetic video."""
     from lib.dataset.synthetic import generate_video_dataset
-    generate_video_dataset(str(tmp_path / "synth"), seed=2, num_videos=1, num_frames=4, width=80, height=64,
-                           num_classes=1, max_objects=1, load=False)
-    cfg = _cfg(tmp_path, f"""
-DETECTOR: lstm_ssd
+    generate_video_dataset(str(tmp_path / "synth"), seed=seed, num_videos=1, num_frames=4, width=width,
+                           height=height, num_classes=1, max_objects=1, load=False)
+    synth = tmp_path / "synth"
+    return _cfg(tmp_path, f"""DETECTOR: {detector}
 BASE: experiments/lstm_ssd/cfgs/tiny_test.yaml
 TRAIN: {{BATCH_SIZE: 1, ITERATIONS: 1}}
-DATASET: {{TRAIN: {{FORMAT: synthetic, ROOT: {tmp_path / 'synth'}}}, VAL: {{FORMAT: synthetic, ROOT: {tmp_path / 'synth'}}}}}
+DATASET: {{TRAIN: {{FORMAT: synthetic, ROOT: {synth}}}, VAL: {{FORMAT: synthetic, ROOT: {synth}}}}}
 OUTPUT_DIR: {tmp_path / 'run'}
-""")
+""" + extra)
+
+
+def test_lstm_ssd_run_streams_and_refuses_single_frame_export(tmp_path, capsys):
+    from lib.tools import export as export_tool
+    cfg = _tiny_video_recipe(tmp_path, "lstm_ssd", seed=2, width=80, height=64)
     result = recipe.train(cfg, progress=False)
     assert result["summary"]["iterations"] == 1 and result["classes"] == ["disc"]
     model = load_model(str(tmp_path / "run"))
@@ -541,20 +546,11 @@ def test_fused_evaluation_streams_a_frame_detector_with_the_box_memory(tmp_path)
     """OVERRIDES.TEST.FUSE.ENABLED on an ssdlite run: evaluate streams each snippet through
     lib.streaming.TrackedFusion, with and without tiling; the oracle is the same composition built by hand
     from the model's own frame detection (and the plain evaluation, which must stay per image)."""
-    from lib.dataset.synthetic import generate_video_dataset
     from lib.flow import BoxTracker
     from lib.streaming import FrameRunner, TrackedFusion
-    generate_video_dataset(str(tmp_path / "synth"), seed=3, num_videos=1, num_frames=4, width=160, height=128,
-                           num_classes=1, max_objects=1, load=False)
-    cfg = _cfg(tmp_path, f"""
-DETECTOR: ssdlite
-BASE: experiments/lstm_ssd/cfgs/tiny_test.yaml
-TRAIN: {{BATCH_SIZE: 1, ITERATIONS: 1}}
-TILING: {{INFER: {{ENABLED: false, SIZE: [96, 96], OVERLAP: 16}}}}
-OVERRIDES: {{TEST: {{SCORE_THRESH: 0.0}}}}
-DATASET: {{TRAIN: {{FORMAT: synthetic, ROOT: {tmp_path / 'synth'}}}, VAL: {{FORMAT: synthetic, ROOT: {tmp_path / 'synth'}}}}}
-OUTPUT_DIR: {tmp_path / 'run'}
-""")
+    cfg = _tiny_video_recipe(tmp_path, "ssdlite", seed=3, width=160, height=128,
+                             extra="TILING: {INFER: {ENABLED: false, SIZE: [96, 96], OVERLAP: 16}}\n"
+                                   "OVERRIDES: {TEST: {SCORE_THRESH: 0.0}}\n")
     recipe.train(cfg, progress=False)
     dataset = recipe.load_data(cfg, "VAL")
     frames = [cv2.cvtColor(cv2.imread(r.image), cv2.COLOR_BGR2RGB) for r in dataset.records]
