@@ -40,6 +40,7 @@ from lib.fileio import atomic_write_json
 from lib.frames import DEFAULT_FPS, check_source, read_frames, source_fps
 from lib.nms import seq_nms as run_seq_nms
 from lib.runtime import get_context
+from lib.streaming import fused_runner
 from lib.train import CheckpointManager
 from lib.train.checkpoint import CheckpointError, check_params_file, read_model_sidecar
 from lib.train.checkpoint import model_sidecar as sidecar
@@ -151,7 +152,9 @@ def run(input_path=None, cfg_path=None, model_path=None, output=None, thresh=Non
 
     frames = read_frames(input_path) if input_path else default_clip()
     fps = fps or (source_fps(input_path) if input_path else None) or DEFAULT_FPS
-    detector = WindowRunner(model, ctx, preprocess=make_preprocess(cfg))
+    detector = fused_runner(WindowRunner(model, ctx, preprocess=make_preprocess(cfg)), cfg.TEST,
+                            cfg.get("CONFIG_FILE") or "config")                   # TEST.FUSE, when enabled
+    detector.reset()
     names, images, results, size, resized = [], [], {}, None, 0
     start = time.time()
     for name, image in frames:

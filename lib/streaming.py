@@ -154,8 +154,8 @@ def fused_runner(runner, test_cfg, name="config"):
     fuse = test_cfg.FUSE
     if not fuse.ENABLED:
         return runner
-    for key, low in (("DECAY", 0.0), ("IOU", 0.0)):
-        if not low < float(fuse[key]) <= 1.0:
+    for key in ("DECAY", "IOU"):
+        if not 0.0 < float(fuse[key]) <= 1.0:
             raise ConfigError(f"{name}: TEST.FUSE.{key} must be in (0, 1], got {fuse[key]}")
     if not 0.0 <= float(fuse.MIN_SCORE) <= 1.0:
         raise ConfigError(f"{name}: TEST.FUSE.MIN_SCORE is a score in [0, 1], got {fuse.MIN_SCORE}")

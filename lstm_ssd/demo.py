@@ -33,6 +33,7 @@ from lib.config import PROJECT_ROOT, ConfigError, project_path, to_plain
 from lib.dataset.synthetic import SYNTHETIC_CLASSES, render_video
 from lib.fileio import atomic_write_json
 from lib.frames import DEFAULT_FPS, check_source, read_frames, source_fps
+from lib.streaming import fused_runner
 from lib.train.checkpoint import CheckpointError, read_model_sidecar
 from lib.train.checkpoint import model_sidecar as sidecar
 from lib.train.run import RUN_FILE, RunFolder
@@ -161,6 +162,7 @@ def run(input_path=None, cfg_path=None, model_path=None, output=None, policy=Non
     classes = class_names(cfg, model_path, meta)
     policy = policy or cfg.INTERLEAVE.POLICY
     stream = AsyncStreamingDetector(net, cfg) if policy == "async" else StreamingDetector(net, cfg, policy=policy)
+    stream = fused_runner(stream, cfg.TEST, cfg.get("CONFIG_FILE") or "config")    # TEST.FUSE, when enabled
     threshold = cfg.TEST.DRAW_THRESH if threshold is None else threshold
     source = read_frames(input_path) if input_path else synthetic_frames()
     fps = fps or (source_fps(input_path) if input_path else None) or DEFAULT_FPS

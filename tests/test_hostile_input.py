@@ -1075,6 +1075,14 @@ def test_lstm_ssd_demo_streams_a_video_at_its_frame_rate_and_keeps_every_frame(f
     count, rate, frames = _video_of(str(tmp_path / "m" / "demo.mp4"))
     assert count == 4 and rate == 12.5 and all(f.shape == (48, 64, 3) for f in frames)
     assert proc.stderr.count("note: ") == 1 and "scaled into it" in proc.stderr
+    # the box-level memory (TEST.FUSE) on the same mixed frames: a frame of another size starts it afresh
+    proc = run_script("lstm_ssd/demo.py", *common, "--input", files["mixed"], "--output", tmp_path / "f",
+                      "--set", "TEST.FUSE.ENABLED=true")
+    assert proc.returncode == 0, proc.stderr
+    assert _video_of(str(tmp_path / "f" / "demo.mp4"))[0] == 4
+    assert_user_error(run_script("lstm_ssd/demo.py", *common, "--input", files["clip"], "--output", tmp_path / "g",
+                                 "--set", "TEST.FUSE.ENABLED=true", "--set", "TEST.FUSE.DECAY=0"),
+                      "TEST.FUSE.DECAY must be in (0, 1], got 0")
     assert_user_error(run_script("lstm_ssd/demo.py", *common, "--input", files["clip"], "--policy", "fastest",
                                  "--output", tmp_path / "p"), "--policy fastest: must be one of")
     assert_user_error(run_script("lstm_ssd/demo.py", "--cfg", files["lstm_cfg"], "--input", files["clip"],
@@ -1115,6 +1123,11 @@ def test_fgfa_demo_passes_set_overrides_and_keeps_frames_of_mixed_sizes(files, f
     assert proc.returncode == 0, proc.stderr
     assert "with FGFA K=1, DIS flow" in proc.stdout
     assert _video_of(str(tmp_path / "d" / "demo.mp4"))[:2] == (6, 10)
+    # the box-level memory around the window (TEST.FUSE), on frames of mixed sizes
+    proc = run_script("fgfa/demo.py", "--input", files["mixed"], "--model", fgfa_model, "--output", tmp_path / "f",
+                      "--set", "TEST.FUSE.ENABLED=true", "TEST.K=1")
+    assert proc.returncode == 0, proc.stderr
+    assert _video_of(str(tmp_path / "f" / "demo.mp4"))[0] == 4
     assert_user_error(run_script("fgfa/demo.py", "--input", files["clip"], "--model", fgfa_model, "--output",
                                  tmp_path / "t", "--thresh", "2"), "--thresh 2: must be in [0, 1]")
     assert_user_error(run_script("fgfa/demo.py", "--input", files["clip"], "--model", fgfa_model, "--output",
