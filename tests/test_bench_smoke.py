@@ -23,7 +23,7 @@ def run_bench(args, tmp_path):
 @pytest.mark.parametrize("args,expected", [
     (["bench/nms.py", "--quick"], "box_nms/ours"),
     (["-m", "bench.ops", "--quick"], "flow_aggregate NHWC"),
-    (["-m", "bench.lstm_ssd", "--quick"], "interleaved"),
+    (["-m", "bench.lstm_ssd", "--quick"], "the same + box fusion"),
     (["-m", "bench.train_step", "--quick"], "lib.layers.relu6"),
     (["-m", "bench.amx", "--quick"], "VNNI / default"),
     (["-m", "bench.dist", "--quick"], "measured: servers in / out per step"),
