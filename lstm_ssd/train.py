@@ -193,7 +193,10 @@ class ClipTask(_Task):
                             mx.nd.array(box_t.reshape(b * t, p, 4), ctx=ctx))
 
     def loss(self, batch):
-        fields = (batch["frames"], batch["cls"], batch["box"], batch["continues"], batch["state_keep"])
+        # state_keep (TRAIN.STATE_DROPOUT): a batch made elsewhere (bench.train_step) may leave it out: keep all
+        keep = batch.get("state_keep")
+        keep = np.ones(batch["frames"].shape[:2], np.float32) if keep is None else keep
+        fields = (batch["frames"], batch["cls"], batch["box"], batch["continues"], keep)
         if len(self.contexts) == 1:
             total, cls_loss, box_loss = self._part_loss(0, *fields, batch["schedule"])
             return total, {"cls": cls_loss, "box": box_loss}
