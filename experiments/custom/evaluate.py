@@ -145,14 +145,7 @@ def detect_all(model_path, cfg, dataset, tiling, overrides=None, int8_calib=0):
     warm = read_image(dataset.records[0].image)           # warm-up: not timed
     model.detect_tiled(warm, cfg.TILING.INFER) if tiling else model.detect([warm])
     fuse = bool(model.cfg.TEST.FUSE.ENABLED)
-    if tiling and not fuse:
-        for i, rec in enumerate(dataset.records):
-            image = read_image(rec.image)
-            start = time.perf_counter()
-            detections[i] = model.detect_tiled(image, cfg.TILING.INFER)
-            seconds += time.perf_counter() - start
-        return detections, seconds, len(dataset)
-    if tiling:       # TEST.FUSE on tiled frames: the tiled detector streamed with the box-level memory
+    if tiling:       # the tiled detector as a frame runner (with TEST.FUSE, streamed with the box-level memory)
         tiled = fused_runner(FrameRunner(lambda image: model.detect_tiled(image, cfg.TILING.INFER)), model.cfg.TEST,
                              model.cfg.get("CONFIG_FILE") or "config")
         detect_video = tiled.detect_video
