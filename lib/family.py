@@ -23,7 +23,7 @@ import mxnet as mx
 
 from lib import pretrained
 from lib.config import ConfigError
-from lib.export import ExportNotSupported
+from lib.export import ExportNotSupported, record_fusion
 from lib.registry import Registry
 from lib.streaming import fused_runner
 from lib.tiling import detect_tiled
@@ -181,7 +181,10 @@ class LoadedModel:
 
     def export(self, out_dir, onnx=False, builtin_ops=False):
         os.makedirs(out_dir, exist_ok=True)
-        return self.impl.export(self, out_dir, onnx=onnx, builtin_ops=builtin_ops)
+        paths = self.impl.export(self, out_dir, onnx=onnx, builtin_ops=builtin_ops)
+        if "meta" in paths:       # the run's box-level memory goes with the artifact (lib.tools.infer --fuse)
+            record_fusion(paths["meta"], self.cfg.TEST)
+        return paths
 
 
 def read_run(path, overrides=None):

@@ -571,3 +571,11 @@ def test_fused_evaluation_streams_a_frame_detector_with_the_box_memory(tmp_path)
                     np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-3)
         # the memory added carried boxes on the later frames (scores 0.0 and up are kept)
         assert sum(len(g[1]) for g in got[1:]) > sum(len(u[1]) for u in unfused[1:])
+    # the artifact of a run with the box memory on carries its settings (lib.tools.infer applies them)
+    plain_meta = json.loads(open(model.export(str(tmp_path / "plain_art"))["meta"]).read())
+    assert "fuse" not in plain_meta
+    fused_model = load_model(str(tmp_path / "run"), overrides=fuse + ["TEST.FUSE.DECAY=0.6"])
+    meta = json.loads(open(fused_model.export(str(tmp_path / "fused_art"))["meta"]).read())
+    assert meta["fuse"] == {"decay": 0.6, "iou": 0.5, "min_score": 0.0, "preset": "ultrafast", "scale": 0.5,
+                            "min_visible": 0.3, "max_boxes": model.cfg.TEST.MAX_PER_IMAGE}
+    assert {k: v for k, v in meta.items() if k != "fuse"} == plain_meta

@@ -100,6 +100,68 @@ def test_cli_imports_no_training_code(artifact, tmp_path):
     assert "IMPORTED []" in out.stdout and "3 frames" in out.stdout
 
 
+def _artifact_with(model, folder, **meta_keys):
+    """A copy of the artifact folder ``model`` with keys added to its meta.json."""
+    import shutil
+    shutil.copytree(model, folder)
+    meta = json.loads(open(os.path.join(folder, "meta.json")).read())
+    meta.update(meta_keys)
+    with open(os.path.join(folder, "meta.json"), "w") as f:
+        json.dump(meta, f)
+    return str(folder)
+
+
+FUSE = {"decay": 0.6, "iou": 0.5, "min_score": 0.0, "preset": "ultrafast", "scale": 1.0, "min_visible": 0.3,
+        "max_boxes": 50}
+
+
+def test_infer_fuses_as_the_artifact_says(artifact, tmp_path):
+    """meta.json "fuse" (a run exported with TEST.FUSE.ENABLED): infer streams the frames through the box
+    memory; oracle: lib.streaming.TrackedFusion over the artifact's own detector built by hand. --fuse off
+    gives the plain detections, --fuse on without the entry the shared defaults."""
+    from lib.flow import BoxTracker
+    from lib.streaming import FrameRunner, TrackedFusion
+    from lib.tools.infer import ExportedDetector, fusion_settings, run
+    net, model, frames, mean, std = artifact
+    fused = _artifact_with(model, tmp_path / "fused", fuse=FUSE)
+    images = [cv2.imread(os.path.join(frames, f"frame{i}.png")) for i in (1, 2, 10)]
+    detector = ExportedDetector(fused)
+    by_hand = TrackedFusion(FrameRunner(detector), BoxTracker("ultrafast", 1.0, 0.6, 0.3), 0.5, 0.0,
+                            50).detect_video(images)
+    summary = run(fused, frames, str(tmp_path / "out"), thresh=0.0, progress=False)
+    assert summary["fuse"] == FUSE
+    dets = json.load(open(summary["json"]))
+    for name, (boxes, scores, labels) in zip(["frame1", "frame2", "frame10"], by_hand):
+        got = [d for d in dets if d["image_id"] == name]
+        np.testing.assert_allclose([d["score"] for d in got], scores, rtol=1e-5)
+        np.testing.assert_allclose([[d["bbox"][0], d["bbox"][1], d["bbox"][0] + d["bbox"][2],
+                                     d["bbox"][1] + d["bbox"][3]] for d in got], boxes, rtol=1e-4, atol=1e-3)
+    # the toy finds 2 boxes on every frame: the carried ones were added (fused frames hold more)
+    assert len(by_hand[0][1]) == 2 and len(by_hand[1][1]) > 2
+    off = run(fused, frames, str(tmp_path / "off"), thresh=0.0, progress=False, fuse="off")
+    assert off["fuse"] is None and off["detections"] == 6
+    assert run(model, frames, str(tmp_path / "auto"), thresh=0.0, progress=False)["fuse"] is None
+    from lib.config import SHARED_DEFAULTS
+    defaults = fusion_settings({}, "on")
+    assert defaults["decay"] == SHARED_DEFAULTS["TEST"]["FUSE"]["DECAY"] and "enabled" not in defaults
+    assert defaults["max_boxes"] == SHARED_DEFAULTS["TEST"]["MAX_PER_IMAGE"]
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("decay", 0.0, '"fuse.decay" must be a number in (0, 1]'),
+    ("min_score", -0.1, '"fuse.min_score" must be a number in [0, 1]'),
+    ("preset", "slow", '"fuse.preset" must be one of ultrafast, fast, medium'),
+    ("max_boxes", 0, '"fuse.max_boxes" must be a whole number >= 1'),
+    ("scale", "half", '"fuse.scale" must be a number in (0, 1]')])
+def test_bad_fuse_entry_is_a_one_line_error_naming_the_key(artifact, tmp_path, capsys, key, value, message):
+    from lib.tools.infer import main
+    _, model, frames, _, _ = artifact
+    bad = _artifact_with(model, tmp_path / "bad", fuse=dict(FUSE, **{key: value}))
+    assert main(["--model", bad, "--input", frames, "--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and message in err and "meta.json" in err
+
+
 def test_clear_errors(tmp_path, capsys):
     from lib.tools.infer import main
     assert main(["--model", str(tmp_path), "--input", str(tmp_path), "--output", str(tmp_path / "o")]) == 2

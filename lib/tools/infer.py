@@ -9,6 +9,11 @@ or --fps; frames of another size than the first are scaled into it, aspect kept,
 OUT/frames/*.jpg (with --save-frames) and OUT/detections.json (COCO results format, one image_id per
 frame), and prints frames per second. A user error is one 'error:' line and exit status 2. Only mxnet
 or onnxruntime, numpy and OpenCV are needed: none of the training code is imported.
+
+``--fuse auto|on|off``: the box-level memory over the video (lib.streaming.TrackedFusion, a run's
+TEST.FUSE): each frame's detections merged with the last frame's, moved along DIS flow. ``auto`` (the
+default) fuses when the artifact's meta.json holds a "fuse" entry (exported from a run with
+TEST.FUSE.ENABLED), with its settings; ``on`` fuses with them or, without one, the shared defaults.
 """
 import argparse
 import json
@@ -31,6 +36,10 @@ from lib.frames import (  # noqa: F401
 
 # meta.json input.resize values that resize to input.size [H, W] ignoring the aspect ("square": older artifacts)
 FIXED_RESIZE = ("fixed", "square")
+# meta.json "fuse" (lib.export.fusion_meta): key -> (lowest, highest, lowest allowed itself)
+FUSE_RANGES = {"decay": (0.0, 1.0, False), "iou": (0.0, 1.0, False), "min_score": (0.0, 1.0, True),
+               "scale": (0.0, 1.0, False), "min_visible": (0.0, 1.0, True)}
+FUSE_PRESETS = ("ultrafast", "fast", "medium")
 
 
 def load_ops_library():
@@ -94,7 +103,26 @@ def read_meta(path):
         number_list("mean", 3)
     if "std" in spec:
         number_list("std", 3, positive=True)
+    if "fuse" in meta:
+        check_fuse_meta(meta["fuse"], bad)
     return meta
+
+
+def check_fuse_meta(fuse, bad):
+    """meta.json's "fuse" entry: every key there with a value in its range (``bad(key, what)`` -> the error)."""
+    if not isinstance(fuse, dict):
+        raise bad('"fuse"', f"must be an object (decay, iou, min_score, preset, scale, min_visible, max_boxes), "
+                            f"got {fuse!r}")
+    for key, (low, high, closed) in FUSE_RANGES.items():
+        value = fuse.get(key)
+        if not (isinstance(value, (int, float)) and not isinstance(value, bool) and
+                (low <= value if closed else low < value) and value <= high):
+            raise bad(f'"fuse.{key}"', f"must be a number in {'[' if closed else '('}{low:g}, {high:g}], got {value!r}")
+    if fuse.get("preset") not in FUSE_PRESETS:
+        raise bad('"fuse.preset"', f"must be one of {', '.join(FUSE_PRESETS)}, got {fuse.get('preset')!r}")
+    boxes = fuse.get("max_boxes")
+    if not isinstance(boxes, int) or isinstance(boxes, bool) or boxes < 1:
+        raise bad('"fuse.max_boxes"', f"must be a whole number >= 1, got {boxes!r}")
 
 
 class ExportedDetector:
@@ -187,6 +215,34 @@ class ExportedDetector:
         return boxes, scores[valid], np.rint(ids[valid]).astype(np.int64)
 
 
+def fusion_settings(meta, mode="auto"):
+    """The box memory's settings for ``--fuse`` ``mode`` (auto | on | off) -> meta.json's "fuse" entry
+    (checked by read_meta), the shared TEST.FUSE defaults (``on`` without one) or None (no fusion)."""
+    if mode == "off" or (mode == "auto" and "fuse" not in meta):
+        return None
+    if "fuse" in meta:
+        return dict(meta["fuse"])
+    from lib.config import SHARED_DEFAULTS
+    defaults = SHARED_DEFAULTS["TEST"]
+    settings = {key.lower(): value for key, value in defaults["FUSE"].items() if key != "ENABLED"}
+    settings["max_boxes"] = int(defaults["MAX_PER_IMAGE"])
+    return settings
+
+
+def fused_stream(detect, fuse):
+    """``detect(frame) -> (boxes, scores, labels)`` as a lib.streaming runner inside the box memory
+    (lib.streaming.TrackedFusion) with ``fuse``'s settings (``fusion_settings``). Imported only here: an
+    unfused run needs none of the project's modules."""
+    from lib.flow import BoxTracker
+    from lib.streaming import FrameRunner, TrackedFusion
+    # frames come in BGR (OpenCV): the flow's grey image weighs the channels a little differently, the
+    # motion is the same
+    tracker = BoxTracker(fuse["preset"], fuse["scale"], fuse["decay"], fuse["min_visible"])
+    stream = TrackedFusion(FrameRunner(detect), tracker, fuse["iou"], fuse["min_score"], fuse["max_boxes"])
+    stream.reset()
+    return stream
+
+
 def draw(frame_bgr, boxes, scores, labels, classes):
     """Boxes with class name and score, colour per class (BGR image, drawn in place)."""
     for box, score, label in zip(boxes, scores, labels):
@@ -209,11 +265,13 @@ def check_fps(fps, flag="--fps"):
     return float(fps)
 
 
-def run(model, source, output, thresh=0.5, runtime="mxnet", fps=None, save_frames=False, progress=True):
+def run(model, source, output, thresh=0.5, runtime="mxnet", fps=None, save_frames=False, progress=True,
+        fuse="auto"):
     """Detect on every frame; returns a summary dict (frames, fps, detections, paths, and how the
     MP4's frame rate was chosen: ``video_fps`` and ``fps_from`` = "--fps", "video" (the source's
     own rate) or "default" (DEFAULT_FPS for frames without a rate); ``resized_frames``: frames of
-    another size than the first, scaled into the video (lib.viz.VideoWriter))."""
+    another size than the first, scaled into the video (lib.viz.VideoWriter); ``fuse``: the box
+    memory's settings or None (``--fuse``, ``fusion_settings``))."""
     from lib.viz import VideoWriter
     if fps is not None:
         fps, fps_from = check_fps(fps), "--fps"
@@ -222,6 +280,8 @@ def run(model, source, output, thresh=0.5, runtime="mxnet", fps=None, save_frame
         fps_from = "video" if fps else "default"
         fps = fps or DEFAULT_FPS
     detector = ExportedDetector(model, runtime)
+    fusion = fusion_settings(detector.meta, fuse)
+    stream = fused_stream(detector, fusion) if fusion else None
     try:
         os.makedirs(output, exist_ok=True)
         if save_frames:
@@ -234,7 +294,10 @@ def run(model, source, output, thresh=0.5, runtime="mxnet", fps=None, save_frame
     with VideoWriter(video_path, fps, mismatch="resize", color="bgr", warn=notes.append) as writer:
         for name, frame in iterate_frames(source):
             start = time.perf_counter()
-            boxes, scores, labels = detector(frame)
+            if stream is None:
+                boxes, scores, labels = detector(frame)
+            else:
+                (_, (boxes, scores, labels)), = stream.step(frame)
             elapsed += time.perf_counter() - start
             keep = scores >= thresh
             boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
@@ -258,7 +321,7 @@ def run(model, source, output, thresh=0.5, runtime="mxnet", fps=None, save_frame
         json.dump(results, f)
     summary = {"frames": frames, "fps": frames / elapsed if elapsed else 0.0, "detections": len(results),
                "video": video_path, "json": json_path, "video_fps": fps, "fps_from": fps_from,
-               "video_frames": writer.frames_written, "resized_frames": writer.resized_frames}
+               "video_frames": writer.frames_written, "resized_frames": writer.resized_frames, "fuse": fusion}
     return summary
 
 
@@ -274,13 +337,17 @@ def main(argv=None):
                         help=f"frame rate of the written MP4 (default: the input video's own; {DEFAULT_FPS:g} for "
                              f"a folder of frames)")
     parser.add_argument("--save-frames", action="store_true", help="also write annotated JPEGs")
+    parser.add_argument("--fuse", choices=["auto", "on", "off"], default="auto",
+                        help="box memory over the video (the last frame's boxes moved by DIS flow, merged with this "
+                             "frame's): auto = as the artifact's meta.json says (a run with TEST.FUSE.ENABLED)")
     args = parser.parse_args(argv)
     try:
         if not 0 <= args.thresh <= 1:
             raise SystemExit(f"error: --thresh {args.thresh:g}: a score threshold must be in [0, 1]")
         if args.fps is not None:
             check_fps(args.fps)
-        summary = run(args.model, args.input, args.output, args.thresh, args.runtime, args.fps, args.save_frames)
+        summary = run(args.model, args.input, args.output, args.thresh, args.runtime, args.fps, args.save_frames,
+                      fuse=args.fuse)
     except SystemExit as exc:  # user errors are raised as SystemExit("error: ..."): one line, status 2
         if not isinstance(exc.code, str):
             raise
@@ -288,7 +355,8 @@ def main(argv=None):
         return 2
     rate = {"--fps": "--fps", "video": "the input video's rate",
             "default": "default for frames without a rate; --fps sets it"}[summary["fps_from"]]
-    print(f"{summary['frames']} frames at {summary['fps']:.1f} fps (model only); "
+    print(f"{summary['frames']} frames at {summary['fps']:.1f} fps "
+          f"({'model and box memory' if summary['fuse'] else 'model only'}); "
           f"{summary['detections']} detections >= {args.thresh}; wrote {summary['video']} "
           f"({summary['video_frames']} frames at {summary['video_fps']:g} fps: {rate}) and {summary['json']}")
     if summary["resized_frames"]:

@@ -26,7 +26,6 @@ runs both artifacts on those frames and compares their mAP@0.5 (VOC area); a lar
 check like broken boxes (retried with the adds in float, then exit 5, nothing written).
 """
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -41,6 +40,7 @@ from lib.cli import user_errors_exit_2
 from lib.dataset import DatasetError, load_dataset, spread_indices
 from lib.dataset.cli import guess_format
 from lib.eval import voc_ap
+from lib.export import write_meta
 from lib.frames import IMAGE_EXTENSIONS, frame_files
 from lib.runtime import quantize_block
 from lib.tools.infer import ExportedDetector, iterate_frames
@@ -208,11 +208,6 @@ def _quantize_once(model_dir, calib, calib_mode, exclude, exclude_operators, out
     qnet.export(os.path.join(out_dir, "model"))
 
 
-def _write_meta(out_dir, meta):
-    with open(os.path.join(out_dir, "meta.json"), "w", encoding="utf-8") as f:
-        json.dump(meta, f, indent=1)
-
-
 def quantize(model_dir, calib_source, out_dir, num_calib=16, calib_mode="naive", exclude=(), check=True,
              exclude_operators=(), min_agreement=0.5, name=None, check_gt=None, max_map_drop=0.02,
              calib_tile=None, calib_split=None):
@@ -242,7 +237,7 @@ def quantize(model_dir, calib_source, out_dir, num_calib=16, calib_mode="naive",
         meta["quantized"] = {"dtype": "int8", "calib_mode": calib_mode, "num_calib": int(len(calib)),
                              "calib_split": os.path.abspath(calib_split) if calib_split else None,
                              "source": os.path.abspath(model_dir), "float_operators": operators}
-        _write_meta(out_dir, meta)      # before the check too: the check loads the artifact
+        write_meta(out_dir, meta)      # before the check too: the check loads the artifact
         problem, refused = None, False
         if check:
             meta["quantized"]["check"] = check_against_fp32(model_dir, out_dir, frames)
@@ -251,7 +246,7 @@ def quantize(model_dir, calib_source, out_dir, num_calib=16, calib_mode="naive",
                 meta["quantized"]["check"]["map"], fp32_map = scores, scores["fp32"]
             problem, refused = _problem(meta["quantized"]["check"], model_dir, name or out_dir, min_agreement,
                                         max_map_drop)
-            _write_meta(out_dir, meta)
+            write_meta(out_dir, meta)
         if problem is None:
             break
         if k + 1 < len(attempts):
