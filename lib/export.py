@@ -12,6 +12,7 @@ import mxnet as mx
 import numpy as np
 
 from lib.fileio import atomic_write_json
+from lib.streaming import fusion_settings
 
 META_FILE = "meta.json"
 
@@ -66,21 +67,10 @@ def write_meta(out_dir, meta):
     return atomic_write_json(os.path.join(out_dir, META_FILE), meta, sort_keys=False)
 
 
-def fusion_meta(test_cfg):
-    """meta.json's "fuse" for a run whose TEST.FUSE (the box-level memory over a video, lib.streaming)
-    is enabled: its keys in lower case plus ``max_boxes`` (TEST.MAX_PER_IMAGE); None when it is off.
-    ``lib.tools.infer`` streams the artifact's frames through it unless told ``--fuse off``."""
-    fuse = test_cfg.get("FUSE")
-    if not fuse or not fuse.get("ENABLED"):
-        return None
-    settings = {key.lower(): value for key, value in fuse.items() if key != "ENABLED"}
-    settings["max_boxes"] = int(test_cfg.MAX_PER_IMAGE)
-    return settings
-
-
 def record_fusion(meta_path, test_cfg):
-    """Add ``fusion_meta(test_cfg)`` to a written meta.json (atomic), when the run fuses."""
-    settings = fusion_meta(test_cfg)
+    """Add the run's TEST.FUSE (``lib.streaming.fusion_settings``) to a written meta.json as "fuse"
+    (atomic), when the run fuses: ``lib.tools.infer`` then streams the artifact's frames through it."""
+    settings = fusion_settings(test_cfg)
     if settings is None:
         return meta_path
     with open(meta_path, "r", encoding="utf-8") as f:

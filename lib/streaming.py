@@ -148,20 +148,38 @@ class TrackedFusion(StreamRunner):
         return t, detections
 
 
+def fusion_settings(test_cfg):
+    """TEST.FUSE (a family's TEST section, a mapping) as plain settings: its keys in lower case plus
+    ``max_boxes`` (TEST.MAX_PER_IMAGE), as an exported artifact's meta.json "fuse" holds them; None when
+    the fusion is off."""
+    fuse = test_cfg.get("FUSE")
+    if not fuse or not fuse.get("ENABLED"):
+        return None
+    settings = {key.lower(): value for key, value in fuse.items() if key != "ENABLED"}
+    settings["max_boxes"] = int(test_cfg["MAX_PER_IMAGE"])
+    return settings
+
+
+def tracked_fusion(runner, settings):
+    """``runner`` in ``TrackedFusion`` with ``fusion_settings``' plain settings (a bad preset or range is
+    the tracker's ValueError)."""
+    from lib.flow import BoxTracker          # OpenCV: only when fusing
+    tracker = BoxTracker(settings["preset"], settings["scale"], settings["decay"], settings["min_visible"])
+    return TrackedFusion(runner, tracker, settings["iou"], settings["min_score"], settings["max_boxes"])
+
+
 def fused_runner(runner, test_cfg, name="config"):
     """``runner`` wrapped in ``TrackedFusion`` when ``TEST.FUSE.ENABLED`` (else itself); a bad key is a
     ConfigError naming it."""
-    fuse = test_cfg.FUSE
-    if not fuse.ENABLED:
+    settings = fusion_settings(test_cfg)
+    if settings is None:
         return runner
-    for key in ("DECAY", "IOU"):
-        if not 0.0 < float(fuse[key]) <= 1.0:
-            raise ConfigError(f"{name}: TEST.FUSE.{key} must be in (0, 1], got {fuse[key]}")
-    if not 0.0 <= float(fuse.MIN_SCORE) <= 1.0:
-        raise ConfigError(f"{name}: TEST.FUSE.MIN_SCORE is a score in [0, 1], got {fuse.MIN_SCORE}")
-    from lib.flow import BoxTracker          # OpenCV: only when fusing
+    for key in ("decay", "iou"):
+        if not 0.0 < float(settings[key]) <= 1.0:
+            raise ConfigError(f"{name}: TEST.FUSE.{key.upper()} must be in (0, 1], got {settings[key]}")
+    if not 0.0 <= float(settings["min_score"]) <= 1.0:
+        raise ConfigError(f"{name}: TEST.FUSE.MIN_SCORE is a score in [0, 1], got {settings['min_score']}")
     try:
-        tracker = BoxTracker(fuse.PRESET, fuse.SCALE, fuse.DECAY, fuse.MIN_VISIBLE)
+        return tracked_fusion(runner, settings)
     except ValueError as err:
         raise ConfigError(f"{name}: TEST.FUSE: {err}") from None
-    return TrackedFusion(runner, tracker, fuse.IOU, fuse.MIN_SCORE, test_cfg.MAX_PER_IMAGE)

@@ -121,7 +121,7 @@ def test_infer_fuses_as_the_artifact_says(artifact, tmp_path):
     gives the plain detections, --fuse on without the entry the shared defaults."""
     from lib.flow import BoxTracker
     from lib.streaming import FrameRunner, TrackedFusion
-    from lib.tools.infer import ExportedDetector, fusion_settings, run
+    from lib.tools.infer import ExportedDetector, choose_fusion, run
     net, model, frames, mean, std = artifact
     fused = _artifact_with(model, tmp_path / "fused", fuse=FUSE)
     images = [cv2.imread(os.path.join(frames, f"frame{i}.png")) for i in (1, 2, 10)]
@@ -142,7 +142,7 @@ def test_infer_fuses_as_the_artifact_says(artifact, tmp_path):
     assert off["fuse"] is None and off["detections"] == 6
     assert run(model, frames, str(tmp_path / "auto"), thresh=0.0, progress=False)["fuse"] is None
     from lib.config import SHARED_DEFAULTS
-    defaults = fusion_settings({}, "on")
+    defaults = choose_fusion({}, "on")
     assert defaults["decay"] == SHARED_DEFAULTS["TEST"]["FUSE"]["DECAY"] and "enabled" not in defaults
     assert defaults["max_boxes"] == SHARED_DEFAULTS["TEST"]["MAX_PER_IMAGE"]
 

@@ -36,7 +36,7 @@ from lib.frames import (  # noqa: F401
 
 # meta.json input.resize values that resize to input.size [H, W] ignoring the aspect ("square": older artifacts)
 FIXED_RESIZE = ("fixed", "square")
-# meta.json "fuse" (lib.export.fusion_meta): key -> (lowest, highest, lowest allowed itself)
+# meta.json "fuse" (lib.streaming.fusion_settings, recorded by lib.export.record_fusion): key -> (lowest, highest, lowest allowed itself)
 FUSE_RANGES = {"decay": (0.0, 1.0, False), "iou": (0.0, 1.0, False), "min_score": (0.0, 1.0, True),
                "scale": (0.0, 1.0, False), "min_visible": (0.0, 1.0, True)}
 FUSE_PRESETS = ("ultrafast", "fast", "medium")
@@ -215,7 +215,7 @@ class ExportedDetector:
         return boxes, scores[valid], np.rint(ids[valid]).astype(np.int64)
 
 
-def fusion_settings(meta, mode="auto"):
+def choose_fusion(meta, mode="auto"):
     """The box memory's settings for ``--fuse`` ``mode`` (auto | on | off) -> meta.json's "fuse" entry
     (checked by read_meta), the shared TEST.FUSE defaults (``on`` without one) or None (no fusion)."""
     if mode == "off" or (mode == "auto" and "fuse" not in meta):
@@ -223,22 +223,18 @@ def fusion_settings(meta, mode="auto"):
     if "fuse" in meta:
         return dict(meta["fuse"])
     from lib.config import SHARED_DEFAULTS
+    from lib.streaming import fusion_settings
     defaults = SHARED_DEFAULTS["TEST"]
-    settings = {key.lower(): value for key, value in defaults["FUSE"].items() if key != "ENABLED"}
-    settings["max_boxes"] = int(defaults["MAX_PER_IMAGE"])
-    return settings
+    return fusion_settings(dict(defaults, FUSE=dict(defaults["FUSE"], ENABLED=True)))
 
 
 def fused_stream(detect, fuse):
-    """``detect(frame) -> (boxes, scores, labels)`` as a lib.streaming runner inside the box memory
-    (lib.streaming.TrackedFusion) with ``fuse``'s settings (``fusion_settings``). Imported only here: an
-    unfused run needs none of the project's modules."""
-    from lib.flow import BoxTracker
-    from lib.streaming import FrameRunner, TrackedFusion
-    # frames come in BGR (OpenCV): the flow's grey image weighs the channels a little differently, the
-    # motion is the same
-    tracker = BoxTracker(fuse["preset"], fuse["scale"], fuse["decay"], fuse["min_visible"])
-    stream = TrackedFusion(FrameRunner(detect), tracker, fuse["iou"], fuse["min_score"], fuse["max_boxes"])
+    """``detect(frame) -> (boxes, scores, labels)`` as a lib.streaming runner inside the box memory with
+    ``fuse``'s settings (``choose_fusion``). Imported only here: an unfused run needs none of the project's
+    modules. Frames come in BGR (OpenCV): the flow's grey image weighs the channels a little differently,
+    the motion is the same."""
+    from lib.streaming import FrameRunner, tracked_fusion
+    stream = tracked_fusion(FrameRunner(detect), fuse)
     stream.reset()
     return stream
 
@@ -271,7 +267,7 @@ def run(model, source, output, thresh=0.5, runtime="mxnet", fps=None, save_frame
     MP4's frame rate was chosen: ``video_fps`` and ``fps_from`` = "--fps", "video" (the source's
     own rate) or "default" (DEFAULT_FPS for frames without a rate); ``resized_frames``: frames of
     another size than the first, scaled into the video (lib.viz.VideoWriter); ``fuse``: the box
-    memory's settings or None (``--fuse``, ``fusion_settings``))."""
+    memory's settings or None (``--fuse``, ``choose_fusion``))."""
     from lib.viz import VideoWriter
     if fps is not None:
         fps, fps_from = check_fps(fps), "--fps"
@@ -280,7 +276,7 @@ def run(model, source, output, thresh=0.5, runtime="mxnet", fps=None, save_frame
         fps_from = "video" if fps else "default"
         fps = fps or DEFAULT_FPS
     detector = ExportedDetector(model, runtime)
-    fusion = fusion_settings(detector.meta, fuse)
+    fusion = choose_fusion(detector.meta, fuse)
     stream = fused_stream(detector, fusion) if fusion else None
     try:
         os.makedirs(output, exist_ok=True)
