@@ -12,7 +12,6 @@ import mxnet as mx
 import numpy as np
 
 from lib.fileio import atomic_write_json
-from lib.streaming import fusion_settings
 
 META_FILE = "meta.json"
 
@@ -67,10 +66,10 @@ def write_meta(out_dir, meta):
     return atomic_write_json(os.path.join(out_dir, META_FILE), meta, sort_keys=False)
 
 
-def record_fusion(meta_path, test_cfg):
-    """Add the run's TEST.FUSE (``lib.streaming.fusion_settings``) to a written meta.json as "fuse"
-    (atomic), when the run fuses: ``lib.tools.infer`` then streams the artifact's frames through it."""
-    settings = fusion_settings(test_cfg)
+def record_fusion(meta_path, settings):
+    """Add a run's checked TEST.FUSE settings (``lib.streaming.checked_fusion_settings``; None: the run
+    does not fuse, nothing to add) to a written meta.json as "fuse" (atomic): ``lib.tools.infer`` then
+    streams the artifact's frames through it."""
     if settings is None:
         return meta_path
     with open(meta_path, "r", encoding="utf-8") as f:

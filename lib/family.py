@@ -25,7 +25,7 @@ from lib import pretrained
 from lib.config import ConfigError
 from lib.export import ExportNotSupported, record_fusion
 from lib.registry import Registry
-from lib.streaming import fused_runner
+from lib.streaming import checked_fusion_settings, fused_runner
 from lib.tiling import detect_tiled
 from lib.train.run import RunFolder, resolve_run
 
@@ -180,10 +180,12 @@ class LoadedModel:
                             max_detections=int(tiling.MAX_DETECTIONS))
 
     def export(self, out_dir, onnx=False, builtin_ops=False):
+        # checked before anything is written: an artifact never carries a fusion infer would refuse
+        fusion = checked_fusion_settings(self.cfg.TEST, self.cfg.get("CONFIG_FILE") or "config")
         os.makedirs(out_dir, exist_ok=True)
         paths = self.impl.export(self, out_dir, onnx=onnx, builtin_ops=builtin_ops)
         if "meta" in paths:       # the run's box-level memory goes with the artifact (lib.tools.infer --fuse)
-            record_fusion(paths["meta"], self.cfg.TEST)
+            record_fusion(paths["meta"], fusion)
         return paths
 
 

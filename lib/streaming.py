@@ -168,18 +168,27 @@ def tracked_fusion(runner, settings):
     return TrackedFusion(runner, tracker, settings["iou"], settings["min_score"], settings["max_boxes"])
 
 
-def fused_runner(runner, test_cfg, name="config"):
-    """``runner`` wrapped in ``TrackedFusion`` when ``TEST.FUSE.ENABLED`` (else itself); a bad key is a
-    ConfigError naming it."""
+def checked_fusion_settings(test_cfg, name="config"):
+    """``fusion_settings`` with every value checked (None when the fusion is off): a bad one is a
+    ConfigError naming its TEST.FUSE key. Export records only settings that pass, so an artifact never
+    carries a fusion ``lib.tools.infer`` would refuse."""
     settings = fusion_settings(test_cfg)
     if settings is None:
-        return runner
+        return None
     for key in ("decay", "iou"):
         if not 0.0 < float(settings[key]) <= 1.0:
             raise ConfigError(f"{name}: TEST.FUSE.{key.upper()} must be in (0, 1], got {settings[key]}")
     if not 0.0 <= float(settings["min_score"]) <= 1.0:
         raise ConfigError(f"{name}: TEST.FUSE.MIN_SCORE is a score in [0, 1], got {settings['min_score']}")
     try:
-        return tracked_fusion(runner, settings)
+        tracked_fusion(None, settings)          # the tracker checks its preset, scale and min_visible
     except ValueError as err:
         raise ConfigError(f"{name}: TEST.FUSE: {err}") from None
+    return settings
+
+
+def fused_runner(runner, test_cfg, name="config"):
+    """``runner`` wrapped in ``TrackedFusion`` when ``TEST.FUSE.ENABLED`` (else itself); a bad key is a
+    ConfigError naming it."""
+    settings = checked_fusion_settings(test_cfg, name)
+    return runner if settings is None else tracked_fusion(runner, settings)

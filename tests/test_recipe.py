@@ -579,3 +579,8 @@ def test_fused_evaluation_streams_a_frame_detector_with_the_box_memory(tmp_path)
     assert meta["fuse"] == {"decay": 0.6, "iou": 0.5, "min_score": 0.0, "preset": "ultrafast", "scale": 0.5,
                             "min_visible": 0.3, "max_boxes": model.cfg.TEST.MAX_PER_IMAGE}
     assert {k: v for k, v in meta.items() if k != "fuse"} == plain_meta
+    # a value infer would refuse is refused at export, by its key, before anything is written
+    for bad, key in ((["TEST.FUSE.DECAY=1.5"], "TEST.FUSE.DECAY"), (["TEST.FUSE.PRESET=fastest"], "preset")):
+        with pytest.raises(ConfigError, match=key):
+            load_model(str(tmp_path / "run"), overrides=fuse + bad).export(str(tmp_path / "bad_art"))
+        assert not (tmp_path / "bad_art").exists()
