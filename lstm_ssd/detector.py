@@ -272,6 +272,11 @@ class LSTMSSD(gluon.Block):
                 feats = self._part("extractor_small", self.small)(frames)
                 out = combine(frame, self.memory.steps["small"](feats, *moved)[0])
             new_state = state
+        elif self.from_state and not self.writes_memory[extractor]:
+            # a small step reading the carried state: its LSTM step's output is read by nothing (the
+            # correction reads the state, and the step writes none), so the cell is not run
+            feats = self._part(f"extractor_{extractor}", self.extractor(extractor))(frames)
+            out, new_state = self._combine.block(self.memory_step(extractor).project(feats), moved[1]), state
         else:
             feats = self._part(f"extractor_{extractor}", self.extractor(extractor))(frames)
             out, c_new, h_new = self.memory_step(extractor)(feats, *moved)

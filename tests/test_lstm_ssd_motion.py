@@ -102,6 +102,34 @@ def test_a_propagated_small_step_is_the_key_projection_and_memory_moved_without_
     assert after is key_state and key_after is key_term   # tied to the key frame still
 
 
+def test_a_small_step_reading_the_carried_state_skips_its_unread_lstm_cell(monkeypatch):
+    """RESIDUAL_INPUT previous_state, no propagation: a small step is project_small(small(x)) + the gated
+    correction of the (moved) state, in numpy; its own LSTM cell, whose output nothing reads, does not
+    run, and the state stays the large step's."""
+    cfg, net = _model(FAST_SLOW + PREVIOUS_STATE, seed=9)
+    rng = np.random.RandomState(10)
+    x = mx.nd.array(rng.uniform(0, 255, (1, 3, 128, 128)))
+    state = _random_state(net, rng)
+    frame = net.project_small(net.small(x)).asnumpy()
+    full_step_level0 = net.memory_step("small")(net.small(x), *(mx.nd.array(_shift_left(s.asnumpy(), 1))
+                                                               for s in state))[0].asnumpy()
+
+    def cell_must_not_run(*args):
+        raise AssertionError("the small step's LSTM cell ran though nothing reads its output")
+    monkeypatch.setattr(net.memory.steps["small"], "forward", cell_must_not_run)
+    for flow, shift in ((None, 0), (_flow(net, 1.0), 1)):
+        cls, box, after, _ = net.step_moved(x, state, "small", flow)
+        memory = net.memory_mix(mx.nd.array(_shift_left(state[1].asnumpy(), shift) if shift
+                                            else state[1].asnumpy())).asnumpy()
+        want_cls, want_box = net.head(mx.nd.array(_gated(frame, memory, net)))
+        np.testing.assert_allclose(cls.asnumpy(), want_cls.asnumpy(), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(box.asnumpy(), want_box.asnumpy(), rtol=1e-4, atol=1e-4)
+        assert after is state
+    # the same level 0 as the whole residual step (cell included) computes
+    np.testing.assert_allclose(_gated(frame, net.memory_mix(mx.nd.array(_shift_left(state[1].asnumpy(), 1))).asnumpy(),
+                                      net), full_step_level0, rtol=1e-4, atol=1e-4)
+
+
 def test_a_propagated_small_step_reading_the_output_runs_the_small_extractor_on_the_moved_state():
     cfg, net = _model(FAST_SLOW, seed=5)
     rng = np.random.RandomState(6)
