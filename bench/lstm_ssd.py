@@ -145,13 +145,14 @@ def bench_motion(quick, frames, warmup, tau):
     return out
 
 
-def bench_fusion(quick, frames, warmup, boxes=10):
+def bench_fusion(quick, frames, warmup, tau, boxes=10):
     """TEST.FUSE's own cost per frame (DIS flow, moving and merging the boxes): a runner that returns the
     same ``boxes`` detections on every 1280x720 frame, alone and wrapped in the box-level memory; then the
-    same with the lstm-ssd stream's whole step (random weights, as the "stream" rows) run before it returns
-    them, so the flow runs right after MXNet's OpenMP work, as inside an evaluation. (Random weights find
-    no box above the streaming rows' threshold, and with no box held there is no flow to compute: timed
-    inside those rows it would show nothing.)"""
+    same with a stream's whole step (random weights, as the "stream" rows) run before it returns them, so
+    the flow runs right after MXNet's OpenMP work, as inside an evaluation: the lstm-ssd stream, and
+    Looking Fast and Slow at ``tau`` with small steps that detect (the distilled small extractor's rows in
+    lstm_ssd/README.md). (Random weights find no box above the streaming rows' threshold, and with no box
+    held there is no flow to compute: timed inside those rows it would show nothing.)"""
     from lib.streaming import FrameRunner, fused_runner
     from lstm_ssd.streaming import StreamingDetector
     height, width = (144, 256) if quick else (720, 1280)
@@ -163,19 +164,28 @@ def bench_fusion(quick, frames, warmup, boxes=10):
             np.zeros(boxes, np.int64))
     cfg = lstm_config.load(None, ["TEST.FUSE.ENABLED=true"])
     common = (MOTION_QUICK if quick else []) + ["TEST.SCORE_THRESH=0.99", "PRETRAINED=", "MODEL.WEIGHTS="]
-    stream_cfg, net = build(MOTION_CFGS["lstm_ssd"], common)
-    stream = StreamingDetector(net, stream_cfg, policy="large")
+    streams = {}
+    for key, over, policy in (("lstm_ssd", [], "large"),
+                              ("lfs", ["TEST.MOTION.FLOW=", "TEST.MOTION.PROPAGATE=false"], "fixed")):
+        stream_cfg, net = build(MOTION_CFGS[key], common + over)
+        streams[key] = StreamingDetector(net, stream_cfg, policy=policy, tau=tau)
 
-    def model_then_boxes(image):
-        stream.step(image)
-        return dets
+    def then_boxes(stream):
+        def detect(image):
+            stream.step(image)
+            return dets
+        return detect
     out = []
-    for label, detect in (("frame runner (fixed boxes)", lambda image: dets),
-                          ("lstm-ssd stream, then fixed boxes", model_then_boxes)):
+    for label, stream, detect in (("frame runner (fixed boxes)", None, lambda image: dets),
+                                  ("lstm-ssd stream, then fixed boxes", streams["lstm_ssd"],
+                                   then_boxes(streams["lstm_ssd"])),
+                                  (f"lfs tau={tau} stream, then fixed boxes", streams["lfs"],
+                                   then_boxes(streams["lfs"]))):
         for runner_label, runner in ((label, FrameRunner(detect)),
                                      (f"the same + box fusion ({boxes} boxes)", fused_runner(FrameRunner(detect),
                                                                                           cfg.TEST))):
-            stream.reset()
+            if stream is not None:
+                stream.reset()
             runner.reset()
             for frame in video[:warmup]:
                 runner.step(frame)
@@ -233,10 +243,13 @@ def main(argv=None):
     base = motion_rows[0][1]
     for label, seconds, params, size in motion_rows:
         add(label, seconds, params, 0, size, f"{base / seconds:.2f}x the lstm-ssd stream; MACs not counted")
-    fusion_rows = bench_fusion(args.quick, frames, warmup)
+    fusion_rows = bench_fusion(args.quick, frames, warmup, args.tau)
     for i, (label, seconds, size) in enumerate(fusion_rows):     # pairs: without, with the fusion
         extra = 1000 * (seconds - fusion_rows[i - 1][1]) / frames
-        add(label, seconds, 0, 0, size, f"+{extra:.2f} ms per frame for the fusion" if i % 2 else "")
+        note = f"+{extra:.2f} ms per frame for the fusion" if i % 2 else ""
+        if i == 5:          # fused fast-slow against the fused lstm-ssd stream, the probe's comparison
+            note += f"; {fusion_rows[3][1] / seconds:.2f}x the fused lstm-ssd stream"
+        add(label, seconds, 0, 0, size, note)
     g_size = settings["gluoncv_size"]
     seconds, params = bench_gluoncv(g_size, frames, warmup)
     add("gluoncv ssd_512_mobilenet1.0", seconds, params, 0, g_size, "MACs not counted; includes its NMS")
