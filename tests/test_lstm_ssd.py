@@ -517,9 +517,11 @@ def test_int8_streaming_follows_the_float_model(over):
     for (f_cls, f_box), (q_cls, q_box) in zip(reference, int8):
         assert q_cls.shape == f_cls.shape and q_box.shape == f_box.shape
         # random weights through ~20 int8 layers, the LSTM state carried in float: measured correlation
-        # >= 0.994, mean error <= 6 %
-        assert np.corrcoef(q_cls.ravel(), f_cls.ravel())[0, 1] > 0.99
-        assert np.corrcoef(q_box.ravel(), f_box.ravel())[0, 1] > 0.99
+        # >= 0.994 and mean error <= 6 % where the CPU has VNNI; on an AVX2-only EPYC (2026-12-07) >= 0.989
+        # (classes) / 0.973 (boxes), mean error <= 10 % (without VNNI oneDNN's int8 convolutions add
+        # pairs of products in saturating int16). A broken int8 path correlates near 0.
+        assert np.corrcoef(q_cls.ravel(), f_cls.ravel())[0, 1] > 0.96
+        assert np.corrcoef(q_box.ravel(), f_box.ravel())[0, 1] > 0.96
         assert np.abs(q_cls - f_cls).mean() < 0.12 * np.abs(f_cls).mean()
     # training never sees the int8 graphs (BatchNorm in training mode uses batch statistics)
     x = mx.nd.array(frames[4:5])
