@@ -1,8 +1,9 @@
 """Data augmentation for clips: every transform takes a LIST of frames and draws its random
 parameters ONCE per call, so all frames of a clip get the same crop, flip, colour change, ...
 (per-frame random augmentation breaks temporal models such as LSTM-SSD; FGFA's neighbours share the
-key frame's scale and flip). The one exception is ``RandomDegrade``, per frame on purpose: a blurred or
-occluded frame between sharp ones is what a temporal model must learn to bridge.
+key frame's scale and flip). The exceptions are ``RandomDegrade`` and ``RandomFrameDrop``, per frame
+on purpose: a blurred, occluded or missing frame between sharp ones is what a temporal model must learn
+to bridge.
 
 Call convention: ``frames, boxes = t(frames, boxes)``
 - ``frames``: list of HxWx3 uint8 RGB images, all of the same size;
@@ -484,6 +485,29 @@ class RandomDegrade(Transform):
         return out, boxes
 
 
+class RandomFrameDrop(Transform):
+    """Each frame of the clip, independently with probability ``p``, replaced by a flat image of
+    ``value`` (pixels; mid-grey by default); boxes kept. A dropped frame carries no evidence at all, so a
+    temporal model can only detect on it from what it carried in from earlier frames: unlike RandomDegrade, whose
+    blurred or occluded training frames a frame detector can still fit (the training snippets are few and
+    learned by heart), this makes carrying evidence the only way to lower the loss on those frames.
+    Per frame, like RandomDegrade; training only."""
+
+    def __init__(self, p=0.1, value=127, rng=None):
+        super().__init__(rng)
+        self.p = _check_prob(p, "RandomFrameDrop")
+        if not 0 <= int(value) <= 255:
+            raise ValueError(f"RandomFrameDrop: value must be a pixel value in [0, 255], got {value}")
+        self.value = int(value)
+
+    def __call__(self, frames, boxes, rng=None):
+        frames, boxes = _check_clip(frames, boxes, "RandomFrameDrop")
+        r = self._random(rng)
+        drop = r.rand(len(frames)) < self.p
+        out = [np.full_like(f, self.value) if d else f for f, d in zip(frames, drop)]
+        return out, boxes
+
+
 # ----------------------------------------------------------------------------- to network input
 
 class ToTensor(Transform):
@@ -539,10 +563,10 @@ class Compose(Transform):
 
 
 TRANSFORMS = {cls.__name__: cls for cls in (RandomFlip, SSDRandomCrop, Expand, PhotometricDistort, RandomDegrade,
-                                            Resize, ResizeSquare, ResizeTo, RandomTile, ToTensor)}
+                                            RandomFrameDrop, Resize, ResizeSquare, ResizeTo, RandomTile, ToTensor)}
 # Short names accepted in configs (matched like class names: case and underscores ignored).
 ALIASES = {"flip": "RandomFlip", "ssdcrop": "SSDRandomCrop", "randomcrop": "SSDRandomCrop",
-           "photometric": "PhotometricDistort", "degrade": "RandomDegrade", "square": "ResizeSquare", "tile": "RandomTile"}
+           "photometric": "PhotometricDistort", "degrade": "RandomDegrade", "frame_drop": "RandomFrameDrop", "square": "ResizeSquare", "tile": "RandomTile"}
 PARAM_ALIASES = {"prob": "p"}
 _NAME_KEYS = ("name", "type")
 

@@ -3,8 +3,9 @@ exact flip inverse, hand-computed sizes, config errors."""
 import numpy as np
 import pytest
 
-from lib.transforms import (Compose, Expand, PhotometricDistort, RandomDegrade, RandomFlip, RandomTile, Resize,
-                            ResizeSquare, SSDRandomCrop, ToTensor, build_transforms, hflip, sample_rng)
+from lib.transforms import (Compose, Expand, PhotometricDistort, RandomDegrade, RandomFlip, RandomFrameDrop,
+                            RandomTile, Resize, ResizeSquare, SSDRandomCrop, ToTensor, build_transforms, hflip,
+                            sample_rng)
 
 ID_STEP = 50  # object i is painted with value 50 * (i + 1) in channel 0 (no clash with fills)
 
@@ -262,6 +263,35 @@ def test_random_degrade_per_frame_share_occlusion_geometry_and_errors():
     assert not np.array_equal(blur(frames, boxes)[0][0], frames[0])
     with pytest.raises(ValueError, match=r"aug\[0\]: RandomDegrade: unknown kind\(s\) \['rain'\]"):
         build_transforms([{"name": "degrade", "kinds": ["rain"]}], source="aug")
+
+
+def test_random_frame_drop_per_frame_flat_frames_boxes_kept():
+    """Each frame independently: a dropped frame is the flat value everywhere, a kept one is the input
+    unchanged; the share of dropped frames matches p (binomial, 5 sigma); frames of one clip are drawn
+    independently (clips with some but not all frames dropped occur); boxes never change."""
+    clip, clip_boxes = painted_clip(4, frames=4)
+    drop = RandomFrameDrop(p=0.3, value=90, rng=np.random.RandomState(5))
+    dropped = mixed = 0
+    n = 300
+    for _ in range(n):
+        out_f, out_b = drop(clip, clip_boxes)
+        flags = []
+        for before, after, b, ob in zip(clip, out_f, clip_boxes, out_b):
+            np.testing.assert_array_equal(ob, b)
+            assert after.shape == before.shape and after.dtype == np.uint8
+            is_flat = bool((after == 90).all())
+            assert is_flat or np.array_equal(after, before)
+            flags.append(is_flat)
+        dropped += sum(flags)
+        mixed += int(0 < sum(flags) < len(flags))
+    total = n * len(clip)
+    assert abs(dropped - 0.3 * total) < 5 * np.sqrt(total * 0.3 * 0.7), dropped
+    assert mixed > n / 4
+    assert all((f == 90).all() for f in RandomFrameDrop(p=1.0, value=90)(clip, clip_boxes)[0])
+    assert all(np.array_equal(a, b) for a, b in zip(RandomFrameDrop(p=0.0)(clip, clip_boxes)[0], clip))
+    assert isinstance(build_transforms([{"name": "frame_drop", "p": 0.2}]).transforms[0], RandomFrameDrop)
+    with pytest.raises(ValueError, match=r"RandomFrameDrop: value must be a pixel value"):
+        RandomFrameDrop(value=300)
 
 
 def test_to_tensor_normalisation():
