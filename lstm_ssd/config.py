@@ -72,6 +72,12 @@ DEFAULTS = extend_schema(SHARED_DEFAULTS, {
         # frame from the data seed): the head also learns to work without the memory's correction, and the
         # memory cannot lean on long histories of the training videos
         "STATE_DROPOUT": 0.0,
+        # the state moved along DIS flow inside a training clip as TEST.MOTION moves it at test time (its
+        # PRESET and SCALE): each step reads the state warped from the frame that wrote it to its own frame.
+        # Without it the memory learns to carry evidence where it was, which the next frame has moved from.
+        # A clip's first step reads the state carried in from the lane's last clip as it is (that clip's
+        # crop and flip may differ)
+        "MOVE_STATE": False,
         # detection | distill_small (fast_slow: the small extractor and its projection learn to give
         # the large extractor's projected features, frame by frame, before interleaved training)
         "OBJECTIVE": "detection",
@@ -90,8 +96,8 @@ DEFAULTS = extend_schema(SHARED_DEFAULTS, {
         # frame, the same weights -- the ablation that tells what the memory carries over time from what
         # its layers add to a single frame
         "MEMORY": "carry",
-        # the memory state moved along the motion since the frame that wrote it (streaming only; the
-        # training clips are not warped). FLOW dis: OpenCV DIS flow (PRESET, at SCALE of the input size)
+        # the memory state moved along the motion since the frame that wrote it (streaming; in training
+        # with TRAIN.MOVE_STATE). FLOW dis: OpenCV DIS flow (PRESET, at SCALE of the input size)
         # from each frame to the memory's frame, on the feature grid, warps c and h before the step.
         # PROPAGATE (fast_slow, LSTM.RESIDUAL): a small step's frame term is the last large frame's
         # projection moved the same way (Deep Feature Flow) instead of the small extractor's projection

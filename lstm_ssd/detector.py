@@ -356,10 +356,11 @@ class LSTMSSD(gluon.Block):
         self._int8.update(int8)
         return self
 
-    def forward(self, clip, state=None, schedule=None, state_keep=None):
+    def forward(self, clip, state=None, schedule=None, state_keep=None, flows=None):
         """Unrolled graph. clip (B,T,3,H,W); schedule: extractor name per step (default all large);
         state_keep (B,T) of 0 / 1: the state of sequence b is zeroed before step t where it is 0
-        (TRAIN.STATE_DROPOUT).
+        (TRAIN.STATE_DROPOUT); flows: per step a (B,2,h,w) flow or None, the state moved along it
+        before the step as ``step_moved`` moves it (TRAIN.MOVE_STATE, ``MemoryMotion.clip_flows``).
 
         Returns cls (B,T,P,C+1), box (B,T,P,4) and the final state.
         """
@@ -369,12 +370,15 @@ class LSTMSSD(gluon.Block):
             raise ValueError(f"schedule has {len(schedule)} entries for {steps} frames")
         if state is None:
             state = self.zero_state(batch, clip.context)
+        if flows is not None and len(flows) != steps:
+            raise ValueError(f"flows has {len(flows)} entries for {steps} frames")
         cls_all, box_all = [], []
         for t in range(steps):
             if state_keep is not None and state is not None:
                 keep = state_keep[:, t].reshape((-1, 1, 1, 1))
                 state = tuple(mx.nd.broadcast_mul(s, keep) for s in state)
-            cls, box, state = self.step(clip[:, t], state, schedule[t])
+            flow = flows[t] if flows is not None and state is not None else None
+            cls, box, state, _ = self.step_moved(clip[:, t], state, schedule[t], flow)
             cls_all.append(cls)
             box_all.append(box)
         return mx.nd.stack(*cls_all, axis=1), mx.nd.stack(*box_all, axis=1), state

@@ -79,6 +79,25 @@ class MemoryMotion:
                                       self.net.feature_hw)
         return mx.nd.array(grid.transpose(2, 0, 1)[None], ctx=ctx)
 
+    def clip_flows(self, frames, schedule, ctx):
+        """Training (TRAIN.MOVE_STATE): the flows of ``LSTMSSD.forward`` for a batch of clips. frames
+        (B,T,H,W,3) uint8 at the input size; per step t a (B,2,h,w) flow from frame t to the frame whose
+        step wrote the state t reads (the last earlier step of an extractor that writes the memory), None
+        at the first step (the state carried in from the lane's last clip is read as it is)."""
+        frames = np.asarray(frames)
+        prepared = [[self.dis.prepare(frame) for frame in clip] for clip in frames]
+        flows, writer = [], None
+        for t, extractor in enumerate(schedule):
+            if writer is None:
+                flows.append(None)
+            else:
+                grids = [self.dis.grid_prepared(clip[t], clip[writer], self.net.image_hw, self.stride,
+                                                self.net.feature_hw) for clip in prepared]
+                flows.append(mx.nd.array(np.stack(grids).transpose(0, 3, 1, 2), ctx=ctx))
+            if self.net.writes_memory[extractor]:
+                writer = t
+        return flows
+
     def step(self, x, current, state, extractor, ctx):
         """One step of the detector on input ``x`` whose prepared grey frame is ``current``."""
         cls, box, new_state, self.key_term = self.net.step_moved(

@@ -17,6 +17,7 @@ import time
 
 import mxnet as mx
 import numpy as np
+from easydict import EasyDict
 
 from lib.config import ConfigError, merge, project_path, size_hw
 from lib.dataset import ClipSampler, load_clip, read_image
@@ -35,7 +36,7 @@ from lib.viz import draw_detections, save_image
 
 from .detector import build_detector, load_pretrained, save_model
 from .policy import ACTIONS, train_policy
-from .streaming import AsyncStreamingDetector, StreamingDetector, preprocess
+from .streaming import AsyncStreamingDetector, MemoryMotion, StreamingDetector, preprocess
 
 MODEL_FILE = "model.params"
 
@@ -168,6 +169,15 @@ class ClipTask(_Task):
         super().__init__(net, cfg, ctx)
         self.loss_fn = build_loss(cfg)
         self.lane_state = [None] * len(self.contexts)
+        self.motion = None
+        if cfg.TRAIN.MOVE_STATE:
+            if net.memory is None:
+                raise ConfigError(f"{cfg.get('CONFIG_FILE') or '<config>'}: TRAIN.MOVE_STATE moves the memory "
+                                  f"state; MODEL.TYPE {net.type} has none")
+            # the flow settings of the test-time move (TEST.MOTION PRESET, SCALE): the memory trains on the
+            # alignment it will be read with
+            motion = EasyDict(dict(cfg.TEST.MOTION, FLOW="dis", PROPAGATE=False))
+            self.motion = MemoryMotion(net, motion, cfg.get("CONFIG_FILE") or "<config>")
 
     def initial_state(self, continues, batch, part=0):
         ctx = self.contexts[part]
@@ -180,11 +190,15 @@ class ClipTask(_Task):
 
     def _part_loss(self, part, frames, cls_t, box_t, continues, state_keep, schedule):
         ctx = self.contexts[part]
+        flows = None
+        if self.motion is not None:     # frames are 0..255 at the input size: DIS reads them as images
+            images = np.clip(np.rint(frames), 0, 255).astype(np.uint8).transpose(0, 1, 3, 4, 2)
+            flows = self.motion.clip_flows(images, schedule, ctx)
         frames = mx.nd.array(frames, ctx=ctx)
         b, t = frames.shape[:2]
         state = self.initial_state(continues, b, part)
         state_keep = mx.nd.array(state_keep, ctx=ctx) if self.cfg.TRAIN.STATE_DROPOUT > 0 else None
-        cls, box, state = self.net(frames, state, schedule, state_keep)
+        cls, box, state = self.net(frames, state, schedule, state_keep, flows)
         if state is not None:
             self.lane_state[part] = tuple(s.detach() for s in state)   # truncated BPTT
         p = cls.shape[2]

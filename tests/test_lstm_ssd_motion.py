@@ -165,6 +165,49 @@ def test_the_memory_flow_points_from_the_current_frame_back_to_the_memory_frame(
     np.testing.assert_allclose(np.median(interior[1]), 0.0, atol=0.1)
 
 
+def test_training_flows_point_from_each_frame_to_the_frame_that_wrote_its_state(crop):
+    """TRAIN.MOVE_STATE: in a clip moving half a cell (8 px) right per frame, a step reads the state of
+    the last large step: one frame back after a large step, two after a small one (which writes no
+    state); the first step has no flow. Hand-computed flows in cells, not the test-time code path."""
+    over = FAST_SLOW + PREVIOUS_STATE + ["MODEL.IMAGE_SIZE=[128, 160]", "MODEL.SMALL.INPUT_SIZE=[64, 80]",
+                                         "TEST.MOTION.FLOW=dis", "TEST.MOTION.PRESET=medium", "TEST.MOTION.SCALE=1.0"]
+    cfg = lstm_config.load(None, over)
+    net = build_detector(cfg)
+    motion = MemoryMotion(net, cfg.TEST.MOTION)
+    clip = np.stack([np.roll(crop, 8 * t, axis=1) for t in range(4)])[None]        # (1, 4, H, W, 3)
+    flows = motion.clip_flows(clip, ["large", "small", "large", "large"], mx.cpu())
+    assert flows[0] is None
+    for t, cells in ((1, -0.5), (2, -1.0), (3, -0.5)):
+        flow = flows[t].asnumpy()[0]
+        assert flow.shape == (2,) + net.feature_hw
+        interior = flow[:, 2:-2, 3:-3]                   # np.roll wraps: the edge cells have no true flow
+        np.testing.assert_allclose(np.median(interior[0]), cells, atol=0.15, err_msg=f"step {t}")
+        np.testing.assert_allclose(np.median(interior[1]), 0.0, atol=0.15, err_msg=f"step {t}")
+
+
+def test_the_unrolled_graph_moves_the_state_before_each_step_as_step_moved_does():
+    """LSTMSSD.forward with flows = the same steps through step_moved one by one; without flows (or at a
+    step whose flow is None) the plain steps."""
+    cfg, net = _model(BASE + ["MODEL.TYPE=lstm_ssd"] + PREVIOUS_STATE, seed=3)
+    rng = np.random.RandomState(4)
+    clip = mx.nd.array(rng.uniform(0, 255, (1, 3, 3, 128, 128)))
+    state = _random_state(net, rng)
+    flows = [None, _flow(net, 1.0), _flow(net, -2.0)]
+    cls, box, final = net(clip, state, None, None, flows)
+    want_state, want_cls = state, []
+    for t in range(3):
+        c, _, want_state, _ = net.step_moved(clip[:, t], want_state, "large", flows[t])
+        want_cls.append(c.asnumpy())
+    np.testing.assert_allclose(cls.asnumpy(), np.stack(want_cls, axis=1), rtol=1e-5, atol=1e-5)
+    for got, want in zip(final, want_state):
+        np.testing.assert_allclose(got.asnumpy(), want.asnumpy(), rtol=1e-5, atol=1e-5)
+    unmoved = net(clip, state, None, None, [None] * 3)[0].asnumpy()
+    np.testing.assert_array_equal(unmoved, net(clip, state)[0].asnumpy())
+    assert np.abs(unmoved - cls.asnumpy()).max() > 1e-3                   # the flows changed something
+    with pytest.raises(ValueError, match="flows has 2 entries for 3 frames"):
+        net(clip, state, None, None, flows[:2])
+
+
 def test_streaming_with_motion_on_a_still_scene_equals_streaming_without_and_resumes_exactly(crop, tmp_path):
     over = FAST_SLOW + PREVIOUS_STATE + ["MODEL.IMAGE_SIZE=[128, 160]", "MODEL.SMALL.INPUT_SIZE=[64, 80]"]
     cfg, net = _model(over, seed=7)

@@ -106,6 +106,37 @@ def test_carried_state_is_masked_per_lane(tiny_cfg):
     assert float(c[1].abs().max().asscalar()) == 0 and float(h[1].abs().max().asscalar()) == 0
 
 
+def test_move_state_moves_the_training_memory_only_where_the_scene_moves(tiny_cfg):
+    """TRAIN.MOVE_STATE: on a still clip (DIS flow zero) the loss is the loss without it; on the moving
+    synthetic clip it differs (the state is warped); a model without memory refuses it, naming the key."""
+    from lstm_ssd.train import ClipData, ClipTask, load_split
+    moving = lstm_config.load(TINY_CFG, ["TRAIN.MOVE_STATE=true", "TEST.MOTION.PRESET=medium",
+                                         "TEST.MOTION.SCALE=1.0"])
+    moving.DATASET = tiny_cfg.DATASET
+    net = build_detector(tiny_cfg)
+    batch = next(iter(ClipData(load_split(tiny_cfg, "TRAIN"), tiny_cfg, net.anchors())(0)))
+    net(mx.nd.array(batch["frames"]))
+    rng = np.random.RandomState(0)
+    for name, p in net.collect_params().items():    # weights large enough that the state counts
+        scale = (0.5, 1.5) if name.endswith(("running_var", "gamma")) else (-0.3, 0.3)
+        p.set_data(mx.nd.array(rng.uniform(*scale, p.shape)))
+    first = batch["frames"][:, :1]
+    steps = batch["frames"].shape[1]
+    still = dict(batch, frames=np.repeat(first, steps, axis=1))
+    # the first frame sliding right by a quarter of the image per frame
+    slide = dict(batch, frames=np.concatenate([np.roll(first, 16 * t, axis=-1) for t in range(steps)], axis=1))
+
+    def loss(cfg, b):
+        return float(ClipTask(net, cfg).loss(b)[0].asscalar())
+
+    # measured: 0 on the still clip, 9e-5 of the loss on the sliding one (most of the loss is the head's)
+    assert loss(moving, still) == pytest.approx(loss(tiny_cfg, still), rel=1e-6)
+    assert abs(loss(moving, slide) - loss(tiny_cfg, slide)) > 1e-5 * loss(tiny_cfg, slide)
+    ssdlite = lstm_config.load(TINY_CFG, ["TRAIN.MOVE_STATE=true", "MODEL.TYPE=ssdlite"])
+    with pytest.raises(ConfigError, match="TRAIN.MOVE_STATE moves the memory state; MODEL.TYPE ssdlite has none"):
+        ClipTask(build_detector(ssdlite), ssdlite)
+
+
 def test_state_dropout_restarts_a_lane_from_a_zero_state(tiny_cfg):
     """TRAIN.STATE_DROPOUT: where state_keep is 0, that sequence continues as if its clip started there (the
     oracle: the same model on the rest of the clip from a zero state); the other sequence is untouched.
