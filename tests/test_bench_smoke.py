@@ -69,9 +69,11 @@ def test_bench_m2det_quick_writes_json(tmp_path):
 @pytest.mark.slow
 def test_bench_families_quick_writes_json(tmp_path):
     out = tmp_path / "families.json"
-    text = run_bench(["-m", "bench.families", "--quick", "--families", "ssdlite,rfcn,lstm_ssd,fgfa", "--json", str(out)], tmp_path)
+    # one family of each module (fgfa.family: rfcn, fgfa; lstm_ssd.family: ssdlite, lstm_ssd): the bench's
+    # path is the same for the others, and each family costs ~25 s of subprocesses
+    text = run_bench(["-m", "bench.families", "--quick", "--families", "rfcn,lstm_ssd", "--json", str(out)], tmp_path)
     result = json.loads(out.read_text())["results"]
     assert "| rfcn | random |" in text
-    for family in ("ssdlite", "rfcn", "lstm_ssd", "fgfa"):
+    for family in ("rfcn", "lstm_ssd"):
         for threads in ("1", "2"):
             assert result[family][threads]["fp32"] > 0 and result[family][threads]["int8"] > 0
