@@ -488,9 +488,9 @@ class RandomDegrade(Transform):
 class RandomFrameDrop(Transform):
     """Each frame of the clip, independently with probability ``p``, replaced by a flat image of
     ``value`` (pixels; mid-grey by default); boxes kept. A dropped frame carries no evidence at all, so a
-    temporal model can only detect on it from what it carried in from earlier frames: unlike RandomDegrade, whose
-    blurred or occluded training frames a frame detector can still fit (the training snippets are few and
-    learned by heart), this makes carrying evidence the only way to lower the loss on those frames.
+    temporal model can only detect on it from what it carried in from earlier frames. A frame detector can
+    still fit RandomDegrade's blurred or occluded training frames (few training snippets are learned by
+    heart); on a dropped one carrying evidence is the only way to lower the loss.
     Per frame, like RandomDegrade; training only."""
 
     def __init__(self, p=0.1, value=127, rng=None):
@@ -566,7 +566,8 @@ TRANSFORMS = {cls.__name__: cls for cls in (RandomFlip, SSDRandomCrop, Expand, P
                                             RandomFrameDrop, Resize, ResizeSquare, ResizeTo, RandomTile, ToTensor)}
 # Short names accepted in configs (matched like class names: case and underscores ignored).
 ALIASES = {"flip": "RandomFlip", "ssdcrop": "SSDRandomCrop", "randomcrop": "SSDRandomCrop",
-           "photometric": "PhotometricDistort", "degrade": "RandomDegrade", "frame_drop": "RandomFrameDrop", "square": "ResizeSquare", "tile": "RandomTile"}
+           "photometric": "PhotometricDistort", "degrade": "RandomDegrade", "frame_drop": "RandomFrameDrop",
+           "square": "ResizeSquare", "tile": "RandomTile"}
 PARAM_ALIASES = {"prob": "p"}
 _NAME_KEYS = ("name", "type")
 

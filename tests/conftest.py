@@ -6,9 +6,10 @@ import os
 # instead, unless the user set a thread count. Decided before lib is imported (it sets the count at
 # import), and in the main process first: the workers inherit the count lib set there, not the user.
 _USER_THREADS = "VIDEODET_TESTS_USER_THREADS"
-os.environ.setdefault(_USER_THREADS, "1" if os.environ.get("OMP_NUM_THREADS") or os.environ.get("MXNET_OMP_MAX_THREADS")
-                      else "0")
+_user_set = os.environ.get("OMP_NUM_THREADS") or os.environ.get("MXNET_OMP_MAX_THREADS")
+os.environ.setdefault(_USER_THREADS, "1" if _user_set else "0")
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT") and os.environ[_USER_THREADS] == "0":
+    # lib.runtime.cpu_count, which cannot be imported before the count is set
     share = len(os.sched_getaffinity(0)) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
     os.environ["OMP_NUM_THREADS"] = str(max(1, share))
 
