@@ -7,7 +7,7 @@ the CPU configs under ``experiments/`` shrink them.
 import logging
 
 from lib.config import SHARED_DEFAULTS, SPEC_LIST_KEYS, ConfigError, Schema, extend_schema, load_config
-from lib.transforms import build_transforms
+from lib.transforms import build_transforms, transform_name
 
 DEFAULTS = extend_schema(SHARED_DEFAULTS, {
     "NAME": "fgfa_rfcn",
@@ -183,9 +183,10 @@ RENAMES = {
     "NETWORK.PRETRAINED": "PRETRAINED",
 }
 SCHEMA = Schema(DEFAULTS, renames=RENAMES, spec_list_keys=SPEC_LIST_KEYS)
-FLIP_NAMES = ("randomflip", "flip", "random_flip")
-DEGRADE_NAMES = ("randomdegrade", "degrade", "random_degrade")
-SUPPORTED_AUGMENTATIONS = FLIP_NAMES + DEGRADE_NAMES
+# TRAIN.AUGMENTATIONS entries R-FCN / FGFA apply (class names of lib.transforms): the flip is drawn once
+# per sample, the per-frame ones act on each frame of a window on its own
+PER_FRAME_TRANSFORMS = ("RandomDegrade", "RandomFrameDrop")
+SUPPORTED_AUGMENTATIONS = ("RandomFlip",) + PER_FRAME_TRANSFORMS
 log = logging.getLogger("fgfa.config")
 
 
@@ -207,20 +208,17 @@ def training_scales(cfg):
     return scales or [[short, long_side]]
 
 
-def _augmentation_name(spec):
-    return str(spec.get("name", spec.get("type", "")) if isinstance(spec, dict) else spec).lower()
-
-
 def flip_enabled(cfg):
     """Whether training flips (TRAIN.AUGMENT and a RandomFlip among TRAIN.AUGMENTATIONS)."""
-    return bool(cfg.TRAIN.AUGMENT) and any(_augmentation_name(s) in FLIP_NAMES for s in cfg.TRAIN.AUGMENTATIONS)
+    return bool(cfg.TRAIN.AUGMENT) and any(transform_name(s) == "RandomFlip" for s in cfg.TRAIN.AUGMENTATIONS)
 
 
-def degrade_transform(cfg):
-    """The RandomDegrade of TRAIN.AUGMENTATIONS (each frame of a sample degraded on its own: a blurred
-    key frame between sharp neighbours, or the reverse, is what the aggregation must learn to handle),
-    or None. Its parameters are checked by lib.transforms (errors name the entry)."""
-    specs = [s for s in cfg.TRAIN.AUGMENTATIONS if _augmentation_name(s) in DEGRADE_NAMES]
+def per_frame_transform(cfg):
+    """The RandomDegrade / RandomFrameDrop entries of TRAIN.AUGMENTATIONS, in their order, or None. Each
+    acts on each frame of a sample on its own: a blurred or dropped key frame between sharp neighbours,
+    or the reverse, is what the aggregation must learn to handle. Parameters are checked by
+    lib.transforms (errors name the entry)."""
+    specs = [s for s in cfg.TRAIN.AUGMENTATIONS if transform_name(s) in PER_FRAME_TRANSFORMS]
     if not cfg.TRAIN.AUGMENT or not specs:
         return None
     src = cfg.get("CONFIG_FILE") or "<config>"
@@ -287,11 +285,11 @@ def validate(cfg):
                 isinstance(value, (int, float)) and 0 < float(value) <= 4)):
             raise ConfigError(f"{src}: INPUT.TRAIN_SCALES: {value!r} is neither a factor in (0, 4] of the test "
                               f"scale nor a [short, max_long] pair")
-    unknown = [s for s in cfg.TRAIN.AUGMENTATIONS if _augmentation_name(s) not in SUPPORTED_AUGMENTATIONS]
+    unknown = [s for s in cfg.TRAIN.AUGMENTATIONS if transform_name(s) not in SUPPORTED_AUGMENTATIONS]
     if unknown:
-        log.warning("%s: TRAIN.AUGMENTATIONS: R-FCN / FGFA train with RandomFlip and RandomDegrade only; "
-                    "%s not applied", src, unknown)
-    degrade_transform(cfg)      # a bad RandomDegrade entry fails here, not at the first sample
+        log.warning("%s: TRAIN.AUGMENTATIONS: R-FCN / FGFA train with %s only; %s not applied", src,
+                    ", ".join(SUPPORTED_AUGMENTATIONS), unknown)
+    per_frame_transform(cfg)    # a bad RandomDegrade / RandomFrameDrop entry fails here, not at the first sample
     tile = img.TRAIN_TILE
     if len(tile.SIZE) != 2 or min(tile.SIZE) < 0 or (min(tile.SIZE) == 0 < max(tile.SIZE)):
         raise ConfigError(f"{src}: IMAGE.TRAIN_TILE.SIZE must be [width, height] > 0, or [0, 0] (off), "

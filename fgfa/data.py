@@ -11,7 +11,7 @@ from lib.dataset.io import read_image, read_image_or_fallback
 from lib.dataset.record import spread_indices
 from lib.transforms import RandomTile
 
-from .config import degrade_transform, flip_enabled, input_scale, training_scales
+from .config import flip_enabled, per_frame_transform, input_scale, training_scales
 
 
 def target_size(height, width, short, max_long):
@@ -95,7 +95,7 @@ class TrainSamples:
         self.keys = list(range(len(dataset)))
         self._paths_by_video = {}
         self.scales, self.flip = training_scales(cfg), flip_enabled(cfg)
-        self.degrade = degrade_transform(cfg)
+        self.per_frame = per_frame_transform(cfg)
         tile = cfg.IMAGE.TRAIN_TILE
         self.tiler = None
         if tile.SIZE and min(tile.SIZE) > 0:
@@ -145,8 +145,8 @@ class TrainSamples:
     def load(self, index, rng):
         """-> (frames (F,3,Hp,Wp) float32, im_info [h, w, scale], gt boxes (G,4), labels (G,)).
 
-        Every frame of a sample gets the same scale, flip and (IMAGE.TRAIN_TILE) tile; a RandomDegrade
-        among TRAIN.AUGMENTATIONS degrades each frame on its own, before tiling."""
+        Every frame of a sample gets the same scale, flip and (IMAGE.TRAIN_TILE) tile; a RandomDegrade /
+        RandomFrameDrop among TRAIN.AUGMENTATIONS acts on each frame on its own, before tiling."""
         key, paths = self.frames_of(index, rng)
         short, max_long = self.scales[rng.randint(len(self.scales))]
         flip = bool(self.flip and rng.rand() < 0.5)
@@ -167,10 +167,10 @@ class TrainSamples:
         if flip:
             width = images[0].shape[1]
             boxes = np.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], axis=1)
-        if self.degrade is not None:
+        if self.per_frame is not None:
             # neighbours have no boxes of their own here; the key frame's (a few frames away) put an
             # occluder where the object is about
-            images, _ = self.degrade(images, [boxes] * len(images), rng=rng)
+            images, _ = self.per_frame(images, [boxes] * len(images), rng=rng)
         content = images[0].shape[:2]   # the image part of the input (padding excluded)
         if self.tiler is not None:
             with_labels = np.concatenate([boxes.reshape(-1, 4), labels.reshape(-1, 1).astype(np.float32)], axis=1)

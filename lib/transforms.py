@@ -582,6 +582,16 @@ def _lookup(name):
     return table.get(_canonical(name))
 
 
+def transform_name(spec):
+    """The class name a config spec ({name: ...} / {type: ...} or a bare name) stands for, aliases and
+    spelling resolved as ``build_transforms`` does; None for an unknown name. Lets a family pick the
+    entries it applies itself without its own list of spellings."""
+    if isinstance(spec, dict):
+        keys = {str(k).lower(): v for k, v in spec.items()}
+        spec = keys.get("name", keys.get("type", ""))
+    return _lookup(spec)
+
+
 def build_transforms(specs, rng=None, source="transforms"):
     """Build a Compose from a list of specs: {"name": <transform>, <param>: value, ...} or just the
     transform's name. Names are the class names or ALIASES (case and underscores ignored, 'type'

@@ -270,7 +270,7 @@ def test_training_degrades_each_frame_of_a_sample_on_its_own(synthetic_root, tmp
                                        "TRAIN.AUGMENTATIONS=[RandomFlip, {name: RandomDegrade, p: 1.0}]"), 2)
     never = TrainSamples(dataset, _cfg(TINY, synthetic_root, str(tmp_path / "p0"), flip,
                                        "TRAIN.AUGMENTATIONS=[RandomFlip, {name: RandomDegrade, p: 0.0}]"), 2)
-    assert plain.degrade is None and every.flip and every.degrade is not None
+    assert plain.per_frame is None and every.flip and every.per_frame is not None
     for index in range(0, len(plain), 3):
         ref_frames, ref_info, ref_boxes, ref_labels = plain.load(index, np.random.RandomState(index))
         frames, info, boxes, labels = every.load(index, np.random.RandomState(index))
@@ -283,6 +283,41 @@ def test_training_degrades_each_frame_of_a_sample_on_its_own(synthetic_root, tmp
         np.testing.assert_array_equal(never.load(index, np.random.RandomState(index))[0], ref_frames)
     with pytest.raises(ConfigError, match=r"TRAIN.AUGMENTATIONS\[0\].*unknown kind"):
         _cfg(TINY, synthetic_root, str(tmp_path / "bad"), "TRAIN.AUGMENTATIONS=[{name: RandomDegrade, kinds: [rain]}]")
+
+
+def test_training_drops_frames_of_a_sample_on_their_own(synthetic_root, tmp_path):
+    """TRAIN.AUGMENTATIONS RandomFrameDrop (alias frame_drop): a dropped frame is the flat value, normalised
+    as the frames are, on its content (the padding stays zero); the others are the plain load of the same
+    seed; boxes untouched; key frame and neighbours dropped independently (at p = 0.5 some samples mix
+    dropped and kept frames, and both kinds of key frame occur)."""
+    from fgfa.data import TrainSamples
+    cfg_plain = _cfg(TINY, synthetic_root, str(tmp_path / "plain"))
+    dataset = load_train_set(cfg_plain)
+    plain = TrainSamples(dataset, cfg_plain, 2)
+    cfg_drop = _cfg(TINY, synthetic_root, str(tmp_path / "drop"), "TRAIN.AUGMENTATIONS=[{name: frame_drop, p: 0.5}]")
+    half = TrainSamples(dataset, cfg_drop, 2)
+    flat = (np.full(3, 127, np.float32) - np.asarray(cfg_drop.INPUT.MEAN, np.float32)) / np.asarray(
+        cfg_drop.INPUT.STD, np.float32)
+    mixed, key_dropped, key_kept = 0, 0, 0
+    for index in range(len(plain)):
+        ref_frames, ref_info, ref_boxes, ref_labels = plain.load(index, np.random.RandomState(index))
+        frames, info, boxes, labels = half.load(index, np.random.RandomState(index))
+        np.testing.assert_array_equal(info, ref_info)
+        np.testing.assert_array_equal(boxes, ref_boxes)
+        np.testing.assert_array_equal(labels, ref_labels)
+        h, w = int(info[0]), int(info[1])
+        dropped = []
+        for k in range(3):
+            if np.array_equal(frames[k], ref_frames[k]):
+                dropped.append(False)
+                continue
+            np.testing.assert_allclose(frames[k][:, :h, :w], np.broadcast_to(flat[:, None, None], (3, h, w)))
+            assert not frames[k][:, h:, :].any() and not frames[k][:, :, w:].any()
+            dropped.append(True)
+        mixed += 0 < sum(dropped) < 3
+        key_dropped += dropped[0]
+        key_kept += not dropped[0]
+    assert mixed and key_dropped and key_kept, (mixed, key_dropped, key_kept)
 
 
 def test_test_context_streams_whole_videos_and_reports_the_split(synthetic_root, tmp_path):

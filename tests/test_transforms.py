@@ -330,3 +330,15 @@ def test_build_transforms_errors_and_input_checks():
         RandomFlip()([frames[0]], [np.zeros((3, 3))])
     out_f, out_b = SSDRandomCrop()([frames[0]], [np.zeros((0, 4))])
     assert out_b[0].shape == (0, 4)
+
+
+def test_transform_name_resolves_specs_as_build_transforms_does():
+    """lib.transforms.transform_name: class names, aliases, any case / underscores, the 'type' key and
+    bare strings give the class build_transforms builds; an unknown name gives None."""
+    from lib.transforms import TRANSFORMS, build_transforms, transform_name
+    for spec in ["RandomFlip", "flip", {"name": "frame_drop", "p": 0.2}, {"type": "Random_Degrade"},
+                 {"Name": "SSDCROP"}, "random-frame-drop"]:
+        name = transform_name(spec)
+        assert name in TRANSFORMS
+        assert type(build_transforms([spec]).transforms[0]).__name__ == name
+    assert transform_name("rain") is None and transform_name({"p": 0.5}) is None
