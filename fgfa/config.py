@@ -7,7 +7,7 @@ the CPU configs under ``experiments/`` shrink them.
 import logging
 
 from lib.config import SHARED_DEFAULTS, SPEC_LIST_KEYS, ConfigError, Schema, extend_schema, load_config
-from lib.transforms import build_transforms, transform_name
+from lib.transforms import build_transforms, lists_transform, transform_name
 
 DEFAULTS = extend_schema(SHARED_DEFAULTS, {
     "NAME": "fgfa_rfcn",
@@ -210,7 +210,12 @@ def training_scales(cfg):
 
 def flip_enabled(cfg):
     """Whether training flips (TRAIN.AUGMENT and a RandomFlip among TRAIN.AUGMENTATIONS)."""
-    return bool(cfg.TRAIN.AUGMENT) and any(transform_name(s) == "RandomFlip" for s in cfg.TRAIN.AUGMENTATIONS)
+    return bool(cfg.TRAIN.AUGMENT) and lists_transform(cfg.TRAIN.AUGMENTATIONS, "RandomFlip")
+
+
+def frame_drop_requested(cfg):
+    """Whether training drops frames (TRAIN.AUGMENT and a RandomFrameDrop among TRAIN.AUGMENTATIONS)."""
+    return bool(cfg.TRAIN.AUGMENT) and lists_transform(cfg.TRAIN.AUGMENTATIONS, "RandomFrameDrop")
 
 
 def per_frame_transform(cfg):
@@ -290,6 +295,10 @@ def validate(cfg):
         log.warning("%s: TRAIN.AUGMENTATIONS: R-FCN / FGFA train with %s only; %s not applied", src,
                     ", ".join(SUPPORTED_AUGMENTATIONS), unknown)
     per_frame_transform(cfg)    # a bad RandomDegrade / RandomFrameDrop entry fails here, not at the first sample
+    if frame_drop_requested(cfg) and not net.AGGREGATE:
+        raise ConfigError(f"{src}: TRAIN.AUGMENTATIONS: RandomFrameDrop trains a window to detect on a dropped "
+                          f"frame from its neighbours; the R-FCN frame baseline (NETWORK.AGGREGATE: false) "
+                          f"has none and would learn boxes on blank frames")
     tile = img.TRAIN_TILE
     if len(tile.SIZE) != 2 or min(tile.SIZE) < 0 or (min(tile.SIZE) == 0 < max(tile.SIZE)):
         raise ConfigError(f"{src}: IMAGE.TRAIN_TILE.SIZE must be [width, height] > 0, or [0, 0] (off), "

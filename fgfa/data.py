@@ -11,7 +11,7 @@ from lib.dataset.io import read_image, read_image_or_fallback
 from lib.dataset.record import spread_indices
 from lib.transforms import RandomTile
 
-from .config import flip_enabled, per_frame_transform, input_scale, training_scales
+from .config import flip_enabled, input_scale, per_frame_transform, training_scales
 
 
 def target_size(height, width, short, max_long):

@@ -592,6 +592,11 @@ def transform_name(spec):
     return _lookup(spec)
 
 
+def lists_transform(specs, class_name):
+    """Whether a list of config specs holds an entry for the transform ``class_name``."""
+    return any(transform_name(spec) == class_name for spec in specs or ())
+
+
 def build_transforms(specs, rng=None, source="transforms"):
     """Build a Compose from a list of specs: {"name": <transform>, <param>: value, ...} or just the
     transform's name. Names are the class names or ALIASES (case and underscores ignored, 'type'

@@ -31,7 +31,7 @@ from lib.train import fit, load_matching_parameters, seed_everything
 from lib.pretrained import PretrainedError
 from lib.train.distributed import config_contexts, deal_batches, join_job, split_batch
 from lib.train.run import RunFolder
-from lib.transforms import Compose, ResizeTo, build_transforms
+from lib.transforms import Compose, ResizeTo, build_transforms, lists_transform
 from lib.viz import draw_detections, save_image
 
 from .detector import build_detector, load_pretrained, save_model
@@ -170,6 +170,10 @@ class ClipTask(_Task):
         self.loss_fn = build_loss(cfg)
         self.lane_state = [None] * len(self.contexts)
         self.motion = None
+        if net.memory is None and cfg.TRAIN.AUGMENT and lists_transform(cfg.TRAIN.AUGMENTATIONS, "RandomFrameDrop"):
+            raise ConfigError(f"{cfg.get('CONFIG_FILE') or '<config>'}: TRAIN.AUGMENTATIONS: RandomFrameDrop "
+                              f"trains a memory to detect on a dropped frame; MODEL.TYPE {net.type} has none and "
+                              f"would learn boxes on blank frames")
         if cfg.TRAIN.MOVE_STATE:
             if net.memory is None:
                 raise ConfigError(f"{cfg.get('CONFIG_FILE') or '<config>'}: TRAIN.MOVE_STATE moves the memory "

@@ -320,6 +320,17 @@ def test_training_drops_frames_of_a_sample_on_their_own(synthetic_root, tmp_path
     assert mixed and key_dropped and key_kept, (mixed, key_dropped, key_kept)
 
 
+def test_frame_drop_needs_the_window(synthetic_root, tmp_path):
+    """RandomFrameDrop with NETWORK.AGGREGATE false (the R-FCN frame baseline) is a config error naming
+    TRAIN.AUGMENTATIONS; with the window, or with TRAIN.AUGMENT off, the config loads."""
+    drop = "TRAIN.AUGMENTATIONS=[RandomFlip, {name: RandomFrameDrop, p: 0.1}]"
+    with pytest.raises(ConfigError, match=r"TRAIN.AUGMENTATIONS: RandomFrameDrop .*NETWORK.AGGREGATE: false"):
+        _cfg(TINY, synthetic_root, str(tmp_path / "a"), drop, "NETWORK.AGGREGATE=false")
+    assert not _cfg(TINY, synthetic_root, str(tmp_path / "b"), drop, "NETWORK.AGGREGATE=false",
+                    "TRAIN.AUGMENT=false").NETWORK.AGGREGATE
+    assert _cfg(TINY, synthetic_root, str(tmp_path / "c"), drop).NETWORK.AGGREGATE
+
+
 def test_test_context_streams_whole_videos_and_reports_the_split(synthetic_root, tmp_path):
     """TEST.CONTEXT: video. Oracle: the same model streamed over the whole video, its results at the
     split's frames; a still image outside every video keeps its own result."""

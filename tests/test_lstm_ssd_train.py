@@ -137,6 +137,22 @@ def test_move_state_moves_the_training_memory_only_where_the_scene_moves(tiny_cf
         ClipTask(build_detector(ssdlite), ssdlite)
 
 
+def test_frame_drop_needs_a_memory(tiny_cfg):
+    """RandomFrameDrop in TRAIN.AUGMENTATIONS: an SSDLite (no memory) refuses it naming the key, an LSTM-SSD
+    takes it; with TRAIN.AUGMENT off (the tiny config's own setting) the SSDLite takes the list too (nothing is
+    applied)."""
+    from lstm_ssd.train import ClipTask
+    drop = "TRAIN.AUGMENTATIONS=[{name: frame_drop, p: 0.1}, RandomFlip]"
+    ssdlite = lstm_config.load(TINY_CFG, [drop, "MODEL.TYPE=ssdlite", "TRAIN.AUGMENT=true"])
+    with pytest.raises(ConfigError, match=r"TRAIN.AUGMENTATIONS: RandomFrameDrop .*MODEL.TYPE ssdlite has none"):
+        ClipTask(build_detector(ssdlite), ssdlite)
+    off = lstm_config.load(TINY_CFG, [drop, "MODEL.TYPE=ssdlite", "TRAIN.AUGMENT=false"])
+    ClipTask(build_detector(off), off)
+    with_memory = lstm_config.load(TINY_CFG, [drop, "TRAIN.AUGMENT=true"])
+    assert with_memory.MODEL.TYPE == "lstm_ssd"
+    ClipTask(build_detector(with_memory), with_memory)
+
+
 def test_state_dropout_restarts_a_lane_from_a_zero_state(tiny_cfg):
     """TRAIN.STATE_DROPOUT: where state_keep is 0, that sequence continues as if its clip started there (the
     oracle: the same model on the rest of the clip from a zero state); the other sequence is untouched.

@@ -342,3 +342,6 @@ def test_transform_name_resolves_specs_as_build_transforms_does():
         assert name in TRANSFORMS
         assert type(build_transforms([spec]).transforms[0]).__name__ == name
     assert transform_name("rain") is None and transform_name({"p": 0.5}) is None
+    from lib.transforms import lists_transform
+    assert lists_transform(["flip", {"name": "frame_drop", "p": 0.1}], "RandomFrameDrop")
+    assert not lists_transform(["flip", "degrade"], "RandomFrameDrop") and not lists_transform(None, "RandomFlip")
