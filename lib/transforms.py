@@ -588,7 +588,7 @@ def transform_name(spec):
     entries it applies itself without its own list of spellings."""
     if isinstance(spec, dict):
         keys = {str(k).lower(): v for k, v in spec.items()}
-        spec = keys.get("name", keys.get("type", ""))
+        spec = next((keys[k] for k in _NAME_KEYS if k in keys), "")
     return _lookup(spec)
 
 
