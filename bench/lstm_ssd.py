@@ -124,12 +124,19 @@ def bench_motion(quick, frames, warmup, tau):
     # random weights: a high score threshold keeps NMS from timing a flood of random boxes
     common = (MOTION_QUICK if quick else []) + ["TEST.SCORE_THRESH=0.99", "PRETRAINED=", "MODEL.WEIGHTS="]
     tracked = ["TEST.TRACK.ENABLED=true"]
+    # small steps that run a copy of the large extractor on half-size frames (MODEL.SMALL.NET large), the
+    # memory moved along DIS flow to every step (speedtrap47_degraded_fast_slow_lite0_scaled_copy_distill.yaml)
+    scaled = ["TEST.MOTION.FLOW=dis", "TEST.MOTION.PROPAGATE=false", "MODEL.SMALL.NET=large",
+              "MODEL.SMALL.SHARE=false"] + ([] if quick else ["MODEL.SMALL.INPUT_SIZE=[180, 320]"])
     rows = [("lstm-ssd", "lstm_ssd", [], "large", tau),
             ("lstm-ssd moved memory", "lstm_ssd", ["TEST.MOTION.FLOW=dis"], "large", tau),
             (f"lfs tau={tau}", "lfs", ["TEST.MOTION.FLOW=", "TEST.MOTION.PROPAGATE=false"], "fixed", tau),
             (f"lfs tau={tau} propagated", "lfs", [], "fixed", tau),
             (f"lfs tau={tau} tracked", "lfs", tracked, "fixed", tau),
-            ("lfs tau=1 tracked", "lfs", tracked, "fixed", 1)]
+            (f"lfs tau={tau} small = large at half size", "lfs", scaled, "fixed", tau),
+            ("lfs tau=1 tracked", "lfs", tracked, "fixed", 1),
+            # the first row again: how far the same stream drifts within one run (the ratios are to the first)
+            ("lstm-ssd, again", "lstm_ssd", [], "large", tau)]
     out = []
     for label, key, over, policy, row_tau in rows:
         cfg, net = build(MOTION_CFGS[key], common + over)

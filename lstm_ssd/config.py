@@ -15,8 +15,12 @@ DEFAULTS = extend_schema(SHARED_DEFAULTS, {
         "NUM_CLASSES": 30,
         "LARGE": {"NET": "mobilenet_v1", "WIDTH": 1.0, "NUM_BLOCKS": -1, "OUTPUT_STRIDE": 32,
                   "MIN_DEPTH": 8, "INPUT_SIZE": 0},  # INPUT_SIZE: 0 = INPUT.SIZE, else S or [H, W]
+        # NET large: the large extractor's architecture on frames at INPUT_SIZE, its features resized to
+        # the large grid, through the large memory cell (WIDTH, NUM_BLOCKS, OUTPUT_STRIDE unused); SHARE:
+        # its very weights and projection (no training), else copies of them where MODEL.WEIGHTS gives
+        # none, to fit to the smaller frames (TRAIN.OBJECTIVE distill_small)
         "SMALL": {"NET": "mobilenet_v2", "WIDTH": 0.35, "NUM_BLOCKS": -1, "OUTPUT_STRIDE": 16,
-                  "MIN_DEPTH": 8, "INPUT_SIZE": 160},
+                  "MIN_DEPTH": 8, "INPUT_SIZE": 160, "SHARE": True},
         "LSTM": {"UNITS": 256, "GROUPS": 1, "CLIP": 0.0, "FORGET_BIAS": 1.0, "OUTPUT_BOTTLENECK": False,
                  "KERNEL": 3,
                  # level 0 = frame projection + zero-initialised 1x1 of the memory output: starts as the

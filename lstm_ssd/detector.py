@@ -68,9 +68,11 @@ class LiteBackbone(gluon.HybridBlock):
 
 class Extractor(gluon.HybridBlock):
     """Resize (if needed) + backbone: MobileNet on [-1, 1] inputs (TF-OD's scaling), or EfficientNet-Lite0
-    with its ImageNet normalisation (``NET: efficientnet_lite0``, ImageNet weights with PRETRAINED)."""
+    with its ImageNet normalisation (``NET: efficientnet_lite0``, ImageNet weights with PRETRAINED).
+    With ``grid_hw`` its features are resized (bilinear) to that grid (a small extractor on smaller frames
+    feeding the large one's memory and head)."""
 
-    def __init__(self, spec, image_hw, key="MODEL", **kwargs):
+    def __init__(self, spec, image_hw, key="MODEL", grid_hw=None, **kwargs):
         super().__init__(**kwargs)
         self.image_hw = tuple(image_hw)
         self.input_hw = size_hw(spec.INPUT_SIZE, f"{key}.INPUT_SIZE") if spec.INPUT_SIZE else self.image_hw
@@ -81,14 +83,48 @@ class Extractor(gluon.HybridBlock):
             else:
                 self.backbone = MobileNet(spec.NET, spec.WIDTH, spec.NUM_BLOCKS, spec.OUTPUT_STRIDE, spec.MIN_DEPTH)
         self.out_channels = self.backbone.out_channels
-        self.feature_hw = tuple(int(np.ceil(s / self.backbone.stride)) for s in self.input_hw)
+        self.own_hw = tuple(int(np.ceil(s / self.backbone.stride)) for s in self.input_hw)
+        self.feature_hw = tuple(grid_hw) if grid_hw else self.own_hw
 
     def hybrid_forward(self, F, x):
-        if self.input_hw != self.image_hw:
-            x = F.contrib.BilinearResize2D(x, height=self.input_hw[0], width=self.input_hw[1])
+        return _scaled_features(F, self, x)
+
+    def run_backbone(self, x):
+        """The backbone on frames already at its input size (RGB 0..255), with its own input scaling."""
         if self.net_name == "efficientnet_lite0":
             return self.backbone(x)
         return self.backbone(x / 127.5 - 1.0)
+
+
+class ScaledExtractor(gluon.HybridBlock):
+    """MODEL.SMALL.NET large with SHARE: the large extractor itself, on frames scaled to SMALL.INPUT_SIZE,
+    its features resized (bilinear) to the large extractor's grid. A small extractor with no weights of
+    its own: a trained LSTM-SSD is a Looking-Fast-and-Slow model as it is (the small steps go through the
+    large one's projection, memory cell and head) at about (small / large input side)^2 of the large
+    extractor's work. Not a child of the detector (its weights are the large one's)."""
+
+    def __init__(self, source, input_hw, **kwargs):
+        super().__init__(prefix="", **kwargs)
+        self.source = source
+        self.net_name = "large"
+        self.image_hw = source.image_hw
+        self.input_hw = tuple(input_hw)
+        self.out_channels = source.out_channels
+        self.own_hw = tuple(int(np.ceil(s / source.backbone.stride)) for s in self.input_hw)
+        self.feature_hw = source.feature_hw
+
+    def hybrid_forward(self, F, x):
+        return _scaled_features(F, self, x, self.source.run_backbone)
+
+
+def _scaled_features(F, extractor, x, run_backbone=None):
+    """Frames at the model's input size -> the extractor's input size -> backbone -> its feature grid."""
+    if extractor.input_hw != extractor.image_hw:
+        x = F.contrib.BilinearResize2D(x, height=extractor.input_hw[0], width=extractor.input_hw[1])
+    feats = (run_backbone or extractor.run_backbone)(x)
+    if extractor.own_hw != extractor.feature_hw:
+        feats = F.contrib.BilinearResize2D(feats, height=extractor.feature_hw[0], width=extractor.feature_hw[1])
+    return feats
 
 
 class LSTMSSD(gluon.Block):
@@ -106,10 +142,28 @@ class LSTMSSD(gluon.Block):
         self.extractor_names = ["large", "small"] if m.TYPE == "fast_slow" else ["large"]
         # the small net reads the memory but does not write it
         self.writes_memory = {"large": True, "small": False}
+        # MODEL.SMALL.NET large: the small steps run the large extractor's architecture on smaller frames,
+        # its features resized to the large grid; with SHARE its very weights (ScaledExtractor), else a copy
+        # (copy_large_into_small) that TRAIN.OBJECTIVE distill_small can fit to the smaller frames
+        self.small_from_large = m.TYPE == "fast_slow" and m.SMALL.NET == "large"
+        self.small_shares_large = self.small_from_large and bool(m.SMALL.SHARE)
+        # the memory cell (projection into the LSTM) each extractor's features go through
+        self.cell_of = {"large": "large", "small": "large" if self.small_from_large else "small"}
+        self._scaled = _Unregistered(None)
         with self.name_scope():
             self.large = Extractor(m.LARGE, self.image_hw, "MODEL.LARGE", prefix="large_")
-            self.small = Extractor(m.SMALL, self.image_hw, "MODEL.SMALL", prefix="small_") \
-                if m.TYPE == "fast_slow" else None
+            self.small = None
+            if self.small_from_large:
+                small_hw = size_hw(m.SMALL.INPUT_SIZE, "MODEL.SMALL.INPUT_SIZE") if m.SMALL.INPUT_SIZE \
+                    else self.image_hw
+                if self.small_shares_large:
+                    self._scaled = _Unregistered(ScaledExtractor(self.large, small_hw))
+                else:
+                    spec = dict(m.LARGE, INPUT_SIZE=list(small_hw))
+                    self.small = Extractor(_Spec(spec), self.image_hw, "MODEL.SMALL", grid_hw=self.large.feature_hw,
+                                           prefix="small_")
+            elif m.TYPE == "fast_slow":
+                self.small = Extractor(m.SMALL, self.image_hw, "MODEL.SMALL", prefix="small_")
             sizes = {n: self.extractor(n).feature_hw for n in self.extractor_names}
             if len(set(sizes.values())) != 1:
                 raise ValueError(f"MODEL: extractors must end at the same feature size, got {sizes} "
@@ -133,7 +187,8 @@ class LSTMSSD(gluon.Block):
                 self.memory = None
                 level0 = lstm.UNITS
             else:
-                self.memory = BottleneckLSTM({n: self.extractor(n).out_channels for n in self.extractor_names},
+                cells = dict.fromkeys(self.cell_of[n] for n in self.extractor_names)
+                self.memory = BottleneckLSTM({n: self.extractor(n).out_channels for n in cells},
                                              lstm.UNITS, lstm.GROUPS, lstm.FORGET_BIAS, lstm.CLIP,
                                              lstm.OUTPUT_BOTTLENECK, lstm.KERNEL, prefix="memory_")
                 level0 = self.memory.out_channels
@@ -141,7 +196,7 @@ class LSTMSSD(gluon.Block):
                     raise ValueError("MODEL.LSTM.RESIDUAL_INPUT previous_state mixes the state h "
                                      "(UNITS channels): it needs MODEL.LSTM.OUTPUT_BOTTLENECK false")
             if self.residual:
-                if self.small is not None:
+                if self.small is not None:    # (a scaled large extractor goes through the large projection)
                     self.project_small = ConvBN(self.small.out_channels, lstm.UNITS, 1, prefix="project_small_")
                 # zero-initialised: a fresh residual model computes exactly its frame baseline; without bias
                 # when it reads the carried state, so a zero state (first frame, reset) adds exactly nothing
@@ -164,11 +219,12 @@ class LSTMSSD(gluon.Block):
         self._combine = _Unregistered(None)
         self.from_state = from_state
         if self.memory is not None:
-            projects = {"large": self.project, "small": self.project_small}
+            projects = {"large": self.project, "small": self.project if self.small_shares_large else self.project_small}
             combine = MemoryCombine(self.memory_mix, self.memory_gate) if self.residual else None
             self._combine = _Unregistered(combine)   # an attribute holding the block would be a second child
-            self._steps = StepTable({n: ResidualStep(self.memory.steps[n], projects[n], combine, from_state)
-                                     if self.residual else self.memory.steps[n] for n in self.extractor_names})
+            cells = {n: self.memory.steps[self.cell_of[n]] for n in self.extractor_names}
+            self._steps = StepTable({n: ResidualStep(cells[n], projects[n], combine, from_state)
+                                     if self.residual else cells[n] for n in self.extractor_names})
         self._anchors = None
         self._int8 = {}    # part name -> int8 SymbolBlock (quantize_int8); not Gluon children
         for _, block in _named_blocks(self):
@@ -179,7 +235,9 @@ class LSTMSSD(gluon.Block):
     def extractor(self, name):
         if name not in self.extractor_names:
             raise ValueError(f"unknown extractor {name!r}; this {self.type} model has {self.extractor_names}")
-        return self.large if name == "large" else self.small
+        if name == "large":
+            return self.large
+        return self._scaled.block if self.small_shares_large else self.small
 
     @property
     def state_shape(self):
@@ -269,8 +327,8 @@ class LSTMSSD(gluon.Block):
             if self.from_state:
                 out = combine(frame, moved[1])
             else:
-                feats = self._part("extractor_small", self.small)(frames)
-                out = combine(frame, self.memory.steps["small"](feats, *moved)[0])
+                feats = self._part("extractor_small", self.extractor("small"))(frames)
+                out = combine(frame, self.memory.steps[self.cell_of["small"]](feats, *moved)[0])
             new_state = state
         elif self.from_state and not self.writes_memory[extractor]:
             # a small step reading the carried state: its LSTM step's output is read by nothing (the
@@ -289,6 +347,22 @@ class LSTMSSD(gluon.Block):
             out = out.copy()
         cls, box = head(out)
         return cls, box, new_state, key_term
+
+    def copy_large_into_small(self, names=None):
+        """MODEL.SMALL.NET large, SHARE false: the small extractor and projection start as copies of the
+        large ones. ``names``: structural names of the small parameters to fill (e.g. those MODEL.WEIGHTS
+        left at their init; None = all), so a small extractor already trained is kept. Returns the names
+        copied."""
+        if not self.small_from_large or self.small_shares_large:
+            raise ValueError("copy_large_into_small needs MODEL.SMALL.NET large with SHARE false")
+        params = self._collect_params_with_prefix()
+        copied = []
+        for name, param in params.items():
+            for small, large in (("small.", "large."), ("project_small.", "project.")):
+                if name.startswith(small) and (names is None or name in names):
+                    param.set_data(params[large + name[len(small):]].data())
+                    copied.append(name)
+        return copied
 
     def combine_block(self):
         """The MemoryCombine of a residual memory (None otherwise), for hybridizing it on its own."""
@@ -408,7 +482,12 @@ class LSTMSSD(gluon.Block):
     # ---- pruning -----------------------------------------------------------------------------
     def prune_groups(self):
         groups = []
+        if self.small_from_large and not self.small_shares_large:
+            raise ValueError("filter pruning of a fast_slow model whose small extractor is a copy of the large one "
+                             "(MODEL.SMALL.NET large, SHARE false) is not supported: the two would have to be cut alike")
         for n in self.extractor_names:
+            if n == "small" and self.small_shares_large:
+                continue        # its filters are the large extractor's
             groups += self.extractor(n).backbone.prune_groups(prefix=n)
         if self.type == "ssdlite":
             # the baseline's backbone output only feeds the 1x1 projection, so it can be cut too
@@ -486,6 +565,11 @@ class ResidualStep(gluon.HybridBlock):
     def hybrid_forward(self, F, x, c, h):
         out, c_new, h_new = self.step(x, c, h)
         return self.combine(self.project(x), h if self.from_state else out), c_new, h_new
+
+
+class _Spec(dict):
+    """An extractor spec built in code (attribute access, as a config's EasyDict)."""
+    __getattr__ = dict.__getitem__
 
 
 class _Unregistered:
@@ -571,6 +655,8 @@ def load_pretrained(net, spec, ctx=None):
     stays random) -> [LoadReport]. Raises PretrainedError naming the file."""
     reports = []
     for name in net.extractor_names:
+        if name == "small" and net.small_from_large:
+            continue            # the large extractor's weights (or a copy of them: copy_large_into_small)
         extractor = net.extractor(name)
         spec_cfg = net.cfg.LARGE if name == "large" else net.cfg.SMALL
         if extractor.net_name != "efficientnet_lite0" or float(spec_cfg.WIDTH) != 1.0:

@@ -242,8 +242,10 @@ class DistillTask(_Task):
 
     def __init__(self, net, cfg, ctx=None):
         if net.type != "fast_slow" or net.project_small is None:
+            shared = " and a small extractor of its own (MODEL.SMALL.NET large is the large one)" \
+                if getattr(net, "small_shares_large", False) else ""
             raise ConfigError(f"{cfg.get('CONFIG_FILE') or '<config>'}: TRAIN.OBJECTIVE distill_small needs "
-                              f"MODEL.TYPE fast_slow with MODEL.LSTM.RESIDUAL true (the small projection); "
+                              f"MODEL.TYPE fast_slow with MODEL.LSTM.RESIDUAL true (the small projection){shared}; "
                               f"got MODEL.TYPE {net.type}")
         super().__init__(net, cfg, ctx)
 
@@ -358,8 +360,12 @@ def assemble_model(cfg, contexts, log=print):
                 log(f"backbone weights {report.summary()}")
         except PretrainedError as err:
             raise ConfigError(f"{cfg.get('CONFIG_FILE') or '<config>'}: PRETRAINED: {err}") from None
+    skipped = None
     if cfg.MODEL.WEIGHTS:
-        load_init_weights(net, cfg.MODEL.WEIGHTS, log)
+        _, skipped = load_init_weights(net, cfg.MODEL.WEIGHTS, log)
+    if net.small_from_large and not net.small_shares_large:
+        copied = net.copy_large_into_small(skipped)
+        log(f"MODEL.SMALL.NET large: {len(copied)} small-extractor tensors start as copies of the large one's")
     return net
 
 
