@@ -13,6 +13,7 @@ from lstm_ssd.flops import count_macs, count_params
 from lstm_ssd.lstm_cell import BottleneckLSTM
 from lstm_ssd.mobilenet import MobileNet
 from lstm_ssd.prune import plan_pruning, prune_detector
+from lstm_ssd_nets import tiny_model
 
 TINY_A = ["MODEL.TYPE=lstm_ssd", "MODEL.IMAGE_SIZE=64", "MODEL.NUM_CLASSES=2", "MODEL.LARGE.WIDTH=0.25",
           "MODEL.LSTM.UNITS=16", "MODEL.PYRAMID.DEPTHS=[16,8]"]
@@ -20,19 +21,6 @@ TINY_B = ["MODEL.TYPE=fast_slow", "MODEL.IMAGE_SIZE=64", "MODEL.NUM_CLASSES=2", 
           "MODEL.LARGE.WIDTH=0.35", "MODEL.SMALL.WIDTH=0.35", "MODEL.SMALL.INPUT_SIZE=32",
           "MODEL.SMALL.OUTPUT_STRIDE=16", "MODEL.LSTM.UNITS=16", "MODEL.LSTM.GROUPS=4", "MODEL.LSTM.CLIP=6.0",
           "MODEL.LSTM.OUTPUT_BOTTLENECK=true", "MODEL.PYRAMID.DEPTHS=[16,8]"]
-
-
-def _randomize(net, seed=0):
-    """Random weights everywhere (BN stats included) so that no test passes by symmetry."""
-    rng = np.random.RandomState(seed)
-    for name, p in net._collect_params_with_prefix().items():
-        shape = p.shape
-        if name.endswith("running_var"):
-            p.set_data(mx.nd.array(rng.uniform(0.5, 1.5, shape)))
-        elif name.endswith("gamma"):
-            p.set_data(mx.nd.array(rng.uniform(0.5, 1.5, shape)))
-        else:
-            p.set_data(mx.nd.array(rng.normal(0, 0.3, shape)))
 
 
 # ---------------------------------------------------------------- numpy reference of the cell
@@ -127,16 +115,8 @@ def test_mobilenet_shapes_widths_and_cuts():
 
 
 # ---------------------------------------------------------------- detector state handling
-def _tiny(over, seed=0):
-    cfg = lstm_config.load(None, over)
-    net = build_detector(cfg)
-    net(mx.nd.zeros((1, 1, 3) + net.image_hw), None, ["large"])
-    _randomize(net, seed)
-    return cfg, net
-
-
 def test_state_carry_and_reset():
-    cfg, net = _tiny(TINY_A)
+    cfg, net = tiny_model(TINY_A)
     rng = np.random.RandomState(0)
     clip = mx.nd.array(rng.uniform(0, 255, (2, 4, 3, 64, 64)))
     cls_full, box_full, _ = net(clip)
@@ -153,7 +133,7 @@ def test_state_carry_and_reset():
 
 def test_streaming_equals_unrolled_graph_and_state_roundtrip(tmp_path):
     from lstm_ssd.streaming import StreamingDetector
-    cfg, net = _tiny(TINY_B)
+    cfg, net = tiny_model(TINY_B)
     rng = np.random.RandomState(2)
     frames = rng.uniform(0, 255, (1, 5, 3, 64, 64)).astype(np.float32)
     schedule = ["large", "small", "small", "large", "small"]
@@ -179,7 +159,7 @@ def test_fixed_schedule_phase_moves_the_large_steps_and_is_checked():
     from lib.config import ConfigError
     from lstm_ssd import config as lstm_config
     from lstm_ssd.streaming import StreamingDetector
-    _, net = _tiny(TINY_B)
+    _, net = tiny_model(TINY_B)
     cfg = lstm_config.load(None, TINY_B + ["INTERLEAVE.TAU=3", "INTERLEAVE.PHASE=2"])
     stream = StreamingDetector(net, cfg, policy="fixed", hybridize=False)
     x = mx.nd.array(np.random.RandomState(5).uniform(0, 255, (1, 3, 64, 64)))
@@ -197,7 +177,7 @@ def test_rectangular_input_state_anchors_and_streaming():
     pixels (TF-OD scales them by min(H, W)), and streaming equals the unrolled graph."""
     from lstm_ssd.streaming import StreamingDetector
     over = TINY_B + ["MODEL.IMAGE_SIZE=[48, 80]", "MODEL.SMALL.INPUT_SIZE=[24, 40]"]
-    cfg, net = _tiny(over)
+    cfg, net = tiny_model(over)
     # large: V2 to stride 32 -> ceil(48/32) x ceil(80/32); small: 24x40 at stride 16, the same grid
     assert net.feature_hw == (2, 3) and net.state_shape == (16, 2, 3)
     assert net.level_sizes == [(2, 3), (1, 2), (1, 1)]
@@ -224,7 +204,7 @@ def test_rectangular_input_state_anchors_and_streaming():
 
 
 def test_small_steps_leave_state_unchanged_large_steps_write_it():
-    cfg, net = _tiny(TINY_B)
+    cfg, net = tiny_model(TINY_B)
     rng = np.random.RandomState(3)
     x = mx.nd.array(rng.uniform(0, 255, (1, 3, 64, 64)))
     _, _, state = net.step(x, net.zero_state(1), "large")
@@ -249,7 +229,7 @@ def test_small_steps_leave_state_unchanged_large_steps_write_it():
 
 def test_async_mode_updates_memory_in_background():
     from lstm_ssd.streaming import AsyncStreamingDetector
-    cfg, net = _tiny(TINY_B)
+    cfg, net = tiny_model(TINY_B)
     stream = AsyncStreamingDetector(net, cfg, hybridize=False)
     try:
         frame = np.random.RandomState(0).randint(0, 255, (48, 80, 3)).astype(np.uint8)
@@ -266,7 +246,7 @@ def test_async_mode_updates_memory_in_background():
 # ---------------------------------------------------------------- pruning
 @pytest.mark.parametrize("over", [TINY_A, TINY_B, TINY_A[:1] + ["MODEL.TYPE=ssdlite"] + TINY_A[1:]])
 def test_pruning_dead_filters_keeps_outputs_and_shrinks(over):
-    cfg, net = _tiny(over, seed=4)
+    cfg, net = tiny_model(over, seed=4)
     groups = net.prune_groups()
     assert groups
     # make the 50% lowest-L1 filters of every group truly dead: zero weights and BN output, and
@@ -300,7 +280,7 @@ def test_pruning_dead_filters_keeps_outputs_and_shrinks(over):
 
 
 def test_pruned_model_save_load_roundtrip_and_global_mode(tmp_path):
-    cfg, net = _tiny(TINY_A, seed=6)
+    cfg, net = tiny_model(TINY_A, seed=6)
     prune_detector(net, 0.4, mode="global")
     path = save_model(net, str(tmp_path / "pruned.params"))
     with open(str(tmp_path / "pruned.channels.json")) as f:
@@ -338,7 +318,7 @@ def test_residual_memory_warm_started_from_ssdlite_starts_as_ssdlite(tmp_path, m
     base = ["MODEL.IMAGE_SIZE=64", "MODEL.NUM_CLASSES=2", "MODEL.LARGE.WIDTH=0.25", "MODEL.LSTM.UNITS=16",
             "MODEL.PYRAMID.DEPTHS=[16,8]", "MODEL.SMALL.WIDTH=0.35", "MODEL.SMALL.INPUT_SIZE=32",
             "MODEL.SMALL.OUTPUT_STRIDE=16"]
-    _, ssdlite = _tiny(["MODEL.TYPE=ssdlite"] + base, seed=4)
+    _, ssdlite = tiny_model(["MODEL.TYPE=ssdlite"] + base, seed=4)
     path = str(tmp_path / "ssdlite.params")
     ssdlite.save_parameters(path)
     cfg = lstm_config.load(None, [f"MODEL.TYPE={model_type}", "MODEL.LSTM.RESIDUAL=true",
@@ -378,7 +358,7 @@ def test_gated_residual_weighs_the_memory_per_cell():
     """LSTM.RESIDUAL_GATE: level 0 = projection + sigmoid(gate([projection, mix])) * mix, one weight per
     cell. Oracle: the step's own parts run one by one and combined in numpy; a gate biased far negative
     gives the frame baseline, far positive the ungated residual."""
-    cfg, net = _tiny(TINY_A + ["MODEL.LSTM.RESIDUAL=true", "MODEL.LSTM.RESIDUAL_GATE=true"], seed=5)
+    cfg, net = tiny_model(TINY_A + ["MODEL.LSTM.RESIDUAL=true", "MODEL.LSTM.RESIDUAL_GATE=true"], seed=5)
     rng = np.random.RandomState(6)
     for param in (net.memory_mix.weight, net.memory_gate.weight):
         param.set_data(mx.nd.array(rng.normal(0, 0.3, param.shape)))
@@ -407,7 +387,7 @@ def test_residual_from_the_previous_state_adds_only_evidence_from_earlier_frames
     """LSTM.RESIDUAL_INPUT previous_state: level 0 = projection + gate * mix(h carried in), so a zero
     state gives exactly the frame baseline whatever the weights (oracle: the parts run one by one), and
     the state the step returns is the cell's, as without the option."""
-    cfg, net = _tiny(TINY_A + ["MODEL.LSTM.RESIDUAL=true", "MODEL.LSTM.RESIDUAL_GATE=true",
+    cfg, net = tiny_model(TINY_A + ["MODEL.LSTM.RESIDUAL=true", "MODEL.LSTM.RESIDUAL_GATE=true",
                                "MODEL.LSTM.RESIDUAL_INPUT=previous_state"], seed=7)
     rng = np.random.RandomState(8)
     for param in (net.memory_mix.weight, net.memory_gate.weight):
@@ -434,7 +414,7 @@ def test_residual_from_the_previous_state_adds_only_evidence_from_earlier_frames
 
 def test_residual_parts_export_and_count_macs(tmp_path):
     from lstm_ssd.export import export_parts, load_parts
-    cfg, net = _tiny(TINY_B + ["MODEL.LSTM.RESIDUAL=true"])
+    cfg, net = tiny_model(TINY_B + ["MODEL.LSTM.RESIDUAL=true"])
     macs_before = count_macs(net, "small")
     export_parts(net, str(tmp_path / "res"))
     parts = load_parts(str(tmp_path / "res"))
@@ -445,7 +425,7 @@ def test_residual_parts_export_and_count_macs(tmp_path):
     np.testing.assert_allclose(parts["head"](out)[0].asnumpy(), ref_cls.asnumpy(), rtol=1e-4, atol=1e-4)
     # the small step runs its own projection and the mix besides the plain step (the plain cell without
     # the bottleneck output feeds the head UNITS channels, as the residual step does: same head)
-    plain = _tiny(TINY_B + ["MODEL.LSTM.OUTPUT_BOTTLENECK=false"])[1]
+    plain = tiny_model(TINY_B + ["MODEL.LSTM.OUTPUT_BOTTLENECK=false"])[1]
     small_out = net.small.out_channels * 16 + net.memory.out_channels * 16    # 1x1 MACs per pixel
     hw = net.feature_hw[0] * net.feature_hw[1]
     assert macs_before - count_macs(plain, "small") == hw * small_out
@@ -454,7 +434,7 @@ def test_residual_parts_export_and_count_macs(tmp_path):
 # ---------------------------------------------------------------- export
 def test_each_part_exports_and_runs_separately(tmp_path):
     from lstm_ssd.export import export_parts, load_parts
-    cfg, net = _tiny(TINY_B)
+    cfg, net = tiny_model(TINY_B)
     files = export_parts(net, str(tmp_path / "lfs"))
     assert {"extractor_large", "extractor_small", "lstm_step_large", "lstm_step_small", "head"} <= set(files)
     parts = load_parts(str(tmp_path / "lfs"))
@@ -499,7 +479,7 @@ def _stream_outputs(net, frames, schedule):
                          ids=["lstm_ssd", "ssdlite", "fast_slow", "residual_lstm_ssd", "gated_residual_lstm_ssd"])
 def test_int8_streaming_follows_the_float_model(over):
     from mxnet import autograd
-    _, net = _tiny(over, seed=3)
+    _, net = tiny_model(over, seed=3)
     if net.residual:       # a trained residual model: the memory's mix is no longer zero
         weight = net.memory_mix.weight
         weight.set_data(mx.nd.array(np.random.RandomState(9).normal(0, 0.2, weight.shape)))
@@ -534,7 +514,7 @@ def test_int8_streaming_follows_the_float_model(over):
 
 
 def test_int8_calibration_checks_shape_and_pruning_drops_the_copies():
-    _, net = _tiny(TINY_A, seed=5)
+    _, net = tiny_model(TINY_A, seed=5)
     with pytest.raises(ValueError, match="INPUT.SIZE"):
         net.quantize_int8(np.zeros((2, 3, 32, 32), np.float32))
     if not mx.runtime.Features().is_enabled("MKLDNN"):

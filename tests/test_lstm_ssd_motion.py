@@ -14,6 +14,7 @@ from lib.dataset import read_image
 from lstm_ssd import config as lstm_config
 from lstm_ssd.detector import build_detector, load_model, save_model
 from lstm_ssd.streaming import AsyncStreamingDetector, MemoryMotion, StreamingDetector
+from lstm_ssd_nets import tiny_model
 
 SPEEDTRAP = os.path.join(PROJECT_ROOT, "..", "shared", "data", "speedtrap")
 # 128 x 128 at stride 16: an 8 x 8 memory grid, enough room to shift it by a cell
@@ -23,19 +24,6 @@ BASE = ["MODEL.IMAGE_SIZE=128", "MODEL.NUM_CLASSES=2", "MODEL.LARGE.WIDTH=0.25",
 FAST_SLOW = BASE + ["MODEL.TYPE=fast_slow", "MODEL.SMALL.NET=mobilenet_v1", "MODEL.SMALL.WIDTH=0.25",
                     "MODEL.SMALL.INPUT_SIZE=64", "MODEL.SMALL.OUTPUT_STRIDE=8"]
 PREVIOUS_STATE = ["MODEL.LSTM.RESIDUAL_INPUT=previous_state"]
-
-
-def _model(over, seed=0):
-    cfg = lstm_config.load(None, over)
-    net = build_detector(cfg)
-    net(mx.nd.zeros((1, 1, 3) + net.image_hw), None, ["large"])
-    rng = np.random.RandomState(seed)
-    for name, p in net._collect_params_with_prefix().items():
-        if name.endswith(("running_var", "gamma")):
-            p.set_data(mx.nd.array(rng.uniform(0.5, 1.5, p.shape)))
-        else:                       # the zero-initialised mix and gate too: every term counts
-            p.set_data(mx.nd.array(rng.normal(0, 0.3, p.shape)))
-    return cfg, net
 
 
 def _shift_left(array, cells):
@@ -64,7 +52,7 @@ def _random_state(net, rng):
 
 @pytest.mark.parametrize("memory_input", ["output", "previous_state"])
 def test_a_moved_step_reads_the_state_warped_by_the_flow(memory_input):
-    cfg, net = _model(BASE + ["MODEL.TYPE=lstm_ssd", f"MODEL.LSTM.RESIDUAL_INPUT={memory_input}"], seed=1)
+    cfg, net = tiny_model(BASE + ["MODEL.TYPE=lstm_ssd", f"MODEL.LSTM.RESIDUAL_INPUT={memory_input}"], seed=1)
     assert net.feature_hw == (8, 8)
     rng = np.random.RandomState(2)
     x = mx.nd.array(rng.uniform(0, 255, (1, 3, 128, 128)))
@@ -83,7 +71,7 @@ def test_a_moved_step_reads_the_state_warped_by_the_flow(memory_input):
 
 
 def test_a_propagated_small_step_is_the_key_projection_and_memory_moved_without_the_small_extractor(monkeypatch):
-    cfg, net = _model(FAST_SLOW + PREVIOUS_STATE, seed=3)
+    cfg, net = tiny_model(FAST_SLOW + PREVIOUS_STATE, seed=3)
     rng = np.random.RandomState(4)
     key_frame, later = (mx.nd.array(rng.uniform(0, 255, (1, 3, 128, 128))) for _ in range(2))
     state = _random_state(net, rng)
@@ -106,7 +94,7 @@ def test_a_small_step_reading_the_carried_state_skips_its_unread_lstm_cell(monke
     """RESIDUAL_INPUT previous_state, no propagation: a small step is project_small(small(x)) + the gated
     correction of the (moved) state, in numpy; its own LSTM cell, whose output nothing reads, does not
     run, and the state stays the large step's."""
-    cfg, net = _model(FAST_SLOW + PREVIOUS_STATE, seed=9)
+    cfg, net = tiny_model(FAST_SLOW + PREVIOUS_STATE, seed=9)
     rng = np.random.RandomState(10)
     x = mx.nd.array(rng.uniform(0, 255, (1, 3, 128, 128)))
     state = _random_state(net, rng)
@@ -131,7 +119,7 @@ def test_a_small_step_reading_the_carried_state_skips_its_unread_lstm_cell(monke
 
 
 def test_a_propagated_small_step_reading_the_output_runs_the_small_extractor_on_the_moved_state():
-    cfg, net = _model(FAST_SLOW, seed=5)
+    cfg, net = tiny_model(FAST_SLOW, seed=5)
     rng = np.random.RandomState(6)
     key_frame, later = (mx.nd.array(rng.uniform(0, 255, (1, 3, 128, 128))) for _ in range(2))
     _, _, key_state, key_term = net.step_moved(key_frame, _random_state(net, rng), "large", None, None, True)
@@ -188,7 +176,7 @@ def test_training_flows_point_from_each_frame_to_the_frame_that_wrote_its_state(
 def test_the_unrolled_graph_moves_the_state_before_each_step_as_step_moved_does():
     """LSTMSSD.forward with flows = the same steps through step_moved one by one; without flows (or at a
     step whose flow is None) the plain steps."""
-    cfg, net = _model(BASE + ["MODEL.TYPE=lstm_ssd"] + PREVIOUS_STATE, seed=3)
+    cfg, net = tiny_model(BASE + ["MODEL.TYPE=lstm_ssd"] + PREVIOUS_STATE, seed=3)
     rng = np.random.RandomState(4)
     clip = mx.nd.array(rng.uniform(0, 255, (1, 3, 3, 128, 128)))
     state = _random_state(net, rng)
@@ -210,7 +198,7 @@ def test_the_unrolled_graph_moves_the_state_before_each_step_as_step_moved_does(
 
 def test_streaming_with_motion_on_a_still_scene_equals_streaming_without_and_resumes_exactly(crop, tmp_path):
     over = FAST_SLOW + PREVIOUS_STATE + ["MODEL.IMAGE_SIZE=[128, 160]", "MODEL.SMALL.INPUT_SIZE=[64, 80]"]
-    cfg, net = _model(over, seed=7)
+    cfg, net = tiny_model(over, seed=7)
     moving = lstm_config.load(None, over + ["TEST.MOTION.FLOW=dis"])
     plain = StreamingDetector(net, cfg, policy="fixed", tau=2, hybridize=False)
     moved = StreamingDetector(net, moving, policy="fixed", tau=2, hybridize=False)
@@ -264,7 +252,7 @@ def test_propagation_needs_the_residual_memory_and_async_refuses_motion():
 
 def test_phase_assemble_saves_the_model_built_from_the_weights_without_training(tmp_path):
     from experiments.lstm_ssd.train_test import main
-    _, source = _model(BASE + ["MODEL.TYPE=lstm_ssd"] + PREVIOUS_STATE, seed=9)
+    _, source = tiny_model(BASE + ["MODEL.TYPE=lstm_ssd"] + PREVIOUS_STATE, seed=9)
     weights = save_model(source, str(tmp_path / "lstm_ssd.params"))
     cfg_path = tmp_path / "assemble.yaml"
     cfg_path.write_text("PHASE: [assemble]\n")
@@ -285,7 +273,7 @@ def test_exported_parts_chain_into_the_propagated_step(tmp_path):
     import json
 
     from lstm_ssd.export import export_parts, load_parts
-    cfg, net = _model(FAST_SLOW + PREVIOUS_STATE + ["TEST.MOTION.FLOW=dis", "TEST.MOTION.PROPAGATE=true"], seed=11)
+    cfg, net = tiny_model(FAST_SLOW + PREVIOUS_STATE + ["TEST.MOTION.FLOW=dis", "TEST.MOTION.PROPAGATE=true"], seed=11)
     export_parts(net, str(tmp_path / "lfs"), motion=cfg.TEST.MOTION)
     meta = json.loads((tmp_path / "lfs-parts.json").read_text())
     assert meta["motion"]["FLOW"] == "dis" and meta["motion"]["PROPAGATE"] and meta["memory_input"] == "previous_state"

@@ -10,9 +10,10 @@ import pytest
 
 from lib.config import ConfigError
 from lstm_ssd import config as lstm_config
-from lstm_ssd.detector import build_detector, save_model
+from lstm_ssd.detector import save_model
 from lstm_ssd.streaming import StreamingDetector
 from lstm_ssd.train import DistillTask, assemble_model
+from lstm_ssd_nets import tiny_model
 
 # 128 x 160 at stride 16: an 8 x 10 grid; the small steps see 64 x 80 frames (a 4 x 5 grid, resized up)
 BASE = ["INPUT.SIZE=[128, 160]", "MODEL.NUM_CLASSES=2", "MODEL.LARGE.WIDTH=0.25",
@@ -20,23 +21,6 @@ BASE = ["INPUT.SIZE=[128, 160]", "MODEL.NUM_CLASSES=2", "MODEL.LARGE.WIDTH=0.25"
         "MODEL.LSTM.RESIDUAL=true", "MODEL.LSTM.RESIDUAL_GATE=true", "MODEL.LSTM.RESIDUAL_INPUT=previous_state"]
 SHARED = BASE + ["MODEL.TYPE=fast_slow", "MODEL.SMALL.NET=large", "MODEL.SMALL.INPUT_SIZE=[64, 80]"]
 COPIED = SHARED + ["MODEL.SMALL.SHARE=false"]
-
-
-def _randomise(net, seed):
-    rng = np.random.RandomState(seed)
-    for name, p in net._collect_params_with_prefix().items():
-        if name.endswith(("running_var", "gamma")):
-            p.set_data(mx.nd.array(rng.uniform(0.5, 1.5, p.shape)))
-        else:                       # the zero-initialised mix and gate too: every term counts
-            p.set_data(mx.nd.array(rng.normal(0, 0.3, p.shape)))
-
-
-def _model(over, seed=0):
-    cfg = lstm_config.load(None, over)
-    net = build_detector(cfg)
-    net(mx.nd.zeros((1, 1, 3) + net.image_hw), None, ["large"])
-    _randomise(net, seed)
-    return cfg, net
 
 
 def _frames(seed, n=1):
@@ -49,15 +33,15 @@ def _state(net, seed):
 
 
 def test_a_shared_model_has_exactly_the_lstm_ssd_weights():
-    _, shared = _model(SHARED)
-    _, lstm_ssd = _model(BASE + ["MODEL.TYPE=lstm_ssd"])
+    _, shared = tiny_model(SHARED)
+    _, lstm_ssd = tiny_model(BASE + ["MODEL.TYPE=lstm_ssd"])
     assert sorted(shared._collect_params_with_prefix()) == sorted(lstm_ssd._collect_params_with_prefix())
     assert shared.small is None and shared.project_small is None
     assert shared.extractor("small").feature_hw == shared.large.feature_hw == (8, 10)
 
 
 def test_a_shared_small_step_on_full_size_frames_is_the_large_step_without_writing_the_state():
-    _, net = _model(SHARED[:-1] + ["MODEL.SMALL.INPUT_SIZE=[128, 160]"], seed=1)
+    _, net = tiny_model(SHARED[:-1] + ["MODEL.SMALL.INPUT_SIZE=[128, 160]"], seed=1)
     frames, state = _frames(2), _state(net, 3)
     large_cls, large_box, large_state = net.step(frames, state, "large")
     small_cls, small_box, small_state = net.step(frames, state, "small")
@@ -67,7 +51,7 @@ def test_a_shared_small_step_on_full_size_frames_is_the_large_step_without_writi
 
 
 def test_a_shared_small_step_runs_the_large_backbone_on_the_frame_resized_by_hand():
-    _, net = _model(SHARED, seed=4)
+    _, net = tiny_model(SHARED, seed=4)
     frames = _frames(5)
     # by hand: resize the frame to 64 x 80, the large MobileNet on [-1, 1] inputs (4 x 5), resize to 8 x 10
     small_frame = mx.nd.contrib.BilinearResize2D(frames, height=64, width=80)
@@ -85,7 +69,7 @@ def test_a_shared_small_step_runs_the_large_backbone_on_the_frame_resized_by_han
 
 
 def test_training_a_shared_small_step_trains_the_large_backbone():
-    _, net = _model(SHARED, seed=7)
+    _, net = tiny_model(SHARED, seed=7)
     frames, state = _frames(8), _state(net, 9)
     params = net.large.collect_params()
     for p in params.values():
@@ -99,11 +83,11 @@ def test_training_a_shared_small_step_trains_the_large_backbone():
 
 
 def test_a_hybridized_stream_of_a_shared_model_matches_the_plain_steps():
-    cfg, net = _model(SHARED, seed=10)
+    cfg, net = tiny_model(SHARED, seed=10)
     frames = [_frames(11 + t).asnumpy()[0].transpose(1, 2, 0).astype(np.uint8) for t in range(4)]
     plain = StreamingDetector(net, cfg, policy="fixed", tau=2, hybridize=False)
     want = [plain.step(f)[0][1] for f in frames]
-    _, again = _model(SHARED, seed=10)
+    _, again = tiny_model(SHARED, seed=10)
     fast = StreamingDetector(again, cfg, policy="fixed", tau=2, hybridize=True)
     got = [fast.step(f)[0][1] for f in frames]
     assert [len(w[1]) for w in want] == [len(g[1]) for g in got]
@@ -113,7 +97,7 @@ def test_a_hybridized_stream_of_a_shared_model_matches_the_plain_steps():
 
 
 def test_a_copied_small_extractor_starts_as_the_shared_one_where_the_weights_give_none(tmp_path):
-    cfg, lstm_ssd = _model(BASE + ["MODEL.TYPE=lstm_ssd"], seed=12)
+    cfg, lstm_ssd = tiny_model(BASE + ["MODEL.TYPE=lstm_ssd"], seed=12)
     weights = save_model(lstm_ssd, str(tmp_path / "lstm_ssd.params"))
     copied = assemble_model(lstm_config.load(None, COPIED + [f"MODEL.WEIGHTS={weights}"]), [mx.cpu()],
                             log=lambda *_: None)
@@ -138,11 +122,11 @@ def test_a_copied_small_extractor_starts_as_the_shared_one_where_the_weights_giv
 
 
 def test_distillation_needs_a_small_extractor_of_its_own_and_a_copy_cannot_be_pruned():
-    cfg, net = _model(SHARED)
+    cfg, net = tiny_model(SHARED)
     with pytest.raises(ConfigError, match="MODEL.SMALL.NET large is the large one"):
         DistillTask(net, cfg)
-    cfg, copied = _model(COPIED)
+    cfg, copied = tiny_model(COPIED)
     DistillTask(copied, cfg)        # accepted: the copy and its projection train
     with pytest.raises(ValueError, match="SHARE false"):
         copied.prune_groups()
-    assert len(net.prune_groups()) == len(_model(BASE + ["MODEL.TYPE=lstm_ssd"])[1].prune_groups())
+    assert len(net.prune_groups()) == len(tiny_model(BASE + ["MODEL.TYPE=lstm_ssd"])[1].prune_groups())
