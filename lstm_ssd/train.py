@@ -243,7 +243,7 @@ class DistillTask(_Task):
     def __init__(self, net, cfg, ctx=None):
         if net.type != "fast_slow" or net.project_small is None:
             shared = " and a small extractor of its own (MODEL.SMALL.NET large is the large one)" \
-                if getattr(net, "small_shares_large", False) else ""
+                if net.small_shares_large else ""
             raise ConfigError(f"{cfg.get('CONFIG_FILE') or '<config>'}: TRAIN.OBJECTIVE distill_small needs "
                               f"MODEL.TYPE fast_slow with MODEL.LSTM.RESIDUAL true (the small projection){shared}; "
                               f"got MODEL.TYPE {net.type}")
