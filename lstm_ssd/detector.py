@@ -20,6 +20,7 @@ import os
 
 import mxnet as mx
 import numpy as np
+from easydict import EasyDict
 from mxnet import autograd, gluon
 
 from lib import pretrained
@@ -159,8 +160,8 @@ class LSTMSSD(gluon.Block):
                 if self.small_shares_large:
                     self._scaled = _Unregistered(ScaledExtractor(self.large, small_hw))
                 else:
-                    spec = dict(m.LARGE, INPUT_SIZE=list(small_hw))
-                    self.small = Extractor(_Spec(spec), self.image_hw, "MODEL.SMALL", grid_hw=self.large.feature_hw,
+                    spec = EasyDict(m.LARGE, INPUT_SIZE=list(small_hw))
+                    self.small = Extractor(spec, self.image_hw, "MODEL.SMALL", grid_hw=self.large.feature_hw,
                                            prefix="small_")
             elif m.TYPE == "fast_slow":
                 self.small = Extractor(m.SMALL, self.image_hw, "MODEL.SMALL", prefix="small_")
@@ -565,11 +566,6 @@ class ResidualStep(gluon.HybridBlock):
     def hybrid_forward(self, F, x, c, h):
         out, c_new, h_new = self.step(x, c, h)
         return self.combine(self.project(x), h if self.from_state else out), c_new, h_new
-
-
-class _Spec(dict):
-    """An extractor spec built in code (attribute access, as a config's EasyDict)."""
-    __getattr__ = dict.__getitem__
 
 
 class _Unregistered:
