@@ -110,6 +110,10 @@ def main(argv=None):
         raise UsageError(f"--repeats {args.repeats}: must be at least 1")
     cfg = lstm_config.load(args.cfg)
     net = load_model(cfg, args.model)
+    try:
+        net.prune_groups()      # what this model's extractors allow, checked before anything is measured
+    except ValueError as err:
+        raise UsageError(f"{args.cfg}: {err}") from None
     before = measure(net, args.repeats)
     map_unpruned = None
     if args.finetune_epochs > 0:

@@ -366,6 +366,19 @@ def test_prune_cli_shrinks_a_saved_model(tiny_cfg, tmp_path):
     assert os.path.isfile(str(tmp_path / "tuned.params"))
 
 
+def test_prune_cli_refuses_a_model_it_cannot_prune_in_one_line(tmp_path, capsys):
+    from lstm_ssd.prune import main as prune_main
+    cfg_path = tmp_path / "copy.yaml"      # a fast-slow model whose small extractor is a copy of the large one
+    cfg_path.write_text(f"_BASE_: {TINY_CFG}\nMODEL:\n  TYPE: fast_slow\n"
+                        f"  SMALL: {{NET: large, SHARE: false, INPUT_SIZE: 32}}\n  LSTM: {{RESIDUAL: true}}\n")
+    net = build_detector(lstm_config.load(str(cfg_path)))
+    net(mx.nd.zeros((1, 1, 3, 64, 64)))
+    model = save_model(net, str(tmp_path / "copy.params"))
+    assert prune_main(["--cfg", str(cfg_path), "--model", model, "--repeats", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "copy.yaml" in err and "SHARE false" in err and "Traceback" not in err
+
+
 def test_bad_config_values_name_the_file_and_key(tmp_path):
     from lib.config import ConfigError
     bad = tmp_path / "bad.yaml"
